@@ -1,0 +1,3 @@
+//! The `swiotlb` command.
+#![forbid(unsafe_code)]
+fn main() {}

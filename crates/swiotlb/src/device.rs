@@ -1,0 +1,177 @@
+//! What the DMA layer knows of one device.
+
+use crate::addr::{DmaAddr, DmaMask, PhysAddr};
+use crate::translate::{Identity, Limits, Translate};
+
+/// Linux's default segment boundary (`dma_get_seg_boundary` without a
+/// driver setting): no mapping crosses a 4 GiB line.
+pub const DEFAULT_SEG_BOUNDARY_MASK: u64 = 0xffff_ffff;
+
+/// Linux's default maximum scatter-gather segment size
+/// (`dma_get_max_seg_size` without a driver setting): 64 KiB.
+pub const DEFAULT_MAX_SEGMENT_SIZE: usize = 64 * 1024;
+
+/// One device as the mapping layer sees it: its address limits, its
+/// alignment needs, whether it must always bounce, and how its addresses
+/// translate.
+///
+/// Built with [`Device::new`] and the `with_*` methods:
+///
+/// ```
+/// use swiotlb::{Device, DmaMask, translate::Offset, PhysAddr, DmaAddr};
+/// let nvme = Device::new(DmaMask::BITS_64).with_min_align_mask(0xfff);
+/// let legacy = Device::new(DmaMask::BITS_32)
+///     .with_translate(Offset::new(PhysAddr(0x8000_0000), DmaAddr(0)));
+/// assert_eq!(nvme.min_align_mask(), 0xfff);
+/// assert_eq!(legacy.dma_mask().bits(), 32);
+/// ```
+#[derive(Clone, Debug)]
+pub struct Device<T = Identity> {
+    mask: DmaMask,
+    bus_limit: u64,
+    min_align_mask: u64,
+    seg_boundary_mask: u64,
+    max_segment_size: usize,
+    force_bounce: bool,
+    translate: T,
+}
+
+impl Device<Identity> {
+    /// A device with the given DMA mask, identity translation, no bus
+    /// limit, no `min_align_mask`, Linux's default segment boundary and
+    /// segment size, and bouncing only when needed.
+    pub const fn new(mask: DmaMask) -> Self {
+        Self {
+            mask,
+            bus_limit: 0,
+            min_align_mask: 0,
+            seg_boundary_mask: DEFAULT_SEG_BOUNDARY_MASK,
+            max_segment_size: DEFAULT_MAX_SEGMENT_SIZE,
+            force_bounce: false,
+            translate: Identity,
+        }
+    }
+}
+
+impl<T> Device<T> {
+    /// The same device with another address translation.
+    pub fn with_translate<U>(self, translate: U) -> Device<U> {
+        Device {
+            mask: self.mask,
+            bus_limit: self.bus_limit,
+            min_align_mask: self.min_align_mask,
+            seg_boundary_mask: self.seg_boundary_mask,
+            max_segment_size: self.max_segment_size,
+            force_bounce: self.force_bounce,
+            translate,
+        }
+    }
+
+    /// Sets a bus limit (Linux `bus_dma_limit`): the highest device address
+    /// the interconnect carries, whatever the device's own mask. `0` means
+    /// none.
+    pub const fn with_bus_limit(mut self, limit: u64) -> Self {
+        self.bus_limit = limit;
+        self
+    }
+
+    /// Sets the `min_align_mask` (Linux `dma_set_min_align_mask`): the
+    /// bits of the original address under this mask reappear in the bounce
+    /// address. NVMe sets `0xfff`.
+    ///
+    /// # Panics
+    /// If the mask is not `2^n - 1`, as every Linux driver's is.
+    pub const fn with_min_align_mask(mut self, mask: u64) -> Self {
+        assert!(
+            mask & mask.wrapping_add(1) == 0,
+            "min_align_mask must be 2^n - 1"
+        );
+        self.min_align_mask = mask;
+        self
+    }
+
+    /// Sets the segment boundary mask: no mapping crosses a multiple of
+    /// `mask + 1` in device address space.
+    ///
+    /// # Panics
+    /// If the mask is not `2^n - 1` or is smaller than a page minus one.
+    pub const fn with_seg_boundary_mask(mut self, mask: u64) -> Self {
+        assert!(
+            mask & mask.wrapping_add(1) == 0 && mask >= 0xfff,
+            "segment boundary mask must be 2^n - 1 and at least a page"
+        );
+        self.seg_boundary_mask = mask;
+        self
+    }
+
+    /// Sets the largest scatter-gather segment the device takes.
+    pub const fn with_max_segment_size(mut self, size: usize) -> Self {
+        self.max_segment_size = size;
+        self
+    }
+
+    /// Makes every mapping bounce, reachable or not (Linux `swiotlb=force`
+    /// per device, as confidential VMs need: the host sees only the pool).
+    pub const fn with_force_bounce(mut self, force: bool) -> Self {
+        self.force_bounce = force;
+        self
+    }
+
+    /// The device's DMA mask.
+    pub const fn dma_mask(&self) -> DmaMask {
+        self.mask
+    }
+
+    /// The bus limit, `0` if none.
+    pub const fn bus_limit(&self) -> u64 {
+        self.bus_limit
+    }
+
+    /// The mask and the bus limit together.
+    pub const fn limits(&self) -> Limits {
+        Limits {
+            dma_mask: self.mask.value(),
+            bus_limit: self.bus_limit,
+        }
+    }
+
+    /// The `min_align_mask`.
+    pub const fn min_align_mask(&self) -> u64 {
+        self.min_align_mask
+    }
+
+    /// The segment boundary mask.
+    pub const fn seg_boundary_mask(&self) -> u64 {
+        self.seg_boundary_mask
+    }
+
+    /// The largest scatter-gather segment.
+    pub const fn max_segment_size(&self) -> usize {
+        self.max_segment_size
+    }
+
+    /// Whether every mapping bounces.
+    pub const fn force_bounce(&self) -> bool {
+        self.force_bounce
+    }
+
+    /// The address translation.
+    pub const fn translate(&self) -> &T {
+        &self.translate
+    }
+}
+
+impl<T: Translate> Device<T> {
+    /// Whether the device reaches `size` bytes at `phys` directly, judged on
+    /// both the physical and the device address.
+    pub fn can_reach(&self, phys: PhysAddr, size: usize) -> bool {
+        let dma = self.translate.phys_to_dma(phys);
+        self.translate.dma_capable(&self.limits(), phys, dma, size)
+    }
+
+    /// The device address of `phys`.
+    #[inline]
+    pub fn phys_to_dma(&self, phys: PhysAddr) -> DmaAddr {
+        self.translate.phys_to_dma(phys)
+    }
+}

@@ -1,0 +1,300 @@
+//! The one error type of the core.
+
+use core::fmt;
+
+use crate::addr::{DmaAddr, PhysAddr};
+
+/// The result type of the core.
+pub type Result<T = ()> = core::result::Result<T, Error>;
+
+/// Why a pool could not be built over the memory it was given.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PoolProblem {
+    /// The region holds less than one slot.
+    TooSmall,
+    /// The physical base is not aligned to the slot size.
+    Unaligned,
+    /// The region wraps around the end of the address space.
+    Wraps,
+    /// The slot shift is outside `9..=16` or the segment is not a power of
+    /// two in `1..=65536`.
+    BadGeometry,
+    /// The pool has more slots than the metadata can index (`u32::MAX`).
+    TooManySlots,
+}
+
+/// What the strict `swiotlb=` parser found that Linux would silently
+/// ignore or adjust.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ParamProblem {
+    /// The value is empty.
+    Empty,
+    /// Text Linux does not read (a typo, a unit suffix, a trailing comma).
+    Trailing,
+    /// A number does not fit in 64 bits.
+    Overflow,
+    /// The slot count is zero.
+    ZeroSlots,
+    /// The slot count is not a multiple of the segment (128); Linux rounds it up.
+    SlotsRounded,
+    /// The area count is zero; Linux takes 1.
+    ZeroAreas,
+    /// The area count is not a power of two; Linux rounds it up.
+    AreasRounded,
+    /// The area count raised the slot count (`nareas * 128 > nslabs`).
+    SlotsRaised,
+}
+
+/// Everything that can go wrong in the core.
+///
+/// Every variant is cheap to copy and carries the context a user needs to
+/// tell "too large for any mapping" from "full" from "unreachable". The
+/// `Display` text starts with `swiotlb:` so that it stands out in a log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Error {
+    /// A mapping of zero bytes was asked for.
+    ZeroSize,
+    /// The mapping is larger than any mapping this device may have
+    /// ([`Pool::max_mapping_size`](crate::Pool::max_mapping_size)): it can
+    /// never succeed, however empty the pool.
+    TooLarge {
+        /// Bytes asked for.
+        size: usize,
+        /// The largest mapping this device may have.
+        max: usize,
+    },
+    /// No free run of slots fits the request right now; freeing mappings
+    /// may help.
+    PoolFull {
+        /// Slots the request needs (padding included).
+        requested: u32,
+        /// Free slots in the whole pool.
+        free: u32,
+        /// The longest run of free slots in the pool.
+        largest_run: u32,
+    },
+    /// The alignment asked for can never be met in this pool: a mask that is
+    /// not `2^n - 1`, or an alignment stride that no slot of the pool
+    /// satisfies together with the request's size.
+    AlignmentImpossible {
+        /// The allocation alignment mask in force (slot mask included).
+        align_mask: u64,
+        /// The device's `min_align_mask`.
+        min_align_mask: u64,
+    },
+    /// The bounce slots were found but the device cannot reach them (the
+    /// pool lies above the device's DMA mask or bus limit); nothing stays
+    /// mapped. Linux: "swiotlb addr ... overflow".
+    Unreachable {
+        /// The device address of the bounce buffer.
+        dma: DmaAddr,
+        /// Bytes of the mapping.
+        size: usize,
+    },
+    /// The device cannot reach the buffer and has no bounce pool to use.
+    NoPool,
+    /// Unmap or sync of an address that is not a live mapping of this pool.
+    NotMapped {
+        /// The device address given.
+        dma: DmaAddr,
+    },
+    /// A sync or unmap that runs past the end of its mapping: nothing is
+    /// copied.
+    OutOfBounds {
+        /// Byte offset of the request inside the mapping (negative offsets
+        /// are reported as `usize::MAX`).
+        offset: usize,
+        /// Bytes asked for.
+        len: usize,
+        /// Bytes in the mapping.
+        mapping_len: usize,
+    },
+    /// A scatter-gather list has a segment longer than the device's
+    /// `max_segment_size`.
+    SegmentTooLong {
+        /// Index of the segment in the list.
+        index: usize,
+        /// Its length.
+        len: usize,
+        /// The device's limit.
+        max: usize,
+    },
+    /// The memory given for a pool cannot hold one.
+    InvalidPool {
+        /// The physical base given.
+        base: PhysAddr,
+        /// What is wrong with it.
+        problem: PoolProblem,
+    },
+    /// A `swiotlb=` value that the strict parser rejects.
+    BadParam {
+        /// Byte offset in the value where the problem was found.
+        at: usize,
+        /// What is wrong.
+        problem: ParamProblem,
+    },
+}
+
+/// The failure reasons a pool counts, one counter each (see
+/// [`Stats::failures`](crate::Stats::failures)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(usize)]
+pub enum FailReason {
+    /// [`Error::TooLarge`] and [`Error::ZeroSize`].
+    TooLarge = 0,
+    /// [`Error::PoolFull`].
+    PoolFull = 1,
+    /// [`Error::AlignmentImpossible`].
+    Alignment = 2,
+    /// [`Error::Unreachable`].
+    Unreachable = 3,
+    /// [`Error::NotMapped`], [`Error::OutOfBounds`] and other misuse.
+    Misuse = 4,
+}
+
+impl FailReason {
+    /// How many reasons there are.
+    pub const COUNT: usize = 5;
+    /// All reasons, in counter order.
+    pub const ALL: [FailReason; Self::COUNT] = [
+        FailReason::TooLarge,
+        FailReason::PoolFull,
+        FailReason::Alignment,
+        FailReason::Unreachable,
+        FailReason::Misuse,
+    ];
+
+    /// A short snake-case name, used as a statistics key.
+    pub const fn name(self) -> &'static str {
+        match self {
+            FailReason::TooLarge => "too_large",
+            FailReason::PoolFull => "pool_full",
+            FailReason::Alignment => "alignment",
+            FailReason::Unreachable => "unreachable",
+            FailReason::Misuse => "misuse",
+        }
+    }
+}
+
+impl Error {
+    /// The counter this error is counted under.
+    pub const fn reason(&self) -> FailReason {
+        match self {
+            Error::ZeroSize | Error::TooLarge { .. } | Error::SegmentTooLong { .. } => {
+                FailReason::TooLarge
+            }
+            Error::PoolFull { .. } => FailReason::PoolFull,
+            Error::AlignmentImpossible { .. } => FailReason::Alignment,
+            Error::Unreachable { .. } | Error::NoPool => FailReason::Unreachable,
+            Error::NotMapped { .. }
+            | Error::OutOfBounds { .. }
+            | Error::InvalidPool { .. }
+            | Error::BadParam { .. } => FailReason::Misuse,
+        }
+    }
+
+    /// A short snake-case name of the variant, for machine-readable output.
+    pub const fn kind(&self) -> &'static str {
+        match self {
+            Error::ZeroSize => "zero_size",
+            Error::TooLarge { .. } => "too_large",
+            Error::PoolFull { .. } => "pool_full",
+            Error::AlignmentImpossible { .. } => "alignment_impossible",
+            Error::Unreachable { .. } => "unreachable",
+            Error::NoPool => "no_pool",
+            Error::NotMapped { .. } => "not_mapped",
+            Error::OutOfBounds { .. } => "out_of_bounds",
+            Error::SegmentTooLong { .. } => "segment_too_long",
+            Error::InvalidPool { .. } => "invalid_pool",
+            Error::BadParam { .. } => "bad_param",
+        }
+    }
+}
+
+impl fmt::Display for PoolProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PoolProblem::TooSmall => "region smaller than one slot",
+            PoolProblem::Unaligned => "physical base not aligned to the slot size",
+            PoolProblem::Wraps => "region wraps around the address space",
+            PoolProblem::BadGeometry => "slot shift or segment size out of range",
+            PoolProblem::TooManySlots => "more slots than the metadata can index",
+        })
+    }
+}
+
+impl fmt::Display for ParamProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ParamProblem::Empty => "empty value",
+            ParamProblem::Trailing => "text Linux ignores",
+            ParamProblem::Overflow => "number too large",
+            ParamProblem::ZeroSlots => "zero slots",
+            ParamProblem::SlotsRounded => "slot count not a multiple of 128 (Linux rounds it up)",
+            ParamProblem::ZeroAreas => "zero areas (Linux uses 1)",
+            ParamProblem::AreasRounded => "area count not a power of two (Linux rounds it up)",
+            ParamProblem::SlotsRaised => {
+                "area count needs more slots than given (Linux raises the slot count)"
+            }
+        })
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Error::ZeroSize => write!(f, "swiotlb: zero-length mapping"),
+            Error::TooLarge { size, max } => write!(
+                f,
+                "swiotlb: mapping of {size} bytes is larger than any mapping can be ({max} bytes)"
+            ),
+            Error::PoolFull {
+                requested,
+                free,
+                largest_run,
+            } => write!(
+                f,
+                "swiotlb buffer is full: {requested} slots requested, {free} free, largest free run {largest_run}"
+            ),
+            Error::AlignmentImpossible {
+                align_mask,
+                min_align_mask,
+            } => write!(
+                f,
+                "swiotlb: alignment impossible in this pool (alloc_align_mask {align_mask:#x}, min_align_mask {min_align_mask:#x})"
+            ),
+            Error::Unreachable { dma, size } => write!(
+                f,
+                "swiotlb: bounce buffer {dma}+{size} is not reachable by the device"
+            ),
+            Error::NoPool => write!(
+                f,
+                "swiotlb: device cannot reach the buffer and has no bounce pool"
+            ),
+            Error::NotMapped { dma } => {
+                write!(f, "swiotlb: {dma} is not a live bounce mapping")
+            }
+            Error::OutOfBounds {
+                offset,
+                len,
+                mapping_len,
+            } => write!(
+                f,
+                "swiotlb: {len} bytes at offset {offset} run past the {mapping_len}-byte mapping"
+            ),
+            Error::SegmentTooLong { index, len, max } => write!(
+                f,
+                "swiotlb: scatter-gather segment {index} is {len} bytes, the device takes at most {max}"
+            ),
+            Error::InvalidPool { base, problem } => {
+                write!(f, "swiotlb: cannot build a pool at {base}: {problem}")
+            }
+            Error::BadParam { at, problem } => {
+                write!(f, "swiotlb: bad swiotlb= value at byte {at}: {problem}")
+            }
+        }
+    }
+}
+
+#[cfg(feature = "std")]
+impl std::error::Error for Error {}

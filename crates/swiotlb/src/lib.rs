@@ -1,0 +1,126 @@
+//! A software IO TLB: bounce-buffer DMA for devices that cannot reach, or
+//! must not see, the memory a driver hands them.
+//!
+//! This is the mapping layer Linux calls swiotlb, as a `no_std` library. A
+//! [`Pool`] is a region of memory the device can reach (a low window, an
+//! SRAM block, memory shared with the host of a confidential VM). A
+//! [`Device`] says what the device reaches (its DMA mask and bus limit,
+//! judged on both physical and device addresses) and how it aligns. Mapping
+//! a buffer either hands the device its address directly or copies it into
+//! the pool's slots and hands out the slots' address; sync and unmap copy
+//! back, with Linux's semantics.
+//!
+//! # Usage
+//!
+//! A 32-bit device and a 64-bit one, a pool in low memory, one buffer each
+//! (the translation here puts the heap above 4 GiB, as on a large machine):
+//!
+//! ```
+//! use swiotlb::{Device, DmaMask, Direction, Pool, PoolConfig, PhysAddr, DmaAddr};
+//! use swiotlb::translate::{Limits, Translate};
+//!
+//! // Physical = CPU address + 4 GiB, except the pool, which sits at
+//! // physical 0x1000_0000 (below 4 GiB) whatever its CPU address.
+//! struct HighHeap;
+//! impl Translate for HighHeap {
+//!     fn phys_to_dma(&self, p: PhysAddr) -> DmaAddr { DmaAddr(p.0) }
+//!     fn dma_to_phys(&self, d: DmaAddr) -> PhysAddr { PhysAddr(d.0) }
+//!     fn virt_to_phys(&self, v: *const u8) -> PhysAddr { PhysAddr(v as u64 + (1 << 32)) }
+//! }
+//!
+//! let mut mem = vec![0u8; 1 << 20].into_boxed_slice();
+//! let cpu = std::ptr::NonNull::new(mem.as_mut_ptr()).unwrap();
+//! // SAFETY: `mem` outlives `pool` and is touched only through it.
+//! let pool: Pool = unsafe {
+//!     Pool::new(cpu, PhysAddr(0x1000_0000), mem.len(), PoolConfig::default())
+//! }.unwrap();
+//!
+//! let old = Device::new(DmaMask::BITS_32).with_translate(HighHeap);
+//! let new = Device::new(DmaMask::BITS_64).with_translate(HighHeap);
+//!
+//! // The 32-bit device cannot reach the heap: its buffer bounces.
+//! let m = pool.map(&old, vec![7u8; 1500], Direction::ToDevice).unwrap();
+//! assert!(m.is_bounced());
+//! assert!(m.dma_addr().as_u64() < 1 << 32);
+//! let buf = m.unmap();
+//! assert_eq!(buf, vec![7u8; 1500]);
+//!
+//! // The 64-bit device reaches it directly: no copy.
+//! let m = pool.map(&new, vec![1u8; 4096], Direction::FromDevice).unwrap();
+//! assert!(!m.is_bounced());
+//! m.unmap();
+//!
+//! assert_eq!(pool.stats().io_tlb_used, 0);
+//! assert_eq!(pool.stats().direct_maps, 1);
+//! # drop(pool); drop(mem);
+//! ```
+//!
+//! # Features
+//!
+//! - `alloc` (in `std`): pools and everything that keeps per-slot
+//!   metadata. Without it the crate gives the address types, [`Device`],
+//!   the translation trait, the `swiotlb=` grammar and the error type.
+//! - `std` (default): `std::error::Error` for [`Error`], a per-thread area
+//!   hint.
+//!
+//! # Safety and correctness
+//!
+//! Unsafe code is confined to four places, each with its reasoning at the
+//! `unsafe` block:
+//! - [`Pool::new`] trusts its caller for the region (valid, contiguous, not
+//!   otherwise touched by the CPU);
+//! - the [`Policy`] trait is `unsafe` to implement: the pool relies on a
+//!   policy never handing out a slot twice. Both shipped policies are
+//!   checked against a shadow oracle by property tests and by loom;
+//! - the one copy routine (`copy::bounce_copy`) documents why a plain byte
+//!   copy is right for memory a device may write concurrently: no decision
+//!   is ever made from bounce memory, and every length is checked against
+//!   metadata the device cannot reach;
+//! - the raw API ([`Pool::map_raw`] and friends) trusts its caller for the
+//!   original buffer, as the kernel's DMA API does.
+//!
+//! The safe API ([`Pool::map`]) owns the buffer for the life of the
+//! mapping and holds only a raw pointer to it, so no Rust reference aliases
+//! memory a device writes.
+#![cfg_attr(not(feature = "std"), no_std)]
+#![deny(
+    missing_docs,
+    unsafe_op_in_unsafe_fn,
+    clippy::undocumented_unsafe_blocks
+)]
+
+#[cfg(feature = "alloc")]
+extern crate alloc;
+
+pub mod addr;
+pub mod attrs;
+pub mod config;
+pub mod device;
+pub mod direction;
+pub mod error;
+pub mod translate;
+
+#[cfg(feature = "alloc")]
+mod copy;
+#[cfg(feature = "alloc")]
+pub mod map;
+#[cfg(feature = "alloc")]
+pub mod pool;
+#[cfg(feature = "alloc")]
+pub mod stats;
+#[cfg(feature = "alloc")]
+mod sync;
+
+pub use addr::{DmaAddr, DmaMask, PhysAddr};
+pub use attrs::Attrs;
+pub use device::Device;
+pub use direction::Direction;
+pub use error::{Error, FailReason, Result};
+pub use translate::Translate;
+
+#[cfg(feature = "alloc")]
+pub use map::{DmaBuffer, MapFailed, MapOptions, Mapping, SgEntry};
+#[cfg(feature = "alloc")]
+pub use pool::{Bounce, Fast, NextFit, Policy, Pool, PoolConfig};
+#[cfg(feature = "alloc")]
+pub use stats::Stats;

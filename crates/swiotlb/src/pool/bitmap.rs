@@ -1,0 +1,103 @@
+//! Word-at-a-time bit scans over a `[u64]` bitmap, bit `i` of the map being
+//! bit `i % 64` of word `i / 64`.
+
+/// The first set bit in `[from, end)`, if any.
+#[inline]
+pub(crate) fn next_one(words: &[u64], from: u32, end: u32) -> Option<u32> {
+    if from >= end {
+        return None;
+    }
+    let mut w = (from / 64) as usize;
+    let mut bits = words[w] & (!0u64 << (from % 64));
+    loop {
+        if bits != 0 {
+            let i = w as u32 * 64 + bits.trailing_zeros();
+            return (i < end).then_some(i);
+        }
+        w += 1;
+        if w as u32 * 64 >= end {
+            return None;
+        }
+        bits = words[w];
+    }
+}
+
+/// The first clear bit in `[from, end)`, or `end` if all are set.
+#[inline]
+pub(crate) fn next_zero(words: &[u64], from: u32, end: u32) -> u32 {
+    if from >= end {
+        return end;
+    }
+    let mut w = (from / 64) as usize;
+    let mut bits = !words[w] & (!0u64 << (from % 64));
+    loop {
+        if bits != 0 {
+            return (w as u32 * 64 + bits.trailing_zeros()).min(end);
+        }
+        w += 1;
+        if w as u32 * 64 >= end {
+            return end;
+        }
+        bits = !words[w];
+    }
+}
+
+/// The mask of bits `[lo, hi)` within one word, `lo < hi <= 64`.
+#[inline]
+fn span(lo: u32, hi: u32) -> u64 {
+    let upper = if hi == 64 { !0 } else { (1u64 << hi) - 1 };
+    upper & (!0u64 << lo)
+}
+
+/// Sets bits `[start, start + n)`.
+#[inline]
+pub(crate) fn set_range(words: &mut [u64], start: u32, n: u32) {
+    for_range(words, start, n, |w, m| *w |= m);
+}
+
+/// Clears bits `[start, start + n)`.
+#[inline]
+pub(crate) fn clear_range(words: &mut [u64], start: u32, n: u32) {
+    for_range(words, start, n, |w, m| *w &= !m);
+}
+
+#[inline]
+fn for_range(words: &mut [u64], start: u32, n: u32, mut f: impl FnMut(&mut u64, u64)) {
+    let end = start + n;
+    let mut i = start;
+    while i < end {
+        let w = (i / 64) as usize;
+        let lo = i % 64;
+        let hi = (end - w as u32 * 64).min(64);
+        f(&mut words[w], span(lo, hi));
+        i = w as u32 * 64 + hi;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scans_match_naive() {
+        let mut words = [0u64; 4];
+        set_range(&mut words, 3, 70);
+        clear_range(&mut words, 10, 5);
+        let bit = |i: u32| words[(i / 64) as usize] >> (i % 64) & 1 == 1;
+        for i in 0..256 {
+            assert_eq!(
+                bit(i),
+                (3..73).contains(&i) && !(10..15).contains(&i),
+                "bit {i}"
+            );
+        }
+        for from in 0..256 {
+            for end in from..=256 {
+                let naive_one = (from..end).find(|&i| bit(i));
+                assert_eq!(next_one(&words, from, end), naive_one);
+                let naive_zero = (from..end).find(|&i| !bit(i)).unwrap_or(end);
+                assert_eq!(next_zero(&words, from, end), naive_zero);
+            }
+        }
+    }
+}

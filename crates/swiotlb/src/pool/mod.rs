@@ -1,0 +1,822 @@
+//! A bounce pool: one contiguous region of memory, its slots and areas.
+//!
+//! The pool owns the bookkeeping; an allocation [`Policy`] only searches.
+//! Per slot the pool keeps:
+//! - a *start* bit, set on the first slot of every live allocation, so that
+//!   any device address inside a mapping finds its mapping by a backward
+//!   bit scan (no per-slot back pointers to write on every map, as Linux
+//!   writes `orig_addr` and `alloc_size` into every slot);
+//! - at an allocation's first slot, the CPU address of the original buffer
+//!   and the mapping's *shape* (length, offset of the bounce address from
+//!   the allocation's start, slots held), one word each.
+//!
+//! Areas each have a lock and the policy's state, cache padded so that two
+//! CPUs mapping in their own areas never share a cache line.
+
+mod bitmap;
+mod fast;
+mod nextfit;
+mod policy;
+
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+use core::ptr::NonNull;
+
+pub use fast::{Fast, FastArea};
+pub use nextfit::{NextFit, NextFitArea};
+pub use policy::{AreaGeom, Policy, Request};
+
+use crate::addr::PhysAddr;
+use crate::error::{Error, FailReason, PoolProblem, Result};
+use crate::stats::Stats;
+use crate::sync::{AtomicU64, AtomicUsize, CachePadded, Mutex, Ordering};
+
+/// Runtime geometry of a pool.
+///
+/// The defaults are Linux's: 2 KiB slots (`IO_TLB_SHIFT` 11), 128-slot
+/// segments (`IO_TLB_SEGSIZE`, so one mapping is at most 256 KiB), 4 KiB
+/// pages, one area.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolConfig {
+    /// log2 of the slot size, `9..=16`. Smaller slots waste less on small
+    /// mappings and cost more metadata per byte of pool.
+    pub slot_shift: u32,
+    /// Slots per segment, a power of two; a mapping never crosses a segment
+    /// line, so `slot size * segment` is the largest mapping. At most
+    /// 32768 slots and 8 MiB.
+    pub segment: u32,
+    /// Areas wanted: rounded up to a power of two, then halved until each
+    /// area holds at least one segment (Linux `limit_nareas`). One area per
+    /// CPU spreads lock contention.
+    pub nareas: u32,
+    /// log2 of the page size: mappings of a page or more start page aligned
+    /// when no mask says otherwise.
+    pub page_shift: u32,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            slot_shift: crate::config::IO_TLB_SHIFT,
+            segment: crate::config::IO_TLB_SEGSIZE,
+            nareas: 1,
+            page_shift: 12,
+        }
+    }
+}
+
+impl PoolConfig {
+    /// The default geometry with `nareas` areas.
+    pub fn with_areas(nareas: u32) -> Self {
+        Self {
+            nareas,
+            ..Self::default()
+        }
+    }
+
+    fn check(&self) -> core::result::Result<(), PoolProblem> {
+        let ok = (9..=16).contains(&self.slot_shift)
+            && self.segment.is_power_of_two()
+            && self.segment <= 1 << 15
+            && (self.segment as u64) << self.slot_shift <= 1 << 23
+            && (9..=30).contains(&self.page_shift);
+        if ok {
+            Ok(())
+        } else {
+            Err(PoolProblem::BadGeometry)
+        }
+    }
+}
+
+/// How a bounced mapping sits in its pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bounce {
+    /// The bounce address (CPU physical): where the mapping's first byte
+    /// lives in the pool.
+    pub phys: PhysAddr,
+    /// Index of the slot holding the mapping's first byte (padding slots
+    /// excluded).
+    pub slot: u32,
+    /// Index of the allocation's first slot (padding included).
+    pub start: u32,
+    /// Slots the allocation holds.
+    pub nslots: u32,
+}
+
+/// A live mapping found from an address inside it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Located {
+    /// First slot of the allocation.
+    pub start: u32,
+    /// CPU address of the original buffer's first byte.
+    pub orig: usize,
+    /// Bytes of the mapping.
+    pub len: usize,
+    /// Bytes from the allocation's start to the bounce address.
+    pub pad: usize,
+    /// Slots held.
+    pub nslots: u32,
+    /// Byte offset of the looked-up address from the bounce address
+    /// (negative inside the padding).
+    pub offset: i64,
+}
+
+/// The packed shape of a mapping: length (24 bits), padding (24 bits),
+/// slots (16 bits). `PoolConfig::check` keeps every field in range: a
+/// mapping is at most 8 MiB and a segment at most 32768 slots.
+#[derive(Clone, Copy)]
+struct Shape(u64);
+
+impl Shape {
+    const fn new(len: usize, pad: usize, nslots: u32) -> Self {
+        Shape(len as u64 | (pad as u64) << 24 | (nslots as u64) << 48)
+    }
+    const fn len(self) -> usize {
+        (self.0 & 0xff_ffff) as usize
+    }
+    const fn pad(self) -> usize {
+        (self.0 >> 24 & 0xff_ffff) as usize
+    }
+    const fn nslots(self) -> u32 {
+        (self.0 >> 48) as u32
+    }
+}
+
+struct AreaState<A> {
+    policy: A,
+    used: u32,
+}
+
+struct Area<A> {
+    geom: AreaGeom,
+    state: Mutex<AreaState<A>>,
+    bytes_to_device: AtomicU64,
+    bytes_from_device: AtomicU64,
+}
+
+/// Heap memory a pool owns and frees when dropped.
+struct Owned {
+    ptr: NonNull<u8>,
+    layout: core::alloc::Layout,
+}
+
+/// A bounce pool over one region of memory.
+///
+/// Generic over its allocation [`Policy`]: [`Fast`] (the default) or
+/// [`NextFit`] (Linux's). Build one over memory you provide with
+/// [`Pool::new`] (a reserved region, an SRAM window, memory shared with a
+/// device VM) or, for tests and simulations, over heap memory with
+/// [`Pool::new_heap`].
+///
+/// # Invariants
+/// - `vaddr` is valid for reads and writes of `nslabs << slot_shift` bytes
+///   for the pool's life, and the CPU touches it only through this pool;
+/// - a slot belongs to at most one live allocation (the [`Policy`]
+///   implementation-safety contract), and its bytes are accessed by the CPU
+///   only on behalf of that allocation;
+/// - `start_bits` has a bit set exactly at the first slot of each live
+///   allocation, and `orig`/`shape` at that slot describe it.
+pub struct Pool<P: Policy = Fast> {
+    vaddr: NonNull<u8>,
+    start: PhysAddr,
+    nslabs: u32,
+    slot_shift: u32,
+    segment: u32,
+    page_shift: u32,
+    area_nslabs: u32,
+    areas: Box<[CachePadded<Area<P::Area>>]>,
+    orig: Box<[AtomicUsize]>,
+    shape: Box<[AtomicU64]>,
+    start_bits: Box<[AtomicU64]>,
+    used: AtomicUsize,
+    hiwater: AtomicUsize,
+    failures: [AtomicU64; FailReason::COUNT],
+    direct: AtomicU64,
+    owned: Option<Owned>,
+}
+
+// SAFETY: the pool's raw pointer is to memory the pool manages (see the
+// type's invariants); every access to slot bytes is made on behalf of the
+// one allocation that holds the slot, and every shared field is an atomic
+// or behind an area lock. Moving the pool to another thread moves only
+// that bookkeeping.
+unsafe impl<P: Policy> Send for Pool<P> {}
+// SAFETY: as for `Send`: `&Pool` gives only atomic or lock-protected
+// access to shared state, and slot bytes are reached only through
+// allocations, which never share a slot.
+unsafe impl<P: Policy> Sync for Pool<P> {}
+
+impl<P: Policy> Drop for Pool<P> {
+    fn drop(&mut self) {
+        if let Some(owned) = self.owned.take() {
+            // SAFETY: `owned` was allocated by `new_heap` with this layout and
+            // is freed once, here; no mapping can outlive the pool because
+            // safe mappings borrow it.
+            unsafe { alloc::alloc::dealloc(owned.ptr.as_ptr(), owned.layout) }
+        }
+    }
+}
+
+impl<P: Policy> core::fmt::Debug for Pool<P> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Pool")
+            .field("policy", &P::NAME)
+            .field("start", &self.start)
+            .field("nslabs", &self.nslabs)
+            .field("nareas", &self.areas.len())
+            .finish()
+    }
+}
+
+fn atomics(len: usize) -> Box<[AtomicU64]> {
+    (0..len).map(|_| AtomicU64::new(0)).collect()
+}
+
+impl<P: Policy> Pool<P> {
+    /// A pool over `len` bytes at CPU address `vaddr`, physical address
+    /// `phys`. This is the pool at a pre-defined address: a reserved
+    /// region, an SRAM window, a region shared with a device or a device VM.
+    /// Whole slots are used; a tail shorter than a slot is left alone.
+    ///
+    /// # Errors
+    /// [`Error::InvalidPool`] if the region is smaller than a slot, `phys`
+    /// is not slot aligned, the region wraps, or the geometry is out of
+    /// range.
+    ///
+    /// # Safety
+    /// - `vaddr` is valid for reads and writes of `len` bytes until the pool
+    ///   is dropped;
+    /// - nothing else on the CPU side reads or writes those bytes while the
+    ///   pool lives (devices may: that is the point);
+    /// - `phys` is the physical address of `vaddr` and the region is
+    ///   physically contiguous.
+    pub unsafe fn new(
+        vaddr: NonNull<u8>,
+        phys: PhysAddr,
+        len: usize,
+        config: PoolConfig,
+    ) -> Result<Self> {
+        let bad = |problem| Error::InvalidPool {
+            base: phys,
+            problem,
+        };
+        config.check().map_err(bad)?;
+        let slot = 1u64 << config.slot_shift;
+        if phys.0 & (slot - 1) != 0 {
+            return Err(bad(PoolProblem::Unaligned));
+        }
+        if phys.0.checked_add(len as u64).is_none() {
+            return Err(bad(PoolProblem::Wraps));
+        }
+        let nslabs = (len as u64) >> config.slot_shift;
+        if nslabs == 0 {
+            return Err(bad(PoolProblem::TooSmall));
+        }
+        let nslabs = u32::try_from(nslabs)
+            .ok()
+            .filter(|&n| n < u32::MAX - 64)
+            .ok_or(bad(PoolProblem::TooManySlots))?;
+        let nareas = area_count(config.nareas, nslabs, config.segment);
+        let area_nslabs = nslabs / nareas;
+        let areas = (0..nareas)
+            .map(|i| {
+                let first = i * area_nslabs;
+                // The last area takes the remainder, so no slot is lost
+                // (Linux leaves it unused).
+                let n = if i == nareas - 1 {
+                    nslabs - first
+                } else {
+                    area_nslabs
+                };
+                let geom = AreaGeom {
+                    first,
+                    nslabs: n,
+                    segment: config.segment,
+                    slot_shift: config.slot_shift,
+                };
+                CachePadded(Area {
+                    geom,
+                    state: Mutex::new(AreaState {
+                        policy: P::new_area(&geom),
+                        used: 0,
+                    }),
+                    bytes_to_device: AtomicU64::new(0),
+                    bytes_from_device: AtomicU64::new(0),
+                })
+            })
+            .collect();
+        Ok(Self {
+            vaddr,
+            start: phys,
+            nslabs,
+            slot_shift: config.slot_shift,
+            segment: config.segment,
+            page_shift: config.page_shift,
+            area_nslabs,
+            areas,
+            orig: (0..nslabs).map(|_| AtomicUsize::new(0)).collect(),
+            shape: atomics(nslabs as usize),
+            start_bits: atomics(nslabs.div_ceil(64) as usize),
+            used: AtomicUsize::new(0),
+            hiwater: AtomicUsize::new(0),
+            failures: core::array::from_fn(|_| AtomicU64::new(0)),
+            direct: AtomicU64::new(0),
+            owned: None,
+        })
+    }
+
+    /// A pool over `len` bytes of zeroed heap memory, page aligned, whose
+    /// "physical" address is its CPU address (identity): for tests,
+    /// simulations and user-space stacks where the device side is another
+    /// thread or process that sees the same addresses.
+    ///
+    /// # Errors
+    /// As [`Pool::new`]; also [`Error::InvalidPool`] with
+    /// [`PoolProblem::TooSmall`] if the allocation fails.
+    pub fn new_heap(len: usize, config: PoolConfig) -> Result<Self> {
+        let too_small = Error::InvalidPool {
+            base: PhysAddr(0),
+            problem: PoolProblem::TooSmall,
+        };
+        let align = (1usize << config.slot_shift.min(20)).max(4096);
+        let layout =
+            core::alloc::Layout::from_size_align(len.max(1), align).map_err(|_| too_small)?;
+        // SAFETY: the layout has a non-zero size.
+        let ptr = NonNull::new(unsafe { alloc::alloc::alloc_zeroed(layout) }).ok_or(too_small)?;
+        let owned = Owned { ptr, layout };
+        let phys = PhysAddr(ptr.as_ptr() as usize as u64);
+        // SAFETY:
+        // - `ptr` is valid for reads and writes of `len` bytes: just
+        //   allocated with that size, freed only when the pool drops;
+        // - nothing else has the pointer;
+        // - identity: the physical address is defined as the CPU address.
+        match unsafe { Self::new(ptr, phys, len, config) } {
+            Ok(mut pool) => {
+                pool.owned = Some(owned);
+                Ok(pool)
+            }
+            Err(e) => {
+                // SAFETY: allocated above with `layout`, not yet owned by a
+                // pool, freed once.
+                unsafe { alloc::alloc::dealloc(owned.ptr.as_ptr(), owned.layout) };
+                Err(e)
+            }
+        }
+    }
+
+    /// The physical address of the pool's first slot.
+    pub fn start(&self) -> PhysAddr {
+        self.start
+    }
+
+    /// The CPU address of the pool's first slot.
+    pub fn vaddr(&self) -> NonNull<u8> {
+        self.vaddr
+    }
+
+    /// The pool's size in bytes (whole slots).
+    pub fn len(&self) -> usize {
+        (self.nslabs as usize) << self.slot_shift
+    }
+
+    /// Always `false`: a pool holds at least one slot.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// Slots in the pool (Linux `io_tlb_nslabs`).
+    pub fn nslabs(&self) -> u32 {
+        self.nslabs
+    }
+
+    /// Areas in the pool.
+    pub fn nareas(&self) -> u32 {
+        self.areas.len() as u32
+    }
+
+    /// Slots per area (the last area also takes any remainder).
+    pub fn area_nslabs(&self) -> u32 {
+        self.area_nslabs
+    }
+
+    /// The slot size in bytes.
+    pub fn slot_size(&self) -> usize {
+        1 << self.slot_shift
+    }
+
+    /// Slots per segment.
+    pub fn segment(&self) -> u32 {
+        self.segment
+    }
+
+    /// The name of the allocation policy.
+    pub fn policy_name(&self) -> &'static str {
+        P::NAME
+    }
+
+    /// Whether `phys` lies inside the pool.
+    #[inline]
+    pub fn contains(&self, phys: PhysAddr) -> bool {
+        phys.0
+            .checked_sub(self.start.0)
+            .is_some_and(|off| off < self.len() as u64)
+    }
+
+    /// The largest mapping a device with this `min_align_mask` can have
+    /// (Linux `swiotlb_max_mapping_size`: a segment less the
+    /// `min_align_mask` rounded up to a slot), further capped by the
+    /// smallest area, which matters only for pools smaller than a segment.
+    pub fn max_mapping_size(&self, min_align_mask: u64) -> usize {
+        let slot = 1u64 << self.slot_shift;
+        let round = if min_align_mask == 0 {
+            0
+        } else {
+            min_align_mask.div_ceil(slot) * slot
+        };
+        let smallest = self.areas.iter().map(|a| a.geom.nslabs).min().unwrap_or(0);
+        let seg = self.segment.min(smallest) as u64 * slot;
+        seg.saturating_sub(round) as usize
+    }
+
+    /// Metadata bytes the pool keeps, all areas included (not the slot
+    /// memory itself).
+    pub fn metadata_bytes(&self) -> usize {
+        let per_slot = core::mem::size_of::<AtomicUsize>() + core::mem::size_of::<AtomicU64>();
+        let bits = self.start_bits.len() * 8;
+        let areas: usize = self
+            .areas
+            .iter()
+            .map(|a| P::metadata_bytes(&a.geom) + core::mem::size_of_val(&**a))
+            .sum();
+        self.nslabs as usize * per_slot + bits + areas + core::mem::size_of::<Self>()
+    }
+
+    /// Builds the slot request for a bounce of `size` bytes of the original
+    /// at `orig`, as Linux's `swiotlb_tbl_map_single` and
+    /// `swiotlb_search_pool_area` normalise it. Returns the request and the
+    /// offset of the bounce address from the allocation's first slot.
+    pub(crate) fn request(
+        &self,
+        tbl_dma: u64,
+        boundary_mask: u64,
+        min_align_mask: u64,
+        orig: u64,
+        size: usize,
+        alloc_align_mask: u64,
+    ) -> Result<(Request, usize)> {
+        let shift = self.slot_shift;
+        let slot_mask = (1u64 << shift) - 1;
+        let impossible = Error::AlignmentImpossible {
+            align_mask: alloc_align_mask,
+            min_align_mask,
+        };
+        if alloc_align_mask & alloc_align_mask.wrapping_add(1) != 0 {
+            return Err(impossible);
+        }
+        if size == 0 {
+            return Err(Error::ZeroSize);
+        }
+        let max = self.max_mapping_size(min_align_mask);
+        if size > max {
+            return Err(Error::TooLarge { size, max });
+        }
+        // swiotlb_align_offset(dev, alloc_align_mask, orig): the bits of
+        // the original the bounce address keeps, padding slots included.
+        let offset = orig & min_align_mask & (alloc_align_mask | slot_mask);
+        let total = (size as u64 + offset).div_ceil(alloc_align_mask + 1) * (alloc_align_mask + 1);
+        let nslots = total.div_ceil(1 << shift);
+        let limit = self.segment.min(self.area_nslabs) as u64;
+        if nslots > limit {
+            return Err(Error::TooLarge {
+                size,
+                max: limit.saturating_mul(1 << shift).saturating_sub(offset) as usize,
+            });
+        }
+        // Historically mappings of a page or more are page aligned when no
+        // mask says otherwise; drivers rely on it.
+        let mut align = alloc_align_mask;
+        let page = 1u64 << self.page_shift;
+        if align == 0 && min_align_mask == 0 && total >= page {
+            align = page - 1;
+        }
+        align |= slot_mask;
+        let iotlb = min_align_mask & !align;
+        let stride = ((align.max(iotlb) >> shift) + 1).min(1 << 31) as u32;
+        let boundary_slots = (boundary_mask >> shift) + 1;
+        if nslots > boundary_slots {
+            return Err(impossible);
+        }
+        let req = Request {
+            nslots: nslots as u32,
+            align_mask: align,
+            iotlb_mask: iotlb,
+            orig,
+            tbl_dma: tbl_dma & boundary_mask,
+            boundary_slots,
+            stride,
+        };
+        Ok((req, offset as usize))
+    }
+
+    /// Finds slots for `req`, starting in area `hint % nareas` and falling
+    /// back to the others in turn (Linux `swiotlb_find_slots`), and records
+    /// the mapping at the allocation's first slot.
+    pub(crate) fn alloc(
+        &self,
+        req: &Request,
+        hint: usize,
+        orig: usize,
+        len: usize,
+        pad: usize,
+    ) -> Option<u32> {
+        let nareas = self.areas.len();
+        let first = hint & (nareas - 1);
+        let mut i = first;
+        loop {
+            let area = &self.areas[i];
+            let mut st = area.state.lock();
+            if req.nslots <= area.geom.nslabs - st.used {
+                if let Some(s) = P::alloc(&mut st.policy, &area.geom, req) {
+                    st.used += req.nslots;
+                    // INVARIANT: the record is written before the start bit
+                    // that publishes it (Release), under the area lock.
+                    self.orig[s as usize].store(orig, Ordering::Relaxed);
+                    self.shape[s as usize]
+                        .store(Shape::new(len, pad, req.nslots).0, Ordering::Relaxed);
+                    self.start_bits[(s / 64) as usize].fetch_or(1 << (s % 64), Ordering::Release);
+                    drop(st);
+                    let used = self.used.fetch_add(req.nslots as usize, Ordering::Relaxed)
+                        + req.nslots as usize;
+                    self.hiwater.fetch_max(used, Ordering::Relaxed);
+                    return Some(s);
+                }
+            }
+            drop(st);
+            i = (i + 1) & (nareas - 1);
+            if i == first {
+                return None;
+            }
+        }
+    }
+
+    /// Why `req` failed: full, or impossible in this pool.
+    pub(crate) fn full_error(&self, req: &Request, min_align_mask: u64) -> Error {
+        let mut largest = 0;
+        for area in self.areas.iter() {
+            let st = area.state.lock();
+            largest = largest.max(P::largest_free_run(&st.policy, &area.geom));
+        }
+        let possible = self.areas.iter().any(|a| fits_empty(&a.geom, req));
+        if !possible {
+            return Error::AlignmentImpossible {
+                align_mask: req.align_mask,
+                min_align_mask,
+            };
+        }
+        Error::PoolFull {
+            requested: req.nslots,
+            free: self.nslabs - self.used.load(Ordering::Relaxed) as u32,
+            largest_run: largest,
+        }
+    }
+
+    /// Gives back the allocation starting at slot `start`, which must be
+    /// live. Returns `Err(NotMapped)` if it is not (a double unmap).
+    pub(crate) fn release(&self, start: u32, nslots: u32, dma: crate::addr::DmaAddr) -> Result {
+        let area = self.area_of(start);
+        let mut st = area.state.lock();
+        let bit = 1u64 << (start % 64);
+        let old = self.start_bits[(start / 64) as usize].fetch_and(!bit, Ordering::Relaxed);
+        if old & bit == 0 {
+            return Err(Error::NotMapped { dma });
+        }
+        P::free(&mut st.policy, &area.geom, start, nslots);
+        st.used -= nslots;
+        drop(st);
+        self.used.fetch_sub(nslots as usize, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn area_of(&self, slot: u32) -> &Area<P::Area> {
+        let i = ((slot / self.area_nslabs) as usize).min(self.areas.len() - 1);
+        &self.areas[i]
+    }
+
+    /// Finds the live mapping that holds physical address `phys`.
+    pub(crate) fn locate(&self, phys: PhysAddr) -> Option<Located> {
+        if !self.contains(phys) {
+            return None;
+        }
+        let off = phys.0 - self.start.0;
+        let slot = (off >> self.slot_shift) as u32;
+        let start = self.prev_start(slot)?;
+        let shape = Shape(self.shape[start as usize].load(Ordering::Relaxed));
+        if slot >= start + shape.nslots() {
+            return None;
+        }
+        let bounce = ((start as u64) << self.slot_shift) + shape.pad() as u64;
+        Some(Located {
+            start,
+            orig: self.orig[start as usize].load(Ordering::Relaxed),
+            len: shape.len(),
+            pad: shape.pad(),
+            nslots: shape.nslots(),
+            offset: off as i64 - bounce as i64,
+        })
+    }
+
+    /// The nearest slot at or below `slot` whose start bit is set.
+    fn prev_start(&self, slot: u32) -> Option<u32> {
+        let mut w = (slot / 64) as usize;
+        let mut bits = self.start_bits[w].load(Ordering::Acquire) & (u64::MAX >> (63 - slot % 64));
+        loop {
+            if bits != 0 {
+                return Some(w as u32 * 64 + 63 - bits.leading_zeros());
+            }
+            if w == 0 {
+                return None;
+            }
+            w -= 1;
+            bits = self.start_bits[w].load(Ordering::Acquire);
+        }
+    }
+
+    /// The CPU address of byte `off` of the pool.
+    #[inline]
+    pub(crate) fn slot_ptr(&self, off: usize) -> *mut u8 {
+        // SAFETY: callers pass offsets inside the pool (of a live
+        // allocation), and `vaddr` is valid for the pool's length (type
+        // invariant), so the result stays in bounds of that allocation.
+        unsafe { self.vaddr.as_ptr().add(off) }
+    }
+
+    /// Byte offset in the pool of slot `slot`.
+    #[inline]
+    pub(crate) fn slot_offset(&self, slot: u32) -> usize {
+        (slot as usize) << self.slot_shift
+    }
+
+    /// Counts a failure under its reason.
+    pub(crate) fn count_failure(&self, e: &Error) {
+        self.failures[e.reason() as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts bytes bounced for the allocation at `start`.
+    #[inline]
+    pub(crate) fn count_bytes(&self, start: u32, to_device: bool, n: usize) {
+        let area = self.area_of(start);
+        let c = if to_device {
+            &area.bytes_to_device
+        } else {
+            &area.bytes_from_device
+        };
+        c.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Counts a mapping the device reached directly.
+    #[inline]
+    pub(crate) fn count_direct(&self) {
+        self.direct.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The pool's statistics, named like Linux's debugfs files.
+    pub fn stats(&self) -> Stats {
+        let mut area_used = Vec::with_capacity(self.areas.len());
+        let mut to = 0;
+        let mut from = 0;
+        for a in self.areas.iter() {
+            area_used.push(a.state.lock().used as u64);
+            to += a.bytes_to_device.load(Ordering::Relaxed);
+            from += a.bytes_from_device.load(Ordering::Relaxed);
+        }
+        let mut failures = [0; FailReason::COUNT];
+        for (f, c) in failures.iter_mut().zip(&self.failures) {
+            *f = c.load(Ordering::Relaxed);
+        }
+        Stats {
+            io_tlb_nslabs: self.nslabs as u64,
+            io_tlb_used: area_used.iter().sum(),
+            io_tlb_used_hiwater: self.hiwater.load(Ordering::Relaxed) as u64,
+            area_used,
+            failures,
+            bytes_to_device: to,
+            bytes_from_device: from,
+            direct_maps: self.direct.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Resets `io_tlb_used_hiwater` to the current use (Linux: writing 0 to
+    /// the debugfs file).
+    pub fn reset_hiwater(&self) {
+        self.hiwater
+            .store(self.used.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+
+    /// Whether pool slot `slot` is free, as the policy sees it (for shadow
+    /// checks in tests).
+    pub fn slot_is_free(&self, slot: u32) -> bool {
+        let area = self.area_of(slot);
+        let st = area.state.lock();
+        P::is_free(&st.policy, &area.geom, slot)
+    }
+
+    /// Runs `f` on the policy state of area `i` under its lock (for golden
+    /// tests that inspect Linux's rotating index).
+    pub fn with_area<R>(&self, i: usize, f: impl FnOnce(&P::Area, &AreaGeom) -> R) -> R {
+        let area = &self.areas[i];
+        let st = area.state.lock();
+        f(&st.policy, &area.geom)
+    }
+}
+
+/// Linux's area count: the wanted count rounded up to a power of two, then
+/// halved until each area holds a segment (`limit_nareas`, kept a power of
+/// two). A pool smaller than one segment has one area.
+fn area_count(wanted: u32, nslabs: u32, segment: u32) -> u32 {
+    let mut n = wanted.max(1).checked_next_power_of_two().unwrap_or(1 << 31);
+    while n > 1 && nslabs / n < segment {
+        n /= 2;
+    }
+    n
+}
+
+/// Whether `req` could be met in an empty area of this geometry.
+fn fits_empty(geom: &AreaGeom, req: &Request) -> bool {
+    let mut s = geom.first;
+    // Find the first aligned slot, then stride; the pattern of segment
+    // lines and boundaries repeats, so a bounded number of candidates
+    // decides it.
+    let end = geom.end();
+    let mut tries = 0u32;
+    while s < end && tries < 1 << 16 {
+        if req.aligned(s, geom.slot_shift) {
+            if !req.crosses_boundary(s, geom.slot_shift) && s + req.nslots <= geom.run_limit(s) {
+                return true;
+            }
+            s = s.saturating_add(req.stride);
+        } else {
+            s += 1;
+        }
+        tries += 1;
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn area_counts_follow_linux() {
+        assert_eq!(area_count(1, 32768, 128), 1);
+        assert_eq!(area_count(3, 32768, 128), 4);
+        assert_eq!(area_count(8, 256, 128), 2);
+        assert_eq!(area_count(4, 100, 128), 1);
+        assert_eq!(area_count(0, 1024, 128), 1);
+    }
+
+    #[test]
+    fn shape_round_trips() {
+        let s = Shape::new(1 << 23, (1 << 23) - 1, 1 << 15);
+        assert_eq!(s.len(), 1 << 23);
+        assert_eq!(s.pad(), (1 << 23) - 1);
+        assert_eq!(s.nslots(), 1 << 15);
+    }
+
+    #[test]
+    fn rejects_bad_regions() {
+        let mut mem = alloc::vec![0u8; 8192];
+        let p = NonNull::new(mem.as_mut_ptr()).unwrap();
+        // SAFETY: `mem` outlives the attempts, which fail before use.
+        let r = unsafe { Pool::<Fast>::new(p, PhysAddr(0x1001), 8192, PoolConfig::default()) };
+        assert!(matches!(
+            r,
+            Err(Error::InvalidPool {
+                problem: PoolProblem::Unaligned,
+                ..
+            })
+        ));
+        // SAFETY: as above.
+        let r = unsafe { Pool::<Fast>::new(p, PhysAddr(0x1000), 100, PoolConfig::default()) };
+        assert!(matches!(
+            r,
+            Err(Error::InvalidPool {
+                problem: PoolProblem::TooSmall,
+                ..
+            })
+        ));
+        let cfg = PoolConfig {
+            segment: 3,
+            ..PoolConfig::default()
+        };
+        // SAFETY: as above.
+        let r = unsafe { Pool::<Fast>::new(p, PhysAddr(0x1000), 8192, cfg) };
+        assert!(matches!(
+            r,
+            Err(Error::InvalidPool {
+                problem: PoolProblem::BadGeometry,
+                ..
+            })
+        ));
+    }
+}

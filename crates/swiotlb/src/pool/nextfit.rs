@@ -1,0 +1,160 @@
+//! `NextFit`: Linux's per-area next-fit search, written from its documented
+//! behaviour (`Documentation/core-api/swiotlb.rst` and the
+//! `swiotlb_search_pool_area` / `swiotlb_release_slots` descriptions).
+//!
+//! Each slot carries a count: how many free slots start at it and run,
+//! without crossing a segment line, to the next allocated slot or the
+//! segment's end. Slot 0 of an empty 128-slot segment says 128, slot 127
+//! says 1, an allocated slot says 0. A search starts at the area's rotating
+//! index, walks forward one slot at a time until it finds a slot whose
+//! address is aligned as the request needs, and from then on strides by the
+//! alignment, taking the first slot whose count covers the request. The
+//! index then moves just past the allocation, so the next search starts
+//! there: allocations march through the area, which spreads wear but walks
+//! cold memory and, as measured in `docs/PERFORMANCE.md`, fragments.
+//!
+//! It exists so that a replayed trace predicts what a real kernel does: for
+//! the same geometry and the same requests from the same area it returns
+//! the same slot indices as Linux (the golden tests check hand-worked
+//! sequences). Where Linux has a latent fault this keeps the fixed
+//! behaviour: counts stop at the area's end as well as the segment's (a
+//! pool smaller than a segment, CVE-2023-52790; an area whose size is not a
+//! multiple of the segment), and an allocation always starts slot-aligned
+//! (CVE-2024-35814).
+
+use alloc::boxed::Box;
+
+use super::policy::{boxed, AreaGeom, Policy, Request};
+
+/// Linux's next-fit policy. See the module documentation.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NextFit;
+
+/// Per-area state of [`NextFit`].
+pub struct NextFitArea {
+    /// Free-run count per slot of the area (Linux `slots[i].list`).
+    list: Box<[u32]>,
+    /// Where the next search starts, relative to the area (Linux
+    /// `area->index`).
+    index: u32,
+}
+
+impl NextFitArea {
+    /// The rotating index, relative to the area.
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+}
+
+/// Linux `wrap_area_index`: past the end goes back to 0, not modulo.
+#[inline]
+fn wrap(geom: &AreaGeom, index: u32) -> u32 {
+    if index >= geom.nslabs {
+        0
+    } else {
+        index
+    }
+}
+
+// SAFETY:
+// - `alloc` returns `s` only when `list[s - first] >= nslots`; a count says
+//   how many free slots follow without crossing a segment line or the
+//   area's end (kept so by `new_area`, `alloc` and `free`), so the whole
+//   run is free, inside the area and inside one segment;
+// - it returns only starts that passed `req.aligned` and
+//   `!req.crosses_boundary`, that is `req.acceptable`.
+unsafe impl Policy for NextFit {
+    type Area = NextFitArea;
+    const NAME: &'static str = "nextfit";
+
+    fn new_area(geom: &AreaGeom) -> NextFitArea {
+        let mut list = boxed(0u32, geom.nslabs as usize);
+        for (i, count) in list.iter_mut().enumerate() {
+            let slot = geom.first + i as u32;
+            // Linux (after the CVE-2023-52790 fix): min(SEGSIZE - offset,
+            // nslabs - i); capped at the area's end too.
+            *count = geom.run_limit(slot) - slot;
+        }
+        NextFitArea { list, index: 0 }
+    }
+
+    fn alloc(area: &mut NextFitArea, geom: &AreaGeom, req: &Request) -> Option<u32> {
+        let shift = geom.slot_shift;
+        let n = req.nslots;
+        let mut index = area.index;
+        let mut checked = 0u32;
+        let found = loop {
+            if checked >= geom.nslabs {
+                return None;
+            }
+            let slot = geom.first + index;
+            if !req.aligned(slot, shift) {
+                // Walk one slot at a time until aligned.
+                index = wrap(geom, index + 1);
+                checked += 1;
+                continue;
+            }
+            if !req.crosses_boundary(slot, shift) && area.list[index as usize] >= n {
+                break index;
+            }
+            index = wrap(geom, index + req.stride);
+            checked += req.stride;
+        };
+        for c in &mut area.list[found as usize..(found + n) as usize] {
+            *c = 0;
+        }
+        // Slots before the allocation in the same segment now run into it:
+        // their counts shrink to end there.
+        let mut count = 0;
+        let mut i = found;
+        while i > 0 {
+            i -= 1;
+            let slot = geom.first + i;
+            if slot % geom.segment == geom.segment - 1 || area.list[i as usize] == 0 {
+                break;
+            }
+            count += 1;
+            area.list[i as usize] = count;
+        }
+        area.index = wrap(geom, found + n);
+        Some(geom.first + found)
+    }
+
+    fn free(area: &mut NextFitArea, geom: &AreaGeom, start: u32, nslots: u32) {
+        let index = start - geom.first;
+        let end = index + nslots;
+        // The run after the freed slots joins them if it is in the same
+        // segment (and area).
+        let mut count = if geom.first + end < geom.run_limit(start) {
+            area.list[end as usize]
+        } else {
+            0
+        };
+        for i in (index..end).rev() {
+            count += 1;
+            area.list[i as usize] = count;
+        }
+        let mut i = index;
+        while i > 0 {
+            i -= 1;
+            let slot = geom.first + i;
+            if slot % geom.segment == geom.segment - 1 || area.list[i as usize] == 0 {
+                break;
+            }
+            count += 1;
+            area.list[i as usize] = count;
+        }
+    }
+
+    fn largest_free_run(area: &NextFitArea, _geom: &AreaGeom) -> u32 {
+        area.list.iter().copied().max().unwrap_or(0)
+    }
+
+    fn is_free(area: &NextFitArea, geom: &AreaGeom, slot: u32) -> bool {
+        area.list[(slot - geom.first) as usize] != 0
+    }
+
+    fn metadata_bytes(geom: &AreaGeom) -> usize {
+        geom.nslabs as usize * core::mem::size_of::<u32>() + core::mem::size_of::<NextFitArea>()
+    }
+}

@@ -1,0 +1,148 @@
+//! The allocation-policy trait and the request both policies answer.
+
+use alloc::boxed::Box;
+
+/// Where one area lies in its pool and how the pool is cut into segments.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AreaGeom {
+    /// Pool-wide index of the area's first slot.
+    pub first: u32,
+    /// Slots in the area.
+    pub nslabs: u32,
+    /// Slots per segment (a power of two); no allocation crosses a segment
+    /// line, counted from the pool's first slot.
+    pub segment: u32,
+    /// log2 of the slot size.
+    pub slot_shift: u32,
+}
+
+impl AreaGeom {
+    /// The pool-wide index one past the area's last slot.
+    #[inline]
+    pub const fn end(&self) -> u32 {
+        self.first + self.nslabs
+    }
+
+    /// The pool-wide index where the segment holding pool slot `slot` ends,
+    /// capped at the area's end: free runs stop there.
+    #[inline]
+    pub const fn run_limit(&self, slot: u32) -> u32 {
+        let seg_end = (slot | (self.segment - 1)) as u64 + 1;
+        let end = self.end() as u64;
+        (if seg_end < end { seg_end } else { end }) as u32
+    }
+}
+
+/// One slot request, already normalised as Linux's
+/// `swiotlb_search_pool_area` normalises it, so that both policies accept
+/// exactly the same start slots.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Request {
+    /// Slots to allocate (padding for `min_align_mask` included).
+    pub nslots: u32,
+    /// Start alignment of the allocation in device address space: the
+    /// caller's `alloc_align_mask`, or a page for mappings of a page or more
+    /// when no mask says otherwise, always including the slot mask.
+    pub align_mask: u64,
+    /// The bits of the original address that must reappear in the slot
+    /// address (`min_align_mask` less `align_mask`); checked only when
+    /// `orig` is non-zero, as Linux does.
+    pub iotlb_mask: u64,
+    /// The original physical address (`0` means "none": no `iotlb_mask`
+    /// check).
+    pub orig: u64,
+    /// The device address of the pool's first slot, under the device's
+    /// segment boundary mask (Linux `tbl_dma_addr`).
+    pub tbl_dma: u64,
+    /// The device's segment boundary in slots (a power of two).
+    pub boundary_slots: u64,
+    /// The slot stride between candidates once one is aligned (Linux
+    /// `stride`).
+    pub stride: u32,
+}
+
+impl Request {
+    /// The device address of pool slot `slot`, as Linux's `slot_addr`.
+    #[inline]
+    pub const fn slot_addr(&self, slot: u32, slot_shift: u32) -> u64 {
+        self.tbl_dma.wrapping_add((slot as u64) << slot_shift)
+    }
+
+    /// Whether pool slot `slot` may start the allocation as far as the
+    /// alignment masks go.
+    #[inline]
+    pub const fn aligned(&self, slot: u32, slot_shift: u32) -> bool {
+        let a = self.slot_addr(slot, slot_shift);
+        a & self.align_mask == 0
+            && (self.orig == 0 || a & self.iotlb_mask == self.orig & self.iotlb_mask)
+    }
+
+    /// Whether an allocation starting at pool slot `slot` would cross the
+    /// device's segment boundary (Linux `iommu_is_span_boundary`).
+    #[inline]
+    pub const fn crosses_boundary(&self, slot: u32, slot_shift: u32) -> bool {
+        let base = self.tbl_dma.div_ceil(1u64 << slot_shift);
+        let off = base.wrapping_add(slot as u64) & (self.boundary_slots - 1);
+        off + self.nslots as u64 > self.boundary_slots
+    }
+
+    /// Whether pool slot `slot` is an acceptable start, ignoring whether
+    /// the slots are free.
+    #[inline]
+    pub const fn acceptable(&self, slot: u32, slot_shift: u32) -> bool {
+        self.aligned(slot, slot_shift) && !self.crosses_boundary(slot, slot_shift)
+    }
+}
+
+/// An allocation policy: how free slots of one area are found and given
+/// back.
+///
+/// The pool keeps everything else (locks, mapping records, statistics), so
+/// a policy is only the search. [`NextFit`](super::NextFit) is Linux's;
+/// [`Fast`](super::Fast) is the default.
+///
+/// # Implementation safety
+/// Implementors guarantee, for every area state made by [`Policy::new_area`]
+/// and every call made under the pool's area lock:
+/// - [`Policy::alloc`] returns `Some(s)` only if `[s, s + nslots)` lies
+///   inside the area, within one segment ([`AreaGeom::run_limit`]), and no
+///   slot of it is held by an allocation not yet given back to
+///   [`Policy::free`];
+/// - it returns only starts for which [`Request::acceptable`] holds.
+///
+/// The pool relies on the first point for memory safety: two live
+/// allocations that shared a slot would race on its bytes.
+pub unsafe trait Policy: Send + Sync + 'static {
+    /// The per-area state.
+    type Area: Send;
+
+    /// A short name (`fast`, `nextfit`).
+    const NAME: &'static str;
+
+    /// The state of an empty area.
+    fn new_area(geom: &AreaGeom) -> Self::Area;
+
+    /// Finds and takes `req.nslots` free slots; the pool-wide index of the
+    /// first, or `None`.
+    fn alloc(area: &mut Self::Area, geom: &AreaGeom, req: &Request) -> Option<u32>;
+
+    /// Gives back `[start, start + nslots)`, which an earlier `alloc` of
+    /// this area returned.
+    fn free(area: &mut Self::Area, geom: &AreaGeom, start: u32, nslots: u32);
+
+    /// The longest run of free slots the policy could hand out (within one
+    /// segment), for error reports.
+    fn largest_free_run(area: &Self::Area, geom: &AreaGeom) -> u32;
+
+    /// Whether slot `slot` is free (for the shadow checks of tests).
+    fn is_free(area: &Self::Area, geom: &AreaGeom, slot: u32) -> bool;
+
+    /// Bytes of per-area metadata the policy keeps for an area of this
+    /// geometry.
+    fn metadata_bytes(geom: &AreaGeom) -> usize;
+}
+
+/// A zeroed boxed slice (the metadata arrays of both policies).
+pub(crate) fn boxed<T: Clone>(value: T, len: usize) -> Box<[T]> {
+    alloc::vec![value; len].into_boxed_slice()
+}
