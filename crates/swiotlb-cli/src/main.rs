@@ -1,3 +1,45 @@
-//! The `swiotlb` command.
+//! The `swiotlb` command: explain `swiotlb=` values, run operation scripts
+//! through the real engine, and benchmark the allocation policies.
 #![forbid(unsafe_code)]
-fn main() {}
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod bench;
+mod explain;
+mod simulate;
+
+/// A software IO TLB: explain, simulate and measure bounce pools.
+#[derive(Parser)]
+#[command(name = "swiotlb", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Parse a `swiotlb=` kernel parameter as Linux does and say what pool it gives.
+    Explain(explain::Args),
+    /// Run an operations script through the real engine and report placements.
+    Simulate(simulate::Args),
+    /// Measure map+unmap against memcpy, both policies, in one run.
+    Bench(bench::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let r = match cli.command {
+        Command::Explain(a) => explain::run(&a),
+        Command::Simulate(a) => simulate::run(&a),
+        Command::Bench(a) => bench::run(&a),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("swiotlb: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
