@@ -124,3 +124,9 @@ pub use map::{DmaBuffer, MapFailed, MapOptions, Mapping, SgEntry};
 pub use pool::{Bounce, Fast, NextFit, Policy, Pool, PoolConfig};
 #[cfg(feature = "alloc")]
 pub use stats::Stats;
+
+/// The README's Rust examples, compiled and run as doctests so that they
+/// work when pasted.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeDoctests;

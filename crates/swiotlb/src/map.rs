@@ -728,7 +728,7 @@ impl<B: DmaBuffer, P: Policy> Mapping<'_, B, P> {
     ///
     /// # Errors
     /// [`Error::OutOfBounds`] past the mapping's end; nothing is copied.
-    pub fn sync_for_cpu(&self, offset: usize, len: usize) -> Result {
+    pub fn sync_for_cpu(&mut self, offset: usize, len: usize) -> Result {
         self.check(offset, len)?;
         if let (Some(b), true) = (self.bounce, self.dir.copies_to_cpu()) {
             // SAFETY:
@@ -756,7 +756,7 @@ impl<B: DmaBuffer, P: Policy> Mapping<'_, B, P> {
     ///
     /// # Errors
     /// [`Error::OutOfBounds`] past the mapping's end; nothing is copied.
-    pub fn sync_for_device(&self, offset: usize, len: usize) -> Result {
+    pub fn sync_for_device(&mut self, offset: usize, len: usize) -> Result {
         self.check(offset, len)?;
         if let (Some(b), true) = (self.bounce, self.dir.copies_to_device()) {
             // SAFETY: as in `sync_for_cpu`, the other way.
@@ -793,7 +793,7 @@ impl<B: DmaBuffer, P: Policy> Mapping<'_, B, P> {
     ///
     /// # Errors
     /// [`Error::OutOfBounds`] past the mapping's end.
-    pub fn write(&self, offset: usize, data: &[u8]) -> Result {
+    pub fn write(&mut self, offset: usize, data: &[u8]) -> Result {
         self.check(offset, data.len())?;
         // SAFETY: as in `read`, the other way.
         unsafe { bounce_copy(self.ptr.as_ptr().add(offset), data.as_ptr(), data.len()) };
@@ -829,6 +829,16 @@ impl<B: DmaBuffer, P: Policy> Mapping<'_, B, P> {
         }
     }
 }
+
+// SAFETY: a mapping owns its buffer `B` and borrows a `Pool`, which is
+// `Sync`; its raw pointer points into `B`'s own bytes, so sending the
+// mapping sends exactly what sending `B` would.
+unsafe impl<B: DmaBuffer + Send, P: Policy> Send for Mapping<'_, B, P> {}
+
+// SAFETY: through `&Mapping` the CPU only reads the buffer (`read`,
+// `device_ptr`); every method that writes the buffer or the slots takes
+// `&mut self`, so shared references never race with each other.
+unsafe impl<B: DmaBuffer + Sync, P: Policy> Sync for Mapping<'_, B, P> {}
 
 impl<B: DmaBuffer, P: Policy> Drop for Mapping<'_, B, P> {
     fn drop(&mut self) {

@@ -427,14 +427,12 @@ impl<P: Policy> Pool<P> {
     /// `min_align_mask` rounded up to a slot), further capped by the
     /// smallest area, which matters only for pools smaller than a segment.
     pub fn max_mapping_size(&self, min_align_mask: u64) -> usize {
-        let slot = 1u64 << self.slot_shift;
-        let round = if min_align_mask == 0 {
-            0
-        } else {
-            min_align_mask.div_ceil(slot) * slot
-        };
-        let smallest = self.areas.iter().map(|a| a.geom.nslabs).min().unwrap_or(0);
-        let seg = self.segment.min(smallest) as u64 * slot;
+        let slot_mask = (1u64 << self.slot_shift) - 1;
+        // roundup(min_align_mask, slot): masks are `2^n - 1`, so this is an
+        // add and a mask, no division on the map path.
+        let round = min_align_mask.saturating_add(slot_mask) & !slot_mask;
+        // The smallest area is `area_nslabs` (the last one may be larger).
+        let seg = (self.segment.min(self.area_nslabs) as u64) << self.slot_shift;
         seg.saturating_sub(round) as usize
     }
 
@@ -483,8 +481,13 @@ impl<P: Policy> Pool<P> {
         // swiotlb_align_offset(dev, alloc_align_mask, orig): the bits of
         // the original the bounce address keeps, padding slots included.
         let offset = orig & min_align_mask & (alloc_align_mask | slot_mask);
-        let total = (size as u64 + offset).div_ceil(alloc_align_mask + 1) * (alloc_align_mask + 1);
-        let nslots = total.div_ceil(1 << shift);
+        // ALIGN(mapping_size + offset, alloc_align_mask + 1), then slots;
+        // the mask is `2^n - 1` (checked above), so shifts and masks do it.
+        let total = (size as u64 + offset)
+            .checked_add(alloc_align_mask)
+            .ok_or(impossible)?
+            & !alloc_align_mask;
+        let nslots = (total + slot_mask) >> shift;
         let limit = self.segment.min(self.area_nslabs) as u64;
         if nslots > limit {
             return Err(Error::TooLarge {
@@ -512,6 +515,7 @@ impl<P: Policy> Pool<P> {
             iotlb_mask: iotlb,
             orig,
             tbl_dma: tbl_dma & boundary_mask,
+            tbl_slot: ((tbl_dma & boundary_mask) + slot_mask) >> shift,
             boundary_slots,
             stride,
         };

@@ -54,6 +54,8 @@ pub struct Request {
     /// The device address of the pool's first slot, under the device's
     /// segment boundary mask (Linux `tbl_dma_addr`).
     pub tbl_dma: u64,
+    /// `tbl_dma` in slots, rounded up (Linux `nr_slots(tbl_dma_addr)`).
+    pub tbl_slot: u64,
     /// The device's segment boundary in slots (a power of two).
     pub boundary_slots: u64,
     /// The slot stride between candidates once one is aligned (Linux
@@ -81,8 +83,8 @@ impl Request {
     /// device's segment boundary (Linux `iommu_is_span_boundary`).
     #[inline]
     pub const fn crosses_boundary(&self, slot: u32, slot_shift: u32) -> bool {
-        let base = self.tbl_dma.div_ceil(1u64 << slot_shift);
-        let off = base.wrapping_add(slot as u64) & (self.boundary_slots - 1);
+        let _ = slot_shift;
+        let off = self.tbl_slot.wrapping_add(slot as u64) & (self.boundary_slots - 1);
         off + self.nslots as u64 > self.boundary_slots
     }
 
