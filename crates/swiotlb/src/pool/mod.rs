@@ -188,8 +188,8 @@ pub struct Pool<P: Policy = Fast> {
     orig: Box<[AtomicUsize]>,
     shape: Box<[AtomicU64]>,
     start_bits: Box<[AtomicU64]>,
-    used: AtomicUsize,
-    hiwater: AtomicUsize,
+    used: CachePadded<AtomicUsize>,
+    hiwater: CachePadded<AtomicUsize>,
     failures: [AtomicU64; FailReason::COUNT],
     direct: AtomicU64,
     owned: Option<Owned>,
@@ -317,8 +317,8 @@ impl<P: Policy> Pool<P> {
             orig: (0..nslabs).map(|_| AtomicUsize::new(0)).collect(),
             shape: atomics(nslabs as usize),
             start_bits: atomics(nslabs.div_ceil(64) as usize),
-            used: AtomicUsize::new(0),
-            hiwater: AtomicUsize::new(0),
+            used: CachePadded(AtomicUsize::new(0)),
+            hiwater: CachePadded(AtomicUsize::new(0)),
             failures: core::array::from_fn(|_| AtomicU64::new(0)),
             direct: AtomicU64::new(0),
             owned: None,
@@ -551,7 +551,12 @@ impl<P: Policy> Pool<P> {
                     drop(st);
                     let used = self.used.fetch_add(req.nslots as usize, Ordering::Relaxed)
                         + req.nslots as usize;
-                    self.hiwater.fetch_max(used, Ordering::Relaxed);
+                    // Read before writing: once warm, the high-water mark
+                    // rarely moves, and a plain load keeps its cache line
+                    // shared between CPUs instead of bouncing it.
+                    if used > self.hiwater.load(Ordering::Relaxed) {
+                        self.hiwater.fetch_max(used, Ordering::Relaxed);
+                    }
                     return Some(s);
                 }
             }
