@@ -31,11 +31,14 @@ pub enum ParamProblem {
     Empty,
     /// Text Linux does not read (a typo, a unit suffix, a trailing comma).
     Trailing,
-    /// A number does not fit in 64 bits.
+    /// A number is larger than a pool can be: more than 2^52 slots or
+    /// 2^24 areas (Linux's own arithmetic wraps there).
     Overflow,
     /// The slot count is zero.
     ZeroSlots,
-    /// The slot count is not a multiple of the segment (128); Linux rounds it up.
+    /// Linux changes the slot count given: up to a multiple of the segment
+    /// (128), or, once an area count is in force, up to a power of two
+    /// (`round_up_default_nslabs`).
     SlotsRounded,
     /// The area count is zero; Linux takes 1.
     ZeroAreas,
@@ -230,7 +233,9 @@ impl fmt::Display for ParamProblem {
             ParamProblem::Trailing => "text Linux ignores",
             ParamProblem::Overflow => "number too large",
             ParamProblem::ZeroSlots => "zero slots",
-            ParamProblem::SlotsRounded => "slot count not a multiple of 128 (Linux rounds it up)",
+            ParamProblem::SlotsRounded => {
+                "slot count not a multiple of 128, or not a power of two with areas (Linux rounds it up)"
+            }
             ParamProblem::ZeroAreas => "zero areas (Linux uses 1)",
             ParamProblem::AreasRounded => "area count not a power of two (Linux rounds it up)",
             ParamProblem::SlotsRaised => {
