@@ -436,6 +436,12 @@ impl<P: Policy> Pool<P> {
         seg.saturating_sub(round) as usize
     }
 
+    /// Bytes in the largest allocation: a segment, or the smallest area if
+    /// that is smaller.
+    fn segment_bytes(&self) -> usize {
+        (self.segment.min(self.area_nslabs) as usize) << self.slot_shift
+    }
+
     /// Metadata bytes the pool keeps, all areas included (not the slot
     /// memory itself).
     pub fn metadata_bytes(&self) -> usize {
@@ -474,9 +480,15 @@ impl<P: Policy> Pool<P> {
         if size == 0 {
             return Err(Error::ZeroSize);
         }
-        let max = self.max_mapping_size(min_align_mask);
-        if size > max {
-            return Err(Error::TooLarge { size, max });
+        // Like Linux, `max_mapping_size` is the size every request up to it
+        // can get, not a cap: a larger mapping whose actual offset leaves
+        // room in a segment is served (`swiotlb_tbl_map_single` enforces
+        // nothing more). Only a request no segment can hold is too large.
+        if size > self.segment_bytes() {
+            return Err(Error::TooLarge {
+                size,
+                max: self.max_mapping_size(min_align_mask),
+            });
         }
         // swiotlb_align_offset(dev, alloc_align_mask, orig): the bits of
         // the original the bounce address keeps, padding slots included.
@@ -492,7 +504,7 @@ impl<P: Policy> Pool<P> {
         if nslots > limit {
             return Err(Error::TooLarge {
                 size,
-                max: limit.saturating_mul(1 << shift).saturating_sub(offset) as usize,
+                max: self.max_mapping_size(min_align_mask),
             });
         }
         // Historically mappings of a page or more are page aligned when no

@@ -17,9 +17,11 @@
 //! the same geometry and the same requests from the same area it returns
 //! the same slot indices as Linux (the golden tests check hand-worked
 //! sequences). Where Linux has a latent fault this keeps the fixed
-//! behaviour: counts stop at the area's end as well as the segment's (a
-//! pool smaller than a segment, CVE-2023-52790; an area whose size is not a
-//! multiple of the segment), and an allocation always starts slot-aligned
+//! behaviour: counts stop at the area's end as well as the segment's, both
+//! when a pool is set up and when a free merges with the run after it (a
+//! pool smaller than a segment, CVE-2023-52790, where Linux's release path
+//! still reads the count one past the pool's end; an area whose size is not
+//! a multiple of the segment), and an allocation always starts slot-aligned
 //! (CVE-2024-35814).
 
 use alloc::boxed::Box;
