@@ -284,7 +284,8 @@ impl<P: Policy> Pool<P> {
     /// address inside a mapping. Outside the pool: nothing to do.
     ///
     /// # Errors
-    /// [`Error::NotMapped`], [`Error::OutOfBounds`]; nothing is copied.
+    /// [`Error::NotMapped`], [`Error::OutOfBounds`], whatever the
+    /// direction; nothing is copied.
     ///
     /// # Safety
     /// As [`Pool::unmap_raw`], except that the device may go on using other
@@ -296,11 +297,8 @@ impl<P: Policy> Pool<P> {
         size: usize,
         dir: Direction,
     ) -> Result {
-        if !dir.copies_to_cpu() {
-            return Ok(());
-        }
         // SAFETY: the caller's obligations.
-        unsafe { self.sync_raw(dev, dma, size, false) }
+        unsafe { self.sync_raw(dev, dma, size, false, dir.copies_to_cpu()) }
     }
 
     /// Makes CPU writes to the original in `[dma, dma + size)` visible to
@@ -308,7 +306,8 @@ impl<P: Policy> Pool<P> {
     /// bidirectional mappings (Linux `swiotlb_sync_single_for_device`).
     ///
     /// # Errors
-    /// [`Error::NotMapped`], [`Error::OutOfBounds`]; nothing is copied.
+    /// [`Error::NotMapped`], [`Error::OutOfBounds`], whatever the
+    /// direction; nothing is copied.
     ///
     /// # Safety
     /// As [`Pool::sync_for_cpu_raw`].
@@ -319,13 +318,15 @@ impl<P: Policy> Pool<P> {
         size: usize,
         dir: Direction,
     ) -> Result {
-        if !dir.copies_to_device() {
-            return Ok(());
-        }
         // SAFETY: the caller's obligations.
-        unsafe { self.sync_raw(dev, dma, size, true) }
+        unsafe { self.sync_raw(dev, dma, size, true, dir.copies_to_device()) }
     }
 
+    /// Checks `[dma, dma + size)` against its mapping whatever the
+    /// direction, as the safe [`Mapping`] syncs do (and Linux's DMA-API
+    /// debugging `check_sync`): a sync outside a live mapping is an error
+    /// even when its direction copies nothing. Copies only if `copy`.
+    ///
     /// # Safety
     /// As [`Pool::sync_for_cpu_raw`].
     unsafe fn sync_raw<T: Translate>(
@@ -334,6 +335,7 @@ impl<P: Policy> Pool<P> {
         dma: DmaAddr,
         size: usize,
         to_device: bool,
+        copy: bool,
     ) -> Result {
         let phys = dev.translate().dma_to_phys(dma);
         if !self.contains(phys) {
@@ -352,6 +354,9 @@ impl<P: Policy> Pool<P> {
                     len: size,
                     mapping_len: loc.len,
                 });
+            }
+            if !copy {
+                return Ok(());
             }
             let slot = self.slot_ptr(self.slot_offset(loc.start) + loc.pad + offset);
             let orig = (loc.orig as *mut u8).wrapping_add(offset);

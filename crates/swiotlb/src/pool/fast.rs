@@ -46,11 +46,11 @@ impl FastArea {
     fn search(&self, geom: &AreaGeom, req: &Request, from: u32, to: u32) -> Option<u32> {
         let shift = geom.slot_shift;
         let n = req.nslots;
-        let stride = req.stride;
-        // The stride and phase of acceptable starts: with contiguous masks
+        // The period and phase of acceptable starts: with contiguous masks
         // (checked by the pool) a slot is aligned iff its pool index is
-        // congruent to `phase` modulo `stride`.
-        let phase = phase(req, shift);
+        // congruent to `phase` modulo `stride`, a power of two. Linux's
+        // `req.stride` is not always that period (see `phase`).
+        let (phase, stride) = phase(req, shift);
         let mut pos = from;
         while pos < to {
             let a = next_one(&self.free, pos, to)?;
@@ -73,17 +73,26 @@ impl FastArea {
     }
 }
 
-/// The residue modulo `stride` of the pool indices whose slot address meets
-/// the alignment masks.
+/// The residue and the period (a power of two, in slots) of the pool
+/// indices whose slot address meets the alignment masks.
+///
+/// The period comes from the combined mask, not from Linux's `stride`
+/// (`(max(align_mask, iotlb_mask) >> shift) + 1`): when `min_align_mask`
+/// is wider than the allocation alignment, `iotlb_mask` has its low bits
+/// clear and that stride is not a power of two (0x3fff over 0xfff on 2 KiB
+/// slots gives 7). Linux's walk then steps over misaligned slots one at a
+/// time; a residue test modulo such a stride picks the wrong slots.
 #[inline]
-fn phase(req: &Request, shift: u32) -> u32 {
+fn phase(req: &Request, shift: u32) -> (u32, u32) {
     let mask = req.align_mask | if req.orig != 0 { req.iotlb_mask } else { 0 };
     let want = if req.orig != 0 {
         req.orig & req.iotlb_mask
     } else {
         0
     };
-    ((want.wrapping_sub(req.tbl_dma) & mask) >> shift) as u32
+    let period = ((mask >> shift) + 1).min(1 << 31) as u32;
+    let phase = ((want.wrapping_sub(req.tbl_dma) & mask) >> shift) as u32;
+    (phase & (period - 1), period)
 }
 
 // SAFETY:
