@@ -1,10 +1,716 @@
-//! `swiotlb simulate` (being written).
+//! `swiotlb simulate`: runs an operations script through the real engine
+//! and reports where every mapping landed and the pool's statistics.
+//!
+//! The pool is a heap pool driven by [`swiotlb::sim::Simulator`]: every
+//! mapping has a real original buffer, every copy the engine makes is
+//! checked against Linux's semantics, and placements are those of a real
+//! kernel pool at device address 0 (the same on every run and machine).
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::io::{IsTerminal, Read, Write as _};
+
+use serde_json::{json, Value};
+use swiotlb::sim::{MapParams, SimError, Simulator};
+use swiotlb::{Direction, Error, FailReason, Fast, NextFit, PhysAddr, Policy, PoolConfig, Stats};
+
+/// The script grammar, shown by `swiotlb simulate --help`.
+const SCRIPT_HELP: &str = "\
+Script: one operation per line; `#` starts a comment, blank lines are skipped.
+
+  map ID SIZE [orig=HEX] [min_align=HEX] [alloc_align=HEX] [cpu=N] [dir=to|from|bidi]
+  unmap ID
+  sync ID OFFSET LEN cpu|device
+
+ID is a name made of letters, digits and `_ - . : /`. SIZE, OFFSET and LEN
+are decimal or 0x hex, optionally followed by K (x1024) or M (x1024*1024);
+SIZE is at most 1 GiB. HEX values are hexadecimal, `0x` optional. `_` may
+separate digits. Defaults: orig=0 (no min-align check, as Linux), no masks,
+cpu=0 (the search starts in area cpu % nareas), dir=bidi.
+
+A map the engine refuses (pool full, too large, impossible alignment) is
+reported as that map's result; an unmap or sync of an id whose map failed
+is skipped. A bad line, a map of an id already mapped, or an unmap or sync
+of an id never mapped stops the run with exit code 2.";
 
 /// Arguments of `swiotlb simulate`.
 #[derive(clap::Args)]
-pub struct Args {}
+#[command(after_long_help = SCRIPT_HELP)]
+pub struct Args {
+    /// The operations script; `-` reads standard input.
+    #[arg(long, value_name = "FILE")]
+    ops: String,
+    /// Slots in the pool, 2 KiB each; Linux's default is 32768 (64 MiB).
+    #[arg(long, value_name = "N", default_value_t = 32768,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    nslabs: u32,
+    /// Areas wanted; rounded up to a power of two and lowered until each
+    /// area holds a 128-slot segment, as Linux does.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    nareas: u32,
+    /// The allocation policy: `fast` (the default) or `nextfit` (Linux's,
+    /// slot for slot).
+    #[arg(long, value_enum, default_value_t = PolicyName::Fast)]
+    policy: PolicyName,
+    /// Print one JSON object (`{"ops": [...], "stats": {...}}`) instead of
+    /// a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The allocation policies the command offers.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum PolicyName {
+    /// The default: a free bitmap searched from the last freed run.
+    Fast,
+    /// Linux's next-fit over free-run counters, slot for slot.
+    Nextfit,
+}
 
 /// Runs `swiotlb simulate`.
-pub fn run(_args: &Args) -> Result<(), String> {
-    Err("not available yet".into())
+pub fn run(args: &Args) -> Result<(), String> {
+    let (source, text) = read_script(&args.ops)?;
+    let ops = parse(&text).map_err(|e| format!("{source} line {}: {}", e.line, e.msg))?;
+    let report = match args.policy {
+        PolicyName::Fast => execute::<Fast>(args, &ops),
+        PolicyName::Nextfit => execute::<NextFit>(args, &ops),
+    }
+    .map_err(|e| match e.line {
+        0 => format!("{source}: {}", e.msg),
+        n => format!("{source} line {n}: {}", e.msg),
+    })?;
+    // Everything is printed at once, after the run: a script that fails
+    // half way prints nothing on standard output.
+    let out = if args.json {
+        let mut s = serde_json::to_string_pretty(&report.to_json())
+            .map_err(|e| format!("cannot write JSON: {e}"))?;
+        s.push('\n');
+        s
+    } else {
+        report.to_text()
+    };
+    match std::io::stdout().lock().write_all(out.as_bytes()) {
+        // A reader that stops early (`| head`) is not an error of ours.
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(format!("cannot write the report: {e}"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The script's name for messages, and its text.
+fn read_script(path: &str) -> Result<(String, String), String> {
+    if path == "-" {
+        let mut text = String::new();
+        let stdin = std::io::stdin();
+        if stdin.is_terminal() {
+            eprintln!("swiotlb: reading the script from standard input; end it with Ctrl-D");
+        }
+        stdin
+            .lock()
+            .read_to_string(&mut text)
+            .map_err(|e| format!("cannot read the script from standard input: {e}"))?;
+        Ok(("<stdin>".into(), text))
+    } else {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+        Ok((path.into(), text))
+    }
+}
+
+/// A problem with the script, at a line (0 when it is about no line).
+#[derive(Debug, PartialEq, Eq)]
+struct ScriptError {
+    line: usize,
+    msg: String,
+}
+
+fn at(line: usize, msg: impl Into<String>) -> ScriptError {
+    ScriptError {
+        line,
+        msg: msg.into(),
+    }
+}
+
+/// One operation of the script.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Op {
+    Map {
+        id: String,
+        size: usize,
+        dir: Direction,
+        params: MapParams,
+    },
+    Unmap {
+        id: String,
+    },
+    Sync {
+        id: String,
+        offset: usize,
+        len: usize,
+        for_cpu: bool,
+    },
+}
+
+/// An operation and the line it came from (counted from 1).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Line {
+    no: usize,
+    op: Op,
+}
+
+/// The largest SIZE a script may give. The simulator backs every mapping
+/// with a real buffer, and no swiotlb mapping comes near this (the largest
+/// is one segment, 256 KiB in Linux's geometry).
+const MAX_SIZE: u64 = 1 << 30;
+
+/// Parses the whole script, so that a bad line stops the run before any
+/// operation.
+fn parse(text: &str) -> Result<Vec<Line>, ScriptError> {
+    let mut ops = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let no = i + 1;
+        let code = raw.split_once('#').map_or(raw, |(code, _)| code);
+        let words: Vec<&str> = code.split_whitespace().collect();
+        let Some((&verb, rest)) = words.split_first() else {
+            continue;
+        };
+        let op = match verb {
+            "map" => parse_map(rest),
+            "unmap" => parse_unmap(rest),
+            "sync" => parse_sync(rest),
+            _ => Err(format!(
+                "unknown operation `{verb}` (expected map, unmap or sync)"
+            )),
+        }
+        .map_err(|msg| at(no, msg))?;
+        ops.push(Line { no, op });
+    }
+    Ok(ops)
+}
+
+const MAP_USAGE: &str =
+    "map ID SIZE [orig=HEX] [min_align=HEX] [alloc_align=HEX] [cpu=N] [dir=to|from|bidi]";
+
+fn parse_map(words: &[&str]) -> Result<Op, String> {
+    let [id, size, options @ ..] = words else {
+        return Err(format!("map needs an ID and a SIZE: {MAP_USAGE}"));
+    };
+    let id = parse_id(id)?;
+    let size = byte_count(size)
+        .ok_or_else(|| format!("SIZE `{size}` is not a byte count ({BYTES_HINT})"))?;
+    if size > MAX_SIZE {
+        return Err(format!(
+            "SIZE {size} is larger than 1 GiB, far beyond any swiotlb mapping"
+        ));
+    }
+    let mut params = MapParams::default();
+    let mut dir = Direction::Bidirectional;
+    let mut seen: Vec<&str> = Vec::new();
+    for opt in options {
+        let Some((key, value)) = opt.split_once('=') else {
+            return Err(format!(
+                "unexpected `{opt}` after SIZE; options take the form key=value: {MAP_USAGE}"
+            ));
+        };
+        if seen.contains(&key) {
+            return Err(format!("`{key}=` is given twice"));
+        }
+        let hex_value =
+            || hex(value).ok_or_else(|| format!("`{key}={value}`: `{value}` is not a hex number"));
+        match key {
+            "orig" => params.orig = PhysAddr(hex_value()?),
+            "min_align" => {
+                let m = hex_value()?;
+                // No device can have another kind of mask (Linux drivers
+                // pass `2^n - 1`), so this is a typo, not a case to simulate.
+                if m & m.wrapping_add(1) != 0 {
+                    return Err(format!("`min_align={value}` is not 2^n - 1 (like 0xfff)"));
+                }
+                params.min_align_mask = m;
+            }
+            "alloc_align" => params.alloc_align_mask = hex_value()?,
+            "cpu" => {
+                params.cpu = number(value)
+                    .and_then(|n| usize::try_from(n).ok())
+                    .ok_or_else(|| format!("`cpu={value}`: `{value}` is not a number"))?;
+            }
+            "dir" => {
+                dir = match value {
+                    "to" => Direction::ToDevice,
+                    "from" => Direction::FromDevice,
+                    "bidi" => Direction::Bidirectional,
+                    _ => return Err(format!("`dir={value}`: the direction is to, from or bidi")),
+                }
+            }
+            _ => {
+                return Err(format!(
+                "unknown option `{key}=` (expected orig=, min_align=, alloc_align=, cpu= or dir=)"
+            ))
+            }
+        }
+        seen.push(key);
+    }
+    Ok(Op::Map {
+        id,
+        size: size as usize,
+        dir,
+        params,
+    })
+}
+
+fn parse_unmap(words: &[&str]) -> Result<Op, String> {
+    let [id] = words else {
+        return Err("unmap takes one ID: unmap ID".into());
+    };
+    Ok(Op::Unmap { id: parse_id(id)? })
+}
+
+fn parse_sync(words: &[&str]) -> Result<Op, String> {
+    let [id, offset, len, whom] = words else {
+        return Err("sync takes an ID, an OFFSET, a LEN and cpu or device: \
+                    sync ID OFFSET LEN cpu|device"
+            .into());
+    };
+    let id = parse_id(id)?;
+    let count = |what: &str, s: &str| {
+        byte_count(s)
+            .and_then(|n| usize::try_from(n).ok())
+            .ok_or_else(|| format!("{what} `{s}` is not a byte count ({BYTES_HINT})"))
+    };
+    let offset = count("OFFSET", offset)?;
+    let len = count("LEN", len)?;
+    let for_cpu = match *whom {
+        "cpu" => true,
+        "device" => false,
+        _ => return Err(format!("sync is for `cpu` or for `device`, not `{whom}`")),
+    };
+    Ok(Op::Sync {
+        id,
+        offset,
+        len,
+        for_cpu,
+    })
+}
+
+fn parse_id(s: &str) -> Result<String, String> {
+    let ok = s
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "_-.:/".contains(c));
+    if ok {
+        Ok(s.into())
+    } else {
+        Err(format!(
+            "ID `{s}` may hold only letters, digits and `_ - . : /`"
+        ))
+    }
+}
+
+const BYTES_HINT: &str = "decimal or 0x hex, optionally with a K or M suffix";
+
+/// Decimal or `0x` hex, `_` allowed between digits.
+fn number(s: &str) -> Option<u64> {
+    match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(h) => radix(h, 16),
+        None => radix(s, 10),
+    }
+}
+
+/// Hex, `0x` optional, `_` allowed between digits.
+fn hex(s: &str) -> Option<u64> {
+    radix(
+        s.strip_prefix("0x")
+            .or_else(|| s.strip_prefix("0X"))
+            .unwrap_or(s),
+        16,
+    )
+}
+
+/// A [`number`] optionally followed by `K` (KiB) or `M` (MiB).
+fn byte_count(s: &str) -> Option<u64> {
+    let (digits, unit) = match s.as_bytes().last()? {
+        b'K' | b'k' => (&s[..s.len() - 1], 1 << 10),
+        b'M' | b'm' => (&s[..s.len() - 1], 1 << 20),
+        _ => (s, 1),
+    };
+    number(digits)?.checked_mul(unit)
+}
+
+fn radix(s: &str, radix: u32) -> Option<u64> {
+    // `_` separates digits; it neither starts nor ends a number.
+    if s.starts_with('_') || s.ends_with('_') || s.contains("__") {
+        return None;
+    }
+    let digits: String = s.chars().filter(|&c| c != '_').collect();
+    if digits.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
+        return None;
+    }
+    u64::from_str_radix(&digits, radix).ok()
+}
+
+/// Where a map landed.
+#[derive(Clone, Copy, Debug)]
+struct Placed {
+    /// First slot of the mapping, padding excluded.
+    slot: u32,
+    /// First slot of the allocation, padding included.
+    start: u32,
+    /// Slots held, padding included.
+    nslots: u32,
+    /// Bounce address as a byte offset into the pool.
+    addr: u64,
+}
+
+/// The outcome of one map.
+#[derive(Clone, Debug)]
+struct MapEntry {
+    line: usize,
+    id: String,
+    size: usize,
+    dir: Direction,
+    outcome: Result<Placed, Error>,
+}
+
+/// What a run produced.
+struct Report {
+    policy: &'static str,
+    nareas: u32,
+    slot_size: usize,
+    maps: Vec<MapEntry>,
+    stats: Stats,
+}
+
+/// What the script has done with an id so far.
+enum IdState {
+    /// Mapped at this line and not unmapped since.
+    Live(usize),
+    /// Its last map, at this line, failed in the engine.
+    Failed,
+}
+
+/// Runs the operations through a simulator over a `P` pool.
+fn execute<P: Policy>(args: &Args, ops: &[Line]) -> Result<Report, ScriptError> {
+    let mut sim = Simulator::<P, String>::new(args.nslabs, PoolConfig::with_areas(args.nareas))
+        .map_err(|e| at(0, format!("cannot build the pool: {e}")))?;
+    let mut ids: HashMap<&str, IdState> = HashMap::new();
+    let mut maps = Vec::new();
+    for Line { no, op } in ops {
+        let no = *no;
+        match op {
+            Op::Map {
+                id,
+                size,
+                dir,
+                params,
+            } => {
+                if let Some(IdState::Live(prev)) = ids.get(id.as_str()) {
+                    return Err(at(
+                        no,
+                        format!("map: `{id}` is already mapped (line {prev}); unmap it first"),
+                    ));
+                }
+                let outcome = match sim.map_with(id.clone(), *size, *dir, *params) {
+                    Ok(b) => {
+                        ids.insert(id, IdState::Live(no));
+                        Ok(Placed {
+                            slot: b.slot,
+                            start: b.start,
+                            nslots: b.nslots,
+                            addr: sim.offset_of(&b),
+                        })
+                    }
+                    Err(SimError::Engine(e)) => {
+                        ids.insert(id, IdState::Failed);
+                        Err(e)
+                    }
+                    Err(e) => return Err(at(no, format!("map `{id}`: {e}"))),
+                };
+                maps.push(MapEntry {
+                    line: no,
+                    id: id.clone(),
+                    size: *size,
+                    dir: *dir,
+                    outcome,
+                });
+            }
+            Op::Unmap { id } => match ids.remove(id.as_str()) {
+                Some(IdState::Live(_)) => {
+                    sim.unmap(id.as_str())
+                        .map_err(|e| at(no, format!("unmap `{id}`: {e}")))?;
+                }
+                // Its map failed: a driver does not unmap it either.
+                Some(IdState::Failed) => {}
+                None => return Err(at(no, format!("unmap: `{id}` is not mapped"))),
+            },
+            Op::Sync {
+                id,
+                offset,
+                len,
+                for_cpu,
+            } => match ids.get(id.as_str()) {
+                Some(IdState::Live(_)) => {
+                    let r = if *for_cpu {
+                        sim.sync_for_cpu(id.as_str(), *offset, *len)
+                    } else {
+                        sim.sync_for_device(id.as_str(), *offset, *len)
+                    };
+                    r.map_err(|e| at(no, format!("sync `{id}`: {e}")))?;
+                }
+                Some(IdState::Failed) => {}
+                None => return Err(at(no, format!("sync: `{id}` is not mapped"))),
+            },
+        }
+    }
+    // Mappings still live at the end keep their slots (they show in the
+    // statistics); their bytes must still be right.
+    sim.verify()
+        .map_err(|e| at(0, format!("after the last line: {e}")))?;
+    Ok(Report {
+        policy: sim.pool().policy_name(),
+        nareas: sim.pool().nareas(),
+        slot_size: sim.pool().slot_size(),
+        maps,
+        stats: sim.stats(),
+    })
+}
+
+impl Report {
+    fn to_json(&self) -> Value {
+        let ops: Vec<Value> = self
+            .maps
+            .iter()
+            .map(|m| {
+                let mut o = json!({
+                    "line": m.line,
+                    "id": m.id,
+                    "size": m.size,
+                    "dir": m.dir.short_name(),
+                });
+                match &m.outcome {
+                    Ok(p) => {
+                        o["slot"] = p.slot.into();
+                        o["start"] = p.start.into();
+                        o["nslots"] = p.nslots.into();
+                        o["addr"] = p.addr.into();
+                    }
+                    Err(e) => {
+                        o["error"] = json!({ "kind": e.kind(), "message": e.to_string() });
+                    }
+                }
+                o
+            })
+            .collect();
+        let s = &self.stats;
+        let failures: serde_json::Map<String, Value> = FailReason::ALL
+            .iter()
+            .map(|&r| (r.name().to_string(), s.failures(r).into()))
+            .collect();
+        json!({
+            "ops": ops,
+            "stats": {
+                "io_tlb_nslabs": s.io_tlb_nslabs,
+                "io_tlb_used": s.io_tlb_used,
+                "io_tlb_used_hiwater": s.io_tlb_used_hiwater,
+                "area_used": s.area_used,
+                "failures": failures,
+                "bytes_to_device": s.bytes_to_device,
+                "bytes_from_device": s.bytes_from_device,
+                "direct_maps": s.direct_maps,
+            },
+        })
+    }
+
+    fn to_text(&self) -> String {
+        let mut t = String::new();
+        let nslabs = self.stats.io_tlb_nslabs;
+        let pool_bytes = nslabs * self.slot_size as u64;
+        let areas = if self.nareas == 1 { "area" } else { "areas" };
+        // Writing to a String cannot fail.
+        let _ = writeln!(
+            t,
+            "pool: {nslabs} slots of {} bytes ({}), {} {areas}, policy {}",
+            self.slot_size,
+            human_bytes(pool_bytes),
+            self.nareas,
+            self.policy,
+        );
+        let _ = writeln!(t);
+        let idw = self
+            .maps
+            .iter()
+            .map(|m| m.id.len())
+            .max()
+            .unwrap_or(0)
+            .max(2);
+        let sizew = self
+            .maps
+            .iter()
+            .map(|m| m.size.to_string().len())
+            .max()
+            .unwrap_or(0)
+            .max(4);
+        // Hex digits of the last byte's offset, so addresses line up.
+        let addrw = 2
+            + (64 - pool_bytes.saturating_sub(1).leading_zeros())
+                .div_ceil(4)
+                .max(1) as usize;
+        let _ = writeln!(
+            t,
+            "{:>5}  {:<idw$}  {:>sizew$}  {:<4}  {:>6}  {:<addrw$}  {:>6}",
+            "line", "id", "size", "dir", "slot", "addr", "nslots"
+        );
+        for m in &self.maps {
+            let _ = write!(
+                t,
+                "{:>5}  {:<idw$}  {:>sizew$}  {:<4}  ",
+                m.line,
+                m.id,
+                m.size,
+                m.dir.short_name()
+            );
+            let _ = match &m.outcome {
+                Ok(p) => writeln!(
+                    t,
+                    "{:>6}  {:<addrw$}  {:>6}",
+                    p.slot,
+                    format!("{:#0w$x}", p.addr, w = addrw),
+                    p.nslots
+                ),
+                Err(e) => writeln!(t, "failed: {} ({})", e, e.kind()),
+            };
+        }
+        if self.maps.is_empty() {
+            let _ = writeln!(t, "(no maps)");
+        }
+        let _ = writeln!(t);
+        let _ = writeln!(t, "{}", self.stats);
+        t
+    }
+}
+
+/// `n` bytes in the largest binary unit that divides them.
+fn human_bytes(n: u64) -> String {
+    match n {
+        0 => "0 bytes".into(),
+        n if n % (1 << 30) == 0 => format!("{} GiB", n >> 30),
+        n if n % (1 << 20) == 0 => format!("{} MiB", n >> 20),
+        n if n % (1 << 10) == 0 => format!("{} KiB", n >> 10),
+        n => format!("{n} bytes"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(text: &str) -> Op {
+        parse(text).unwrap().remove(0).op
+    }
+
+    fn err(text: &str) -> ScriptError {
+        parse(text).unwrap_err()
+    }
+
+    #[test]
+    fn numbers() {
+        assert_eq!(number("4096"), Some(4096));
+        assert_eq!(number("0x1000"), Some(4096));
+        assert_eq!(number("1_000"), Some(1000));
+        assert_eq!(number("0x_1"), None);
+        assert_eq!(number("1__0"), None);
+        assert_eq!(number(""), None);
+        assert_eq!(number("-1"), None);
+        assert_eq!(number("+1"), None);
+        assert_eq!(number("0x"), None);
+        assert_eq!(number("99999999999999999999"), None);
+        assert_eq!(byte_count("4K"), Some(4096));
+        assert_eq!(byte_count("0x2k"), Some(2048));
+        assert_eq!(byte_count("1M"), Some(1 << 20));
+        assert_eq!(byte_count("K"), None);
+        assert_eq!(byte_count("1G"), None);
+        assert_eq!(hex("fff"), Some(0xfff));
+        assert_eq!(hex("0x1234_5a10"), Some(0x1234_5a10));
+        assert_eq!(hex("xyz"), None);
+    }
+
+    #[test]
+    fn map_lines() {
+        assert_eq!(
+            op("map a 2K"),
+            Op::Map {
+                id: "a".into(),
+                size: 2048,
+                dir: Direction::Bidirectional,
+                params: MapParams::default(),
+            }
+        );
+        assert_eq!(
+            op("  map rx.0 3000 dir=from orig=0x12345a10 min_align=fff alloc_align=0xffff cpu=3 # nvme"),
+            Op::Map {
+                id: "rx.0".into(),
+                size: 3000,
+                dir: Direction::FromDevice,
+                params: MapParams {
+                    orig: PhysAddr(0x1234_5a10),
+                    min_align_mask: 0xfff,
+                    alloc_align_mask: 0xffff,
+                    cpu: 3,
+                },
+            }
+        );
+    }
+
+    #[test]
+    fn other_lines() {
+        assert_eq!(op("unmap a"), Op::Unmap { id: "a".into() });
+        assert_eq!(
+            op("sync a 0x10 1K device"),
+            Op::Sync {
+                id: "a".into(),
+                offset: 16,
+                len: 1024,
+                for_cpu: false,
+            }
+        );
+        let ops = parse("# header\n\n   \nmap a 1 # c\n\t# x\nunmap a\n").unwrap();
+        assert_eq!(ops.iter().map(|l| l.no).collect::<Vec<_>>(), [4, 6]);
+    }
+
+    #[test]
+    fn bad_lines_name_line_and_problem() {
+        let e = err("map a 1\nmpa b 2\n");
+        assert_eq!(e.line, 2);
+        assert!(e.msg.contains("unknown operation `mpa`"), "{}", e.msg);
+        for (text, want) in [
+            ("map a", "needs an ID and a SIZE"),
+            ("map a lots", "SIZE `lots` is not a byte count"),
+            ("map a 2G", "not a byte count"),
+            ("map a 2048M", "larger than 1 GiB"),
+            ("map a 1 dir=sideways", "to, from or bidi"),
+            ("map a 1 min_align=0x1000", "not 2^n - 1"),
+            ("map a 1 orig=zz", "not a hex number"),
+            ("map a 1 cpu=x", "not a number"),
+            ("map a 1 colour=red", "unknown option `colour=`"),
+            ("map a 1 dir=to dir=from", "given twice"),
+            ("map a 1 bidi", "key=value"),
+            ("map a=b 1", "ID `a=b`"),
+            ("unmap", "one ID"),
+            ("unmap a b", "one ID"),
+            ("sync a 0 1", "sync takes"),
+            ("sync a 0 1 host", "not `host`"),
+            ("sync a x 1 cpu", "OFFSET `x`"),
+        ] {
+            let e = err(text);
+            assert_eq!(e.line, 1, "{text}");
+            assert!(e.msg.contains(want), "{text}: {}", e.msg);
+        }
+    }
+
+    #[test]
+    fn sizes_read_well() {
+        assert_eq!(human_bytes(64 << 20), "64 MiB");
+        assert_eq!(human_bytes(256 << 10), "256 KiB");
+        assert_eq!(human_bytes(3000), "3000 bytes");
+        assert_eq!(human_bytes(1 << 30), "1 GiB");
+    }
 }

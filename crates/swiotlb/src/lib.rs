@@ -107,6 +107,8 @@ pub mod map;
 #[cfg(feature = "alloc")]
 pub mod pool;
 #[cfg(feature = "alloc")]
+pub mod sim;
+#[cfg(feature = "alloc")]
 pub mod stats;
 #[cfg(feature = "alloc")]
 mod sync;

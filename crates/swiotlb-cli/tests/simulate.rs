@@ -1,0 +1,414 @@
+//! `swiotlb simulate`, run as a user runs it: the real binary, scripts in
+//! files and on standard input.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use serde_json::Value;
+
+/// Runs `swiotlb simulate` with `args`, feeding `stdin` if given.
+fn simulate(args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_swiotlb"))
+        .arg("simulate")
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the swiotlb binary runs");
+    if let Some(text) = stdin {
+        let mut pipe = child.stdin.take().expect("stdin is piped");
+        pipe.write_all(text.as_bytes()).expect("script written");
+    }
+    child
+        .wait_with_output()
+        .expect("the swiotlb binary finishes")
+}
+
+/// Writes `script` to a file of its own and returns its path.
+fn script_file(name: &str, script: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}.ops"));
+    std::fs::write(&path, script).expect("script file written");
+    path
+}
+
+/// Runs `script` from a file with `args` and returns the parsed JSON,
+/// checking that the run succeeded quietly.
+fn json_run(name: &str, script: &str, args: &[&str]) -> Value {
+    let path = script_file(name, script);
+    let mut all = vec!["--ops", path.to_str().unwrap(), "--json"];
+    all.extend_from_slice(args);
+    let out = simulate(&all, None);
+    assert!(
+        out.status.success(),
+        "{name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.stderr.is_empty(), "{name}: {:?}", out.stderr);
+    serde_json::from_slice(&out.stdout).expect("stdout is one JSON object")
+}
+
+/// Runs `script` from standard input and returns the failed run's
+/// standard error, checking exit code 2 and an empty standard output.
+fn failing_run(script: &str, args: &[&str]) -> String {
+    let mut all = vec!["--ops", "-"];
+    all.extend_from_slice(args);
+    let out = simulate(&all, Some(script));
+    assert_eq!(out.status.code(), Some(2), "{script}");
+    assert!(
+        out.stdout.is_empty(),
+        "{script}: printed {:?}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8(out.stderr).unwrap()
+}
+
+const SMALL: &str = "\
+# three small maps, a page, and an NVMe-style buffer
+map a 2K
+map b 2048            # trailing comment
+map c 0x800 dir=to
+
+map page 4K dir=from
+map nvme 3000 orig=0x12345a10 min_align=0xfff
+sync nvme 0 100 cpu
+sync c 16 32 device
+unmap b
+";
+
+fn check_small(policy: &str) {
+    let v = json_run(&format!("small-{policy}"), SMALL, &["--policy", policy]);
+    let obj = v.as_object().unwrap();
+    assert_eq!(
+        obj.keys().collect::<Vec<_>>(),
+        ["ops", "stats"],
+        "{policy}: top-level keys"
+    );
+    let ops = v["ops"].as_array().unwrap();
+    assert_eq!(ops.len(), 5, "{policy}: one entry per map");
+    for (i, (id, line, size, dir)) in [
+        ("a", 2, 2048, "bidi"),
+        ("b", 3, 2048, "bidi"),
+        ("c", 4, 2048, "to"),
+        ("page", 6, 4096, "from"),
+        ("nvme", 7, 3000, "bidi"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let op = &ops[i];
+        assert_eq!(op["id"], id, "{policy}");
+        assert_eq!(op["line"], line, "{policy} {id}");
+        assert_eq!(op["size"], size, "{policy} {id}");
+        assert_eq!(op["dir"], dir, "{policy} {id}");
+        assert!(op.get("error").is_none(), "{policy} {id}: {op}");
+    }
+    // Three 2 KiB maps take slots 0, 1 and 2.
+    for (i, op) in ops[..3].iter().enumerate() {
+        assert_eq!(op["slot"], i, "{policy}");
+        assert_eq!(op["addr"], i * 2048, "{policy}");
+        assert_eq!(op["nslots"], 1, "{policy}");
+    }
+    // A page-sized map is page aligned: slot 3 is skipped.
+    assert_eq!(ops[3]["slot"], 4, "{policy}");
+    assert_eq!(ops[3]["addr"], 0x2000, "{policy}");
+    assert_eq!(ops[3]["nslots"], 2, "{policy}");
+    // The original's offset under min_align_mask shows in the address.
+    let addr = ops[4]["addr"].as_u64().unwrap();
+    assert_eq!(addr & 0xfff, 0xa10, "{policy}: {addr:#x}");
+    assert_eq!(ops[4]["nslots"], 2, "{policy}");
+    assert_eq!(
+        ops[4]["slot"].as_u64().unwrap(),
+        addr / 2048,
+        "{policy}: slot of the first byte"
+    );
+
+    let s = &v["stats"];
+    assert_eq!(s["io_tlb_nslabs"], 32768, "{policy}");
+    assert_eq!(s["io_tlb_used"], 6, "{policy}");
+    assert_eq!(s["io_tlb_used_hiwater"], 7, "{policy}");
+    assert_eq!(s["area_used"], serde_json::json!([6]), "{policy}");
+    assert_eq!(
+        s["failures"],
+        serde_json::json!({
+            "too_large": 0, "pool_full": 0, "alignment": 0,
+            "unreachable": 0, "misuse": 0
+        }),
+        "{policy}"
+    );
+    // Every map copies (CVE-2022-0854), plus the 32-byte device sync of
+    // the to-device map.
+    assert_eq!(
+        s["bytes_to_device"],
+        3 * 2048 + 4096 + 3000 + 32,
+        "{policy}"
+    );
+    // The 100-byte CPU sync, and b's bidirectional unmap.
+    assert_eq!(s["bytes_from_device"], 100 + 2048, "{policy}");
+}
+
+#[test]
+fn json_shape_and_values_nextfit() {
+    check_small("nextfit");
+}
+
+#[test]
+fn json_shape_and_values_fast() {
+    check_small("fast");
+}
+
+#[test]
+fn fast_is_the_default_policy() {
+    let default = json_run("default-policy", SMALL, &[]);
+    let fast = json_run("fast-policy", SMALL, &["--policy", "fast"]);
+    assert_eq!(default, fast);
+}
+
+#[test]
+fn a_full_pool_is_an_entry_not_a_script_error() {
+    let script = "\
+map a 256K
+map b 2K
+sync b 0 1 cpu   # skipped: its map failed
+unmap b          # skipped too
+map huge 1M
+unmap a
+map b 2K
+";
+    for policy in ["fast", "nextfit"] {
+        let v = json_run(
+            &format!("full-{policy}"),
+            script,
+            &["--nslabs", "128", "--policy", policy],
+        );
+        let ops = v["ops"].as_array().unwrap();
+        assert_eq!(ops.len(), 4);
+        assert_eq!(ops[0]["nslots"], 128);
+        let e = &ops[1]["error"];
+        assert_eq!(e["kind"], "pool_full", "{policy}: {}", ops[1]);
+        let msg = e["message"].as_str().unwrap();
+        assert!(msg.starts_with("swiotlb buffer is full"), "{msg}");
+        assert!(ops[1].get("slot").is_none());
+        assert_eq!(ops[2]["error"]["kind"], "too_large");
+        assert_eq!(ops[3]["slot"], 0, "{policy}: b maps once a is gone");
+        let s = &v["stats"];
+        assert_eq!(s["io_tlb_nslabs"], 128);
+        assert_eq!(s["io_tlb_used"], 1);
+        assert_eq!(s["io_tlb_used_hiwater"], 128);
+        assert_eq!(s["failures"]["pool_full"], 1);
+        assert_eq!(s["failures"]["too_large"], 1);
+    }
+}
+
+#[test]
+fn areas_and_cpu_hints() {
+    let script = "map x 2K cpu=0\nmap y 2K cpu=3\nmap z 2K cpu=7\n";
+    let v = json_run("areas", script, &["--nareas", "4", "--nslabs", "1024"]);
+    let slots: Vec<_> = v["ops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["slot"].as_u64().unwrap())
+        .collect();
+    assert_eq!(slots, [0, 768, 769]);
+    assert_eq!(v["stats"]["area_used"], serde_json::json!([1, 0, 0, 2]));
+}
+
+#[test]
+fn bad_lines_name_the_line_and_exit_2() {
+    for (script, line, problem) in [
+        ("map a 2K\nmpa b 2K\n", 2, "unknown operation `mpa`"),
+        ("# c\n\nmap a\n", 3, "needs an ID and a SIZE"),
+        ("map a big\n", 1, "SIZE `big` is not a byte count"),
+        ("map a 2K dir=up\n", 1, "to, from or bidi"),
+        ("map a 2K min_align=0x1001\n", 1, "not 2^n - 1"),
+        ("map a 2K flavour=mint\n", 1, "unknown option `flavour=`"),
+        ("map a 2K\nsync a 0 10 both\n", 2, "not `both`"),
+        ("unmap a b\n", 1, "one ID"),
+        // Found while running: still nothing on standard output.
+        ("map a 2K\nmap a 2K\n", 2, "`a` is already mapped (line 1)"),
+        ("map a 2K\nunmap b\n", 2, "`b` is not mapped"),
+        ("map a 2K\nunmap a\nunmap a\n", 3, "`a` is not mapped"),
+        ("sync a 0 1 cpu\n", 1, "`a` is not mapped"),
+        (
+            "map a 2K\nsync a 2000 100 cpu\n",
+            2,
+            "run past the 2048-byte mapping",
+        ),
+    ] {
+        let err = failing_run(script, &[]);
+        let want = format!("<stdin> line {line}: ");
+        assert!(err.contains(&want), "{script:?}: {err}");
+        assert!(err.contains(problem), "{script:?}: {err}");
+        assert!(err.starts_with("swiotlb: "), "{err}");
+    }
+}
+
+#[test]
+fn bad_lines_in_files_name_the_file() {
+    let path = script_file("bad-line", "map a 2K\n\nunmap\n");
+    let out = simulate(&["--ops", path.to_str().unwrap()], None);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains(&format!("{} line 3: unmap takes one ID", path.display())),
+        "{err}"
+    );
+}
+
+#[test]
+fn missing_script_and_bad_options_exit_2() {
+    let out = simulate(&["--ops", "/nonexistent/script.ops"], None);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read /nonexistent/script.ops"));
+    for args in [
+        &["--ops", "-", "--policy", "best"][..],
+        &["--ops", "-", "--nslabs", "0"][..],
+        &[][..],
+    ] {
+        let out = simulate(args, Some(""));
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+}
+
+#[test]
+fn stdin_gives_the_same_report_as_a_file() {
+    let from_file = json_run("stdin-twin", SMALL, &["--policy", "nextfit"]);
+    let out = simulate(
+        &["--ops", "-", "--json", "--policy", "nextfit"],
+        Some(SMALL),
+    );
+    assert!(out.status.success());
+    let from_stdin: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(from_stdin, from_file);
+}
+
+#[test]
+fn text_report_has_a_line_per_map_and_debugfs_stats() {
+    let out = simulate(
+        &["--ops", "-", "--nslabs", "128"],
+        Some("map a 2K\nmap big 300K dir=to\n"),
+    );
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.starts_with("pool: 128 slots of 2048 bytes (256 KiB), 1 area, policy fast\n"),
+        "{text}"
+    );
+    let rows: Vec<&str> = text
+        .lines()
+        .filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit()))
+        .collect();
+    assert_eq!(rows.len(), 2, "{text}");
+    assert!(
+        rows[0].contains(" a ") && rows[0].contains("0x00000"),
+        "{}",
+        rows[0]
+    );
+    assert!(
+        rows[1].contains("big") && rows[1].contains("(too_large)"),
+        "{}",
+        rows[1]
+    );
+    for stat in [
+        "io_tlb_nslabs 128\n",
+        "io_tlb_used 1\n",
+        "io_tlb_used_hiwater 1\n",
+        "area0_used 1\n",
+        "failures_too_large 1\n",
+        "bytes_to_device 2048\n",
+    ] {
+        assert!(text.contains(stat), "{stat:?} in {text}");
+    }
+}
+
+/// The extra options an example asks for on a `# args:` line.
+fn example_args(script: &str) -> Vec<String> {
+    script
+        .lines()
+        .find_map(|l| l.strip_prefix("# args:"))
+        .map(|a| a.split_whitespace().map(String::from).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn example_scripts_run_cleanly() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/ops");
+    let mut examples: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "ops"))
+        .collect();
+    examples.sort();
+    assert!(
+        examples.iter().any(|p| p.ends_with("basic.ops")),
+        "{examples:?}"
+    );
+    for path in &examples {
+        let script = std::fs::read_to_string(path).unwrap();
+        let extra = example_args(&script);
+        for policy in ["fast", "nextfit"] {
+            for json in [false, true] {
+                let mut args = vec!["--ops", path.to_str().unwrap(), "--policy", policy];
+                args.extend(extra.iter().map(String::as_str));
+                if json {
+                    args.push("--json");
+                }
+                let out = simulate(&args, None);
+                assert!(
+                    out.status.success() && out.stderr.is_empty(),
+                    "{args:?}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                if json {
+                    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+                    // Every example unmaps what it maps.
+                    assert_eq!(v["stats"]["io_tlb_used"], 0, "{args:?}");
+                    assert!(!v["ops"].as_array().unwrap().is_empty());
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn basic_example_places_as_documented() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/ops/basic.ops");
+    let out = simulate(
+        &[
+            "--ops",
+            path.to_str().unwrap(),
+            "--json",
+            "--policy",
+            "nextfit",
+        ],
+        None,
+    );
+    assert!(out.status.success());
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let placed: Vec<(String, Value)> = v["ops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| (o["id"].as_str().unwrap().to_owned(), o["slot"].clone()))
+        .collect();
+    let want: Vec<(String, Value)> = [
+        ("cmd", 0.into()),
+        ("rsp", 1.into()),
+        ("ring", 2.into()),
+        ("frame", 4.into()),
+        ("huge", Value::Null),
+        ("cmd2", 6.into()),
+    ]
+    .into_iter()
+    .map(|(id, slot)| (id.to_owned(), slot))
+    .collect();
+    assert_eq!(placed, want);
+}
