@@ -257,10 +257,19 @@ impl fmt::Display for Error {
                 requested,
                 free,
                 largest_run,
-            } => write!(
-                f,
-                "swiotlb buffer is full: {requested} slots requested, {free} free, largest free run {largest_run}"
-            ),
+            } => {
+                let unit = if requested == 1 { "slot" } else { "slots" };
+                write!(
+                    f,
+                    "swiotlb buffer is full: {requested} {unit} requested, {free} free, largest free run {largest_run}"
+                )?;
+                if largest_run >= requested {
+                    // Room exists, but not at a start the alignment masks
+                    // and boundaries allow.
+                    f.write_str(" (no aligned start fits)")?;
+                }
+                Ok(())
+            }
             Error::AlignmentImpossible {
                 align_mask,
                 min_align_mask,

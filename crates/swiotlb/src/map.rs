@@ -139,7 +139,7 @@ impl<P: Policy> Pool<P> {
         )?;
         let hint = opts.area_hint.unwrap_or_else(thread_hint);
         let start = self
-            .alloc(&req, hint, cpu as usize, size, pad)
+            .alloc(&req, hint, cpu, size, pad)
             .ok_or_else(|| self.full_error(&req, min_align))?;
         let off = self.slot_offset(start) + pad;
         let phys = self.start() + off as u64;
@@ -267,7 +267,7 @@ impl<P: Policy> Pool<P> {
                 // - pool and original do not overlap;
                 // - the mapping is live and owned by the caller, who holds no
                 //   reference to the original.
-                unsafe { bounce_copy(loc.orig as *mut u8, src, size) };
+                unsafe { bounce_copy(loc.orig, src, size) };
                 self.count_bytes(loc.start, false, size);
             }
             self.release(loc.start, loc.nslots, dma)
@@ -359,7 +359,7 @@ impl<P: Policy> Pool<P> {
                 return Ok(());
             }
             let slot = self.slot_ptr(self.slot_offset(loc.start) + loc.pad + offset);
-            let orig = (loc.orig as *mut u8).wrapping_add(offset);
+            let orig = loc.orig.wrapping_add(offset);
             // SAFETY:
             // - `[offset, offset + size)` lies inside the mapping (checked
             //   above), so both sides are in bounds: the slots of the live

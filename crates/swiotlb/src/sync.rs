@@ -12,7 +12,7 @@
 
 #[cfg(not(swiotlb_loom))]
 mod imp {
-    pub(crate) use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+    pub(crate) use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
     /// A mutual-exclusion lock: a spin lock.
     pub(crate) struct Mutex<T>(spin::Mutex<T>);
@@ -31,7 +31,7 @@ mod imp {
 
 #[cfg(swiotlb_loom)]
 mod imp {
-    pub(crate) use loom::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+    pub(crate) use loom::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
     /// A mutual-exclusion lock: loom's, so the model sees every
     /// acquisition.

@@ -32,8 +32,10 @@ pub struct Fast;
 
 /// Per-area state of [`Fast`].
 pub struct FastArea {
-    /// One bit per slot of the area, set when the slot is free.
-    free: Box<[u64]>,
+    /// One bit per slot of the area, set when the slot is held. Zero means
+    /// free so that a new area is zeroed memory: no set-up pass, and for a
+    /// large pool no page is touched until it is used.
+    held: Box<[u64]>,
     /// Where the next search starts, relative to the area: the start of the
     /// last freed run, or just past the last allocation.
     hint: u32,
@@ -53,9 +55,12 @@ impl FastArea {
         let (phase, stride) = phase(req, shift);
         let mut pos = from;
         while pos < to {
-            let a = next_one(&self.free, pos, to)?;
+            let a = next_zero(&self.held, pos, to);
+            if a >= to {
+                return None;
+            }
             let limit = geom.run_limit(geom.first + a) - geom.first;
-            let b = next_zero(&self.free, a, limit);
+            let b = next_one(&self.held, a, limit).unwrap_or(limit);
             if b - a >= n {
                 // First start >= a congruent to phase (in pool indices).
                 let abs = geom.first + a;
@@ -97,8 +102,8 @@ fn phase(req: &Request, shift: u32) -> (u32, u32) {
 
 // SAFETY:
 // - `alloc` returns `s` only when `search` found `[s, s + n)` inside a run
-//   `[a, b)` of set (free) bits that stops at the segment line and the
-//   area's end (`run_limit`), and clears those bits before returning, so no
+//   `[a, b)` of clear (free) bits that stops at the segment line and the
+//   area's end (`run_limit`), and sets those bits before returning, so no
 //   two live allocations share a slot;
 // - `search` returns only starts that pass `req.acceptable`.
 unsafe impl Policy for Fast {
@@ -106,9 +111,12 @@ unsafe impl Policy for Fast {
     const NAME: &'static str = "fast";
 
     fn new_area(geom: &AreaGeom) -> FastArea {
-        let mut free = boxed(0u64, geom.nslabs.div_ceil(64) as usize);
-        set_range(&mut free, 0, geom.nslabs);
-        FastArea { free, hint: 0 }
+        // Bits past the area's end stay clear (free) but are never
+        // reached: every scan stops at `geom.nslabs`.
+        FastArea {
+            held: boxed(0u64, geom.nslabs.div_ceil(64) as usize),
+            hint: 0,
+        }
     }
 
     #[inline]
@@ -121,7 +129,7 @@ unsafe impl Policy for Fast {
             None => area.search(geom, req, 0, hint.saturating_add(1).min(geom.nslabs))?,
         };
         let local = s - geom.first;
-        clear_range(&mut area.free, local, req.nslots);
+        set_range(&mut area.held, local, req.nslots);
         area.hint = local + req.nslots;
         Some(s)
     }
@@ -129,16 +137,20 @@ unsafe impl Policy for Fast {
     #[inline]
     fn free(area: &mut FastArea, geom: &AreaGeom, start: u32, nslots: u32) {
         let local = start - geom.first;
-        set_range(&mut area.free, local, nslots);
+        clear_range(&mut area.held, local, nslots);
         area.hint = local;
     }
 
     fn largest_free_run(area: &FastArea, geom: &AreaGeom) -> u32 {
         let mut best = 0;
         let mut pos = 0;
-        while let Some(a) = next_one(&area.free, pos, geom.nslabs) {
+        loop {
+            let a = next_zero(&area.held, pos, geom.nslabs);
+            if a >= geom.nslabs {
+                break;
+            }
             let limit = geom.run_limit(geom.first + a) - geom.first;
-            let b = next_zero(&area.free, a, limit);
+            let b = next_one(&area.held, a, limit).unwrap_or(limit);
             best = best.max(b - a);
             pos = b;
         }
@@ -147,7 +159,7 @@ unsafe impl Policy for Fast {
 
     fn is_free(area: &FastArea, geom: &AreaGeom, slot: u32) -> bool {
         let i = slot - geom.first;
-        area.free[(i / 64) as usize] >> (i % 64) & 1 == 1
+        area.held[(i / 64) as usize] >> (i % 64) & 1 == 0
     }
 
     fn metadata_bytes(geom: &AreaGeom) -> usize {

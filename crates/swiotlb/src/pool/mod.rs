@@ -29,7 +29,7 @@ pub use policy::{AreaGeom, Policy, Request};
 use crate::addr::PhysAddr;
 use crate::error::{Error, FailReason, PoolProblem, Result};
 use crate::stats::Stats;
-use crate::sync::{AtomicU64, AtomicUsize, CachePadded, Mutex, Ordering};
+use crate::sync::{AtomicPtr, AtomicU64, AtomicUsize, CachePadded, Mutex, Ordering};
 
 /// Runtime geometry of a pool.
 ///
@@ -109,7 +109,7 @@ pub(crate) struct Located {
     /// First slot of the allocation.
     pub start: u32,
     /// CPU address of the original buffer's first byte.
-    pub orig: usize,
+    pub orig: *mut u8,
     /// Bytes of the mapping.
     pub len: usize,
     /// Bytes from the allocation's start to the bounce address.
@@ -185,7 +185,7 @@ pub struct Pool<P: Policy = Fast> {
     page_shift: u32,
     area_nslabs: u32,
     areas: Box<[CachePadded<Area<P::Area>>]>,
-    orig: Box<[AtomicUsize]>,
+    orig: Box<[AtomicPtr<u8>]>,
     shape: Box<[AtomicU64]>,
     start_bits: Box<[AtomicU64]>,
     used: CachePadded<AtomicUsize>,
@@ -228,8 +228,85 @@ impl<P: Policy> core::fmt::Debug for Pool<P> {
     }
 }
 
-fn atomics(len: usize) -> Box<[AtomicU64]> {
-    (0..len).map(|_| AtomicU64::new(0)).collect()
+/// `len` zeroed words. Outside loom the memory comes from the allocator
+/// already zeroed (`calloc`, which for large sizes maps fresh zero pages),
+/// so a pool's metadata costs no time until it is touched: a 6 GiB pool
+/// has 3 million slots.
+fn zeroed_words(len: usize) -> Box<[AtomicU64]> {
+    #[cfg(not(swiotlb_loom))]
+    {
+        zeroed_slice(len)
+    }
+    #[cfg(swiotlb_loom)]
+    {
+        (0..len).map(|_| AtomicU64::new(0)).collect()
+    }
+}
+
+/// `len` null pointers, as [`zeroed_words`].
+fn zeroed_ptrs(len: usize) -> Box<[AtomicPtr<u8>]> {
+    #[cfg(not(swiotlb_loom))]
+    {
+        zeroed_slice(len)
+    }
+    #[cfg(swiotlb_loom)]
+    {
+        (0..len)
+            .map(|_| AtomicPtr::new(core::ptr::null_mut()))
+            .collect()
+    }
+}
+
+/// A boxed slice of `len` values whose all-zero bit pattern is a valid
+/// value, allocated zeroed.
+///
+/// # Panics
+/// If the size overflows `isize` or the allocation fails (as `vec!` does).
+#[cfg(not(swiotlb_loom))]
+fn zeroed_slice<T: ZeroValid>(len: usize) -> Box<[T]> {
+    let layout = core::alloc::Layout::array::<T>(len).expect("metadata size overflows");
+    if layout.size() == 0 {
+        return (0..len).map(|_| T::zero()).collect();
+    }
+    // SAFETY: the layout has a non-zero size.
+    let ptr = unsafe { alloc::alloc::alloc_zeroed(layout) }.cast::<T>();
+    if ptr.is_null() {
+        alloc::alloc::handle_alloc_error(layout);
+    }
+    // SAFETY:
+    // - `ptr` was allocated by the global allocator with the layout of
+    //   `[T; len]`, which is what `Box<[T]>` frees with;
+    // - every element is initialised: the memory is zeroed and all-zero is
+    //   a valid `T` (`ZeroValid`'s contract);
+    // - nothing else owns the allocation.
+    unsafe { Box::from_raw(core::ptr::slice_from_raw_parts_mut(ptr, len)) }
+}
+
+/// Types whose all-zero bit pattern is a valid value.
+///
+/// # Implementation safety
+/// All-zero bytes must be a valid, initialised value of the type.
+#[cfg(not(swiotlb_loom))]
+unsafe trait ZeroValid: Sized {
+    fn zero() -> Self;
+}
+
+// SAFETY: `AtomicU64` has the same in-memory representation as `u64`, for
+// which zero is valid.
+#[cfg(not(swiotlb_loom))]
+unsafe impl ZeroValid for AtomicU64 {
+    fn zero() -> Self {
+        AtomicU64::new(0)
+    }
+}
+
+// SAFETY: `AtomicPtr<u8>` has the same in-memory representation as
+// `*mut u8`, for which all-zero is the null pointer, a valid value.
+#[cfg(not(swiotlb_loom))]
+unsafe impl ZeroValid for AtomicPtr<u8> {
+    fn zero() -> Self {
+        AtomicPtr::new(core::ptr::null_mut())
+    }
 }
 
 impl<P: Policy> Pool<P> {
@@ -314,9 +391,9 @@ impl<P: Policy> Pool<P> {
             page_shift: config.page_shift,
             area_nslabs,
             areas,
-            orig: (0..nslabs).map(|_| AtomicUsize::new(0)).collect(),
-            shape: atomics(nslabs as usize),
-            start_bits: atomics(nslabs.div_ceil(64) as usize),
+            orig: zeroed_ptrs(nslabs as usize),
+            shape: zeroed_words(nslabs as usize),
+            start_bits: zeroed_words(nslabs.div_ceil(64) as usize),
             used: CachePadded(AtomicUsize::new(0)),
             hiwater: CachePadded(AtomicUsize::new(0)),
             failures: core::array::from_fn(|_| AtomicU64::new(0)),
@@ -338,16 +415,24 @@ impl<P: Policy> Pool<P> {
             base: PhysAddr(0),
             problem: PoolProblem::TooSmall,
         };
+        // Page (or slot, if larger) alignment without asking the allocator
+        // for it: an aligned zeroed allocation is zeroed by hand, touching
+        // every page, while a plain one is `calloc`, which maps fresh zero
+        // pages for large sizes. So over-allocate and align inside.
         let align = (1usize << config.slot_shift.min(20)).max(4096);
-        let layout =
-            core::alloc::Layout::from_size_align(len.max(1), align).map_err(|_| too_small)?;
+        let layout = core::alloc::Layout::from_size_align(len.max(1).saturating_add(align), 16)
+            .map_err(|_| too_small)?;
         // SAFETY: the layout has a non-zero size.
-        let ptr = NonNull::new(unsafe { alloc::alloc::alloc_zeroed(layout) }).ok_or(too_small)?;
-        let owned = Owned { ptr, layout };
+        let base = NonNull::new(unsafe { alloc::alloc::alloc_zeroed(layout) }).ok_or(too_small)?;
+        let owned = Owned { ptr: base, layout };
+        let skip = base.as_ptr().align_offset(align);
+        // SAFETY: `skip < align`, and the allocation is `len + align` bytes,
+        // so `base + skip` and the `len` bytes after it are inside it.
+        let ptr = unsafe { NonNull::new_unchecked(base.as_ptr().add(skip)) };
         let phys = PhysAddr(ptr.as_ptr() as usize as u64);
         // SAFETY:
-        // - `ptr` is valid for reads and writes of `len` bytes: just
-        //   allocated with that size, freed only when the pool drops;
+        // - `ptr` is valid for reads and writes of `len` bytes: inside the
+        //   allocation just made, freed only when the pool drops;
         // - nothing else has the pointer;
         // - identity: the physical address is defined as the CPU address.
         match unsafe { Self::new(ptr, phys, len, config) } {
@@ -445,7 +530,7 @@ impl<P: Policy> Pool<P> {
     /// Metadata bytes the pool keeps, all areas included (not the slot
     /// memory itself).
     pub fn metadata_bytes(&self) -> usize {
-        let per_slot = core::mem::size_of::<AtomicUsize>() + core::mem::size_of::<AtomicU64>();
+        let per_slot = core::mem::size_of::<AtomicPtr<u8>>() + core::mem::size_of::<AtomicU64>();
         let bits = self.start_bits.len() * 8;
         let areas: usize = self
             .areas
@@ -541,7 +626,7 @@ impl<P: Policy> Pool<P> {
         &self,
         req: &Request,
         hint: usize,
-        orig: usize,
+        orig: *mut u8,
         len: usize,
         pad: usize,
     ) -> Option<u32> {
