@@ -1,10 +1,671 @@
-//! `swiotlb bench` (being written).
+//! `swiotlb bench`: the fast policy, Linux's next-fit policy and a plain
+//! memcpy of the same bytes, measured in one process.
+//!
+//! Every comparison is made inside one run and interleaved (see
+//! [`timing`]), because the question is always relative: is the fast
+//! policy faster than Linux's, and how far is a bounce from the copy it
+//! cannot avoid? Numbers from separate runs on a shared machine drift by
+//! more than the differences being asked about.
+
+mod report;
+mod timing;
+mod workload;
+
+use std::hint::black_box;
+use std::sync::Barrier;
+use std::time::{Duration, Instant};
+
+use swiotlb::{Device, Direction, DmaMask, Fast, NextFit, Policy, Pool, PoolConfig};
+
+use report::{human, Row};
+use timing::{interleave, Contender, Run, Sampling};
+use workload::{fill_to, first_failure, prefault, slot_fill, Rng};
 
 /// Arguments of `swiotlb bench`.
-#[derive(clap::Args)]
-pub struct Args {}
+///
+/// Rows: `map_unmap` (ns per map+unmap pair; `dir` `to` copies once,
+/// `from` twice, as Linux does), `memcpy` (ns per copy of the same bytes;
+/// `dir` `hot` into one buffer, `walk` through a pool-sized region),
+/// `alloc_free` (ns per map+unmap of 1 byte at a pool `fill`),
+/// `throughput` (million map+unmap pairs per second over all threads;
+/// policy `memcpy` is as many plain copies, sharing nothing, to show how
+/// far this machine scales at all),
+/// `fill_at_first_failure` and `slots_at_first_failure` (live bytes and
+/// held slots over the pool's at the first "buffer is full"),
+/// `metadata_per_slot` (bytes), `init_6gib` (ms to build a 6 GiB pool) and
+/// `init_6gib_resident` (MiB of memory that build touched). `size` is 0
+/// where a row mixes sizes, `dir` is `none` where it has no direction.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Fewer repetitions and fragmentation steps: the whole run takes well
+    /// under a minute.
+    #[arg(long)]
+    pub quick: bool,
+    /// Print `{"rows": [...]}` (and the ratios) as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Shrink every part to a token run (small pools, a few short samples),
+    /// to check the command itself in seconds even unoptimised; the
+    /// numbers mean nothing.
+    #[arg(long)]
+    pub smoke: bool,
+    /// Run only these parts.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub only: Vec<Part>,
+    /// Rounds of each interleaved measurement; the median is reported.
+    #[arg(long)]
+    pub reps: Option<usize>,
+    /// Steps of the fragmentation churn (default 10^6, 10^5 with --quick).
+    #[arg(long)]
+    pub steps: Option<u64>,
+    /// Seed of the random sizes and choices.
+    #[arg(long, default_value_t = 0x5eed)]
+    pub seed: u64,
+}
+
+/// The parts of the benchmark.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Part {
+    /// `map_unmap` and `memcpy` rows.
+    Map,
+    /// `alloc_free` at 10, 50 and 90 % fill.
+    Alloc,
+    /// `throughput` with one and two threads.
+    Threads,
+    /// `fill_at_first_failure` under churn.
+    Frag,
+    /// `metadata_per_slot`.
+    Metadata,
+    /// `init_6gib`.
+    Init,
+}
+
+/// Mapping sizes of the map+unmap rows: a small control message, a small
+/// packet, an Ethernet frame, a page, a large I/O, the largest mapping
+/// Linux allows.
+const SIZES: [usize; 6] = [64, 512, 1500, 4096, 64 << 10, 256 << 10];
+/// Pool fills of the allocator rows.
+const FILLS: [f64; 3] = [0.1, 0.5, 0.9];
+/// Sizes of the thread rows.
+const THREAD_SIZES: [usize; 2] = [64, 4096];
+/// Linux's default pool size.
+const POOL_BYTES: usize = 64 << 20;
+/// The pool whose set-up time is measured: 3,145,728 slots of 2 KiB.
+const INIT_BYTES: usize = 6 << 30;
+
+/// How much of everything to do.
+struct Plan {
+    sampling: Sampling,
+    /// Thread rows spawn threads per sample, so samples are longer.
+    thread_sampling: Sampling,
+    pool_bytes: usize,
+    frag_steps: u64,
+    init_samples: usize,
+    seed: u64,
+}
+
+impl Plan {
+    fn new(a: &Args) -> Self {
+        // Many short samples rather than a few long ones: on a shared
+        // machine a preemption spoils one sample, and the median drops it.
+        let ms = Duration::from_millis;
+        let (reps, target, thread_reps, thread_target, pool_bytes, steps, init) = if a.smoke {
+            (
+                3,
+                Duration::from_micros(20),
+                3,
+                Duration::from_micros(200),
+                4 << 20,
+                1_000,
+                1,
+            )
+        } else if a.quick {
+            (31, ms(1), 15, ms(4), POOL_BYTES, 100_000, 5)
+        } else {
+            (61, ms(2), 31, ms(10), POOL_BYTES, 1_000_000, 11)
+        };
+        Self {
+            sampling: Sampling {
+                reps: a.reps.unwrap_or(reps).max(1),
+                target,
+            },
+            thread_sampling: Sampling {
+                reps: a.reps.unwrap_or(thread_reps).max(1),
+                target: thread_target,
+            },
+            pool_bytes,
+            frag_steps: a.steps.unwrap_or(steps),
+            init_samples: init,
+            seed: a.seed,
+        }
+    }
+}
+
+/// The one-minute load average, where the system says (Linux's `/proc`).
+fn load_average() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/loadavg").ok()?;
+    s.split_whitespace().next()?.parse().ok()
+}
 
 /// Runs `swiotlb bench`.
-pub fn run(_args: &Args) -> Result<(), String> {
-    Err("not available yet".into())
+pub fn run(args: &Args) -> Result<(), String> {
+    let optimized = !cfg!(debug_assertions);
+    if !optimized {
+        eprintln!(
+            "warning: swiotlb was built without optimisations; these numbers mean nothing \
+             (build with --release)"
+        );
+    }
+    // Other work on the machine takes CPU time from some samples and, worse,
+    // takes the second core the two-thread rows need: say so up front.
+    let load = load_average();
+    if let Some(l) = load.filter(|&l| l >= 0.5) {
+        eprintln!(
+            "warning: the machine is busy (load average {l:.2}); timings will be noisy \
+             and two threads may not get two cores"
+        );
+    }
+    let plan = Plan::new(args);
+    let want = |p: Part| args.only.is_empty() || args.only.contains(&p);
+    let mut rows = Vec::new();
+    if want(Part::Map) {
+        progress("map+unmap and memcpy, 6 sizes");
+        map_part(&plan, &mut rows)?;
+    }
+    if want(Part::Alloc) {
+        progress("allocator at 10, 50, 90 % fill");
+        alloc_part(&plan, &mut rows)?;
+    }
+    if want(Part::Threads) {
+        progress("one and two threads");
+        thread_part(&plan, &mut rows)?;
+    }
+    if want(Part::Frag) {
+        progress(&format!(
+            "fragmentation, {} steps per trial",
+            plan.frag_steps
+        ));
+        frag_part(&plan, &mut rows)?;
+    }
+    if want(Part::Metadata) {
+        metadata_part(&plan, &mut rows)?;
+    }
+    if want(Part::Init) {
+        progress("6 GiB pool set-up");
+        init_part(&plan, &mut rows);
+    }
+    let sizes: Vec<u64> = SIZES.iter().map(|&s| s as u64).collect();
+    let ratios = report::ratios(&rows, &sizes, &FILLS);
+    if args.json {
+        println!("{}", report::json(&rows, &ratios, optimized, load));
+    } else {
+        print!("{}", report::table(&rows, &ratios));
+        if let Some(l) = load {
+            println!("\nload average at start: {l:.2}");
+        }
+    }
+    Ok(())
+}
+
+fn progress(what: &str) {
+    eprintln!("swiotlb bench: {what}...");
+}
+
+/// A device that bounces everything, as in a confidential VM: every map
+/// goes through the pool.
+fn forced() -> Device {
+    Device::new(DmaMask::BITS_64).with_force_bounce(true)
+}
+
+fn heap<P: Policy>(bytes: usize, nareas: u32) -> Result<Pool<P>, String> {
+    Pool::<P>::new_heap(bytes, PoolConfig::with_areas(nareas)).map_err(|e| {
+        format!(
+            "cannot build a {} pool of {}: {e}",
+            P::NAME,
+            human(bytes as u64)
+        )
+    })
+}
+
+/// One map+unmap pair through the safe API; the buffer comes back, so the
+/// loop allocates nothing.
+#[inline]
+fn map_once<P: Policy>(
+    pool: &Pool<P>,
+    dev: &Device,
+    buf: Buf,
+    dir: Direction,
+) -> Result<Buf, String> {
+    match pool.map(dev, black_box(buf), dir) {
+        Ok(m) => Ok(black_box(m.unmap())),
+        Err(f) => Err(format!(
+            "{} pool, {} bytes: {}",
+            P::NAME,
+            f.buffer.len(),
+            f.error
+        )),
+    }
+}
+
+/// A timed original buffer.
+type Buf = &'static mut [u8];
+
+const PAGE: usize = 4096;
+
+/// A page-aligned original of `size` bytes.
+///
+/// Where an original sits within its page changes the copy's speed by up
+/// to two times on x86: when the destination lies just above the source
+/// modulo 4 KiB, loads falsely wait on earlier stores ("4K aliasing"), and
+/// slots are page aligned. Heap buffers land wherever the allocator puts
+/// them, which differs from run to run, so every timed copy, bounce and
+/// yardstick alike, starts from a page-aligned original: page-cache I/O
+/// looks like that, and runs compare. Owning such a buffer safely means
+/// carving it out of a larger allocation that lives for the whole process;
+/// the benchmark makes a few dozen, once.
+fn page_buf(size: usize) -> Buf {
+    let raw: Buf = Box::leak(vec![0x5au8; size + PAGE].into_boxed_slice());
+    let at = page_offset(raw);
+    &mut raw[at..at + size]
+}
+
+/// The offset in `buf` of its first page-aligned byte.
+fn page_offset(buf: &[u8]) -> usize {
+    (PAGE - buf.as_ptr() as usize % PAGE) % PAGE
+}
+
+/// Map+unmap pairs of one buffer of `size` bytes.
+fn map_unmap<'a, P: Policy>(
+    pool: &'a Pool<P>,
+    dev: &'a Device,
+    size: usize,
+    dir: Direction,
+) -> Run<'a> {
+    let mut keep = page_buf(size);
+    Box::new(move |n| {
+        let mut buf = std::mem::take(&mut keep);
+        let t = Instant::now();
+        for _ in 0..n {
+            buf = map_once(pool, dev, buf, dir)?;
+        }
+        let e = t.elapsed();
+        keep = buf;
+        Ok(e)
+    })
+}
+
+/// The copy alone, into one destination that stays in cache: the floor a
+/// bounce that reuses warm slots can approach. Source and destination are
+/// page aligned, as an original (see `page_buf`) and a slot are.
+fn memcpy_hot<'a>(size: usize) -> Run<'a> {
+    let src = page_buf(size);
+    let dst = page_buf(size);
+    Box::new(move |n| {
+        let t = Instant::now();
+        for _ in 0..n {
+            black_box(&mut *dst).copy_from_slice(black_box(&*src));
+        }
+        let e = t.elapsed();
+        black_box(&*dst);
+        Ok(e)
+    })
+}
+
+/// The copy alone, its destination advancing through a pool-sized region
+/// by whole slots, as a bounce pool that walks its slots would: the floor
+/// when the slots are cold.
+fn memcpy_walk(region: &mut [u8], size: usize, slot: usize) -> Run<'_> {
+    let src = page_buf(size);
+    let step = size.div_ceil(slot) * slot;
+    // Slots, and so this walk, start page aligned (see `page_offset`).
+    let at = page_offset(region);
+    let region = &mut region[at..];
+    let mut off = 0;
+    Box::new(move |n| {
+        let t = Instant::now();
+        for _ in 0..n {
+            if off + size > region.len() {
+                off = 0;
+            }
+            black_box(&mut region[off..off + size]).copy_from_slice(black_box(&*src));
+            off += step;
+        }
+        let e = t.elapsed();
+        black_box(&region[..]);
+        Ok(e)
+    })
+}
+
+fn dir_name(d: Direction) -> &'static str {
+    match d {
+        Direction::ToDevice => "to",
+        Direction::FromDevice => "from",
+        _ => "bidi",
+    }
+}
+
+fn map_part(plan: &Plan, rows: &mut Vec<Row>) -> Result<(), String> {
+    let dev = forced();
+    let fast = heap::<Fast>(plan.pool_bytes, 1)?;
+    let next = heap::<NextFit>(plan.pool_bytes, 1)?;
+    prefault(&fast, &dev)?;
+    prefault(&next, &dev)?;
+    // Filled with non-zero bytes so every page is really there before the
+    // walk is timed; a page more, to start it page aligned.
+    let mut region = vec![1u8; plan.pool_bytes + PAGE];
+    let slot = fast.slot_size();
+    for size in SIZES {
+        let dirs = [Direction::ToDevice, Direction::FromDevice];
+        let mut labels = Vec::new();
+        let mut cs = Vec::new();
+        for d in dirs {
+            cs.push(Contender::new(map_unmap(&fast, &dev, size, d)));
+            labels.push(("map_unmap", Fast::NAME, dir_name(d)));
+            cs.push(Contender::new(map_unmap(&next, &dev, size, d)));
+            labels.push(("map_unmap", NextFit::NAME, dir_name(d)));
+        }
+        cs.push(Contender::new(memcpy_hot(size)));
+        labels.push(("memcpy", "memcpy", "hot"));
+        cs.push(Contender::new(memcpy_walk(&mut region, size, slot)));
+        labels.push(("memcpy", "memcpy", "walk"));
+        let res = interleave(&mut cs, plan.sampling)?;
+        for ((name, policy, dir), s) in labels.into_iter().zip(res) {
+            rows.push(Row::new(name, policy, size as u64, dir, s.median, "ns").spread(s.spread));
+        }
+    }
+    Ok(())
+}
+
+fn alloc_part(plan: &Plan, rows: &mut Vec<Row>) -> Result<(), String> {
+    let dev = forced();
+    for fill in FILLS {
+        let fast = heap::<Fast>(plan.pool_bytes, 1)?;
+        let next = heap::<NextFit>(plan.pool_bytes, 1)?;
+        prefault(&fast, &dev)?;
+        prefault(&next, &dev)?;
+        // The same seed: both policies see the same sequence of sizes and
+        // choices (their placements, and so their holes, differ).
+        let live_fast = fill_to(&fast, &dev, fill, &mut Rng::new(plan.seed))?;
+        let live_next = fill_to(&next, &dev, fill, &mut Rng::new(plan.seed))?;
+        let held = [slot_fill(&fast), slot_fill(&next)];
+        // No allocator-only entry point exists in the safe API: a 1-byte
+        // to-device map+unmap is the allocator plus a one-byte copy.
+        let mut cs = vec![
+            Contender::new(map_unmap(&fast, &dev, 1, Direction::ToDevice)),
+            Contender::new(map_unmap(&next, &dev, 1, Direction::ToDevice)),
+        ];
+        let res = interleave(&mut cs, plan.sampling)?;
+        drop(cs);
+        for ((policy, s), h) in [Fast::NAME, NextFit::NAME].into_iter().zip(res).zip(held) {
+            rows.push(
+                Row::new("alloc_free", policy, 1, "to", s.median, "ns")
+                    .fill(fill)
+                    .spread(s.spread)
+                    .note(format!("map+unmap of 1 B; {:.1}% of slots held", h * 100.0)),
+            );
+        }
+        drop((live_fast, live_next));
+    }
+    Ok(())
+}
+
+/// `threads` threads each applying `op` `n` times to its own buffer, all
+/// released together; the time is the slowest thread's, so the rate is
+/// what they sustain with all of them running.
+fn parallel<'a, F>(threads: usize, size: usize, op: F) -> Run<'a>
+where
+    F: Fn(Buf) -> Result<Buf, String> + Sync + 'a,
+{
+    let mut bufs: Vec<Buf> = (0..threads).map(|_| page_buf(size)).collect();
+    Box::new(move |n| {
+        let barrier = Barrier::new(threads);
+        let op = &op;
+        std::thread::scope(|s| {
+            let handles: Vec<_> = bufs
+                .iter_mut()
+                .map(|keep| {
+                    let barrier = &barrier;
+                    s.spawn(move || {
+                        let mut buf = std::mem::take(keep);
+                        barrier.wait();
+                        let t = Instant::now();
+                        for _ in 0..n {
+                            buf = op(buf)?;
+                        }
+                        let e = t.elapsed();
+                        *keep = buf;
+                        Ok::<_, String>(e)
+                    })
+                })
+                .collect();
+            let mut slowest = Duration::ZERO;
+            for h in handles {
+                let e = h
+                    .join()
+                    .map_err(|_| "a benchmark thread panicked".to_string())??;
+                slowest = slowest.max(e);
+            }
+            Ok(slowest)
+        })
+    })
+}
+
+/// Map+unmap pairs on `threads` threads sharing one pool.
+fn parallel_map<'a, P: Policy>(
+    pool: &'a Pool<P>,
+    dev: &'a Device,
+    size: usize,
+    threads: usize,
+) -> Run<'a> {
+    // Each new thread takes the next area hint on its first map, so two
+    // threads start in two areas: one stream per area, as one CPU per area
+    // in Linux.
+    parallel(threads, size, move |b| {
+        map_once(pool, dev, b, Direction::ToDevice)
+    })
+}
+
+/// The same number of copies of the same size, sharing nothing: how much
+/// a second thread can add on this machine at all (a virtual machine's
+/// CPUs may share one core), the yardstick for the pool's own scaling.
+fn parallel_memcpy<'a>(size: usize, threads: usize) -> Run<'a> {
+    parallel(threads, 2 * size, move |b| {
+        let (src, dst) = b.split_at_mut(size);
+        black_box(dst).copy_from_slice(black_box(&*src));
+        Ok(b)
+    })
+}
+
+fn thread_part(plan: &Plan, rows: &mut Vec<Row>) -> Result<(), String> {
+    let dev = forced();
+    let fast = heap::<Fast>(plan.pool_bytes, 2)?;
+    let next = heap::<NextFit>(plan.pool_bytes, 2)?;
+    prefault(&fast, &dev)?;
+    prefault(&next, &dev)?;
+    for size in THREAD_SIZES {
+        let mut labels = Vec::new();
+        let mut cs = Vec::new();
+        for threads in [1u32, 2] {
+            let t = threads as usize;
+            cs.push(Contender::new(parallel_map(&fast, &dev, size, t)));
+            labels.push((Fast::NAME, threads));
+            cs.push(Contender::new(parallel_map(&next, &dev, size, t)));
+            labels.push((NextFit::NAME, threads));
+            cs.push(Contender::new(parallel_memcpy(size, t)));
+            labels.push(("memcpy", threads));
+        }
+        let res = interleave(&mut cs, plan.thread_sampling)?;
+        for ((policy, threads), s) in labels.into_iter().zip(res) {
+            // `ns` is per pair per thread; all threads run at once.
+            let mops = threads as f64 * 1e3 / s.median;
+            let (dir, note) = if policy == "memcpy" {
+                ("hot", "copies alone, nothing shared".to_string())
+            } else {
+                ("to", format!("one pool of {} areas", fast.nareas()))
+            };
+            rows.push(
+                Row::new("throughput", policy, size as u64, dir, mops, "Mops")
+                    .threads(threads)
+                    .spread(s.spread)
+                    .note(note),
+            );
+        }
+    }
+    Ok(())
+}
+
+fn frag_part(plan: &Plan, rows: &mut Vec<Row>) -> Result<(), String> {
+    let dev = forced();
+    let bytes = plan.pool_bytes;
+    let runs: [(&'static str, workload::FirstFailure); 2] = [
+        (
+            Fast::NAME,
+            first_failure(&|| heap::<Fast>(bytes, 1), &dev, plan.frag_steps, plan.seed)?,
+        ),
+        (
+            NextFit::NAME,
+            first_failure(
+                &|| heap::<NextFit>(bytes, 1),
+                &dev,
+                plan.frag_steps,
+                plan.seed,
+            )?,
+        ),
+    ];
+    for (policy, f) in runs {
+        let when = match f.step {
+            Some(s) => format!("step {} of {}", s + 1, plan.frag_steps),
+            None => "while filling".into(),
+        };
+        let note = format!(
+            "{} pool, {} live mappings of 512 B-64 KiB, {when}; {} trials",
+            human(bytes as u64),
+            f.live,
+            f.trials
+        );
+        rows.push(
+            Row::new("fill_at_first_failure", policy, 0, "none", f.bytes, "ratio")
+                .note(note.clone()),
+        );
+        rows.push(
+            Row::new(
+                "slots_at_first_failure",
+                policy,
+                0,
+                "none",
+                f.slots,
+                "ratio",
+            )
+            .note(note),
+        );
+    }
+    Ok(())
+}
+
+fn metadata_part(plan: &Plan, rows: &mut Vec<Row>) -> Result<(), String> {
+    fn one<P: Policy>(bytes: usize, rows: &mut Vec<Row>) -> Result<(), String> {
+        let pool = heap::<P>(bytes, 1)?;
+        let per = pool.metadata_bytes() as f64 / pool.nslabs() as f64;
+        rows.push(
+            Row::new(
+                "metadata_per_slot",
+                P::NAME,
+                pool.slot_size() as u64,
+                "none",
+                per,
+                "bytes",
+            )
+            .note(format!("{} pool", human(bytes as u64))),
+        );
+        Ok(())
+    }
+    one::<Fast>(plan.pool_bytes, rows)?;
+    one::<NextFit>(plan.pool_bytes, rows)
+}
+
+/// Resident memory of this process in KiB, where the system says
+/// (Linux's `/proc`); `None` elsewhere.
+fn resident_kib() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Builds a 6 GiB pool: heap memory plus per-slot metadata for 3,145,728
+/// slots. Only `new_heap` is timed. A machine that cannot give 6 GiB gets
+/// a warning instead of the rows, and the rest of the report still stands.
+///
+/// The resident-memory row says how much memory the build touched: memory
+/// handed out lazily (fresh zero pages) costs nothing until used, memory
+/// zeroed by writing costs a page fault per page, which for 6 GiB takes
+/// seconds and would dwarf the metadata. (Memory the allocator reuses was
+/// resident already and does not show.)
+fn init_part(plan: &Plan, rows: &mut Vec<Row>) {
+    fn one<P: Policy>(bytes: usize) -> Result<(f64, Option<u64>), String> {
+        let before = resident_kib();
+        let t = Instant::now();
+        let pool = heap::<P>(bytes, 1)?;
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        let after = resident_kib();
+        let want = bytes >> pool.slot_size().trailing_zeros();
+        if pool.nslabs() as usize != want {
+            return Err(format!("the pool has {} slots, not {want}", pool.nslabs()));
+        }
+        drop(black_box(pool));
+        Ok((ms, before.zip(after).map(|(b, a)| a.saturating_sub(b))))
+    }
+    let bytes = INIT_BYTES;
+    let mut samples: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    let mut resident = [None, None];
+    for rep in 0..plan.init_samples {
+        // The first build of a run can pay for the host backing the memory
+        // on top of the guest's faults; alternating the order keeps that
+        // from always falling on the same policy.
+        let order = if rep % 2 == 0 { [0, 1] } else { [1, 0] };
+        for i in order {
+            let r = if i == 0 {
+                one::<Fast>(bytes)
+            } else {
+                one::<NextFit>(bytes)
+            };
+            match r {
+                Ok((ms, kib)) => {
+                    samples[i].push(ms);
+                    resident[i] = kib;
+                }
+                Err(e) => {
+                    eprintln!(
+                        "swiotlb bench: init_6gib not measured ({}): {e}",
+                        human(bytes as u64)
+                    );
+                    return;
+                }
+            }
+        }
+    }
+    for (i, policy) in [Fast::NAME, NextFit::NAME].into_iter().enumerate() {
+        let s = timing::summarize(&samples[i]);
+        let mut row =
+            Row::new("init_6gib", policy, bytes as u64, "none", s.median, "ms").note(format!(
+                "Pool::new_heap of {}, memory and metadata",
+                human(bytes as u64)
+            ));
+        if samples[i].len() > 2 {
+            row = row.spread(s.spread);
+        }
+        rows.push(row);
+        if let Some(kib) = resident[i] {
+            rows.push(
+                Row::new(
+                    "init_6gib_resident",
+                    policy,
+                    bytes as u64,
+                    "none",
+                    kib as f64 / 1024.0,
+                    "MiB",
+                )
+                .note("resident memory the build added"),
+            );
+        }
+    }
 }

@@ -1,0 +1,332 @@
+//! Result rows, the readable table, the ratios and the JSON form.
+
+use serde_json::{json, Value};
+
+/// One measured value.
+#[derive(Clone, Debug)]
+pub struct Row {
+    /// What was measured: `map_unmap`, `memcpy`, `alloc_free`, ...
+    pub name: &'static str,
+    /// `fast`, `nextfit` or `memcpy`.
+    pub policy: &'static str,
+    /// Bytes per mapping (or per copy); `0` when the row mixes sizes.
+    pub size: u64,
+    /// `to`, `from`, `hot`, `walk`, or `none`.
+    pub dir: &'static str,
+    pub threads: u32,
+    pub value: f64,
+    pub unit: &'static str,
+    /// Pool fill (slots held over slots) the row was measured at.
+    pub fill: Option<f64>,
+    /// Interquartile range over the median, for timed rows.
+    pub spread: Option<f64>,
+    /// Anything a reader needs to read the value right.
+    pub note: Option<String>,
+}
+
+impl Row {
+    pub fn new(
+        name: &'static str,
+        policy: &'static str,
+        size: u64,
+        dir: &'static str,
+        value: f64,
+        unit: &'static str,
+    ) -> Self {
+        Self {
+            name,
+            policy,
+            size,
+            dir,
+            threads: 1,
+            value,
+            unit,
+            fill: None,
+            spread: None,
+            note: None,
+        }
+    }
+
+    pub fn threads(mut self, t: u32) -> Self {
+        self.threads = t;
+        self
+    }
+
+    pub fn fill(mut self, f: f64) -> Self {
+        self.fill = Some(f);
+        self
+    }
+
+    pub fn spread(mut self, s: f64) -> Self {
+        self.spread = Some(s);
+        self
+    }
+
+    pub fn note(mut self, n: impl Into<String>) -> Self {
+        self.note = Some(n.into());
+        self
+    }
+
+    fn to_json(&self) -> Value {
+        let mut v = json!({
+            "name": self.name,
+            "policy": self.policy,
+            "size": self.size,
+            "dir": self.dir,
+            "threads": self.threads,
+            "value": finite(self.value),
+            "unit": self.unit,
+        });
+        let m = v.as_object_mut().expect("a JSON object literal");
+        if let Some(f) = self.fill {
+            m.insert("fill".into(), finite(f));
+        }
+        if let Some(s) = self.spread {
+            m.insert("spread".into(), finite(s));
+        }
+        if let Some(n) = &self.note {
+            m.insert("note".into(), n.clone().into());
+        }
+        v
+    }
+}
+
+/// JSON has no NaN or infinity: a value that is not finite becomes null,
+/// which a reader sees as "not measured" rather than as a wrong number.
+fn finite(x: f64) -> Value {
+    serde_json::Number::from_f64(x).map_or(Value::Null, Value::Number)
+}
+
+/// A derived comparison, for the "ratios" section.
+pub struct Ratio {
+    pub label: String,
+    pub value: f64,
+}
+
+/// Looks rows up by their identifying fields.
+struct Rows<'a>(&'a [Row]);
+
+impl Rows<'_> {
+    fn get(&self, name: &str, policy: &str, size: u64, dir: &str, threads: u32) -> Option<f64> {
+        self.0
+            .iter()
+            .find(|r| {
+                r.name == name
+                    && r.policy == policy
+                    && r.size == size
+                    && r.dir == dir
+                    && r.threads == threads
+            })
+            .map(|r| r.value)
+    }
+
+    fn get_fill(&self, name: &str, policy: &str, fill: f64) -> Option<f64> {
+        self.0
+            .iter()
+            .find(|r| r.name == name && r.policy == policy && r.fill == Some(fill))
+            .map(|r| r.value)
+    }
+
+    fn by_policy(&self, name: &str, policy: &str) -> Option<f64> {
+        self.0
+            .iter()
+            .find(|r| r.name == name && r.policy == policy)
+            .map(|r| r.value)
+    }
+}
+
+/// The comparisons the benchmark exists for.
+pub fn ratios(rows: &[Row], sizes: &[u64], fills: &[f64]) -> Vec<Ratio> {
+    let r = Rows(rows);
+    let mut out = Vec::new();
+    let mut push = |label: String, a: Option<f64>, b: Option<f64>| {
+        if let (Some(a), Some(b)) = (a, b) {
+            out.push(Ratio {
+                label,
+                value: a / b,
+            });
+        }
+    };
+    for dir in ["to", "from"] {
+        for &s in sizes {
+            push(
+                format!("map_unmap {dir:<4} {:>7}  fast/nextfit", human(s)),
+                r.get("map_unmap", "fast", s, dir, 1),
+                r.get("map_unmap", "nextfit", s, dir, 1),
+            );
+        }
+    }
+    for &s in sizes {
+        let fast = r.get("map_unmap", "fast", s, "to", 1);
+        push(
+            format!("map_unmap to   {:>7}  fast/memcpy-walk", human(s)),
+            fast,
+            r.get("memcpy", "memcpy", s, "walk", 1),
+        );
+        push(
+            format!("map_unmap to   {:>7}  fast/memcpy-hot", human(s)),
+            fast,
+            r.get("memcpy", "memcpy", s, "hot", 1),
+        );
+    }
+    // From-device copies twice under Linux's semantics, so its floor is two
+    // copies of the same bytes.
+    for &s in sizes {
+        push(
+            format!("map_unmap from {:>7}  fast/(2 x memcpy-hot)", human(s)),
+            r.get("map_unmap", "fast", s, "from", 1),
+            r.get("memcpy", "memcpy", s, "hot", 1).map(|v| 2.0 * v),
+        );
+    }
+    for &f in fills {
+        push(
+            format!("alloc_free fill {:>3.0}%       fast/nextfit", f * 100.0),
+            r.get_fill("alloc_free", "fast", f),
+            r.get_fill("alloc_free", "nextfit", f),
+        );
+    }
+    for s in [64, 4096] {
+        for p in ["fast", "nextfit"] {
+            push(
+                format!("throughput {:>7} {p:<7} 2 threads/1 thread", human(s)),
+                r.get("throughput", p, s, "to", 2),
+                r.get("throughput", p, s, "to", 1),
+            );
+        }
+        push(
+            format!("throughput {:>7} memcpy  2 threads/1 thread", human(s)),
+            r.get("throughput", "memcpy", s, "hot", 2),
+            r.get("throughput", "memcpy", s, "hot", 1),
+        );
+        for t in [1, 2] {
+            push(
+                format!("throughput {:>7} {t} thread(s)  fast/nextfit", human(s)),
+                r.get("throughput", "fast", s, "to", t),
+                r.get("throughput", "nextfit", s, "to", t),
+            );
+        }
+    }
+    for name in ["fill_at_first_failure", "metadata_per_slot", "init_6gib"] {
+        push(
+            format!("{name:<27} fast/nextfit"),
+            r.by_policy(name, "fast"),
+            r.by_policy(name, "nextfit"),
+        );
+    }
+    out
+}
+
+/// `{"rows": [...], "ratios": [...], "optimized": .., "load": ..}`.
+pub fn json(rows: &[Row], ratios: &[Ratio], optimized: bool, load: Option<f64>) -> String {
+    let v = json!({
+        "rows": rows.iter().map(Row::to_json).collect::<Vec<_>>(),
+        "ratios": ratios
+            .iter()
+            .map(|r| json!({"name": r.label.split_whitespace().collect::<Vec<_>>().join(" "), "value": finite(r.value)}))
+            .collect::<Vec<_>>(),
+        "optimized": optimized,
+        "load": load.map_or(Value::Null, finite),
+    });
+    serde_json::to_string_pretty(&v).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+}
+
+/// The readable table, then the ratios.
+pub fn table(rows: &[Row], ratios: &[Ratio]) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{:<22} {:<8} {:>8} {:<5} {:>3} {:>5} {:>12} {:<6} {:>6}  note",
+        "name", "policy", "size", "dir", "thr", "fill", "value", "unit", "spread"
+    );
+    for r in rows {
+        let fill = r
+            .fill
+            .map_or(String::new(), |f| format!("{:.0}%", f * 100.0));
+        let spread = r
+            .spread
+            .map_or(String::new(), |x| format!("{:.1}%", x * 100.0));
+        let size = if r.size == 0 {
+            "mixed".to_string()
+        } else {
+            human(r.size)
+        };
+        let _ = writeln!(
+            s,
+            "{:<22} {:<8} {:>8} {:<5} {:>3} {:>5} {:>12} {:<6} {:>6}  {}",
+            r.name,
+            r.policy,
+            size,
+            r.dir,
+            r.threads,
+            fill,
+            number(r.value),
+            r.unit,
+            spread,
+            r.note.as_deref().unwrap_or("")
+        );
+    }
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "ratios (time ratios below 1: the first is faster; throughput, fill and metadata: plain quotient)"
+    );
+    for r in ratios {
+        let _ = writeln!(s, "  {:<52} {:>8.3}", r.label, r.value);
+    }
+    s
+}
+
+/// Three significant digits or so, without exponents for the values a
+/// benchmark shows.
+fn number(x: f64) -> String {
+    if !x.is_finite() {
+        return "-".into();
+    }
+    let a = x.abs();
+    if a >= 100.0 {
+        format!("{x:.0}")
+    } else if a >= 10.0 {
+        format!("{x:.1}")
+    } else if a >= 1.0 {
+        format!("{x:.2}")
+    } else {
+        format!("{x:.3}")
+    }
+}
+
+/// `64 B`, `4 KiB`, `6 GiB`: sizes as people say them.
+pub fn human(n: u64) -> String {
+    const UNITS: [(&str, u32); 3] = [("GiB", 30), ("MiB", 20), ("KiB", 10)];
+    for (u, shift) in UNITS {
+        if n >= 1 << shift && n % (1 << shift) == 0 {
+            return format!("{} {u}", n >> shift);
+        }
+    }
+    format!("{n} B")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_read_naturally() {
+        assert_eq!(human(64), "64 B");
+        assert_eq!(human(1500), "1500 B");
+        assert_eq!(human(4096), "4 KiB");
+        assert_eq!(human(256 << 10), "256 KiB");
+        assert_eq!(human(6 << 30), "6 GiB");
+    }
+
+    #[test]
+    fn ratios_pair_rows() {
+        let rows = [
+            Row::new("map_unmap", "fast", 64, "to", 10.0, "ns"),
+            Row::new("map_unmap", "nextfit", 64, "to", 20.0, "ns"),
+        ];
+        let r = ratios(&rows, &[64], &[]);
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].value, 0.5);
+    }
+}

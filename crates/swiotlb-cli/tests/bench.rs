@@ -1,0 +1,112 @@
+//! `swiotlb bench` end to end: the rows exist and hold sane numbers.
+//!
+//! No timing is asserted: timings on a shared machine flake, and an
+//! unoptimised test build measures nothing real anyway. What is checked is
+//! the report's shape, which scripts comparing runs depend on.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+fn bench(args: &[&str]) -> (String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_swiotlb"))
+        .arg("bench")
+        .args(args)
+        .output()
+        .expect("the swiotlb binary runs");
+    let stdout = String::from_utf8(out.stdout).expect("UTF-8 output");
+    let stderr = String::from_utf8(out.stderr).expect("UTF-8 errors");
+    assert!(out.status.success(), "bench failed: {stderr}");
+    (stdout, stderr)
+}
+
+fn rows(json: &str) -> Vec<Value> {
+    let v: Value = serde_json::from_str(json).expect("bench --json prints JSON");
+    v["rows"].as_array().expect("a rows array").clone()
+}
+
+/// Every row a report must have: name, policies, unit, and the `dir` or
+/// `threads` values it must come in.
+#[test]
+fn json_report_has_every_row() {
+    let (out, _) = bench(&["--quick", "--json", "--smoke"]);
+    let rows = rows(&out);
+    for r in &rows {
+        for key in ["name", "policy", "size", "dir", "threads", "value", "unit"] {
+            assert!(r.get(key).is_some(), "row without {key}: {r}");
+        }
+        let v = r["value"].as_f64();
+        // Every row holds a measured, positive number; the resident-memory
+        // row may be zero where memory is handed out lazily.
+        if r["name"] != "init_6gib_resident" {
+            assert!(
+                v.is_some_and(|v| v.is_finite() && v > 0.0),
+                "bad value: {r}"
+            );
+        }
+    }
+    let has = |name: &str, policy: &str, unit: &str, extra: &dyn Fn(&Value) -> bool| {
+        rows.iter()
+            .any(|r| r["name"] == name && r["policy"] == policy && r["unit"] == unit && extra(r))
+    };
+    let any = |_: &Value| true;
+    for p in ["fast", "nextfit"] {
+        for dir in ["to", "from"] {
+            assert!(
+                has("map_unmap", p, "ns", &|r| r["dir"] == dir),
+                "map_unmap {p} {dir}"
+            );
+        }
+        for fill in [0.1, 0.5, 0.9] {
+            assert!(
+                has("alloc_free", p, "ns", &|r| r["fill"].as_f64() == Some(fill)),
+                "alloc_free {p} {fill}"
+            );
+        }
+        for t in [1, 2] {
+            assert!(
+                has("throughput", p, "Mops", &|r| r["threads"] == t),
+                "throughput {p} {t}"
+            );
+        }
+        assert!(has("fill_at_first_failure", p, "ratio", &any), "{p} frag");
+        assert!(has("metadata_per_slot", p, "bytes", &any), "{p} metadata");
+        assert!(has("init_6gib", p, "ms", &any), "{p} init");
+    }
+    for dir in ["hot", "walk"] {
+        assert!(has("memcpy", "memcpy", "ns", &|r| r["dir"] == dir), "{dir}");
+    }
+    for size in [64, 512, 1500, 4096, 65536, 262144] {
+        assert!(
+            has("map_unmap", "fast", "ns", &|r| r["size"] == size),
+            "map_unmap size {size}"
+        );
+    }
+    let ratio = |r: &Value| r["value"].as_f64().unwrap_or(0.0);
+    for r in rows.iter().filter(|r| r["unit"] == "ratio") {
+        assert!(ratio(r) <= 1.0, "a fill ratio above 1: {r}");
+    }
+}
+
+#[test]
+fn only_limits_the_parts_and_the_table_has_ratios() {
+    let (out, _) = bench(&["--smoke", "--json", "--only", "metadata"]);
+    let rows = rows(&out);
+    assert_eq!(rows.len(), 2, "{out}");
+    assert!(rows.iter().all(|r| r["name"] == "metadata_per_slot"));
+
+    let (table, _) = bench(&["--smoke", "--only", "metadata"]);
+    assert!(table.contains("metadata_per_slot"), "{table}");
+    assert!(table.contains("ratios"), "{table}");
+    assert!(table.contains("fast/nextfit"), "{table}");
+}
+
+#[test]
+fn unoptimised_builds_say_so() {
+    let (_, err) = bench(&["--smoke", "--json", "--only", "metadata"]);
+    assert_eq!(
+        err.contains("without optimisations"),
+        cfg!(debug_assertions),
+        "{err}"
+    );
+}
