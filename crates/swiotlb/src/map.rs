@@ -145,7 +145,7 @@ impl<P: Policy> Pool<P> {
         let phys = self.start() + off as u64;
         let dma = dev.phys_to_dma(phys);
         if !dev.translate().dma_capable(&dev.limits(), phys, dma, size) {
-            self.release(start, req.nslots, dma)?;
+            self.release(start, req.nslots, dma, 0, size)?;
             return Err(Error::Unreachable { dma, size });
         }
         // SAFETY:
@@ -158,7 +158,6 @@ impl<P: Policy> Pool<P> {
         // - the slots belong to this new allocation alone, and the caller
         //   holds no reference to the original.
         unsafe { bounce_copy(self.slot_ptr(off), cpu, size) };
-        self.count_bytes(start, true, size);
         Ok(Bounce {
             phys,
             slot: start + (pad >> self.slot_shift_value()) as u32,
@@ -258,7 +257,8 @@ impl<P: Policy> Pool<P> {
                     mapping_len: loc.len,
                 });
             }
-            if dir.copies_to_cpu() && !attrs.contains(Attrs::SKIP_CPU_SYNC) {
+            let copy_back = dir.copies_to_cpu() && !attrs.contains(Attrs::SKIP_CPU_SYNC);
+            if copy_back {
                 let src = self.slot_ptr(self.slot_offset(loc.start) + loc.pad);
                 // SAFETY:
                 // - the slots hold `loc.len >= size` bytes from `src`; the
@@ -268,9 +268,9 @@ impl<P: Policy> Pool<P> {
                 // - the mapping is live and owned by the caller, who holds no
                 //   reference to the original.
                 unsafe { bounce_copy(loc.orig, src, size) };
-                self.count_bytes(loc.start, false, size);
             }
-            self.release(loc.start, loc.nslots, dma)
+            let copied = if copy_back { size } else { 0 };
+            self.release(loc.start, loc.nslots, dma, copied, 0)
         })();
         if let Err(e) = &r {
             self.count_failure(e);
@@ -823,12 +823,13 @@ impl<B: DmaBuffer, P: Policy> Mapping<'_, B, P> {
 
     fn release(&mut self, attrs: Attrs) {
         if let Some(b) = self.bounce.take() {
-            if self.dir.copies_to_cpu() && !attrs.contains(Attrs::SKIP_CPU_SYNC) {
+            let copy_back = self.dir.copies_to_cpu() && !attrs.contains(Attrs::SKIP_CPU_SYNC);
+            if copy_back {
                 // SAFETY: as in `sync_for_cpu`, over the whole mapping.
                 unsafe { bounce_copy(self.ptr.as_ptr(), self.pool.slot_ptr(b.off), self.len) };
-                self.pool.count_bytes(b.start, false, self.len);
             }
-            let r = self.pool.release(b.start, b.nslots, self.dma);
+            let copied = if copy_back { self.len } else { 0 };
+            let r = self.pool.release(b.start, b.nslots, self.dma, copied, 0);
             // A safe mapping owns its allocation, so it is live.
             debug_assert!(r.is_ok(), "safe mapping was not live: {r:?}");
         }

@@ -1,5 +1,6 @@
-//! `Fast`: the default policy. A free bitmap per area, scanned a word at a
-//! time, starting where the last mapping was given back.
+//! `Fast`: the default policy. A held-slot bitmap per area, scanned a word
+//! at a time, a one-number summary per segment, and the last freed run
+//! kept for an exact reuse.
 //!
 //! Why this shape (the argument in full is in `docs/DESIGN.md`):
 //! - **One bit per slot.** Linux keeps a 4-byte free-run count per slot and
@@ -7,14 +8,23 @@
 //!   backward merge walk). A bitmap is written with one or two word
 //!   operations, and a free run is found with `trailing_zeros` on whole
 //!   words: 64 slots per instruction instead of one.
-//! - **Recently freed first.** The search starts at the last freed run
-//!   (the *hint*), so a map that follows an unmap of the same size lands on
-//!   the slots just written and read by the CPU: the bounce copy hits warm
-//!   cache. `NextFit` walks its index through the whole area, touching cold
-//!   memory on every map.
-//! - **First fit from there, by runs.** The scan jumps from free run to free
-//!   run (`next_one`, `next_zero`), tests the first start in each run that
-//!   meets the alignment stride, and moves on; it never steps slot by slot.
+//! - **Exact reuse of the last freed run.** A request of exactly the size
+//!   of the run given back last takes it again when its alignment allows:
+//!   the bounce copy lands on slots the CPU just touched (warm cache), and
+//!   a perfect fit splits no free run. This is the steady state of a
+//!   driver that maps and unmaps buffers of one size.
+//! - **Otherwise, best of the first few segments, in address order.** Each
+//!   segment keeps the length of its longest free run; the search skips
+//!   segments too full for the request, scans the others run by run
+//!   (`next_zero`, `next_one`), testing the first start in each run that
+//!   meets the alignment period, and of the first [`CANDIDATES`] segments
+//!   that fit takes the one whose longest run is shortest. Small mappings
+//!   fill tight segments and long runs stay whole for large mappings, which
+//!   is what lets large mappings succeed in a churning pool. Starting the
+//!   search where something was last freed (an earlier version of this
+//!   policy) scattered small mappings over every segment and failed at
+//!   0.41 of the pool's bytes live where next fit fails at 0.63; plain
+//!   address-ordered first fit reached 0.80, this reaches 0.86.
 //! - **Same acceptance rule as Linux.** A start is taken only where
 //!   [`Request::acceptable`] holds, so `min_align_mask`, `alloc_align_mask`,
 //!   page alignment and the device boundary mean exactly what they mean in
@@ -26,6 +36,12 @@ use alloc::boxed::Box;
 use super::bitmap::{clear_range, next_one, next_zero, set_range};
 use super::policy::{boxed, AreaGeom, Policy, Request};
 
+/// How many fitting segments a search compares before taking the tightest.
+/// Measured with `swiotlb bench --only frag` (64 MiB pool, 512 B-64 KiB
+/// churn): first fit fails at 0.80 of the bytes live, the tightest of 4 at
+/// 0.86, the tightest of all at 0.87.
+const CANDIDATES: u32 = 4;
+
 /// The default fast policy. See the module documentation.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Fast;
@@ -33,15 +49,51 @@ pub struct Fast;
 /// Per-area state of [`Fast`].
 pub struct FastArea {
     /// One bit per slot of the area, set when the slot is held. Zero means
-    /// free so that a new area is zeroed memory: no set-up pass, and for a
-    /// large pool no page is touched until it is used.
+    /// free so that a new area is zeroed memory: for a large pool no page
+    /// is touched until it is used.
     held: Box<[u64]>,
-    /// Where the next search starts, relative to the area: the start of the
-    /// last freed run, or just past the last allocation.
-    hint: u32,
+    /// The longest free run of each segment the area touches (area-relative
+    /// segment index), kept exact on every allocation and free.
+    longest: Box<[u16]>,
+    /// Area-relative start and length of the run freed last (length 0:
+    /// none).
+    last_free: (u32, u32),
 }
 
 impl FastArea {
+    /// The area-relative range of the area's `j`th segment.
+    #[inline]
+    fn segment_range(geom: &AreaGeom, j: usize) -> (u32, u32) {
+        let seg = geom.segment;
+        let first_seg = geom.first / seg;
+        let lo = ((first_seg + j as u32) * seg).max(geom.first);
+        let hi = ((first_seg + j as u32 + 1) * seg).min(geom.end());
+        (lo - geom.first, hi - geom.first)
+    }
+
+    /// The area-relative segment index of area-relative slot `local`.
+    #[inline]
+    fn segment_of(geom: &AreaGeom, local: u32) -> usize {
+        ((geom.first + local) / geom.segment - geom.first / geom.segment) as usize
+    }
+
+    /// Recomputes the longest free run of segment `j`.
+    fn refresh(&mut self, geom: &AreaGeom, j: usize) {
+        let (lo, hi) = Self::segment_range(geom, j);
+        let mut best = 0;
+        let mut pos = lo;
+        loop {
+            let a = next_zero(&self.held, pos, hi);
+            if a >= hi {
+                break;
+            }
+            let b = next_one(&self.held, a, hi).unwrap_or(hi);
+            best = best.max(b - a);
+            pos = b;
+        }
+        self.longest[j] = best as u16;
+    }
+
     /// Searches runs that start in `[from, to)` (area-relative), each
     /// considered whole from its start or from `from`, whichever is later.
     #[inline]
@@ -75,6 +127,17 @@ impl FastArea {
             pos = b;
         }
         None
+    }
+
+    /// The last freed run, if the request fits it exactly.
+    #[inline]
+    fn exact_reuse(&self, geom: &AreaGeom, req: &Request) -> Option<u32> {
+        let (start, len) = self.last_free;
+        if len != req.nslots || !req.acceptable(geom.first + start, geom.slot_shift) {
+            return None;
+        }
+        // Still free? Other allocations may have taken part of it since.
+        (next_one(&self.held, start, start + len).is_none()).then_some(geom.first + start)
     }
 }
 
@@ -111,26 +174,55 @@ unsafe impl Policy for Fast {
     const NAME: &'static str = "fast";
 
     fn new_area(geom: &AreaGeom) -> FastArea {
-        // Bits past the area's end stay clear (free) but are never
-        // reached: every scan stops at `geom.nslabs`.
-        FastArea {
+        let nsegs = FastArea::segment_of(geom, geom.nslabs - 1) + 1;
+        let mut area = FastArea {
+            // Bits past the area's end stay clear (free) but are never
+            // reached: every scan stops at `geom.nslabs`.
             held: boxed(0u64, geom.nslabs.div_ceil(64) as usize),
-            hint: 0,
+            longest: boxed(0u16, nsegs),
+            last_free: (0, 0),
+        };
+        for j in 0..nsegs {
+            let (lo, hi) = FastArea::segment_range(geom, j);
+            area.longest[j] = (hi - lo) as u16;
         }
+        area
     }
 
     #[inline]
     fn alloc(area: &mut FastArea, geom: &AreaGeom, req: &Request) -> Option<u32> {
-        let hint = area.hint.min(geom.nslabs);
-        let s = match area.search(geom, req, hint, geom.nslabs) {
+        let s = match area.exact_reuse(geom, req) {
             Some(s) => s,
-            // Runs that start before the hint; the one holding the hint is
-            // seen whole this time.
-            None => area.search(geom, req, 0, hint.saturating_add(1).min(geom.nslabs))?,
+            None => {
+                let n = req.nslots;
+                // Best of the first few: walking segments in address
+                // order, take the fitting start in the segment whose longest
+                // free run is shortest among the first `CANDIDATES` that
+                // fit (a perfect fit ends the walk). A tight segment absorbs
+                // the request and long runs stay whole for large mappings;
+                // bounding the candidates bounds the walk.
+                let mut best: Option<(u16, u32)> = None;
+                let mut seen = 0;
+                for j in 0..area.longest.len() {
+                    let l = area.longest[j];
+                    if (l as u32) < n || best.is_some_and(|(b, _)| l >= b) {
+                        continue;
+                    }
+                    let (lo, hi) = FastArea::segment_range(geom, j);
+                    if let Some(s) = area.search(geom, req, lo, hi) {
+                        best = Some((l, s));
+                        seen += 1;
+                        if l as u32 == n || seen >= CANDIDATES {
+                            break;
+                        }
+                    }
+                }
+                best?.1
+            }
         };
         let local = s - geom.first;
         set_range(&mut area.held, local, req.nslots);
-        area.hint = local + req.nslots;
+        area.refresh(geom, FastArea::segment_of(geom, local));
         Some(s)
     }
 
@@ -138,23 +230,12 @@ unsafe impl Policy for Fast {
     fn free(area: &mut FastArea, geom: &AreaGeom, start: u32, nslots: u32) {
         let local = start - geom.first;
         clear_range(&mut area.held, local, nslots);
-        area.hint = local;
+        area.refresh(geom, FastArea::segment_of(geom, local));
+        area.last_free = (local, nslots);
     }
 
-    fn largest_free_run(area: &FastArea, geom: &AreaGeom) -> u32 {
-        let mut best = 0;
-        let mut pos = 0;
-        loop {
-            let a = next_zero(&area.held, pos, geom.nslabs);
-            if a >= geom.nslabs {
-                break;
-            }
-            let limit = geom.run_limit(geom.first + a) - geom.first;
-            let b = next_one(&area.held, a, limit).unwrap_or(limit);
-            best = best.max(b - a);
-            pos = b;
-        }
-        best
+    fn largest_free_run(area: &FastArea, _geom: &AreaGeom) -> u32 {
+        area.longest.iter().copied().max().unwrap_or(0) as u32
     }
 
     fn is_free(area: &FastArea, geom: &AreaGeom, slot: u32) -> bool {
@@ -163,6 +244,9 @@ unsafe impl Policy for Fast {
     }
 
     fn metadata_bytes(geom: &AreaGeom) -> usize {
-        geom.nslabs.div_ceil(64) as usize * 8 + core::mem::size_of::<FastArea>()
+        let nsegs = (geom.end() - 1) / geom.segment - geom.first / geom.segment + 1;
+        geom.nslabs.div_ceil(64) as usize * 8
+            + nsegs as usize * 2
+            + core::mem::size_of::<FastArea>()
     }
 }

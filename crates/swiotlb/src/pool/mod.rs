@@ -145,6 +145,10 @@ impl Shape {
 struct AreaState<A> {
     policy: A,
     used: u32,
+    /// Bytes copied in at map time and back at unmap, counted under the
+    /// lock the map and unmap take anyway (syncs use the area's atomics).
+    mapped_to_device: u64,
+    unmapped_from_device: u64,
 }
 
 struct Area<A> {
@@ -188,6 +192,10 @@ pub struct Pool<P: Policy = Fast> {
     orig: Box<[AtomicPtr<u8>]>,
     shape: Box<[AtomicU64]>,
     start_bits: Box<[AtomicU64]>,
+    /// Whether every word of `start_bits` covers slots of one area only
+    /// (areas are whole multiples of 64 slots), so that the area lock alone
+    /// guards writes to it.
+    start_words_private: bool,
     used: CachePadded<AtomicUsize>,
     hiwater: CachePadded<AtomicUsize>,
     failures: [AtomicU64; FailReason::COUNT],
@@ -376,6 +384,8 @@ impl<P: Policy> Pool<P> {
                     state: Mutex::new(AreaState {
                         policy: P::new_area(&geom),
                         used: 0,
+                        mapped_to_device: 0,
+                        unmapped_from_device: 0,
                     }),
                     bytes_to_device: AtomicU64::new(0),
                     bytes_from_device: AtomicU64::new(0),
@@ -394,6 +404,7 @@ impl<P: Policy> Pool<P> {
             orig: zeroed_ptrs(nslabs as usize),
             shape: zeroed_words(nslabs as usize),
             start_bits: zeroed_words(nslabs.div_ceil(64) as usize),
+            start_words_private: area_nslabs % 64 == 0,
             used: CachePadded(AtomicUsize::new(0)),
             hiwater: CachePadded(AtomicUsize::new(0)),
             failures: core::array::from_fn(|_| AtomicU64::new(0)),
@@ -639,12 +650,14 @@ impl<P: Policy> Pool<P> {
             if req.nslots <= area.geom.nslabs - st.used {
                 if let Some(s) = P::alloc(&mut st.policy, &area.geom, req) {
                     st.used += req.nslots;
+                    // The map copies `len` bytes in right after this.
+                    st.mapped_to_device += len as u64;
                     // INVARIANT: the record is written before the start bit
                     // that publishes it (Release), under the area lock.
                     self.orig[s as usize].store(orig, Ordering::Relaxed);
                     self.shape[s as usize]
                         .store(Shape::new(len, pad, req.nslots).0, Ordering::Relaxed);
-                    self.start_bits[(s / 64) as usize].fetch_or(1 << (s % 64), Ordering::Release);
+                    self.set_start_bit(s);
                     drop(st);
                     let used = self.used.fetch_add(req.nslots as usize, Ordering::Relaxed)
                         + req.nslots as usize;
@@ -686,18 +699,61 @@ impl<P: Policy> Pool<P> {
         }
     }
 
+    /// Publishes the record at slot `s`: sets its start bit. Called under
+    /// the area lock, after the record words are written.
+    #[inline]
+    fn set_start_bit(&self, s: u32) {
+        let word = &self.start_bits[(s / 64) as usize];
+        let bit = 1u64 << (s % 64);
+        if self.start_words_private {
+            // Every slot of this word is in the area whose lock is held, so
+            // no one else writes it: a plain load and store do, without a
+            // locked instruction. Readers only load.
+            word.store(word.load(Ordering::Relaxed) | bit, Ordering::Release);
+        } else {
+            word.fetch_or(bit, Ordering::Release);
+        }
+    }
+
+    /// Clears the start bit of slot `s` under the area lock; whether it was
+    /// set.
+    #[inline]
+    fn clear_start_bit(&self, s: u32) -> bool {
+        let word = &self.start_bits[(s / 64) as usize];
+        let bit = 1u64 << (s % 64);
+        let old = if self.start_words_private {
+            // As in `set_start_bit`.
+            let old = word.load(Ordering::Relaxed);
+            word.store(old & !bit, Ordering::Relaxed);
+            old
+        } else {
+            word.fetch_and(!bit, Ordering::Relaxed)
+        };
+        old & bit != 0
+    }
+
     /// Gives back the allocation starting at slot `start`, which must be
-    /// live. Returns `Err(NotMapped)` if it is not (a double unmap).
-    pub(crate) fn release(&self, start: u32, nslots: u32, dma: crate::addr::DmaAddr) -> Result {
+    /// live, counting `copied_back` bytes copied from the slots at unmap
+    /// and taking back `uncopied` bytes counted at map time but never
+    /// copied (a map that failed after allocating). Returns
+    /// `Err(NotMapped)` if it is not live (a double unmap).
+    pub(crate) fn release(
+        &self,
+        start: u32,
+        nslots: u32,
+        dma: crate::addr::DmaAddr,
+        copied_back: usize,
+        uncopied: usize,
+    ) -> Result {
         let area = self.area_of(start);
         let mut st = area.state.lock();
-        let bit = 1u64 << (start % 64);
-        let old = self.start_bits[(start / 64) as usize].fetch_and(!bit, Ordering::Relaxed);
-        if old & bit == 0 {
+        if !self.clear_start_bit(start) {
             return Err(Error::NotMapped { dma });
         }
         P::free(&mut st.policy, &area.geom, start, nslots);
         st.used -= nslots;
+        st.unmapped_from_device += copied_back as u64;
+        st.mapped_to_device -= uncopied as u64;
         drop(st);
         self.used.fetch_sub(nslots as usize, Ordering::Relaxed);
         Ok(())
@@ -767,7 +823,8 @@ impl<P: Policy> Pool<P> {
         self.failures[e.reason() as usize].fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Counts bytes bounced for the allocation at `start`.
+    /// Counts bytes a sync bounced for the allocation at `start` (map and
+    /// unmap copies are counted under the area lock instead).
     #[inline]
     pub(crate) fn count_bytes(&self, start: u32, to_device: bool, n: usize) {
         let area = self.area_of(start);
@@ -791,9 +848,10 @@ impl<P: Policy> Pool<P> {
         let mut to = 0;
         let mut from = 0;
         for a in self.areas.iter() {
-            area_used.push(a.state.lock().used as u64);
-            to += a.bytes_to_device.load(Ordering::Relaxed);
-            from += a.bytes_from_device.load(Ordering::Relaxed);
+            let st = a.state.lock();
+            area_used.push(st.used as u64);
+            to += st.mapped_to_device + a.bytes_to_device.load(Ordering::Relaxed);
+            from += st.unmapped_from_device + a.bytes_from_device.load(Ordering::Relaxed);
         }
         let mut failures = [0; FailReason::COUNT];
         for (f, c) in failures.iter_mut().zip(&self.failures) {
