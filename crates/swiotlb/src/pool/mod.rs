@@ -722,12 +722,17 @@ impl<P: Policy> Pool<P> {
         let word = &self.start_bits[(s / 64) as usize];
         let bit = 1u64 << (s % 64);
         let old = if self.start_words_private {
-            // As in `set_start_bit`.
+            // As in `set_start_bit`. Release, not Relaxed: a reader's
+            // Acquire load that sees this store must still see the records
+            // of the other start bits in the word, published by earlier
+            // Release stores that this plain store would otherwise cut
+            // from the release sequence (found by the loom model
+            // `sync_from_other_thread_private_words`).
             let old = word.load(Ordering::Relaxed);
-            word.store(old & !bit, Ordering::Relaxed);
+            word.store(old & !bit, Ordering::Release);
             old
         } else {
-            word.fetch_and(!bit, Ordering::Relaxed)
+            word.fetch_and(!bit, Ordering::Release)
         };
         old & bit != 0
     }

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Formatting and clippy over every crate and every target (tests, examples,
+# benches), warnings denied.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# A minimal toolchain profile ships without these; add them rather than
+# fail on a machine that merely lacks them.
+cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
+cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
