@@ -734,25 +734,7 @@ impl<B: DmaBuffer, P: Policy> Mapping<'_, B, P> {
     /// # Errors
     /// [`Error::OutOfBounds`] past the mapping's end; nothing is copied.
     pub fn sync_for_cpu(&mut self, offset: usize, len: usize) -> Result {
-        self.check(offset, len)?;
-        if let (Some(b), true) = (self.bounce, self.dir.copies_to_cpu()) {
-            // SAFETY:
-            // - `[offset, offset + len)` is inside the mapping (checked), so
-            //   inside both the buffer (valid per `DmaBuffer`) and the
-            //   allocation's slots;
-            // - pool and buffer do not overlap;
-            // - no reference to the buffer exists: the mapping owns it and
-            //   hands out none.
-            unsafe {
-                bounce_copy(
-                    self.ptr.as_ptr().add(offset),
-                    self.pool.slot_ptr(b.off + offset),
-                    len,
-                )
-            };
-            self.pool.count_bytes(b.start, false, len);
-        }
-        Ok(())
+        self.sync(offset, len, false)
     }
 
     /// Copies CPU writes in `[offset, offset + len)` of the buffer into the
@@ -762,17 +744,32 @@ impl<B: DmaBuffer, P: Policy> Mapping<'_, B, P> {
     /// # Errors
     /// [`Error::OutOfBounds`] past the mapping's end; nothing is copied.
     pub fn sync_for_device(&mut self, offset: usize, len: usize) -> Result {
+        self.sync(offset, len, true)
+    }
+
+    /// The copy of a partial sync, checked whatever the direction.
+    fn sync(&mut self, offset: usize, len: usize, to_device: bool) -> Result {
         self.check(offset, len)?;
-        if let (Some(b), true) = (self.bounce, self.dir.copies_to_device()) {
-            // SAFETY: as in `sync_for_cpu`, the other way.
-            unsafe {
-                bounce_copy(
-                    self.pool.slot_ptr(b.off + offset),
-                    self.ptr.as_ptr().add(offset),
-                    len,
-                )
-            };
-            self.pool.count_bytes(b.start, true, len);
+        let copies = if to_device {
+            self.dir.copies_to_device()
+        } else {
+            self.dir.copies_to_cpu()
+        };
+        if let (Some(b), true) = (self.bounce, copies) {
+            let slot = self.pool.slot_ptr(b.off + offset);
+            // SAFETY: `[offset, offset + len)` is inside the mapping
+            // (checked), so `offset` stays inside the buffer, which is
+            // valid for the mapping's length (`DmaBuffer`).
+            let buf = unsafe { self.ptr.as_ptr().add(offset) };
+            let (dst, src) = if to_device { (slot, buf) } else { (buf, slot) };
+            // SAFETY:
+            // - both ranges are inside the mapping (checked): the buffer is
+            //   valid per `DmaBuffer`, the slots belong to this allocation;
+            // - pool and buffer do not overlap;
+            // - no reference to the buffer exists: the mapping owns it and
+            //   hands out none, and `&mut self` excludes a concurrent copy.
+            unsafe { bounce_copy(dst, src, len) };
+            self.pool.count_bytes(b.start, to_device, len);
         }
         Ok(())
     }

@@ -58,6 +58,24 @@ fn wrap(geom: &AreaGeom, index: u32) -> u32 {
     }
 }
 
+/// Rewrites the counts of the free slots just before area-relative slot
+/// `index`, back to the segment's first slot or the first held slot, so
+/// that they run on into whatever now starts at `index` (a free run of
+/// `count` slots, or a held slot when `count` is 0). Linux does this walk
+/// after every allocation and free.
+fn merge_back(area: &mut NextFitArea, geom: &AreaGeom, index: u32, mut count: u32) {
+    let mut i = index;
+    while i > 0 {
+        i -= 1;
+        let slot = geom.first + i;
+        if slot % geom.segment == geom.segment - 1 || area.list[i as usize] == 0 {
+            break;
+        }
+        count += 1;
+        area.list[i as usize] = count;
+    }
+}
+
 // SAFETY:
 // - `alloc` returns `s` only when `list[s - first] >= nslots`; a count says
 //   how many free slots follow without crossing a segment line or the
@@ -107,17 +125,7 @@ unsafe impl Policy for NextFit {
         }
         // Slots before the allocation in the same segment now run into it:
         // their counts shrink to end there.
-        let mut count = 0;
-        let mut i = found;
-        while i > 0 {
-            i -= 1;
-            let slot = geom.first + i;
-            if slot % geom.segment == geom.segment - 1 || area.list[i as usize] == 0 {
-                break;
-            }
-            count += 1;
-            area.list[i as usize] = count;
-        }
+        merge_back(area, geom, found, 0);
         area.index = wrap(geom, found + n);
         Some(geom.first + found)
     }
@@ -136,16 +144,7 @@ unsafe impl Policy for NextFit {
             count += 1;
             area.list[i as usize] = count;
         }
-        let mut i = index;
-        while i > 0 {
-            i -= 1;
-            let slot = geom.first + i;
-            if slot % geom.segment == geom.segment - 1 || area.list[i as usize] == 0 {
-                break;
-            }
-            count += 1;
-            area.list[i as usize] = count;
-        }
+        merge_back(area, geom, index, count);
     }
 
     fn largest_free_run(area: &NextFitArea, _geom: &AreaGeom) -> u32 {
