@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod dt;
 mod explain;
 mod simulate;
 
@@ -26,6 +27,8 @@ enum Command {
     Simulate(simulate::Args),
     /// Measure map+unmap against memcpy, both policies, in one run.
     Bench(bench::Args),
+    /// List the DMA pools of a device tree blob and the devices that use them.
+    Dt(dt::Args),
 }
 
 fn main() -> ExitCode {
@@ -34,11 +37,17 @@ fn main() -> ExitCode {
         Command::Explain(a) => explain::run(&a),
         Command::Simulate(a) => simulate::run(&a),
         Command::Bench(a) => bench::run(&a),
+        Command::Dt(a) => dt::run(&a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("swiotlb: {e}");
+            // Core errors already name swiotlb; do not say it twice.
+            if e.starts_with("swiotlb") {
+                eprintln!("{e}");
+            } else {
+                eprintln!("swiotlb: {e}");
+            }
             ExitCode::from(2)
         }
     }

@@ -460,6 +460,92 @@ fn limit_nareas(nareas: u32, nslabs: u64) -> u32 {
     }
 }
 
+/// The key of our own that sizes the high pool, in front of its value.
+const HIGH_PREFIX: &str = "swiotlb.high=";
+
+/// The size of the high pool: `swiotlb.high=<nslabs>`, a key of our own.
+///
+/// Linux has no high pool. Its RFC ("swiotlb: extra 64-bit buffer for
+/// dev->dma_io_tlb_mem", 2022) sized one with a second positional integer,
+/// `swiotlb=327680,3145728,force` for 640 MiB low and 6 GiB high; but in
+/// Linux's own grammar `[nslabs][,nareas]` the second integer is the area
+/// count, so the same text means 3145728 areas to every kernel since 6.2
+/// and to [`SwiotlbParam`]. One string must not mean two things, so the
+/// `swiotlb=` grammar stays exactly Linux's and the high pool gets its own
+/// key, which a Linux kernel ignores (and warns about as unknown) instead of
+/// misreading.
+///
+/// The value is a slot count read as `swiotlb=` reads its first number
+/// (decimal, `0x` hex or `0` octal), with no other text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct HighParam {
+    /// Slots in the high pool: a non-zero multiple of [`IO_TLB_SEGSIZE`].
+    pub nslabs: u64,
+}
+
+impl HighParam {
+    /// Parses a `swiotlb.high=` value strictly; an optional leading
+    /// `swiotlb.high=` is skipped. There is no lenient form: no kernel has
+    /// a behaviour of its own to reproduce for this key.
+    ///
+    /// # Errors
+    /// [`Error::BadParam`] with `at` the byte offset in the value and
+    /// `problem`:
+    /// - [`Empty`](ParamProblem::Empty) for an empty value;
+    /// - [`Trailing`](ParamProblem::Trailing) for anything but a number,
+    ///   or text after it (a unit suffix, an area count, `force`);
+    /// - [`Overflow`](ParamProblem::Overflow) above [`MAX_NSLABS`];
+    /// - [`ZeroSlots`](ParamProblem::ZeroSlots) for zero;
+    /// - [`SlotsRounded`](ParamProblem::SlotsRounded) for a count that is
+    ///   not a multiple of 128, which `swiotlb=` would round up.
+    pub fn parse_strict(value: &str) -> Result<HighParam> {
+        let value = value.strip_prefix(HIGH_PREFIX).unwrap_or(value);
+        let s = value.as_bytes();
+        let bad = |at, problem| Err(Error::BadParam { at, problem });
+        if s.is_empty() {
+            return bad(0, ParamProblem::Empty);
+        }
+        if !s[0].is_ascii_digit() {
+            return bad(0, ParamProblem::Trailing);
+        }
+        let num = strtoul(s, 0);
+        if num.end != s.len() {
+            return bad(num.end, ParamProblem::Trailing);
+        }
+        if num.overflow || num.value > MAX_NSLABS {
+            return bad(0, ParamProblem::Overflow);
+        }
+        if num.value == 0 {
+            return bad(0, ParamProblem::ZeroSlots);
+        }
+        if num.value % SEG != 0 {
+            return bad(0, ParamProblem::SlotsRounded);
+        }
+        Ok(HighParam { nslabs: num.value })
+    }
+
+    /// Bytes in the high pool: `nslabs << IO_TLB_SHIFT`.
+    pub fn bytes(&self) -> u64 {
+        self.nslabs << IO_TLB_SHIFT
+    }
+}
+
+impl fmt::Display for HighParam {
+    /// Writes the value in decimal, without the key.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.nslabs)
+    }
+}
+
+impl FromStr for HighParam {
+    type Err = Error;
+
+    /// [`HighParam::parse_strict`].
+    fn from_str(s: &str) -> Result<Self> {
+        Self::parse_strict(s)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

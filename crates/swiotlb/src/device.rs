@@ -33,7 +33,33 @@ pub struct Device<T = Identity> {
     seg_boundary_mask: u64,
     max_segment_size: usize,
     force_bounce: bool,
+    restricted: Option<RestrictedPool>,
     translate: T,
+}
+
+/// Which restricted tlb of a platform serves a device: an index into the
+/// platform's restricted tlbs, or the name of the tlb (the reserved-memory
+/// node's name in a device tree). Devices naming the same tlb share it, as
+/// Linux devices whose `memory-region` points at the same
+/// `restricted-dma-pool` node share one `io_tlb_mem`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RestrictedPool {
+    /// The restricted tlb at this index, in the order they were added.
+    Index(usize),
+    /// The restricted tlb of this name.
+    Name(&'static str),
+}
+
+impl From<usize> for RestrictedPool {
+    fn from(index: usize) -> Self {
+        RestrictedPool::Index(index)
+    }
+}
+
+impl From<&'static str> for RestrictedPool {
+    fn from(name: &'static str) -> Self {
+        RestrictedPool::Name(name)
+    }
 }
 
 impl Device<Identity> {
@@ -48,6 +74,7 @@ impl Device<Identity> {
             seg_boundary_mask: DEFAULT_SEG_BOUNDARY_MASK,
             max_segment_size: DEFAULT_MAX_SEGMENT_SIZE,
             force_bounce: false,
+            restricted: None,
             translate: Identity,
         }
     }
@@ -63,7 +90,40 @@ impl<T> Device<T> {
             seg_boundary_mask: self.seg_boundary_mask,
             max_segment_size: self.max_segment_size,
             force_bounce: self.force_bounce,
+            restricted: self.restricted,
             translate,
+        }
+    }
+
+    /// Binds the device to a restricted tlb (Linux's `restricted-dma-pool`
+    /// reserved memory, `rmem_swiotlb_device_init`): every mapping of the
+    /// device bounces through that tlb and no other, and its coherent
+    /// allocations come from it. A device bound to a tlb the platform does
+    /// not have gets [`Error::NoPool`](crate::Error::NoPool), never a
+    /// global pool: the restriction is the point.
+    pub fn with_restricted_pool(mut self, pool: impl Into<RestrictedPool>) -> Self {
+        self.restricted = Some(pool.into());
+        self
+    }
+
+    /// The restricted tlb the device is bound to, if any.
+    pub const fn restricted_pool(&self) -> Option<RestrictedPool> {
+        self.restricted
+    }
+
+    /// The same device, borrowing its translation, with every mapping
+    /// forced to bounce: how a restricted tlb maps for its devices.
+    #[cfg(feature = "alloc")]
+    pub(crate) fn forced(&self) -> Device<&T> {
+        Device {
+            mask: self.mask,
+            bus_limit: self.bus_limit,
+            min_align_mask: self.min_align_mask,
+            seg_boundary_mask: self.seg_boundary_mask,
+            max_segment_size: self.max_segment_size,
+            force_bounce: true,
+            restricted: self.restricted,
+            translate: &self.translate,
         }
     }
 

@@ -65,7 +65,7 @@
 //!
 //! # Safety and correctness
 //!
-//! Unsafe code is confined to four places, each with its reasoning at the
+//! Unsafe code is confined to five places, each with its reasoning at the
 //! `unsafe` block:
 //! - [`Pool::new`] trusts its caller for the region (valid, contiguous, not
 //!   otherwise touched by the CPU);
@@ -77,7 +77,10 @@
 //!   is ever made from bounce memory, and every length is checked against
 //!   metadata the device cannot reach;
 //! - the raw API ([`Pool::map_raw`] and friends) trusts its caller for the
-//!   original buffer, as the kernel's DMA API does.
+//!   original buffer, as the kernel's DMA API does;
+//! - the `provider` module's `Provider` and `MemoryHooks` are `unsafe` to
+//!   implement: a pool built from provided memory trusts the region it is
+//!   given and that the hooks leave it valid.
 //!
 //! The safe API ([`Pool::map`]) owns the buffer for the life of the
 //! mapping and holds only a raw pointer to it, so no Rust reference aliases
@@ -97,6 +100,8 @@ pub mod attrs;
 pub mod config;
 pub mod device;
 pub mod direction;
+#[cfg(feature = "fdt")]
+pub mod dt;
 pub mod error;
 pub mod translate;
 
@@ -107,11 +112,15 @@ pub mod map;
 #[cfg(feature = "alloc")]
 pub mod pool;
 #[cfg(feature = "alloc")]
+pub mod provider;
+#[cfg(feature = "alloc")]
 pub mod sim;
 #[cfg(feature = "alloc")]
 pub mod stats;
 #[cfg(feature = "alloc")]
 mod sync;
+#[cfg(feature = "alloc")]
+pub mod tlb;
 
 pub use addr::{DmaAddr, DmaMask, PhysAddr};
 pub use attrs::Attrs;
@@ -120,12 +129,15 @@ pub use direction::Direction;
 pub use error::{Error, FailReason, Result};
 pub use translate::Translate;
 
+pub use device::RestrictedPool;
 #[cfg(feature = "alloc")]
 pub use map::{DmaBuffer, MapFailed, MapOptions, Mapping, SgEntry};
 #[cfg(feature = "alloc")]
 pub use pool::{Bounce, Fast, NextFit, Policy, Pool, PoolConfig};
 #[cfg(feature = "alloc")]
 pub use stats::Stats;
+#[cfg(feature = "alloc")]
+pub use tlb::{Coherent, IoTlb, Platform, TlbKind};
 
 /// The README's Rust examples, compiled and run as doctests so that they
 /// work when pasted.

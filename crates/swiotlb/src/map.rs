@@ -247,7 +247,9 @@ impl<P: Policy> Pool<P> {
         }
         let r = (|| {
             let loc = self.locate(phys).ok_or(Error::NotMapped { dma })?;
-            if loc.offset != 0 {
+            // A null original marks a coherent allocation: it is freed by
+            // `free_coherent`, never unmapped, and nothing is copied to it.
+            if loc.offset != 0 || loc.orig.is_null() {
                 return Err(Error::NotMapped { dma });
             }
             if size > loc.len {
@@ -343,6 +345,10 @@ impl<P: Policy> Pool<P> {
         }
         let r = (|| {
             let loc = self.locate(phys).ok_or(Error::NotMapped { dma })?;
+            // A coherent allocation (null original) is never synced.
+            if loc.orig.is_null() {
+                return Err(Error::NotMapped { dma });
+            }
             let offset = usize::try_from(loc.offset).map_err(|_| Error::OutOfBounds {
                 offset: usize::MAX,
                 len: size,

@@ -1,0 +1,356 @@
+//! Pool sets: the default low tlb, a high tlb, restricted tlbs, and the
+//! rule that picks the one serving a device.
+//!
+//! Linux grew these one at a time: the default `io_tlb_mem` in low memory,
+//! per-device restricted pools from `restricted-dma-pool` reserved memory
+//! (`rmem_swiotlb_device_init`, Linux 5.15), and a proposed 64-bit pool for
+//! devices that reach everything but must still bounce (Dongli Zhang's RFC
+//! "swiotlb: extra 64-bit buffer for dev->dma_io_tlb_mem", whose debugfs
+//! directory was `swiotlb-hi`). A [`Platform`] holds all three kinds and
+//! [`Platform::select`] applies one rule:
+//!
+//! 1. a device bound to a restricted tlb
+//!    ([`Device::with_restricted_pool`]) is served by that tlb and no
+//!    other: every mapping bounces through it, even one the device could
+//!    reach directly, and when it is full the device gets
+//!    [`Error::PoolFull`], never a global pool (one busy device must not
+//!    starve the others, and the restriction is the point);
+//! 2. otherwise the high tlb, if the device's DMA mask and bus limit reach
+//!    all of it;
+//! 3. otherwise the low tlb, if the device reaches its first slot (a map
+//!    whose slots turn out to lie beyond the device fails with
+//!    [`Error::Unreachable`]);
+//! 4. otherwise [`Error::NoPool`].
+//!
+//! The high tlb comes first because a device that reaches it can use it,
+//! and leaving the low tlb to the devices that can use nothing else is why
+//! it exists (the RFC chose by `min_not_zero(dma_mask, bus_dma_limit)`).
+
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use crate::attrs::Attrs;
+use crate::device::{Device, RestrictedPool};
+use crate::direction::Direction;
+use crate::error::{Error, Result};
+use crate::map::{DmaBuffer, MapFailed, Mapping};
+use crate::pool::{Fast, Policy, Pool};
+use crate::stats::Stats;
+use crate::translate::Translate;
+use crate::DmaAddr;
+
+pub use crate::pool::Coherent;
+
+/// What a tlb is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TlbKind {
+    /// The default tlb, in low memory (below 4 GiB unless the platform
+    /// puts it elsewhere): serves every device nothing else serves.
+    Default,
+    /// The high tlb, anywhere: serves devices that reach all of it.
+    High,
+    /// A restricted tlb: serves only the devices bound to it, and always
+    /// bounces.
+    Restricted,
+}
+
+/// One tlb: a pool with a name and a purpose.
+#[derive(Debug)]
+pub struct IoTlb<P: Policy = Fast> {
+    name: String,
+    kind: TlbKind,
+    pool: Pool<P>,
+}
+
+impl<P: Policy> IoTlb<P> {
+    /// The name of the default tlb.
+    pub const DEFAULT_NAME: &'static str = "default";
+    /// The name of the high tlb, the RFC's debugfs directory.
+    pub const HIGH_NAME: &'static str = "swiotlb-hi";
+
+    /// A tlb of `kind` named `name` over `pool`.
+    pub fn new(name: impl Into<String>, kind: TlbKind, pool: Pool<P>) -> Self {
+        Self {
+            name: name.into(),
+            kind,
+            pool,
+        }
+    }
+
+    /// The default low tlb, named `default`.
+    pub fn low(pool: Pool<P>) -> Self {
+        Self::new(Self::DEFAULT_NAME, TlbKind::Default, pool)
+    }
+
+    /// The high tlb, named `swiotlb-hi`.
+    pub fn high(pool: Pool<P>) -> Self {
+        Self::new(Self::HIGH_NAME, TlbKind::High, pool)
+    }
+
+    /// A restricted tlb, named after its reserved-memory node.
+    pub fn restricted(name: impl Into<String>, pool: Pool<P>) -> Self {
+        Self::new(name, TlbKind::Restricted, pool)
+    }
+
+    /// The tlb's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// What the tlb is for.
+    pub fn kind(&self) -> TlbKind {
+        self.kind
+    }
+
+    /// The pool, for the raw API. Raw maps do not force bouncing: for a
+    /// restricted tlb use [`Pool::bounce_raw`].
+    pub fn pool(&self) -> &Pool<P> {
+        &self.pool
+    }
+
+    /// The pool's statistics.
+    pub fn stats(&self) -> Stats {
+        self.pool.stats()
+    }
+
+    /// Maps a buffer for `dev` through this tlb: as [`Pool::map`], except
+    /// that a restricted tlb always bounces.
+    ///
+    /// # Errors
+    /// As [`Pool::map`].
+    pub fn map<B: DmaBuffer, T: Translate>(
+        &self,
+        dev: &Device<T>,
+        buffer: B,
+        dir: Direction,
+    ) -> core::result::Result<Mapping<'_, B, P>, MapFailed<B>> {
+        self.map_with_attrs(dev, buffer, dir, Attrs::NONE)
+    }
+
+    /// [`IoTlb::map`] with attributes.
+    ///
+    /// # Errors
+    /// As [`Pool::map`].
+    pub fn map_with_attrs<B: DmaBuffer, T: Translate>(
+        &self,
+        dev: &Device<T>,
+        buffer: B,
+        dir: Direction,
+        attrs: Attrs,
+    ) -> core::result::Result<Mapping<'_, B, P>, MapFailed<B>> {
+        if self.kind == TlbKind::Restricted {
+            // Linux: `is_swiotlb_force_bounce` is true for a device with a
+            // restricted pool (`mem->force_bounce` set at device init).
+            self.pool.map_with_attrs(&dev.forced(), buffer, dir, attrs)
+        } else {
+            self.pool.map_with_attrs(dev, buffer, dir, attrs)
+        }
+    }
+
+    /// A zeroed coherent allocation for `dev` ([`Pool::alloc_coherent`]).
+    ///
+    /// # Errors
+    /// As [`Pool::alloc_coherent`].
+    pub fn alloc_coherent<T: Translate>(&self, dev: &Device<T>, size: usize) -> Result<Coherent> {
+        self.pool.alloc_coherent(dev, size)
+    }
+
+    /// Frees a coherent allocation by its device address
+    /// ([`Pool::free_coherent`]).
+    ///
+    /// # Errors
+    /// As [`Pool::free_coherent`].
+    pub fn free_coherent<T: Translate>(&self, dev: &Device<T>, dma: DmaAddr) -> Result {
+        self.pool.free_coherent(dev, dma)
+    }
+}
+
+/// Every tlb of a platform, and the rule that picks one per device (see the
+/// [module documentation](self)).
+#[derive(Debug)]
+pub struct Platform<P: Policy = Fast> {
+    low: Option<IoTlb<P>>,
+    high: Option<IoTlb<P>>,
+    restricted: Vec<IoTlb<P>>,
+}
+
+impl<P: Policy> Default for Platform<P> {
+    /// A platform with no tlb at all, for any policy.
+    fn default() -> Self {
+        Self {
+            low: None,
+            high: None,
+            restricted: Vec::new(),
+        }
+    }
+}
+
+impl Platform {
+    /// A platform of [`Fast`] pools with no tlb at all: every device that
+    /// must bounce gets [`Error::NoPool`]. For another policy, start from
+    /// [`Platform::default`].
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl<P: Policy> Platform<P> {
+    /// Sets the default low tlb over `pool`, named `default`.
+    pub fn with_low(mut self, pool: Pool<P>) -> Self {
+        self.low = Some(IoTlb::low(pool));
+        self
+    }
+
+    /// Sets the high tlb over `pool`, named `swiotlb-hi`.
+    pub fn with_high(mut self, pool: Pool<P>) -> Self {
+        self.high = Some(IoTlb::high(pool));
+        self
+    }
+
+    /// Adds a restricted tlb named `name` over `pool`; devices bind to it
+    /// by that name or by its index, the number of restricted tlbs added
+    /// before it.
+    pub fn with_restricted(mut self, name: impl Into<String>, pool: Pool<P>) -> Self {
+        self.restricted.push(IoTlb::restricted(name, pool));
+        self
+    }
+
+    /// The default low tlb.
+    pub fn low(&self) -> Option<&IoTlb<P>> {
+        self.low.as_ref()
+    }
+
+    /// The high tlb.
+    pub fn high(&self) -> Option<&IoTlb<P>> {
+        self.high.as_ref()
+    }
+
+    /// The restricted tlbs, in the order they were added.
+    pub fn restricted(&self) -> &[IoTlb<P>] {
+        &self.restricted
+    }
+
+    /// The restricted tlb `id` names. The first of that name wins.
+    pub fn restricted_tlb(&self, id: RestrictedPool) -> Option<&IoTlb<P>> {
+        match id {
+            RestrictedPool::Index(i) => self.restricted.get(i),
+            RestrictedPool::Name(name) => self.restricted.iter().find(|t| t.name == name),
+        }
+    }
+
+    /// The tlb that serves `dev`, by the rule in the [module
+    /// documentation](self).
+    ///
+    /// # Errors
+    /// [`Error::NoPool`] if the device is bound to a restricted tlb the
+    /// platform does not have, or reaches neither the high tlb (all of it)
+    /// nor the low one.
+    pub fn select<T: Translate>(&self, dev: &Device<T>) -> Result<&IoTlb<P>> {
+        if let Some(id) = dev.restricted_pool() {
+            return self.restricted_tlb(id).ok_or(Error::NoPool);
+        }
+        if let Some(high) = &self.high {
+            if dev.can_reach(high.pool.start(), high.pool.len()) {
+                return Ok(high);
+            }
+        }
+        if let Some(low) = &self.low {
+            if dev.can_reach(low.pool.start(), low.pool.slot_size()) {
+                return Ok(low);
+            }
+        }
+        Err(Error::NoPool)
+    }
+
+    /// Maps a buffer for `dev`: through its restricted tlb if it has one
+    /// (always bouncing); otherwise directly when the device reaches the
+    /// buffer and is not forced to bounce, else through the tlb
+    /// [`Platform::select`] picks.
+    ///
+    /// # Errors
+    /// [`Error::NoPool`] when the buffer must bounce and no tlb serves the
+    /// device, or the map's own error; the buffer comes back.
+    pub fn map<B: DmaBuffer, T: Translate>(
+        &self,
+        dev: &Device<T>,
+        buffer: B,
+        dir: Direction,
+    ) -> core::result::Result<Mapping<'_, B, P>, MapFailed<B>> {
+        self.map_with_attrs(dev, buffer, dir, Attrs::NONE)
+    }
+
+    /// [`Platform::map`] with attributes.
+    ///
+    /// # Errors
+    /// As [`Platform::map`].
+    pub fn map_with_attrs<B: DmaBuffer, T: Translate>(
+        &self,
+        dev: &Device<T>,
+        mut buffer: B,
+        dir: Direction,
+        attrs: Attrs,
+    ) -> core::result::Result<Mapping<'_, B, P>, MapFailed<B>> {
+        match self.select(dev) {
+            Ok(tlb) => tlb.map_with_attrs(dev, buffer, dir, attrs),
+            Err(error) => {
+                // No tlb serves the device, but a buffer it reaches needs
+                // none (Linux's dma-direct maps it without swiotlb). The
+                // mapping handle still borrows a pool: the direct map is
+                // counted under the low tlb, or the high one.
+                let (ptr, len) = buffer.dma_region();
+                let phys = dev.translate().virt_to_phys(ptr.as_ptr());
+                let direct = dev.restricted_pool().is_none()
+                    && !dev.force_bounce()
+                    && len != 0
+                    && dev.can_reach(phys, len);
+                match self.low.as_ref().or(self.high.as_ref()) {
+                    Some(tlb) if direct => tlb.pool.map_with_attrs(dev, buffer, dir, attrs),
+                    _ => Err(MapFailed { error, buffer }),
+                }
+            }
+        }
+    }
+
+    /// A zeroed coherent allocation for `dev` from its restricted tlb
+    /// (Linux `swiotlb_alloc`, used by `dma_direct_alloc` only when
+    /// `is_swiotlb_for_alloc`, that is for restricted pools).
+    ///
+    /// # Errors
+    /// [`Error::NoPool`] if the device has no restricted tlb (its coherent
+    /// memory comes from the page allocator, not from here), or as
+    /// [`Pool::alloc_coherent`].
+    pub fn alloc_coherent<T: Translate>(&self, dev: &Device<T>, size: usize) -> Result<Coherent> {
+        self.restricted_of(dev)?.alloc_coherent(dev, size)
+    }
+
+    /// Frees a coherent allocation of `dev` by its device address (Linux
+    /// `swiotlb_free`).
+    ///
+    /// # Errors
+    /// [`Error::NoPool`] if the device has no restricted tlb, or as
+    /// [`Pool::free_coherent`].
+    pub fn free_coherent<T: Translate>(&self, dev: &Device<T>, dma: DmaAddr) -> Result {
+        self.restricted_of(dev)?.free_coherent(dev, dma)
+    }
+
+    fn restricted_of<T: Translate>(&self, dev: &Device<T>) -> Result<&IoTlb<P>> {
+        dev.restricted_pool()
+            .and_then(|id| self.restricted_tlb(id))
+            .ok_or(Error::NoPool)
+    }
+
+    /// Every tlb's statistics under its name: low, high, then the
+    /// restricted ones in order (one debugfs directory each, as Linux's
+    /// `swiotlb` and the RFC's `swiotlb-hi`).
+    pub fn stats(&self) -> Vec<(&str, Stats)> {
+        self.tlbs().map(|t| (t.name(), t.stats())).collect()
+    }
+
+    /// Every tlb: low, high, then the restricted ones in order.
+    pub fn tlbs(&self) -> impl Iterator<Item = &IoTlb<P>> {
+        self.low
+            .iter()
+            .chain(self.high.iter())
+            .chain(self.restricted.iter())
+    }
+}

@@ -1,0 +1,551 @@
+//! Device tree pools: blobs built here with `vm-fdt`, one test per rule and
+//! per error, and a no-panic sweep over damaged blobs.
+#![cfg(feature = "fdt")]
+
+use proptest::prelude::*;
+use swiotlb::dt::{parse, BlobProblem, DtError, DtPoolKind};
+use swiotlb::PhysAddr;
+use vm_fdt::FdtWriter;
+
+/// A `/reserved-memory` child.
+struct PoolSpec {
+    name: &'static str,
+    compatible: &'static str,
+    /// `reg` cells, already split by the reserved-memory cell counts.
+    reg: Vec<u32>,
+    phandle: u32,
+    /// Empty properties (`no-map`, `reusable`, ...).
+    flags: Vec<&'static str>,
+    status: Option<&'static str>,
+}
+
+fn pool(name: &'static str, compatible: &'static str, reg: &[u32], phandle: u32) -> PoolSpec {
+    PoolSpec {
+        name,
+        compatible,
+        reg: reg.to_vec(),
+        phandle,
+        flags: Vec::new(),
+        status: None,
+    }
+}
+
+/// A device under `/soc` (one address cell, one size cell).
+struct DevSpec {
+    name: &'static str,
+    regions: Vec<u32>,
+    dma_bits: Option<u32>,
+    status: Option<&'static str>,
+}
+
+fn dev(name: &'static str, regions: &[u32]) -> DevSpec {
+    DevSpec {
+        name,
+        regions: regions.to_vec(),
+        dma_bits: None,
+        status: None,
+    }
+}
+
+struct Tree {
+    /// `/reserved-memory` `#address-cells` and `#size-cells`.
+    cells: (u32, u32),
+    pools: Vec<PoolSpec>,
+    devices: Vec<DevSpec>,
+    /// `/soc` `dma-ranges` (child 1 cell, parent 2 cells, size 1 cell).
+    dma_ranges: Option<Vec<u32>>,
+}
+
+impl Tree {
+    fn new(cells: (u32, u32)) -> Self {
+        Tree {
+            cells,
+            pools: Vec::new(),
+            devices: Vec::new(),
+            dma_ranges: None,
+        }
+    }
+
+    fn pool(mut self, p: PoolSpec) -> Self {
+        self.pools.push(p);
+        self
+    }
+
+    fn dev(mut self, d: DevSpec) -> Self {
+        self.devices.push(d);
+        self
+    }
+
+    fn blob(&self) -> Vec<u8> {
+        let mut w = FdtWriter::new().unwrap();
+        let root = w.begin_node("").unwrap();
+        w.property_u32("#address-cells", 2).unwrap();
+        w.property_u32("#size-cells", 2).unwrap();
+        w.property_string("compatible", "swiotlb,test").unwrap();
+
+        let rmem = w.begin_node("reserved-memory").unwrap();
+        w.property_u32("#address-cells", self.cells.0).unwrap();
+        w.property_u32("#size-cells", self.cells.1).unwrap();
+        w.property_null("ranges").unwrap();
+        for p in &self.pools {
+            let n = w.begin_node(p.name).unwrap();
+            w.property_string("compatible", p.compatible).unwrap();
+            w.property_array_u32("reg", &p.reg).unwrap();
+            for f in &p.flags {
+                w.property_null(f).unwrap();
+            }
+            if let Some(s) = p.status {
+                w.property_string("status", s).unwrap();
+            }
+            w.property_phandle(p.phandle).unwrap();
+            w.end_node(n).unwrap();
+        }
+        w.end_node(rmem).unwrap();
+
+        let soc = w.begin_node("soc").unwrap();
+        w.property_string("compatible", "simple-bus").unwrap();
+        w.property_u32("#address-cells", 1).unwrap();
+        w.property_u32("#size-cells", 1).unwrap();
+        if let Some(r) = &self.dma_ranges {
+            w.property_array_u32("dma-ranges", r).unwrap();
+        }
+        for d in &self.devices {
+            let n = w.begin_node(d.name).unwrap();
+            w.property_string("compatible", "virtio,mmio").unwrap();
+            w.property_array_u32("memory-region", &d.regions).unwrap();
+            if let Some(b) = d.dma_bits {
+                w.property_u32("swiotlb,dma-bits", b).unwrap();
+            }
+            if let Some(s) = d.status {
+                w.property_string("status", s).unwrap();
+            }
+            w.end_node(n).unwrap();
+        }
+        w.end_node(soc).unwrap();
+        w.end_node(root).unwrap();
+        w.finish().unwrap()
+    }
+}
+
+/// One 4 MiB restricted pool at 0x5000_0000 (two address and two size
+/// cells) shared by two devices.
+fn two_devices() -> Vec<u8> {
+    Tree::new((2, 2))
+        .pool(pool(
+            "restricted@50000000",
+            "restricted-dma-pool",
+            &[0, 0x5000_0000, 0, 0x40_0000],
+            1,
+        ))
+        .dev(dev("virtio@a000000", &[1]))
+        .dev(dev("virtio@a000200", &[1]))
+        .blob()
+}
+
+#[test]
+fn one_pool_shared_by_two_devices() {
+    let blob = two_devices();
+    let dt = parse(&blob).unwrap();
+    assert_eq!(dt.pools.len(), 1);
+    let p = &dt.pools[0];
+    assert_eq!(p.name, "restricted@50000000");
+    assert_eq!(p.path, "/reserved-memory/restricted@50000000");
+    assert_eq!(p.base, PhysAddr(0x5000_0000));
+    assert_eq!(p.size, 0x40_0000);
+    assert_eq!(p.end(), 0x5040_0000);
+    assert_eq!(p.kind, DtPoolKind::Restricted);
+    assert_eq!(p.devices, ["/soc/virtio@a000000", "/soc/virtio@a000200"]);
+    assert_eq!(dt.pool_of("/soc/virtio@a000200").unwrap().name, p.name);
+    assert!(dt.get("/reserved-memory/restricted@50000000").is_some());
+}
+
+#[test]
+fn one_address_and_size_cell() {
+    let blob = Tree::new((1, 1))
+        .pool(pool(
+            "restricted@60000000",
+            "restricted-dma-pool",
+            &[0x6000_0000, 0x10_0000],
+            7,
+        ))
+        .dev(dev("dma@b000000", &[7]))
+        .blob();
+    let dt = parse(&blob).unwrap();
+    assert_eq!(dt.pools[0].base, PhysAddr(0x6000_0000));
+    assert_eq!(dt.pools[0].size, 0x10_0000);
+    assert_eq!(dt.pools[0].devices, ["/soc/dma@b000000"]);
+}
+
+#[test]
+fn two_cells_above_4g() {
+    let blob = Tree::new((2, 2))
+        .pool(pool(
+            "restricted@880000000",
+            "restricted-dma-pool",
+            &[0x8, 0x8000_0000, 0x1, 0],
+            3,
+        ))
+        .blob();
+    let dt = parse(&blob).unwrap();
+    assert_eq!(dt.pools[0].base, PhysAddr(0x8_8000_0000));
+    assert_eq!(dt.pools[0].size, 1 << 32);
+    assert!(dt.pools[0].devices.is_empty());
+}
+
+#[test]
+fn shared_dma_pool_is_recognised() {
+    let mut coherent = pool(
+        "framebuffer@70000000",
+        "shared-dma-pool",
+        &[0x7000_0000, 0x80_0000],
+        2,
+    );
+    // no-map is what the coherent binding wants: only restricted pools
+    // refuse it.
+    coherent.flags.push("no-map");
+    let mut global = pool(
+        "coherent@78000000",
+        "shared-dma-pool",
+        &[0x7800_0000, 0x10_0000],
+        4,
+    );
+    global.flags.push("linux,dma-default");
+    let blob = Tree::new((1, 1))
+        .pool(coherent)
+        .pool(global)
+        .pool(pool(
+            "ramoops@7f000000",
+            "ramoops",
+            &[0x7f00_0000, 0x1000],
+            5,
+        ))
+        .dev(dev("display@c000000", &[2]))
+        .blob();
+    let dt = parse(&blob).unwrap();
+    assert_eq!(dt.pools.len(), 2, "ramoops is not a DMA pool");
+    assert_eq!(dt.pools[0].kind, DtPoolKind::Shared);
+    assert_eq!(dt.pools[0].kind.name(), "shared");
+    assert_eq!(dt.pools[0].devices, ["/soc/display@c000000"]);
+    assert_eq!(dt.pools[1].kind, DtPoolKind::Default);
+}
+
+#[test]
+fn disabled_nodes_are_skipped() {
+    let mut off = pool(
+        "restricted@50000000",
+        "restricted-dma-pool",
+        &[0x5000_0000, 0x1000],
+        1,
+    );
+    off.status = Some("disabled");
+    let mut d = dev("virtio@a000000", &[9]);
+    // A disabled device's dangling phandle is never followed.
+    d.status = Some("disabled");
+    let blob = Tree::new((1, 1)).pool(off).dev(d).blob();
+    assert!(parse(&blob).unwrap().pools.is_empty());
+}
+
+#[test]
+fn overlapping_pools() {
+    let blob = Tree::new((1, 1))
+        .pool(pool(
+            "a@50000000",
+            "restricted-dma-pool",
+            &[0x5000_0000, 0x2000],
+            1,
+        ))
+        .pool(pool(
+            "b@50001000",
+            "shared-dma-pool",
+            &[0x5000_1000, 0x2000],
+            2,
+        ))
+        .blob();
+    let e = parse(&blob).unwrap_err();
+    assert_eq!(
+        e,
+        DtError::Overlap {
+            a: "a@50000000",
+            b: "b@50001000"
+        }
+    );
+    let msg = e.to_string();
+    assert!(
+        msg.starts_with("swiotlb:") && msg.contains("b@50001000"),
+        "{msg}"
+    );
+
+    // Touching is not overlapping.
+    let blob = Tree::new((1, 1))
+        .pool(pool(
+            "a@50000000",
+            "restricted-dma-pool",
+            &[0x5000_0000, 0x1000],
+            1,
+        ))
+        .pool(pool(
+            "b@50001000",
+            "restricted-dma-pool",
+            &[0x5000_1000, 0x1000],
+            2,
+        ))
+        .blob();
+    assert_eq!(parse(&blob).unwrap().pools.len(), 2);
+}
+
+#[test]
+fn zero_size() {
+    let blob = Tree::new((2, 2))
+        .pool(pool(
+            "empty@0",
+            "restricted-dma-pool",
+            &[0, 0x5000_0000, 0, 0],
+            1,
+        ))
+        .blob();
+    let e = parse(&blob).unwrap_err();
+    assert_eq!(e, DtError::ZeroSize { node: "empty@0" });
+    assert!(e.to_string().contains("empty@0"));
+}
+
+#[test]
+fn restricted_pool_rejects_what_linux_rejects() {
+    for flag in [
+        "reusable",
+        "no-map",
+        "linux,cma-default",
+        "linux,dma-default",
+    ] {
+        let mut p = pool(
+            "r@50000000",
+            "restricted-dma-pool",
+            &[0x5000_0000, 0x1000],
+            1,
+        );
+        p.flags.push(flag);
+        let blob = Tree::new((1, 1)).pool(p).blob();
+        let e = parse(&blob).unwrap_err();
+        assert_eq!(
+            e,
+            DtError::Unsupported {
+                node: "r@50000000",
+                property: flag
+            }
+        );
+        let msg = e.to_string();
+        assert!(msg.contains("r@50000000") && msg.contains(flag), "{msg}");
+    }
+}
+
+#[test]
+fn dangling_phandle() {
+    let blob = Tree::new((1, 1))
+        .pool(pool(
+            "r@50000000",
+            "restricted-dma-pool",
+            &[0x5000_0000, 0x1000],
+            1,
+        ))
+        .dev(dev("virtio@a000000", &[0x42]))
+        .blob();
+    let e = parse(&blob).unwrap_err();
+    assert_eq!(
+        e,
+        DtError::DanglingPhandle {
+            device: "virtio@a000000",
+            phandle: 0x42
+        }
+    );
+    assert!(e.to_string().contains("virtio@a000000"));
+}
+
+#[test]
+fn unreachable_by_dma_bits() {
+    let mut d = dev("dma@b000000", &[1]);
+    d.dma_bits = Some(32);
+    let high = Tree::new((2, 2))
+        .pool(pool(
+            "restricted@100000000",
+            "restricted-dma-pool",
+            &[1, 0, 0, 0x10_0000],
+            1,
+        ))
+        .dev(d)
+        .blob();
+    let e = parse(&high).unwrap_err();
+    assert_eq!(
+        e,
+        DtError::Unreachable {
+            device: "dma@b000000",
+            pool: "restricted@100000000"
+        }
+    );
+    let msg = e.to_string();
+    assert!(msg.contains("dma@b000000") && msg.contains("restricted@100000000"));
+
+    // The same device reaches a pool whose last byte is the last of 4 GiB.
+    let mut d = dev("dma@b000000", &[1]);
+    d.dma_bits = Some(32);
+    let low = Tree::new((2, 2))
+        .pool(pool(
+            "restricted@fff00000",
+            "restricted-dma-pool",
+            &[0, 0xfff0_0000, 0, 0x10_0000],
+            1,
+        ))
+        .dev(d)
+        .blob();
+    assert!(parse(&low).is_ok());
+}
+
+#[test]
+fn unreachable_through_dma_ranges() {
+    // Bus address 0 is physical 0x4000_0000; the window is 1 GiB.
+    let window = vec![0, 0, 0x4000_0000, 0x4000_0000];
+    let tree = |base: u32, bits: Option<u32>| {
+        let mut d = dev("virtio@a000000", &[1]);
+        d.dma_bits = bits;
+        let mut t = Tree::new((1, 1))
+            .pool(pool("r", "restricted-dma-pool", &[base, 0x10_0000], 1))
+            .dev(d);
+        t.dma_ranges = Some(window.clone());
+        t.blob()
+    };
+    assert!(parse(&tree(0x5000_0000, None)).is_ok());
+    // Below the window and straddling its end.
+    for base in [0x1000_0000, 0x7ff8_0000] {
+        assert_eq!(
+            parse(&tree(base, None)).unwrap_err(),
+            DtError::Unreachable {
+                device: "virtio@a000000",
+                pool: "r"
+            }
+        );
+    }
+    // Translation first, then the mask: physical 0x7000_0000 is bus
+    // 0x3000_0000, inside 30 bits.
+    assert!(parse(&tree(0x7000_0000, Some(30))).is_ok());
+    assert!(parse(&tree(0x7000_0000, Some(29))).is_err());
+}
+
+#[test]
+fn bad_reg_and_properties() {
+    let blob = Tree::new((2, 2))
+        .pool(pool("short", "restricted-dma-pool", &[0, 0x5000_0000], 1))
+        .blob();
+    assert_eq!(parse(&blob).unwrap_err(), DtError::BadReg { node: "short" });
+
+    let blob = Tree::new((2, 2))
+        .pool(pool(
+            "wraps",
+            "restricted-dma-pool",
+            &[0xffff_ffff, 0xffff_f000, 0, 0x2000],
+            1,
+        ))
+        .blob();
+    assert_eq!(parse(&blob).unwrap_err(), DtError::BadReg { node: "wraps" });
+
+    let blob = Tree::new((1, 1))
+        .pool(pool("r", "restricted-dma-pool", &[0x5000_0000, 0x1000], 1))
+        .dev(dev("virtio@a000000", &[]))
+        .blob();
+    assert_eq!(
+        parse(&blob).unwrap_err(),
+        DtError::BadProperty {
+            node: "virtio@a000000",
+            property: "memory-region"
+        }
+    );
+
+    let mut d = dev("virtio@a000000", &[1]);
+    d.dma_bits = Some(0);
+    let blob = Tree::new((1, 1))
+        .pool(pool("r", "restricted-dma-pool", &[0x5000_0000, 0x1000], 1))
+        .dev(d)
+        .blob();
+    assert_eq!(parse(&blob).unwrap_err().kind(), "bad_property");
+}
+
+#[test]
+fn garbage_and_truncated_blobs() {
+    assert!(matches!(
+        parse(b""),
+        Err(DtError::BadBlob {
+            problem: BlobProblem::Truncated,
+            ..
+        })
+    ));
+    assert!(matches!(
+        parse(&[0x55; 64]),
+        Err(DtError::BadBlob {
+            problem: BlobProblem::BadMagic,
+            ..
+        })
+    ));
+    let blob = two_devices();
+    for len in 0..blob.len() {
+        let e = parse(&blob[..len]).unwrap_err();
+        assert_eq!(e.kind(), "bad_blob", "truncated to {len}: {e}");
+        assert!(e.to_string().starts_with("swiotlb: bad device tree blob"));
+    }
+}
+
+/// Every single-byte change of a valid blob, with values that hit token
+/// numbers, lengths and offsets: an answer either way, never a panic.
+#[test]
+fn damaged_blobs_never_panic() {
+    let blob = two_devices();
+    for i in 0..blob.len() {
+        for v in [0u8, 1, 2, 3, 4, 5, 0x7f, 0x80, 0xff, blob[i] ^ 1] {
+            let mut b = blob.clone();
+            b[i] = v;
+            let _ = parse(&b);
+        }
+    }
+}
+
+proptest! {
+    #[test]
+    fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+        let _ = parse(&bytes);
+    }
+
+    #[test]
+    fn random_damage_never_panics(
+        edits in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8),
+        cut in any::<usize>(),
+    ) {
+        let mut b = two_devices();
+        for (at, v) in edits {
+            let n = b.len();
+            b[at % n] = v;
+        }
+        let n = b.len();
+        b.truncate(n - cut % 64);
+        let _ = parse(&b);
+    }
+}
+
+/// The example shipped with the command line tool.
+#[test]
+fn checked_in_example() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../swiotlb-cli/examples/dt/restricted.dtb"
+    );
+    let blob = std::fs::read(path).unwrap();
+    let dt = parse(&blob).unwrap();
+    let kinds: Vec<_> = dt.pools.iter().map(|p| (p.name, p.kind)).collect();
+    assert_eq!(
+        kinds,
+        [
+            ("restricted@50000000", DtPoolKind::Restricted),
+            ("restricted@60000000", DtPoolKind::Restricted),
+            ("framebuffer@70000000", DtPoolKind::Shared),
+        ]
+    );
+    assert_eq!(
+        dt.pools[0].devices,
+        ["/soc@0/virtio@a000000", "/soc@0/virtio@a000200"]
+    );
+}
