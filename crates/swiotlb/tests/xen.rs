@@ -113,10 +113,11 @@ fn straddling_buffer_bounces_and_one_frame_buffer_does_not() {
     );
     assert_eq!(pool.stats().io_tlb_used, 1);
     // The bounce holds the original's bytes.
-    let slot = xen.dma_to_phys(dma2).0 as *const u8;
-    // SAFETY: identity heap pool: the bounce address is its CPU address,
-    // and the mapping is live for 200 bytes.
-    let seen = unsafe { std::slice::from_raw_parts(slot, 200) };
+    let off = (xen.dma_to_phys(dma2) - pool.start()) as usize;
+    // SAFETY: `off` is inside the pool (checked above), and the mapping is
+    // live for 200 bytes from there; reached from the pool's own pointer,
+    // not an integer, so provenance is kept.
+    let seen = unsafe { std::slice::from_raw_parts(pool.vaddr().as_ptr().add(off), 200) };
     assert_eq!(seen, &orig[FRAME as usize + 4000..FRAME as usize + 4200]);
     // SAFETY: both mappings are live and `orig` is still valid.
     unsafe {
