@@ -53,7 +53,8 @@ pub struct FastArea {
     /// is touched until it is used.
     held: Box<[u64]>,
     /// The longest free run of each segment the area touches (area-relative
-    /// segment index), kept exact on every allocation and free.
+    /// segment index): never below the truth, exact after every free and
+    /// after every search it misled.
     longest: Box<[u16]>,
     /// Area-relative start and length of the run freed last (length 0:
     /// none).
@@ -253,7 +254,13 @@ unsafe impl Policy for Fast {
                         continue;
                     }
                     let (lo, hi) = FastArea::segment_range(geom, j);
-                    if let Some(s) = area.search(geom, req, lo, hi) {
+                    let found = area.search(geom, req, lo, hi);
+                    if found.is_none() {
+                        // The summary may be stale-high after allocations
+                        // (see `alloc`); make it exact now that it misled.
+                        area.refresh(geom, j);
+                    }
+                    if let Some(s) = found {
                         best = Some((l, s));
                         seen += 1;
                         if l as u32 == n || seen >= CANDIDATES {
@@ -266,7 +273,11 @@ unsafe impl Policy for Fast {
         };
         let local = s - geom.first;
         set_range(&mut area.held, local, req.nslots);
-        area.refresh(geom, FastArea::segment_of(geom, local));
+        // The segment's longest run may have shrunk. Leaving the summary
+        // high is safe (a search verifies the bits and corrects a summary
+        // that misled it) and spares a rescan on every map; `free`
+        // rescans, so the summary is never low, which is what would lose
+        // fits.
         Some(s)
     }
 
@@ -278,8 +289,16 @@ unsafe impl Policy for Fast {
         area.last_free = (local, nslots);
     }
 
-    fn largest_free_run(area: &FastArea, _geom: &AreaGeom) -> u32 {
-        area.longest.iter().copied().max().unwrap_or(0) as u32
+    fn largest_free_run(area: &FastArea, geom: &AreaGeom) -> u32 {
+        // Exact, from the bits: the summary may be high after allocations.
+        // Only error reports ask, so the scan is off the fast path.
+        (0..area.longest.len())
+            .map(|j| {
+                let (lo, hi) = FastArea::segment_range(geom, j);
+                area.longest_run_between(lo, hi)
+            })
+            .max()
+            .unwrap_or(0)
     }
 
     fn is_free(area: &FastArea, geom: &AreaGeom, slot: u32) -> bool {
