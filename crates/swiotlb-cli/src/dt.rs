@@ -1,6 +1,7 @@
 //! `swiotlb dt`: the DMA pools of a flattened device tree and the devices
 //! that use them.
 
+use crate::units::human;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
@@ -77,22 +78,6 @@ fn to_text(dt: &DtPools<'_>) -> String {
         }
     }
     out
-}
-
-/// Human size with binary units.
-fn human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = bytes as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if v.fract() == 0.0 {
-        format!("{v:.0} {}", UNITS[u])
-    } else {
-        format!("{v:.2} {}", UNITS[u])
-    }
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 
 use std::fmt::Write as _;
 
+use crate::units::human;
 use swiotlb::config::{Force, Resolved, SwiotlbParam, IO_TLB_SHIFT};
 
 /// Arguments of `swiotlb explain`.
@@ -28,22 +29,6 @@ fn force_name(f: Force) -> &'static str {
         Force::Default => "default",
         Force::Force => "force",
         Force::NoForce => "noforce",
-    }
-}
-
-/// Human size with binary units.
-fn human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = bytes as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if v.fract() == 0.0 {
-        format!("{v:.0} {}", UNITS[u])
-    } else {
-        format!("{v:.2} {}", UNITS[u])
     }
 }
 

@@ -10,6 +10,7 @@ mod bench;
 mod dt;
 mod explain;
 mod simulate;
+mod units;
 
 /// A software IO TLB: explain, simulate and measure bounce pools.
 #[derive(Parser)]

@@ -6,6 +6,7 @@
 //! checked against Linux's semantics, and placements are those of a real
 //! kernel pool at device address 0 (the same on every run and machine).
 
+use crate::units::human;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::{IsTerminal, Read, Write as _};
@@ -530,7 +531,7 @@ impl Report {
             t,
             "pool: {nslabs} slots of {} bytes ({}), {} {areas}, policy {}",
             self.slot_size,
-            human_bytes(pool_bytes),
+            human(pool_bytes),
             self.nareas,
             self.policy,
         );
@@ -585,17 +586,6 @@ impl Report {
         let _ = writeln!(t);
         let _ = writeln!(t, "{}", self.stats);
         t
-    }
-}
-
-/// `n` bytes in the largest binary unit that divides them.
-fn human_bytes(n: u64) -> String {
-    match n {
-        0 => "0 bytes".into(),
-        n if n % (1 << 30) == 0 => format!("{} GiB", n >> 30),
-        n if n % (1 << 20) == 0 => format!("{} MiB", n >> 20),
-        n if n % (1 << 10) == 0 => format!("{} KiB", n >> 10),
-        n => format!("{n} bytes"),
     }
 }
 
@@ -704,13 +694,5 @@ mod tests {
             assert_eq!(e.line, 1, "{text}");
             assert!(e.msg.contains(want), "{text}: {}", e.msg);
         }
-    }
-
-    #[test]
-    fn sizes_read_well() {
-        assert_eq!(human_bytes(64 << 20), "64 MiB");
-        assert_eq!(human_bytes(256 << 10), "256 KiB");
-        assert_eq!(human_bytes(3000), "3000 bytes");
-        assert_eq!(human_bytes(1 << 30), "1 GiB");
     }
 }

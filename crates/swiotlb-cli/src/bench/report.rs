@@ -295,29 +295,11 @@ fn number(x: f64) -> String {
     }
 }
 
-/// `64 B`, `4 KiB`, `6 GiB`: sizes as people say them.
-pub fn human(n: u64) -> String {
-    const UNITS: [(&str, u32); 3] = [("GiB", 30), ("MiB", 20), ("KiB", 10)];
-    for (u, shift) in UNITS {
-        if n >= 1 << shift && n % (1 << shift) == 0 {
-            return format!("{} {u}", n >> shift);
-        }
-    }
-    format!("{n} B")
-}
+pub use crate::units::human;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sizes_read_naturally() {
-        assert_eq!(human(64), "64 B");
-        assert_eq!(human(1500), "1500 B");
-        assert_eq!(human(4096), "4 KiB");
-        assert_eq!(human(256 << 10), "256 KiB");
-        assert_eq!(human(6 << 30), "6 GiB");
-    }
 
     #[test]
     fn ratios_pair_rows() {
