@@ -160,14 +160,11 @@ impl<P: Policy> Pool<P> {
         unsafe { bounce_copy(self.slot_ptr(off), cpu, size) };
         Ok(Bounce {
             phys,
-            slot: start + (pad >> self.slot_shift_value()) as u32,
+            dma,
+            slot: start + (pad >> self.slot_shift()) as u32,
             start,
             nslots: req.nslots,
         })
-    }
-
-    fn slot_shift_value(&self) -> u32 {
-        self.slot_size().trailing_zeros()
     }
 
     /// Maps `size` bytes at physical address `orig` (CPU address `cpu`) for
@@ -216,7 +213,7 @@ impl<P: Policy> Pool<P> {
         }
         // SAFETY: the caller's obligations, passed on.
         let b = unsafe { self.bounce_raw(dev, orig, cpu, size, attrs, MapOptions::default())? };
-        Ok(dev.phys_to_dma(b.phys))
+        Ok(b.dma)
     }
 
     /// Unmaps a mapping made by [`Pool::map_raw`] or [`Pool::bounce_raw`]:
@@ -614,7 +611,7 @@ impl<P: Policy> Pool<P> {
                 buffer: ManuallyDrop::new(buffer),
                 ptr,
                 len,
-                dma: dev.phys_to_dma(b.phys),
+                dma: b.dma,
                 dir,
                 bounce: Some(BounceRef {
                     start: b.start,

@@ -325,7 +325,7 @@ impl<P: Policy, K: Ord> Simulator<P, K> {
         // INVARIANT: `live` holds the mapping just made over its `buf`.
         let live = slot.insert(Live {
             buf,
-            dma: dev.phys_to_dma(bounce.phys),
+            dma: bounce.dma,
             dev,
             dir,
             bounce,

@@ -96,6 +96,8 @@ pub struct Bounce {
     /// The bounce address (CPU physical): where the mapping's first byte
     /// lives in the pool.
     pub phys: PhysAddr,
+    /// The bounce address as the device sees it (the address to give it).
+    pub dma: crate::addr::DmaAddr,
     /// Index of the slot holding the mapping's first byte (padding slots
     /// excluded).
     pub slot: u32,
@@ -832,6 +834,12 @@ impl<P: Policy> Pool<P> {
         // allocation), and `vaddr` is valid for the pool's length (type
         // invariant), so the result stays in bounds of that allocation.
         unsafe { self.vaddr.as_ptr().add(off) }
+    }
+
+    /// log2 of the slot size.
+    #[inline]
+    pub(crate) fn slot_shift(&self) -> u32 {
+        self.slot_shift
     }
 
     /// Byte offset in the pool of slot `slot`.
