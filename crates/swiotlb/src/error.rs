@@ -96,6 +96,13 @@ pub enum Error {
     },
     /// The device cannot reach the buffer and has no bounce pool to use.
     NoPool,
+    /// A caller that may sleep waited for slots in a full growing tlb that
+    /// could not grow, and its timeout passed first. Counted as
+    /// [`FailReason::PoolFull`].
+    TimedOut {
+        /// How long it waited, in microseconds.
+        waited_us: u64,
+    },
     /// Unmap or sync of an address that is not a live mapping of this pool.
     NotMapped {
         /// The device address given.
@@ -186,7 +193,7 @@ impl Error {
             Error::ZeroSize | Error::TooLarge { .. } | Error::SegmentTooLong { .. } => {
                 FailReason::TooLarge
             }
-            Error::PoolFull { .. } => FailReason::PoolFull,
+            Error::PoolFull { .. } | Error::TimedOut { .. } => FailReason::PoolFull,
             Error::AlignmentImpossible { .. } => FailReason::Alignment,
             Error::Unreachable { .. } | Error::NoPool => FailReason::Unreachable,
             Error::NotMapped { .. }
@@ -205,6 +212,7 @@ impl Error {
             Error::AlignmentImpossible { .. } => "alignment_impossible",
             Error::Unreachable { .. } => "unreachable",
             Error::NoPool => "no_pool",
+            Error::TimedOut { .. } => "timed_out",
             Error::NotMapped { .. } => "not_mapped",
             Error::OutOfBounds { .. } => "out_of_bounds",
             Error::SegmentTooLong { .. } => "segment_too_long",
@@ -284,6 +292,10 @@ impl fmt::Display for Error {
             Error::NoPool => write!(
                 f,
                 "swiotlb: device cannot reach the buffer and has no bounce pool"
+            ),
+            Error::TimedOut { waited_us } => write!(
+                f,
+                "swiotlb buffer is full: waited {waited_us} us for slots and none came"
             ),
             Error::NotMapped { dma } => {
                 write!(f, "swiotlb: {dma} is not a live bounce mapping")

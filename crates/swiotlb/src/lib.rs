@@ -108,6 +108,8 @@ pub mod translate;
 #[cfg(feature = "alloc")]
 mod copy;
 #[cfg(feature = "alloc")]
+pub mod dynamic;
+#[cfg(feature = "alloc")]
 pub mod map;
 #[cfg(feature = "alloc")]
 pub mod pool;
@@ -138,6 +140,8 @@ pub use pool::{Bounce, Fast, NextFit, Policy, Pool, PoolConfig};
 pub use stats::Stats;
 #[cfg(feature = "alloc")]
 pub use tlb::{Coherent, IoTlb, Platform, TlbKind};
+#[cfg(feature = "alloc")]
+pub use dynamic::{DynConfig, DynDevice, DynStats, DynTlb};
 
 /// The README's Rust examples, compiled and run as doctests so that they
 /// work when pasted.

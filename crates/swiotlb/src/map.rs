@@ -26,6 +26,7 @@
 //!   fails and nothing stays mapped.
 
 use alloc::vec::Vec;
+use core::marker::PhantomData;
 use core::mem::ManuallyDrop;
 use core::ptr::NonNull;
 
@@ -119,7 +120,7 @@ impl<P: Policy> Pool<P> {
 
     /// # Safety
     /// As [`Pool::bounce_raw`].
-    unsafe fn bounce_inner<T: Translate>(
+    pub(crate) unsafe fn bounce_inner<T: Translate>(
         &self,
         dev: &Device<T>,
         orig: PhysAddr,
@@ -547,7 +548,17 @@ struct BounceRef {
 /// copying back (as `SKIP_CPU_SYNC`) and drops the buffer: drop it only
 /// when the device is done with it, as with any unmap.
 pub struct Mapping<'p, B: DmaBuffer, P: Policy = crate::pool::Fast> {
-    pool: &'p Pool<P>,
+    /// The pool the mapping belongs to. A pointer rather than `&'p Pool`:
+    /// a pool of a growing tlb may be released as soon as this mapping's
+    /// slots are given back, and a reference must not outlive its target
+    /// even unused. It is valid for as long as the mapping holds slots
+    /// (always, for a direct mapping: it then points at a pool that lives
+    /// for `'p`).
+    pool: NonNull<Pool<P>>,
+    /// Told after the slots are given back (a growing tlb wakes waiters
+    /// there), with whether the pool is a transient one to free.
+    after: Option<(&'p dyn AfterRelease, bool)>,
+    _pool: PhantomData<&'p Pool<P>>,
     buffer: ManuallyDrop<B>,
     ptr: NonNull<u8>,
     len: usize,
@@ -586,16 +597,7 @@ impl<P: Policy> Pool<P> {
         let (ptr, len) = buffer.dma_region();
         let phys = dev.translate().virt_to_phys(ptr.as_ptr());
         if !dev.force_bounce() && len != 0 && dev.can_reach(phys, len) {
-            self.count_direct();
-            return Ok(Mapping {
-                pool: self,
-                buffer: ManuallyDrop::new(buffer),
-                ptr,
-                len,
-                dma: dev.phys_to_dma(phys),
-                dir,
-                bounce: None,
-            });
+            return Ok(Mapping::direct(self, None, buffer, ptr, len, dev.phys_to_dma(phys), dir));
         }
         // SAFETY:
         // - `ptr` is valid for reads and writes of `len` bytes while
@@ -606,20 +608,9 @@ impl<P: Policy> Pool<P> {
         let r =
             unsafe { self.bounce_raw(dev, phys, ptr.as_ptr(), len, attrs, MapOptions::default()) };
         match r {
-            Ok(b) => Ok(Mapping {
-                pool: self,
-                buffer: ManuallyDrop::new(buffer),
-                ptr,
-                len,
-                dma: b.dma,
-                dir,
-                bounce: Some(BounceRef {
-                    start: b.start,
-                    nslots: b.nslots,
-                    off: (b.phys - self.start()) as usize,
-                    phys: b.phys,
-                }),
-            }),
+            // SAFETY: `b` was just allocated in this pool for `buffer`,
+            // whose region is `ptr`/`len`.
+            Ok(b) => Ok(unsafe { Mapping::bounced(self, None, buffer, ptr, len, dir, b) }),
             Err(error) => Err(MapFailed { error, buffer }),
         }
     }
@@ -676,6 +667,85 @@ impl<P: Policy> Pool<P> {
     }
 }
 
+/// What a growing tlb is told when a safe mapping gives its slots back.
+pub(crate) trait AfterRelease: Sync {
+    /// The slots of a mapping in the pool starting at `pool_start` were
+    /// just given back; `transient` if that pool was made for this mapping
+    /// alone. The pool may be gone by the time this returns.
+    fn after_release(&self, pool_start: PhysAddr, transient: bool);
+}
+
+impl<'p, B: DmaBuffer, P: Policy> Mapping<'p, B, P> {
+    /// A direct mapping of `buffer`, counted under `pool`.
+    pub(crate) fn direct(
+        pool: &'p Pool<P>,
+        after: Option<(&'p dyn AfterRelease, bool)>,
+        buffer: B,
+        ptr: NonNull<u8>,
+        len: usize,
+        dma: DmaAddr,
+        dir: Direction,
+    ) -> Self {
+        pool.count_direct();
+        Mapping {
+            pool: NonNull::from(pool),
+            after,
+            _pool: PhantomData,
+            buffer: ManuallyDrop::new(buffer),
+            ptr,
+            len,
+            dma,
+            dir,
+            bounce: None,
+        }
+    }
+
+    /// A mapping of `buffer` bounced through `b`.
+    ///
+    /// # Safety
+    /// - `b` is a live allocation of `pool`, made for `buffer`'s region
+    ///   `ptr`/`len` (from `dma_region`), and owned by the new mapping alone;
+    /// - `pool` stays valid for as long as `b`'s slots are held: for `'p`,
+    ///   or, in a growing tlb, until the slots are given back (the tlb
+    ///   never releases a pool that holds a live allocation).
+    pub(crate) unsafe fn bounced(
+        pool: &Pool<P>,
+        after: Option<(&'p dyn AfterRelease, bool)>,
+        buffer: B,
+        ptr: NonNull<u8>,
+        len: usize,
+        dir: Direction,
+        b: Bounce,
+    ) -> Self {
+        Mapping {
+            pool: NonNull::from(pool),
+            after,
+            _pool: PhantomData,
+            buffer: ManuallyDrop::new(buffer),
+            ptr,
+            len,
+            dma: b.dma,
+            dir,
+            bounce: Some(BounceRef {
+                start: b.start,
+                nslots: b.nslots,
+                off: (b.phys - pool.start()) as usize,
+                phys: b.phys,
+            }),
+        }
+    }
+
+    /// The pool. Not to be called after the slots are given back.
+    #[inline]
+    fn pool(&self) -> &Pool<P> {
+        // SAFETY: the pointer is valid while the mapping holds its slots
+        // (the field's invariant, set up by `direct` and `bounced`); every
+        // caller runs before `release` gives them back, which is the last
+        // use of the pool.
+        unsafe { self.pool.as_ref() }
+    }
+}
+
 impl<B: DmaBuffer, P: Policy> Mapping<'_, B, P> {
     /// The address the device uses.
     pub fn dma_addr(&self) -> DmaAddr {
@@ -712,7 +782,7 @@ impl<B: DmaBuffer, P: Policy> Mapping<'_, B, P> {
     /// tests; touching these bytes from the CPU is the device's part.
     pub fn device_ptr(&self) -> NonNull<u8> {
         match self.bounce {
-            Some(b) => NonNull::new(self.pool.slot_ptr(b.off)).unwrap_or(self.ptr),
+            Some(b) => NonNull::new(self.pool().slot_ptr(b.off)).unwrap_or(self.ptr),
             None => self.ptr,
         }
     }
@@ -724,7 +794,7 @@ impl<B: DmaBuffer, P: Policy> Mapping<'_, B, P> {
                 len,
                 mapping_len: self.len,
             };
-            self.pool.count_failure(&e);
+            self.pool().count_failure(&e);
             return Err(e);
         }
         Ok(())
@@ -759,7 +829,7 @@ impl<B: DmaBuffer, P: Policy> Mapping<'_, B, P> {
             self.dir.copies_to_cpu()
         };
         if let (Some(b), true) = (self.bounce, copies) {
-            let slot = self.pool.slot_ptr(b.off + offset);
+            let slot = self.pool().slot_ptr(b.off + offset);
             // SAFETY: `[offset, offset + len)` is inside the mapping
             // (checked), so `offset` stays inside the buffer, which is
             // valid for the mapping's length (`DmaBuffer`).
@@ -772,7 +842,7 @@ impl<B: DmaBuffer, P: Policy> Mapping<'_, B, P> {
             // - no reference to the buffer exists: the mapping owns it and
             //   hands out none, and `&mut self` excludes a concurrent copy.
             unsafe { bounce_copy(dst, src, len) };
-            self.pool.count_bytes(b.start, to_device, len);
+            self.pool().count_bytes(b.start, to_device, len);
         }
         Ok(())
     }
@@ -826,12 +896,18 @@ impl<B: DmaBuffer, P: Policy> Mapping<'_, B, P> {
             let copy_back = self.dir.copies_to_cpu() && !attrs.contains(Attrs::SKIP_CPU_SYNC);
             if copy_back {
                 // SAFETY: as in `sync_for_cpu`, over the whole mapping.
-                unsafe { bounce_copy(self.ptr.as_ptr(), self.pool.slot_ptr(b.off), self.len) };
+                unsafe { bounce_copy(self.ptr.as_ptr(), self.pool().slot_ptr(b.off), self.len) };
             }
             let copied = if copy_back { self.len } else { 0 };
-            let r = self.pool.release(b.start, b.nslots, self.dma, copied, 0);
+            let pool = self.pool();
+            let pool_start = pool.start();
+            let r = pool.release(b.start, b.nslots, self.dma, copied, 0);
             // A safe mapping owns its allocation, so it is live.
             debug_assert!(r.is_ok(), "safe mapping was not live: {r:?}");
+            // From here on the pool may be gone: only its address is used.
+            if let Some((after, transient)) = self.after {
+                after.after_release(pool_start, transient);
+            }
         }
     }
 }

@@ -219,6 +219,13 @@ pub enum ProviderError {
     },
     /// [`Pool::new`] refused the region (bad geometry, unaligned base).
     Pool(Error),
+    /// Memory was asked for on a path that must not sleep, and the provider
+    /// (or the hooks the memory would need) can only give it by sleeping:
+    /// [`Provider::alloc_nowait`] and [`MemoryHooks::nowait`].
+    WouldSleep {
+        /// Bytes asked for.
+        len: usize,
+    },
 }
 
 impl ProviderError {
@@ -295,6 +302,10 @@ impl fmt::Display for ProviderError {
                 hook.name()
             ),
             ProviderError::Pool(e) => write!(f, "{e}"),
+            ProviderError::WouldSleep { len } => write!(
+                f,
+                "swiotlb: {len} bytes for a pool cannot be had without sleeping"
+            ),
         }
     }
 }
@@ -328,6 +339,24 @@ pub unsafe trait Provider: Send + Sync {
     /// # Errors
     /// [`ProviderError::NoMemory`] when no such region is available.
     fn alloc(&self, len: usize, below: PhysAddr) -> Result<Region, ProviderError>;
+
+    /// As [`alloc`](Provider::alloc), but called where the caller must not
+    /// sleep (Linux `GFP_NOWAIT`): a growing tlb asks for a transient pool
+    /// here when a mapping that may not sleep finds every pool full. It
+    /// must neither sleep nor wait for a lock a sleeping caller could
+    /// hold; a region it returns may also be given to
+    /// [`free`](Provider::free) where sleeping is not allowed.
+    ///
+    /// The default gives nothing: a provider that can only give memory by
+    /// sleeping leaves such callers to fail or defer.
+    ///
+    /// # Errors
+    /// [`ProviderError::WouldSleep`] (the default), or
+    /// [`ProviderError::NoMemory`].
+    fn alloc_nowait(&self, len: usize, below: PhysAddr) -> Result<Region, ProviderError> {
+        let _ = below;
+        Err(ProviderError::WouldSleep { len })
+    }
 
     /// Gives a region back.
     ///
@@ -368,6 +397,15 @@ pub unsafe trait Provider: Send + Sync {
 /// scrambles it; a Xen exchange hands back fresh frames): the pool never
 /// reads slot contents it did not write.
 pub unsafe trait MemoryHooks: Send + Sync {
+    /// Whether every hook can run without sleeping, so that a transient
+    /// pool can be prepared on a path that must not sleep. The default is
+    /// `false`: setting memory attributes usually sleeps (Linux's
+    /// `set_memory_decrypted` does, which is how dynamic swiotlb users hit
+    /// "scheduling while atomic").
+    fn nowait(&self) -> bool {
+        false
+    }
+
     /// Makes the region visible to the host and its devices: SEV
     /// `set_memory_decrypted`, TDX `MapGPA` to shared, pKVM `MEM_SHARE`
     /// (Linux `swiotlb_update_mem_attributes` for the boot pool).
@@ -424,13 +462,20 @@ pub unsafe trait MemoryHooks: Send + Sync {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NoHooks;
 
-// SAFETY: every method is the default, which touches nothing.
-unsafe impl MemoryHooks for NoHooks {}
+// SAFETY: every hook is the default, which touches nothing.
+unsafe impl MemoryHooks for NoHooks {
+    fn nowait(&self) -> bool {
+        true
+    }
+}
 
 // SAFETY: forwards to `T`, which upholds the contract.
 unsafe impl<T: Provider + ?Sized> Provider for &T {
     fn alloc(&self, len: usize, below: PhysAddr) -> Result<Region, ProviderError> {
         (**self).alloc(len, below)
+    }
+    fn alloc_nowait(&self, len: usize, below: PhysAddr) -> Result<Region, ProviderError> {
+        (**self).alloc_nowait(len, below)
     }
     unsafe fn free(&self, region: Region) {
         // SAFETY:
@@ -446,6 +491,9 @@ unsafe impl<T: Provider + ?Sized> Provider for Arc<T> {
     fn alloc(&self, len: usize, below: PhysAddr) -> Result<Region, ProviderError> {
         (**self).alloc(len, below)
     }
+    fn alloc_nowait(&self, len: usize, below: PhysAddr) -> Result<Region, ProviderError> {
+        (**self).alloc_nowait(len, below)
+    }
     unsafe fn free(&self, region: Region) {
         // SAFETY:
         // - the caller guarantees `region` came from this provider, which
@@ -457,6 +505,9 @@ unsafe impl<T: Provider + ?Sized> Provider for Arc<T> {
 
 // SAFETY: forwards to `T`, which upholds the contract.
 unsafe impl<T: MemoryHooks + ?Sized> MemoryHooks for &T {
+    fn nowait(&self) -> bool {
+        (**self).nowait()
+    }
     fn share(&self, region: &Region) -> Result<(), ProviderError> {
         (**self).share(region)
     }
@@ -473,6 +524,9 @@ unsafe impl<T: MemoryHooks + ?Sized> MemoryHooks for &T {
 
 // SAFETY: forwards to `T`, which upholds the contract.
 unsafe impl<T: MemoryHooks + ?Sized> MemoryHooks for Arc<T> {
+    fn nowait(&self) -> bool {
+        (**self).nowait()
+    }
     fn share(&self, region: &Region) -> Result<(), ProviderError> {
         (**self).share(region)
     }
@@ -534,13 +588,44 @@ pub fn pool_from_provider<P: Policy, V: Provider, H: MemoryHooks>(
     dma_bits_start: u32,
     dma_bits_max: u32,
 ) -> Result<ProvidedPool<V, H, P>, ProviderError> {
+    build(
+        provider,
+        hooks,
+        len,
+        below,
+        config,
+        (dma_bits_start, dma_bits_max),
+        false,
+    )
+}
+
+/// [`pool_from_provider`], or with `nowait` its variant for paths that
+/// must not sleep: memory from [`Provider::alloc_nowait`], and refused
+/// with [`ProviderError::WouldSleep`] up front unless
+/// [`MemoryHooks::nowait`].
+pub(crate) fn build<P: Policy, V: Provider, H: MemoryHooks>(
+    provider: V,
+    hooks: H,
+    len: usize,
+    below: PhysAddr,
+    config: PoolConfig,
+    (dma_bits_start, dma_bits_max): (u32, u32),
+    nowait: bool,
+) -> Result<ProvidedPool<V, H, P>, ProviderError> {
     if dma_bits_start > dma_bits_max || dma_bits_max > 64 {
         return Err(ProviderError::BadDmaBits {
             start: dma_bits_start,
             max: dma_bits_max,
         });
     }
-    let region = provider.alloc(len, below)?;
+    let region = if nowait {
+        if !hooks.nowait() {
+            return Err(ProviderError::WouldSleep { len });
+        }
+        provider.alloc_nowait(len, below)?
+    } else {
+        provider.alloc(len, below)?
+    };
     let mut prep = Prepared {
         provider,
         hooks,
@@ -846,6 +931,12 @@ mod heap {
     // below the limit (checked before it is returned), and reachable from
     // nowhere else.
     unsafe impl Provider for HeapProvider {
+        /// Heap memory needs no sleeping in the sense of a kernel path that
+        /// must not sleep, so the no-wait variant is the same allocation.
+        fn alloc_nowait(&self, len: usize, below: PhysAddr) -> Result<Region, ProviderError> {
+            self.alloc(len, below)
+        }
+
         fn alloc(&self, len: usize, below: PhysAddr) -> Result<Region, ProviderError> {
             let no_memory = ProviderError::NoMemory { len, below };
             if len == 0 {

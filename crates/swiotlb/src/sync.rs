@@ -12,7 +12,30 @@
 
 #[cfg(not(swiotlb_loom))]
 mod imp {
-    pub(crate) use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+    pub(crate) use core::sync::atomic::{
+        fence, AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering,
+    };
+
+    /// A reader-writer lock: a spin lock, for the pool set of a growing
+    /// tlb (read on every map and unmap, written when a pool is added or
+    /// removed).
+    pub(crate) struct RwLock<T>(spin::RwLock<T>);
+
+    impl<T> RwLock<T> {
+        pub(crate) const fn new(value: T) -> Self {
+            Self(spin::RwLock::new(value))
+        }
+
+        #[inline]
+        pub(crate) fn read(&self) -> spin::RwLockReadGuard<'_, T> {
+            self.0.read()
+        }
+
+        #[inline]
+        pub(crate) fn write(&self) -> spin::RwLockWriteGuard<'_, T> {
+            self.0.write()
+        }
+    }
 
     /// A mutual-exclusion lock: a spin lock.
     pub(crate) struct Mutex<T>(spin::Mutex<T>);
@@ -31,7 +54,28 @@ mod imp {
 
 #[cfg(swiotlb_loom)]
 mod imp {
-    pub(crate) use loom::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+    pub(crate) use loom::sync::atomic::{
+        fence, AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering,
+    };
+
+    /// A reader-writer lock: loom's.
+    pub(crate) struct RwLock<T>(loom::sync::RwLock<T>);
+
+    impl<T> RwLock<T> {
+        pub(crate) fn new(value: T) -> Self {
+            Self(loom::sync::RwLock::new(value))
+        }
+
+        #[inline]
+        pub(crate) fn read(&self) -> loom::sync::RwLockReadGuard<'_, T> {
+            self.0.read().expect("loom rwlock poisoned")
+        }
+
+        #[inline]
+        pub(crate) fn write(&self) -> loom::sync::RwLockWriteGuard<'_, T> {
+            self.0.write().expect("loom rwlock poisoned")
+        }
+    }
 
     /// A mutual-exclusion lock: loom's, so the model sees every
     /// acquisition.

@@ -1,0 +1,1659 @@
+//! A growing tlb: start small, grow through a [`Provider`], serve callers
+//! that may not sleep with transient pools, make callers that may sleep
+//! wait instead of fail, queue deferred requests, and give idle memory
+//! back.
+//!
+//! Linux 6.6 added dynamic swiotlb (`CONFIG_SWIOTLB_DYNAMIC`, Petr
+//! Tesařík's series): a default pool that grows by background work, and
+//! transient pools of exactly one mapping for callers that cannot wait.
+//! Its pools never shrink, its failures are still failures, a transient
+//! pool's memory is decrypted on a path that may not sleep, and finding the
+//! pool of an address walks a list. [`DynTlb`] keeps the model and mends
+//! those:
+//!
+//! - **Growth** adds a pool of [`DynConfig::grow_by`] bytes, up to
+//!   [`DynConfig::max`] bytes held in all. A caller that may sleep
+//!   ([`Attrs::MAY_SLEEP`]) grows the tlb itself; any other caller asks for
+//!   a background growth, done by [`DynTlb::maintain`]. Memory comes from
+//!   the provider and the platform hooks run on it (share, remap) outside
+//!   every lock of this crate, exactly as for a [`ProvidedPool`].
+//! - A caller that may not sleep and finds every pool full gets a
+//!   **transient pool** of exactly its mapping, if the provider can give
+//!   memory without sleeping ([`Provider::alloc_nowait`]) and the hooks can
+//!   run without sleeping ([`MemoryHooks::nowait`]). The pool is tracked on
+//!   its device ([`DynDevice`]) and given back when its mapping is
+//!   unmapped.
+//! - A caller that may sleep and cannot grow (limit reached, provider out
+//!   of memory, another caller growing) **waits** in FIFO order for freed
+//!   slots or for the growth, bounded by [`DynConfig::wait_timeout`]
+//!   (`std` only: waiting needs a scheduler).
+//! - A **deferred** request ([`DynTlb::bounce_deferred_raw`] with a
+//!   callback, [`DynTlb::map_async`] as a future) joins the same FIFO queue
+//!   and completes once slots free up, as FreeBSD's `bus_dmamap_load` with
+//!   `BUS_DMA_WAITOK` and Windows' map registers do. Each request completes
+//!   exactly once or is cancelled; never both, never neither.
+//! - **Shrinking**: [`DynTlb::maintain`] gives back a grown pool that has
+//!   been completely free and untouched for [`DynConfig::idle`], one pool
+//!   per call and none while the tlb grew within the idle time, so a steady
+//!   workload does not thrash. The first pool is never given back, and no
+//!   pool is given back while one mapping lives in it.
+//! - Finding the pool of an address is a binary search over the pools
+//!   sorted by address (O(log pools)); transient pools are looked up only
+//!   for devices that ever had one, in their own list.
+//!
+//! Lock order: the deferral queue, then the pool set, then a pool's area
+//! locks. Platform hooks and the provider are never called under any of
+//! them, and deferral callbacks and wakeups run after every lock is
+//! dropped.
+
+use alloc::boxed::Box;
+use alloc::collections::VecDeque;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::future::Future;
+use core::pin::Pin;
+use core::ptr::NonNull;
+use core::task::{Context, Poll, Waker};
+
+use crate::addr::{DmaAddr, PhysAddr};
+use crate::attrs::Attrs;
+use crate::device::Device;
+use crate::direction::Direction;
+use crate::error::{Error, Result};
+use crate::map::{AfterRelease, DmaBuffer, MapFailed, MapOptions, Mapping};
+use crate::pool::{Bounce, Fast, Policy, Pool, PoolConfig};
+use crate::provider::{
+    self, MemoryHooks, NoHooks, ProvidedPool, Provider, ProviderError, XEN_DMA_BITS,
+};
+use crate::stats::Stats;
+use crate::sync::{fence, AtomicBool, AtomicU64, AtomicUsize, Mutex, Ordering, RwLock};
+use crate::translate::{Identity, Translate};
+
+/// A monotonic time source, in nanoseconds, for idle times and deferral
+/// times. Kernels pass their clock; tests pass a [`ManualClock`].
+pub trait Clock: Send + Sync {
+    /// Nanoseconds since an arbitrary fixed origin; never decreases.
+    fn now_ns(&self) -> u64;
+}
+
+/// A clock that moves only when told to, for tests and simulations.
+#[derive(Debug, Default)]
+pub struct ManualClock(core::sync::atomic::AtomicU64);
+
+impl ManualClock {
+    /// A clock at zero.
+    pub const fn new() -> Self {
+        Self(core::sync::atomic::AtomicU64::new(0))
+    }
+
+    /// Moves the clock `ns` nanoseconds forward.
+    pub fn advance(&self, ns: u64) {
+        self.0.fetch_add(ns, core::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_ns(&self) -> u64 {
+        self.0.load(core::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// The standard library's monotonic clock.
+#[cfg(feature = "std")]
+#[derive(Debug)]
+pub struct StdClock(std::time::Instant);
+
+#[cfg(feature = "std")]
+impl Default for StdClock {
+    fn default() -> Self {
+        Self(std::time::Instant::now())
+    }
+}
+
+#[cfg(feature = "std")]
+impl Clock for StdClock {
+    fn now_ns(&self) -> u64 {
+        u64::try_from(self.0.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+}
+
+impl<C: Clock + ?Sized> Clock for Arc<C> {
+    fn now_ns(&self) -> u64 {
+        (**self).now_ns()
+    }
+}
+
+/// How a growing tlb sizes itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DynConfig {
+    /// Bytes of the first pool, built at once and never given back.
+    pub start: usize,
+    /// Bytes of each pool added by growth. At least one segment (the
+    /// largest mapping), so that any mapping fits a fresh pool.
+    pub grow_by: usize,
+    /// The most bytes held at once: pools and transient pools together.
+    pub max: usize,
+    /// Exclusive physical limit for pool memory (4 GiB for a tlb serving
+    /// 32-bit devices).
+    pub below: PhysAddr,
+    /// Geometry of every pool (a transient pool uses its slot size and
+    /// page size, with one area).
+    pub pool: PoolConfig,
+    /// DMA widths tried by the remap hook ([`provider::pool_from_provider`]).
+    pub dma_bits: (u32, u32),
+    /// How long a grown pool must stay completely free and untouched
+    /// before [`DynTlb::maintain`] gives it back, in nanoseconds; also the
+    /// quiet time after a growth before any pool is given back.
+    pub idle: u64,
+    /// How long a caller that may sleep waits for slots before it fails
+    /// with [`Error::TimedOut`], in nanoseconds.
+    pub wait_timeout: u64,
+}
+
+impl DynConfig {
+    /// Start at `start` bytes and grow up to `max`, in 4 MiB steps (or
+    /// `start`, if larger), with Linux's pool geometry, no address limit,
+    /// a one-second idle time and a one-second wait.
+    pub fn new(start: usize, max: usize) -> Self {
+        Self {
+            start,
+            grow_by: start.max(4 << 20),
+            max,
+            below: PhysAddr(u64::MAX),
+            pool: PoolConfig::default(),
+            dma_bits: XEN_DMA_BITS,
+            idle: 1_000_000_000,
+            wait_timeout: 1_000_000_000,
+        }
+    }
+
+    /// Bytes of the largest mapping a pool of this geometry holds.
+    fn segment_bytes(&self) -> usize {
+        (self.pool.segment as usize) << self.pool.slot_shift
+    }
+}
+
+/// What a pool of the tlb is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    /// The first pool: never given back.
+    First,
+    /// Added by growth: given back when idle.
+    Grown,
+    /// Made for one mapping of a caller that could not sleep.
+    Transient,
+}
+
+/// When a grown pool was last seen busy.
+#[derive(Clone, Copy, Debug, Default)]
+struct Idle {
+    /// Bytes copied into the pool, at the last look (activity measure).
+    activity: u64,
+    /// When the pool was last seen holding slots or active.
+    since: u64,
+}
+
+/// One pool of the tlb.
+struct Member<V: Provider, H: MemoryHooks, P: Policy> {
+    pool: ProvidedPool<Arc<V>, Arc<H>, P>,
+    kind: Kind,
+    /// Bytes the member counts against [`DynConfig::max`].
+    bytes: usize,
+    idle: Mutex<Idle>,
+    /// The device a transient pool belongs to.
+    owner: Option<Arc<Tracked>>,
+}
+
+impl<V: Provider, H: MemoryHooks, P: Policy> Member<V, H, P> {
+    fn start(&self) -> u64 {
+        self.pool.start().0
+    }
+
+    fn contains(&self, phys: PhysAddr) -> bool {
+        self.pool.contains(phys)
+    }
+}
+
+/// The transient pools of one device (Linux's `dev->dma_io_tlb_pools` and
+/// `dev->dma_uses_io_tlb`).
+struct Tracked {
+    /// Set once the device had a transient pool: only then does an unmap
+    /// that misses every shared pool look further.
+    used: AtomicBool,
+    /// `[start, end)` physical ranges of the device's live transient pools.
+    ranges: Mutex<Vec<(u64, u64)>>,
+}
+
+impl Default for Tracked {
+    fn default() -> Self {
+        Self {
+            used: AtomicBool::new(false),
+            ranges: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+impl core::fmt::Debug for Tracked {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Tracked")
+            .field("used", &self.used.load(Ordering::Relaxed))
+            .field("ranges", &*self.ranges.lock())
+            .finish()
+    }
+}
+
+/// A device of a growing tlb: the [`Device`] and the transient pools it
+/// holds. Clones share the tracking, as they describe the same device.
+#[derive(Clone, Debug)]
+pub struct DynDevice<T = Identity> {
+    device: Device<T>,
+    tracked: Arc<Tracked>,
+}
+
+impl<T> DynDevice<T> {
+    /// Tracks `device`.
+    pub fn new(device: Device<T>) -> Self {
+        Self {
+            device,
+            tracked: Arc::new(Tracked::default()),
+        }
+    }
+
+    /// The device.
+    pub fn device(&self) -> &Device<T> {
+        &self.device
+    }
+
+    /// Transient pools the device holds now.
+    pub fn transient_pools(&self) -> usize {
+        self.tracked.ranges.lock().len()
+    }
+
+    /// Whether the device ever held a transient pool.
+    pub fn used_transient(&self) -> bool {
+        self.tracked.used.load(Ordering::Acquire)
+    }
+}
+
+/// Counters of a growing tlb, beside its pools' [`Stats`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DynStats {
+    /// Pools now, the first and grown ones (transient ones not counted).
+    pub pools: u64,
+    /// Pools added by growth since creation.
+    pub pools_added: u64,
+    /// Grown pools given back since creation.
+    pub pools_removed: u64,
+    /// Growths that failed (provider out of memory, a hook failed).
+    pub grow_failures: u64,
+    /// Transient pools now.
+    pub transient_pools: u64,
+    /// Slots in transient pools now (Linux `io_tlb_transient_nslabs`).
+    pub io_tlb_transient_nslabs: u64,
+    /// Transient pools made since creation.
+    pub transient_made: u64,
+    /// Bytes held now: every pool, transient ones included.
+    pub bytes_held: u64,
+    /// The most bytes ever held at once.
+    pub peak_bytes_held: u64,
+    /// Requests that waited or were deferred (FreeBSD busdma
+    /// `total_deferred`).
+    pub deferred: u64,
+    /// Nanoseconds those requests spent queued, in all (FreeBSD
+    /// `total_deferred_time`).
+    pub deferred_ns: u64,
+    /// The longest a request stayed queued, in nanoseconds.
+    pub max_wait_ns: u64,
+    /// Requests queued now: waiters and deferred requests.
+    pub waiters: u64,
+    /// Waits that ended in [`Error::TimedOut`].
+    pub timeouts: u64,
+    /// Queued requests cancelled before they completed.
+    pub cancelled: u64,
+    /// The pools' own counters, summed (transient pools included; the
+    /// high-water mark is the sum of the pools' marks, an upper bound of
+    /// the tlb's).
+    pub pool: Stats,
+}
+
+/// How one queued request ends.
+enum Sink {
+    /// Call this with the outcome.
+    Callback(Box<dyn FnOnce(Result<Bounce>) + Send>),
+    /// Store the outcome in the ticket and wake its waiter.
+    Store,
+}
+
+/// The shared part of a queued request.
+struct TicketInner {
+    id: u64,
+    queued_at: u64,
+    state: Mutex<TicketState>,
+}
+
+struct TicketState {
+    phase: Phase,
+    outcome: Option<Result<Bounce>>,
+    waker: Option<Waker>,
+    #[cfg(feature = "std")]
+    thread: Option<std::thread::Thread>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Queued,
+    Completed,
+    Cancelled,
+}
+
+/// How a queued request tries one pool: the bounce of the original
+/// request, made later, possibly on another thread.
+type Attempt<P> = Box<dyn FnMut(&Pool<P>) -> Result<Bounce> + Send>;
+
+/// A queued request: how to try it, and whom to tell.
+struct Entry<P: Policy> {
+    ticket: Arc<TicketInner>,
+    attempt: Attempt<P>,
+    sink: Sink,
+}
+
+/// A deferred request in the queue, to cancel it with
+/// [`DynTlb::cancel`].
+#[derive(Clone)]
+pub struct Ticket(Arc<TicketInner>);
+
+impl Ticket {
+    /// The request's number: tickets are numbered in queue order.
+    pub fn id(&self) -> u64 {
+        self.0.id
+    }
+}
+
+impl core::fmt::Debug for Ticket {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_tuple("Ticket").field(&self.0.id).finish()
+    }
+}
+
+/// What [`DynTlb::bounce_deferred_raw`] did.
+#[derive(Debug)]
+pub enum Deferral {
+    /// Mapped at once; the callback was dropped uncalled.
+    Now(Bounce),
+    /// Queued: the callback runs once, when slots free up, unless the
+    /// ticket is cancelled first.
+    Queued(Ticket),
+}
+
+/// Where a bounce was placed.
+struct Placed<P: Policy> {
+    bounce: Bounce,
+    pool: NonNull<Pool<P>>,
+    transient: bool,
+}
+
+/// How a growth attempt ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Grow {
+    Grew,
+    /// Another caller is growing; its growth serves the queue.
+    Busy,
+    /// Growing would pass [`DynConfig::max`].
+    Limit,
+    /// The provider or a hook failed.
+    Failed(ProviderError),
+}
+
+/// A raw pointer that may be sent with a queued request: the raw API's
+/// caller keeps it valid until the request completes or is cancelled.
+#[derive(Clone, Copy)]
+struct SendPtr(*mut u8);
+
+// SAFETY: the pointer is only dereferenced by the bounce copy of the
+// request it belongs to, under the raw API's contract that the memory
+// stays valid and unaliased until the request completes or is cancelled;
+// which thread makes that copy does not matter.
+unsafe impl Send for SendPtr {}
+
+/// A growing tlb (see the [module documentation](self)).
+pub struct DynTlb<V: Provider, H: MemoryHooks = NoHooks, P: Policy = Fast> {
+    provider: Arc<V>,
+    hooks: Arc<H>,
+    clock: Arc<dyn Clock>,
+    config: DynConfig,
+    /// The first pool, where direct mappings are counted.
+    first: Arc<Member<V, H, P>>,
+    /// Every pool but the transient ones, sorted by address.
+    pools: RwLock<Vec<Arc<Member<V, H, P>>>>,
+    /// Transient pools, sorted by address.
+    transients: Mutex<Vec<Arc<Member<V, H, P>>>>,
+    transient_live: AtomicUsize,
+    queue: Mutex<VecDeque<Entry<P>>>,
+    /// Length of `queue`, read without its lock on every unmap.
+    queued: AtomicUsize,
+    next_ticket: AtomicU64,
+    held: AtomicUsize,
+    peak_held: AtomicUsize,
+    growing: AtomicBool,
+    grow_wanted: AtomicBool,
+    last_grow: AtomicU64,
+    last_shrink: AtomicU64,
+    /// Where the last successful search ended, to start the next there.
+    hint: AtomicUsize,
+    counters: Counters,
+}
+
+#[derive(Default)]
+struct Counters {
+    pools_added: AtomicU64,
+    pools_removed: AtomicU64,
+    grow_failures: AtomicU64,
+    transient_made: AtomicU64,
+    transient_nslabs: AtomicU64,
+    deferred: AtomicU64,
+    deferred_ns: AtomicU64,
+    max_wait_ns: AtomicU64,
+    timeouts: AtomicU64,
+    cancelled: AtomicU64,
+    /// Failures counted by the tlb itself (a full tlb is not one pool's
+    /// failure).
+    failures: [AtomicU64; crate::error::FailReason::COUNT],
+}
+
+impl<V: Provider, H: MemoryHooks, P: Policy> core::fmt::Debug for DynTlb<V, H, P> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("DynTlb")
+            .field("config", &self.config)
+            .field("pools", &self.pools.read().len())
+            .field("bytes_held", &self.held.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+fn is_full(e: &Error) -> bool {
+    matches!(e, Error::PoolFull { .. })
+}
+
+impl<V: Provider, H: MemoryHooks, P: Policy> DynTlb<V, H, P> {
+    /// Builds the first pool of `config.start` bytes from `provider`,
+    /// prepared by `hooks`, and a tlb that grows from it.
+    ///
+    /// May sleep (the first pool is built here).
+    ///
+    /// # Errors
+    /// [`ProviderError::Pool`] with [`Error::InvalidPool`] if `start` or
+    /// `grow_by` is smaller than one segment, or `max` smaller than
+    /// `start`; otherwise as [`provider::pool_from_provider`].
+    pub fn new(
+        provider: V,
+        hooks: H,
+        clock: Arc<dyn Clock>,
+        config: DynConfig,
+    ) -> core::result::Result<Self, ProviderError> {
+        let seg = config.segment_bytes();
+        if config.start < seg || config.grow_by < seg || config.max < config.start {
+            return Err(ProviderError::Pool(Error::InvalidPool {
+                base: PhysAddr(0),
+                problem: crate::error::PoolProblem::TooSmall,
+            }));
+        }
+        let provider = Arc::new(provider);
+        let hooks = Arc::new(hooks);
+        let pool = provider::build(
+            provider.clone(),
+            hooks.clone(),
+            config.start,
+            config.below,
+            config.pool,
+            config.dma_bits,
+            false,
+        )?;
+        let now = clock.now_ns();
+        let first = Arc::new(Member {
+            pool,
+            kind: Kind::First,
+            bytes: config.start,
+            idle: Mutex::new(Idle::default()),
+            owner: None,
+        });
+        Ok(Self {
+            provider,
+            hooks,
+            clock,
+            config,
+            pools: RwLock::new(alloc::vec![first.clone()]),
+            first,
+            transients: Mutex::new(Vec::new()),
+            transient_live: AtomicUsize::new(0),
+            queue: Mutex::new(VecDeque::new()),
+            queued: AtomicUsize::new(0),
+            next_ticket: AtomicU64::new(0),
+            held: AtomicUsize::new(config.start),
+            peak_held: AtomicUsize::new(config.start),
+            growing: AtomicBool::new(false),
+            grow_wanted: AtomicBool::new(false),
+            last_grow: AtomicU64::new(now),
+            last_shrink: AtomicU64::new(now),
+            hint: AtomicUsize::new(0),
+            counters: Counters::default(),
+        })
+    }
+
+    /// Adds one pool of [`DynConfig::grow_by`] bytes now, as a growth
+    /// would (to grow ahead of a known burst, or from a kernel's own
+    /// worker). Returns `false` if the limit is reached or another caller
+    /// is growing. May sleep.
+    ///
+    /// # Errors
+    /// The provider's or a hook's error.
+    pub fn add_pool(&self) -> core::result::Result<bool, ProviderError> {
+        match self.grow() {
+            Grow::Grew => Ok(true),
+            Grow::Busy | Grow::Limit => Ok(false),
+            Grow::Failed(e) => Err(e),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &DynConfig {
+        &self.config
+    }
+
+    /// Bytes held now, transient pools included.
+    pub fn bytes_held(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    /// Pools now (the first and grown ones).
+    pub fn pool_count(&self) -> usize {
+        self.pools.read().len()
+    }
+
+    /// The start addresses of the pools (the first and grown ones), in
+    /// address order.
+    pub fn pool_starts(&self) -> Vec<PhysAddr> {
+        self.pools.read().iter().map(|m| m.pool.start()).collect()
+    }
+
+    /// The counters and the pools' summed statistics.
+    pub fn stats(&self) -> DynStats {
+        let mut pool = Stats::default();
+        let mut add = |s: Stats| {
+            pool.io_tlb_nslabs += s.io_tlb_nslabs;
+            pool.io_tlb_used += s.io_tlb_used;
+            pool.io_tlb_used_hiwater += s.io_tlb_used_hiwater;
+            pool.area_used.extend(s.area_used);
+            for (a, b) in pool.failures.iter_mut().zip(s.failures) {
+                *a += b;
+            }
+            pool.bytes_to_device += s.bytes_to_device;
+            pool.bytes_from_device += s.bytes_from_device;
+            pool.direct_maps += s.direct_maps;
+        };
+        let npools = {
+            let pools = self.pools.read();
+            for m in pools.iter() {
+                add(m.pool.stats());
+            }
+            pools.len()
+        };
+        let ntrans = {
+            let t = self.transients.lock();
+            for m in t.iter() {
+                add(m.pool.stats());
+            }
+            t.len()
+        };
+        for (a, b) in pool.failures.iter_mut().zip(&self.counters.failures) {
+            *a += b.load(Ordering::Relaxed);
+        }
+        let c = &self.counters;
+        let ld = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        DynStats {
+            pools: npools as u64,
+            pools_added: ld(&c.pools_added),
+            pools_removed: ld(&c.pools_removed),
+            grow_failures: ld(&c.grow_failures),
+            transient_pools: ntrans as u64,
+            io_tlb_transient_nslabs: ld(&c.transient_nslabs),
+            transient_made: ld(&c.transient_made),
+            bytes_held: self.held.load(Ordering::Relaxed) as u64,
+            peak_bytes_held: self.peak_held.load(Ordering::Relaxed) as u64,
+            deferred: ld(&c.deferred),
+            deferred_ns: ld(&c.deferred_ns),
+            max_wait_ns: ld(&c.max_wait_ns),
+            waiters: self.queued.load(Ordering::Relaxed) as u64,
+            timeouts: ld(&c.timeouts),
+            cancelled: ld(&c.cancelled),
+            pool,
+        }
+    }
+
+    fn count_failure(&self, e: &Error) {
+        self.counters.failures[e.reason() as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Reserves `len` bytes under the limit.
+    fn reserve(&self, len: usize) -> bool {
+        let mut cur = self.held.load(Ordering::Relaxed);
+        loop {
+            let Some(next) = cur.checked_add(len).filter(|&n| n <= self.config.max) else {
+                return false;
+            };
+            match self
+                .held
+                .compare_exchange_weak(cur, next, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => {
+                    self.peak_held.fetch_max(next, Ordering::Relaxed);
+                    return true;
+                }
+                Err(c) => cur = c,
+            }
+        }
+    }
+
+    fn unreserve(&self, len: usize) {
+        self.held.fetch_sub(len, Ordering::Relaxed);
+    }
+
+    /// Tries `attempt` on every pool, starting where the last success was.
+    /// Returns the first success, the first error that is not "full", or
+    /// the last "full" error. Runs under the pool set's read lock, so no
+    /// pool is removed while an allocation in it is being made.
+    fn try_pools(
+        &self,
+        attempt: &mut dyn FnMut(&Pool<P>) -> Result<Bounce>,
+    ) -> Result<(Bounce, NonNull<Pool<P>>)> {
+        let pools = self.pools.read();
+        let n = pools.len();
+        let first = self.hint.load(Ordering::Relaxed) % n;
+        let mut last = Error::PoolFull {
+            requested: 0,
+            free: 0,
+            largest_run: 0,
+        };
+        for k in 0..n {
+            let i = (first + k) % n;
+            let pool: &Pool<P> = &pools[i].pool;
+            match attempt(pool) {
+                Ok(b) => {
+                    if i != first {
+                        self.hint.store(i, Ordering::Relaxed);
+                    }
+                    return Ok((b, NonNull::from(pool)));
+                }
+                Err(e) if is_full(&e) => last = e,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last)
+    }
+
+    /// Adds one grown pool, unless another caller is growing or the limit
+    /// is reached. May sleep; holds no lock while the provider and hooks
+    /// run.
+    fn grow(&self) -> Grow {
+        if self.growing.swap(true, Ordering::Acquire) {
+            return Grow::Busy;
+        }
+        let len = self.config.grow_by;
+        let r = if !self.reserve(len) {
+            Grow::Limit
+        } else {
+            match provider::build(
+                self.provider.clone(),
+                self.hooks.clone(),
+                len,
+                self.config.below,
+                self.config.pool,
+                self.config.dma_bits,
+                false,
+            ) {
+                Ok(pool) => {
+                    let now = self.clock.now_ns();
+                    let m = Arc::new(Member {
+                        pool,
+                        kind: Kind::Grown,
+                        bytes: len,
+                        idle: Mutex::new(Idle {
+                            activity: 0,
+                            since: now,
+                        }),
+                        owner: None,
+                    });
+                    self.insert(m);
+                    self.last_grow.store(now, Ordering::Relaxed);
+                    self.counters.pools_added.fetch_add(1, Ordering::Relaxed);
+                    Grow::Grew
+                }
+                Err(e) => {
+                    self.unreserve(len);
+                    self.counters.grow_failures.fetch_add(1, Ordering::Relaxed);
+                    Grow::Failed(e)
+                }
+            }
+        };
+        self.growing.store(false, Ordering::Release);
+        if r == Grow::Grew {
+            self.service();
+        }
+        r
+    }
+
+    fn insert(&self, m: Arc<Member<V, H, P>>) {
+        let mut pools = self.pools.write();
+        let at = pools.partition_point(|p| p.start() < m.start());
+        pools.insert(at, m);
+    }
+
+    /// Asks [`DynTlb::maintain`] to grow the tlb.
+    fn want_growth(&self) {
+        self.grow_wanted.store(true, Ordering::Relaxed);
+    }
+
+    /// Makes a transient pool for one mapping of `size` bytes for `dev`
+    /// and bounces into it. `None` if the provider or hooks would sleep,
+    /// the limit is reached, or the mapping does not fit.
+    ///
+    /// # Safety
+    /// As [`Pool::bounce_raw`].
+    unsafe fn bounce_transient<T: Translate>(
+        &self,
+        dev: &DynDevice<T>,
+        orig: PhysAddr,
+        cpu: *mut u8,
+        size: usize,
+        opts: MapOptions,
+    ) -> Option<Placed<P>> {
+        let slot_shift = self.config.pool.slot_shift;
+        let slot = 1usize << slot_shift;
+        let page = 1usize << self.config.pool.page_shift;
+        // Room for the mapping and any padding its alignment may need.
+        let slack = (dev.device.min_align_mask() as usize | opts.alloc_align_mask as usize)
+            .max(if size >= page { page - 1 } else { 0 });
+        let len = size.checked_add(slack)?.checked_next_multiple_of(slot)?;
+        let nslabs = (len >> slot_shift) as u32;
+        let config = PoolConfig {
+            segment: nslabs.checked_next_power_of_two()?,
+            nareas: 1,
+            ..self.config.pool
+        };
+        if !self.reserve(len) {
+            return None;
+        }
+        let built = provider::build::<P, _, _>(
+            self.provider.clone(),
+            self.hooks.clone(),
+            len,
+            self.config.below,
+            config,
+            self.config.dma_bits,
+            true,
+        );
+        let pool = match built {
+            Ok(p) => p,
+            Err(_) => {
+                self.unreserve(len);
+                return None;
+            }
+        };
+        // SAFETY: the caller's obligations, passed on.
+        let r = unsafe { pool.bounce_inner(&dev.device, orig, cpu, size, opts) };
+        let Ok(bounce) = r else {
+            // Nothing lives in it: give it back at once (no sleeping: the
+            // memory came from `alloc_nowait` and the hooks are `nowait`).
+            drop(pool);
+            self.unreserve(len);
+            return None;
+        };
+        let m = Arc::new(Member {
+            pool,
+            kind: Kind::Transient,
+            bytes: len,
+            idle: Mutex::new(Idle::default()),
+            owner: Some(dev.tracked.clone()),
+        });
+        let ptr = NonNull::from(&*m.pool as &Pool<P>);
+        let range = (m.start(), m.start() + m.pool.len() as u64);
+        dev.tracked.ranges.lock().push(range);
+        dev.tracked.used.store(true, Ordering::Release);
+        {
+            let mut t = self.transients.lock();
+            let at = t.partition_point(|p| p.start() < range.0);
+            t.insert(at, m);
+        }
+        self.transient_live.fetch_add(1, Ordering::Relaxed);
+        self.counters.transient_made.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .transient_nslabs
+            .fetch_add(nslabs as u64, Ordering::Relaxed);
+        Some(Placed {
+            bounce,
+            pool: ptr,
+            transient: true,
+        })
+    }
+
+    /// Removes the transient pool starting at `start` once its mapping is
+    /// gone, and gives its memory back.
+    fn drop_transient(&self, start: PhysAddr) {
+        let m = {
+            let mut t = self.transients.lock();
+            let at = t.partition_point(|p| p.start() < start.0);
+            match t.get(at) {
+                Some(m) if m.start() == start.0 && m.pool.used_slots() == 0 => t.remove(at),
+                _ => return,
+            }
+        };
+        if let Some(owner) = &m.owner {
+            owner.ranges.lock().retain(|r| r.0 != start.0);
+        }
+        self.transient_live.fetch_sub(1, Ordering::Relaxed);
+        self.counters
+            .transient_nslabs
+            .fetch_sub(m.pool.nslabs() as u64, Ordering::Relaxed);
+        let bytes = m.bytes;
+        // The last reference: dropping it undoes the hooks and frees the
+        // memory (allowed without sleeping: see `bounce_transient`).
+        drop(m);
+        self.unreserve(bytes);
+    }
+
+    /// Bounces for `dev` wherever there is room: the pools, then growth
+    /// (callers that may sleep) or a transient pool (callers that may
+    /// not), then waiting (callers that may sleep, `std`).
+    ///
+    /// # Safety
+    /// As [`Pool::bounce_raw`].
+    #[cfg_attr(feature = "std", allow(unused_assignments))]
+    unsafe fn place<T: Translate + Clone + Send + Sync + 'static>(
+        &self,
+        dev: &DynDevice<T>,
+        orig: PhysAddr,
+        cpu: *mut u8,
+        size: usize,
+        attrs: Attrs,
+        opts: MapOptions,
+    ) -> Result<Placed<P>> {
+        let device = &dev.device;
+        let mut attempt = |pool: &Pool<P>| {
+            // SAFETY: the caller's obligations, passed on.
+            unsafe { pool.bounce_inner(device, orig, cpu, size, opts) }
+        };
+        let sleeps = attrs.contains(Attrs::MAY_SLEEP);
+        // Callers that may sleep queue behind earlier waiters (FIFO);
+        // others cannot wait, so they try at once.
+        let behind = sleeps && self.queued.load(Ordering::Acquire) > 0;
+        let mut full = match behind {
+            true => None,
+            false => match self.try_pools(&mut attempt) {
+                Ok((bounce, pool)) => {
+                    return Ok(Placed {
+                        bounce,
+                        pool,
+                        transient: false,
+                    })
+                }
+                Err(e) if is_full(&e) => Some(e),
+                Err(e) => {
+                    self.count_failure(&e);
+                    return Err(e);
+                }
+            },
+        };
+        if sleeps {
+            // Grow while growth helps; a caller queued behind others
+            // leaves growing to them.
+            while !behind && self.grow() == Grow::Grew {
+                match self.try_pools(&mut attempt) {
+                    Ok((bounce, pool)) => {
+                        return Ok(Placed {
+                            bounce,
+                            pool,
+                            transient: false,
+                        })
+                    }
+                    Err(e) if is_full(&e) => full = Some(e),
+                    Err(e) => {
+                        self.count_failure(&e);
+                        return Err(e);
+                    }
+                }
+            }
+            #[cfg(feature = "std")]
+            {
+                let device = dev.device.clone();
+                let cpu = SendPtr(cpu);
+                let attempt = Box::new(move |pool: &Pool<P>| {
+                    let cpu = cpu;
+                    // SAFETY: the caller's obligations, passed on: this
+                    // caller waits until the request completes or is
+                    // cancelled, so `cpu` stays valid meanwhile.
+                    unsafe { pool.bounce_inner(&device, orig, cpu.0, size, opts) }
+                });
+                return self.wait(attempt).map(|(bounce, pool)| Placed {
+                    bounce,
+                    pool,
+                    transient: false,
+                });
+            }
+        } else {
+            self.want_growth();
+            // SAFETY: the caller's obligations, passed on.
+            if let Some(p) = unsafe { self.bounce_transient(dev, orig, cpu, size, opts) } {
+                return Ok(p);
+            }
+        }
+        #[allow(unreachable_code)]
+        {
+            let e = full.unwrap_or(Error::PoolFull {
+                requested: 0,
+                free: 0,
+                largest_run: 0,
+            });
+            self.count_failure(&e);
+            Err(e)
+        }
+    }
+
+    /// Queues `attempt` and returns its ticket; the request may complete
+    /// before this returns.
+    fn enqueue(
+        &self,
+        attempt: Attempt<P>,
+        sink: Sink,
+        waker: Option<Waker>,
+    ) -> Arc<TicketInner> {
+        let ticket = Arc::new(TicketInner {
+            id: self.next_ticket.fetch_add(1, Ordering::Relaxed),
+            queued_at: self.clock.now_ns(),
+            state: Mutex::new(TicketState {
+                phase: Phase::Queued,
+                outcome: None,
+                waker,
+                #[cfg(feature = "std")]
+                thread: None,
+            }),
+        });
+        self.counters.deferred.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut q = self.queue.lock();
+            q.push_back(Entry {
+                ticket: ticket.clone(),
+                attempt,
+                sink,
+            });
+            self.queued.store(q.len(), Ordering::SeqCst);
+        }
+        // Slots freed between the caller's failed try and the store above
+        // saw an empty queue and woke nobody: try again now.
+        self.service();
+        ticket
+    }
+
+    /// Completes queued requests in order while the head fits. Called
+    /// after every unmap while the queue is not empty, after every growth,
+    /// and after every enqueue.
+    fn service(&self) {
+        let mut done: Vec<(Entry<P>, Result<Bounce>)> = Vec::new();
+        {
+            let mut q = self.queue.lock();
+            while let Some(head) = q.front_mut() {
+                let r = match self.try_pools(&mut *head.attempt) {
+                    Ok((b, _)) => Ok(b),
+                    Err(e) if is_full(&e) => break,
+                    Err(e) => Err(e),
+                };
+                if let Some(entry) = q.pop_front() {
+                    done.push((entry, r));
+                }
+            }
+            self.queued.store(q.len(), Ordering::SeqCst);
+        }
+        if done.is_empty() {
+            return;
+        }
+        let now = self.clock.now_ns();
+        for (entry, r) in done {
+            let waited = now.saturating_sub(entry.ticket.queued_at);
+            self.counters
+                .deferred_ns
+                .fetch_add(waited, Ordering::Relaxed);
+            self.counters
+                .max_wait_ns
+                .fetch_max(waited, Ordering::Relaxed);
+            self.complete(entry, r);
+        }
+    }
+
+    /// Tells a popped request its outcome. No lock of the tlb is held.
+    fn complete(&self, entry: Entry<P>, r: Result<Bounce>) {
+        let Entry { ticket, sink, .. } = entry;
+        match sink {
+            Sink::Callback(f) => {
+                ticket.state.lock().phase = Phase::Completed;
+                f(r);
+            }
+            Sink::Store => {
+                let mut st = ticket.state.lock();
+                st.phase = Phase::Completed;
+                st.outcome = Some(r);
+                let waker = st.waker.take();
+                #[cfg(feature = "std")]
+                let thread = st.thread.take();
+                drop(st);
+                if let Some(w) = waker {
+                    w.wake();
+                }
+                #[cfg(feature = "std")]
+                if let Some(t) = thread {
+                    t.unpark();
+                }
+            }
+        }
+    }
+
+    /// Cancels a queued request. Returns `true` if it was still queued: it
+    /// will never complete and its callback is dropped uncalled. `false`
+    /// if it completed or is completing (its callback runs, or ran, once).
+    pub fn cancel(&self, ticket: &Ticket) -> bool {
+        self.cancel_inner(&ticket.0)
+    }
+
+    fn cancel_inner(&self, ticket: &Arc<TicketInner>) -> bool {
+        let entry = {
+            let mut q = self.queue.lock();
+            let Some(at) = q.iter().position(|e| Arc::ptr_eq(&e.ticket, ticket)) else {
+                return false;
+            };
+            let e = q.remove(at);
+            self.queued.store(q.len(), Ordering::SeqCst);
+            e
+        };
+        ticket.state.lock().phase = Phase::Cancelled;
+        self.counters.cancelled.fetch_add(1, Ordering::Relaxed);
+        // The callback (and what it owns) is dropped outside the lock.
+        drop(entry);
+        // A cancelled head may have been what held the queue back.
+        if self.queued.load(Ordering::Acquire) > 0 {
+            self.service();
+        }
+        true
+    }
+
+    /// Waits in the queue for `attempt` to succeed, up to the timeout.
+    #[cfg(feature = "std")]
+    fn wait(
+        &self,
+        attempt: Attempt<P>,
+    ) -> Result<(Bounce, NonNull<Pool<P>>)> {
+        let began = std::time::Instant::now();
+        let timeout = std::time::Duration::from_nanos(self.config.wait_timeout);
+        let ticket = Arc::new(TicketInner {
+            id: self.next_ticket.fetch_add(1, Ordering::Relaxed),
+            queued_at: self.clock.now_ns(),
+            state: Mutex::new(TicketState {
+                phase: Phase::Queued,
+                outcome: None,
+                waker: None,
+                thread: Some(std::thread::current()),
+            }),
+        });
+        self.counters.deferred.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut q = self.queue.lock();
+            q.push_back(Entry {
+                ticket: ticket.clone(),
+                attempt,
+                sink: Sink::Store,
+            });
+            self.queued.store(q.len(), Ordering::SeqCst);
+        }
+        self.service();
+        loop {
+            {
+                let mut st = ticket.state.lock();
+                if st.phase == Phase::Completed {
+                    let r = st.outcome.take().unwrap_or(Err(Error::NoPool));
+                    drop(st);
+                    return r.and_then(|b| self.pool_of(b.phys).map(|p| (b, p)));
+                }
+            }
+            let waited = began.elapsed();
+            if waited >= timeout {
+                if self.cancel_inner(&ticket) {
+                    self.counters.timeouts.fetch_add(1, Ordering::Relaxed);
+                    let e = Error::TimedOut {
+                        waited_us: u64::try_from(waited.as_micros()).unwrap_or(u64::MAX),
+                    };
+                    self.count_failure(&e);
+                    return Err(e);
+                }
+                // Completing right now: the outcome is on its way.
+                std::thread::yield_now();
+                continue;
+            }
+            std::thread::park_timeout(timeout - waited);
+        }
+    }
+
+    /// The pool (first or grown) holding `phys`: a binary search.
+    fn pool_of(&self, phys: PhysAddr) -> Result<NonNull<Pool<P>>> {
+        let pools = self.pools.read();
+        find(&pools, phys)
+            .map(|m| NonNull::from(&*m.pool as &Pool<P>))
+            .ok_or(Error::NoPool)
+    }
+
+    /// Runs `f` on the pool holding `phys` for `dev`: a shared pool found
+    /// by binary search, else (only for a device that ever had one) one of
+    /// its transient pools. `None` if no pool holds it.
+    fn with_pool_of<T, R>(
+        &self,
+        dev: &DynDevice<T>,
+        phys: PhysAddr,
+        f: impl FnOnce(&Pool<P>) -> R,
+    ) -> Option<(R, bool)> {
+        {
+            let pools = self.pools.read();
+            if let Some(m) = find(&pools, phys) {
+                return Some((f(&m.pool), false));
+            }
+        }
+        if !dev.tracked.used.load(Ordering::Acquire) {
+            return None;
+        }
+        let mine = dev
+            .tracked
+            .ranges
+            .lock()
+            .iter()
+            .any(|&(s, e)| (s..e).contains(&phys.0));
+        if !mine {
+            return None;
+        }
+        let m = {
+            let t = self.transients.lock();
+            find(&t, phys).cloned()
+        }?;
+        Some((f(&m.pool), true))
+    }
+
+    /// Asks for background growth, grows if asked, and gives back at most
+    /// one grown pool that has been idle for [`DynConfig::idle`]. Returns
+    /// whether a pool was added and whether one was given back.
+    ///
+    /// Call it periodically where sleeping is allowed (a kernel's worker,
+    /// a VMM's timer thread); it runs the provider and the hooks.
+    ///
+    /// # Errors
+    /// A failed release's [`ProviderError::Leaked`]: the pool left the tlb
+    /// but its memory was leaked rather than freed.
+    pub fn maintain(&self) -> core::result::Result<(bool, bool), ProviderError> {
+        let mut grew = false;
+        if self.grow_wanted.swap(false, Ordering::Relaxed) {
+            grew = self.grow() == Grow::Grew;
+        }
+        let now = self.clock.now_ns();
+        let idle = self.config.idle;
+        let mut victim = None;
+        {
+            let pools = self.pools.read();
+            for m in pools.iter().filter(|m| m.kind == Kind::Grown) {
+                let activity = m.pool.stats().bytes_to_device;
+                let mut st = m.idle.lock();
+                if m.pool.used_slots() != 0 || activity != st.activity {
+                    st.activity = activity;
+                    st.since = now;
+                } else if victim.is_none() && now.saturating_sub(st.since) >= idle {
+                    victim = Some((m.start(), activity));
+                }
+            }
+        }
+        // Hysteresis: nothing goes back while the tlb grew within the idle
+        // time, and at most one pool per idle time.
+        let quiet = now.saturating_sub(self.last_grow.load(Ordering::Relaxed)) >= idle
+            && now.saturating_sub(self.last_shrink.load(Ordering::Relaxed)) >= idle;
+        let Some((start, activity)) = victim.filter(|_| quiet && !grew) else {
+            return Ok((grew, false));
+        };
+        let removed = {
+            let mut pools = self.pools.write();
+            let at = pools.partition_point(|p| p.start() < start);
+            // Checked again under the write lock: no allocation can be in
+            // flight in any pool now (they run under the read lock).
+            let still_idle = pools.get(at).is_some_and(|m| {
+                m.start() == start
+                    && m.pool.used_slots() == 0
+                    && m.pool.stats().bytes_to_device == activity
+            });
+            still_idle.then(|| pools.remove(at))
+        };
+        let Some(m) = removed else {
+            return Ok((grew, false));
+        };
+        self.last_shrink.store(now, Ordering::Relaxed);
+        self.counters.pools_removed.fetch_add(1, Ordering::Relaxed);
+        self.hint.store(0, Ordering::Relaxed);
+        let bytes = m.bytes;
+        let r = match Arc::try_unwrap(m) {
+            Ok(member) => member.pool.release(),
+            // Nothing else holds grown pools; if something did, its drop
+            // releases the pool.
+            Err(_) => Ok(()),
+        };
+        self.unreserve(bytes);
+        r.map(|()| (grew, true))
+    }
+}
+
+/// The member of `set` (sorted by start) holding `phys`.
+fn find<V: Provider, H: MemoryHooks, P: Policy>(
+    set: &[Arc<Member<V, H, P>>],
+    phys: PhysAddr,
+) -> Option<&Arc<Member<V, H, P>>> {
+    let at = set.partition_point(|m| m.start() <= phys.0);
+    let m = set.get(at.checked_sub(1)?)?;
+    m.contains(phys).then_some(m)
+}
+
+impl<V: Provider, H: MemoryHooks, P: Policy> AfterRelease
+    for DynTlb<V, H, P>
+{
+    fn after_release(&self, pool_start: PhysAddr, transient: bool) {
+        if transient {
+            self.drop_transient(pool_start);
+        }
+        // Pairs with the store in `enqueue`: either this sees the new
+        // entry, or the enqueuer's own service sees the freed slots.
+        fence(Ordering::SeqCst);
+        if self.queued.load(Ordering::SeqCst) > 0 {
+            self.service();
+        }
+    }
+}
+
+impl<V: Provider, H: MemoryHooks, P: Policy> DynTlb<V, H, P> {
+    /// Bounces `size` bytes at `orig` (CPU address `cpu`) for `dev`
+    /// through the tlb, growing or making a transient pool as the
+    /// [module documentation](self) says; with [`Attrs::MAY_SLEEP`] under
+    /// `std` it may wait up to [`DynConfig::wait_timeout`].
+    ///
+    /// # Errors
+    /// As [`Pool::bounce_raw`], and [`Error::TimedOut`].
+    ///
+    /// # Safety
+    /// As [`Pool::bounce_raw`].
+    pub unsafe fn bounce_raw<T: Translate + Clone + Send + Sync + 'static>(
+        &self,
+        dev: &DynDevice<T>,
+        orig: PhysAddr,
+        cpu: *mut u8,
+        size: usize,
+        attrs: Attrs,
+        opts: MapOptions,
+    ) -> Result<Bounce> {
+        // SAFETY: the caller's obligations, passed on.
+        unsafe { self.place(dev, orig, cpu, size, attrs, opts) }.map(|p| p.bounce)
+    }
+
+    /// Unmaps a bounce of `dev` by its device address (as
+    /// [`Pool::unmap_raw`]); a transient pool whose mapping this was is
+    /// given back. An address in no pool of the tlb is a direct mapping:
+    /// nothing to do.
+    ///
+    /// # Errors
+    /// As [`Pool::unmap_raw`].
+    ///
+    /// # Safety
+    /// As [`Pool::unmap_raw`].
+    pub unsafe fn unmap_raw<T: Translate>(
+        &self,
+        dev: &DynDevice<T>,
+        dma: DmaAddr,
+        size: usize,
+        dir: Direction,
+        attrs: Attrs,
+    ) -> Result {
+        let phys = dev.device.translate().dma_to_phys(dma);
+        let found = self.with_pool_of(dev, phys, |pool| {
+            // SAFETY: the caller's obligations, passed on.
+            let r = unsafe { pool.unmap_raw(&dev.device, dma, size, dir, attrs) };
+            (r, pool.start())
+        });
+        match found {
+            None => Ok(()),
+            Some(((r, start), transient)) => {
+                if r.is_ok() {
+                    self.after_release(start, transient);
+                }
+                r
+            }
+        }
+    }
+
+    /// Copies device writes to the CPU (as [`Pool::sync_for_cpu_raw`]).
+    ///
+    /// # Errors
+    /// As [`Pool::sync_for_cpu_raw`].
+    ///
+    /// # Safety
+    /// As [`Pool::sync_for_cpu_raw`].
+    pub unsafe fn sync_for_cpu_raw<T: Translate>(
+        &self,
+        dev: &DynDevice<T>,
+        dma: DmaAddr,
+        size: usize,
+        dir: Direction,
+    ) -> Result {
+        let phys = dev.device.translate().dma_to_phys(dma);
+        self.with_pool_of(dev, phys, |pool| {
+            // SAFETY: the caller's obligations, passed on.
+            unsafe { pool.sync_for_cpu_raw(&dev.device, dma, size, dir) }
+        })
+        .map_or(Ok(()), |(r, _)| r)
+    }
+
+    /// Copies CPU writes to the device (as [`Pool::sync_for_device_raw`]).
+    ///
+    /// # Errors
+    /// As [`Pool::sync_for_device_raw`].
+    ///
+    /// # Safety
+    /// As [`Pool::sync_for_device_raw`].
+    pub unsafe fn sync_for_device_raw<T: Translate>(
+        &self,
+        dev: &DynDevice<T>,
+        dma: DmaAddr,
+        size: usize,
+        dir: Direction,
+    ) -> Result {
+        let phys = dev.device.translate().dma_to_phys(dma);
+        self.with_pool_of(dev, phys, |pool| {
+            // SAFETY: the caller's obligations, passed on.
+            unsafe { pool.sync_for_device_raw(&dev.device, dma, size, dir) }
+        })
+        .map_or(Ok(()), |(r, _)| r)
+    }
+
+    /// Bounces now if there is room, else queues the request and calls
+    /// `done` once, in FIFO order with every other queued request, when
+    /// slots free up or the tlb grows (never on this call's stack unless
+    /// the room appeared while it queued). The request asks for a
+    /// background growth. `done` runs on the thread that freed the slots,
+    /// with no lock of the tlb held: it must not sleep, and may map and
+    /// unmap.
+    ///
+    /// # Errors
+    /// Only errors that waiting cannot mend ([`Error::TooLarge`],
+    /// [`Error::AlignmentImpossible`], [`Error::Unreachable`]...), at once;
+    /// `done` is then dropped uncalled.
+    ///
+    /// # Safety
+    /// As [`Pool::bounce_raw`], with `cpu` valid from this call until the
+    /// request is unmapped, or cancelled with [`DynTlb::cancel`] returning
+    /// `true`.
+    pub unsafe fn bounce_deferred_raw<T: Translate + Clone + Send + Sync + 'static>(
+        &self,
+        dev: &DynDevice<T>,
+        orig: PhysAddr,
+        cpu: *mut u8,
+        size: usize,
+        opts: MapOptions,
+        done: impl FnOnce(Result<Bounce>) + Send + 'static,
+    ) -> Result<Deferral> {
+        if self.queued.load(Ordering::Acquire) == 0 {
+            let device = &dev.device;
+            let r = self.try_pools(&mut |pool: &Pool<P>| {
+                // SAFETY: the caller's obligations, passed on.
+                unsafe { pool.bounce_inner(device, orig, cpu, size, opts) }
+            });
+            match r {
+                Ok((b, _)) => return Ok(Deferral::Now(b)),
+                Err(e) if is_full(&e) => {}
+                Err(e) => {
+                    self.count_failure(&e);
+                    return Err(e);
+                }
+            }
+        }
+        self.want_growth();
+        let device = dev.device.clone();
+        let cpu = SendPtr(cpu);
+        let attempt = Box::new(move |pool: &Pool<P>| {
+            let cpu = cpu;
+            // SAFETY: the caller keeps `cpu` valid until the request is
+            // unmapped or cancelled (this function's contract).
+            unsafe { pool.bounce_inner(&device, orig, cpu.0, size, opts) }
+        });
+        let ticket = self.enqueue(attempt, Sink::Callback(Box::new(done)), None);
+        Ok(Deferral::Queued(Ticket(ticket)))
+    }
+
+    /// Maps a buffer for `dev`, taking ownership of it: directly when the
+    /// device reaches it and is not forced to bounce, else through the
+    /// tlb as [`DynTlb::bounce_raw`] does (with [`Attrs::MAY_SLEEP`] it
+    /// may grow the tlb and wait).
+    ///
+    /// # Errors
+    /// A [`MapFailed`] with the reason and the buffer.
+    pub fn map<B: DmaBuffer, T: Translate + Clone + Send + Sync + 'static>(
+        &self,
+        dev: &DynDevice<T>,
+        mut buffer: B,
+        dir: Direction,
+        attrs: Attrs,
+    ) -> core::result::Result<Mapping<'_, B, P>, MapFailed<B>> {
+        let (ptr, len) = buffer.dma_region();
+        let d = &dev.device;
+        let phys = d.translate().virt_to_phys(ptr.as_ptr());
+        if !d.force_bounce() && len != 0 && d.can_reach(phys, len) {
+            let dma = d.phys_to_dma(phys);
+            return Ok(Mapping::direct(&self.first.pool, None, buffer, ptr, len, dma, dir));
+        }
+        // SAFETY: `ptr` is valid for reads and writes of `len` bytes while
+        // `buffer` lives and is not otherwise accessed (`DmaBuffer`); the
+        // returned mapping owns `buffer` and touches it only through the
+        // pool's copies until unmap. `phys` is its physical address.
+        let r = unsafe { self.place(dev, phys, ptr.as_ptr(), len, attrs, MapOptions::default()) };
+        match r {
+            Ok(p) => Ok(self.mapping(p, buffer, ptr, len, dir)),
+            Err(error) => Err(MapFailed { error, buffer }),
+        }
+    }
+
+    fn mapping<B: DmaBuffer>(
+        &self,
+        p: Placed<P>,
+        buffer: B,
+        ptr: NonNull<u8>,
+        len: usize,
+        dir: Direction,
+    ) -> Mapping<'_, B, P> {
+        // SAFETY: `p.pool` points at a pool of this tlb that holds `p`'s
+        // slots: the tlb releases no pool holding a live allocation (grown
+        // pools are given back only when they hold no slot, transient ones
+        // only after their mapping's release), so it stays valid while the
+        // mapping holds them. The slots were allocated for this buffer's
+        // region `ptr`/`len`.
+        let pool = unsafe { p.pool.as_ref() };
+        // SAFETY: as above; `b` is owned by the new mapping alone.
+        unsafe {
+            Mapping::bounced(
+                pool,
+                Some((self as &dyn AfterRelease, p.transient)),
+                buffer,
+                ptr,
+                len,
+                dir,
+                p.bounce,
+            )
+        }
+    }
+
+    /// A future that maps a buffer for `dev`: at once if there is room,
+    /// else once slots free up or the tlb grows, in FIFO order with every
+    /// other queued request (the request asks for a background growth).
+    /// Dropping the future cancels the request cleanly; if it had already
+    /// completed, its slots are given back.
+    pub fn map_async<B: DmaBuffer + Unpin, T: Translate + Clone + Send + Sync + 'static>(
+        &self,
+        dev: &DynDevice<T>,
+        buffer: B,
+        dir: Direction,
+    ) -> MapFuture<'_, B, T, V, H, P> {
+        MapFuture {
+            tlb: self,
+            device: dev.device.clone(),
+            buffer: Some(buffer),
+            dir,
+            ticket: None,
+        }
+    }
+}
+
+/// The future of [`DynTlb::map_async`].
+pub struct MapFuture<'t, B: DmaBuffer, T, V: Provider, H: MemoryHooks, P: Policy> {
+    tlb: &'t DynTlb<V, H, P>,
+    device: Device<T>,
+    buffer: Option<B>,
+    dir: Direction,
+    ticket: Option<Arc<TicketInner>>,
+}
+
+impl<B, T, V, H, P> MapFuture<'_, B, T, V, H, P>
+where
+    B: DmaBuffer,
+    V: Provider,
+    H: MemoryHooks,
+    P: Policy,
+{
+    /// Waits for a popped request's outcome: `complete` sets it right
+    /// after the pop, without blocking.
+    fn outcome(ticket: &TicketInner) -> Option<Result<Bounce>> {
+        loop {
+            let mut st = ticket.state.lock();
+            if st.phase == Phase::Completed {
+                return st.outcome.take();
+            }
+            drop(st);
+            core::hint::spin_loop();
+        }
+    }
+}
+
+impl<'t, B, T, V, H, P> Future for MapFuture<'t, B, T, V, H, P>
+where
+    B: DmaBuffer + Unpin,
+    T: Translate + Clone + Send + Sync + Unpin + 'static,
+    V: Provider,
+    H: MemoryHooks,
+    P: Policy,
+{
+    type Output = core::result::Result<Mapping<'t, B, P>, MapFailed<B>>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let tlb = this.tlb;
+        let Some(mut buffer) = this.buffer.take() else {
+            panic!("MapFuture polled after it completed");
+        };
+        let (ptr, len) = buffer.dma_region();
+        if let Some(ticket) = &this.ticket {
+            let mut st = ticket.state.lock();
+            if st.phase != Phase::Completed {
+                st.waker = Some(cx.waker().clone());
+                drop(st);
+                this.buffer = Some(buffer);
+                return Poll::Pending;
+            }
+            let r = st.outcome.take().unwrap_or(Err(Error::NoPool));
+            drop(st);
+            this.ticket = None;
+            return Poll::Ready(match r.and_then(|b| tlb.pool_of(b.phys).map(|p| (b, p))) {
+                Ok((bounce, pool)) => {
+                    let placed = Placed {
+                        bounce,
+                        pool,
+                        transient: false,
+                    };
+                    Ok(tlb.mapping(placed, buffer, ptr, len, this.dir))
+                }
+                Err(error) => Err(MapFailed { error, buffer }),
+            });
+        }
+        let d = &this.device;
+        let phys = d.translate().virt_to_phys(ptr.as_ptr());
+        if !d.force_bounce() && len != 0 && d.can_reach(phys, len) {
+            let dma = d.phys_to_dma(phys);
+            let m = Mapping::direct(&tlb.first.pool, None, buffer, ptr, len, dma, this.dir);
+            return Poll::Ready(Ok(m));
+        }
+        let cpu = ptr.as_ptr();
+        if tlb.queued.load(Ordering::Acquire) == 0 {
+            let r = tlb.try_pools(&mut |pool: &Pool<P>| {
+                // SAFETY: `cpu` is valid for `len` bytes while `buffer`
+                // lives and is not otherwise accessed (`DmaBuffer`); the
+                // mapping returned owns `buffer`.
+                unsafe { pool.bounce_inner(d, phys, cpu, len, MapOptions::default()) }
+            });
+            match r {
+                Ok((bounce, pool)) => {
+                    let placed = Placed {
+                        bounce,
+                        pool,
+                        transient: false,
+                    };
+                    return Poll::Ready(Ok(tlb.mapping(placed, buffer, ptr, len, this.dir)));
+                }
+                Err(e) if is_full(&e) => {}
+                Err(error) => {
+                    tlb.count_failure(&error);
+                    return Poll::Ready(Err(MapFailed { error, buffer }));
+                }
+            }
+        }
+        tlb.want_growth();
+        let device = d.clone();
+        let cpu = SendPtr(cpu);
+        let attempt = Box::new(move |pool: &Pool<P>| {
+            let cpu = cpu;
+            // SAFETY: the future owns `buffer` until the request completes
+            // or is cancelled (its drop cancels it, and gives back the
+            // slots of a request that completed unseen); the bytes do not
+            // move with the future (`DmaBuffer`).
+            unsafe { pool.bounce_inner(&device, phys, cpu.0, len, MapOptions::default()) }
+        });
+        this.buffer = Some(buffer);
+        this.ticket = Some(tlb.enqueue(attempt, Sink::Store, Some(cx.waker().clone())));
+        // It may have completed while queuing: its waker was woken, so
+        // the next poll sees it.
+        Poll::Pending
+    }
+}
+
+impl<B: DmaBuffer, T, V: Provider, H: MemoryHooks, P: Policy> Drop for MapFuture<'_, B, T, V, H, P> {
+    fn drop(&mut self) {
+        let Some(ticket) = self.ticket.take() else {
+            return;
+        };
+        if self.tlb.cancel_inner(&ticket) {
+            return;
+        }
+        // Completed, unseen: give its slots back so nothing is lost.
+        if let Some(Ok(b)) = Self::outcome(&ticket) {
+            let start = {
+                let pools = self.tlb.pools.read();
+                find(&pools, b.phys).map(|m| {
+                    let pool: &Pool<P> = &m.pool;
+                    let _ = pool.release(b.start, b.nslots, b.dma, 0, 0);
+                    pool.start()
+                })
+            };
+            if let Some(start) = start {
+                self.tlb.after_release(start, false);
+            }
+        }
+    }
+}
