@@ -474,6 +474,25 @@ fn is_full(e: &Error) -> bool {
     matches!(e, Error::PoolFull { .. })
 }
 
+impl<V: Provider, H: MemoryHooks> DynTlb<V, H> {
+    /// A growing tlb of [`Fast`] pools: builds the first pool of
+    /// `config.start` bytes from `provider`, prepared by `hooks`. For
+    /// another policy use [`DynTlb::with_policy`].
+    ///
+    /// May sleep (the first pool is built here).
+    ///
+    /// # Errors
+    /// As [`DynTlb::with_policy`].
+    pub fn new(
+        provider: V,
+        hooks: H,
+        clock: Arc<dyn Clock>,
+        config: DynConfig,
+    ) -> core::result::Result<Self, ProviderError> {
+        Self::with_policy(provider, hooks, clock, config)
+    }
+}
+
 impl<V: Provider, H: MemoryHooks, P: Policy> DynTlb<V, H, P> {
     /// Builds the first pool of `config.start` bytes from `provider`,
     /// prepared by `hooks`, and a tlb that grows from it.
@@ -484,7 +503,7 @@ impl<V: Provider, H: MemoryHooks, P: Policy> DynTlb<V, H, P> {
     /// [`ProviderError::Pool`] with [`Error::InvalidPool`] if `start` or
     /// `grow_by` is smaller than one segment, or `max` smaller than
     /// `start`; otherwise as [`provider::pool_from_provider`].
-    pub fn new(
+    pub fn with_policy(
         provider: V,
         hooks: H,
         clock: Arc<dyn Clock>,
@@ -552,6 +571,16 @@ impl<V: Provider, H: MemoryHooks, P: Policy> DynTlb<V, H, P> {
             Grow::Busy | Grow::Limit => Ok(false),
             Grow::Failed(e) => Err(e),
         }
+    }
+
+    /// The index, in address order, of the pool (first or grown) holding
+    /// `phys`: the binary search every unmap and sync makes. For the
+    /// lookup benchmark.
+    #[doc(hidden)]
+    pub fn pool_index_of(&self, phys: PhysAddr) -> Option<usize> {
+        let pools = self.pools.read();
+        let at = pools.partition_point(|m| m.start() <= phys.0).checked_sub(1)?;
+        pools[at].contains(phys).then_some(at)
     }
 
     /// The configuration.
@@ -903,9 +932,18 @@ impl<V: Provider, H: MemoryHooks, P: Policy> DynTlb<V, H, P> {
             },
         };
         if sleeps {
-            // Grow while growth helps; a caller queued behind others
-            // leaves growing to them.
-            while !behind && self.grow() == Grow::Grew {
+            // Grow while growth helps. Each growth serves the queue first
+            // (`grow` calls `service`), so a caller behind earlier waiters
+            // takes room only once they have theirs: it grows for them
+            // and then joins the queue.
+            let mut behind = behind;
+            while self.grow() == Grow::Grew {
+                if behind {
+                    behind = self.queued.load(Ordering::Acquire) > 0;
+                    if behind {
+                        continue;
+                    }
+                }
                 match self.try_pools(&mut attempt) {
                     Ok((bounce, pool)) => {
                         return Ok(Placed {
@@ -1655,5 +1693,74 @@ impl<B: DmaBuffer, T, V: Provider, H: MemoryHooks, P: Policy> Drop for MapFuture
                 self.tlb.after_release(start, false);
             }
         }
+    }
+}
+
+/// A thread that calls [`DynTlb::maintain`] periodically: background
+/// growth for callers that could not grow themselves, and shrinking.
+/// Stops (and joins the thread) when dropped.
+#[cfg(all(feature = "std", not(swiotlb_loom)))]
+pub struct Maintainer {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+#[cfg(all(feature = "std", not(swiotlb_loom)))]
+impl<V, H, P> DynTlb<V, H, P>
+where
+    V: Provider + 'static,
+    H: MemoryHooks + 'static,
+    P: Policy + 'static,
+{
+    /// Starts a [`Maintainer`] calling [`DynTlb::maintain`] every
+    /// `period`, and also at once whenever a request asks for growth.
+    /// Errors of `maintain` (a leaked pool) go to `on_error`.
+    pub fn spawn_maintainer(
+        self: &Arc<Self>,
+        period: std::time::Duration,
+        on_error: fn(ProviderError),
+    ) -> Maintainer {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let tlb = Arc::downgrade(self);
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            // Growth requests are checked often; the full pass runs every
+            // `period`.
+            let tick = period.min(std::time::Duration::from_millis(1));
+            let mut last = std::time::Instant::now();
+            while !flag.load(std::sync::atomic::Ordering::Acquire) {
+                let Some(tlb) = tlb.upgrade() else { return };
+                if tlb.grow_wanted.load(Ordering::Relaxed) || last.elapsed() >= period {
+                    last = std::time::Instant::now();
+                    if let Err(e) = tlb.maintain() {
+                        on_error(e);
+                    }
+                }
+                drop(tlb);
+                std::thread::park_timeout(tick);
+            }
+        });
+        Maintainer {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+#[cfg(all(feature = "std", not(swiotlb_loom)))]
+impl Drop for Maintainer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            t.thread().unpark();
+            let _ = t.join();
+        }
+    }
+}
+
+#[cfg(all(feature = "std", not(swiotlb_loom)))]
+impl core::fmt::Debug for Maintainer {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Maintainer").finish_non_exhaustive()
     }
 }
