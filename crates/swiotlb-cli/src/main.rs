@@ -1,5 +1,6 @@
 //! The `swiotlb` command: explain `swiotlb=` values, run operation scripts
-//! through the real engine, and benchmark the allocation policies.
+//! and synthetic workloads through the real engine, and benchmark the
+//! allocation policies.
 #![forbid(unsafe_code)]
 
 use std::process::ExitCode;
@@ -24,7 +25,8 @@ struct Cli {
 enum Command {
     /// Parse a `swiotlb=` kernel parameter as Linux does and say what pool it gives.
     Explain(explain::Args),
-    /// Run an operations script through the real engine and report placements.
+    /// Run an operations script through the real engine and report placements,
+    /// or a synthetic workload on a growing tlb (--profile burst|steady).
     Simulate(simulate::Args),
     /// Measure map+unmap against memcpy, both policies, in one run.
     Bench(bench::Args),

@@ -1,10 +1,14 @@
 //! `swiotlb simulate`: runs an operations script through the real engine
-//! and reports where every mapping landed and the pool's statistics.
+//! and reports where every mapping landed and the pool's statistics; or,
+//! with `--profile`, runs a synthetic workload on a growing tlb
+//! ([`profile`]).
 //!
 //! The pool is a heap pool driven by [`swiotlb::sim::Simulator`]: every
 //! mapping has a real original buffer, every copy the engine makes is
 //! checked against Linux's semantics, and placements are those of a real
 //! kernel pool at device address 0 (the same on every run and machine).
+
+mod profile;
 
 use crate::units::human;
 use std::collections::HashMap;
@@ -32,30 +36,47 @@ cpu=0 (the search starts in area cpu % nareas), dir=bidi.
 A map the engine refuses (pool full, too large, impossible alignment) is
 reported as that map's result; an unmap or sync of an id whose map failed
 is skipped. A bad line, a map of an id already mapped, or an unmap or sync
-of an id never mapped stops the run with exit code 2.";
+of an id never mapped stops the run with exit code 2.
+
+Profiles (--profile NAME, instead of --ops): worker threads, one device
+each, map real heap buffers of seeded log-uniform sizes from 4 KiB to
+256 KiB through a growing tlb (--start, --grow-by, --max), check every
+byte after the unmap, and finally idle: the clock skips forward one idle
+time per step (no real time passes) while the tlb gives pools back.
+
+  burst   ramp to a 256 MiB live set, hold it, release everything, idle
+  steady  warm up (to 128 MiB and back to 32 MiB, until a round needs no
+          growth), oscillate between 32 and 96 MiB for 16 cycles (8 idle
+          times of simulated time), release, idle; pools_added_after_warmup
+          and pools_removed_after_warmup show the hysteresis
+
+Example: swiotlb simulate --profile burst --start 1MiB --max 512MiB --json";
 
 /// Arguments of `swiotlb simulate`.
 #[derive(clap::Args)]
 #[command(after_long_help = SCRIPT_HELP)]
+#[command(group(clap::ArgGroup::new("input").required(true).args(["ops", "profile"])))]
 pub struct Args {
     /// The operations script; `-` reads standard input.
     #[arg(long, value_name = "FILE")]
-    ops: String,
+    ops: Option<String>,
     /// Slots in the pool, 2 KiB each; Linux's default is 32768 (64 MiB).
     #[arg(long, value_name = "N", default_value_t = 32768,
-          value_parser = clap::value_parser!(u32).range(1..))]
+          value_parser = clap::value_parser!(u32).range(1..), conflicts_with = "profile")]
     nslabs: u32,
     /// Areas wanted; rounded up to a power of two and lowered until each
     /// area holds a 128-slot segment, as Linux does.
     #[arg(long, value_name = "N", default_value_t = 1,
-          value_parser = clap::value_parser!(u32).range(1..))]
+          value_parser = clap::value_parser!(u32).range(1..), conflicts_with = "profile")]
     nareas: u32,
     /// The allocation policy: `fast` (the default) or `nextfit` (Linux's,
     /// slot for slot).
-    #[arg(long, value_enum, default_value_t = PolicyName::Fast)]
+    #[arg(long, value_enum, default_value_t = PolicyName::Fast, conflicts_with = "profile")]
     policy: PolicyName,
-    /// Print one JSON object (`{"ops": [...], "stats": {...}}`) instead of
-    /// a table.
+    #[command(flatten)]
+    workload: profile::ProfileArgs,
+    /// Print one JSON object instead of a table: `{"ops": [...], "stats":
+    /// {...}}` for a script, flat counters for a profile.
     #[arg(long)]
     json: bool,
 }
@@ -71,7 +92,10 @@ enum PolicyName {
 
 /// Runs `swiotlb simulate`.
 pub fn run(args: &Args) -> Result<(), String> {
-    let (source, text) = read_script(&args.ops)?;
+    let Some(ops) = &args.ops else {
+        return run_profile(args);
+    };
+    let (source, text) = read_script(ops)?;
     let ops = parse(&text).map_err(|e| format!("{source} line {}: {}", e.line, e.msg))?;
     let report = match args.policy {
         PolicyName::Fast => execute::<Fast>(args, &ops),
@@ -91,12 +115,36 @@ pub fn run(args: &Args) -> Result<(), String> {
     } else {
         report.to_text()
     };
+    print_report(&out)
+}
+
+fn print_report(out: &str) -> Result<(), String> {
     match std::io::stdout().lock().write_all(out.as_bytes()) {
         // A reader that stops early (`| head`) is not an error of ours.
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
             Err(format!("cannot write the report: {e}"))
         }
         _ => Ok(()),
+    }
+}
+
+/// `swiotlb simulate --profile NAME`: the workload, then its report.
+fn run_profile(args: &Args) -> Result<(), String> {
+    let report = profile::run(&args.workload)?;
+    let out = if args.json {
+        let mut s = serde_json::to_string_pretty(&report.to_json())
+            .map_err(|e| format!("cannot write JSON: {e}"))?;
+        s.push('\n');
+        s
+    } else {
+        report.to_text()
+    };
+    print_report(&out)?;
+    match report.data_errors() {
+        0 => Ok(()),
+        n => Err(format!(
+            "{n} mappings did not give their bytes back intact after the unmap"
+        )),
     }
 }
 

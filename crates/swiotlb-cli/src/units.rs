@@ -1,4 +1,5 @@
-//! Byte counts as people say them, for every subcommand's text output.
+//! Byte counts as people say them: printed in every subcommand's text
+//! output, and read from options such as `--start 1MiB`.
 
 /// `64 B`, `1500 B`, `4 KiB`, `6 GiB`, `1.50 GiB`: the largest binary unit
 /// that divides `n` exactly; below 1 MiB an odd size stays in bytes (as
@@ -20,9 +21,85 @@ pub fn human(n: u64) -> String {
     format!("{:.2} {u}", n as f64 / (1u64 << shift) as f64)
 }
 
+/// What [`parse_size`] accepts, for error messages.
+pub const SIZE_HINT: &str =
+    "a number of bytes, optionally followed by B, KiB, MiB, GiB or TiB (K, M, G, T also do), \
+     like 4096, 64KiB or 512MiB";
+
+/// Reads a byte count: decimal digits (`_` may separate them), optionally
+/// followed by a binary unit: `B`, `K`/`KiB`, `M`/`MiB`, `G`/`GiB`,
+/// `T`/`TiB` (any case). `64KiB`, `1MiB`, `512 MiB`, `4096` are sizes;
+/// `1.5MiB`, `-1`, `1MB` (ambiguous: 10^6 or 2^20?) are not.
+///
+/// # Errors
+/// A message naming the text and what a size looks like.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let s = text.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '_'))
+        .unwrap_or(s.len());
+    let (digits, unit) = (&s[..split], s[split..].trim_start());
+    let bad = || format!("`{text}` is not a size ({SIZE_HINT})");
+    if digits.is_empty()
+        || digits.starts_with('_')
+        || digits.ends_with('_')
+        || digits.contains("__")
+    {
+        return Err(bad());
+    }
+    let n: u64 = digits.replace('_', "").parse().map_err(|_| bad())?;
+    let shift = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kib" => 10,
+        "m" | "mib" => 20,
+        "g" | "gib" => 30,
+        "t" | "tib" => 40,
+        "kb" | "mb" | "gb" | "tb" => {
+            return Err(format!(
+                "`{text}` is ambiguous (powers of 1000 or of 1024?): write {digits}{}iB",
+                &unit[..1].to_ascii_uppercase()
+            ))
+        }
+        _ => return Err(bad()),
+    };
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("`{text}` is too large a size"))
+}
+
 #[cfg(test)]
 mod tests {
-    use super::human;
+    use super::{human, parse_size};
+
+    #[test]
+    fn sizes_parse_with_binary_units() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("0"), Ok(0));
+        assert_eq!(parse_size("1_048_576"), Ok(1 << 20));
+        assert_eq!(parse_size("64KiB"), Ok(64 << 10));
+        assert_eq!(parse_size("64k"), Ok(64 << 10));
+        assert_eq!(parse_size("1MiB"), Ok(1 << 20));
+        assert_eq!(parse_size("512 MiB"), Ok(512 << 20));
+        assert_eq!(parse_size("512mib"), Ok(512 << 20));
+        assert_eq!(parse_size("2G"), Ok(2 << 30));
+        assert_eq!(parse_size("1TiB"), Ok(1 << 40));
+        assert_eq!(parse_size("7B"), Ok(7));
+        for bad in [
+            "",
+            "MiB",
+            "1.5MiB",
+            "-1",
+            "0x10",
+            "1 XiB",
+            "_1",
+            "1__0",
+            "99999999999999999999",
+        ] {
+            let e = parse_size(bad).unwrap_err();
+            assert!(e.contains("is not a size"), "{bad}: {e}");
+        }
+        assert!(parse_size("1MB").unwrap_err().contains("write 1MiB"));
+        assert!(parse_size("20000000TiB").unwrap_err().contains("too large"));
+    }
 
     #[test]
     fn sizes_read_naturally() {

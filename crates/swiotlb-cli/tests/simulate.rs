@@ -412,3 +412,214 @@ fn basic_example_places_as_documented() {
     .collect();
     assert_eq!(placed, want);
 }
+
+/// Runs `swiotlb simulate` with `args` (a profile) and returns the parsed
+/// JSON, checking that the run succeeded quietly.
+fn profile_run(args: &[&str]) -> Value {
+    let out = simulate(args, None);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.stderr.is_empty(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("stdout is one JSON object")
+}
+
+const MIB: u64 = 1 << 20;
+
+fn field(v: &Value, name: &str) -> u64 {
+    v[name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("`{name}` is a count in {v}"))
+}
+
+#[test]
+fn burst_profile_grows_to_the_live_set_and_gives_it_back() {
+    // The command of the issue, word for word.
+    let v = profile_run(&[
+        "--profile",
+        "burst",
+        "--start",
+        "1MiB",
+        "--max",
+        "512MiB",
+        "--json",
+    ]);
+    for name in [
+        "mappings",
+        "failures",
+        "peak_live_bytes",
+        "peak_pool_bytes",
+        "final_pool_bytes",
+        "pools_added",
+        "pools_removed",
+        "transient_pools",
+        "deferred",
+        "max_wait_us",
+        "timeouts",
+        "elapsed_ms",
+    ] {
+        field(&v, name);
+    }
+    assert_eq!(v["profile"], "burst");
+    assert_eq!(v["mode"], "may-sleep");
+    assert_eq!(field(&v, "start_bytes"), MIB);
+    assert_eq!(field(&v, "max_bytes"), 512 * MIB);
+    assert_eq!(field(&v, "failures"), 0, "{v}");
+    assert_eq!(field(&v, "data_errors"), 0, "{v}");
+    assert_eq!(field(&v, "timeouts"), 0, "{v}");
+    // The whole 256 MiB live set at once, in 4 KiB-256 KiB mappings.
+    assert_eq!(field(&v, "peak_live_bytes"), 256 * MIB, "{v}");
+    let mappings = field(&v, "mappings");
+    assert!((1024..=65536).contains(&mappings), "{v}");
+    let peak = field(&v, "peak_pool_bytes");
+    assert!((256 * MIB..=512 * MIB).contains(&peak), "{v}");
+    // Callers that may sleep grow the tlb themselves: no transient pool.
+    assert_eq!(field(&v, "transient_pools"), 0, "{v}");
+    assert!(field(&v, "pools_added") > 0, "{v}");
+    // After the idle time: at most twice the start.
+    assert!(field(&v, "final_pool_bytes") <= 2 * MIB, "{v}");
+    assert_eq!(field(&v, "pools_removed"), field(&v, "pools_added"), "{v}");
+}
+
+#[test]
+fn atomic_burst_is_served_by_transient_pools() {
+    let v = profile_run(&[
+        "--profile",
+        "burst",
+        "--mode",
+        "atomic",
+        "--start",
+        "1MiB",
+        "--max",
+        "512MiB",
+        "--json",
+    ]);
+    assert_eq!(v["mode"], "atomic");
+    assert_eq!(field(&v, "failures"), 0, "{v}");
+    assert_eq!(field(&v, "data_errors"), 0, "{v}");
+    assert_eq!(field(&v, "peak_live_bytes"), 256 * MIB, "{v}");
+    assert!(field(&v, "transient_pools") > 0, "{v}");
+    // Callers that may not sleep never wait.
+    assert_eq!(field(&v, "deferred"), 0, "{v}");
+    assert!(field(&v, "final_pool_bytes") <= 2 * MIB, "{v}");
+}
+
+#[test]
+fn deferred_burst_queues_instead_of_failing() {
+    let v = profile_run(&["--profile", "burst", "--mode", "deferred", "--json"]);
+    assert_eq!(v["mode"], "deferred");
+    assert_eq!(field(&v, "failures"), 0, "{v}");
+    assert_eq!(field(&v, "data_errors"), 0, "{v}");
+    assert!(field(&v, "deferred") > 0, "{v}");
+    assert_eq!(field(&v, "transient_pools"), 0, "{v}");
+    assert!(field(&v, "final_pool_bytes") <= 2 * MIB, "{v}");
+}
+
+#[test]
+fn steady_profile_neither_grows_nor_shrinks_after_warm_up() {
+    let v = profile_run(&["--profile", "steady", "--json"]);
+    assert_eq!(v["profile"], "steady");
+    assert_eq!(field(&v, "failures"), 0, "{v}");
+    assert_eq!(field(&v, "data_errors"), 0, "{v}");
+    assert!(field(&v, "pools_added") > 0, "{v}");
+    assert_eq!(field(&v, "pools_added_after_warmup"), 0, "{v}");
+    assert_eq!(field(&v, "pools_removed_after_warmup"), 0, "{v}");
+    assert!(field(&v, "final_pool_bytes") <= 2 * MIB, "{v}");
+}
+
+#[test]
+fn a_tlb_at_its_limit_fails_and_the_table_says_so() {
+    // 4 MiB cannot hold a 256 MiB live set: each worker stops at its
+    // first failure, after a short wait.
+    let out = simulate(
+        &[
+            "--profile",
+            "burst",
+            "--start",
+            "1MiB",
+            "--grow-by",
+            "1MiB",
+            "--max",
+            "4MiB",
+            "--wait-ms",
+            "10",
+            "--threads",
+            "2",
+        ],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.starts_with("profile burst, may-sleep callers, 2 threads, seed 1\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("tlb: start 1 MiB, grow by 1 MiB, max 4 MiB"),
+        "{text}"
+    );
+    let row = |name: &str| -> String {
+        text.lines()
+            .find_map(|l| l.trim_start().strip_prefix(name))
+            .unwrap_or_else(|| panic!("no `{name}` row in {text}"))
+            .trim()
+            .to_owned()
+    };
+    assert_eq!(row("failures"), "2", "{text}");
+    assert_eq!(row("timeouts"), "2", "{text}");
+    assert_eq!(row("data errors"), "0", "{text}");
+    assert_eq!(row("peak pool memory"), "4 MiB", "{text}");
+    assert_eq!(row("final pool memory"), "1 MiB (1 pool)", "{text}");
+}
+
+#[test]
+fn bad_profile_arguments_name_the_problem_and_exit_2() {
+    for (args, problem) in [
+        (&["--start", "0"][..], "--start 0 B is too small"),
+        (
+            &["--start", "4MiB", "--max", "1MiB"][..],
+            "--max 1 MiB is below --start 4 MiB",
+        ),
+        (&["--grow-by", "4KiB"][..], "--grow-by 4 KiB is too small"),
+        (&["--max", "lots"][..], "`lots` is not a size"),
+        (&["--max", "512MB"][..], "write 512MiB"),
+        (&["--threads", "0"][..], "--threads"),
+        (&["--mode", "sometimes"][..], "sometimes"),
+    ] {
+        let mut all = vec!["--profile", "burst"];
+        all.extend_from_slice(args);
+        let out = simulate(&all, None);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert!(err.contains(problem), "{args:?}: {err}");
+    }
+    // An unknown profile lists the known ones.
+    let out = simulate(&["--profile", "avalanche"], None);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("avalanche") && err.contains("burst, steady"),
+        "{err}"
+    );
+    // Profile options without a profile, and a profile with a script.
+    for args in [
+        &["--ops", "-", "--start", "1MiB"][..],
+        &["--ops", "-", "--profile", "burst"][..],
+        &["--profile", "burst", "--nslabs", "128"][..],
+    ] {
+        let out = simulate(args, Some(""));
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+}
