@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 # Integration tests run under miri (names of crates/swiotlb/tests/*.rs).
 # Miri is ~100x slower than native: list targets whose cases are few or
 # small. A listed target that does not exist (yet) is skipped with a note.
-TESTS=(smoke data oracle nextfit_golden provider xen)
+TESTS=(smoke data oracle nextfit_golden provider xen dynamic)
 
 # Tests left out, by exact name: long fixed-seed or exhaustive runs of
 # plain arithmetic (no unsafe code to check), each minutes under miri. The
@@ -24,6 +24,10 @@ SKIP=(
     cve_2023_52790_small_pool_fast                  # oracle
     cve_2023_52790_small_pool_nextfit               # oracle
     random_sequences_match_the_reference_model      # nextfit_golden: 30k ops
+    # dynamic: 1,000 queued requests, about a minute each under miri; the
+    # small deferred_requests_complete_in_order walks the same unsafe paths.
+    a_thousand_deferred_requests_complete_in_fifo_order
+    cancelled_deferred_requests_are_never_lost_nor_completed_twice
 )
 
 # Proptest: enough cases to walk the unsafe paths, few enough for miri

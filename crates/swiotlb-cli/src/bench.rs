@@ -7,6 +7,7 @@
 //! cannot avoid? Numbers from separate runs on a shared machine drift by
 //! more than the differences being asked about.
 
+mod lookup;
 mod report;
 mod timing;
 mod workload;
@@ -15,7 +16,8 @@ use std::hint::black_box;
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
-use swiotlb::{Device, Direction, DmaMask, Fast, NextFit, Policy, Pool, PoolConfig};
+use swiotlb::pool::Request;
+use swiotlb::{Device, Direction, DmaMask, Fast, NextFit, PhysAddr, Policy, Pool, PoolConfig};
 
 use report::{human, Row};
 use timing::{interleave, Contender, Run, Sampling};
@@ -26,7 +28,13 @@ use workload::{fill_to, first_failure, prefault, slot_fill, Rng};
 /// Rows: `map_unmap` (ns per map+unmap pair; `dir` `to` copies once,
 /// `from` twice, as Linux does), `memcpy` (ns per copy of the same bytes;
 /// `dir` `hot` into one buffer, `walk` through a pool-sized region),
-/// `alloc_free` (ns per map+unmap of 1 byte at a pool `fill`),
+/// `alloc_free` (ns per allocate+free of one slot by the allocator alone,
+/// at a pool `fill`: the policy's search and bookkeeping under the area
+/// lock, one lock hold per pair, no record and no copy),
+/// `alloc_free_batch` (the same with one lock hold per 64 pairs: the
+/// policy's own cost), `alloc_free_alt` (one and two slots in turn, so that
+/// no allocation fits the run freed last: the search), `map_unmap_1b` (ns per map+unmap of 1 byte at the
+/// same fill: the whole path around the same allocation),
 /// `throughput` (million map+unmap pairs per second over all threads;
 /// policy `memcpy` is as many plain copies, sharing nothing, to show how
 /// far this machine scales at all),
@@ -68,7 +76,8 @@ pub struct Args {
 pub enum Part {
     /// `map_unmap` and `memcpy` rows.
     Map,
-    /// `alloc_free` at 10, 50 and 90 % fill.
+    /// `alloc_free`, `alloc_free_batch`, `alloc_free_alt` (allocator
+    /// alone) and `map_unmap_1b` at 10, 50 and 90 % fill.
     Alloc,
     /// `throughput` with one and two threads.
     Threads,
@@ -78,6 +87,9 @@ pub enum Part {
     Metadata,
     /// `init_6gib`.
     Init,
+    /// `lookup` and `map_unmap_pools`: a growing tlb of 1, 100 and 10,000
+    /// pools.
+    Lookup,
 }
 
 /// Mapping sizes of the map+unmap rows: a small control message, a small
@@ -193,6 +205,10 @@ pub fn run(args: &Args) -> Result<(), String> {
     if want(Part::Init) {
         progress("6 GiB pool set-up");
         init_part(&plan, &mut rows);
+    }
+    if want(Part::Lookup) {
+        progress("unmap lookup with 1, 100, 10,000 pools");
+        lookup::lookup_part(plan.sampling, plan.seed, &mut rows)?;
     }
     let sizes: Vec<u64> = SIZES.iter().map(|&s| s as u64).collect();
     let ratios = report::ratios(&rows, &sizes, &FILLS);
@@ -376,8 +392,62 @@ fn map_part(plan: &Plan, rows: &mut Vec<Row>) -> Result<(), String> {
     Ok(())
 }
 
+/// How many allocate+free pairs share one hold of the area lock in the
+/// `alloc_free_batch` rows: enough to spread the lock's atomic over them.
+const ALLOC_BATCH: u64 = 64;
+
+/// Allocate+free pairs of the allocator alone: the policy's search and
+/// slot bookkeeping for `req` and the free after it, under the area lock
+/// ([`Pool::alloc_free_n`]), taken once per `batch` pairs; no record, no
+/// pool-wide counter, no copy. The request is built once, as it is a pure
+/// function of the device, the original's address and the size.
+fn alloc_free<P: Policy>(pool: &Pool<P>, req: Request, batch: u64) -> Run<'_> {
+    Box::new(move |n| {
+        let t = Instant::now();
+        let mut left = n;
+        while left > 0 {
+            let k = left.min(batch);
+            left -= k;
+            if black_box(pool.alloc_free_n(black_box(&req), 0, k)).is_none() {
+                return Err(format!(
+                    "{} pool: no room for {} slots",
+                    P::NAME,
+                    req.nslots
+                ));
+            }
+        }
+        Ok(t.elapsed())
+    })
+}
+
+/// Allocate+free pairs alternating between two requests of different
+/// sizes, a lock hold per pair: the run freed last never fits the next
+/// request exactly, so every allocation searches.
+fn alloc_free_alt<P: Policy>(pool: &Pool<P>, reqs: [Request; 2]) -> Run<'_> {
+    Box::new(move |n| {
+        let t = Instant::now();
+        for i in 0..n {
+            let req = &reqs[(i & 1) as usize];
+            if black_box(pool.alloc_free_n(black_box(req), 0, 1)).is_none() {
+                return Err(format!(
+                    "{} pool: no room for {} slots",
+                    P::NAME,
+                    req.nslots
+                ));
+            }
+        }
+        Ok(t.elapsed())
+    })
+}
+
+/// The second size of the `alloc_free_alt` rows: two 2 KiB slots, below a
+/// page so that no page alignment is asked for.
+const ALT_BYTES: usize = 3000;
+
 fn alloc_part(plan: &Plan, rows: &mut Vec<Row>) -> Result<(), String> {
     let dev = forced();
+    // A one-byte, page-aligned original: one slot, as the smallest map.
+    let orig = PhysAddr(page_buf(1).as_ptr() as usize as u64);
     for fill in FILLS {
         let fast = heap::<Fast>(plan.pool_bytes, 1)?;
         let next = heap::<NextFit>(plan.pool_bytes, 1)?;
@@ -388,20 +458,71 @@ fn alloc_part(plan: &Plan, rows: &mut Vec<Row>) -> Result<(), String> {
         let live_fast = fill_to(&fast, &dev, fill, &mut Rng::new(plan.seed))?;
         let live_next = fill_to(&next, &dev, fill, &mut Rng::new(plan.seed))?;
         let held = [slot_fill(&fast), slot_fill(&next)];
-        // No allocator-only entry point exists in the safe API: a 1-byte
-        // to-device map+unmap is the allocator plus a one-byte copy.
+        let req_fast = fast
+            .alloc_request(&dev, orig, 1)
+            .map_err(|e| e.to_string())?;
+        let req_next = next
+            .alloc_request(&dev, orig, 1)
+            .map_err(|e| e.to_string())?;
+        let alt_fast = [
+            req_fast,
+            fast.alloc_request(&dev, orig, ALT_BYTES)
+                .map_err(|e| e.to_string())?,
+        ];
+        let alt_next = [
+            req_next,
+            next.alloc_request(&dev, orig, ALT_BYTES)
+                .map_err(|e| e.to_string())?,
+        ];
+        // The allocator alone, and for scale the whole path of the same
+        // request: a one-byte to-device map+unmap (records, the pool-wide
+        // use counter, two lock holds and a one-byte copy on top).
+        let labels = [
+            ("alloc_free", Fast::NAME),
+            ("alloc_free", NextFit::NAME),
+            ("alloc_free_batch", Fast::NAME),
+            ("alloc_free_batch", NextFit::NAME),
+            ("alloc_free_alt", Fast::NAME),
+            ("alloc_free_alt", NextFit::NAME),
+            ("map_unmap_1b", Fast::NAME),
+            ("map_unmap_1b", NextFit::NAME),
+        ];
         let mut cs = vec![
+            Contender::new(alloc_free(&fast, req_fast, 1)),
+            Contender::new(alloc_free(&next, req_next, 1)),
+            Contender::new(alloc_free(&fast, req_fast, ALLOC_BATCH)),
+            Contender::new(alloc_free(&next, req_next, ALLOC_BATCH)),
+            Contender::new(alloc_free_alt(&fast, alt_fast)),
+            Contender::new(alloc_free_alt(&next, alt_next)),
             Contender::new(map_unmap(&fast, &dev, 1, Direction::ToDevice)),
             Contender::new(map_unmap(&next, &dev, 1, Direction::ToDevice)),
         ];
         let res = interleave(&mut cs, plan.sampling)?;
         drop(cs);
-        for ((policy, s), h) in [Fast::NAME, NextFit::NAME].into_iter().zip(res).zip(held) {
+        for ((name, policy), s) in labels.into_iter().zip(res) {
+            let h = if policy == Fast::NAME {
+                held[0]
+            } else {
+                held[1]
+            };
+            let what = match name {
+                "alloc_free" => "allocator alone, 1 slot, a lock hold per pair".to_string(),
+                "alloc_free_batch" => {
+                    format!("allocator alone, 1 slot, a lock hold per {ALLOC_BATCH} pairs")
+                }
+                "alloc_free_alt" => format!(
+                    "allocator alone, 1 and {} slots in turn (every allocation \
+                     searches), a lock hold per pair",
+                    ALT_BYTES.div_ceil(fast.slot_size())
+                ),
+                _ => "map+unmap of 1 B".to_string(),
+            };
+            let size = if name == "alloc_free_alt" { 0 } else { 1 };
             rows.push(
-                Row::new("alloc_free", policy, 1, "to", s.median, "ns")
+                Row::new(name, policy, size, "to", s.median, "ns")
                     .fill(fill)
                     .spread(s.spread)
-                    .note(format!("map+unmap of 1 B; {:.1}% of slots held", h * 100.0)),
+                    .note(format!("{what}; {:.1}% of slots held", h * 100.0)),
             );
         }
         drop((live_fast, live_next));

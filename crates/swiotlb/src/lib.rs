@@ -133,6 +133,8 @@ pub use translate::Translate;
 
 pub use device::RestrictedPool;
 #[cfg(feature = "alloc")]
+pub use dynamic::{DynConfig, DynDevice, DynStats, DynTlb};
+#[cfg(feature = "alloc")]
 pub use map::{DmaBuffer, MapFailed, MapOptions, Mapping, SgEntry};
 #[cfg(feature = "alloc")]
 pub use pool::{Bounce, Fast, NextFit, Policy, Pool, PoolConfig};
@@ -140,8 +142,6 @@ pub use pool::{Bounce, Fast, NextFit, Policy, Pool, PoolConfig};
 pub use stats::Stats;
 #[cfg(feature = "alloc")]
 pub use tlb::{Coherent, IoTlb, Platform, TlbKind};
-#[cfg(feature = "alloc")]
-pub use dynamic::{DynConfig, DynDevice, DynStats, DynTlb};
 
 /// The README's Rust examples, compiled and run as doctests so that they
 /// work when pasted.

@@ -128,6 +128,26 @@ impl<P: Policy> Pool<P> {
         size: usize,
         opts: MapOptions,
     ) -> Result<Bounce> {
+        let b = self.bounce_alloc(dev, orig, cpu, size, opts)?;
+        // SAFETY: `b` was just allocated for `cpu`/`size`; the caller's
+        // obligations cover the original.
+        unsafe { self.copy_in(&b, cpu, size) };
+        Ok(b)
+    }
+
+    /// The allocation half of a bounce: slots for `size` bytes of the
+    /// original at `orig`, recorded with `cpu` for the copies of later
+    /// syncs and the unmap, and checked reachable; nothing is copied.
+    /// [`Pool::copy_in`] completes it. A growing tlb allocates under its
+    /// pool-set lock and copies after dropping it.
+    pub(crate) fn bounce_alloc<T: Translate>(
+        &self,
+        dev: &Device<T>,
+        orig: PhysAddr,
+        cpu: *mut u8,
+        size: usize,
+        opts: MapOptions,
+    ) -> Result<Bounce> {
         let tbl_dma = dev.phys_to_dma(self.start()).0;
         let min_align = dev.min_align_mask();
         let (req, pad) = self.request(
@@ -149,16 +169,6 @@ impl<P: Policy> Pool<P> {
             self.release(start, req.nslots, dma, 0, size)?;
             return Err(Error::Unreachable { dma, size });
         }
-        // SAFETY:
-        // - `cpu` is valid for reads of `size` bytes (caller); the slots at
-        //   `off` hold at least `pad + size` bytes from the allocation's
-        //   start (`request` sized the allocation so), inside the pool;
-        // - pool memory and the original never overlap (the original is not
-        //   in the pool: the caller's buffer is not pool memory, which only
-        //   the pool touches);
-        // - the slots belong to this new allocation alone, and the caller
-        //   holds no reference to the original.
-        unsafe { bounce_copy(self.slot_ptr(off), cpu, size) };
         Ok(Bounce {
             phys,
             dma,
@@ -166,6 +176,27 @@ impl<P: Policy> Pool<P> {
             start,
             nslots: req.nslots,
         })
+    }
+
+    /// The copy half of a bounce: the original into the slots of `b`.
+    ///
+    /// # Safety
+    /// - `b` is a live allocation of this pool from
+    ///   [`Pool::bounce_alloc`] for `cpu` and `size`, not yet unmapped;
+    /// - `cpu` is valid for reads of `size` bytes and not referenced, as
+    ///   for [`Pool::bounce_raw`].
+    pub(crate) unsafe fn copy_in(&self, b: &Bounce, cpu: *const u8, size: usize) {
+        let off = (b.phys - self.start()) as usize;
+        // SAFETY:
+        // - `cpu` is valid for reads of `size` bytes (caller); the slots at
+        //   `off` hold at least `size` bytes from the bounce address
+        //   (`request` sized the allocation so), inside the pool;
+        // - pool memory and the original never overlap (the original is not
+        //   in the pool: the caller's buffer is not pool memory, which only
+        //   the pool touches);
+        // - the slots belong to this live allocation alone, and the caller
+        //   holds no reference to the original.
+        unsafe { bounce_copy(self.slot_ptr(off), cpu, size) };
     }
 
     /// Maps `size` bytes at physical address `orig` (CPU address `cpu`) for
@@ -597,7 +628,15 @@ impl<P: Policy> Pool<P> {
         let (ptr, len) = buffer.dma_region();
         let phys = dev.translate().virt_to_phys(ptr.as_ptr());
         if !dev.force_bounce() && len != 0 && dev.can_reach(phys, len) {
-            return Ok(Mapping::direct(self, None, buffer, ptr, len, dev.phys_to_dma(phys), dir));
+            return Ok(Mapping::direct(
+                self,
+                None,
+                buffer,
+                ptr,
+                len,
+                dev.phys_to_dma(phys),
+                dir,
+            ));
         }
         // SAFETY:
         // - `ptr` is valid for reads and writes of `len` bytes while

@@ -878,6 +878,8 @@ mod heap {
     use core::alloc::Layout;
     use core::ptr::NonNull;
     use core::sync::atomic::{AtomicUsize, Ordering};
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
 
     use super::{Provider, ProviderError, Region};
     use crate::addr::PhysAddr;
@@ -887,11 +889,26 @@ mod heap {
     /// refuses with [`ProviderError::NoMemory`] when the memory the heap
     /// gave does not lie below the limit, as a real provider with no low
     /// memory left would.
+    ///
+    /// Regions cost no time until touched: an aligned zeroed allocation
+    /// from the global allocator is a `memalign` plus a `memset` of every
+    /// page (milliseconds for a few MiB), so the provider asks for an
+    /// unaligned zeroed one (`calloc`, which maps fresh zero pages for
+    /// large sizes), a little larger, and aligns inside it.
     #[derive(Debug)]
     pub struct HeapProvider {
         align: usize,
         live: AtomicUsize,
+        /// Aligned address of each live region -> its allocation's base.
+        bases: Mutex<BTreeMap<usize, NonNull<u8>>>,
     }
+
+    // SAFETY: the map only records addresses of allocations the provider
+    // owns; they are dereferenced by nothing but `dealloc`, under the
+    // caller's `free` contract, whichever thread calls it.
+    unsafe impl Send for HeapProvider {}
+    // SAFETY: as for `Send`; the map is behind a mutex.
+    unsafe impl Sync for HeapProvider {}
 
     impl Default for HeapProvider {
         fn default() -> Self {
@@ -916,6 +933,7 @@ mod heap {
             Self {
                 align,
                 live: AtomicUsize::new(0),
+                bases: Mutex::new(BTreeMap::new()),
             }
         }
 
@@ -923,13 +941,18 @@ mod heap {
         pub fn live(&self) -> usize {
             self.live.load(Ordering::Relaxed)
         }
+
+        /// The layout of the allocation behind a region of `len` bytes.
+        fn layout(&self, len: usize) -> Option<Layout> {
+            Layout::from_size_align(len.checked_add(self.align)?, 16).ok()
+        }
     }
 
-    // SAFETY: a region is a fresh allocation of `len` bytes from the global
-    // allocator: valid until deallocated in `free`, contiguous in the
-    // identity "physical" space (one allocation is one range of addresses),
-    // below the limit (checked before it is returned), and reachable from
-    // nowhere else.
+    // SAFETY: a region is a fresh allocation of at least `len` bytes from
+    // the global allocator, aligned inside it: valid until deallocated in
+    // `free`, contiguous in the identity "physical" space (one allocation
+    // is one range of addresses), below the limit (checked before it is
+    // returned), and reachable from nowhere else.
     unsafe impl Provider for HeapProvider {
         /// Heap memory needs no sleeping in the sense of a kernel path that
         /// must not sleep, so the no-wait variant is the same allocation.
@@ -942,9 +965,16 @@ mod heap {
             if len == 0 {
                 return Err(no_memory);
             }
-            let layout = Layout::from_size_align(len, self.align).map_err(|_| no_memory)?;
+            let layout = self.layout(len).ok_or(no_memory)?;
             // SAFETY: the layout has a non-zero size.
-            let cpu = NonNull::new(unsafe { std::alloc::alloc_zeroed(layout) }).ok_or(no_memory)?;
+            let base =
+                NonNull::new(unsafe { std::alloc::alloc_zeroed(layout) }).ok_or(no_memory)?;
+            let skip = base.as_ptr().align_offset(self.align);
+            // SAFETY: `skip < align` (an address can always be aligned by
+            // moving forward less than the alignment), and the allocation
+            // holds `len + align` bytes, so `len` bytes from `base + skip`
+            // stay inside it.
+            let cpu = unsafe { base.add(skip) };
             let region = Region {
                 cpu,
                 phys: PhysAddr(cpu.as_ptr() as usize as u64),
@@ -952,24 +982,34 @@ mod heap {
             };
             if !region.is_below(below) {
                 // SAFETY: allocated just above with `layout`, freed once.
-                unsafe { std::alloc::dealloc(cpu.as_ptr(), layout) };
+                unsafe { std::alloc::dealloc(base.as_ptr(), layout) };
                 return Err(no_memory);
             }
+            self.bases
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(cpu.as_ptr() as usize, base);
             self.live.fetch_add(1, Ordering::Relaxed);
             Ok(region)
         }
 
         unsafe fn free(&self, region: Region) {
-            // The layout `alloc` used: the length is the one it returned and
-            // the alignment is this provider's.
-            let layout = Layout::from_size_align(region.len, self.align)
+            let base = self
+                .bases
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&(region.cpu.as_ptr() as usize))
+                .expect("a region from `alloc` is recorded until freed");
+            // The layout `alloc` used: the length is the one it returned.
+            let layout = self
+                .layout(region.len)
                 .expect("a region from `alloc` has a valid layout");
             self.live.fetch_sub(1, Ordering::Relaxed);
             // SAFETY:
             // - the caller guarantees `region` came from `alloc` unchanged,
-            //   so `cpu` was allocated with `layout`;
+            //   so `base` is the start of an allocation made with `layout`;
             // - the caller guarantees it is freed once and no longer used.
-            unsafe { std::alloc::dealloc(region.cpu.as_ptr(), layout) };
+            unsafe { std::alloc::dealloc(base.as_ptr(), layout) };
         }
     }
 }

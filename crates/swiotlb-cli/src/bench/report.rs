@@ -5,7 +5,8 @@ use serde_json::{json, Value};
 /// One measured value.
 #[derive(Clone, Debug)]
 pub struct Row {
-    /// What was measured: `map_unmap`, `memcpy`, `alloc_free`, ...
+    /// What was measured: `map_unmap`, `memcpy`, `alloc_free`,
+    /// `alloc_free_batch`, `alloc_free_alt`, `map_unmap_1b`, ...
     pub name: &'static str,
     /// `fast`, `nextfit` or `memcpy`.
     pub policy: &'static str,
@@ -22,6 +23,8 @@ pub struct Row {
     pub spread: Option<f64>,
     /// Anything a reader needs to read the value right.
     pub note: Option<String>,
+    /// Pools in the growing tlb the row was measured on.
+    pub pools: Option<u64>,
 }
 
 impl Row {
@@ -44,7 +47,13 @@ impl Row {
             fill: None,
             spread: None,
             note: None,
+            pools: None,
         }
+    }
+
+    pub fn pools(mut self, n: u64) -> Self {
+        self.pools = Some(n);
+        self
     }
 
     pub fn threads(mut self, t: u32) -> Self {
@@ -86,6 +95,9 @@ impl Row {
         }
         if let Some(n) = &self.note {
             m.insert("note".into(), n.clone().into());
+        }
+        if let Some(p) = self.pools {
+            m.insert("pools".into(), p.into());
         }
         v
     }
@@ -169,6 +181,20 @@ pub fn ratios(rows: &[Row], sizes: &[u64], fills: &[f64]) -> Vec<Ratio> {
             r.get("memcpy", "memcpy", s, "hot", 1),
         );
     }
+    for r2 in rows
+        .iter()
+        .filter(|x| x.name == "lookup" && x.policy == "fast")
+    {
+        let walk = rows
+            .iter()
+            .find(|x| x.name == "lookup" && x.policy == "nextfit" && x.pools == r2.pools)
+            .map(|x| x.value);
+        push(
+            format!("lookup {:>6} pools  search/walk", r2.pools.unwrap_or(0)),
+            Some(r2.value),
+            walk,
+        );
+    }
     // From-device copies twice under Linux's semantics, so its floor is two
     // copies of the same bytes.
     for &s in sizes {
@@ -178,12 +204,20 @@ pub fn ratios(rows: &[Row], sizes: &[u64], fills: &[f64]) -> Vec<Ratio> {
             r.get("memcpy", "memcpy", s, "hot", 1).map(|v| 2.0 * v),
         );
     }
-    for &f in fills {
-        push(
-            format!("alloc_free fill {:>3.0}%       fast/nextfit", f * 100.0),
-            r.get_fill("alloc_free", "fast", f),
-            r.get_fill("alloc_free", "nextfit", f),
-        );
+    // The allocator alone, then the whole 1-byte path around it.
+    for name in [
+        "alloc_free",
+        "alloc_free_batch",
+        "alloc_free_alt",
+        "map_unmap_1b",
+    ] {
+        for &f in fills {
+            push(
+                format!("{name:<16} fill {:>3.0}% fast/nextfit", f * 100.0),
+                r.get_fill(name, "fast", f),
+                r.get_fill(name, "nextfit", f),
+            );
+        }
     }
     for s in [64, 4096] {
         for p in ["fast", "nextfit"] {

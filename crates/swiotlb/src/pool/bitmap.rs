@@ -49,15 +49,31 @@ fn span(lo: u32, hi: u32) -> u64 {
     upper & (!0u64 << lo)
 }
 
+/// The word index and mask of bits `[start, start + n)`, `n > 0`, when
+/// they lie in one word.
+#[inline]
+pub(crate) fn word_mask(start: u32, n: u32) -> Option<(usize, u64)> {
+    let lo = start % 64;
+    (n > 0 && lo + n <= 64).then(|| ((start / 64) as usize, span(lo, lo + n)))
+}
+
 /// Sets bits `[start, start + n)`.
 #[inline]
 pub(crate) fn set_range(words: &mut [u64], start: u32, n: u32) {
+    if let Some((w, m)) = word_mask(start, n) {
+        words[w] |= m;
+        return;
+    }
     for_range(words, start, n, |w, m| *w |= m);
 }
 
 /// Clears bits `[start, start + n)`.
 #[inline]
 pub(crate) fn clear_range(words: &mut [u64], start: u32, n: u32) {
+    if let Some((w, m)) = word_mask(start, n) {
+        words[w] &= !m;
+        return;
+    }
     for_range(words, start, n, |w, m| *w &= !m);
 }
 
@@ -77,6 +93,24 @@ fn for_range(words: &mut [u64], start: u32, n: u32, mut f: impl FnMut(&mut u64, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn word_mask_is_the_range_in_one_word() {
+        for start in 0..192u32 {
+            for n in 0..=70u32 {
+                let got = word_mask(start, n);
+                if n == 0 || start % 64 + n > 64 {
+                    assert_eq!(got, None, "{start} {n}");
+                    continue;
+                }
+                let mut words = [0u64; 4];
+                for_range(&mut words, start, n, |w, m| *w |= m);
+                let (w, m) = got.expect("one word");
+                assert_eq!(words[w], m, "{start} {n}");
+                assert_eq!(words.iter().map(|x| x.count_ones()).sum::<u32>(), n);
+            }
+        }
+    }
 
     #[test]
     fn scans_match_naive() {

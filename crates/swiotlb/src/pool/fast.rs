@@ -33,7 +33,7 @@
 
 use alloc::boxed::Box;
 
-use super::bitmap::{clear_range, next_one, next_zero, set_range};
+use super::bitmap::{clear_range, next_one, next_zero, set_range, word_mask};
 use super::policy::{boxed, AreaGeom, Policy, Request};
 
 /// How many fitting segments a search compares before taking the tightest.
@@ -59,6 +59,17 @@ pub struct FastArea {
     /// Area-relative start and length of the run freed last (length 0:
     /// none).
     last_free: (u32, u32),
+    /// `last_free` as a word index and mask when it lies in one word (mask
+    /// 0 otherwise), worked out once when it is freed rather than on every
+    /// reuse.
+    last_word: (usize, u64),
+    /// Whether the bits are as they were when `last_free` was freed, except
+    /// that `last_free` itself may be held again by an exact reuse: then
+    /// freeing `last_free` once more restores the bits the summary of its
+    /// segment was computed from, and the rescan can be skipped. Cleared by
+    /// every allocation that searches (a search may rescan a segment with
+    /// `last_free` held, or take other slots).
+    undo_only: bool,
 }
 
 impl FastArea {
@@ -108,9 +119,90 @@ impl FastArea {
     }
 
     /// Searches runs that start in `[from, to)` (area-relative), each
-    /// considered whole from its start or from `from`, whichever is later.
+    /// considered whole from its start or from `from`, whichever is later:
+    /// the lowest acceptable start whose `nslots` slots are free and end by
+    /// the run's limit.
     #[inline]
     fn search(&self, geom: &AreaGeom, req: &Request, from: u32, to: u32) -> Option<u32> {
+        match self.search_words(geom, req, from, to) {
+            Some(found) => found,
+            None => self.search_runs(geom, req, from, to),
+        }
+    }
+
+    /// [`FastArea::search`] over one segment of one or two whole words (a
+    /// 64- or 128-slot segment from a word boundary, as with the default
+    /// geometry), every candidate at once: the starts of `nslots` free
+    /// slots are the free bits ANDed with themselves shifted (doubling the
+    /// length each step), the aligned ones are a repeating bit pattern,
+    /// and the lowest common bit that passes `acceptable` is the answer,
+    /// the same start the run-by-run walk finds. `None`: not such a
+    /// segment (use [`FastArea::search_runs`]).
+    #[inline]
+    fn search_words(
+        &self,
+        geom: &AreaGeom,
+        req: &Request,
+        from: u32,
+        to: u32,
+    ) -> Option<Option<u32>> {
+        let len = to.checked_sub(from)?;
+        if from % 64 != 0
+            || !(len == 64 || len == 128)
+            || geom.run_limit(geom.first + from) != geom.first + to
+        {
+            return None;
+        }
+        let n = req.nslots;
+        if n == 0 || n > len {
+            return Some(None);
+        }
+        let w = (from / 64) as usize;
+        // Bit i: area-relative slot `from + i` is free. Bits past `len`
+        // stay clear, so no start runs past the segment.
+        let mut starts = !self.held[w] as u128;
+        if len == 128 {
+            starts |= (!self.held[w + 1] as u128) << 64;
+        }
+        let mut have = 1;
+        while have < n && starts != 0 {
+            let step = have.min(n - have);
+            starts &= starts >> step;
+            have += step;
+        }
+        if starts == 0 {
+            return Some(None);
+        }
+        let (phase, stride) = phase(req, geom.slot_shift);
+        let abs = geom.first + from;
+        let off = phase.wrapping_sub(abs) & (stride - 1);
+        let aligned: u128 = if stride <= 64 {
+            // One bit every `stride` (a power of two dividing 64).
+            let every = if stride == 64 {
+                1
+            } else {
+                u64::MAX / ((1u64 << stride) - 1)
+            };
+            let p = every << off;
+            p as u128 | (p as u128) << 64
+        } else if off < 128 {
+            1u128 << off
+        } else {
+            0
+        };
+        let mut c = starts & aligned;
+        while c != 0 {
+            let s = abs + c.trailing_zeros();
+            if req.acceptable(s, geom.slot_shift) {
+                return Some(Some(s));
+            }
+            c &= c - 1;
+        }
+        Some(None)
+    }
+
+    /// [`FastArea::search`], run by run, for any range.
+    fn search_runs(&self, geom: &AreaGeom, req: &Request, from: u32, to: u32) -> Option<u32> {
         let shift = geom.slot_shift;
         let n = req.nslots;
         // The period and phase of acceptable starts: with contiguous masks
@@ -142,23 +234,112 @@ impl FastArea {
         None
     }
 
-    /// The last freed run, if the request fits it exactly.
-    #[inline]
-    fn exact_reuse(&self, geom: &AreaGeom, req: &Request) -> Option<u32> {
+    /// Takes the last freed run if the request fits it exactly and it is
+    /// still free.
+    #[inline(always)]
+    fn exact_reuse(&mut self, geom: &AreaGeom, req: &Request) -> Option<u32> {
         let (start, len) = self.last_free;
         if len != req.nslots || !req.acceptable(geom.first + start, geom.slot_shift) {
             return None;
         }
         // Still free? Other allocations may have taken part of it since.
-        (next_one(&self.held, start, start + len).is_none()).then_some(geom.first + start)
+        // A run inside one word (every run of up to 64 slots that does not
+        // straddle a word) is one load, one test and one store.
+        let (w, m) = self.last_word;
+        if m != 0 {
+            let word = &mut self.held[w];
+            if *word & m != 0 {
+                return None;
+            }
+            *word |= m;
+        } else {
+            if next_one(&self.held, start, start + len).is_some() {
+                return None;
+            }
+            set_range(&mut self.held, start, len);
+        }
+        Some(geom.first + start)
     }
 }
 
-/// The longest run of clear bits in whole words, one step per run: each
-/// step finds a run with `trailing_zeros` and clears it from the working
-/// copy, carrying a run that reaches the top of one word into the next.
+/// The longest run of set bits in `x`, in a fixed number of steps
+/// whatever the number of runs: `r_k` marks where a run of at least `2^k`
+/// ones starts (`r_{k+1} = r_k & (r_k >> 2^k)`), and the length is then
+/// built greedily from the largest power down, keeping the starts of runs
+/// at least as long as the length so far.
+#[inline]
+fn longest_ones(x: u128) -> u32 {
+    if x == 0 {
+        return 0;
+    }
+    if x == u128::MAX {
+        return 128;
+    }
+    let r1 = x & (x >> 1);
+    let r2 = r1 & (r1 >> 2);
+    let r4 = r2 & (r2 >> 4);
+    let r8 = r4 & (r4 >> 8);
+    let r16 = r8 & (r8 >> 16);
+    let r32 = r16 & (r16 >> 32);
+    // `cur`: where a run of at least `m` ones starts.
+    let mut cur = x;
+    let mut m = 1;
+    for (len, r) in [
+        (64, r32),
+        (32, r16),
+        (16, r8),
+        (8, r4),
+        (4, r2),
+        (2, r1),
+        (1, x),
+    ] {
+        let c = cur & (r >> m);
+        if c != 0 {
+            cur = c;
+            m += len;
+        }
+    }
+    m
+}
+
+/// The first index from `from` on whose value `v` satisfies
+/// `lo <= v < hi`, if any. Sixteen values are compared per step without an
+/// early exit (so the compiler can use vector compares), then the first
+/// hit is taken from the mask.
+#[inline]
+fn next_in_range(v: &[u16], from: usize, lo: u32, hi: u32) -> Option<usize> {
+    // lo <= x < hi  <=>  x - lo < hi - lo (wrapping, unsigned).
+    let width = hi.saturating_sub(lo);
+    if width == 0 {
+        return None;
+    }
+    let hit = |x: u16| (x as u32).wrapping_sub(lo) < width;
+    let mut j = from;
+    while let Some(chunk) = v.get(j..j + 16) {
+        let mut mask = 0u32;
+        for (k, &x) in chunk.iter().enumerate() {
+            mask |= (hit(x) as u32) << k;
+        }
+        if mask != 0 {
+            return Some(j + mask.trailing_zeros() as usize);
+        }
+        j += 16;
+    }
+    (j..v.len()).find(|&i| hit(v[i]))
+}
+
+/// The longest run of clear bits in whole words. One or two words (a 64-
+/// or 128-slot segment) take [`longest_ones`], a fixed number of steps;
+/// more words go one step per run: each step finds a run with
+/// `trailing_zeros` and clears it from the working copy, carrying a run
+/// that reaches the top of one word into the next.
 #[inline]
 fn longest_clear_run(words: &[u64]) -> u32 {
+    match *words {
+        [a] => return longest_ones(!a as u128),
+        [a, b] => return longest_ones(!a as u128 | (!b as u128) << 64),
+        _ => {}
+    }
     let mut best = 0;
     let mut carry = 0;
     for &w in words {
@@ -208,12 +389,75 @@ fn phase(req: &Request, shift: u32) -> (u32, u32) {
     (phase & (period - 1), period)
 }
 
+impl FastArea {
+    /// Best of the first few, when the exact reuse did not apply.
+    #[inline(never)]
+    fn alloc_search(&mut self, geom: &AreaGeom, req: &Request) -> Option<u32> {
+        // Anything but an exact reuse may change bits or summaries other
+        // than `last_free`'s (see `undo_only`).
+        self.undo_only = false;
+        let n = req.nslots;
+        // Walking segments in address order, take the fitting start in the
+        // segment whose longest free run is shortest among the first
+        // `CANDIDATES` that fit (a perfect fit ends the walk). A tight
+        // segment absorbs the request and long runs stay whole for large
+        // mappings; bounding the candidates bounds the walk.
+        let mut best: Option<(u16, u32)> = None;
+        let mut seen = 0;
+        let mut next = 0;
+        // Only segments whose longest run fits and is shorter than the best
+        // so far are searched; the others are skipped 16 summaries at a
+        // time (in a large, mostly empty pool nearly all of them are).
+        let below = |best: Option<(u16, u32)>| best.map_or(u32::MAX, |(b, _)| b as u32);
+        while let Some(j) = next_in_range(&self.longest, next, n, below(best)) {
+            next = j + 1;
+            let l = self.longest[j];
+            let (lo, hi) = FastArea::segment_range(geom, j);
+            let found = self.search(geom, req, lo, hi);
+            if found.is_none() {
+                // The summary may be stale-high after allocations (see
+                // below); make it exact now that it misled.
+                self.refresh(geom, j);
+            }
+            if let Some(s) = found {
+                best = Some((l, s));
+                seen += 1;
+                if l as u32 == n || seen >= CANDIDATES {
+                    break;
+                }
+            }
+        }
+        let s = best?.1;
+        set_range(&mut self.held, s - geom.first, n);
+        // The segment's longest run may have shrunk. Leaving the summary
+        // high is safe (a search verifies the bits and corrects a summary
+        // that misled it) and spares a rescan on every map; `free`
+        // rescans, so the summary is never low, which is what would lose
+        // fits.
+        Some(s)
+    }
+
+    /// The rescan after a free that did not just undo an exact reuse: the
+    /// freed run's segment summary becomes exact, and the run becomes the
+    /// one an exact reuse may take.
+    #[inline(never)]
+    fn refresh_after_free(&mut self, geom: &AreaGeom, local: u32, nslots: u32) {
+        self.refresh(geom, FastArea::segment_of(geom, local));
+        self.last_free = (local, nslots);
+        self.last_word = word_mask(local, nslots).unwrap_or((0, 0));
+        self.undo_only = true;
+    }
+}
+
 // SAFETY:
-// - `alloc` returns `s` only when `search` found `[s, s + n)` inside a run
-//   `[a, b)` of clear (free) bits that stops at the segment line and the
-//   area's end (`run_limit`), and sets those bits before returning, so no
-//   two live allocations share a slot;
-// - `search` returns only starts that pass `req.acceptable`.
+// - `alloc` returns `s` either from `exact_reuse`, which checks that the
+//   `nslots` bits of `last_free` are all clear (free) and sets them (that
+//   run was freed whole, so it lies inside the area and one segment: every
+//   run a free gives back was allocated so), or from `alloc_search`, when
+//   `search` found `[s, s + n)` inside a run `[a, b)` of clear bits that
+//   stops at the segment line and the area's end (`run_limit`), and sets
+//   those bits before returning; so no two live allocations share a slot;
+// - both return only starts that pass `req.acceptable`.
 unsafe impl Policy for Fast {
     type Area = FastArea;
     const NAME: &'static str = "fast";
@@ -226,6 +470,8 @@ unsafe impl Policy for Fast {
             held: boxed(0u64, geom.nslabs.div_ceil(64) as usize),
             longest: boxed(0u16, nsegs),
             last_free: (0, 0),
+            last_word: (0, 0),
+            undo_only: false,
         };
         for j in 0..nsegs {
             let (lo, hi) = FastArea::segment_range(geom, j);
@@ -234,59 +480,37 @@ unsafe impl Policy for Fast {
         area
     }
 
-    #[inline]
+    // Always inlined: the exact reuse is a handful of instructions, less
+    // than a call's prologue; the search is a call, so that its frame and
+    // spills do not weigh on the reuse.
+    #[inline(always)]
     fn alloc(area: &mut FastArea, geom: &AreaGeom, req: &Request) -> Option<u32> {
-        let s = match area.exact_reuse(geom, req) {
-            Some(s) => s,
-            None => {
-                let n = req.nslots;
-                // Best of the first few: walking segments in address
-                // order, take the fitting start in the segment whose longest
-                // free run is shortest among the first `CANDIDATES` that
-                // fit (a perfect fit ends the walk). A tight segment absorbs
-                // the request and long runs stay whole for large mappings;
-                // bounding the candidates bounds the walk.
-                let mut best: Option<(u16, u32)> = None;
-                let mut seen = 0;
-                for j in 0..area.longest.len() {
-                    let l = area.longest[j];
-                    if (l as u32) < n || best.is_some_and(|(b, _)| l >= b) {
-                        continue;
-                    }
-                    let (lo, hi) = FastArea::segment_range(geom, j);
-                    let found = area.search(geom, req, lo, hi);
-                    if found.is_none() {
-                        // The summary may be stale-high after allocations
-                        // (see `alloc`); make it exact now that it misled.
-                        area.refresh(geom, j);
-                    }
-                    if let Some(s) = found {
-                        best = Some((l, s));
-                        seen += 1;
-                        if l as u32 == n || seen >= CANDIDATES {
-                            break;
-                        }
-                    }
-                }
-                best?.1
-            }
-        };
-        let local = s - geom.first;
-        set_range(&mut area.held, local, req.nslots);
-        // The segment's longest run may have shrunk. Leaving the summary
-        // high is safe (a search verifies the bits and corrects a summary
-        // that misled it) and spares a rescan on every map; `free`
-        // rescans, so the summary is never low, which is what would lose
-        // fits.
-        Some(s)
+        match area.exact_reuse(geom, req) {
+            // Taken, bits set; the summary stays as it was (high is safe).
+            Some(s) => Some(s),
+            None => area.alloc_search(geom, req),
+        }
     }
 
-    #[inline]
+    // Always inlined, as `alloc`: the rescan is the call.
+    #[inline(always)]
     fn free(area: &mut FastArea, geom: &AreaGeom, start: u32, nslots: u32) {
         let local = start - geom.first;
-        clear_range(&mut area.held, local, nslots);
-        area.refresh(geom, FastArea::segment_of(geom, local));
-        area.last_free = (local, nslots);
+        // Freeing the run an exact reuse took, with nothing else changed
+        // since it was last freed, gives back the very bits the segment's
+        // summary was made exact for then (the steady state of a driver
+        // mapping and unmapping one size): no rescan. Otherwise rescan.
+        if area.undo_only && area.last_free == (local, nslots) {
+            let (w, m) = area.last_word;
+            if m != 0 {
+                area.held[w] &= !m;
+            } else {
+                clear_range(&mut area.held, local, nslots);
+            }
+        } else {
+            clear_range(&mut area.held, local, nslots);
+            area.refresh_after_free(geom, local, nslots);
+        }
     }
 
     fn largest_free_run(area: &FastArea, geom: &AreaGeom) -> u32 {
@@ -316,7 +540,225 @@ unsafe impl Policy for Fast {
 
 #[cfg(test)]
 mod tests {
-    use super::longest_clear_run;
+    use super::*;
+
+    /// A request for `nslots` slots with no alignment beyond the slot.
+    fn req(nslots: u32) -> Request {
+        Request {
+            nslots,
+            align_mask: (1 << 11) - 1,
+            iotlb_mask: 0,
+            orig: 0,
+            tbl_dma: 0,
+            tbl_slot: 0,
+            boundary_slots: 1 << 40,
+            stride: 1,
+        }
+    }
+
+    /// The exact longest free run of area-relative segment `j`, bit by bit.
+    fn truth(area: &FastArea, geom: &AreaGeom, j: usize) -> u16 {
+        let (lo, hi) = FastArea::segment_range(geom, j);
+        let (mut best, mut run) = (0, 0);
+        for i in lo..hi {
+            if area.held[(i / 64) as usize] >> (i % 64) & 1 == 0 {
+                run += 1;
+                best = best.max(run);
+            } else {
+                run = 0;
+            }
+        }
+        best
+    }
+
+    /// Churn that mostly frees and retakes one size (the exact-reuse and
+    /// undo path) mixed with other sizes: after every free the summary of
+    /// the freed run's segment is exact, and no summary is ever below the
+    /// truth.
+    #[test]
+    fn summaries_stay_exact_after_frees_with_exact_reuse() {
+        let geom = AreaGeom {
+            first: 128,
+            nslabs: 1000,
+            segment: 128,
+            slot_shift: 11,
+        };
+        let mut area = Fast::new_area(&geom);
+        let mut live: alloc::vec::Vec<(u32, u32)> = alloc::vec::Vec::new();
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut undone = 0;
+        for step in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let n = if x % 3 == 0 {
+                1 + (x >> 8) as u32 % 40
+            } else {
+                3
+            };
+            let freed = if !live.is_empty() && (x >> 20) % 2 == 0 {
+                let (s, n) = live.swap_remove((x >> 24) as usize % live.len());
+                Fast::free(&mut area, &geom, s, n);
+                Some(FastArea::segment_of(&geom, s - geom.first))
+            } else {
+                if let Some(s) = Fast::alloc(&mut area, &geom, &req(n)) {
+                    assert!((s..s + n).all(|i| !live.iter().any(|&(a, m)| (a..a + m).contains(&i))));
+                    live.push((s, n));
+                }
+                None
+            };
+            for j in 0..area.longest.len() {
+                let t = truth(&area, &geom, j);
+                assert!(area.longest[j] >= t, "step {step}: segment {j} low");
+                if freed == Some(j) {
+                    assert_eq!(area.longest[j], t, "step {step}: segment {j} not exact");
+                }
+            }
+            // Retake and give back the run just freed, as a driver mapping
+            // one size does; the summaries must come out the same.
+            if freed.is_some() && x % 5 == 0 {
+                let before = area.longest.clone();
+                let (start, len) = area.last_free;
+                if let Some(s) = Fast::alloc(&mut area, &geom, &req(len)) {
+                    if s == geom.first + start {
+                        Fast::free(&mut area, &geom, s, len);
+                        assert_eq!(area.longest, before, "step {step}");
+                        undone += 1;
+                    } else {
+                        live.push((s, len));
+                    }
+                }
+            }
+        }
+        assert!(undone > 100, "the undo path ran {undone} times");
+    }
+
+    /// The allocator-only entry point runs the policy and leaves the pool
+    /// as it found it.
+    /// The whole-word search finds what the run-by-run walk finds, for
+    /// random bits, sizes, alignments, phases and device boundaries.
+    #[test]
+    fn word_search_matches_run_search() {
+        let mut x = 0x1234_5678_9abc_def1u64;
+        let mut rnd = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut checked = 0;
+        for case in 0..20_000 {
+            let seg = if case % 3 == 0 { 64 } else { 128 };
+            let first = [0u32, 128, 64, 256][case % 4];
+            let geom = AreaGeom {
+                first,
+                nslabs: 512,
+                segment: seg,
+                slot_shift: 11,
+            };
+            let mut area = Fast::new_area(&geom);
+            for w in area.held.iter_mut() {
+                let a = rnd();
+                *w = match case % 5 {
+                    0 => a,
+                    1 => a & rnd() & rnd(),
+                    2 => a | rnd(),
+                    3 => 0,
+                    _ => a & (a >> 1) & rnd(),
+                };
+            }
+            let n = 1 + (rnd() % if case % 2 == 0 { 8 } else { seg as u64 + 4 }) as u32;
+            let align_bits = 11 + (rnd() % 9) as u32;
+            let iotlb = if case % 7 == 0 {
+                (1u64 << (11 + rnd() % 5)) - 1
+            } else {
+                0
+            };
+            let align_mask = (1u64 << align_bits) - 1;
+            let tbl_dma = (rnd() % 64) << 11;
+            let boundary_slots = 1u64 << (rnd() % 12);
+            let req = Request {
+                nslots: n,
+                align_mask,
+                iotlb_mask: iotlb & !align_mask,
+                orig: if case % 7 == 0 {
+                    rnd() & 0xffff_f800
+                } else {
+                    0
+                },
+                tbl_dma,
+                tbl_slot: tbl_dma >> 11,
+                boundary_slots,
+                stride: 1,
+            };
+            let j = (rnd() % 4) as usize;
+            let (lo, hi) = FastArea::segment_range(&geom, j);
+            let fast = area.search_words(&geom, &req, lo, hi);
+            let runs = area.search_runs(&geom, &req, lo, hi);
+            if let Some(found) = fast {
+                assert_eq!(found, runs, "case {case}: {req:?} {:x?}", area.held);
+                checked += 1;
+            }
+        }
+        assert!(checked > 15_000, "{checked}");
+    }
+
+    /// The chunked range scan against a plain one.
+    #[test]
+    fn next_in_range_matches_naive() {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let v: alloc::vec::Vec<u16> = (0..300)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x % 130) as u16
+            })
+            .collect();
+        for from in [0, 1, 15, 16, 17, 100, 290, 299, 300] {
+            for (lo, hi) in [
+                (0, u32::MAX),
+                (1, 2),
+                (5, 9),
+                (128, 129),
+                (129, 200),
+                (7, 7),
+                (9, 3),
+            ] {
+                let naive = (from..v.len()).find(|&i| lo <= v[i] as u32 && (v[i] as u32) < hi);
+                assert_eq!(next_in_range(&v, from, lo, hi), naive, "{from} {lo} {hi}");
+            }
+        }
+    }
+
+    #[test]
+    fn alloc_free_n_leaves_the_pool_as_it_was() {
+        use crate::{Device, Direction, DmaMask, PhysAddr, PoolConfig};
+        let pool = crate::Pool::<Fast>::new_heap(1 << 20, PoolConfig::default()).unwrap();
+        let dev = Device::new(DmaMask::BITS_64).with_force_bounce(true);
+        let live: alloc::vec::Vec<_> = (0..50)
+            .map(|i| {
+                pool.map(&dev, alloc::vec![0u8; 100 + 300 * i], Direction::ToDevice)
+                    .unwrap()
+            })
+            .collect();
+        let free: alloc::vec::Vec<bool> =
+            (0..pool.nslabs()).map(|s| pool.slot_is_free(s)).collect();
+        let used = pool.stats().io_tlb_used;
+        let r = pool.alloc_request(&dev, PhysAddr(0x1000), 5000).unwrap();
+        let s = pool.alloc_free_n(&r, 0, 1).unwrap();
+        assert!(pool.slot_is_free(s));
+        assert_eq!(pool.alloc_free_n(&r, 0, 100), Some(s));
+        let after: alloc::vec::Vec<bool> =
+            (0..pool.nslabs()).map(|s| pool.slot_is_free(s)).collect();
+        assert_eq!(free, after);
+        assert_eq!(pool.stats().io_tlb_used, used);
+        let huge = pool
+            .alloc_request(&dev, PhysAddr(0x1000), 256 << 10)
+            .unwrap();
+        drop(live);
+        assert!(pool.alloc_free_n(&huge, 0, 1).is_some());
+    }
 
     /// The word-at-a-time run length against a bit-by-bit count.
     #[test]
@@ -347,6 +789,30 @@ mod tests {
                 }
             }
             assert_eq!(longest_clear_run(&words), naive, "{words:x?}");
+            let mut naive1 = 0;
+            let mut run1 = 0;
+            for i in 0..64 {
+                if words[0] >> i & 1 == 0 {
+                    run1 += 1;
+                    naive1 = naive1.max(run1);
+                } else {
+                    run1 = 0;
+                }
+            }
+            assert_eq!(longest_clear_run(&words[..1]), naive1, "{:x}", words[0]);
+            // Three words take the run-by-run path: it must agree too.
+            let three = [words[0], words[1], !words[0]];
+            let mut naive3 = 0;
+            let mut run3 = 0;
+            for i in 0..192 {
+                if three[i / 64] >> (i % 64) & 1 == 0 {
+                    run3 += 1;
+                    naive3 = naive3.max(run3);
+                } else {
+                    run3 = 0;
+                }
+            }
+            assert_eq!(longest_clear_run(&three), naive3, "{three:x?}");
         }
     }
 }

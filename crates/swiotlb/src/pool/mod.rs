@@ -899,6 +899,12 @@ impl<P: Policy> Pool<P> {
         }
     }
 
+    /// Slots held by live allocations now (the pool-wide count behind
+    /// `io_tlb_used`, without locking the areas).
+    pub fn used_slots(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
     /// Resets `io_tlb_used_hiwater` to the current use (Linux: writing 0 to
     /// the debugfs file).
     pub fn reset_hiwater(&self) {

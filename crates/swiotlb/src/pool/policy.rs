@@ -2,6 +2,12 @@
 
 use alloc::boxed::Box;
 
+use super::Pool;
+use crate::addr::PhysAddr;
+use crate::device::Device;
+use crate::error::Result;
+use crate::translate::Translate;
+
 /// Where one area lies in its pool and how the pool is cut into segments.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AreaGeom {
@@ -147,4 +153,78 @@ pub unsafe trait Policy: Send + Sync + 'static {
 /// A zeroed boxed slice (the metadata arrays of both policies).
 pub(crate) fn boxed<T: Clone>(value: T, len: usize) -> Box<[T]> {
     alloc::vec![value; len].into_boxed_slice()
+}
+
+/// The allocator alone, without the mapping layers: for the benchmark's
+/// `alloc_free` rows. Kept next to the trait it drives; the pool's fields
+/// are visible here because this module is inside `pool`.
+impl<P: Policy> Pool<P> {
+    /// The slot request a bounce of `size` bytes of the original at `orig`
+    /// for `dev` makes (no `alloc_align_mask`), normalised exactly as a map
+    /// normalises it: for [`Pool::alloc_free_n`].
+    ///
+    /// # Errors
+    /// As a map: [`Error::ZeroSize`](crate::Error::ZeroSize),
+    /// [`Error::TooLarge`](crate::Error::TooLarge),
+    /// [`Error::AlignmentImpossible`](crate::Error::AlignmentImpossible).
+    #[doc(hidden)]
+    pub fn alloc_request<T: Translate>(
+        &self,
+        dev: &Device<T>,
+        orig: PhysAddr,
+        size: usize,
+    ) -> Result<Request> {
+        let tbl_dma = dev.phys_to_dma(self.start).0;
+        let (req, _) = self.request(
+            tbl_dma,
+            dev.seg_boundary_mask(),
+            dev.min_align_mask(),
+            orig.0,
+            size,
+            0,
+        )?;
+        Ok(req)
+    }
+
+    /// The allocator alone, for benchmarks: under one hold of an area lock,
+    /// the policy finds slots for `req` ([`Policy::alloc`], the search and
+    /// slot bookkeeping a map runs) and gives them straight back
+    /// ([`Policy::free`], what an unmap runs), `n` times over. Areas are
+    /// tried from `hint % nareas` on, as a map tries them; all `n` pairs
+    /// run in the first area where the first one fits. Nothing else of a
+    /// map is done: no record, start bit or pool-wide counter is written,
+    /// nothing is copied, and the pool's state is as before (the policy's
+    /// search hints aside). Returns the first slot the last pair found, or
+    /// `None` if no area could hold `req` (then no pair ran).
+    ///
+    /// `n = 1` is one request with its own lock hold; a larger `n`
+    /// spreads one hold over `n` requests, leaving the policy's own cost.
+    #[doc(hidden)]
+    #[inline]
+    pub fn alloc_free_n(&self, req: &Request, hint: usize, n: u64) -> Option<u32> {
+        let nareas = self.areas.len();
+        let first = hint & (nareas - 1);
+        let mut i = first;
+        loop {
+            let area = &self.areas[i];
+            let mut st = area.state.lock();
+            if req.nslots <= area.geom.nslabs - st.used {
+                if let Some(mut s) = P::alloc(&mut st.policy, &area.geom, req) {
+                    P::free(&mut st.policy, &area.geom, s, req.nslots);
+                    for _ in 1..n {
+                        // Freed just above, so the area has room again;
+                        // a policy that cannot find it again stops here.
+                        s = P::alloc(&mut st.policy, &area.geom, req)?;
+                        P::free(&mut st.policy, &area.geom, s, req.nslots);
+                    }
+                    return Some(s);
+                }
+            }
+            drop(st);
+            i = (i + 1) & (nareas - 1);
+            if i == first {
+                return None;
+            }
+        }
+    }
 }

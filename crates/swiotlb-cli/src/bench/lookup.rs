@@ -1,0 +1,143 @@
+//! Unmap lookup in a growing tlb with 1, 100 and 10,000 pools.
+//!
+//! An unmap or sync of a growing tlb first finds the pool holding the
+//! address. Ours is a binary search over the pools sorted by address
+//! (`policy` `fast` in the rows); Linux walks its list of pools (`policy`
+//! `nextfit`, the Linux-faithful row, measured here as a walk over the same
+//! ranges in the same process). A third row times a whole 64-byte raw
+//! map+unmap pair in a tlb of that many pools, the map landing in the pool
+//! that last had room and the unmap searching for it.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Instant;
+
+use swiotlb::dynamic::{DynConfig, DynDevice, DynTlb, ManualClock};
+use swiotlb::provider::{HeapProvider, NoHooks};
+use swiotlb::{Attrs, Device, Direction, DmaMask, PhysAddr, PoolConfig};
+
+use super::report::Row;
+use super::timing::{interleave, Contender, Run, Sampling};
+use super::workload::Rng;
+
+/// Pool counts measured.
+pub const POOLS: [usize; 3] = [1, 100, 10_000];
+
+/// Slots of 512 bytes, 8 per segment, 64 per pool: 32 KiB pools, so that
+/// 10,000 of them stay small (the heap hands out untouched pages lazily).
+fn geometry() -> PoolConfig {
+    PoolConfig {
+        slot_shift: 9,
+        segment: 8,
+        nareas: 1,
+        page_shift: 12,
+    }
+}
+
+const POOL_BYTES: usize = 64 << 9;
+
+fn tlb(pools: usize) -> Result<DynTlb<HeapProvider>, String> {
+    let mut config = DynConfig::new(POOL_BYTES, POOL_BYTES * pools);
+    config.grow_by = POOL_BYTES;
+    config.pool = geometry();
+    let tlb = DynTlb::new(
+        HeapProvider::new(),
+        NoHooks,
+        Arc::new(ManualClock::new()),
+        config,
+    )
+    .map_err(|e| e.to_string())?;
+    while tlb.pool_count() < pools {
+        if !tlb.add_pool().map_err(|e| e.to_string())? {
+            return Err(format!("lookup: stopped at {} pools", tlb.pool_count()));
+        }
+    }
+    Ok(tlb)
+}
+
+/// Addresses inside the pools, uniformly over pools, seeded.
+fn addresses(starts: &[PhysAddr], seed: u64, n: usize) -> Vec<PhysAddr> {
+    let mut rng = Rng::new(seed);
+    (0..n)
+        .map(|_| {
+            let p = starts[rng.below(starts.len())];
+            p + rng.below(POOL_BYTES) as u64
+        })
+        .collect()
+}
+
+/// A timed loop over `addrs`, `find` per address.
+fn lookups<'a>(
+    addrs: &'a [PhysAddr],
+    mut find: impl FnMut(PhysAddr) -> Option<usize> + 'a,
+) -> Run<'a> {
+    Box::new(move |iters| {
+        let t = Instant::now();
+        let mut k = 0;
+        for _ in 0..iters {
+            black_box(find(black_box(addrs[k])));
+            k += 1;
+            if k == addrs.len() {
+                k = 0;
+            }
+        }
+        Ok(t.elapsed())
+    })
+}
+
+/// Measures the three rows for each pool count.
+pub fn lookup_part(sampling: Sampling, seed: u64, rows: &mut Vec<Row>) -> Result<(), String> {
+    let dev = DynDevice::new(Device::new(DmaMask::BITS_64).with_force_bounce(true));
+    for &n in &POOLS {
+        let tlb = tlb(n)?;
+        let starts = tlb.pool_starts();
+        let addrs = addresses(&starts, seed ^ n as u64, 4096);
+        let walk_starts = starts.clone();
+        let tlb_ref = &tlb;
+        let dev_ref = &dev;
+        let mut spare = Some(vec![0x5au8; 64]);
+        let pair: Run<'_> = Box::new(move |iters| {
+            let t = Instant::now();
+            for _ in 0..iters {
+                let buf = spare.take().unwrap_or_else(|| vec![0x5au8; 64]);
+                let m = tlb_ref
+                    .map(dev_ref, buf, Direction::ToDevice, Attrs::NONE)
+                    .map_err(|f| f.error.to_string())?;
+                black_box(m.dma_addr());
+                spare = Some(m.unmap());
+            }
+            Ok(t.elapsed())
+        });
+        let mut contenders = vec![
+            Contender::new(lookups(&addrs, |a| tlb_ref.pool_index_of(a))),
+            Contender::new(lookups(&addrs, move |a| {
+                walk_starts
+                    .iter()
+                    .position(|s| a.0 >= s.0 && a.0 - s.0 < POOL_BYTES as u64)
+            })),
+            Contender::new(pair),
+        ];
+        let s = interleave(&mut contenders, sampling)?;
+        let n64 = n as u64;
+        rows.push(
+            Row::new("lookup", "fast", 0, "none", s[0].median, "ns")
+                .pools(n64)
+                .spread(s[0].spread)
+                .note(format!("{n} pools, binary search")),
+        );
+        rows.push(
+            Row::new("lookup", "nextfit", 0, "none", s[1].median, "ns")
+                .pools(n64)
+                .spread(s[1].spread)
+                .note(format!("{n} pools, list walk as Linux")),
+        );
+        rows.push(
+            Row::new("map_unmap_pools", "fast", 64, "to", s[2].median, "ns")
+                .pools(n64)
+                .spread(s[2].spread)
+                .note(format!("{n} pools")),
+        );
+        drop(contenders);
+    }
+    Ok(())
+}
