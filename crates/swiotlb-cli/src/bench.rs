@@ -601,8 +601,12 @@ fn thread_part(plan: &Plan, rows: &mut Vec<Row>) -> Result<(), String> {
     let dev = forced();
     let fast = heap::<Fast>(plan.pool_bytes, 2)?;
     let next = heap::<NextFit>(plan.pool_bytes, 2)?;
+    // The same pool with a high-water mark per area instead of one shared
+    // counter (`Pool::with_exact_hiwater(false)`).
+    let marks = heap::<Fast>(plan.pool_bytes, 2)?.with_exact_hiwater(false);
     prefault(&fast, &dev)?;
     prefault(&next, &dev)?;
+    prefault(&marks, &dev)?;
     for size in THREAD_SIZES {
         let mut labels = Vec::new();
         let mut cs = Vec::new();
@@ -614,18 +618,38 @@ fn thread_part(plan: &Plan, rows: &mut Vec<Row>) -> Result<(), String> {
             labels.push((NextFit::NAME, threads));
             cs.push(Contender::new(parallel_memcpy(size, t)));
             labels.push(("memcpy", threads));
+            cs.push(Contender::new(parallel_map(&marks, &dev, size, t)));
+            labels.push(("area_marks", threads));
         }
         let res = interleave(&mut cs, plan.thread_sampling)?;
         for ((policy, threads), s) in labels.into_iter().zip(res) {
             // `ns` is per pair per thread; all threads run at once.
             let mops = threads as f64 * 1e3 / s.median;
-            let (dir, note) = if policy == "memcpy" {
-                ("hot", "copies alone, nothing shared".to_string())
-            } else {
-                ("to", format!("one pool of {} areas", fast.nareas()))
+            let (name, policy, dir, note) = match policy {
+                "memcpy" => (
+                    "throughput",
+                    policy,
+                    "hot",
+                    "copies alone, nothing shared".to_string(),
+                ),
+                "area_marks" => (
+                    "throughput_area_hiwater",
+                    Fast::NAME,
+                    "to",
+                    format!(
+                        "one pool of {} areas, high-water mark per area (with_exact_hiwater(false))",
+                        fast.nareas()
+                    ),
+                ),
+                _ => (
+                    "throughput",
+                    policy,
+                    "to",
+                    format!("one pool of {} areas", fast.nareas()),
+                ),
             };
             rows.push(
-                Row::new("throughput", policy, size as u64, dir, mops, "Mops")
+                Row::new(name, policy, size as u64, dir, mops, "Mops")
                     .threads(threads)
                     .spread(s.spread)
                     .note(note),

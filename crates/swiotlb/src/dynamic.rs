@@ -637,6 +637,8 @@ impl<V: Provider, H: MemoryHooks, P: Policy> DynTlb<V, H, P> {
             }
             t.len()
         };
+        // A sum of marks is a bound, not the tlb's mark.
+        pool.hiwater_exact = false;
         for (a, b) in pool.failures.iter_mut().zip(&self.counters.failures) {
             *a += b.load(Ordering::Relaxed);
         }

@@ -118,3 +118,68 @@ fn full_and_too_large() {
         .unwrap_err();
     assert!(matches!(e.error, Error::TooLarge { .. }), "{:?}", e.error);
 }
+
+/// Without the pool-wide counter the high-water mark is kept per area: the
+/// sum of the areas' marks, never below the true mark, and exact with one
+/// area.
+fn area_marks<P: Policy>() {
+    let dev = forced();
+    // Two areas of 256 slots; mappings of 4 slots, placed by area hint.
+    let pool = Pool::<P>::new_heap(1 << 20, PoolConfig::with_areas(2))
+        .unwrap()
+        .with_exact_hiwater(false);
+    let exact = Pool::<P>::new_heap(1 << 20, PoolConfig::with_areas(2)).unwrap();
+    let mut bufs: Vec<Vec<u8>> = (0..20).map(|i| vec![i as u8; 8192]).collect();
+    let map = |p: &Pool<P>, b: &mut Vec<u8>, area: usize| {
+        let cpu = b.as_mut_ptr();
+        let opts = MapOptions {
+            area_hint: Some(area),
+            ..MapOptions::default()
+        };
+        // SAFETY: the buffer outlives the mapping and is not touched while
+        // mapped.
+        unsafe { p.bounce_raw(&dev, PhysAddr(cpu as u64), cpu, 8192, Attrs::NONE, opts) }.unwrap()
+    };
+    let unmap = |p: &Pool<P>, d| {
+        // SAFETY: as above.
+        unsafe { p.unmap_raw(&dev, d, 8192, Direction::ToDevice, Attrs::NONE) }.unwrap()
+    };
+    for pool in [&pool, &exact] {
+        // Area 0 peaks at 10 mappings (40 slots), then empties; area 1
+        // then peaks at 10 while area 0 holds none: the true mark is 40.
+        let (a, b) = bufs.split_at_mut(10);
+        let first: Vec<_> = a.iter_mut().map(|x| map(pool, x, 0).dma).collect();
+        first.into_iter().for_each(|d| unmap(pool, d));
+        let second: Vec<_> = b.iter_mut().map(|x| map(pool, x, 1).dma).collect();
+        assert_eq!(pool.used_slots(), 40);
+        second.into_iter().for_each(|d| unmap(pool, d));
+        assert_eq!(pool.used_slots(), 0);
+    }
+    let s = exact.stats();
+    assert!(s.hiwater_exact);
+    assert_eq!(s.io_tlb_used_hiwater, 40);
+    let s = pool.stats();
+    assert!(!s.hiwater_exact);
+    assert_eq!(s.io_tlb_used_hiwater, 80, "each area's own mark, summed");
+    assert_eq!(s.io_tlb_used, 0);
+    // Reset: back to what is held now.
+    pool.reset_hiwater();
+    assert_eq!(pool.stats().io_tlb_used_hiwater, 0);
+    // One area: the sum is the mark.
+    let one = Pool::<P>::new_heap(1 << 20, PoolConfig::default())
+        .unwrap()
+        .with_exact_hiwater(false);
+    let held: Vec<_> = bufs[..5].iter_mut().map(|x| map(&one, x, 0).dma).collect();
+    held.into_iter().for_each(|d| unmap(&one, d));
+    assert_eq!(one.stats().io_tlb_used_hiwater, 20);
+}
+
+#[test]
+fn area_marks_fast() {
+    area_marks::<Fast>();
+}
+
+#[test]
+fn area_marks_nextfit() {
+    area_marks::<NextFit>();
+}

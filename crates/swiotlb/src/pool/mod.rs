@@ -149,6 +149,8 @@ impl Shape {
 struct AreaState<A> {
     policy: A,
     used: u32,
+    /// The most slots this area held at once since the last reset.
+    hiwater: u32,
     /// Bytes copied in at map time and back at unmap, counted under the
     /// lock the map and unmap take anyway (syncs use the area's atomics).
     mapped_to_device: u64,
@@ -200,8 +202,11 @@ pub struct Pool<P: Policy = Fast> {
     /// (areas are whole multiples of 64 slots), so that the area lock alone
     /// guards writes to it.
     start_words_private: bool,
+    /// Pool-wide slots held and their high-water mark, kept only when
+    /// `exact_hiwater` (see [`Pool::with_exact_hiwater`]).
     used: CachePadded<AtomicUsize>,
     hiwater: CachePadded<AtomicUsize>,
+    exact_hiwater: bool,
     failures: [AtomicU64; FailReason::COUNT],
     direct: AtomicU64,
     owned: Option<Owned>,
@@ -388,6 +393,7 @@ impl<P: Policy> Pool<P> {
                     state: Mutex::new(AreaState {
                         policy: P::new_area(&geom),
                         used: 0,
+                        hiwater: 0,
                         mapped_to_device: 0,
                         unmapped_from_device: 0,
                     }),
@@ -411,6 +417,7 @@ impl<P: Policy> Pool<P> {
             start_words_private: area_nslabs % 64 == 0,
             used: CachePadded(AtomicUsize::new(0)),
             hiwater: CachePadded(AtomicUsize::new(0)),
+            exact_hiwater: true,
             failures: core::array::from_fn(|_| AtomicU64::new(0)),
             direct: AtomicU64::new(0),
             owned: None,
@@ -670,6 +677,7 @@ impl<P: Policy> Pool<P> {
             if req.nslots <= area.geom.nslabs - st.used {
                 if let Some(s) = P::alloc(&mut st.policy, &area.geom, req) {
                     st.used += req.nslots;
+                    st.hiwater = st.hiwater.max(st.used);
                     st.mapped_to_device += copied as u64;
                     // INVARIANT: the record is written before the start bit
                     // that publishes it (Release), under the area lock.
@@ -678,13 +686,16 @@ impl<P: Policy> Pool<P> {
                         .store(Shape::new(len, pad, req.nslots).0, Ordering::Relaxed);
                     self.set_start_bit(s);
                     drop(st);
-                    let used = self.used.fetch_add(req.nslots as usize, Ordering::Relaxed)
-                        + req.nslots as usize;
-                    // Read before writing: once warm, the high-water mark
-                    // rarely moves, and a plain load keeps its cache line
-                    // shared between CPUs instead of bouncing it.
-                    if used > self.hiwater.load(Ordering::Relaxed) {
-                        self.hiwater.fetch_max(used, Ordering::Relaxed);
+                    if self.exact_hiwater {
+                        let used = self.used.fetch_add(req.nslots as usize, Ordering::Relaxed)
+                            + req.nslots as usize;
+                        // Read before writing: once warm, the high-water
+                        // mark rarely moves, and a plain load keeps its
+                        // cache line shared between CPUs instead of
+                        // bouncing it.
+                        if used > self.hiwater.load(Ordering::Relaxed) {
+                            self.hiwater.fetch_max(used, Ordering::Relaxed);
+                        }
                     }
                     return Some(s);
                 }
@@ -700,9 +711,11 @@ impl<P: Policy> Pool<P> {
     /// Why `req` failed: full, or impossible in this pool.
     pub(crate) fn full_error(&self, req: &Request, min_align_mask: u64) -> Error {
         let mut largest = 0;
+        let mut used = 0;
         for area in self.areas.iter() {
             let st = area.state.lock();
             largest = largest.max(P::largest_free_run(&st.policy, &area.geom));
+            used += st.used;
         }
         let possible = self.areas.iter().any(|a| fits_empty(&a.geom, req));
         if !possible {
@@ -713,7 +726,7 @@ impl<P: Policy> Pool<P> {
         }
         Error::PoolFull {
             requested: req.nslots,
-            free: self.nslabs - self.used.load(Ordering::Relaxed) as u32,
+            free: self.nslabs - used,
             largest_run: largest,
         }
     }
@@ -779,7 +792,9 @@ impl<P: Policy> Pool<P> {
         st.unmapped_from_device += copied_back as u64;
         st.mapped_to_device -= uncopied as u64;
         drop(st);
-        self.used.fetch_sub(nslots as usize, Ordering::Relaxed);
+        if self.exact_hiwater {
+            self.used.fetch_sub(nslots as usize, Ordering::Relaxed);
+        }
         Ok(())
     }
 
@@ -877,9 +892,11 @@ impl<P: Policy> Pool<P> {
         let mut area_used = Vec::with_capacity(self.areas.len());
         let mut to = 0;
         let mut from = 0;
+        let mut area_marks = 0;
         for a in self.areas.iter() {
             let st = a.state.lock();
             area_used.push(st.used as u64);
+            area_marks += st.hiwater as u64;
             to += st.mapped_to_device + a.bytes_to_device.load(Ordering::Relaxed);
             from += st.unmapped_from_device + a.bytes_from_device.load(Ordering::Relaxed);
         }
@@ -890,7 +907,12 @@ impl<P: Policy> Pool<P> {
         Stats {
             io_tlb_nslabs: self.nslabs as u64,
             io_tlb_used: area_used.iter().sum(),
-            io_tlb_used_hiwater: self.hiwater.load(Ordering::Relaxed) as u64,
+            io_tlb_used_hiwater: if self.exact_hiwater {
+                self.hiwater.load(Ordering::Relaxed) as u64
+            } else {
+                area_marks
+            },
+            hiwater_exact: self.exact_hiwater,
             area_used,
             failures,
             bytes_to_device: to,
@@ -900,14 +922,46 @@ impl<P: Policy> Pool<P> {
     }
 
     /// Slots held by live allocations now (the pool-wide count behind
-    /// `io_tlb_used`, without locking the areas).
+    /// `io_tlb_used`): one atomic load with an exact high-water mark, else
+    /// a sum over the areas under their locks.
     pub fn used_slots(&self) -> usize {
-        self.used.load(Ordering::Relaxed)
+        if self.exact_hiwater {
+            self.used.load(Ordering::Relaxed)
+        } else {
+            self.areas
+                .iter()
+                .map(|a| a.state.lock().used as usize)
+                .sum()
+        }
+    }
+
+    /// Whether the pool keeps an exact pool-wide `io_tlb_used_hiwater`
+    /// (the default; Linux keeps it with debugfs). `false` keeps only a
+    /// mark per area, under the lock each map takes anyway, and reports
+    /// their sum: an upper bound of the pool-wide mark, exact with one
+    /// area. It takes one shared cache line off every map and unmap, which
+    /// is what keeps two CPUs mapping at once from scaling (Linux kernels
+    /// without debugfs keep no pool-wide count either). Set it before the
+    /// pool is shared.
+    pub fn with_exact_hiwater(mut self, exact: bool) -> Self {
+        if self.exact_hiwater && !exact {
+            // The per-area marks were kept all along.
+        } else if !self.exact_hiwater && exact {
+            self.used.store(self.used_slots(), Ordering::Relaxed);
+            self.hiwater
+                .store(self.used.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+        self.exact_hiwater = exact;
+        self
     }
 
     /// Resets `io_tlb_used_hiwater` to the current use (Linux: writing 0 to
     /// the debugfs file).
     pub fn reset_hiwater(&self) {
+        for a in self.areas.iter() {
+            let mut st = a.state.lock();
+            st.hiwater = st.used;
+        }
         self.hiwater
             .store(self.used.load(Ordering::Relaxed), Ordering::Relaxed);
     }
@@ -1083,7 +1137,9 @@ impl<P: Policy> Pool<P> {
         P::free(&mut st.policy, &area.geom, s, nslots);
         st.used -= nslots;
         drop(st);
-        self.used.fetch_sub(nslots as usize, Ordering::Relaxed);
+        if self.exact_hiwater {
+            self.used.fetch_sub(nslots as usize, Ordering::Relaxed);
+        }
         Ok(())
     }
 }
