@@ -85,6 +85,27 @@ fn json_report_has_every_row() {
     for dir in ["hot", "walk"] {
         assert!(has("memcpy", "memcpy", "ns", &|r| r["dir"] == dir), "{dir}");
     }
+    // Unmap lookup in a growing tlb: our search and Linux's walk, and a
+    // whole pair, at each pool count.
+    for pools in [1, 100, 10_000] {
+        for p in ["fast", "nextfit"] {
+            assert!(
+                has("lookup", p, "ns", &|r| r["pools"] == pools),
+                "lookup {p} {pools}"
+            );
+        }
+        assert!(
+            has("map_unmap_pools", "fast", "ns", &|r| r["pools"] == pools),
+            "map_unmap_pools {pools}"
+        );
+    }
+    for t in [1, 2] {
+        assert!(
+            has("throughput_area_hiwater", "fast", "Mops", &|r| r["threads"]
+                == t),
+            "throughput_area_hiwater {t}"
+        );
+    }
     for size in [64, 512, 1500, 4096, 65536, 262144] {
         assert!(
             has("map_unmap", "fast", "ns", &|r| r["size"] == size),

@@ -447,6 +447,9 @@ pub struct DynTlb<V: Provider, H: MemoryHooks = NoHooks, P: Policy = Fast> {
     /// Where the last successful search ended, to start the next there.
     hint: AtomicUsize,
     counters: Counters,
+    /// The thread of a [`Maintainer`], woken when growth is asked for.
+    #[cfg(all(feature = "std", not(swiotlb_loom)))]
+    maintainer: Mutex<Option<std::thread::Thread>>,
 }
 
 #[derive(Default)]
@@ -561,6 +564,8 @@ impl<V: Provider, H: MemoryHooks, P: Policy> DynTlb<V, H, P> {
             last_shrink: AtomicU64::new(now),
             hint: AtomicUsize::new(0),
             counters: Counters::default(),
+            #[cfg(all(feature = "std", not(swiotlb_loom)))]
+            maintainer: Mutex::new(None),
         })
     }
 
@@ -803,7 +808,13 @@ impl<V: Provider, H: MemoryHooks, P: Policy> DynTlb<V, H, P> {
 
     /// Asks [`DynTlb::maintain`] to grow the tlb.
     fn want_growth(&self) {
-        self.grow_wanted.store(true, Ordering::Relaxed);
+        if !self.grow_wanted.swap(true, Ordering::Relaxed) {
+            // Waking a thread does not sleep.
+            #[cfg(all(feature = "std", not(swiotlb_loom)))]
+            if let Some(t) = self.maintainer.lock().as_ref() {
+                t.unpark();
+            }
+        }
     }
 
     /// Makes a transient pool for one mapping of `size` bytes for `dev`
@@ -1856,9 +1867,8 @@ where
         let tlb = Arc::downgrade(self);
         let flag = stop.clone();
         let thread = std::thread::spawn(move || {
-            // Growth requests are checked often; the full pass runs every
-            // `period`.
-            let tick = period.min(std::time::Duration::from_millis(1));
+            // A request for growth unparks this thread at once; the full
+            // pass runs every `period`.
             let mut last = std::time::Instant::now();
             while !flag.load(std::sync::atomic::Ordering::Acquire) {
                 let Some(tlb) = tlb.upgrade() else { return };
@@ -1868,10 +1878,12 @@ where
                         on_error(e);
                     }
                 }
+                let wait = period.saturating_sub(last.elapsed());
                 drop(tlb);
-                std::thread::park_timeout(tick);
+                std::thread::park_timeout(wait);
             }
         });
+        *self.maintainer.lock() = Some(thread.thread().clone());
         Maintainer {
             stop,
             thread: Some(thread),

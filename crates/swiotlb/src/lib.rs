@@ -65,7 +65,7 @@
 //!
 //! # Safety and correctness
 //!
-//! Unsafe code is confined to five places, each with its reasoning at the
+//! Unsafe code is confined to six places, each with its reasoning at the
 //! `unsafe` block:
 //! - [`Pool::new`] trusts its caller for the region (valid, contiguous, not
 //!   otherwise touched by the CPU);
@@ -80,7 +80,11 @@
 //!   original buffer, as the kernel's DMA API does;
 //! - the `provider` module's `Provider` and `MemoryHooks` are `unsafe` to
 //!   implement: a pool built from provided memory trusts the region it is
-//!   given and that the hooks leave it valid.
+//!   given and that the hooks leave it valid;
+//! - the growing tlb ([`dynamic`]) passes the raw API's obligations on to
+//!   requests that complete later (a queued bounce copies from the original
+//!   when its slots come free), and hands a safe mapping a pointer to a
+//!   pool that it keeps alive only while the mapping's slots are held.
 //!
 //! The safe API ([`Pool::map`]) owns the buffer for the life of the
 //! mapping and holds only a raw pointer to it, so no Rust reference aliases

@@ -968,3 +968,45 @@ fn dropping_a_map_future_cancels_it_or_gives_its_slots_back() {
     drop(maps);
     assert_eq!(t.stats().pool.io_tlb_used, 0);
 }
+
+/// A caller that may not sleep, with no transient pool possible, fails;
+/// the growth it asked for is done by the maintainer thread, woken at
+/// once rather than at its next period, and a retry then succeeds.
+#[test]
+fn the_maintainer_grows_for_callers_that_could_not() {
+    let mut config = DynConfig::new(MIB, 4 * MIB);
+    config.grow_by = MIB;
+    let t = Arc::new(
+        DynTlb::new(
+            HeapProvider::new(),
+            SleepyHooks,
+            Arc::new(StdClock::default()),
+            config,
+        )
+        .unwrap(),
+    );
+    // A period far longer than the test: only the wake-up can explain a
+    // growth within it.
+    let m = t.spawn_maintainer(Duration::from_secs(3600), |e| panic!("{e}"));
+    let dev = forced();
+    let held: Vec<_> = (0..4)
+        .map(|i| t.map(&dev, pattern(i, 256 * KIB), Direction::ToDevice, Attrs::NONE).unwrap())
+        .collect();
+    let f = t
+        .map(&dev, pattern(9, 4 * KIB), Direction::ToDevice, Attrs::NONE)
+        .unwrap_err();
+    assert!(matches!(f.error, Error::PoolFull { .. }), "{:?}", f.error);
+    assert_eq!(t.stats().transient_made, 0, "the hooks would sleep");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while t.pool_count() < 2 {
+        assert!(std::time::Instant::now() < deadline, "no background growth");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let again = t
+        .map(&dev, f.buffer, Direction::ToDevice, Attrs::NONE)
+        .unwrap();
+    assert_eq!(t.stats().pools_added, 1);
+    drop(again);
+    drop(held);
+    drop(m);
+}
