@@ -990,7 +990,15 @@ fn the_maintainer_grows_for_callers_that_could_not() {
     let m = t.spawn_maintainer(Duration::from_secs(3600), |e| panic!("{e}"));
     let dev = forced();
     let held: Vec<_> = (0..4)
-        .map(|i| t.map(&dev, pattern(i, 256 * KIB), Direction::ToDevice, Attrs::NONE).unwrap())
+        .map(|i| {
+            t.map(
+                &dev,
+                pattern(i, 256 * KIB),
+                Direction::ToDevice,
+                Attrs::NONE,
+            )
+            .unwrap()
+        })
         .collect();
     let f = t
         .map(&dev, pattern(9, 4 * KIB), Direction::ToDevice, Attrs::NONE)
