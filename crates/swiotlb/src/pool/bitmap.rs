@@ -42,6 +42,28 @@ pub(crate) fn next_zero(words: &[u64], from: u32, end: u32) -> u32 {
     }
 }
 
+/// The last set bit in `[lo, before)`, if any.
+#[inline]
+pub(crate) fn prev_one(words: &[u64], lo: u32, before: u32) -> Option<u32> {
+    if before <= lo {
+        return None;
+    }
+    let mut w = ((before - 1) / 64) as usize;
+    let top = (before - 1) % 64;
+    let mut bits = words[w] & (!0u64 >> (63 - top));
+    loop {
+        if bits != 0 {
+            let i = w as u32 * 64 + 63 - bits.leading_zeros();
+            return (i >= lo).then_some(i);
+        }
+        if w as u32 * 64 <= lo {
+            return None;
+        }
+        w -= 1;
+        bits = words[w];
+    }
+}
+
 /// The mask of bits `[lo, hi)` within one word, `lo < hi <= 64`.
 #[inline]
 fn span(lo: u32, hi: u32) -> u64 {
@@ -131,6 +153,8 @@ mod tests {
                 assert_eq!(next_one(&words, from, end), naive_one);
                 let naive_zero = (from..end).find(|&i| !bit(i)).unwrap_or(end);
                 assert_eq!(next_zero(&words, from, end), naive_zero);
+                let naive_prev = (from..end).rev().find(|&i| bit(i));
+                assert_eq!(prev_one(&words, from, end), naive_prev);
             }
         }
     }

@@ -24,7 +24,13 @@
 //!   search where something was last freed (an earlier version of this
 //!   policy) scattered small mappings over every segment and failed at
 //!   0.41 of the pool's bytes live where next fit fails at 0.63; plain
-//!   address-ordered first fit reached 0.80, this reaches 0.86.
+//!   address-ordered first fit reached 0.80, this reaches 0.87. Best fit
+//!   over every run of the area, size segregation and fullest-segment-first
+//!   placements were measured too (0.77-0.875, `docs/PERFORMANCE.md`).
+//! - **Summaries marked exact.** A segment's summary known to be exact
+//!   lets a free update it from the run the freed slots join (no rescan),
+//!   and lets a search count the segment as a sure fit without reading its
+//!   bits; only the segment finally taken is searched.
 //! - **Same acceptance rule as Linux.** A start is taken only where
 //!   [`Request::acceptable`] holds, so `min_align_mask`, `alloc_align_mask`,
 //!   page alignment and the device boundary mean exactly what they mean in
@@ -33,7 +39,7 @@
 
 use alloc::boxed::Box;
 
-use super::bitmap::{clear_range, next_one, next_zero, set_range, word_mask};
+use super::bitmap::{clear_range, next_one, next_zero, prev_one, set_range, word_mask};
 use super::policy::{boxed, AreaGeom, Policy, Request};
 
 /// How many fitting segments a search compares before taking the tightest.
@@ -56,6 +62,19 @@ pub struct FastArea {
     /// segment index): never below the truth, exact after every free and
     /// after every search it misled.
     longest: Box<[u16]>,
+    /// One bit per segment, set when its `longest` is known to be exact
+    /// (not merely high). An exact summary lets a free update it from the
+    /// run it merges into, without a rescan, and lets a search count a
+    /// segment as fitting without looking at its bits. The segment of
+    /// `last_free` while an exact reuse holds it is the exception (see
+    /// [`FastArea::forget_reuse`]).
+    exact: Box<[u64]>,
+    /// The area-relative start and length of the run the last search
+    /// took, and whether its segment's summary was exact before (length 0:
+    /// none, or something else has been freed since). Freeing that run
+    /// next puts the bits back as they were, so the summary, which the
+    /// allocation left as it was, is exact again if it was then.
+    last_search: (u32, u32, bool),
     /// Area-relative start and length of the run freed last (length 0:
     /// none).
     last_free: (u32, u32),
@@ -91,9 +110,59 @@ impl FastArea {
         (((geom.first + local) >> shift) - (geom.first >> shift)) as usize
     }
 
+    /// Whether segment `j`'s summary is marked exact.
+    #[inline]
+    fn is_exact(&self, j: usize) -> bool {
+        self.exact[j / 64] >> (j % 64) & 1 == 1
+    }
+
+    /// Marks segment `j`'s summary as possibly high.
+    #[inline]
+    fn clear_exact(&mut self, j: usize) {
+        self.exact[j / 64] &= !(1 << (j % 64));
+    }
+
+    /// An exact reuse takes `last_free` without touching the summaries: if
+    /// it still holds that run, the summary of the run's segment may be
+    /// high, so unmark it before anything relies on the mark or moves
+    /// `last_free`.
+    #[inline]
+    fn forget_reuse(&mut self, geom: &AreaGeom) {
+        let (start, len) = self.last_free;
+        if len != 0 && next_zero(&self.held, start, start + len) >= start + len {
+            self.clear_exact(FastArea::segment_of(geom, start));
+        }
+    }
+
+    /// The free run of segment `[lo, hi)` (area-relative) that holds the
+    /// free slots `[local, local + n)`, by its length.
+    #[inline]
+    fn run_around(&self, lo: u32, hi: u32, local: u32, n: u32) -> u32 {
+        let a = prev_one(&self.held, lo, local).map_or(lo, |i| i + 1);
+        let b = next_one(&self.held, local + n, hi).unwrap_or(hi);
+        b - a
+    }
+
+    /// Whether a search of segment `j`, whose summary `l` is exact, is sure
+    /// to find a start for `req`: a free run of `l` slots holds a start of
+    /// every alignment residue with `n` slots after it when
+    /// `l >= n + stride - 1`, and no start in the segment crosses the
+    /// device's boundary when the whole segment lies inside one boundary
+    /// window.
+    #[inline]
+    fn sure_fit(geom: &AreaGeom, req: &Request, j: usize, l: u32, stride: u32) -> bool {
+        if (l as u64) < req.nslots as u64 + stride as u64 - 1 {
+            return false;
+        }
+        let (lo, hi) = FastArea::segment_range(geom, j);
+        let off = req.tbl_slot.wrapping_add((geom.first + lo) as u64) & (req.boundary_slots - 1);
+        off + (hi - lo) as u64 <= req.boundary_slots
+    }
+
     /// Recomputes the longest free run of segment `j`.
     #[inline]
     fn refresh(&mut self, geom: &AreaGeom, j: usize) {
+        self.exact[j / 64] |= 1 << (j % 64);
         let (lo, hi) = Self::segment_range(geom, j);
         self.longest[j] = if lo % 64 == 0 && hi % 64 == 0 {
             longest_clear_run(&self.held[(lo / 64) as usize..(hi / 64) as usize])
@@ -396,53 +465,104 @@ impl FastArea {
         // Anything but an exact reuse may change bits or summaries other
         // than `last_free`'s (see `undo_only`).
         self.undo_only = false;
+        // A search may rescan segments (a failing one too), so the record
+        // of the previous search's run no longer describes the summaries.
+        self.last_search.1 = 0;
+        self.forget_reuse(geom);
         let n = req.nslots;
+        let stride = phase(req, geom.slot_shift).1;
         // Walking segments in address order, take the fitting start in the
         // segment whose longest free run is shortest among the first
         // `CANDIDATES` that fit (a perfect fit ends the walk). A tight
         // segment absorbs the request and long runs stay whole for large
         // mappings; bounding the candidates bounds the walk.
-        let mut best: Option<(u16, u32)> = None;
+        // (summary, segment, start if already searched)
+        let mut best: Option<(u16, usize, Option<u32>)> = None;
         let mut seen = 0;
         let mut next = 0;
         // Only segments whose longest run fits and is shorter than the best
         // so far are searched; the others are skipped 16 summaries at a
         // time (in a large, mostly empty pool nearly all of them are).
-        let below = |best: Option<(u16, u32)>| best.map_or(u32::MAX, |(b, _)| b as u32);
+        let below = |best: Option<(u16, usize, Option<u32>)>| best.map_or(u32::MAX, |b| b.0 as u32);
         while let Some(j) = next_in_range(&self.longest, next, n, below(best)) {
             next = j + 1;
             let l = self.longest[j];
-            let (lo, hi) = FastArea::segment_range(geom, j);
-            let found = self.search(geom, req, lo, hi);
-            if found.is_none() {
-                // The summary may be stale-high after allocations (see
-                // below); make it exact now that it misled.
-                self.refresh(geom, j);
-            }
+            // An exact summary with room to spare is a sure fit: the bits
+            // are searched only if this segment is the one taken.
+            let found = if self.is_exact(j) && FastArea::sure_fit(geom, req, j, l as u32, stride) {
+                Some(None)
+            } else {
+                let (lo, hi) = FastArea::segment_range(geom, j);
+                let found = self.search(geom, req, lo, hi);
+                if found.is_none() {
+                    // The summary may be stale-high after allocations (see
+                    // below); make it exact now that it misled.
+                    self.refresh(geom, j);
+                }
+                found.map(Some)
+            };
             if let Some(s) = found {
-                best = Some((l, s));
+                best = Some((l, j, s));
                 seen += 1;
                 if l as u32 == n || seen >= CANDIDATES {
                     break;
                 }
             }
         }
-        let s = best?.1;
-        set_range(&mut self.held, s - geom.first, n);
+        let (_, j, s) = best?;
+        let (lo, hi) = FastArea::segment_range(geom, j);
+        let s = match s {
+            Some(s) => s,
+            None => {
+                let s = self.search(geom, req, lo, hi);
+                debug_assert!(s.is_some(), "a sure fit was not found");
+                s?
+            }
+        };
+        let local = s - geom.first;
         // The segment's longest run may have shrunk. Leaving the summary
         // high is safe (a search verifies the bits and corrects a summary
-        // that misled it) and spares a rescan on every map; `free`
-        // rescans, so the summary is never low, which is what would lose
-        // fits.
+        // that misled it) and spares a rescan on every map; a free
+        // rescans or updates an exact summary, so the summary is never
+        // low, which is what would lose fits. It stays exact if the run
+        // taken from was shorter than the longest.
+        let was_exact = self.is_exact(j);
+        if was_exact && self.run_around(lo, hi, local, n) >= self.longest[j] as u32 {
+            self.clear_exact(j);
+        }
+        self.last_search = (local, n, was_exact);
+        set_range(&mut self.held, local, n);
         Some(s)
     }
 
-    /// The rescan after a free that did not just undo an exact reuse: the
-    /// freed run's segment summary becomes exact, and the run becomes the
+    /// A free that did not just undo an exact reuse: the freed run's
+    /// segment summary becomes exact (from the run the freed slots merge
+    /// into if it was exact, else by a rescan), and the run becomes the
     /// one an exact reuse may take.
     #[inline(never)]
-    fn refresh_after_free(&mut self, geom: &AreaGeom, local: u32, nslots: u32) {
-        self.refresh(geom, FastArea::segment_of(geom, local));
+    fn free_and_refresh(&mut self, geom: &AreaGeom, local: u32, nslots: u32) {
+        let j = FastArea::segment_of(geom, local);
+        let (start, len, was_exact) = self.last_search;
+        self.last_search.1 = 0;
+        if (start, len) == (local, nslots) && was_exact {
+            // Undoes the last search's allocation: the bits are back to
+            // those the summary was exact for (an exact reuse since then
+            // is caught by `forget_reuse`, after).
+            clear_range(&mut self.held, local, nslots);
+            self.exact[j / 64] |= 1 << (j % 64);
+            self.forget_reuse(geom);
+        } else {
+            self.forget_reuse(geom);
+            clear_range(&mut self.held, local, nslots);
+            if self.is_exact(j) {
+                let (lo, hi) = FastArea::segment_range(geom, j);
+                let run = self.run_around(lo, hi, local, nslots);
+                self.longest[j] = self.longest[j].max(run as u16);
+            }
+        }
+        if !self.is_exact(j) {
+            self.refresh(geom, j);
+        }
         self.last_free = (local, nslots);
         self.last_word = word_mask(local, nslots).unwrap_or((0, 0));
         self.undo_only = true;
@@ -456,7 +576,9 @@ impl FastArea {
 //   run a free gives back was allocated so), or from `alloc_search`, when
 //   `search` found `[s, s + n)` inside a run `[a, b)` of clear bits that
 //   stops at the segment line and the area's end (`run_limit`), and sets
-//   those bits before returning; so no two live allocations share a slot;
+//   those bits before returning (a summary marked exact only chooses which
+//   segment is searched: the start always comes from `search` over the
+//   bits); so no two live allocations share a slot;
 // - both return only starts that pass `req.acceptable`.
 unsafe impl Policy for Fast {
     type Area = FastArea;
@@ -469,6 +591,8 @@ unsafe impl Policy for Fast {
             // reached: every scan stops at `geom.nslabs`.
             held: boxed(0u64, geom.nslabs.div_ceil(64) as usize),
             longest: boxed(0u16, nsegs),
+            exact: boxed(!0u64, nsegs.div_ceil(64)),
+            last_search: (0, 0, false),
             last_free: (0, 0),
             last_word: (0, 0),
             undo_only: false,
@@ -508,8 +632,7 @@ unsafe impl Policy for Fast {
                 clear_range(&mut area.held, local, nslots);
             }
         } else {
-            clear_range(&mut area.held, local, nslots);
-            area.refresh_after_free(geom, local, nslots);
+            area.free_and_refresh(geom, local, nslots);
         }
     }
 
@@ -534,6 +657,7 @@ unsafe impl Policy for Fast {
         let nsegs = (geom.end() - 1) / geom.segment - geom.first / geom.segment + 1;
         geom.nslabs.div_ceil(64) as usize * 8
             + nsegs as usize * 2
+            + (nsegs as usize).div_ceil(64) * 8
             + core::mem::size_of::<FastArea>()
     }
 }
@@ -600,16 +724,30 @@ mod tests {
                 let (s, n) = live.swap_remove((x >> 24) as usize % live.len());
                 Fast::free(&mut area, &geom, s, n);
                 Some(FastArea::segment_of(&geom, s - geom.first))
-            } else {
-                if let Some(s) = Fast::alloc(&mut area, &geom, &req(n)) {
-                    assert!((s..s + n).all(|i| !live.iter().any(|&(a, m)| (a..a + m).contains(&i))));
+            } else if let Some(s) = Fast::alloc(&mut area, &geom, &req(n)) {
+                assert!((s..s + n).all(|i| !live.iter().any(|&(a, m)| (a..a + m).contains(&i))));
+                if (x >> 40) % 4 == 0 {
+                    // Given straight back: the undo of a search.
+                    Fast::free(&mut area, &geom, s, n);
+                    Some(FastArea::segment_of(&geom, s - geom.first))
+                } else {
                     live.push((s, n));
+                    None
                 }
+            } else {
                 None
             };
+            // The segment an exact reuse may hold without unmarking it.
+            let (rs, rl) = area.last_free;
+            let reused = (rl != 0
+                && (rs..rs + rl).all(|i| area.held[(i / 64) as usize] >> (i % 64) & 1 == 1))
+            .then(|| FastArea::segment_of(&geom, rs));
             for j in 0..area.longest.len() {
                 let t = truth(&area, &geom, j);
                 assert!(area.longest[j] >= t, "step {step}: segment {j} low");
+                if area.is_exact(j) && reused != Some(j) {
+                    assert_eq!(area.longest[j], t, "step {step}: segment {j} marked exact");
+                }
                 if freed == Some(j) {
                     assert_eq!(area.longest[j], t, "step {step}: segment {j} not exact");
                 }
