@@ -101,9 +101,10 @@ fn json_report_has_every_row() {
     }
     for t in [1, 2] {
         assert!(
-            has("throughput_area_hiwater", "fast", "Mops", &|r| r["threads"]
+            has("throughput_exact_hiwater", "fast", "Mops", &|r| r
+                ["threads"]
                 == t),
-            "throughput_area_hiwater {t}"
+            "throughput_exact_hiwater {t}"
         );
     }
     for size in [64, 512, 1500, 4096, 65536, 262144] {

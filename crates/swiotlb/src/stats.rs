@@ -16,8 +16,9 @@ pub struct Stats {
     pub io_tlb_used: u64,
     /// The most slots ever held at once since creation or the last
     /// [`Pool::reset_hiwater`](crate::Pool::reset_hiwater)
-    /// (`io_tlb_used_hiwater`). Exact when `hiwater_exact`; otherwise the
-    /// sum of each area's own mark, an upper bound.
+    /// (`io_tlb_used_hiwater`). Exact when `hiwater_exact` (one area, or
+    /// [`Pool::with_exact_hiwater`](crate::Pool::with_exact_hiwater));
+    /// otherwise the sum of each area's own mark, an upper bound.
     pub io_tlb_used_hiwater: u64,
     /// Whether `io_tlb_used_hiwater` is the exact pool-wide mark
     /// ([`Pool::with_exact_hiwater`](crate::Pool::with_exact_hiwater)).

@@ -119,16 +119,19 @@ fn full_and_too_large() {
     assert!(matches!(e.error, Error::TooLarge { .. }), "{:?}", e.error);
 }
 
-/// Without the pool-wide counter the high-water mark is kept per area: the
-/// sum of the areas' marks, never below the true mark, and exact with one
-/// area.
+/// Without the pool-wide counter (the default) the high-water mark is kept
+/// per area: the sum of the areas' marks, never below the true mark, and
+/// exact with one area; `with_exact_hiwater(true)` keeps Linux's exact
+/// pool-wide mark.
 fn area_marks<P: Policy>() {
     let dev = forced();
     // Two areas of 256 slots; mappings of 4 slots, placed by area hint.
     let pool = Pool::<P>::new_heap(1 << 20, PoolConfig::with_areas(2))
         .unwrap()
         .with_exact_hiwater(false);
-    let exact = Pool::<P>::new_heap(1 << 20, PoolConfig::with_areas(2)).unwrap();
+    let exact = Pool::<P>::new_heap(1 << 20, PoolConfig::with_areas(2))
+        .unwrap()
+        .with_exact_hiwater(true);
     let mut bufs: Vec<Vec<u8>> = (0..20).map(|i| vec![i as u8; 8192]).collect();
     let map = |p: &Pool<P>, b: &mut Vec<u8>, area: usize| {
         let cpu = b.as_mut_ptr();
@@ -166,12 +169,11 @@ fn area_marks<P: Policy>() {
     pool.reset_hiwater();
     assert_eq!(pool.stats().io_tlb_used_hiwater, 0);
     // One area: the sum is the mark.
-    let one = Pool::<P>::new_heap(1 << 20, PoolConfig::default())
-        .unwrap()
-        .with_exact_hiwater(false);
+    let one = Pool::<P>::new_heap(1 << 20, PoolConfig::default()).unwrap();
     let held: Vec<_> = bufs[..5].iter_mut().map(|x| map(&one, x, 0).dma).collect();
     held.into_iter().for_each(|d| unmap(&one, d));
     assert_eq!(one.stats().io_tlb_used_hiwater, 20);
+    assert!(one.stats().hiwater_exact);
 }
 
 #[test]

@@ -229,11 +229,11 @@ pub fn ratios(rows: &[Row], sizes: &[u64], fills: &[f64]) -> Vec<Ratio> {
         }
         push(
             format!(
-                "throughput {:>7} fast, area marks 2 threads/1 thread",
+                "throughput {:>7} fast, exact hiwater 2 threads/1 thread",
                 human(s)
             ),
-            r.get("throughput_area_hiwater", "fast", s, "to", 2),
-            r.get("throughput_area_hiwater", "fast", s, "to", 1),
+            r.get("throughput_exact_hiwater", "fast", s, "to", 2),
+            r.get("throughput_exact_hiwater", "fast", s, "to", 1),
         );
         push(
             format!("throughput {:>7} memcpy  2 threads/1 thread", human(s)),

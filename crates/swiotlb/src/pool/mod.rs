@@ -417,7 +417,7 @@ impl<P: Policy> Pool<P> {
             start_words_private: area_nslabs % 64 == 0,
             used: CachePadded(AtomicUsize::new(0)),
             hiwater: CachePadded(AtomicUsize::new(0)),
-            exact_hiwater: true,
+            exact_hiwater: false,
             failures: core::array::from_fn(|_| AtomicU64::new(0)),
             direct: AtomicU64::new(0),
             owned: None,
@@ -912,7 +912,7 @@ impl<P: Policy> Pool<P> {
             } else {
                 area_marks
             },
-            hiwater_exact: self.exact_hiwater,
+            hiwater_exact: self.exact_hiwater || self.areas.len() == 1,
             area_used,
             failures,
             bytes_to_device: to,
@@ -936,13 +936,16 @@ impl<P: Policy> Pool<P> {
     }
 
     /// Whether the pool keeps an exact pool-wide `io_tlb_used_hiwater`
-    /// (the default; Linux keeps it with debugfs). `false` keeps only a
-    /// mark per area, under the lock each map takes anyway, and reports
-    /// their sum: an upper bound of the pool-wide mark, exact with one
-    /// area. It takes one shared cache line off every map and unmap, which
-    /// is what keeps two CPUs mapping at once from scaling (Linux kernels
-    /// without debugfs keep no pool-wide count either). Set it before the
-    /// pool is shared.
+    /// across its areas, as Linux does when it has debugfs: one counter
+    /// shared by every CPU, added to on every map and subtracted from on
+    /// every unmap. The default (`false`) keeps a mark per area instead,
+    /// under the lock each map takes anyway, and reports their sum: exact
+    /// for a pool of one area (the default geometry), an upper bound
+    /// otherwise, so a pool sized from it is never too small. A pool has
+    /// several areas to let CPUs map at once, and the shared counter
+    /// undoes that: two threads mapping 64 B went from 1.95x one thread's
+    /// throughput to 0.60x with it (docs/PERFORMANCE.md). Set it before
+    /// the pool is shared.
     pub fn with_exact_hiwater(mut self, exact: bool) -> Self {
         if self.exact_hiwater && !exact {
             // The per-area marks were kept all along.
