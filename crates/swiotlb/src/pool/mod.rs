@@ -668,36 +668,50 @@ impl<P: Policy> Pool<P> {
         pad: usize,
         copied: usize,
     ) -> Option<u32> {
+        let s = self.in_areas(hint, req.nslots, |geom, st| {
+            let s = P::alloc(&mut st.policy, geom, req)?;
+            st.used += req.nslots;
+            st.hiwater = st.hiwater.max(st.used);
+            st.mapped_to_device += copied as u64;
+            // INVARIANT: the record is written before the start bit that
+            // publishes it (Release), under the area lock.
+            self.orig[s as usize].store(orig, Ordering::Relaxed);
+            self.shape[s as usize].store(Shape::new(len, pad, req.nslots).0, Ordering::Relaxed);
+            self.set_start_bit(s);
+            Some(s)
+        })?;
+        if self.exact_hiwater {
+            let used =
+                self.used.fetch_add(req.nslots as usize, Ordering::Relaxed) + req.nslots as usize;
+            // Read before writing: once warm, the high-water mark rarely
+            // moves, and a plain load keeps its cache line shared between
+            // CPUs instead of bouncing it.
+            if used > self.hiwater.load(Ordering::Relaxed) {
+                self.hiwater.fetch_max(used, Ordering::Relaxed);
+            }
+        }
+        Some(s)
+    }
+
+    /// Runs `f` under each area's lock in turn, from area `hint % nareas`
+    /// on, skipping areas with fewer than `nslots` free slots, until it
+    /// gives `Some` (Linux `swiotlb_find_slots` walking the areas).
+    #[inline(always)]
+    fn in_areas<R>(
+        &self,
+        hint: usize,
+        nslots: u32,
+        mut f: impl FnMut(&AreaGeom, &mut AreaState<P::Area>) -> Option<R>,
+    ) -> Option<R> {
         let nareas = self.areas.len();
         let first = hint & (nareas - 1);
         let mut i = first;
         loop {
             let area = &self.areas[i];
             let mut st = area.state.lock();
-            if req.nslots <= area.geom.nslabs - st.used {
-                if let Some(s) = P::alloc(&mut st.policy, &area.geom, req) {
-                    st.used += req.nslots;
-                    st.hiwater = st.hiwater.max(st.used);
-                    st.mapped_to_device += copied as u64;
-                    // INVARIANT: the record is written before the start bit
-                    // that publishes it (Release), under the area lock.
-                    self.orig[s as usize].store(orig, Ordering::Relaxed);
-                    self.shape[s as usize]
-                        .store(Shape::new(len, pad, req.nslots).0, Ordering::Relaxed);
-                    self.set_start_bit(s);
-                    drop(st);
-                    if self.exact_hiwater {
-                        let used = self.used.fetch_add(req.nslots as usize, Ordering::Relaxed)
-                            + req.nslots as usize;
-                        // Read before writing: once warm, the high-water
-                        // mark rarely moves, and a plain load keeps its
-                        // cache line shared between CPUs instead of
-                        // bouncing it.
-                        if used > self.hiwater.load(Ordering::Relaxed) {
-                            self.hiwater.fetch_max(used, Ordering::Relaxed);
-                        }
-                    }
-                    return Some(s);
+            if nslots <= area.geom.nslabs - st.used {
+                if let Some(r) = f(&area.geom, &mut st) {
+                    return Some(r);
                 }
             }
             drop(st);

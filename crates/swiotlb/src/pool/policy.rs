@@ -202,29 +202,16 @@ impl<P: Policy> Pool<P> {
     #[doc(hidden)]
     #[inline]
     pub fn alloc_free_n(&self, req: &Request, hint: usize, n: u64) -> Option<u32> {
-        let nareas = self.areas.len();
-        let first = hint & (nareas - 1);
-        let mut i = first;
-        loop {
-            let area = &self.areas[i];
-            let mut st = area.state.lock();
-            if req.nslots <= area.geom.nslabs - st.used {
-                if let Some(mut s) = P::alloc(&mut st.policy, &area.geom, req) {
-                    P::free(&mut st.policy, &area.geom, s, req.nslots);
-                    for _ in 1..n {
-                        // Freed just above, so the area has room again;
-                        // a policy that cannot find it again stops here.
-                        s = P::alloc(&mut st.policy, &area.geom, req)?;
-                        P::free(&mut st.policy, &area.geom, s, req.nslots);
-                    }
-                    return Some(s);
-                }
+        self.in_areas(hint, req.nslots, |geom, st| {
+            let mut s = P::alloc(&mut st.policy, geom, req)?;
+            P::free(&mut st.policy, geom, s, req.nslots);
+            for _ in 1..n {
+                // Freed just above, so the area has room again; a policy
+                // that cannot find it again stops here.
+                s = P::alloc(&mut st.policy, geom, req)?;
+                P::free(&mut st.policy, geom, s, req.nslots);
             }
-            drop(st);
-            i = (i + 1) & (nareas - 1);
-            if i == first {
-                return None;
-            }
-        }
+            Some(s)
+        })
     }
 }
