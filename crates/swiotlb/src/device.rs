@@ -234,4 +234,16 @@ impl<T: Translate> Device<T> {
     pub fn phys_to_dma(&self, phys: PhysAddr) -> DmaAddr {
         self.translate.phys_to_dma(phys)
     }
+
+    /// The physical address of `len` bytes at `cpu`, and whether they are
+    /// mapped directly: the device reaches them and is not forced to
+    /// bounce (Linux `dma_direct_map_page` before `swiotlb_map`).
+    #[inline]
+    pub(crate) fn direct(&self, cpu: *const u8, len: usize) -> (PhysAddr, bool) {
+        let phys = self.translate.virt_to_phys(cpu);
+        (
+            phys,
+            !self.force_bounce && len != 0 && self.can_reach(phys, len),
+        )
+    }
 }

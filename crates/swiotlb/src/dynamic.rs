@@ -1616,8 +1616,8 @@ impl<V: Provider, H: MemoryHooks, P: Policy> DynTlb<V, H, P> {
     ) -> core::result::Result<Mapping<'_, B, P>, MapFailed<B>> {
         let (ptr, len) = buffer.dma_region();
         let d = &dev.device;
-        let phys = d.translate().virt_to_phys(ptr.as_ptr());
-        if !d.force_bounce() && len != 0 && d.can_reach(phys, len) {
+        let (phys, direct) = d.direct(ptr.as_ptr(), len);
+        if direct {
             let dma = d.phys_to_dma(phys);
             return Ok(Mapping::direct(
                 &self.first.pool,
@@ -1761,8 +1761,8 @@ where
             });
         }
         let d = &this.device;
-        let phys = d.translate().virt_to_phys(ptr.as_ptr());
-        if !d.force_bounce() && len != 0 && d.can_reach(phys, len) {
+        let (phys, direct) = d.direct(ptr.as_ptr(), len);
+        if direct {
             let dma = d.phys_to_dma(phys);
             let m = Mapping::direct(&tlb.first.pool, None, buffer, ptr, len, dma, this.dir);
             return Poll::Ready(Ok(m));

@@ -626,8 +626,8 @@ impl<P: Policy> Pool<P> {
         attrs: Attrs,
     ) -> core::result::Result<Mapping<'_, B, P>, MapFailed<B>> {
         let (ptr, len) = buffer.dma_region();
-        let phys = dev.translate().virt_to_phys(ptr.as_ptr());
-        if !dev.force_bounce() && len != 0 && dev.can_reach(phys, len) {
+        let (phys, direct) = dev.direct(ptr.as_ptr(), len);
+        if direct {
             return Ok(Mapping::direct(
                 self,
                 None,

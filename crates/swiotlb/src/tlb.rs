@@ -298,11 +298,8 @@ impl<P: Policy> Platform<P> {
                 // mapping handle still borrows a pool: the direct map is
                 // counted under the low tlb, or the high one.
                 let (ptr, len) = buffer.dma_region();
-                let phys = dev.translate().virt_to_phys(ptr.as_ptr());
-                let direct = dev.restricted_pool().is_none()
-                    && !dev.force_bounce()
-                    && len != 0
-                    && dev.can_reach(phys, len);
+                let (_, reachable) = dev.direct(ptr.as_ptr(), len);
+                let direct = dev.restricted_pool().is_none() && reachable;
                 match self.low.as_ref().or(self.high.as_ref()) {
                     Some(tlb) if direct => tlb.pool.map_with_attrs(dev, buffer, dir, attrs),
                     _ => Err(MapFailed { error, buffer }),
