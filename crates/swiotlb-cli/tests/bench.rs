@@ -99,6 +99,7 @@ fn json_report_has_every_row() {
             "map_unmap_pools {pools}"
         );
     }
+    assert!(has("grow", "fast", "us", &any), "grow");
     for t in [1, 2] {
         assert!(
             has("throughput_exact_hiwater", "fast", "Mops", &|r| r

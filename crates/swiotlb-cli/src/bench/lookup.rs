@@ -85,6 +85,43 @@ fn lookups<'a>(
     })
 }
 
+/// Growths timed for the `grow` row.
+const GROWTHS: usize = 16;
+
+/// The `grow` row: microseconds to add one 4 MiB pool (the provider's
+/// allocation, the pool's set-up, the insertion), median of [`GROWTHS`].
+/// The heap provider hands out memory untouched; one that zeroed or
+/// touched it here would pay a page fault per page on the growth's path.
+pub fn grow_part(rows: &mut Vec<Row>) -> Result<(), String> {
+    let mut config = DynConfig::new(1 << 20, 1 << 30);
+    config.grow_by = 4 << 20;
+    let tlb = DynTlb::new(
+        HeapProvider::new(),
+        NoHooks,
+        Arc::new(ManualClock::new()),
+        config,
+    )
+    .map_err(|e| e.to_string())?;
+    let mut us: Vec<f64> = (0..GROWTHS)
+        .map(|_| {
+            let t = Instant::now();
+            let grew = tlb.add_pool().map_err(|e| e.to_string())?;
+            let e = t.elapsed().as_secs_f64() * 1e6;
+            if grew {
+                Ok(e)
+            } else {
+                Err("grow: the tlb did not grow".to_string())
+            }
+        })
+        .collect::<Result<_, String>>()?;
+    us.sort_by(f64::total_cmp);
+    rows.push(
+        Row::new("grow", "fast", 4 << 20, "none", us[GROWTHS / 2], "us")
+            .note(format!("add_pool of 4 MiB, median of {GROWTHS}")),
+    );
+    Ok(())
+}
+
 /// Measures the three rows for each pool count.
 pub fn lookup_part(sampling: Sampling, seed: u64, rows: &mut Vec<Row>) -> Result<(), String> {
     let dev = DynDevice::new(Device::new(DmaMask::BITS_64).with_force_bounce(true));
