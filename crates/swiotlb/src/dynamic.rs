@@ -433,7 +433,6 @@ pub struct DynTlb<V: Provider, H: MemoryHooks = NoHooks, P: Policy = Fast> {
     pools: RwLock<Set<V, H, P>>,
     /// Transient pools, sorted by address.
     transients: Mutex<Set<V, H, P>>,
-    transient_live: AtomicUsize,
     queue: Mutex<VecDeque<Entry<P>>>,
     /// Length of `queue`, read without its lock on every unmap.
     queued: AtomicUsize,
@@ -552,7 +551,6 @@ impl<V: Provider, H: MemoryHooks, P: Policy> DynTlb<V, H, P> {
             pools: RwLock::new(Set::one(first.clone())),
             first,
             transients: Mutex::new(Set::default()),
-            transient_live: AtomicUsize::new(0),
             queue: Mutex::new(VecDeque::new()),
             queued: AtomicUsize::new(0),
             next_ticket: AtomicU64::new(0),
@@ -886,7 +884,6 @@ impl<V: Provider, H: MemoryHooks, P: Policy> DynTlb<V, H, P> {
         {
             self.transients.lock().insert(m);
         }
-        self.transient_live.fetch_add(1, Ordering::Relaxed);
         self.counters.transient_made.fetch_add(1, Ordering::Relaxed);
         self.counters
             .transient_nslabs
@@ -912,7 +909,6 @@ impl<V: Provider, H: MemoryHooks, P: Policy> DynTlb<V, H, P> {
         if let Some(owner) = &m.owner {
             owner.ranges.lock().retain(|r| r.0 != start.0);
         }
-        self.transient_live.fetch_sub(1, Ordering::Relaxed);
         self.counters
             .transient_nslabs
             .fetch_sub(m.pool.nslabs() as u64, Ordering::Relaxed);
