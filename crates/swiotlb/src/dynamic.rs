@@ -1185,29 +1185,11 @@ impl<V: Provider, H: MemoryHooks, P: Policy> DynTlb<V, H, P> {
     ) -> Result<(Bounce, NonNull<Pool<P>>)> {
         let began = std::time::Instant::now();
         let timeout = std::time::Duration::from_nanos(self.config.wait_timeout);
-        let ticket = Arc::new(TicketInner {
-            id: self.next_ticket.fetch_add(1, Ordering::Relaxed),
-            queued_at: self.clock.now_ns(),
-            state: Mutex::new(TicketState {
-                phase: Phase::Queued,
-                outcome: None,
-                waker: None,
-                thread: Some(std::thread::current()),
-            }),
-        });
-        self.counters.deferred.fetch_add(1, Ordering::Relaxed);
-        {
-            let mut q = self.queue.lock();
-            q.push_back(Entry {
-                ticket: ticket.clone(),
-                attempt,
-                src,
-                size,
-                sink: Sink::Store,
-            });
-            self.queued.store(q.len(), Ordering::SeqCst);
-        }
-        self.service();
+        // SAFETY: the caller's obligations, passed on.
+        let ticket = unsafe { self.enqueue(attempt, src, size, Sink::Store, None) };
+        // Set after queuing: an outcome that came before it is seen by the
+        // check at the top of the loop, one after it unparks this thread.
+        ticket.state.lock().thread = Some(std::thread::current());
         let mut may_grow = true;
         loop {
             {
