@@ -21,7 +21,7 @@ use swiotlb::{Device, Direction, DmaMask, Fast, NextFit, PhysAddr, Policy, Pool,
 
 use report::{human, Row};
 use timing::{interleave, Contender, Run, Sampling};
-use workload::{fill_to, first_failure, prefault, slot_fill, Rng};
+use workload::{fill_to, first_failure, prefault, slot_fill, Mix, Rng};
 
 /// Arguments of `swiotlb bench`.
 ///
@@ -666,47 +666,56 @@ fn thread_part(plan: &Plan, rows: &mut Vec<Row>) -> Result<(), String> {
 fn frag_part(plan: &Plan, rows: &mut Vec<Row>) -> Result<(), String> {
     let dev = forced();
     let bytes = plan.pool_bytes;
-    let runs: [(&'static str, workload::FirstFailure); 2] = [
-        (
-            Fast::NAME,
-            first_failure(&|| heap::<Fast>(bytes, 1), &dev, plan.frag_steps, plan.seed)?,
-        ),
-        (
-            NextFit::NAME,
-            first_failure(
-                &|| heap::<NextFit>(bytes, 1),
-                &dev,
-                plan.frag_steps,
-                plan.seed,
-            )?,
-        ),
-    ];
-    for (policy, f) in runs {
-        let when = match f.step {
-            Some(s) => format!("step {} of {}", s + 1, plan.frag_steps),
-            None => "while filling".into(),
-        };
-        let note = format!(
-            "{} pool, {} live mappings of 512 B-64 KiB, {when}; {} trials",
-            human(bytes as u64),
-            f.live,
-            f.trials
-        );
-        rows.push(
-            Row::new("fill_at_first_failure", policy, 0, "none", f.bytes, "ratio")
-                .note(note.clone()),
-        );
-        rows.push(
-            Row::new(
-                "slots_at_first_failure",
-                policy,
-                0,
-                "none",
-                f.slots,
-                "ratio",
+    // The log-uniform mix, then a uniform one: the mix of the
+    // figure reported for Linux, to check `NextFit` against it.
+    for (mix, suffix, what) in [
+        (Mix::LogUniform, "", "log-uniform"),
+        (Mix::Uniform, "_uniform", "uniform"),
+    ] {
+        let (fill_name, slots_name) = if suffix.is_empty() {
+            ("fill_at_first_failure", "slots_at_first_failure")
+        } else {
+            (
+                "fill_at_first_failure_uniform",
+                "slots_at_first_failure_uniform",
             )
-            .note(note),
-        );
+        };
+        let runs: [(&'static str, workload::FirstFailure); 2] = [
+            (
+                Fast::NAME,
+                first_failure(
+                    &|| heap::<Fast>(bytes, 1),
+                    &dev,
+                    plan.frag_steps,
+                    plan.seed,
+                    mix,
+                )?,
+            ),
+            (
+                NextFit::NAME,
+                first_failure(
+                    &|| heap::<NextFit>(bytes, 1),
+                    &dev,
+                    plan.frag_steps,
+                    plan.seed,
+                    mix,
+                )?,
+            ),
+        ];
+        for (policy, f) in runs {
+            let when = match f.step {
+                Some(s) => format!("step {} of {}", s + 1, plan.frag_steps),
+                None => "while filling".into(),
+            };
+            let note = format!(
+                "{} pool, {} live mappings of 512 B-64 KiB ({what}), {when}; {} trials",
+                human(bytes as u64),
+                f.live,
+                f.trials
+            );
+            rows.push(Row::new(fill_name, policy, 0, "none", f.bytes, "ratio").note(note.clone()));
+            rows.push(Row::new(slots_name, policy, 0, "none", f.slots, "ratio").note(note));
+        }
     }
     Ok(())
 }

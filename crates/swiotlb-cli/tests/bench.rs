@@ -79,6 +79,10 @@ fn json_report_has_every_row() {
             );
         }
         assert!(has("fill_at_first_failure", p, "ratio", &any), "{p} frag");
+        assert!(
+            has("fill_at_first_failure_uniform", p, "ratio", &any),
+            "{p} frag, uniform sizes"
+        );
         assert!(has("metadata_per_slot", p, "bytes", &any), "{p} metadata");
         assert!(has("init_6gib", p, "ms", &any), "{p} init");
     }

@@ -248,7 +248,12 @@ pub fn ratios(rows: &[Row], sizes: &[u64], fills: &[f64]) -> Vec<Ratio> {
             );
         }
     }
-    for name in ["fill_at_first_failure", "metadata_per_slot", "init_6gib"] {
+    for name in [
+        "fill_at_first_failure",
+        "fill_at_first_failure_uniform",
+        "metadata_per_slot",
+        "init_6gib",
+    ] {
         push(
             format!("{name:<27} fast/nextfit"),
             r.by_policy(name, "fast"),

@@ -49,6 +49,27 @@ impl Rng {
 pub const MIX_LO: usize = 512;
 pub const MIX_HI: usize = 64 * 1024;
 
+/// How mapping sizes between [`MIX_LO`] and [`MIX_HI`] are drawn.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mix {
+    /// Log-uniform: each octave equally likely (the workload; most
+    /// mappings are small).
+    LogUniform,
+    /// Uniform in bytes (most mappings are large): the mix behind the
+    /// "about three quarters live at the first failure" reported for
+    /// Linux.
+    Uniform,
+}
+
+impl Mix {
+    pub fn draw(self, rng: &mut Rng) -> usize {
+        match self {
+            Mix::LogUniform => rng.log_uniform(MIX_LO, MIX_HI),
+            Mix::Uniform => MIX_LO + rng.below(MIX_HI - MIX_LO + 1),
+        }
+    }
+}
+
 /// Writes every slot of the pool once, through mappings, so that the
 /// page faults of fresh heap memory are not charged to whichever policy
 /// first touches a page (the next-fit walk would touch all of them).
@@ -146,6 +167,7 @@ pub fn churn<P: Policy>(
     n: usize,
     steps: u64,
     seed: u64,
+    mix: Mix,
 ) -> Result<Trial, String> {
     let mut rng = Rng::new(seed);
     let mut live: Vec<Live<'_, P>> = Vec::with_capacity(n);
@@ -157,7 +179,7 @@ pub fn churn<P: Policy>(
         step,
     };
     while live.len() < n {
-        let len = rng.log_uniform(MIX_LO, MIX_HI);
+        let len = mix.draw(&mut rng);
         match pool.map(dev, vec![0u8; len], Direction::ToDevice) {
             Ok(m) => {
                 bytes += len as u64;
@@ -171,7 +193,7 @@ pub fn churn<P: Policy>(
         let m = live.swap_remove(rng.below(n));
         bytes -= m.len() as u64;
         let mut buf = m.unmap();
-        let len = rng.log_uniform(MIX_LO, MIX_HI);
+        let len = mix.draw(&mut rng);
         buf.resize(len, 0);
         match pool.map(dev, buf, Direction::ToDevice) {
             Ok(m) => {
@@ -211,11 +233,12 @@ pub fn first_failure<P: Policy>(
     dev: &Device,
     steps: u64,
     seed: u64,
+    mix: Mix,
 ) -> Result<FirstFailure, String> {
     // The pool cannot hold more mappings than it has slots, so that many
     // fails while filling: an upper bound that surely fails.
     let mut hi = new_pool()?.nslabs() as usize + 1;
-    let mut found = match churn(&new_pool()?, dev, hi, 0, seed)? {
+    let mut found = match churn(&new_pool()?, dev, hi, 0, seed, mix)? {
         Trial::Failed { bytes, slots, step } => FirstFailure {
             live: hi,
             bytes,
@@ -230,7 +253,7 @@ pub fn first_failure<P: Policy>(
     while hi - lo > 1 {
         let mid = lo + (hi - lo) / 2;
         trials += 1;
-        match churn(&new_pool()?, dev, mid, steps, seed)? {
+        match churn(&new_pool()?, dev, mid, steps, seed, mix)? {
             Trial::Survived => lo = mid,
             Trial::Failed { bytes, slots, step } => {
                 hi = mid;
