@@ -1075,34 +1075,31 @@ impl<V: Provider, H: MemoryHooks, P: Policy> DynTlb<V, H, P> {
     /// after every unmap while the queue is not empty, after every growth,
     /// and after every enqueue.
     fn service(&self) {
-        let mut done: Vec<(Entry<P>, Result<Found<P>>)> = Vec::new();
-        {
-            let mut q = self.queue.lock();
-            while let Some(head) = q.front_mut() {
+        // One request at a time: slots are granted in queue order under
+        // the queue lock, and each outcome is delivered with no lock held,
+        // before the next is popped, so a callback that panics leaves the
+        // rest queued rather than holding slots nobody will be told of.
+        loop {
+            let (entry, r) = {
+                let mut q = self.queue.lock();
+                let Some(head) = q.front_mut() else { return };
                 let r = match self.try_pools(&mut *head.attempt) {
-                    Ok(placed) => Ok(placed),
-                    Err(e) if is_full(&e) => break,
+                    Ok(found) => Ok(found),
+                    Err(e) if is_full(&e) => return,
                     Err(e) => Err(e),
                 };
-                if let Some(entry) = q.pop_front() {
-                    done.push((entry, r));
-                }
-            }
-            self.queued.store(q.len(), Ordering::SeqCst);
-        }
-        if done.is_empty() {
-            return;
-        }
-        let now = self.clock.now_ns();
-        for (entry, r) in done {
-            let waited = now.saturating_sub(entry.ticket.queued_at);
+                let Some(entry) = q.pop_front() else { return };
+                self.queued.store(q.len(), Ordering::SeqCst);
+                (entry, r)
+            };
+            let waited = self.clock.now_ns().saturating_sub(entry.ticket.queued_at);
             self.counters
                 .deferred_ns
                 .fetch_add(waited, Ordering::Relaxed);
             self.counters
                 .max_wait_ns
                 .fetch_max(waited, Ordering::Relaxed);
-            let r = r.map(|(b, pool)| {
+            let r = r.map(|(b, pool): Found<P>| {
                 // SAFETY: `pool` holds `b`'s slots, just allocated for this
                 // entry, so it stays valid; the entry's enqueuer keeps
                 // `src` valid for `size` bytes until the request completes

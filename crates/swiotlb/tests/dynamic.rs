@@ -1018,3 +1018,64 @@ fn the_maintainer_grows_for_callers_that_could_not() {
     drop(held);
     drop(m);
 }
+
+/// A callback that panics takes only its own request with it: the requests
+/// queued behind it stay queued and complete at the next unmaps.
+#[test]
+fn a_panicking_callback_loses_no_other_request() {
+    let (t, _clock) = tlb(MIB, MIB);
+    let dev = forced();
+    let mut bufs: Vec<Vec<u8>> = (0..7).map(|i| vec![i as u8; 256 * KIB]).collect();
+    let done = Arc::new(Mutex::new(Vec::new()));
+    let mut now = Vec::new();
+    for (i, b) in bufs.iter_mut().enumerate() {
+        let d = done.clone();
+        let cpu = b.as_mut_ptr();
+        // SAFETY: the buffers outlive every mapping and request.
+        let r = unsafe {
+            t.bounce_deferred_raw(
+                &dev,
+                PhysAddr(cpu as u64),
+                cpu,
+                256 * KIB,
+                MapOptions::default(),
+                move |r| {
+                    assert!(i != 4, "request 4's callback fails");
+                    d.lock().unwrap().push((i, r.unwrap()));
+                },
+            )
+        }
+        .unwrap();
+        if let Deferral::Now(b) = r {
+            now.push(b);
+        }
+    }
+    assert_eq!((now.len(), t.stats().waiters), (4, 3));
+    let unmap = |b: Bounce| {
+        // SAFETY: as above; nothing touches the buffers meanwhile.
+        unsafe { t.unmap_raw(&dev, b.dma, 256 * KIB, Direction::ToDevice, Attrs::NONE) }
+    };
+    let mut now = now.into_iter();
+    // The unmap frees its slots, then serves request 4, whose callback
+    // panics through it.
+    let first = now.next().unwrap();
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| unmap(first)));
+    assert!(r.is_err());
+    assert_eq!(t.stats().waiters, 2, "5 and 6 still queued");
+    assert!(done.lock().unwrap().is_empty());
+    for b in now.by_ref().take(2) {
+        unmap(b).unwrap();
+    }
+    let got: Vec<usize> = done.lock().unwrap().iter().map(|x| x.0).collect();
+    assert_eq!(got, vec![5, 6], "each completed once, in order");
+    assert_eq!(t.stats().waiters, 0);
+    // Request 4's bounce went to its callback, which dropped it: those
+    // slots stay held, as a driver that loses a mapping leaves them.
+    for (_, b) in done.lock().unwrap().drain(..) {
+        unmap(b).unwrap();
+    }
+    for b in now {
+        unmap(b).unwrap();
+    }
+    assert_eq!(t.stats().pool.io_tlb_used, 128, "request 4's slots alone");
+}
