@@ -33,10 +33,13 @@
 //!   `BUS_DMA_WAITOK` and Windows' map registers do. Each request completes
 //!   exactly once or is cancelled; never both, never neither.
 //! - **Shrinking**: [`DynTlb::maintain`] gives back a grown pool that has
-//!   been completely free and untouched for [`DynConfig::idle`], one pool
-//!   per call and none while the tlb grew within the idle time, so a steady
-//!   workload does not thrash. The first pool is never given back, and no
-//!   pool is given back while one mapping lives in it.
+//!   been completely free and untouched for [`DynConfig::idle`]: at most
+//!   one pool per idle time, and none while the tlb grew within it, so a
+//!   steady workload does not thrash. The first pool is never given back,
+//!   and no pool is given back while one mapping lives in it. Call
+//!   `maintain` from a worker where sleeping is allowed, or, under `std`,
+//!   let `DynTlb::spawn_maintainer` run it (woken at once when a caller
+//!   asks for growth).
 //! - Finding the pool of an address is a binary search over the pools
 //!   sorted by address (O(log pools)); transient pools are looked up only
 //!   for devices that ever had one, in their own list.
