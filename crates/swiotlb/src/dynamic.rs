@@ -1465,8 +1465,9 @@ impl<V: Provider, H: MemoryHooks, P: Policy> DynTlb<V, H, P> {
     ) -> Result {
         let phys = dev.device.translate().dma_to_phys(dma);
         let found = self.with_pool_of(dev, phys, |pool| {
-            // SAFETY: the caller's obligations, passed on.
-            let r = unsafe { pool.unmap_raw(&dev.device, dma, size, dir, attrs) };
+            // SAFETY: the caller's obligations, passed on; `phys` is `dma`
+            // translated for this device.
+            let r = unsafe { pool.unmap_at(dma, phys, size, dir, attrs) };
             (r, pool.start())
         });
         match found {
@@ -1494,12 +1495,8 @@ impl<V: Provider, H: MemoryHooks, P: Policy> DynTlb<V, H, P> {
         size: usize,
         dir: Direction,
     ) -> Result {
-        let phys = dev.device.translate().dma_to_phys(dma);
-        self.with_pool_of(dev, phys, |pool| {
-            // SAFETY: the caller's obligations, passed on.
-            unsafe { pool.sync_for_cpu_raw(&dev.device, dma, size, dir) }
-        })
-        .map_or(Ok(()), |(r, _)| r)
+        // SAFETY: the caller's obligations, passed on.
+        unsafe { self.sync_raw(dev, dma, size, false, dir.copies_to_cpu()) }
     }
 
     /// Copies CPU writes to the device (as [`Pool::sync_for_device_raw`]).
@@ -1516,10 +1513,27 @@ impl<V: Provider, H: MemoryHooks, P: Policy> DynTlb<V, H, P> {
         size: usize,
         dir: Direction,
     ) -> Result {
+        // SAFETY: the caller's obligations, passed on.
+        unsafe { self.sync_raw(dev, dma, size, true, dir.copies_to_device()) }
+    }
+
+    /// Both syncs: the pool found once, the address translated once.
+    ///
+    /// # Safety
+    /// As [`Pool::sync_for_cpu_raw`].
+    unsafe fn sync_raw<T: Translate>(
+        &self,
+        dev: &DynDevice<T>,
+        dma: DmaAddr,
+        size: usize,
+        to_device: bool,
+        copy: bool,
+    ) -> Result {
         let phys = dev.device.translate().dma_to_phys(dma);
         self.with_pool_of(dev, phys, |pool| {
-            // SAFETY: the caller's obligations, passed on.
-            unsafe { pool.sync_for_device_raw(&dev.device, dma, size, dir) }
+            // SAFETY: the caller's obligations, passed on; `phys` is `dma`
+            // translated for this device.
+            unsafe { pool.sync_at(dma, phys, size, to_device, copy) }
         })
         .map_or(Ok(()), |(r, _)| r)
     }

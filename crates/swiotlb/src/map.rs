@@ -148,16 +148,8 @@ impl<P: Policy> Pool<P> {
         size: usize,
         opts: MapOptions,
     ) -> Result<Bounce> {
-        let tbl_dma = dev.phys_to_dma(self.start()).0;
         let min_align = dev.min_align_mask();
-        let (req, pad) = self.request(
-            tbl_dma,
-            dev.seg_boundary_mask(),
-            min_align,
-            orig.0,
-            size,
-            opts.alloc_align_mask,
-        )?;
+        let (req, pad) = self.request(dev, orig.0, size, opts.alloc_align_mask)?;
         let hint = opts.area_hint.unwrap_or_else(thread_hint);
         let start = self
             .alloc(&req, hint, cpu, size, pad)
@@ -271,6 +263,24 @@ impl<P: Policy> Pool<P> {
         attrs: Attrs,
     ) -> Result {
         let phys = dev.translate().dma_to_phys(dma);
+        // SAFETY: the caller's obligations; `phys` is `dma` translated.
+        unsafe { self.unmap_at(dma, phys, size, dir, attrs) }
+    }
+
+    /// [`Pool::unmap_raw`] of device address `dma`, already translated to
+    /// `phys` (a growing tlb translates once to find the pool).
+    ///
+    /// # Safety
+    /// As [`Pool::unmap_raw`], with `phys` the CPU physical address of
+    /// `dma` for the device.
+    pub(crate) unsafe fn unmap_at(
+        &self,
+        dma: DmaAddr,
+        phys: PhysAddr,
+        size: usize,
+        dir: Direction,
+        attrs: Attrs,
+    ) -> Result {
         if !self.contains(phys) {
             return Ok(());
         }
@@ -369,6 +379,24 @@ impl<P: Policy> Pool<P> {
         copy: bool,
     ) -> Result {
         let phys = dev.translate().dma_to_phys(dma);
+        // SAFETY: the caller's obligations; `phys` is `dma` translated.
+        unsafe { self.sync_at(dma, phys, size, to_device, copy) }
+    }
+
+    /// [`Pool::sync_raw`] of device address `dma`, already translated to
+    /// `phys`.
+    ///
+    /// # Safety
+    /// As [`Pool::sync_for_cpu_raw`], with `phys` the CPU physical address
+    /// of `dma` for the device.
+    pub(crate) unsafe fn sync_at(
+        &self,
+        dma: DmaAddr,
+        phys: PhysAddr,
+        size: usize,
+        to_device: bool,
+        copy: bool,
+    ) -> Result {
         if !self.contains(phys) {
             return Ok(());
         }

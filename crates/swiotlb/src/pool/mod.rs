@@ -566,15 +566,16 @@ impl<P: Policy> Pool<P> {
     /// at `orig`, as Linux's `swiotlb_tbl_map_single` and
     /// `swiotlb_search_pool_area` normalise it. Returns the request and the
     /// offset of the bounce address from the allocation's first slot.
-    pub(crate) fn request(
+    pub(crate) fn request<T: Translate>(
         &self,
-        tbl_dma: u64,
-        boundary_mask: u64,
-        min_align_mask: u64,
+        dev: &Device<T>,
         orig: u64,
         size: usize,
         alloc_align_mask: u64,
     ) -> Result<(Request, usize)> {
+        let tbl_dma = dev.phys_to_dma(self.start).0;
+        let boundary_mask = dev.seg_boundary_mask();
+        let min_align_mask = dev.min_align_mask();
         let shift = self.slot_shift;
         let slot_mask = (1u64 << shift) - 1;
         let impossible = Error::AlignmentImpossible {
@@ -1063,9 +1064,7 @@ impl<P: Policy> Pool<P> {
             .unwrap_or(1 << 63);
         let align = order_bytes - 1;
         let min_align = dev.min_align_mask();
-        let tbl_dma = dev.phys_to_dma(self.start).0;
-        let (mut req, _) =
-            self.request(tbl_dma, dev.seg_boundary_mask(), min_align, 0, size, align)?;
+        let (mut req, _) = self.request(dev, 0, size, align)?;
         // Linux hands `size` itself to `swiotlb_find_slots`, not `size`
         // rounded up to the alignment as a streaming map does: a 12 KiB
         // allocation holds 6 slots at a 16 KiB-aligned start.

@@ -174,16 +174,7 @@ impl<P: Policy> Pool<P> {
         orig: PhysAddr,
         size: usize,
     ) -> Result<Request> {
-        let tbl_dma = dev.phys_to_dma(self.start).0;
-        let (req, _) = self.request(
-            tbl_dma,
-            dev.seg_boundary_mask(),
-            dev.min_align_mask(),
-            orig.0,
-            size,
-            0,
-        )?;
-        Ok(req)
+        Ok(self.request(dev, orig.0, size, 0)?.0)
     }
 
     /// The allocator alone, for benchmarks: under one hold of an area lock,
