@@ -107,15 +107,26 @@ pub fn run(args: &Args) -> Result<(), String> {
     })?;
     // Everything is printed at once, after the run: a script that fails
     // half way prints nothing on standard output.
-    let out = if args.json {
-        let mut s = serde_json::to_string_pretty(&report.to_json())
-            .map_err(|e| format!("cannot write JSON: {e}"))?;
-        s.push('\n');
-        s
-    } else {
-        report.to_text()
-    };
-    print_report(&out)
+    print_report(&render(
+        args.json,
+        || report.to_json(),
+        || report.to_text(),
+    )?)
+}
+
+/// The report as pretty JSON (with `--json`) or as text.
+fn render(
+    json: bool,
+    to_json: impl FnOnce() -> serde_json::Value,
+    to_text: impl FnOnce() -> String,
+) -> Result<String, String> {
+    if !json {
+        return Ok(to_text());
+    }
+    let mut s =
+        serde_json::to_string_pretty(&to_json()).map_err(|e| format!("cannot write JSON: {e}"))?;
+    s.push('\n');
+    Ok(s)
 }
 
 fn print_report(out: &str) -> Result<(), String> {
@@ -131,15 +142,11 @@ fn print_report(out: &str) -> Result<(), String> {
 /// `swiotlb simulate --profile NAME`: the workload, then its report.
 fn run_profile(args: &Args) -> Result<(), String> {
     let report = profile::run(&args.workload)?;
-    let out = if args.json {
-        let mut s = serde_json::to_string_pretty(&report.to_json())
-            .map_err(|e| format!("cannot write JSON: {e}"))?;
-        s.push('\n');
-        s
-    } else {
-        report.to_text()
-    };
-    print_report(&out)?;
+    print_report(&render(
+        args.json,
+        || report.to_json(),
+        || report.to_text(),
+    )?)?;
     match report.data_errors() {
         0 => Ok(()),
         n => Err(format!(

@@ -36,17 +36,22 @@ fn geometry() -> PoolConfig {
 
 const POOL_BYTES: usize = 64 << 9;
 
-fn tlb(pools: usize) -> Result<DynTlb<HeapProvider>, String> {
-    let mut config = DynConfig::new(POOL_BYTES, POOL_BYTES * pools);
-    config.grow_by = POOL_BYTES;
-    config.pool = geometry();
-    let tlb = DynTlb::new(
+/// A growing tlb of heap memory, its clock standing still.
+fn heap_tlb(config: DynConfig) -> Result<DynTlb<HeapProvider>, String> {
+    DynTlb::new(
         HeapProvider::new(),
         NoHooks,
         Arc::new(ManualClock::new()),
         config,
     )
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| e.to_string())
+}
+
+fn tlb(pools: usize) -> Result<DynTlb<HeapProvider>, String> {
+    let mut config = DynConfig::new(POOL_BYTES, POOL_BYTES * pools);
+    config.grow_by = POOL_BYTES;
+    config.pool = geometry();
+    let tlb = heap_tlb(config)?;
     while tlb.pool_count() < pools {
         if !tlb.add_pool().map_err(|e| e.to_string())? {
             return Err(format!("lookup: stopped at {} pools", tlb.pool_count()));
@@ -95,13 +100,7 @@ const GROWTHS: usize = 16;
 pub fn grow_part(rows: &mut Vec<Row>) -> Result<(), String> {
     let mut config = DynConfig::new(1 << 20, 1 << 30);
     config.grow_by = 4 << 20;
-    let tlb = DynTlb::new(
-        HeapProvider::new(),
-        NoHooks,
-        Arc::new(ManualClock::new()),
-        config,
-    )
-    .map_err(|e| e.to_string())?;
+    let tlb = heap_tlb(config)?;
     let mut us: Vec<f64> = (0..GROWTHS)
         .map(|_| {
             let t = Instant::now();
