@@ -460,7 +460,6 @@ struct Counters {
     pools_removed: AtomicU64,
     grow_failures: AtomicU64,
     transient_made: AtomicU64,
-    transient_nslabs: AtomicU64,
     deferred: AtomicU64,
     deferred_ns: AtomicU64,
     max_wait_ns: AtomicU64,
@@ -636,12 +635,13 @@ impl<V: Provider, H: MemoryHooks, P: Policy> DynTlb<V, H, P> {
             }
             pools.len()
         };
-        let ntrans = {
+        let (ntrans, transient_nslabs) = {
             let t = self.transients.lock();
             for m in t.iter() {
                 add(m.pool.stats());
             }
-            t.len()
+            let nslabs = t.iter().map(|m| u64::from(m.pool.nslabs())).sum();
+            (t.len(), nslabs)
         };
         // A sum of marks is a bound, not the tlb's mark.
         pool.hiwater_exact = false;
@@ -656,7 +656,7 @@ impl<V: Provider, H: MemoryHooks, P: Policy> DynTlb<V, H, P> {
             pools_removed: ld(&c.pools_removed),
             grow_failures: ld(&c.grow_failures),
             transient_pools: ntrans as u64,
-            io_tlb_transient_nslabs: ld(&c.transient_nslabs),
+            io_tlb_transient_nslabs: transient_nslabs,
             transient_made: ld(&c.transient_made),
             bytes_held: self.held.load(Ordering::Relaxed) as u64,
             peak_bytes_held: self.peak_held.load(Ordering::Relaxed) as u64,
@@ -888,9 +888,6 @@ impl<V: Provider, H: MemoryHooks, P: Policy> DynTlb<V, H, P> {
             self.transients.lock().insert(m);
         }
         self.counters.transient_made.fetch_add(1, Ordering::Relaxed);
-        self.counters
-            .transient_nslabs
-            .fetch_add(nslabs as u64, Ordering::Relaxed);
         Some(Placed {
             bounce,
             pool: ptr,
@@ -912,9 +909,6 @@ impl<V: Provider, H: MemoryHooks, P: Policy> DynTlb<V, H, P> {
         if let Some(owner) = &m.owner {
             owner.ranges.lock().retain(|r| r.0 != start.0);
         }
-        self.counters
-            .transient_nslabs
-            .fetch_sub(m.pool.nslabs() as u64, Ordering::Relaxed);
         let bytes = m.bytes;
         // The last reference: dropping it undoes the hooks and frees the
         // memory (allowed without sleeping: see `bounce_transient`).

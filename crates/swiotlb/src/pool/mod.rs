@@ -958,9 +958,11 @@ impl<P: Policy> Pool<P> {
     /// for a pool of one area (the default geometry), an upper bound
     /// otherwise, so a pool sized from it is never too small. A pool has
     /// several areas to let CPUs map at once, and the shared counter
-    /// undoes that: two threads mapping 64 B went from 1.95x one thread's
-    /// throughput to 0.60x with it (docs/PERFORMANCE.md). Set it before
-    /// the pool is shared.
+    /// undoes that: in `swiotlb bench` two threads mapping 64 B or 4 KiB
+    /// reach about twice one thread's throughput without it and fall below
+    /// one thread's with it (rows `throughput` and
+    /// `throughput_exact_hiwater`, docs/PERFORMANCE.md). Set it before the
+    /// pool is shared.
     pub fn with_exact_hiwater(mut self, exact: bool) -> Self {
         if self.exact_hiwater && !exact {
             // The per-area marks were kept all along.
