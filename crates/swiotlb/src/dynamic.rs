@@ -69,7 +69,7 @@ use crate::provider::{
     self, MemoryHooks, NoHooks, ProvidedPool, Provider, ProviderError, XEN_DMA_BITS,
 };
 use crate::stats::Stats;
-use crate::sync::{fence, AtomicBool, AtomicU64, AtomicUsize, Mutex, Ordering, RwLock};
+use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, Mutex, Ordering, RwLock};
 use crate::translate::{Identity, Translate};
 
 /// A monotonic time source, in nanoseconds, for idle times and deferral
@@ -1406,10 +1406,14 @@ impl<V: Provider, H: MemoryHooks, P: Policy> AfterRelease for DynTlb<V, H, P> {
         if transient {
             self.drop_transient(pool_start);
         }
-        // Pairs with the store in `enqueue`: either this sees the new
-        // entry, or the enqueuer's own service sees the freed slots.
-        fence(Ordering::SeqCst);
-        if self.queued.load(Ordering::SeqCst) > 0 {
+        // No lost wakeup without a fence: the enqueuer stores the queue
+        // length, then serves the queue, which takes every area lock of
+        // every pool while it tries them; these slots were given back
+        // under one of those locks. Either the enqueuer took that lock
+        // after the release (and sees the slots free), or before it, and
+        // then its store happened before this load (the loom model
+        // `deferred_vs_unmap` checks both orders).
+        if self.queued.load(Ordering::Acquire) > 0 {
             self.service();
         }
     }

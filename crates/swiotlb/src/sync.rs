@@ -12,9 +12,7 @@
 
 #[cfg(not(swiotlb_loom))]
 mod imp {
-    pub(crate) use core::sync::atomic::{
-        fence, AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering,
-    };
+    pub(crate) use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
     /// A reader-writer lock: a spin lock, for the pool set of a growing
     /// tlb (read on every map and unmap, written when a pool is added or
@@ -54,9 +52,7 @@ mod imp {
 
 #[cfg(swiotlb_loom)]
 mod imp {
-    pub(crate) use loom::sync::atomic::{
-        fence, AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering,
-    };
+    pub(crate) use loom::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
     /// A reader-writer lock: loom's.
     pub(crate) struct RwLock<T>(loom::sync::RwLock<T>);
