@@ -69,6 +69,24 @@ pub struct Args {
     /// Seed of the random sizes and choices.
     #[arg(long, default_value_t = 0x5eed)]
     pub seed: u64,
+    /// Slots per segment in the fragmentation pools: a power of two up to
+    /// 4096 (8 MiB of 2 KiB slots); 128, Linux's `IO_TLB_SEGSIZE`, by
+    /// default. No run crosses a segment line, so a larger segment lets
+    /// runs reach further, which only a pool that is physically contiguous
+    /// as a whole allows (`PoolConfig::segment`).
+    #[arg(long, default_value_t = swiotlb::config::IO_TLB_SEGSIZE, value_parser = segment_slots)]
+    pub segment: u32,
+}
+
+/// Parses `--segment`: a power of two whose segment of 2 KiB slots is at
+/// most the 8 MiB `PoolConfig` takes, so from 1 to 4096 slots.
+fn segment_slots(s: &str) -> Result<u32, String> {
+    let n: u32 = s.parse().map_err(|e| format!("{e}"))?;
+    if n.is_power_of_two() && n <= 4096 {
+        Ok(n)
+    } else {
+        Err(format!("{n} is not a power of two from 1 to 4096"))
+    }
 }
 
 /// The parts of the benchmark.
@@ -114,6 +132,8 @@ struct Plan {
     frag_steps: u64,
     init_samples: usize,
     seed: u64,
+    /// Slots per segment of the fragmentation pools.
+    segment: u32,
 }
 
 impl Plan {
@@ -149,6 +169,7 @@ impl Plan {
             frag_steps: a.steps.unwrap_or(steps),
             init_samples: init,
             seed: a.seed,
+            segment: a.segment,
         }
     }
 }
@@ -238,7 +259,12 @@ fn forced() -> Device {
 }
 
 fn heap<P: Policy>(bytes: usize, nareas: u32) -> Result<Pool<P>, String> {
-    Pool::<P>::new_heap(bytes, PoolConfig::with_areas(nareas)).map_err(|e| {
+    heap_with(bytes, PoolConfig::with_areas(nareas))
+}
+
+/// [`heap`] with any geometry.
+fn heap_with<P: Policy>(bytes: usize, config: PoolConfig) -> Result<Pool<P>, String> {
+    Pool::<P>::new_heap(bytes, config).map_err(|e| {
         format!(
             "cannot build a {} pool of {}: {e}",
             P::NAME,
@@ -666,6 +692,15 @@ fn thread_part(plan: &Plan, rows: &mut Vec<Row>) -> Result<(), String> {
 fn frag_part(plan: &Plan, rows: &mut Vec<Row>) -> Result<(), String> {
     let dev = forced();
     let bytes = plan.pool_bytes;
+    let config = PoolConfig {
+        segment: plan.segment,
+        ..PoolConfig::with_areas(1)
+    };
+    let geometry = if plan.segment == swiotlb::config::IO_TLB_SEGSIZE {
+        String::new()
+    } else {
+        format!(", segments of {} slots", plan.segment)
+    };
     // The log-uniform mix, then a uniform one: the mix of the
     // figure reported for Linux, to check `NextFit` against it.
     for (mix, suffix, what) in [
@@ -684,7 +719,7 @@ fn frag_part(plan: &Plan, rows: &mut Vec<Row>) -> Result<(), String> {
             (
                 Fast::NAME,
                 first_failure(
-                    &|| heap::<Fast>(bytes, 1),
+                    &|| heap_with::<Fast>(bytes, config),
                     &dev,
                     plan.frag_steps,
                     plan.seed,
@@ -694,7 +729,7 @@ fn frag_part(plan: &Plan, rows: &mut Vec<Row>) -> Result<(), String> {
             (
                 NextFit::NAME,
                 first_failure(
-                    &|| heap::<NextFit>(bytes, 1),
+                    &|| heap_with::<NextFit>(bytes, config),
                     &dev,
                     plan.frag_steps,
                     plan.seed,
@@ -708,7 +743,7 @@ fn frag_part(plan: &Plan, rows: &mut Vec<Row>) -> Result<(), String> {
                 None => "while filling".into(),
             };
             let note = format!(
-                "{} pool, {} live mappings of 512 B-64 KiB ({what}), {when}; {} trials",
+                "{} pool{geometry}, {} live mappings of 512 B-64 KiB ({what}), {when}; {} trials",
                 human(bytes as u64),
                 f.live,
                 f.trials

@@ -146,3 +146,29 @@ fn unoptimised_builds_say_so() {
         "{err}"
     );
 }
+
+/// `--segment` changes the fragmentation pools' geometry, says so in every
+/// row it touches, and refuses a segment a pool cannot have.
+#[test]
+fn segment_sets_the_fragmentation_geometry() {
+    let (out, _) = bench(&["--smoke", "--json", "--only", "frag", "--segment", "512"]);
+    let rows = rows(&out);
+    assert_eq!(rows.len(), 8, "{out}");
+    for r in &rows {
+        let note = r["note"].as_str().unwrap_or("");
+        assert!(note.contains("segments of 512 slots"), "{r}");
+    }
+    let (out, _) = bench(&["--smoke", "--json", "--only", "frag"]);
+    assert!(
+        !out.contains("segments of"),
+        "default geometry named: {out}"
+    );
+
+    let out = Command::new(env!("CARGO_BIN_EXE_swiotlb"))
+        .args(["bench", "--smoke", "--only", "frag", "--segment", "100"])
+        .output()
+        .expect("the swiotlb binary runs");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not a power of two"), "{err}");
+}

@@ -57,9 +57,20 @@ fn thread_hint() -> usize {
     use core::sync::atomic::{AtomicUsize, Ordering};
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     std::thread_local! {
-        static HINT: usize = NEXT.fetch_add(1, Ordering::Relaxed);
+        // Const-initialised, with no destructor: reading it is one load,
+        // where a lazily initialised thread-local checks its state first.
+        static HINT: core::cell::Cell<usize> = const { core::cell::Cell::new(usize::MAX) };
     }
-    HINT.with(|h| *h)
+    HINT.with(|h| {
+        let mut v = h.get();
+        if v == usize::MAX {
+            // Areas are a power of two in number, so any value works; MAX
+            // is only the "not yet" mark.
+            v = NEXT.fetch_add(1, Ordering::Relaxed) & (usize::MAX >> 1);
+            h.set(v);
+        }
+        v
+    })
 }
 
 /// The area the calling thread starts its searches in.
