@@ -363,6 +363,9 @@ struct Entry<P: Policy> {
     /// The original, copied into the slots once they are allocated.
     src: SendPtr,
     size: usize,
+    /// The request's attributes: with `DEVICE_OVERWRITES` the slots are
+    /// zeroed instead of copied into.
+    attrs: Attrs,
     sink: Sink,
 }
 
@@ -737,18 +740,20 @@ impl<V: Provider, H: MemoryHooks, P: Policy> DynTlb<V, H, P> {
     ///
     /// # Safety
     /// `src` is valid for reads of `size` bytes and unaliased, as for
-    /// [`Pool::bounce_raw`], and `attempt` allocates for `src`/`size`.
+    /// [`Pool::bounce_raw`], and `attempt` allocates for `src`/`size`
+    /// with the same `attrs`.
     unsafe fn try_pools_copy(
         &self,
         attempt: &mut dyn FnMut(&Pool<P>) -> Result<Bounce>,
         src: *mut u8,
         size: usize,
+        attrs: Attrs,
     ) -> Result<(Bounce, NonNull<Pool<P>>)> {
         let (b, pool) = self.try_pools(attempt)?;
         // SAFETY: `pool` holds `b`'s slots, just allocated, so it stays
         // valid (no pool holding a live allocation is released); the
         // caller vouches for `src`.
-        unsafe { pool.as_ref().copy_in(&b, src, size) };
+        unsafe { pool.as_ref().copy_in(&b, src, size, attrs) };
         Ok((b, pool))
     }
 
@@ -830,6 +835,7 @@ impl<V: Provider, H: MemoryHooks, P: Policy> DynTlb<V, H, P> {
         orig: PhysAddr,
         cpu: *mut u8,
         size: usize,
+        attrs: Attrs,
         opts: MapOptions,
     ) -> Option<Placed<P>> {
         let slot_shift = self.config.pool.slot_shift;
@@ -865,7 +871,7 @@ impl<V: Provider, H: MemoryHooks, P: Policy> DynTlb<V, H, P> {
             }
         };
         // SAFETY: the caller's obligations, passed on.
-        let r = unsafe { pool.bounce_inner(&dev.device, orig, cpu, size, opts) };
+        let r = unsafe { pool.bounce_inner(&dev.device, orig, cpu, size, attrs, opts) };
         let Ok(bounce) = r else {
             // Nothing lives in it: give it back at once (no sleeping: the
             // memory came from `alloc_nowait` and the hooks are `nowait`).
@@ -933,7 +939,7 @@ impl<V: Provider, H: MemoryHooks, P: Policy> DynTlb<V, H, P> {
         opts: MapOptions,
     ) -> Result<Placed<P>> {
         let device = &dev.device;
-        let mut attempt = |pool: &Pool<P>| pool.bounce_alloc(device, orig, cpu, size, opts);
+        let mut attempt = |pool: &Pool<P>| pool.bounce_alloc(device, orig, cpu, size, attrs, opts);
         let sleeps = attrs.contains(Attrs::MAY_SLEEP);
         // Callers that may sleep queue behind earlier waiters (FIFO);
         // others cannot wait, so they try at once.
@@ -941,7 +947,7 @@ impl<V: Provider, H: MemoryHooks, P: Policy> DynTlb<V, H, P> {
         let mut full = match behind {
             true => None,
             // SAFETY: the caller's obligations, passed on.
-            false => match unsafe { self.try_pools_copy(&mut attempt, cpu, size) } {
+            false => match unsafe { self.try_pools_copy(&mut attempt, cpu, size, attrs) } {
                 Ok((bounce, pool)) => {
                     return Ok(Placed {
                         bounce,
@@ -970,7 +976,7 @@ impl<V: Provider, H: MemoryHooks, P: Policy> DynTlb<V, H, P> {
                     }
                 }
                 // SAFETY: the caller's obligations, passed on.
-                match unsafe { self.try_pools_copy(&mut attempt, cpu, size) } {
+                match unsafe { self.try_pools_copy(&mut attempt, cpu, size, attrs) } {
                     Ok((bounce, pool)) => {
                         return Ok(Placed {
                             bounce,
@@ -994,21 +1000,23 @@ impl<V: Provider, H: MemoryHooks, P: Policy> DynTlb<V, H, P> {
                 let cpu = SendPtr(cpu);
                 let attempt = Box::new(move |pool: &Pool<P>| {
                     let cpu = cpu;
-                    pool.bounce_alloc(&device, orig, cpu.0, size, opts)
+                    pool.bounce_alloc(&device, orig, cpu.0, size, attrs, opts)
                 });
                 // SAFETY: the caller's obligations, passed on: this caller
                 // waits until the request completes or is cancelled, so
                 // `cpu` stays valid meanwhile.
-                return unsafe { self.wait(attempt, cpu, size) }.map(|(bounce, pool)| Placed {
-                    bounce,
-                    pool,
-                    transient: false,
+                return unsafe { self.wait(attempt, cpu, size, attrs) }.map(|(bounce, pool)| {
+                    Placed {
+                        bounce,
+                        pool,
+                        transient: false,
+                    }
                 });
             }
         } else {
             self.want_growth();
             // SAFETY: the caller's obligations, passed on.
-            if let Some(p) = unsafe { self.bounce_transient(dev, orig, cpu, size, opts) } {
+            if let Some(p) = unsafe { self.bounce_transient(dev, orig, cpu, size, attrs, opts) } {
                 return Ok(p);
             }
         }
@@ -1036,6 +1044,7 @@ impl<V: Provider, H: MemoryHooks, P: Policy> DynTlb<V, H, P> {
         attempt: Attempt<P>,
         src: SendPtr,
         size: usize,
+        attrs: Attrs,
         sink: Sink,
         waker: Option<Waker>,
     ) -> Arc<TicketInner> {
@@ -1058,6 +1067,7 @@ impl<V: Provider, H: MemoryHooks, P: Policy> DynTlb<V, H, P> {
                 attempt,
                 src,
                 size,
+                attrs,
                 sink,
             });
             self.queued.store(q.len(), Ordering::SeqCst);
@@ -1101,7 +1111,10 @@ impl<V: Provider, H: MemoryHooks, P: Policy> DynTlb<V, H, P> {
                 // entry, so it stays valid; the entry's enqueuer keeps
                 // `src` valid for `size` bytes until the request completes
                 // (`enqueue`'s contract), which is below.
-                unsafe { pool.as_ref().copy_in(&b, entry.src.0, entry.size) };
+                unsafe {
+                    pool.as_ref()
+                        .copy_in(&b, entry.src.0, entry.size, entry.attrs)
+                };
                 b
             });
             self.complete(entry, r);
@@ -1176,11 +1189,12 @@ impl<V: Provider, H: MemoryHooks, P: Policy> DynTlb<V, H, P> {
         attempt: Attempt<P>,
         src: SendPtr,
         size: usize,
+        attrs: Attrs,
     ) -> Result<(Bounce, NonNull<Pool<P>>)> {
         let began = std::time::Instant::now();
         let timeout = std::time::Duration::from_nanos(self.config.wait_timeout);
         // SAFETY: the caller's obligations, passed on.
-        let ticket = unsafe { self.enqueue(attempt, src, size, Sink::Store, None) };
+        let ticket = unsafe { self.enqueue(attempt, src, size, attrs, Sink::Store, None) };
         // Set after queuing: an outcome that came before it is seen by the
         // check at the top of the loop, one after it unparks this thread.
         ticket.state.lock().thread = Some(std::thread::current());
@@ -1564,9 +1578,10 @@ impl<V: Provider, H: MemoryHooks, P: Policy> DynTlb<V, H, P> {
     ) -> Result<Deferral> {
         if self.queued.load(Ordering::Acquire) == 0 {
             let device = &dev.device;
-            let mut attempt = |pool: &Pool<P>| pool.bounce_alloc(device, orig, cpu, size, opts);
+            let mut attempt =
+                |pool: &Pool<P>| pool.bounce_alloc(device, orig, cpu, size, Attrs::NONE, opts);
             // SAFETY: the caller's obligations, passed on.
-            let r = unsafe { self.try_pools_copy(&mut attempt, cpu, size) };
+            let r = unsafe { self.try_pools_copy(&mut attempt, cpu, size, Attrs::NONE) };
             match r {
                 Ok((b, _)) => return Ok(Deferral::Now(b)),
                 Err(e) if is_full(&e) => {}
@@ -1581,12 +1596,12 @@ impl<V: Provider, H: MemoryHooks, P: Policy> DynTlb<V, H, P> {
         let cpu = SendPtr(cpu);
         let attempt = Box::new(move |pool: &Pool<P>| {
             let cpu = cpu;
-            pool.bounce_alloc(&device, orig, cpu.0, size, opts)
+            pool.bounce_alloc(&device, orig, cpu.0, size, Attrs::NONE, opts)
         });
+        let sink = Sink::Callback(Box::new(done));
         // SAFETY: the caller keeps `cpu` valid until the request is
         // unmapped or cancelled (this function's contract).
-        let ticket =
-            unsafe { self.enqueue(attempt, cpu, size, Sink::Callback(Box::new(done)), None) };
+        let ticket = unsafe { self.enqueue(attempt, cpu, size, Attrs::NONE, sink, None) };
         Ok(Deferral::Queued(Ticket(ticket)))
     }
 
@@ -1759,12 +1774,13 @@ where
         }
         let cpu = ptr.as_ptr();
         if tlb.queued.load(Ordering::Acquire) == 0 {
-            let mut attempt =
-                |pool: &Pool<P>| pool.bounce_alloc(d, phys, cpu, len, MapOptions::default());
+            let mut attempt = |pool: &Pool<P>| {
+                pool.bounce_alloc(d, phys, cpu, len, Attrs::NONE, MapOptions::default())
+            };
             // SAFETY: `cpu` is valid for `len` bytes while `buffer` lives
             // and is not otherwise accessed (`DmaBuffer`); the mapping
             // returned owns `buffer`.
-            let r = unsafe { tlb.try_pools_copy(&mut attempt, cpu, len) };
+            let r = unsafe { tlb.try_pools_copy(&mut attempt, cpu, len, Attrs::NONE) };
             match r {
                 Ok((bounce, pool)) => {
                     let placed = Placed {
@@ -1786,7 +1802,14 @@ where
         let cpu = SendPtr(cpu);
         let attempt = Box::new(move |pool: &Pool<P>| {
             let cpu = cpu;
-            pool.bounce_alloc(&device, phys, cpu.0, len, MapOptions::default())
+            pool.bounce_alloc(
+                &device,
+                phys,
+                cpu.0,
+                len,
+                Attrs::NONE,
+                MapOptions::default(),
+            )
         });
         this.buffer = Some(buffer);
         let waker = Some(cx.waker().clone());
@@ -1794,7 +1817,8 @@ where
         // is cancelled (its drop cancels it, and gives back the slots of a
         // request that completed unseen); the bytes do not move with the
         // future (`DmaBuffer`).
-        this.ticket = Some(unsafe { tlb.enqueue(attempt, cpu, len, Sink::Store, waker) });
+        this.ticket =
+            Some(unsafe { tlb.enqueue(attempt, cpu, len, Attrs::NONE, Sink::Store, waker) });
         // It may have completed while queuing: its waker was woken, so
         // the next poll sees it.
         Poll::Pending
