@@ -17,9 +17,7 @@ use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 use swiotlb::pool::Request;
-use swiotlb::{
-    Attrs, Device, Direction, DmaMask, Fast, NextFit, PhysAddr, Policy, Pool, PoolConfig,
-};
+use swiotlb::{Device, Direction, DmaMask, Fast, NextFit, PhysAddr, Policy, Pool, PoolConfig};
 
 use report::{human, Row};
 use timing::{interleave, Contender, Run, Sampling};
@@ -30,10 +28,6 @@ use workload::{fill_to, first_failure, prefault, slot_fill, Mix, Rng};
 /// Rows: `map_unmap` (ns per map+unmap pair; `dir` `to` copies once,
 /// `from` twice, as Linux does), `memcpy` (ns per copy of the same bytes;
 /// `dir` `hot` into one buffer, `walk` through a pool-sized region),
-/// `map_unmap_overwrite` (from-device pairs mapped with
-/// `Attrs::DEVICE_OVERWRITES`: a fill instead of the map-time copy),
-/// `map_unmap_cold` and `map_unmap_cold_overwrite` (from-device pairs
-/// without and with it, the original walking a pool-sized region, so cold),
 /// `alloc_free` (ns per allocate+free of one slot by the allocator alone,
 /// at a pool `fill`: the policy's search and bookkeeping under the area
 /// lock, one lock hold per pair, no record and no copy),
@@ -98,8 +92,7 @@ fn segment_slots(s: &str) -> Result<u32, String> {
 /// The parts of the benchmark.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Part {
-    /// `map_unmap`, `map_unmap_overwrite`, `map_unmap_cold[_overwrite]` and
-    /// `memcpy` rows.
+    /// `map_unmap` and `memcpy` rows.
     Map,
     /// `alloc_free`, `alloc_free_batch`, `alloc_free_alt` (allocator
     /// alone) and `map_unmap_1b` at 10, 50 and 90 % fill.
@@ -288,9 +281,8 @@ fn map_once<P: Policy>(
     dev: &Device,
     buf: Buf,
     dir: Direction,
-    attrs: Attrs,
 ) -> Result<Buf, String> {
-    match pool.map_with_attrs(dev, black_box(buf), dir, attrs) {
+    match pool.map(dev, black_box(buf), dir) {
         Ok(m) => Ok(black_box(m.unmap())),
         Err(f) => Err(format!(
             "{} pool, {} bytes: {}",
@@ -335,59 +327,16 @@ fn map_unmap<'a, P: Policy>(
     size: usize,
     dir: Direction,
 ) -> Run<'a> {
-    map_unmap_with(pool, dev, size, dir, Attrs::NONE)
-}
-
-/// [`map_unmap`] with attributes.
-fn map_unmap_with<'a, P: Policy>(
-    pool: &'a Pool<P>,
-    dev: &'a Device,
-    size: usize,
-    dir: Direction,
-    attrs: Attrs,
-) -> Run<'a> {
     let mut keep = page_buf(size);
     Box::new(move |n| {
         let mut buf = std::mem::take(&mut keep);
         let t = Instant::now();
         for _ in 0..n {
-            buf = map_once(pool, dev, buf, dir, attrs)?;
+            buf = map_once(pool, dev, buf, dir)?;
         }
         let e = t.elapsed();
         keep = buf;
         Ok(e)
-    })
-}
-
-/// From-device map+unmap pairs whose original walks through `region`, a
-/// page-aligned original per pair, so the original is cold in the caches
-/// as a fresh receive buffer is (the `map_unmap` rows reuse one hot
-/// original).
-fn map_unmap_cold<'a, P: Policy>(
-    pool: &'a Pool<P>,
-    dev: &'a Device,
-    region: Buf,
-    size: usize,
-    attrs: Attrs,
-) -> Run<'a> {
-    let step = size.div_ceil(PAGE) * PAGE;
-    let at = page_offset(region);
-    let mut bufs: Vec<Buf> = region[at..]
-        .chunks_exact_mut(step)
-        .map(|c| &mut c[..size])
-        .collect();
-    let mut i = 0;
-    Box::new(move |n| {
-        let t = Instant::now();
-        for _ in 0..n {
-            let buf = std::mem::take(&mut bufs[i]);
-            bufs[i] = map_once(pool, dev, buf, Direction::FromDevice, attrs)?;
-            i += 1;
-            if i == bufs.len() {
-                i = 0;
-            }
-        }
-        Ok(t.elapsed())
     })
 }
 
@@ -461,27 +410,6 @@ fn map_part(plan: &Plan, rows: &mut Vec<Row>) -> Result<(), String> {
             cs.push(Contender::new(map_unmap(&next, &dev, size, d)));
             labels.push(("map_unmap", NextFit::NAME, dir_name(d)));
         }
-        // A from-device map whose device promises to write it all: the
-        // map zeroes the slots instead of copying the original in.
-        let (d, ow) = (Direction::FromDevice, Attrs::DEVICE_OVERWRITES);
-        cs.push(Contender::new(map_unmap_with(&fast, &dev, size, d, ow)));
-        labels.push(("map_unmap_overwrite", Fast::NAME, dir_name(d)));
-        // The same two with a cold original: what the fill saves is the
-        // read of the original, which costs most when it is not in cache.
-        // The originals live for the process (`Buf`), half a pool's bytes
-        // each; non-zero, so every page is there before timing starts.
-        let originals: Buf = Box::leak(vec![1u8; plan.pool_bytes + 2 * PAGE].into_boxed_slice());
-        let (plain, over) = originals.split_at_mut(plan.pool_bytes / 2 + PAGE);
-        cs.push(Contender::new(map_unmap_cold(
-            &fast,
-            &dev,
-            plain,
-            size,
-            Attrs::NONE,
-        )));
-        labels.push(("map_unmap_cold", Fast::NAME, dir_name(d)));
-        cs.push(Contender::new(map_unmap_cold(&fast, &dev, over, size, ow)));
-        labels.push(("map_unmap_cold_overwrite", Fast::NAME, dir_name(d)));
         cs.push(Contender::new(memcpy_hot(size)));
         labels.push(("memcpy", "memcpy", "hot"));
         cs.push(Contender::new(memcpy_walk(&mut region, size, slot)));
@@ -684,7 +612,7 @@ fn parallel_map<'a, P: Policy>(
     // threads start in two areas: one stream per area, as one CPU per area
     // in Linux.
     parallel(threads, size, move |b| {
-        map_once(pool, dev, b, Direction::ToDevice, Attrs::NONE)
+        map_once(pool, dev, b, Direction::ToDevice)
     })
 }
 

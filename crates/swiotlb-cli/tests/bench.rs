@@ -117,11 +117,6 @@ fn json_report_has_every_row() {
             has("map_unmap", "fast", "ns", &|r| r["size"] == size),
             "map_unmap size {size}"
         );
-        assert!(
-            has("map_unmap_overwrite", "fast", "ns", &|r| r["size"] == size
-                && r["dir"] == "from"),
-            "map_unmap_overwrite size {size}"
-        );
     }
     let ratio = |r: &Value| r["value"].as_f64().unwrap_or(0.0);
     for r in rows.iter().filter(|r| r["unit"] == "ratio") {

@@ -27,21 +27,6 @@ impl Attrs {
     /// The caller may sleep (Linux `DMA_ATTR_MAY_SLEEP`): a growing pool may
     /// allocate memory and run platform hooks on this call's path.
     pub const MAY_SLEEP: Self = Self(1 << 2);
-    /// The caller promises that the device writes every byte of the
-    /// mapping before the CPU reads it back (a receive buffer, a read of
-    /// whole blocks), so nothing of the original needs to reach the
-    /// device. The map then zeroes the bounce bytes instead of copying the
-    /// original into them: the device still never sees stale slot data
-    /// (CVE-2022-0854), and a map costs a fill rather than a copy. Not a
-    /// Linux attribute.
-    ///
-    /// If the promise is broken, nothing unsound happens, but the result
-    /// differs from a plain map: a device that reads sees zeros, not the
-    /// original, and the bytes a device leaves unwritten come back to the
-    /// original as zeros at unmap, where a plain map gives the original's
-    /// own bytes back. Only the map-time copy is replaced; syncs and the
-    /// unmap copy as always.
-    pub const DEVICE_OVERWRITES: Self = Self(1 << 3);
 
     /// The raw bits.
     #[inline]

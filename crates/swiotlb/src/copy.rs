@@ -40,17 +40,3 @@ pub(crate) unsafe fn bounce_copy(dst: *mut u8, src: *const u8, len: usize) {
     // - no aliasing reference to the CPU side: the caller's third.
     unsafe { core::ptr::copy_nonoverlapping(src, dst, len) }
 }
-
-/// Zeroes `len` bytes at `dst`: the map-time fill that stands in for the
-/// copy when the caller promises the device overwrites the mapping
-/// (`Attrs::DEVICE_OVERWRITES`).
-///
-/// # Safety
-/// `dst` is valid for writes of `len` bytes (bounce slots of a live
-/// allocation; the device may access them meanwhile).
-#[inline]
-pub(crate) unsafe fn bounce_zero(dst: *mut u8, len: usize) {
-    // SAFETY: validity for writes of `len` bytes is the caller's
-    // obligation; bytes have no invalid values.
-    unsafe { core::ptr::write_bytes(dst, 0, len) }
-}

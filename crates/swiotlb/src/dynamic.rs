@@ -363,9 +363,6 @@ struct Entry<P: Policy> {
     /// The original, copied into the slots once they are allocated.
     src: SendPtr,
     size: usize,
-    /// The request's attributes: with `DEVICE_OVERWRITES` the slots are
-    /// zeroed instead of copied into.
-    attrs: Attrs,
     sink: Sink,
 }
 
@@ -740,20 +737,18 @@ impl<V: Provider, H: MemoryHooks, P: Policy> DynTlb<V, H, P> {
     ///
     /// # Safety
     /// `src` is valid for reads of `size` bytes and unaliased, as for
-    /// [`Pool::bounce_raw`], and `attempt` allocates for `src`/`size`
-    /// with the same `attrs`.
+    /// [`Pool::bounce_raw`], and `attempt` allocates for `src`/`size`.
     unsafe fn try_pools_copy(
         &self,
         attempt: &mut dyn FnMut(&Pool<P>) -> Result<Bounce>,
         src: *mut u8,
         size: usize,
-        attrs: Attrs,
     ) -> Result<(Bounce, NonNull<Pool<P>>)> {
         let (b, pool) = self.try_pools(attempt)?;
         // SAFETY: `pool` holds `b`'s slots, just allocated, so it stays
         // valid (no pool holding a live allocation is released); the
         // caller vouches for `src`.
-        unsafe { pool.as_ref().copy_in(&b, src, size, attrs) };
+        unsafe { pool.as_ref().copy_in(&b, src, size) };
         Ok((b, pool))
     }
 
@@ -835,7 +830,6 @@ impl<V: Provider, H: MemoryHooks, P: Policy> DynTlb<V, H, P> {
         orig: PhysAddr,
         cpu: *mut u8,
         size: usize,
-        attrs: Attrs,
         opts: MapOptions,
     ) -> Option<Placed<P>> {
         let slot_shift = self.config.pool.slot_shift;
@@ -871,7 +865,7 @@ impl<V: Provider, H: MemoryHooks, P: Policy> DynTlb<V, H, P> {
             }
         };
         // SAFETY: the caller's obligations, passed on.
-        let r = unsafe { pool.bounce_inner(&dev.device, orig, cpu, size, attrs, opts) };
+        let r = unsafe { pool.bounce_inner(&dev.device, orig, cpu, size, opts) };
         let Ok(bounce) = r else {
             // Nothing lives in it: give it back at once (no sleeping: the
             // memory came from `alloc_nowait` and the hooks are `nowait`).
@@ -939,7 +933,7 @@ impl<V: Provider, H: MemoryHooks, P: Policy> DynTlb<V, H, P> {
         opts: MapOptions,
     ) -> Result<Placed<P>> {
         let device = &dev.device;
-        let mut attempt = |pool: &Pool<P>| pool.bounce_alloc(device, orig, cpu, size, attrs, opts);
+        let mut attempt = |pool: &Pool<P>| pool.bounce_alloc(device, orig, cpu, size, opts);
         let sleeps = attrs.contains(Attrs::MAY_SLEEP);
         // Callers that may sleep queue behind earlier waiters (FIFO);
         // others cannot wait, so they try at once.
@@ -947,7 +941,7 @@ impl<V: Provider, H: MemoryHooks, P: Policy> DynTlb<V, H, P> {
         let mut full = match behind {
             true => None,
             // SAFETY: the caller's obligations, passed on.
-            false => match unsafe { self.try_pools_copy(&mut attempt, cpu, size, attrs) } {
+            false => match unsafe { self.try_pools_copy(&mut attempt, cpu, size) } {
                 Ok((bounce, pool)) => {
                     return Ok(Placed {
                         bounce,
@@ -976,7 +970,7 @@ impl<V: Provider, H: MemoryHooks, P: Policy> DynTlb<V, H, P> {
                     }
                 }
                 // SAFETY: the caller's obligations, passed on.
-                match unsafe { self.try_pools_copy(&mut attempt, cpu, size, attrs) } {
+                match unsafe { self.try_pools_copy(&mut attempt, cpu, size) } {
                     Ok((bounce, pool)) => {
                         return Ok(Placed {
                             bounce,
@@ -1000,23 +994,21 @@ impl<V: Provider, H: MemoryHooks, P: Policy> DynTlb<V, H, P> {
                 let cpu = SendPtr(cpu);
                 let attempt = Box::new(move |pool: &Pool<P>| {
                     let cpu = cpu;
-                    pool.bounce_alloc(&device, orig, cpu.0, size, attrs, opts)
+                    pool.bounce_alloc(&device, orig, cpu.0, size, opts)
                 });
                 // SAFETY: the caller's obligations, passed on: this caller
                 // waits until the request completes or is cancelled, so
                 // `cpu` stays valid meanwhile.
-                return unsafe { self.wait(attempt, cpu, size, attrs) }.map(|(bounce, pool)| {
-                    Placed {
-                        bounce,
-                        pool,
-                        transient: false,
-                    }
+                return unsafe { self.wait(attempt, cpu, size) }.map(|(bounce, pool)| Placed {
+                    bounce,
+                    pool,
+                    transient: false,
                 });
             }
         } else {
             self.want_growth();
             // SAFETY: the caller's obligations, passed on.
-            if let Some(p) = unsafe { self.bounce_transient(dev, orig, cpu, size, attrs, opts) } {
+            if let Some(p) = unsafe { self.bounce_transient(dev, orig, cpu, size, opts) } {
                 return Ok(p);
             }
         }
@@ -1044,7 +1036,6 @@ impl<V: Provider, H: MemoryHooks, P: Policy> DynTlb<V, H, P> {
         attempt: Attempt<P>,
         src: SendPtr,
         size: usize,
-        attrs: Attrs,
         sink: Sink,
         waker: Option<Waker>,
     ) -> Arc<TicketInner> {
@@ -1067,7 +1058,6 @@ impl<V: Provider, H: MemoryHooks, P: Policy> DynTlb<V, H, P> {
                 attempt,
                 src,
                 size,
-                attrs,
                 sink,
             });
             self.queued.store(q.len(), Ordering::SeqCst);
@@ -1111,10 +1101,7 @@ impl<V: Provider, H: MemoryHooks, P: Policy> DynTlb<V, H, P> {
                 // entry, so it stays valid; the entry's enqueuer keeps
                 // `src` valid for `size` bytes until the request completes
                 // (`enqueue`'s contract), which is below.
-                unsafe {
-                    pool.as_ref()
-                        .copy_in(&b, entry.src.0, entry.size, entry.attrs)
-                };
+                unsafe { pool.as_ref().copy_in(&b, entry.src.0, entry.size) };
                 b
             });
             self.complete(entry, r);
@@ -1189,12 +1176,11 @@ impl<V: Provider, H: MemoryHooks, P: Policy> DynTlb<V, H, P> {
         attempt: Attempt<P>,
         src: SendPtr,
         size: usize,
-        attrs: Attrs,
     ) -> Result<(Bounce, NonNull<Pool<P>>)> {
         let began = std::time::Instant::now();
         let timeout = std::time::Duration::from_nanos(self.config.wait_timeout);
         // SAFETY: the caller's obligations, passed on.
-        let ticket = unsafe { self.enqueue(attempt, src, size, attrs, Sink::Store, None) };
+        let ticket = unsafe { self.enqueue(attempt, src, size, Sink::Store, None) };
         // Set after queuing: an outcome that came before it is seen by the
         // check at the top of the loop, one after it unparks this thread.
         ticket.state.lock().thread = Some(std::thread::current());
@@ -1578,10 +1564,9 @@ impl<V: Provider, H: MemoryHooks, P: Policy> DynTlb<V, H, P> {
     ) -> Result<Deferral> {
         if self.queued.load(Ordering::Acquire) == 0 {
             let device = &dev.device;
-            let mut attempt =
-                |pool: &Pool<P>| pool.bounce_alloc(device, orig, cpu, size, Attrs::NONE, opts);
+            let mut attempt = |pool: &Pool<P>| pool.bounce_alloc(device, orig, cpu, size, opts);
             // SAFETY: the caller's obligations, passed on.
-            let r = unsafe { self.try_pools_copy(&mut attempt, cpu, size, Attrs::NONE) };
+            let r = unsafe { self.try_pools_copy(&mut attempt, cpu, size) };
             match r {
                 Ok((b, _)) => return Ok(Deferral::Now(b)),
                 Err(e) if is_full(&e) => {}
@@ -1596,12 +1581,12 @@ impl<V: Provider, H: MemoryHooks, P: Policy> DynTlb<V, H, P> {
         let cpu = SendPtr(cpu);
         let attempt = Box::new(move |pool: &Pool<P>| {
             let cpu = cpu;
-            pool.bounce_alloc(&device, orig, cpu.0, size, Attrs::NONE, opts)
+            pool.bounce_alloc(&device, orig, cpu.0, size, opts)
         });
-        let sink = Sink::Callback(Box::new(done));
         // SAFETY: the caller keeps `cpu` valid until the request is
         // unmapped or cancelled (this function's contract).
-        let ticket = unsafe { self.enqueue(attempt, cpu, size, Attrs::NONE, sink, None) };
+        let ticket =
+            unsafe { self.enqueue(attempt, cpu, size, Sink::Callback(Box::new(done)), None) };
         Ok(Deferral::Queued(Ticket(ticket)))
     }
 
@@ -1774,13 +1759,12 @@ where
         }
         let cpu = ptr.as_ptr();
         if tlb.queued.load(Ordering::Acquire) == 0 {
-            let mut attempt = |pool: &Pool<P>| {
-                pool.bounce_alloc(d, phys, cpu, len, Attrs::NONE, MapOptions::default())
-            };
+            let mut attempt =
+                |pool: &Pool<P>| pool.bounce_alloc(d, phys, cpu, len, MapOptions::default());
             // SAFETY: `cpu` is valid for `len` bytes while `buffer` lives
             // and is not otherwise accessed (`DmaBuffer`); the mapping
             // returned owns `buffer`.
-            let r = unsafe { tlb.try_pools_copy(&mut attempt, cpu, len, Attrs::NONE) };
+            let r = unsafe { tlb.try_pools_copy(&mut attempt, cpu, len) };
             match r {
                 Ok((bounce, pool)) => {
                     let placed = Placed {
@@ -1802,14 +1786,7 @@ where
         let cpu = SendPtr(cpu);
         let attempt = Box::new(move |pool: &Pool<P>| {
             let cpu = cpu;
-            pool.bounce_alloc(
-                &device,
-                phys,
-                cpu.0,
-                len,
-                Attrs::NONE,
-                MapOptions::default(),
-            )
+            pool.bounce_alloc(&device, phys, cpu.0, len, MapOptions::default())
         });
         this.buffer = Some(buffer);
         let waker = Some(cx.waker().clone());
@@ -1817,8 +1794,7 @@ where
         // is cancelled (its drop cancels it, and gives back the slots of a
         // request that completed unseen); the bytes do not move with the
         // future (`DmaBuffer`).
-        this.ticket =
-            Some(unsafe { tlb.enqueue(attempt, cpu, len, Attrs::NONE, Sink::Store, waker) });
+        this.ticket = Some(unsafe { tlb.enqueue(attempt, cpu, len, Sink::Store, waker) });
         // It may have completed while queuing: its waker was woken, so
         // the next poll sees it.
         Poll::Pending

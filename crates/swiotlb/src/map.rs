@@ -32,7 +32,7 @@ use core::ptr::NonNull;
 
 use crate::addr::{DmaAddr, PhysAddr};
 use crate::attrs::Attrs;
-use crate::copy::{bounce_copy, bounce_zero};
+use crate::copy::bounce_copy;
 use crate::device::Device;
 use crate::direction::Direction;
 use crate::error::{Error, Result};
@@ -97,8 +97,7 @@ impl<P: Policy> Pool<P> {
     /// through the pool, whatever the device could reach: Linux's
     /// `swiotlb_tbl_map_single` followed by `swiotlb_map`'s check that the
     /// bounce address is reachable. The original is copied into the slots
-    /// whatever the direction ([`Attrs::DEVICE_OVERWRITES`] zeroes them
-    /// instead).
+    /// whatever the direction.
     ///
     /// # Errors
     /// [`Error::ZeroSize`], [`Error::TooLarge`], [`Error::PoolFull`],
@@ -121,8 +120,9 @@ impl<P: Policy> Pool<P> {
         attrs: Attrs,
         opts: MapOptions,
     ) -> Result<Bounce> {
+        let _ = attrs;
         // SAFETY: the caller's obligations, passed on unchanged.
-        let r = unsafe { self.bounce_inner(dev, orig, cpu, size, attrs, opts) };
+        let r = unsafe { self.bounce_inner(dev, orig, cpu, size, opts) };
         if let Err(e) = &r {
             self.count_failure(e);
         }
@@ -137,47 +137,39 @@ impl<P: Policy> Pool<P> {
         orig: PhysAddr,
         cpu: *mut u8,
         size: usize,
-        attrs: Attrs,
         opts: MapOptions,
     ) -> Result<Bounce> {
-        let b = self.bounce_alloc(dev, orig, cpu, size, attrs, opts)?;
+        let b = self.bounce_alloc(dev, orig, cpu, size, opts)?;
         // SAFETY: `b` was just allocated for `cpu`/`size`; the caller's
         // obligations cover the original.
-        unsafe { self.copy_in(&b, cpu, size, attrs) };
+        unsafe { self.copy_in(&b, cpu, size) };
         Ok(b)
     }
 
     /// The allocation half of a bounce: slots for `size` bytes of the
     /// original at `orig`, recorded with `cpu` for the copies of later
     /// syncs and the unmap, and checked reachable; nothing is copied.
-    /// [`Pool::copy_in`] completes it, with the same `attrs` (they decide
-    /// whether the map's bytes are counted as copied). A growing tlb
-    /// allocates under its pool-set lock and copies after dropping it.
+    /// [`Pool::copy_in`] completes it. A growing tlb allocates under its
+    /// pool-set lock and copies after dropping it.
     pub(crate) fn bounce_alloc<T: Translate>(
         &self,
         dev: &Device<T>,
         orig: PhysAddr,
         cpu: *mut u8,
         size: usize,
-        attrs: Attrs,
         opts: MapOptions,
     ) -> Result<Bounce> {
         let min_align = dev.min_align_mask();
         let (req, pad) = self.request(dev, orig.0, size, opts.alloc_align_mask)?;
         let hint = opts.area_hint.unwrap_or_else(thread_hint);
-        let copied = if attrs.contains(Attrs::DEVICE_OVERWRITES) {
-            0
-        } else {
-            size
-        };
         let start = self
-            .alloc(&req, hint, cpu, size, pad, copied)
+            .alloc(&req, hint, cpu, size, pad)
             .ok_or_else(|| self.full_error(&req, min_align))?;
         let off = self.slot_offset(start) + pad;
         let phys = self.start() + off as u64;
         let dma = dev.phys_to_dma(phys);
         if !dev.translate().dma_capable(&dev.limits(), phys, dma, size) {
-            self.release(start, req.nslots, dma, 0, copied)?;
+            self.release(start, req.nslots, dma, 0, size)?;
             return Err(Error::Unreachable { dma, size });
         }
         Ok(Bounce {
@@ -189,22 +181,15 @@ impl<P: Policy> Pool<P> {
         })
     }
 
-    /// The copy half of a bounce: the original into the slots of `b`, or
-    /// zeroes with [`Attrs::DEVICE_OVERWRITES`].
+    /// The copy half of a bounce: the original into the slots of `b`.
     ///
     /// # Safety
     /// - `b` is a live allocation of this pool from
     ///   [`Pool::bounce_alloc`] for `cpu` and `size`, not yet unmapped;
     /// - `cpu` is valid for reads of `size` bytes and not referenced, as
     ///   for [`Pool::bounce_raw`].
-    pub(crate) unsafe fn copy_in(&self, b: &Bounce, cpu: *const u8, size: usize, attrs: Attrs) {
+    pub(crate) unsafe fn copy_in(&self, b: &Bounce, cpu: *const u8, size: usize) {
         let off = (b.phys - self.start()) as usize;
-        if attrs.contains(Attrs::DEVICE_OVERWRITES) {
-            // SAFETY: the slots at `off` hold at least `size` bytes of this
-            // live allocation, inside the pool (`request` sized it so).
-            unsafe { bounce_zero(self.slot_ptr(off), size) };
-            return;
-        }
         // SAFETY:
         // - `cpu` is valid for reads of `size` bytes (caller); the slots at
         //   `off` hold at least `size` bytes from the bounce address

@@ -40,7 +40,6 @@ macro_rules! both_policies {
 both_policies!(
     device_write_lands_exactly,
     from_device_never_exposes_earlier_mapping,
-    device_overwrites_zeroes_instead_of_copying,
     skip_cpu_sync_skips_only_copy_back,
     sync_for_device_copies_only_to_and_bidi,
     sync_for_cpu_copies_only_from_and_bidi,
@@ -218,78 +217,6 @@ fn from_device_never_exposes_earlier_mapping<P: Policy>() {
         vec![0; 6000]
     );
     assert_eq!(m.unmap(), vec![0; 6000]);
-    assert_empty(&pool);
-}
-
-/// `DEVICE_OVERWRITES` replaces the map-time copy with zeros: the device
-/// sees neither the original nor stale slot bytes, nothing is counted as
-/// copied to the device, and what the device writes comes back as with a
-/// plain map. Where a device breaks the promise and leaves bytes
-/// unwritten, those come back as zeros (a plain map gives the original's
-/// own bytes back), never as stale slot bytes.
-fn device_overwrites_zeroes_instead_of_copying<P: Policy>() {
-    let pool = pool::<P>(8);
-    let dev = forced();
-    let len = 5000;
-    let orig = bytes(0x0419, len);
-    let written = bytes(0xd0e5, len);
-    let attrs = Attrs::DEVICE_OVERWRITES;
-
-    // Raw API: zeros for the device, the device's bytes back.
-    dirty(&pool);
-    let before = pool.stats().bytes_to_device;
-    let buf = RawBuf::new(&orig);
-    // SAFETY: `buf` outlives the mapping and is reached only through its
-    // pointer.
-    let dma = unsafe {
-        pool.map_raw_with_attrs(
-            &dev,
-            PhysAddr(0x10_0000),
-            buf.ptr(),
-            len,
-            Direction::FromDevice,
-            attrs,
-        )
-    }
-    .unwrap();
-    let at = pool_off(&pool, dma);
-    assert_eq!(
-        device_read(&pool, at, len),
-        vec![0; len],
-        "zeroed, not copied"
-    );
-    assert_eq!(pool.stats().bytes_to_device, before, "nothing copied in");
-    device_write(&pool, at, &written);
-    let back = pool.stats().bytes_from_device;
-    // SAFETY: as above; the device is done.
-    unsafe { pool.unmap_raw(&dev, dma, len, Direction::FromDevice, attrs) }.unwrap();
-    assert_eq!(buf.to_vec(), written);
-    assert_eq!(
-        pool.stats().bytes_from_device,
-        back + len as u64,
-        "the unmap copies back as always"
-    );
-
-    // The same map without the attribute copies, and counts the copy.
-    dirty(&pool);
-    let before = pool.stats().bytes_to_device;
-    let m = pool.map(&dev, orig.clone(), Direction::FromDevice).unwrap();
-    assert_eq!(device_read(&pool, pool_off(&pool, m.dma_addr()), len), orig);
-    assert_eq!(pool.stats().bytes_to_device, before + len as u64);
-    assert_eq!(m.unmap(), orig);
-
-    // Safe API, a device that writes only part: the rest comes back as
-    // zeros, not as the original and not as stale bytes.
-    dirty(&pool);
-    let m = pool
-        .map_with_attrs(&dev, orig.clone(), Direction::FromDevice, attrs)
-        .unwrap();
-    let at = pool_off(&pool, m.dma_addr());
-    assert_eq!(device_read(&pool, at, len), vec![0; len]);
-    device_write(&pool, at + 100, &written[100..1100]);
-    let mut want = vec![0; len];
-    want[100..1100].copy_from_slice(&written[100..1100]);
-    assert_eq!(m.unmap(), want);
     assert_empty(&pool);
 }
 

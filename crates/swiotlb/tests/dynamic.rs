@@ -92,22 +92,6 @@ fn device_roundtrip<P: Policy>(m: &Mapping<'_, Vec<u8>, P>, i: usize) {
     unsafe { std::ptr::copy_nonoverlapping(answer.as_ptr(), p, m.len()) };
 }
 
-/// [`device_roundtrip`] for a mapping made with
-/// `Attrs::DEVICE_OVERWRITES`: the slots hold zeros, not the buffer.
-fn device_overwrite<P: Policy>(m: &Mapping<'_, Vec<u8>, P>, i: usize) {
-    let p = m.device_ptr().as_ptr();
-    let mut got = vec![0xee; m.len()];
-    // SAFETY: as in `device_roundtrip`.
-    unsafe { std::ptr::copy_nonoverlapping(p, got.as_mut_ptr(), m.len()) };
-    assert!(
-        got.iter().all(|&b| b == 0),
-        "buffer {i}: the bounce slots are not zeroed"
-    );
-    let answer = answer(i, m.len());
-    // SAFETY: as above, for writes.
-    unsafe { std::ptr::copy_nonoverlapping(answer.as_ptr(), p, m.len()) };
-}
-
 /// The buffer of mapping `i` after its unmap: what the device wrote.
 fn check_answer(buf: &[u8], i: usize) {
     assert!(
@@ -164,35 +148,6 @@ fn grows_for_callers_that_may_sleep_and_shrinks_when_idle() {
     let s = t.stats();
     assert_eq!(s.pools, 1, "{s:?}");
     assert_eq!(t.bytes_held(), MIB);
-}
-
-/// `DEVICE_OVERWRITES` zeroes the slots instead of copying on every way a
-/// growing tlb places a mapping: its pools, a transient pool, a grown pool
-/// (the waiting way is in `a_sleeping_caller_waits_for_an_unmap_on_another_thread`).
-#[test]
-fn device_overwrites_zeroes_wherever_the_mapping_lands() {
-    let (t, _clock) = tlb(MIB, 8 * MIB);
-    let dev = forced();
-    let ow = Attrs::DEVICE_OVERWRITES;
-    let dir = Direction::FromDevice;
-    let m = t.map(&dev, pattern(1, 100 * KIB), dir, ow).unwrap();
-    device_overwrite(&m, 1);
-    check_answer(&m.unmap(), 1);
-
-    let full = fill(&t, &dev);
-    let m = t.map(&dev, pattern(2, 100 * KIB), dir, ow).unwrap();
-    assert_eq!(t.stats().transient_pools, 1, "{:?}", t.stats());
-    device_overwrite(&m, 2);
-    check_answer(&m.unmap(), 2);
-
-    let m = t
-        .map(&dev, pattern(3, 100 * KIB), dir, ow | Attrs::MAY_SLEEP)
-        .unwrap();
-    assert_eq!(t.stats().pools_added, 1, "{:?}", t.stats());
-    device_overwrite(&m, 3);
-    check_answer(&m.unmap(), 3);
-    drop(full);
-    assert_eq!(t.stats().pool.io_tlb_used, 0);
 }
 
 #[test]
@@ -835,15 +790,6 @@ fn fixed_tlb(timeout: Duration) -> DynTlb<HeapProvider> {
 
 #[test]
 fn a_sleeping_caller_waits_for_an_unmap_on_another_thread() {
-    for overwrite in [false, true] {
-        a_sleeping_caller_waits(overwrite);
-    }
-}
-
-/// A sleeping caller waits for an unmap on another thread; with
-/// `overwrite` it maps with `DEVICE_OVERWRITES`, which the queue honours
-/// when it serves the request.
-fn a_sleeping_caller_waits(overwrite: bool) {
     let t = fixed_tlb(Duration::from_secs(30));
     let dev = forced();
     let (filled_tx, filled_rx) = mpsc::channel();
@@ -860,16 +806,14 @@ fn a_sleeping_caller_waits(overwrite: bool) {
             }
         });
         filled_rx.recv().unwrap();
-        let attrs = match overwrite {
-            true => Attrs::MAY_SLEEP | Attrs::DEVICE_OVERWRITES,
-            false => Attrs::MAY_SLEEP,
-        };
-        let m = t.map(&dev, pattern(7, 256 * KIB), Direction::Bidirectional, attrs);
+        let m = t.map(
+            &dev,
+            pattern(7, 256 * KIB),
+            Direction::Bidirectional,
+            Attrs::MAY_SLEEP,
+        );
         let m = m.unwrap_or_else(|f| panic!("the waiter failed: {:?}", f.error));
-        match overwrite {
-            true => device_overwrite(&m, 7),
-            false => device_roundtrip(&m, 7),
-        }
+        device_roundtrip(&m, 7);
         check_answer(&m.unmap(), 7);
         other.join().unwrap();
     });

@@ -440,19 +440,6 @@ impl<'p, P: Searched> Model<'p, P> {
     }
 
     fn map_raw(&mut self, r: Req, dir: Direction, hint: usize, seed: u64) -> Result<Bounce, Error> {
-        self.map_raw_with(r, dir, hint, seed, Attrs::NONE)
-    }
-
-    /// [`Model::map_raw`] with attributes: `DEVICE_OVERWRITES` puts zeros
-    /// in the slots where the original would go.
-    fn map_raw_with(
-        &mut self,
-        r: Req,
-        dir: Direction,
-        hint: usize,
-        seed: u64,
-        attrs: Attrs,
-    ) -> Result<Bounce, Error> {
         let pool = self.pool;
         assert_eq!(
             pool.max_mapping_size(r.min_align),
@@ -477,26 +464,17 @@ impl<'p, P: Searched> Model<'p, P> {
         // - `r.orig` is not `buf`'s physical address: it only steers the
         //   alignment, which the contract allows (wrongly aligned but
         //   sound).
-        let res =
-            unsafe { pool.bounce_raw(&dev, PhysAddr(r.orig), buf.ptr(), r.size, attrs, opts) };
+        let res = unsafe {
+            pool.bounce_raw(&dev, PhysAddr(r.orig), buf.ptr(), r.size, Attrs::NONE, opts)
+        };
         match res {
             Ok(b) => {
                 let id = self.take(&r, plan, b.start, b.nslots, b.phys);
-                if attrs.contains(Attrs::DEVICE_OVERWRITES) {
-                    // Zeroed, not copied: not counted as bytes to the
-                    // device.
-                    self.to_device -= r.size as u64;
-                }
                 let off = (b.phys - pool.start()) as usize;
                 assert_eq!(b.slot, (off >> self.geo.shift) as u32, "Bounce.slot");
                 // Linux copies the original into the slots at map time for
-                // every direction (CVE-2022-0854); `DEVICE_OVERWRITES`
-                // zeroes them instead.
-                let slots = match attrs.contains(Attrs::DEVICE_OVERWRITES) {
-                    true => vec![0; r.size],
-                    false => data.clone(),
-                };
-                assert_eq!(device_read(pool, off, r.size), slots, "map-time copy");
+                // every direction (CVE-2022-0854).
+                assert_eq!(device_read(pool, off, r.size), data, "map-time copy");
                 self.live.push(Live {
                     id,
                     side: Side::Raw { buf, dev },
@@ -506,8 +484,8 @@ impl<'p, P: Searched> Model<'p, P> {
                     nslots: b.nslots,
                     dma: DmaAddr(b.phys.0),
                     off,
-                    orig: data,
-                    slots,
+                    orig: data.clone(),
+                    slots: data,
                 });
             }
             Err(e) => {
@@ -853,7 +831,6 @@ impl<'p, P: Searched> Model<'p, P> {
                 dir,
                 hint,
                 seed,
-                overwrite,
             } => {
                 let max = self.geo.max_mapping_size(min_align);
                 let r = Req {
@@ -863,11 +840,7 @@ impl<'p, P: Searched> Model<'p, P> {
                     alloc_align,
                     boundary,
                 };
-                let attrs = match overwrite {
-                    true => Attrs::DEVICE_OVERWRITES,
-                    false => Attrs::NONE,
-                };
-                let _ = self.map_raw_with(r, dir, hint, seed, attrs);
+                let _ = self.map_raw(r, dir, hint, seed);
             }
             Op::MapSafe {
                 size,
@@ -1030,8 +1003,6 @@ enum Op {
         dir: Direction,
         hint: usize,
         seed: u64,
-        /// Mapped with `Attrs::DEVICE_OVERWRITES`.
-        overwrite: bool,
     },
     MapSafe {
         size: Size,
@@ -1115,10 +1086,9 @@ fn op() -> impl Strategy<Value = Op> {
         dir(),
         0..8usize,
         any::<u64>(),
-        prop::bool::weighted(0.2),
     )
         .prop_map(
-            |(size, orig, min_align, alloc_align, boundary, dir, hint, seed, overwrite)| Op::Map {
+            |(size, orig, min_align, alloc_align, boundary, dir, hint, seed)| Op::Map {
                 size,
                 orig,
                 min_align,
@@ -1127,7 +1097,6 @@ fn op() -> impl Strategy<Value = Op> {
                 dir,
                 hint,
                 seed,
-                overwrite,
             },
         );
     let map_safe =

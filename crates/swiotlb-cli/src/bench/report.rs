@@ -204,22 +204,6 @@ pub fn ratios(rows: &[Row], sizes: &[u64], fills: &[f64]) -> Vec<Ratio> {
             r.get("memcpy", "memcpy", s, "hot", 1).map(|v| 2.0 * v),
         );
     }
-    // The promise that the device overwrites the mapping trades the map's
-    // copy for a fill.
-    for &s in sizes {
-        push(
-            format!("map_unmap from {:>7}  fast overwrite/plain", human(s)),
-            r.get("map_unmap_overwrite", "fast", s, "from", 1),
-            r.get("map_unmap", "fast", s, "from", 1),
-        );
-    }
-    for &s in sizes {
-        push(
-            format!("map_unmap from {:>7}  fast cold overwrite/plain", human(s)),
-            r.get("map_unmap_cold_overwrite", "fast", s, "from", 1),
-            r.get("map_unmap_cold", "fast", s, "from", 1),
-        );
-    }
     // The allocator alone, then the whole 1-byte path around it.
     for name in [
         "alloc_free",

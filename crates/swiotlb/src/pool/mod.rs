@@ -644,11 +644,23 @@ impl<P: Policy> Pool<P> {
 
     /// Finds slots for `req`, starting in area `hint % nareas` and falling
     /// back to the others in turn (Linux `swiotlb_find_slots`), and records
-    /// the mapping at the allocation's first slot, counting `copied` bytes
-    /// as bounced to the device (`len` for a streaming map, which copies
-    /// them in right after this; 0 for a map that zeroes instead, and for
-    /// a coherent allocation, which is never copied).
+    /// the mapping at the allocation's first slot.
     pub(crate) fn alloc(
+        &self,
+        req: &Request,
+        hint: usize,
+        orig: *mut u8,
+        len: usize,
+        pad: usize,
+    ) -> Option<u32> {
+        // A streaming map copies `len` bytes in right after this.
+        self.alloc_counted(req, hint, orig, len, pad, len)
+    }
+
+    /// [`Pool::alloc`], counting `copied` bytes as bounced to the device
+    /// (`len` for a streaming map, 0 for a coherent allocation, which is
+    /// never copied).
+    fn alloc_counted(
         &self,
         req: &Request,
         hint: usize,
@@ -1063,7 +1075,7 @@ impl<P: Policy> Pool<P> {
         // Coherent allocations are rare (rings, descriptor tables): they
         // start in area 0 rather than a per-CPU area.
         let start = self
-            .alloc(&req, 0, core::ptr::null_mut(), size, 0, 0)
+            .alloc_counted(&req, 0, core::ptr::null_mut(), size, 0, 0)
             .ok_or_else(|| self.full_error(&req, min_align))?;
         let off = self.slot_offset(start);
         let phys = self.start + off as u64;
