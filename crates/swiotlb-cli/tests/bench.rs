@@ -104,6 +104,13 @@ fn json_report_has_every_row() {
         );
     }
     assert!(has("grow", "fast", "us", &any), "grow");
+    // What the lookup index costs a growth among many pools.
+    for pools in [100, 10_000] {
+        assert!(
+            has("grow", "fast", "us", &|r| r["pools"] == pools),
+            "grow at {pools} pools"
+        );
+    }
     for t in [1, 2] {
         assert!(
             has("throughput_exact_hiwater", "fast", "Mops", &|r| r

@@ -114,6 +114,8 @@ mod copy;
 #[cfg(feature = "alloc")]
 pub mod dynamic;
 #[cfg(feature = "alloc")]
+mod granules;
+#[cfg(feature = "alloc")]
 pub mod map;
 #[cfg(feature = "alloc")]
 pub mod pool;

@@ -375,7 +375,7 @@ fn assert_empty<P: Policy>(tlb: &Tlb<P>, shadow: &Shadow) {
 /// `x`. Thread A (the model's main thread) maps one slot with `MAY_SLEEP`:
 /// it finds the tlb full and grows it (inserting a pool into the sorted
 /// pool set), unless B's unmap came first. Thread B meanwhile unmaps `x`
-/// (a binary search of the pool set, racing the insertion), then maps a
+/// (a lookup in the pool set, racing the insertion), then maps a
 /// whole pool's worth with `MAY_SLEEP`, which fits the freed first pool or
 /// a grown one, or grows.
 /// No slot is handed out twice, every unmap finds its pool, and the limit
@@ -426,7 +426,7 @@ fn grow_vs_unmap_nextfit() {
 /// pool holds `w`, and `t` (a caller that may not sleep, on a full tlb)
 /// holds a transient pool of its own. Thread A (the main thread) grows the
 /// tlb with `add_pool` and maps a whole pool's worth; thread B unmaps `w`
-/// (found by binary search while the set changes) and `t` (found through
+/// (found by a lookup while the set changes) and `t` (found through
 /// its device's transient ranges, then given back).
 fn grow_vs_transient_unmap<P: Policy>() {
     model(None, || {

@@ -1,7 +1,7 @@
 //! Unmap lookup in a growing tlb with 1, 100 and 10,000 pools.
 //!
 //! An unmap or sync of a growing tlb first finds the pool holding the
-//! address. Ours is a binary search over the pools sorted by address
+//! address. Ours hashes the address's granule to the pools over it
 //! (`policy` `fast` in the rows); Linux walks its list of pools (`policy`
 //! `nextfit`, the Linux-faithful row, measured here as a walk over the same
 //! ranges in the same process). A third row times a whole 64-byte raw
@@ -47,17 +47,25 @@ fn heap_tlb(config: DynConfig) -> Result<DynTlb<HeapProvider>, String> {
     .map_err(|e| e.to_string())
 }
 
-fn tlb(pools: usize) -> Result<DynTlb<HeapProvider>, String> {
+/// A tlb of `pools` pools, and the microseconds each of the last
+/// [`GROWTHS`] growths took (fewer if there were fewer).
+fn tlb(pools: usize) -> Result<(DynTlb<HeapProvider>, Vec<f64>), String> {
     let mut config = DynConfig::new(POOL_BYTES, POOL_BYTES * pools);
     config.grow_by = POOL_BYTES;
     config.pool = geometry();
     let tlb = heap_tlb(config)?;
+    let mut us = Vec::new();
     while tlb.pool_count() < pools {
+        let timed = pools - tlb.pool_count() <= GROWTHS;
+        let t = Instant::now();
         if !tlb.add_pool().map_err(|e| e.to_string())? {
             return Err(format!("lookup: stopped at {} pools", tlb.pool_count()));
         }
+        if timed {
+            us.push(t.elapsed().as_secs_f64() * 1e6);
+        }
     }
-    Ok(tlb)
+    Ok((tlb, us))
 }
 
 /// Addresses inside the pools, uniformly over pools, seeded.
@@ -125,7 +133,21 @@ pub fn grow_part(rows: &mut Vec<Row>) -> Result<(), String> {
 pub fn lookup_part(sampling: Sampling, seed: u64, rows: &mut Vec<Row>) -> Result<(), String> {
     let dev = DynDevice::new(Device::new(DmaMask::BITS_64).with_force_bounce(true));
     for &n in &POOLS {
-        let tlb = tlb(n)?;
+        let (tlb, mut grew) = tlb(n)?;
+        if !grew.is_empty() {
+            // What keeping the lookup index costs: it is rebuilt on every
+            // growth, so adding a pool costs more as pools accumulate.
+            grew.sort_by(f64::total_cmp);
+            let median = grew[grew.len() / 2];
+            rows.push(
+                Row::new("grow", "fast", POOL_BYTES as u64, "none", median, "us")
+                    .pools(n as u64)
+                    .note(format!(
+                        "add_pool of 32 KiB reaching {n} pools, median of the last {}",
+                        grew.len()
+                    )),
+            );
+        }
         let starts = tlb.pool_starts();
         let addrs = addresses(&starts, seed ^ n as u64, 4096);
         let walk_starts = starts.clone();
@@ -159,7 +181,7 @@ pub fn lookup_part(sampling: Sampling, seed: u64, rows: &mut Vec<Row>) -> Result
             Row::new("lookup", "fast", 0, "none", s[0].median, "ns")
                 .pools(n64)
                 .spread(s[0].spread)
-                .note(format!("{n} pools, binary search")),
+                .note(format!("{n} pools, granule index")),
         );
         rows.push(
             Row::new("lookup", "nextfit", 0, "none", s[1].median, "ns")

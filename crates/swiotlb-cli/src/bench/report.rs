@@ -195,6 +195,22 @@ pub fn ratios(rows: &[Row], sizes: &[u64], fills: &[f64]) -> Vec<Ratio> {
             walk,
         );
     }
+    // The target: a lookup among many pools costs about what one in a
+    // single pool does.
+    let one = rows
+        .iter()
+        .find(|x| x.name == "lookup" && x.policy == "fast" && x.pools == Some(1))
+        .map(|x| x.value);
+    for r2 in rows
+        .iter()
+        .filter(|x| x.name == "lookup" && x.policy == "fast" && x.pools > Some(1))
+    {
+        push(
+            format!("lookup {:>6} pools  fast/(1 pool)", r2.pools.unwrap_or(0)),
+            Some(r2.value),
+            one,
+        );
+    }
     // From-device copies twice under Linux's semantics, so its floor is two
     // copies of the same bytes.
     for &s in sizes {
