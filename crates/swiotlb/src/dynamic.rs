@@ -1482,6 +1482,11 @@ impl<V: Provider, H: MemoryHooks, P: Policy> Set<V, H, P> {
         lasts.extend_from_slice(&self.lasts[..at]);
         lasts.push(last);
         lasts.extend_from_slice(&self.lasts[at..]);
+        self.draft(starts, lasts)
+    }
+
+    /// A draft of this set with these arrays, not yet indexed.
+    fn draft(&self, starts: Vec<u64>, lasts: Vec<u64>) -> Draft {
         Draft {
             generation: self.generation,
             starts,
@@ -1491,6 +1496,15 @@ impl<V: Provider, H: MemoryHooks, P: Policy> Set<V, H, P> {
         }
     }
 
+    /// Takes the arrays and index of `draft`, leaving the replaced ones in
+    /// it. The members must already match the draft's arrays.
+    fn adopt(&mut self, draft: &mut Draft) {
+        core::mem::swap(&mut self.starts, &mut draft.starts);
+        core::mem::swap(&mut self.lasts, &mut draft.lasts);
+        core::mem::swap(&mut self.index, &mut draft.index);
+        self.generation += 1;
+    }
+
     /// A copy of the arrays without member `at`, as [`Set::draft_insert`]
     /// for [`Set::remove_drafted`].
     fn draft_remove(&self, at: usize) -> Draft {
@@ -1498,13 +1512,7 @@ impl<V: Provider, H: MemoryHooks, P: Policy> Set<V, H, P> {
         let mut lasts = self.lasts.clone();
         starts.remove(at);
         lasts.remove(at);
-        Draft {
-            generation: self.generation,
-            starts,
-            lasts,
-            indexed: self.indexed,
-            index: None,
-        }
+        self.draft(starts, lasts)
     }
 
     /// Removes member `at`, using `draft` (made by [`Set::draft_remove`]
@@ -1516,10 +1524,7 @@ impl<V: Provider, H: MemoryHooks, P: Policy> Set<V, H, P> {
             return (self.remove(at), draft);
         }
         let m = self.members.remove(at);
-        core::mem::swap(&mut self.starts, &mut draft.starts);
-        core::mem::swap(&mut self.lasts, &mut draft.lasts);
-        core::mem::swap(&mut self.index, &mut draft.index);
-        self.generation += 1;
+        self.adopt(&mut draft);
         (m, draft)
     }
 
@@ -1534,10 +1539,7 @@ impl<V: Provider, H: MemoryHooks, P: Policy> Set<V, H, P> {
         }
         let at = self.starts.partition_point(|&p| p < m.start());
         self.members.insert(at, m);
-        core::mem::swap(&mut self.starts, &mut draft.starts);
-        core::mem::swap(&mut self.lasts, &mut draft.lasts);
-        core::mem::swap(&mut self.index, &mut draft.index);
-        self.generation += 1;
+        self.adopt(&mut draft);
         draft
     }
 
