@@ -111,22 +111,6 @@ impl<T> Device<T> {
         self.restricted
     }
 
-    /// The same device, borrowing its translation, with every mapping
-    /// forced to bounce: how a restricted tlb maps for its devices.
-    #[cfg(feature = "alloc")]
-    pub(crate) fn forced(&self) -> Device<&T> {
-        Device {
-            mask: self.mask,
-            bus_limit: self.bus_limit,
-            min_align_mask: self.min_align_mask,
-            seg_boundary_mask: self.seg_boundary_mask,
-            max_segment_size: self.max_segment_size,
-            force_bounce: true,
-            restricted: self.restricted,
-            translate: &self.translate,
-        }
-    }
-
     /// Sets a bus limit (Linux `bus_dma_limit`): the highest device address
     /// the interconnect carries, whatever the device's own mask. `0` means
     /// none.

@@ -68,7 +68,7 @@ use crate::device::Device;
 use crate::direction::Direction;
 use crate::error::{Error, Result};
 use crate::granules::Granules;
-use crate::map::{AfterRelease, DmaBuffer, MapFailed, MapOptions, Mapping};
+use crate::map::{AfterRelease, DmaBuffer, Held, MapFailed, MapOptions, Mapping, RawBuffer};
 use crate::pool::{Bounce, Fast, Policy, Pool, PoolConfig};
 use crate::provider::{
     self, MemoryHooks, NoHooks, ProvidedPool, Provider, ProviderError, XEN_DMA_BITS,
@@ -1573,6 +1573,17 @@ fn find<V: Provider, H: MemoryHooks, P: Policy>(
 }
 
 impl<V: Provider, H: MemoryHooks, P: Policy> AfterRelease for DynTlb<V, H, P> {
+    /// Runs under the pool set's read lock: [`DynTlb::maintain`] removes
+    /// a grown pool under the write lock, after checking that it is idle,
+    /// so it waits for every release in flight, and a pool it finds idle
+    /// holds no slot anyone could still be giving back. This is the grace
+    /// period: `Pool::release` touches the pool after the unlock that may
+    /// make it idle, and its `&self` must stay valid until it returns.
+    fn guard_release(&self, release: &mut dyn FnMut()) {
+        let _pools = self.pools.read();
+        release();
+    }
+
     fn after_release(&self, pool_start: PhysAddr, transient: bool) {
         if transient {
             self.drop_transient(pool_start);
@@ -1771,59 +1782,63 @@ impl<V: Provider, H: MemoryHooks, P: Policy> DynTlb<V, H, P> {
     pub fn map<B: DmaBuffer, T: Translate + Clone + Send + Sync + 'static>(
         &self,
         dev: &DynDevice<T>,
-        mut buffer: B,
+        buffer: B,
         dir: Direction,
         attrs: Attrs,
     ) -> core::result::Result<Mapping<'_, B, P>, MapFailed<B>> {
-        let (ptr, len) = buffer.dma_region();
+        let buffer = RawBuffer::new(buffer);
+        let (ptr, len) = (buffer.ptr(), buffer.len());
         let d = &dev.device;
         let (phys, direct) = d.direct(ptr.as_ptr(), len);
         if direct {
             let dma = d.phys_to_dma(phys);
-            return Ok(Mapping::direct(
-                &self.first.pool,
-                None,
-                buffer,
-                ptr,
-                len,
-                dma,
-                dir,
-            ));
+            return Ok(Mapping::direct(Some(&self.first.pool), buffer, dma, dir));
         }
-        // SAFETY: `ptr` is valid for reads and writes of `len` bytes while
-        // `buffer` lives and is not otherwise accessed (`DmaBuffer`); the
-        // returned mapping owns `buffer` and touches it only through the
-        // pool's copies until unmap. `phys` is its physical address.
+        // SAFETY: `ptr` is valid for reads and writes of `len` bytes and
+        // nothing else accesses them while the buffer is taken apart
+        // (`DmaBuffer`); the returned mapping holds the parts and touches
+        // the bytes only through the pool's copies until unmap. `phys` is
+        // their physical address.
         let r = unsafe { self.place(dev, phys, ptr.as_ptr(), len, attrs, MapOptions::default()) };
         match r {
-            Ok(p) => Ok(self.mapping(p, buffer, ptr, len, dir)),
-            Err(error) => Err(MapFailed { error, buffer }),
+            Ok(p) => Ok(self.mapping(p, buffer, dir)),
+            Err(error) => Err(MapFailed::new(error, buffer)),
         }
     }
 
+    /// The safe mapping of `buffer`, bounced as `p` says.
     fn mapping<B: DmaBuffer>(
         &self,
         p: Placed<P>,
-        buffer: B,
-        ptr: NonNull<u8>,
-        len: usize,
+        buffer: RawBuffer<B>,
         dir: Direction,
     ) -> Mapping<'_, B, P> {
+        let first: &Pool<P> = &self.first.pool;
+        let held = if p.transient {
+            Held::Transient
+        } else if core::ptr::eq(p.pool.as_ptr(), first) {
+            Held::Lasting
+        } else {
+            Held::Grown
+        };
         // SAFETY: `p.pool` points at a pool of this tlb that holds `p`'s
         // slots: the tlb releases no pool holding a live allocation (grown
-        // pools are given back only when they hold no slot, transient ones
-        // only after their mapping's release), so it stays valid while the
-        // mapping holds them. The slots were allocated for this buffer's
-        // region `ptr`/`len`.
+        // pools are given back only when they hold no slot, and not while
+        // a guarded release runs in them; transient ones only after their
+        // mapping's release), so it is valid here.
         let pool = unsafe { p.pool.as_ref() };
-        // SAFETY: as above; `b` is owned by the new mapping alone.
+        // SAFETY:
+        // - `p.bounce` was allocated in `pool` for this buffer's region and
+        //   is owned by the new mapping alone;
+        // - `pool` lives as `held` says: the first pool for the tlb's life,
+        //   a grown or transient one until its slots are given back (as
+        //   above).
         unsafe {
             Mapping::bounced(
                 pool,
-                Some((self as &dyn AfterRelease, p.transient)),
+                Some(self as &dyn AfterRelease),
+                held,
                 buffer,
-                ptr,
-                len,
                 dir,
                 p.bounce,
             )
@@ -1835,7 +1850,7 @@ impl<V: Provider, H: MemoryHooks, P: Policy> DynTlb<V, H, P> {
     /// other queued request (the request asks for a background growth).
     /// Dropping the future cancels the request cleanly; if it had already
     /// completed, its slots are given back.
-    pub fn map_async<B: DmaBuffer + Unpin, T: Translate + Clone + Send + Sync + 'static>(
+    pub fn map_async<B: DmaBuffer, T: Translate + Clone + Send + Sync + 'static>(
         &self,
         dev: &DynDevice<T>,
         buffer: B,
@@ -1844,18 +1859,20 @@ impl<V: Provider, H: MemoryHooks, P: Policy> DynTlb<V, H, P> {
         MapFuture {
             tlb: self,
             device: dev.device.clone(),
-            buffer: Some(buffer),
+            buffer: Some(RawBuffer::new(buffer)),
             dir,
             ticket: None,
         }
     }
 }
 
-/// The future of [`DynTlb::map_async`].
+/// The future of [`DynTlb::map_async`]. It holds the buffer taken apart
+/// (see [`DmaBuffer`]), so that a queued request's copy from it stays
+/// valid however the future moves.
 pub struct MapFuture<'t, B: DmaBuffer, T, V: Provider, H: MemoryHooks, P: Policy> {
     tlb: &'t DynTlb<V, H, P>,
     device: Device<T>,
-    buffer: Option<B>,
+    buffer: Option<RawBuffer<B>>,
     dir: Direction,
     ticket: Option<Arc<TicketInner>>,
 }
@@ -1881,10 +1898,22 @@ where
     }
 }
 
+// The future holds no self-reference: the queued request points into the
+// buffer's bytes, which stay put whatever moves (the buffer is taken
+// apart), so moving the future between polls is fine.
+impl<B, T, V, H, P> Unpin for MapFuture<'_, B, T, V, H, P>
+where
+    B: DmaBuffer,
+    V: Provider,
+    H: MemoryHooks,
+    P: Policy,
+{
+}
+
 impl<'t, B, T, V, H, P> Future for MapFuture<'t, B, T, V, H, P>
 where
-    B: DmaBuffer + Unpin,
-    T: Translate + Clone + Send + Sync + Unpin + 'static,
+    B: DmaBuffer,
+    T: Translate + Clone + Send + Sync + 'static,
     V: Provider,
     H: MemoryHooks,
     P: Policy,
@@ -1894,10 +1923,10 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
         let tlb = this.tlb;
-        let Some(mut buffer) = this.buffer.take() else {
+        let Some(buffer) = this.buffer.take() else {
             panic!("MapFuture polled after it completed");
         };
-        let (ptr, len) = buffer.dma_region();
+        let (ptr, len) = (buffer.ptr(), buffer.len());
         if let Some(ticket) = &this.ticket {
             let mut st = ticket.state.lock();
             if st.phase != Phase::Completed {
@@ -1916,25 +1945,25 @@ where
                         pool,
                         transient: false,
                     };
-                    Ok(tlb.mapping(placed, buffer, ptr, len, this.dir))
+                    Ok(tlb.mapping(placed, buffer, this.dir))
                 }
-                Err(error) => Err(MapFailed { error, buffer }),
+                Err(error) => Err(MapFailed::new(error, buffer)),
             });
         }
         let d = &this.device;
         let (phys, direct) = d.direct(ptr.as_ptr(), len);
         if direct {
             let dma = d.phys_to_dma(phys);
-            let m = Mapping::direct(&tlb.first.pool, None, buffer, ptr, len, dma, this.dir);
+            let m = Mapping::direct(Some(&tlb.first.pool), buffer, dma, this.dir);
             return Poll::Ready(Ok(m));
         }
         let cpu = ptr.as_ptr();
         if tlb.queued.load(Ordering::Acquire) == 0 {
             let mut attempt =
                 |pool: &Pool<P>| pool.bounce_alloc(d, phys, cpu, len, MapOptions::default());
-            // SAFETY: `cpu` is valid for `len` bytes while `buffer` lives
-            // and is not otherwise accessed (`DmaBuffer`); the mapping
-            // returned owns `buffer`.
+            // SAFETY: `cpu` is valid for `len` bytes and nothing else
+            // accesses them while the buffer is taken apart (`DmaBuffer`);
+            // the mapping returned holds the parts.
             let r = unsafe { tlb.try_pools_copy(&mut attempt, cpu, len) };
             match r {
                 Ok((bounce, pool)) => {
@@ -1943,12 +1972,12 @@ where
                         pool,
                         transient: false,
                     };
-                    return Poll::Ready(Ok(tlb.mapping(placed, buffer, ptr, len, this.dir)));
+                    return Poll::Ready(Ok(tlb.mapping(placed, buffer, this.dir)));
                 }
                 Err(e) if is_full(&e) => {}
                 Err(error) => {
                     tlb.count_failure(&error);
-                    return Poll::Ready(Err(MapFailed { error, buffer }));
+                    return Poll::Ready(Err(MapFailed::new(error, buffer)));
                 }
             }
         }
@@ -1961,10 +1990,11 @@ where
         });
         this.buffer = Some(buffer);
         let waker = Some(cx.waker().clone());
-        // SAFETY: the future owns `buffer` until the request completes or
-        // is cancelled (its drop cancels it, and gives back the slots of a
-        // request that completed unseen); the bytes do not move with the
-        // future (`DmaBuffer`).
+        // SAFETY: the future holds the buffer's parts until the request
+        // completes or is cancelled (its drop cancels it, and gives back
+        // the slots of a request that completed unseen, before the parts
+        // are put back together); the bytes stay put however the future
+        // moves (`DmaBuffer`).
         this.ticket = Some(unsafe { tlb.enqueue(attempt, cpu, len, Sink::Store, waker) });
         // It may have completed while queuing: its waker was woken, so
         // the next poll sees it.
@@ -1997,6 +2027,8 @@ impl<B: DmaBuffer, T, V: Provider, H: MemoryHooks, P: Policy> Drop
                 self.tlb.after_release(start, false);
             }
         }
+        // The buffer field drops after this, put back together: no queued
+        // copy can reach it any more.
     }
 }
 

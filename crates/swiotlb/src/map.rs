@@ -26,7 +26,6 @@
 //!   fails and nothing stays mapped.
 
 use alloc::vec::Vec;
-use core::marker::PhantomData;
 use core::mem::ManuallyDrop;
 use core::ptr::NonNull;
 
@@ -540,52 +539,184 @@ impl<P: Policy> Pool<P> {
     }
 }
 
-/// A buffer whose bytes stay put while the value moves, so a device can be
-/// given its address.
+/// A buffer a device may be given: it can be taken apart into a raw
+/// region while the device owns it, and put back together afterwards.
+///
+/// A mapping never keeps the buffer value itself while a device may use
+/// its bytes. Moving a value such as a `Box` or a `&mut` retags the memory
+/// it points to (Stacked and Tree Borrows alike), which would invalidate
+/// any pointer derived from it before the move; so the safe API takes the
+/// buffer apart first ([`DmaBuffer::into_raw_parts`]), derives every access
+/// from the pointer that returns, lets the mapping move freely, and puts
+/// the buffer back together only once no copy can touch it again
+/// ([`DmaBuffer::from_raw_parts`]).
 ///
 /// # Implementation safety
-/// [`DmaBuffer::dma_region`] returns a pointer valid for reads and writes
-/// of the returned length, and the same pointer and length on every call,
-/// for as long as the value is neither dropped nor accessed other than
-/// through this trait; moving the value does not move the bytes.
-pub unsafe trait DmaBuffer {
-    /// The bytes' address and length.
-    fn dma_region(&mut self) -> (NonNull<u8>, usize);
+/// An implementor guarantees that:
+/// - [`DmaBuffer::into_raw_parts`] returns a pointer valid for reads and
+///   writes of the returned length, whose provenance comes from the raw
+///   form itself (`Box::into_raw`, `ManuallyDrop` and `as_mut_ptr`, a
+///   reference turned into a raw pointer), not from any value that moves
+///   afterwards;
+/// - the bytes stay valid, and nothing other than the holder of the parts
+///   reads or writes them, until [`DmaBuffer::from_raw_parts`] is called
+///   with the same pointer, length and rest; moving or dropping nothing
+///   else invalidates them;
+/// - [`DmaBuffer::Rest`] does not own, borrow or point to the bytes in a
+///   way that moving it retags them (a capacity, a handle, `()`);
+/// - `from_raw_parts` with the parts `into_raw_parts` returned gives back
+///   the buffer, bytes included.
+pub unsafe trait DmaBuffer: Sized {
+    /// What the buffer needs besides its region to be put back together
+    /// (a `Vec`'s capacity; nothing for a box or a slice).
+    type Rest;
+
+    /// Takes the buffer apart: the bytes' address and length, and the
+    /// rest.
+    fn into_raw_parts(self) -> (NonNull<u8>, usize, Self::Rest);
+
+    /// Puts a buffer taken apart by [`DmaBuffer::into_raw_parts`] back
+    /// together.
+    ///
+    /// # Safety
+    /// `ptr`, `len` and `rest` are what one call of `into_raw_parts`
+    /// returned, each used once, and nothing accesses the bytes any more
+    /// through `ptr`.
+    unsafe fn from_raw_parts(ptr: NonNull<u8>, len: usize, rest: Self::Rest) -> Self;
 }
 
-// SAFETY: a `Vec`'s heap buffer does not move when the `Vec` moves, and
-// without a call that reallocates (none is made through this trait) its
-// pointer and length stay the same.
+// SAFETY:
+// - the pointer is taken from the `Vec` behind `ManuallyDrop`, so it is
+//   the heap buffer's own pointer, valid for `len` bytes, and no `Vec`
+//   value exists any more to move or free it;
+// - the rest is the capacity, a number;
+// - `Vec::from_raw_parts` with the same pointer, length and capacity gives
+//   back the same vector (its documented contract).
 unsafe impl DmaBuffer for Vec<u8> {
-    fn dma_region(&mut self) -> (NonNull<u8>, usize) {
-        let len = self.len();
-        (
-            NonNull::new(self.as_mut_ptr()).unwrap_or(NonNull::dangling()),
-            len,
-        )
+    type Rest = usize;
+
+    fn into_raw_parts(self) -> (NonNull<u8>, usize, usize) {
+        let mut v = core::mem::ManuallyDrop::new(self);
+        let ptr = NonNull::new(v.as_mut_ptr()).unwrap_or(NonNull::dangling());
+        (ptr, v.len(), v.capacity())
+    }
+
+    unsafe fn from_raw_parts(ptr: NonNull<u8>, len: usize, capacity: usize) -> Self {
+        // SAFETY: `ptr`, `len` and `capacity` describe a vector taken
+        // apart by `into_raw_parts` (the caller's obligation), which is
+        // what `Vec::from_raw_parts` requires.
+        unsafe { Vec::from_raw_parts(ptr.as_ptr(), len, capacity) }
     }
 }
 
-// SAFETY: a boxed slice's heap bytes do not move when the box moves.
+// SAFETY:
+// - `Box::into_raw` gives up the box: the pointer it returns is the only
+//   one to the bytes, valid for their length, and no box moves any more;
+// - the rest is `()`;
+// - `Box::from_raw` of that pointer gives back the same box.
 unsafe impl DmaBuffer for alloc::boxed::Box<[u8]> {
-    fn dma_region(&mut self) -> (NonNull<u8>, usize) {
-        let len = self.len();
-        (
-            NonNull::new(self.as_mut_ptr()).unwrap_or(NonNull::dangling()),
-            len,
-        )
+    type Rest = ();
+
+    fn into_raw_parts(self) -> (NonNull<u8>, usize, ()) {
+        let raw = alloc::boxed::Box::into_raw(self);
+        let len = raw.len();
+        let ptr = NonNull::new(raw.cast::<u8>()).unwrap_or(NonNull::dangling());
+        (ptr, len, ())
+    }
+
+    unsafe fn from_raw_parts(ptr: NonNull<u8>, len: usize, (): ()) -> Self {
+        let raw = core::ptr::slice_from_raw_parts_mut(ptr.as_ptr(), len);
+        // SAFETY: `raw` is the pointer `Box::into_raw` returned (the same
+        // address and length; a box of an empty slice holds a dangling
+        // pointer, which `from_raw` accepts for a zero-sized value), used
+        // once (the caller's obligation).
+        unsafe { alloc::boxed::Box::from_raw(raw) }
     }
 }
 
-// SAFETY: a `'static` slice's bytes never move, and holding the only `&mut`
-// to them means nothing else accesses them.
+// SAFETY:
+// - the `&'static mut` is turned into a raw pointer and not kept, so the
+//   raw pointer is the only way to the bytes, valid forever;
+// - the rest is `()`;
+// - reborrowing the raw pointer gives back an exclusive slice of the same
+//   bytes.
 unsafe impl DmaBuffer for &'static mut [u8] {
-    fn dma_region(&mut self) -> (NonNull<u8>, usize) {
+    type Rest = ();
+
+    fn into_raw_parts(self) -> (NonNull<u8>, usize, ()) {
         let len = self.len();
-        (
-            NonNull::new(self.as_mut_ptr()).unwrap_or(NonNull::dangling()),
+        let raw: *mut [u8] = self;
+        let ptr = NonNull::new(raw.cast::<u8>()).unwrap_or(NonNull::dangling());
+        (ptr, len, ())
+    }
+
+    unsafe fn from_raw_parts(ptr: NonNull<u8>, len: usize, (): ()) -> Self {
+        // SAFETY: `ptr` and `len` came from a `&'static mut [u8]` given up
+        // by `into_raw_parts`: valid for `len` bytes forever, aligned, and
+        // no other reference to them exists (the caller uses the parts
+        // once and no longer accesses the bytes through `ptr`).
+        unsafe { core::slice::from_raw_parts_mut(ptr.as_ptr(), len) }
+    }
+}
+
+/// A [`DmaBuffer`] taken apart for as long as a device may use it (see the
+/// trait). Dropping it puts the buffer back together and drops it.
+///
+/// # Invariants
+/// `ptr`, `len` and `rest` are the parts of one buffer, and `rest` is
+/// taken exactly once (by [`RawBuffer::into_buffer`] or by `Drop`).
+pub(crate) struct RawBuffer<B: DmaBuffer> {
+    ptr: NonNull<u8>,
+    len: usize,
+    rest: ManuallyDrop<B::Rest>,
+}
+
+impl<B: DmaBuffer> RawBuffer<B> {
+    /// Takes `buffer` apart.
+    pub(crate) fn new(buffer: B) -> Self {
+        let (ptr, len, rest) = buffer.into_raw_parts();
+        // INVARIANT: the parts of `buffer`, none taken yet.
+        Self {
+            ptr,
             len,
-        )
+            rest: ManuallyDrop::new(rest),
+        }
+    }
+
+    /// The bytes' address: the one pointer every access derives from.
+    #[inline]
+    pub(crate) fn ptr(&self) -> NonNull<u8> {
+        self.ptr
+    }
+
+    /// The bytes' length.
+    #[inline]
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Puts the buffer back together. Its owner must have made sure that
+    /// no copy touches the bytes any more (the slots are given back, the
+    /// queued request is cancelled or completed).
+    pub(crate) fn into_buffer(self) -> B {
+        let mut this = ManuallyDrop::new(self);
+        // SAFETY: `rest` is taken once: `this` is never dropped, so `Drop`
+        // cannot take it again (type invariant).
+        let rest = unsafe { ManuallyDrop::take(&mut this.rest) };
+        // SAFETY: the parts of one buffer, each used once (type invariant);
+        // the owner no longer accesses the bytes (this function's
+        // contract).
+        unsafe { B::from_raw_parts(this.ptr, this.len, rest) }
+    }
+}
+
+impl<B: DmaBuffer> Drop for RawBuffer<B> {
+    fn drop(&mut self) {
+        // SAFETY: taken once, here; `into_buffer` never reaches this drop.
+        let rest = unsafe { ManuallyDrop::take(&mut self.rest) };
+        // SAFETY: the parts of one buffer, each used once (type invariant);
+        // a `RawBuffer` is dropped only by an owner done with its bytes.
+        drop(unsafe { B::from_raw_parts(self.ptr, self.len, rest) });
     }
 }
 
@@ -598,9 +729,43 @@ pub struct MapFailed<B> {
     pub buffer: B,
 }
 
+impl<B: DmaBuffer> MapFailed<B> {
+    /// The failure of a map of the taken-apart `buffer`.
+    pub(crate) fn new(error: Error, buffer: RawBuffer<B>) -> Self {
+        Self {
+            error,
+            buffer: buffer.into_buffer(),
+        }
+    }
+}
+
+/// How long the pool of a bounced mapping lives, which decides how its
+/// slots are given back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Held {
+    /// The pool outlives the mapping's borrow: a fixed pool, or the first
+    /// pool of a growing tlb.
+    Lasting,
+    /// A grown pool, which the tlb frees once idle: the slots are given
+    /// back under the tlb's guard ([`AfterRelease::guard_release`]).
+    Grown,
+    /// A transient pool made for this mapping alone: the tlb frees it
+    /// after the slots are given back.
+    Transient,
+}
+
 /// Where a safe mapping's device-side bytes are.
-#[derive(Clone, Copy, Debug)]
-struct BounceRef {
+///
+/// # Invariants
+/// `pool` is valid while the mapping holds the slots `start..start +
+/// nslots`: for the mapping's borrow (`Held::Lasting`), or in a growing
+/// tlb until they are given back (the tlb frees no pool that holds a live
+/// allocation, and no grown pool while a release runs in it).
+struct BounceRef<'p, P: Policy> {
+    pool: NonNull<Pool<P>>,
+    /// The growing tlb the pool belongs to, told of the release.
+    tlb: Option<&'p dyn AfterRelease>,
+    held: Held,
     start: u32,
     nslots: u32,
     /// Byte offset of the mapping's first byte in the pool.
@@ -608,33 +773,32 @@ struct BounceRef {
     phys: PhysAddr,
 }
 
+impl<P: Policy> Clone for BounceRef<'_, P> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<P: Policy> Copy for BounceRef<'_, P> {}
+
 /// A buffer mapped for a device: it owns the buffer until
 /// [`Mapping::unmap`] gives it back.
 ///
-/// It holds a raw pointer and a length, never a reference, because the
+/// It holds the buffer taken apart into a raw pointer and a length (see
+/// [`DmaBuffer`]), never a reference or the buffer value, because the
 /// device may read and write the memory at any time. The CPU reads and
 /// writes through [`Mapping::read`] and [`Mapping::write`], which copy
 /// through the audited routine. Dropping a mapping unmaps it without
 /// copying back (as `SKIP_CPU_SYNC`) and drops the buffer: drop it only
 /// when the device is done with it, as with any unmap.
 pub struct Mapping<'p, B: DmaBuffer, P: Policy = crate::pool::Fast> {
-    /// The pool the mapping belongs to. A pointer rather than `&'p Pool`:
-    /// a pool of a growing tlb may be released as soon as this mapping's
-    /// slots are given back, and a reference must not outlive its target
-    /// even unused. It is valid for as long as the mapping holds slots
-    /// (always, for a direct mapping: it then points at a pool that lives
-    /// for `'p`).
-    pool: NonNull<Pool<P>>,
-    /// Told after the slots are given back (a growing tlb wakes waiters
-    /// there), with whether the pool is a transient one to free.
-    after: Option<(&'p dyn AfterRelease, bool)>,
-    _pool: PhantomData<&'p Pool<P>>,
-    buffer: ManuallyDrop<B>,
-    ptr: NonNull<u8>,
-    len: usize,
+    buffer: RawBuffer<B>,
     dma: DmaAddr,
     dir: Direction,
-    bounce: Option<BounceRef>,
+    /// Where a direct mapping's failures are counted (none for a direct
+    /// mapping of a platform without a default or high tlb).
+    home: Option<&'p Pool<P>>,
+    bounce: Option<BounceRef<'p, P>>,
 }
 
 impl<P: Policy> Pool<P> {
@@ -660,36 +824,45 @@ impl<P: Policy> Pool<P> {
     pub fn map_with_attrs<B: DmaBuffer, T: Translate>(
         &self,
         dev: &Device<T>,
-        mut buffer: B,
+        buffer: B,
         dir: Direction,
         attrs: Attrs,
     ) -> core::result::Result<Mapping<'_, B, P>, MapFailed<B>> {
-        let (ptr, len) = buffer.dma_region();
-        let (phys, direct) = dev.direct(ptr.as_ptr(), len);
+        let buffer = RawBuffer::new(buffer);
+        let (phys, direct) = dev.direct(buffer.ptr().as_ptr(), buffer.len());
         if direct {
-            return Ok(Mapping::direct(
-                self,
-                None,
-                buffer,
-                ptr,
-                len,
-                dev.phys_to_dma(phys),
-                dir,
-            ));
+            let dma = dev.phys_to_dma(phys);
+            return Ok(Mapping::direct(Some(self), buffer, dma, dir));
         }
+        self.bounce_buffer(dev, phys, buffer, dir, attrs)
+            .map_err(|(error, buffer)| MapFailed::new(error, buffer))
+    }
+
+    /// The bounce half of a safe map: `buffer` (physical address `phys`)
+    /// through this pool, whatever the device could reach.
+    pub(crate) fn bounce_buffer<B: DmaBuffer, T: Translate>(
+        &self,
+        dev: &Device<T>,
+        phys: PhysAddr,
+        buffer: RawBuffer<B>,
+        dir: Direction,
+        attrs: Attrs,
+    ) -> core::result::Result<Mapping<'_, B, P>, (Error, RawBuffer<B>)> {
+        let (ptr, len) = (buffer.ptr(), buffer.len());
         // SAFETY:
-        // - `ptr` is valid for reads and writes of `len` bytes while
-        //   `buffer` lives and is not otherwise accessed (`DmaBuffer`
-        //   contract); the returned `Mapping` owns `buffer` and accesses it
-        //   only through the pool's copies until unmap;
+        // - `ptr` is valid for reads and writes of `len` bytes and nothing
+        //   else accesses them until the parts are put back together
+        //   (`DmaBuffer` contract); the returned `Mapping` owns the parts
+        //   and accesses the bytes only through the pool's copies until
+        //   unmap;
         // - `phys` is the platform's physical address of `ptr`.
         let r =
             unsafe { self.bounce_raw(dev, phys, ptr.as_ptr(), len, attrs, MapOptions::default()) };
         match r {
-            // SAFETY: `b` was just allocated in this pool for `buffer`,
-            // whose region is `ptr`/`len`.
-            Ok(b) => Ok(unsafe { Mapping::bounced(self, None, buffer, ptr, len, dir, b) }),
-            Err(error) => Err(MapFailed { error, buffer }),
+            // SAFETY: `b` was just allocated in this pool for `buffer`'s
+            // region, and this pool lives for the mapping's borrow.
+            Ok(b) => Ok(unsafe { Mapping::bounced(self, None, Held::Lasting, buffer, dir, b) }),
+            Err(error) => Err((error, buffer)),
         }
     }
 
@@ -704,11 +877,11 @@ impl<P: Policy> Pool<P> {
         buffers: Vec<B>,
         dir: Direction,
     ) -> core::result::Result<Vec<Mapping<'_, B, P>>, MapFailed<Vec<B>>> {
-        let mut buffers = buffers;
+        let mut buffers: Vec<RawBuffer<B>> = buffers.into_iter().map(RawBuffer::new).collect();
         let too_long = buffers
-            .iter_mut()
+            .iter()
             .enumerate()
-            .map(|(i, b)| (i, b.dma_region().1))
+            .map(|(i, b)| (i, b.len()))
             .find(|&(_, len)| len > dev.max_segment_size());
         if let Some((index, len)) = too_long {
             let error = Error::SegmentTooLong {
@@ -719,23 +892,29 @@ impl<P: Policy> Pool<P> {
             self.count_failure(&error);
             return Err(MapFailed {
                 error,
-                buffer: buffers,
+                buffer: buffers.drain(..).map(RawBuffer::into_buffer).collect(),
             });
         }
         let mut maps: Vec<Mapping<'_, B, P>> = Vec::with_capacity(buffers.len());
         let mut rest = buffers.into_iter();
         while let Some(b) = rest.next() {
-            match self.map(dev, b, dir) {
+            let (phys, direct) = dev.direct(b.ptr().as_ptr(), b.len());
+            let r = if direct {
+                Ok(Mapping::direct(Some(self), b, dev.phys_to_dma(phys), dir))
+            } else {
+                self.bounce_buffer(dev, phys, b, dir, Attrs::NONE)
+            };
+            match r {
                 Ok(m) => maps.push(m),
-                Err(f) => {
+                Err((error, failed)) => {
                     let mut back: Vec<B> = maps
                         .into_iter()
                         .map(|m| m.unmap_with_attrs(Attrs::SKIP_CPU_SYNC))
                         .collect();
-                    back.push(f.buffer);
-                    back.extend(rest);
+                    back.push(failed.into_buffer());
+                    back.extend(rest.map(RawBuffer::into_buffer));
                     return Err(MapFailed {
-                        error: f.error,
+                        error,
                         buffer: back,
                     });
                 }
@@ -745,8 +924,13 @@ impl<P: Policy> Pool<P> {
     }
 }
 
-/// What a growing tlb is told when a safe mapping gives its slots back.
+/// What a growing tlb does around the release of a safe mapping's slots.
 pub(crate) trait AfterRelease: Sync {
+    /// Runs `release`, which gives back slots of a grown pool, such that
+    /// the tlb frees no pool until it returns: the release may leave the
+    /// pool idle, and it still touches the pool after that.
+    fn guard_release(&self, release: &mut dyn FnMut());
+
     /// The slots of a mapping in the pool starting at `pool_start` were
     /// just given back; `transient` if that pool was made for this mapping
     /// alone. The pool may be gone by the time this returns.
@@ -754,26 +938,21 @@ pub(crate) trait AfterRelease: Sync {
 }
 
 impl<'p, B: DmaBuffer, P: Policy> Mapping<'p, B, P> {
-    /// A direct mapping of `buffer`, counted under `pool`.
+    /// A direct mapping of `buffer`, counted under `home`.
     pub(crate) fn direct(
-        pool: &'p Pool<P>,
-        after: Option<(&'p dyn AfterRelease, bool)>,
-        buffer: B,
-        ptr: NonNull<u8>,
-        len: usize,
+        home: Option<&'p Pool<P>>,
+        buffer: RawBuffer<B>,
         dma: DmaAddr,
         dir: Direction,
     ) -> Self {
-        pool.count_direct();
+        if let Some(pool) = home {
+            pool.count_direct();
+        }
         Mapping {
-            pool: NonNull::from(pool),
-            after,
-            _pool: PhantomData,
-            buffer: ManuallyDrop::new(buffer),
-            ptr,
-            len,
+            buffer,
             dma,
             dir,
+            home,
             bounce: None,
         }
     }
@@ -781,30 +960,30 @@ impl<'p, B: DmaBuffer, P: Policy> Mapping<'p, B, P> {
     /// A mapping of `buffer` bounced through `b`.
     ///
     /// # Safety
-    /// - `b` is a live allocation of `pool`, made for `buffer`'s region
-    ///   `ptr`/`len` (from `dma_region`), and owned by the new mapping alone;
-    /// - `pool` stays valid for as long as `b`'s slots are held: for `'p`,
-    ///   or, in a growing tlb, until the slots are given back (the tlb
-    ///   never releases a pool that holds a live allocation).
+    /// - `b` is a live allocation of `pool`, made for `buffer`'s region,
+    ///   and owned by the new mapping alone;
+    /// - `pool` stays valid for as long as `b`'s slots are held, as `held`
+    ///   says: for `'p` (`Lasting`), or, in the growing tlb `tlb`, until the
+    ///   slots are given back (`Grown`, `Transient`).
     pub(crate) unsafe fn bounced(
         pool: &Pool<P>,
-        after: Option<(&'p dyn AfterRelease, bool)>,
-        buffer: B,
-        ptr: NonNull<u8>,
-        len: usize,
+        tlb: Option<&'p dyn AfterRelease>,
+        held: Held,
+        buffer: RawBuffer<B>,
         dir: Direction,
         b: Bounce,
     ) -> Self {
         Mapping {
-            pool: NonNull::from(pool),
-            after,
-            _pool: PhantomData,
-            buffer: ManuallyDrop::new(buffer),
-            ptr,
-            len,
+            buffer,
             dma: b.dma,
             dir,
+            home: None,
+            // INVARIANT: `pool` holds `b`'s slots and lives as `held` says
+            // (the caller's obligations).
             bounce: Some(BounceRef {
+                pool: NonNull::from(pool),
+                tlb,
+                held,
                 start: b.start,
                 nslots: b.nslots,
                 off: (b.phys - pool.start()) as usize,
@@ -812,14 +991,15 @@ impl<'p, B: DmaBuffer, P: Policy> Mapping<'p, B, P> {
             }),
         }
     }
+}
 
+impl<P: Policy> BounceRef<'_, P> {
     /// The pool. Not to be called after the slots are given back.
     #[inline]
     fn pool(&self) -> &Pool<P> {
         // SAFETY: the pointer is valid while the mapping holds its slots
-        // (the field's invariant, set up by `direct` and `bounced`); every
-        // caller runs before `release` gives them back, which is the last
-        // use of the pool.
+        // (type invariant); a `BounceRef` is taken out of its mapping
+        // before the slots are given back, and the pool is not used after.
         unsafe { self.pool.as_ref() }
     }
 }
@@ -832,12 +1012,12 @@ impl<B: DmaBuffer, P: Policy> Mapping<'_, B, P> {
 
     /// Bytes mapped.
     pub fn len(&self) -> usize {
-        self.len
+        self.buffer.len()
     }
 
     /// Whether the mapping is empty.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.buffer.len() == 0
     }
 
     /// The direction given at map time.
@@ -859,20 +1039,28 @@ impl<B: DmaBuffer, P: Policy> Mapping<'_, B, P> {
     /// or, for a direct mapping, the buffer. For simulated devices and
     /// tests; touching these bytes from the CPU is the device's part.
     pub fn device_ptr(&self) -> NonNull<u8> {
-        match self.bounce {
-            Some(b) => NonNull::new(self.pool().slot_ptr(b.off)).unwrap_or(self.ptr),
-            None => self.ptr,
+        match &self.bounce {
+            Some(b) => NonNull::new(b.pool().slot_ptr(b.off)).unwrap_or(self.buffer.ptr()),
+            None => self.buffer.ptr(),
         }
     }
 
     fn check(&self, offset: usize, len: usize) -> Result {
-        if offset.checked_add(len).is_none_or(|end| end > self.len) {
+        let mapping_len = self.buffer.len();
+        if offset.checked_add(len).is_none_or(|end| end > mapping_len) {
             let e = Error::OutOfBounds {
                 offset,
                 len,
-                mapping_len: self.len,
+                mapping_len,
             };
-            self.pool().count_failure(&e);
+            match &self.bounce {
+                Some(b) => b.pool().count_failure(&e),
+                None => {
+                    if let Some(pool) = self.home {
+                        pool.count_failure(&e);
+                    }
+                }
+            }
             return Err(e);
         }
         Ok(())
@@ -907,20 +1095,22 @@ impl<B: DmaBuffer, P: Policy> Mapping<'_, B, P> {
             self.dir.copies_to_cpu()
         };
         if let (Some(b), true) = (self.bounce, copies) {
-            let slot = self.pool().slot_ptr(b.off + offset);
+            let pool = b.pool();
+            let slot = pool.slot_ptr(b.off + offset);
             // SAFETY: `[offset, offset + len)` is inside the mapping
-            // (checked), so `offset` stays inside the buffer, which is
-            // valid for the mapping's length (`DmaBuffer`).
-            let buf = unsafe { self.ptr.as_ptr().add(offset) };
+            // (checked), so `offset` stays inside the buffer's region.
+            let buf = unsafe { self.buffer.ptr().as_ptr().add(offset) };
             let (dst, src) = if to_device { (slot, buf) } else { (buf, slot) };
             // SAFETY:
-            // - both ranges are inside the mapping (checked): the buffer is
-            //   valid per `DmaBuffer`, the slots belong to this allocation;
+            // - both ranges are inside the mapping (checked): the buffer's
+            //   region is valid while taken apart (`DmaBuffer`), the slots
+            //   belong to this allocation;
             // - pool and buffer do not overlap;
-            // - no reference to the buffer exists: the mapping owns it and
-            //   hands out none, and `&mut self` excludes a concurrent copy.
+            // - nothing else accesses the buffer: the mapping holds its
+            //   parts and hands out no reference, and `&mut self` excludes
+            //   a concurrent copy.
             unsafe { bounce_copy(dst, src, len) };
-            self.pool().count_bytes(b.start, to_device, len);
+            pool.count_bytes(b.start, to_device, len);
         }
         Ok(())
     }
@@ -932,12 +1122,15 @@ impl<B: DmaBuffer, P: Policy> Mapping<'_, B, P> {
     /// [`Error::OutOfBounds`] past the mapping's end.
     pub fn read(&self, offset: usize, out: &mut [u8]) -> Result {
         self.check(offset, out.len())?;
+        // SAFETY: the range is inside the mapping (checked), so `offset`
+        // stays inside the buffer's region.
+        let src = unsafe { self.buffer.ptr().as_ptr().add(offset) };
         // SAFETY:
-        // - the range is inside the buffer (checked), valid per `DmaBuffer`;
+        // - `src` is valid for `out.len()` reads (checked, `DmaBuffer`);
         // - `out` is a distinct Rust buffer the mapping does not own;
         // - a device may write a direct mapping concurrently: the audited
         //   copy reads each byte once and decides nothing from it.
-        unsafe { bounce_copy(out.as_mut_ptr(), self.ptr.as_ptr().add(offset), out.len()) };
+        unsafe { bounce_copy(out.as_mut_ptr(), src, out.len()) };
         Ok(())
     }
 
@@ -948,8 +1141,15 @@ impl<B: DmaBuffer, P: Policy> Mapping<'_, B, P> {
     /// [`Error::OutOfBounds`] past the mapping's end.
     pub fn write(&mut self, offset: usize, data: &[u8]) -> Result {
         self.check(offset, data.len())?;
-        // SAFETY: as in `read`, the other way.
-        unsafe { bounce_copy(self.ptr.as_ptr().add(offset), data.as_ptr(), data.len()) };
+        // SAFETY: the range is inside the mapping (checked), so `offset`
+        // stays inside the buffer's region.
+        let dst = unsafe { self.buffer.ptr().as_ptr().add(offset) };
+        // SAFETY:
+        // - `dst` is valid for `data.len()` writes (checked, `DmaBuffer`);
+        // - `data` is a distinct Rust buffer the mapping does not own;
+        // - `&mut self` excludes every other CPU access through the
+        //   mapping.
+        unsafe { bounce_copy(dst, data.as_ptr(), data.len()) };
         Ok(())
     }
 
@@ -964,47 +1164,67 @@ impl<B: DmaBuffer, P: Policy> Mapping<'_, B, P> {
     pub fn unmap_with_attrs(self, attrs: Attrs) -> B {
         let mut this = ManuallyDrop::new(self);
         this.release(attrs);
-        // SAFETY: `buffer` is taken exactly once: `this` is never dropped
-        // (ManuallyDrop), so its own `Drop` cannot take it again.
-        unsafe { ManuallyDrop::take(&mut this.buffer) }
+        // SAFETY: `buffer` is read out exactly once: `this` is never
+        // dropped (ManuallyDrop), so neither its `Drop` nor the field's
+        // runs; the other fields own nothing that needs dropping.
+        let buffer = unsafe { core::ptr::read(&this.buffer) };
+        // The slots are given back: no copy touches the bytes again.
+        buffer.into_buffer()
     }
 
+    /// Gives the slots back, copying back first unless `attrs` or the
+    /// direction say not to. Nothing of the pool is touched after the
+    /// release that may leave it idle.
     fn release(&mut self, attrs: Attrs) {
-        if let Some(b) = self.bounce.take() {
-            let copy_back = self.dir.copies_to_cpu() && !attrs.contains(Attrs::SKIP_CPU_SYNC);
-            if copy_back {
-                // SAFETY: as in `sync_for_cpu`, over the whole mapping.
-                unsafe { bounce_copy(self.ptr.as_ptr(), self.pool().slot_ptr(b.off), self.len) };
-            }
-            let copied = if copy_back { self.len } else { 0 };
-            let pool = self.pool();
-            let pool_start = pool.start();
-            let r = pool.release(b.start, b.nslots, self.dma, copied, 0);
+        let Some(b) = self.bounce.take() else {
+            return;
+        };
+        let pool = b.pool();
+        let len = self.buffer.len();
+        let copy_back = self.dir.copies_to_cpu() && !attrs.contains(Attrs::SKIP_CPU_SYNC);
+        if copy_back {
+            // SAFETY:
+            // - the slots at `b.off` hold the mapping's `len` bytes, and the
+            //   buffer's region is valid for `len` writes (`DmaBuffer`);
+            // - pool and buffer do not overlap;
+            // - nothing else accesses the buffer (as in `sync`).
+            unsafe { bounce_copy(self.buffer.ptr().as_ptr(), pool.slot_ptr(b.off), len) };
+        }
+        let copied = if copy_back { len } else { 0 };
+        let pool_start = pool.start();
+        let dma = self.dma;
+        let mut give_back = || {
+            let r = pool.release(b.start, b.nslots, dma, copied, 0);
             // A safe mapping owns its allocation, so it is live.
             debug_assert!(r.is_ok(), "safe mapping was not live: {r:?}");
-            // From here on the pool may be gone: only its address is used.
-            if let Some((after, transient)) = self.after {
-                after.after_release(pool_start, transient);
-            }
+        };
+        match (b.tlb, b.held) {
+            (Some(tlb), Held::Grown) => tlb.guard_release(&mut give_back),
+            _ => give_back(),
+        }
+        // From here on the pool may be gone: only its address is used.
+        if let Some(tlb) = b.tlb {
+            tlb.after_release(pool_start, b.held == Held::Transient);
         }
     }
 }
 
-// SAFETY: a mapping owns its buffer `B` and borrows a `Pool`, which is
-// `Sync`; its raw pointer points into `B`'s own bytes, so sending the
-// mapping sends exactly what sending `B` would.
-unsafe impl<B: DmaBuffer + Send, P: Policy> Send for Mapping<'_, B, P> {}
+// SAFETY: a mapping owns its buffer's parts and borrows a `Pool`, which is
+// `Sync`, and maybe a growing tlb, through `AfterRelease: Sync`; its raw
+// pointers point into `B`'s own bytes and into the pool, so sending the
+// mapping sends exactly what sending `B` (and its rest) would.
+unsafe impl<B: DmaBuffer + Send, P: Policy> Send for Mapping<'_, B, P> where B::Rest: Send {}
 
 // SAFETY: through `&Mapping` the CPU only reads the buffer (`read`,
 // `device_ptr`); every method that writes the buffer or the slots takes
 // `&mut self`, so shared references never race with each other.
-unsafe impl<B: DmaBuffer + Sync, P: Policy> Sync for Mapping<'_, B, P> {}
+unsafe impl<B: DmaBuffer + Sync, P: Policy> Sync for Mapping<'_, B, P> where B::Rest: Sync {}
 
 impl<B: DmaBuffer, P: Policy> Drop for Mapping<'_, B, P> {
     fn drop(&mut self) {
         self.release(Attrs::SKIP_CPU_SYNC);
-        // SAFETY: dropped once, here; `unmap` never reaches this drop.
-        unsafe { ManuallyDrop::drop(&mut self.buffer) }
+        // The buffer field drops after this, put back together, once the
+        // slots are given back.
     }
 }
 
@@ -1012,7 +1232,7 @@ impl<B: DmaBuffer, P: Policy> core::fmt::Debug for Mapping<'_, B, P> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Mapping")
             .field("dma", &self.dma)
-            .field("len", &self.len)
+            .field("len", &self.buffer.len())
             .field("dir", &self.dir)
             .field("bounced", &self.bounce.is_some())
             .finish()

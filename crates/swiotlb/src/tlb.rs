@@ -33,7 +33,7 @@ use crate::attrs::Attrs;
 use crate::device::{Device, RestrictedPool};
 use crate::direction::Direction;
 use crate::error::{Error, Result};
-use crate::map::{DmaBuffer, MapFailed, Mapping};
+use crate::map::{DmaBuffer, MapFailed, Mapping, RawBuffer};
 use crate::pool::{Fast, Policy, Pool};
 use crate::stats::Stats;
 use crate::translate::Translate;
@@ -141,7 +141,11 @@ impl<P: Policy> IoTlb<P> {
         if self.kind == TlbKind::Restricted {
             // Linux: `is_swiotlb_force_bounce` is true for a device with a
             // restricted pool (`mem->force_bounce` set at device init).
-            self.pool.map_with_attrs(&dev.forced(), buffer, dir, attrs)
+            let buffer = RawBuffer::new(buffer);
+            let phys = dev.translate().virt_to_phys(buffer.ptr().as_ptr());
+            self.pool
+                .bounce_buffer(dev, phys, buffer, dir, attrs)
+                .map_err(|(error, buffer)| MapFailed::new(error, buffer))
         } else {
             self.pool.map_with_attrs(dev, buffer, dir, attrs)
         }
@@ -264,8 +268,9 @@ impl<P: Policy> Platform<P> {
 
     /// Maps a buffer for `dev`: through its restricted tlb if it has one
     /// (always bouncing); otherwise directly when the device reaches the
-    /// buffer and is not forced to bounce, else through the tlb
-    /// [`Platform::select`] picks.
+    /// buffer and is not forced to bounce (Linux's dma-direct, which needs
+    /// no tlb at all: a platform with no default tlb still maps such a
+    /// buffer), else through the tlb [`Platform::select`] picks.
     ///
     /// # Errors
     /// [`Error::NoPool`] when the buffer must bounce and no tlb serves the
@@ -286,26 +291,32 @@ impl<P: Policy> Platform<P> {
     pub fn map_with_attrs<B: DmaBuffer, T: Translate>(
         &self,
         dev: &Device<T>,
-        mut buffer: B,
+        buffer: B,
         dir: Direction,
         attrs: Attrs,
     ) -> core::result::Result<Mapping<'_, B, P>, MapFailed<B>> {
-        match self.select(dev) {
-            Ok(tlb) => tlb.map_with_attrs(dev, buffer, dir, attrs),
-            Err(error) => {
-                // No tlb serves the device, but a buffer it reaches needs
-                // none (Linux's dma-direct maps it without swiotlb). The
-                // mapping handle still borrows a pool: the direct map is
-                // counted under the low tlb, or the high one.
-                let (ptr, len) = buffer.dma_region();
-                let (_, reachable) = dev.direct(ptr.as_ptr(), len);
-                let direct = dev.restricted_pool().is_none() && reachable;
-                match self.low.as_ref().or(self.high.as_ref()) {
-                    Some(tlb) if direct => tlb.pool.map_with_attrs(dev, buffer, dir, attrs),
-                    _ => Err(MapFailed { error, buffer }),
-                }
-            }
+        let buffer = RawBuffer::new(buffer);
+        let (phys, direct) = dev.direct(buffer.ptr().as_ptr(), buffer.len());
+        if direct && dev.restricted_pool().is_none() {
+            // A direct map is counted under the tlb that serves the
+            // device, else the low tlb or the high one, or nowhere on a
+            // platform that has neither.
+            let home = self
+                .select(dev)
+                .ok()
+                .or(self.low.as_ref())
+                .or(self.high.as_ref())
+                .map(|t| &t.pool);
+            return Ok(Mapping::direct(home, buffer, dev.phys_to_dma(phys), dir));
         }
+        // Every tlb's bounce is the same once the choice is made: a
+        // restricted tlb bounces whatever the device reaches, and the
+        // others are reached here only for a buffer that must bounce.
+        match self.select(dev) {
+            Ok(tlb) => tlb.pool.bounce_buffer(dev, phys, buffer, dir, attrs),
+            Err(error) => Err((error, buffer)),
+        }
+        .map_err(|(error, buffer)| MapFailed::new(error, buffer))
     }
 
     /// A zeroed coherent allocation for `dev` from its restricted tlb

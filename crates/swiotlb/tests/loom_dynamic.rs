@@ -927,6 +927,65 @@ fn shrink_vs_safe_map_nextfit() {
     shrink_vs_safe_map::<NextFit>();
 }
 
+/// (b'') A safe mapping's release racing with the shrink that frees its
+/// pool. The first pool is full with `x`; a grown pool holds the safe
+/// mapping `y`, seen busy by a first `maintain`, and the idle time has
+/// passed. Thread A drops `y`: its release unlocks the area (which may
+/// leave the pool idle) and still runs inside the pool until it returns.
+/// Thread M runs `maintain`, which gives the pool back once idle. The
+/// pool must not be freed while the release runs in it: the core's loom
+/// build counts releases in flight in each pool and asserts, when a pool
+/// is dropped, that none is (the release runs under the pool set's read
+/// lock, which the removal's write lock waits for). Without that grace
+/// period this model fails.
+fn release_vs_shrink<P: Policy>() {
+    model(Some(3), || {
+        let clock = std::sync::Arc::new(ManualClock::new());
+        let tlb = Arc::new(tiny_tlb::<P>(clock.clone(), 2 * POOL));
+        let shadow = Arc::new(Shadow::default());
+        let dev = forced();
+        let x = bounce(&*tlb, &dev, &shadow, POOL, 0x40, Attrs::MAY_SLEEP);
+        let y = tlb
+            .map(
+                &dev,
+                pattern(0x41, POOL),
+                Direction::ToDevice,
+                Attrs::MAY_SLEEP,
+            )
+            .unwrap_or_else(|f| panic!("map failed: {}", f.error));
+        assert_eq!(tlb.pool_count(), 2, "the map grew the tlb");
+        // Seen busy once, then idle past the idle time once `y` goes.
+        assert_eq!(tlb.maintain().unwrap(), (false, false));
+        clock.advance(10 * IDLE);
+
+        // SAFETY: only the lifetime changes: `y` borrows the tlb behind
+        // `tlb`, which this thread keeps alive until after `ta` is joined
+        // (and `y` dropped on it).
+        let y: swiotlb::Mapping<'static, Vec<u8>, P> = unsafe { std::mem::transmute(y) };
+        let tlb2 = tlb.clone();
+        let ta = thread::spawn(move || drop(y));
+        let tm = thread::spawn(move || tlb2.maintain().unwrap().1);
+        ta.join().unwrap();
+        let shrunk = tm.join().unwrap();
+
+        let st = tlb.stats();
+        assert_eq!(st.pools_removed, u64::from(shrunk), "{st:?}");
+        assert_eq!(tlb.pool_count() as u64, 2 - u64::from(shrunk));
+        unmap(&*tlb, &dev, &shadow, x);
+        assert_empty(&*tlb, &shadow);
+    });
+}
+
+#[test]
+fn release_vs_shrink_fast() {
+    release_vs_shrink::<Fast>();
+}
+
+#[test]
+fn release_vs_shrink_nextfit() {
+    release_vs_shrink::<NextFit>();
+}
+
 /// Wakes `block_on`: a flag and a condition variable, both loom's, so
 /// loom sees a wakeup that never comes as a deadlock.
 struct Wakeup {

@@ -483,3 +483,42 @@ proptest! {
         prop_assert_eq!(tlb.stats().io_tlb_used, 0);
     }
 }
+
+#[test]
+fn a_platform_without_a_default_tlb_maps_a_reachable_buffer_directly() {
+    // Only a restricted tlb (the README's restricted example), and a plain
+    // 64-bit device that reaches the buffer: Linux's dma-direct maps it
+    // without any swiotlb.
+    let p = Platform::new().with_restricted("virtio-mmio-pool", pool_at(RESTRICTED, 64 << 10));
+    let m = p
+        .map(&dev(64), vec![5u8; 1500], Direction::Bidirectional)
+        .unwrap();
+    assert!(!m.is_bounced());
+    assert_eq!(
+        m.dma_addr().as_u64(),
+        m.device_ptr().as_ptr() as u64 + (1 << 48)
+    );
+    assert_eq!(m.unmap(), vec![5u8; 1500]);
+    // The restricted device still bounces through its own tlb.
+    let d = dev(64).with_restricted_pool("virtio-mmio-pool");
+    let m = p.map(&d, vec![6u8; 1500], Direction::ToDevice).unwrap();
+    assert!(m.is_bounced());
+    drop(m);
+    // No tlb at all: direct too, and a device that must bounce gets
+    // `NoPool` with its buffer back.
+    let p = Platform::new();
+    let m = p
+        .map(&dev(64), vec![7u8; 100], Direction::ToDevice)
+        .unwrap();
+    assert!(!m.is_bounced());
+    drop(m);
+    let f = p
+        .map(&dev(32), vec![8u8; 100], Direction::ToDevice)
+        .unwrap_err();
+    assert_eq!((f.error, f.buffer), (Error::NoPool, vec![8u8; 100]));
+    let forced = dev(64).with_force_bounce(true);
+    let f = p
+        .map(&forced, vec![9u8; 100], Direction::ToDevice)
+        .unwrap_err();
+    assert_eq!(f.error, Error::NoPool);
+}

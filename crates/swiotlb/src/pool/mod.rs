@@ -210,6 +210,11 @@ pub struct Pool<P: Policy = Fast> {
     failures: [AtomicU64; FailReason::COUNT],
     direct: AtomicU64,
     owned: Option<Owned>,
+    /// Releases running in the pool now, for the loom models only: a pool
+    /// dropped while one runs is the use after free the grace rule of a
+    /// growing tlb prevents (`AfterRelease::guard_release`).
+    #[cfg(swiotlb_loom)]
+    releasing: AtomicUsize,
 }
 
 // SAFETY: the pool's raw pointer is to memory the pool manages (see the
@@ -225,6 +230,12 @@ unsafe impl<P: Policy> Sync for Pool<P> {}
 
 impl<P: Policy> Drop for Pool<P> {
     fn drop(&mut self) {
+        #[cfg(swiotlb_loom)]
+        assert_eq!(
+            self.releasing.load(Ordering::SeqCst),
+            0,
+            "a pool was freed while a release was still running in it"
+        );
         if let Some(owned) = self.owned.take() {
             // SAFETY: `owned` was allocated by `new_heap` with this layout and
             // is freed once, here; no mapping can outlive the pool because
@@ -421,6 +432,8 @@ impl<P: Policy> Pool<P> {
             failures: core::array::from_fn(|_| AtomicU64::new(0)),
             direct: AtomicU64::new(0),
             owned: None,
+            #[cfg(swiotlb_loom)]
+            releasing: AtomicUsize::new(0),
         })
     }
 
@@ -797,6 +810,26 @@ impl<P: Policy> Pool<P> {
         copied_back: usize,
         uncopied: usize,
     ) -> Result {
+        #[cfg(swiotlb_loom)]
+        self.releasing.fetch_add(1, Ordering::SeqCst);
+        let r = self.release_slots(start, nslots, dma, copied_back, uncopied);
+        // Still inside the pool after the unlock that may have left it
+        // idle: the loom models check that no pool is freed here.
+        #[cfg(swiotlb_loom)]
+        self.releasing.fetch_sub(1, Ordering::SeqCst);
+        r
+    }
+
+    /// The body of [`Pool::release`].
+    #[inline(always)]
+    fn release_slots(
+        &self,
+        start: u32,
+        nslots: u32,
+        dma: crate::addr::DmaAddr,
+        copied_back: usize,
+        uncopied: usize,
+    ) -> Result {
         let area = self.area_of(start);
         let mut st = area.state.lock();
         if !self.clear_start_bit(start) {
@@ -806,10 +839,13 @@ impl<P: Policy> Pool<P> {
         st.used -= nslots;
         st.unmapped_from_device += copied_back as u64;
         st.mapped_to_device -= uncopied as u64;
-        drop(st);
         if self.exact_hiwater {
             self.used.fetch_sub(nslots as usize, Ordering::Relaxed);
         }
+        // The unlock is the last touch of the pool: it may leave the pool
+        // idle, and a growing tlb may free an idle pool (after waiting for
+        // the releases in flight: `AfterRelease::guard_release`).
+        drop(st);
         Ok(())
     }
 

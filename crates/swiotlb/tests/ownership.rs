@@ -1,0 +1,295 @@
+//! The safe API with every `DmaBuffer` the crate implements: a buffer is
+//! taken apart before any pointer to it is used, so moving the buffer into
+//! a mapping, and the mapping around, never invalidates the pointer the
+//! copies go through. Run under miri with Stacked and Tree Borrows
+//! (`ci/miri.sh`): with the buffer value kept inside the mapping, a
+//! `Box<[u8]>` or a `&'static mut [u8]` is retagged by the move, and the
+//! copy-back of a from-device unmap writes through a dead pointer.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+
+use swiotlb::dynamic::{DynConfig, DynDevice, DynTlb, ManualClock};
+use swiotlb::provider::{HeapProvider, NoHooks};
+use swiotlb::{
+    Attrs, Device, Direction, DmaBuffer, DmaMask, IoTlb, Mapping, Platform, Policy, Pool,
+    PoolConfig,
+};
+
+const LEN: usize = 3000;
+
+/// A buffer type under test: made from bytes, and turned back into them.
+trait TestBuf: DmaBuffer + Sized + Send + std::fmt::Debug {
+    fn make(bytes: Vec<u8>) -> Self;
+    fn bytes(self) -> Vec<u8>;
+}
+
+impl TestBuf for Vec<u8> {
+    fn make(bytes: Vec<u8>) -> Self {
+        bytes
+    }
+    fn bytes(self) -> Vec<u8> {
+        self
+    }
+}
+
+impl TestBuf for Box<[u8]> {
+    fn make(bytes: Vec<u8>) -> Self {
+        bytes.into_boxed_slice()
+    }
+    fn bytes(self) -> Vec<u8> {
+        self.into_vec()
+    }
+}
+
+impl TestBuf for &'static mut [u8] {
+    fn make(bytes: Vec<u8>) -> Self {
+        Box::leak(bytes.into_boxed_slice())
+    }
+    fn bytes(self) -> Vec<u8> {
+        let out = self.to_vec();
+        // SAFETY: `self` came from `Box::leak` in `make` and is the only
+        // reference to those bytes; the box is rebuilt and freed once.
+        drop(unsafe { Box::from_raw(self as *mut [u8]) });
+        out
+    }
+}
+
+fn original(tag: u8) -> Vec<u8> {
+    (0..LEN).map(|i| (i as u8).wrapping_mul(7) ^ tag).collect()
+}
+
+fn device_bytes(tag: u8) -> Vec<u8> {
+    (0..LEN)
+        .map(|i| (i as u8).wrapping_mul(13) ^ !tag)
+        .collect()
+}
+
+fn forced() -> Device {
+    Device::new(DmaMask::BITS_64).with_force_bounce(true)
+}
+
+/// Plays the device on a bounced mapping: checks the slots hold what the
+/// CPU mapped and writes the device's answer.
+fn device_writes<B: DmaBuffer, P: Policy>(m: &Mapping<'_, B, P>, tag: u8) {
+    assert!(m.is_bounced());
+    let p = m.device_ptr().as_ptr();
+    let mut seen = vec![0; LEN];
+    // SAFETY: the slots of a live mapping hold `LEN` bytes; this test is
+    // the device, their only other user, and holds no reference to them.
+    unsafe { std::ptr::copy_nonoverlapping(p, seen.as_mut_ptr(), LEN) };
+    assert!(seen == original(tag), "the map did not copy the buffer in");
+    let answer = device_bytes(tag);
+    // SAFETY: as above, for writes.
+    unsafe { std::ptr::copy_nonoverlapping(answer.as_ptr(), p, LEN) };
+}
+
+/// Moves a mapping through a function and a collection, as a driver
+/// keeps it in its own structures.
+fn moved<T>(m: T) -> T {
+    let mut held = vec![m];
+    let m = held.pop().unwrap();
+    Box::new(m).into_inner()
+}
+
+trait IntoInner<T> {
+    fn into_inner(self) -> T;
+}
+
+impl<T> IntoInner<T> for Box<T> {
+    fn into_inner(self) -> T {
+        *self
+    }
+}
+
+/// Every CPU-side operation of a safe mapping, each after a move: sync,
+/// read, write, unmap. The device's bytes must come back, and the CPU's
+/// writes must reach the device.
+fn exercise<B: TestBuf, P: Policy>(m: Mapping<'_, B, P>, tag: u8) {
+    device_writes(&m, tag);
+    let mut m = moved(m);
+    m.sync_for_cpu(0, LEN).unwrap();
+    let mut got = vec![0; LEN];
+    m.read(0, &mut got).unwrap();
+    assert!(got == device_bytes(tag), "sync_for_cpu did not copy back");
+    let mut m = moved(m);
+    m.write(10, &[0xee; 5]).unwrap();
+    m.sync_for_device(10, 5).unwrap();
+    // SAFETY: the device side of the live mapping, as in `device_writes`.
+    let slots = unsafe { std::slice::from_raw_parts(m.device_ptr().as_ptr(), LEN) }.to_vec();
+    // Only a mapping the CPU writes for is copied to the device.
+    let mut want = device_bytes(tag);
+    if m.direction() == Direction::Bidirectional {
+        want[10..15].copy_from_slice(&[0xee; 5]);
+    }
+    assert_eq!(slots[10..15], want[10..15], "sync_for_device");
+    let m = moved(m);
+    let back = m.unmap().bytes();
+    assert!(back == want, "unmap did not copy the device's bytes back");
+}
+
+fn pool_maps_every_buffer_type<B: TestBuf>() {
+    let pool: Pool = Pool::new_heap(1 << 20, PoolConfig::default()).unwrap();
+    let dev = forced();
+    for dir in [Direction::FromDevice, Direction::Bidirectional] {
+        let m = pool.map(&dev, B::make(original(1)), dir).unwrap();
+        exercise(m, 1);
+    }
+    // Dropped without unmapping: the buffer is dropped once, put back
+    // together.
+    let m = pool
+        .map(&dev, B::make(original(2)), Direction::FromDevice)
+        .unwrap();
+    drop(moved(m));
+    // A direct mapping moves too.
+    let direct = Device::new(DmaMask::BITS_64);
+    let mut m = moved(
+        pool.map(&direct, B::make(original(3)), Direction::ToDevice)
+            .unwrap(),
+    );
+    assert!(!m.is_bounced());
+    m.write(0, &[9; 4]).unwrap();
+    let back = moved(m).unmap().bytes();
+    assert_eq!(&back[..4], &[9; 4]);
+    assert_eq!(pool.stats().io_tlb_used, 0);
+}
+
+#[test]
+fn a_from_device_unmap_copies_back_into_a_moved_vec() {
+    pool_maps_every_buffer_type::<Vec<u8>>();
+}
+
+#[test]
+fn a_from_device_unmap_copies_back_into_a_moved_box() {
+    pool_maps_every_buffer_type::<Box<[u8]>>();
+}
+
+#[test]
+fn a_from_device_unmap_copies_back_into_a_moved_static_slice() {
+    pool_maps_every_buffer_type::<&'static mut [u8]>();
+}
+
+fn sg_and_tlbs_with<B: TestBuf>() {
+    let dev = forced();
+    // Scatter-gather: every entry, moved as a list.
+    let pool: Pool = Pool::new_heap(1 << 20, PoolConfig::default()).unwrap();
+    let bufs = (0..3).map(|i| B::make(original(10 + i))).collect();
+    let maps = moved(pool.map_sg(&dev, bufs, Direction::FromDevice).unwrap());
+    for (i, m) in maps.into_iter().enumerate() {
+        exercise(m, 10 + i as u8);
+    }
+    // A failed list gives every buffer back whole.
+    let bufs = vec![B::make(original(20)), B::make(vec![0; 1 << 21])];
+    let f = pool.map_sg(&dev, bufs, Direction::FromDevice).unwrap_err();
+    let mut back = f.buffer.into_iter();
+    assert!(back.next().unwrap().bytes() == original(20));
+    assert_eq!(back.next().unwrap().bytes().len(), 1 << 21);
+
+    // A restricted tlb, and a platform choosing it.
+    let restricted: IoTlb =
+        IoTlb::restricted("r", Pool::new_heap(1 << 20, PoolConfig::default()).unwrap());
+    let plain = Device::new(DmaMask::BITS_64);
+    exercise(
+        restricted
+            .map(&plain, B::make(original(30)), Direction::FromDevice)
+            .unwrap(),
+        30,
+    );
+    let platform = Platform::new()
+        .with_restricted("r", Pool::new_heap(1 << 20, PoolConfig::default()).unwrap());
+    let bound = plain.clone().with_restricted_pool("r");
+    exercise(
+        platform
+            .map(&bound, B::make(original(31)), Direction::FromDevice)
+            .unwrap(),
+        31,
+    );
+
+    // A growing tlb, mapped at once and through its future.
+    let config = DynConfig::new(1 << 20, 4 << 20);
+    let tlb = DynTlb::new(
+        HeapProvider::new(),
+        NoHooks,
+        Arc::new(ManualClock::new()),
+        config,
+    )
+    .unwrap();
+    let ddev = DynDevice::new(forced());
+    let m = tlb.map(
+        &ddev,
+        B::make(original(40)),
+        Direction::FromDevice,
+        Attrs::NONE,
+    );
+    exercise(m.unwrap(), 40);
+    let fut = tlb.map_async(&ddev, B::make(original(41)), Direction::FromDevice);
+    exercise(moved(block_on(moved(fut))).unwrap(), 41);
+}
+
+#[test]
+fn scatter_gather_tlbs_and_futures_keep_every_buffer_type_valid() {
+    sg_and_tlbs_with::<Vec<u8>>();
+    sg_and_tlbs_with::<Box<[u8]>>();
+    sg_and_tlbs_with::<&'static mut [u8]>();
+}
+
+/// A queued `map_async` request copies from its buffer when slots free
+/// up; the future holding the buffer moves between its polls.
+fn a_queued_future_moves_between_polls<B: TestBuf>() {
+    let mut config = DynConfig::new(256 << 10, 256 << 10);
+    config.grow_by = 256 << 10;
+    let tlb = DynTlb::new(
+        HeapProvider::new(),
+        NoHooks,
+        Arc::new(ManualClock::new()),
+        config,
+    )
+    .unwrap();
+    let ddev = DynDevice::new(forced());
+    let fill = tlb
+        .map(
+            &ddev,
+            vec![0u8; 256 << 10],
+            Direction::ToDevice,
+            Attrs::NONE,
+        )
+        .unwrap();
+    let mut fut = tlb.map_async(&ddev, B::make(original(50)), Direction::FromDevice);
+    let waker = Waker::from(Arc::new(Nop));
+    let mut cx = Context::from_waker(&waker);
+    assert!(Pin::new(&mut fut).poll(&mut cx).is_pending());
+    let fut = moved(fut);
+    // The unmap completes the queued request: its copy reads the buffer
+    // the moved future holds.
+    drop(fill);
+    let mut fut = moved(fut);
+    let Poll::Ready(m) = Pin::new(&mut fut).poll(&mut cx) else {
+        panic!("the request did not complete when slots freed");
+    };
+    exercise(m.unwrap(), 50);
+}
+
+#[test]
+fn a_queued_map_future_copies_from_its_buffer_after_moving() {
+    a_queued_future_moves_between_polls::<Vec<u8>>();
+    a_queued_future_moves_between_polls::<Box<[u8]>>();
+    a_queued_future_moves_between_polls::<&'static mut [u8]>();
+}
+
+struct Nop;
+
+impl Wake for Nop {
+    fn wake(self: Arc<Self>) {}
+}
+
+fn block_on<F: Future + Unpin>(mut f: F) -> F::Output {
+    let waker = Waker::from(Arc::new(Nop));
+    let mut cx = Context::from_waker(&waker);
+    loop {
+        if let Poll::Ready(v) = Pin::new(&mut f).poll(&mut cx) {
+            return v;
+        }
+    }
+}
