@@ -46,14 +46,32 @@ impl TestBuf for Box<[u8]> {
 
 impl TestBuf for &'static mut [u8] {
     fn make(bytes: Vec<u8>) -> Self {
-        Box::leak(bytes.into_boxed_slice())
+        let raw = Box::into_raw(bytes.into_boxed_slice());
+        LEAKED.with(|l| l.borrow_mut().push(raw));
+        // SAFETY: `raw` is a live box's pointer; the slice is its only
+        // reference until `free_leaked` frees the box, after the test is
+        // done with every slice (a mapping dropped unmapped drops its
+        // slice without freeing it, as for any `&'static mut`).
+        unsafe { &mut *raw }
     }
     fn bytes(self) -> Vec<u8> {
-        let out = self.to_vec();
-        // SAFETY: `self` came from `Box::leak` in `make` and is the only
-        // reference to those bytes; the box is rebuilt and freed once.
-        drop(unsafe { Box::from_raw(self as *mut [u8]) });
-        out
+        self.to_vec()
+    }
+}
+
+std::thread_local! {
+    /// The boxes `make` leaked, per test thread.
+    static LEAKED: std::cell::RefCell<Vec<*mut [u8]>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Frees every box `make` leaked (miri reports leaks); no slice of them
+/// may be live.
+fn free_leaked() {
+    for p in LEAKED.with(|l| std::mem::take(&mut *l.borrow_mut())) {
+        // SAFETY: `p` came from `Box::into_raw` in `make`; the slice made
+        // from it is gone (this function's contract); the box is rebuilt
+        // once.
+        drop(unsafe { Box::from_raw(p) });
     }
 }
 
@@ -169,6 +187,7 @@ fn a_from_device_unmap_copies_back_into_a_moved_box() {
 #[test]
 fn a_from_device_unmap_copies_back_into_a_moved_static_slice() {
     pool_maps_every_buffer_type::<&'static mut [u8]>();
+    free_leaked();
 }
 
 fn sg_and_tlbs_with<B: TestBuf>() {
@@ -233,6 +252,7 @@ fn scatter_gather_tlbs_and_futures_keep_every_buffer_type_valid() {
     sg_and_tlbs_with::<Vec<u8>>();
     sg_and_tlbs_with::<Box<[u8]>>();
     sg_and_tlbs_with::<&'static mut [u8]>();
+    free_leaked();
 }
 
 /// A queued `map_async` request copies from its buffer when slots free
@@ -276,6 +296,7 @@ fn a_queued_map_future_copies_from_its_buffer_after_moving() {
     a_queued_future_moves_between_polls::<Vec<u8>>();
     a_queued_future_moves_between_polls::<Box<[u8]>>();
     a_queued_future_moves_between_polls::<&'static mut [u8]>();
+    free_leaked();
 }
 
 struct Nop;
