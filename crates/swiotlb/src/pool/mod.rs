@@ -437,7 +437,8 @@ impl<P: Policy> Pool<P> {
         })
     }
 
-    /// A pool over `len` bytes of zeroed heap memory, page aligned, whose
+    /// A pool over `len` bytes of zeroed heap memory, aligned to the
+    /// pool's page size (or its segment, if smaller) and slot, whose
     /// "physical" address is its CPU address (identity): for tests,
     /// simulations and user-space stacks where the device side is another
     /// thread or process that sees the same addresses.
@@ -450,11 +451,24 @@ impl<P: Policy> Pool<P> {
             base: PhysAddr(0),
             problem: PoolProblem::TooSmall,
         };
-        // Page (or slot, if larger) alignment without asking the allocator
-        // for it: an aligned zeroed allocation is zeroed by hand, touching
-        // every page, while a plain one is `calloc`, which maps fresh zero
-        // pages for large sizes. So over-allocate and align inside.
-        let align = (1usize << config.slot_shift.min(20)).max(4096);
+        // Aligned to the pool's own page (up to a segment) and slot, so
+        // that a segment can start page aligned: mappings of a page or
+        // more must be, and `max_mapping_size` promises that an empty pool
+        // takes a whole segment's worth. Without asking the allocator for
+        // the alignment: an aligned zeroed allocation is zeroed by hand,
+        // touching every page, while a plain one is `calloc`, which maps
+        // fresh zero pages for large sizes. So over-allocate and align
+        // inside.
+        let segment_shift = config
+            .slot_shift
+            .saturating_add(config.segment.trailing_zeros());
+        let align_shift = config
+            .page_shift
+            .min(segment_shift)
+            .max(config.slot_shift)
+            .max(12)
+            .min(30);
+        let align = 1usize << align_shift;
         let layout = core::alloc::Layout::from_size_align(len.max(1).saturating_add(align), 16)
             .map_err(|_| too_small)?;
         // SAFETY: the layout has a non-zero size.
@@ -546,6 +560,12 @@ impl<P: Policy> Pool<P> {
     /// (Linux `swiotlb_max_mapping_size`: a segment less the
     /// `min_align_mask` rounded up to a slot), further capped by the
     /// smallest area, which matters only for pools smaller than a segment.
+    ///
+    /// A promise: an empty pool accepts a mapping of this size from any
+    /// original, for a device with this mask and no other alignment
+    /// constraint, whenever the pool's device address is aligned to its
+    /// page size (or its segment, if smaller), as [`Pool::new_heap`]'s
+    /// always is (mappings of a page or more are page aligned).
     pub fn max_mapping_size(&self, min_align_mask: u64) -> usize {
         let slot_mask = (1u64 << self.slot_shift) - 1;
         // roundup(min_align_mask, slot): masks are `2^n - 1`, so this is an
@@ -642,13 +662,23 @@ impl<P: Policy> Pool<P> {
         if nslots > boundary_slots {
             return Err(impossible);
         }
+        // Linux tests every slot's device address against the alignment
+        // mask, which always holds the slot mask: a table whose device
+        // address is not slot aligned (an odd bus offset) has no
+        // acceptable slot at all.
+        if tbl_dma & boundary_mask & slot_mask != 0 {
+            return Err(impossible);
+        }
         let req = Request {
             nslots: nslots as u32,
             align_mask: align,
             iotlb_mask: iotlb,
             orig,
             tbl_dma: tbl_dma & boundary_mask,
-            tbl_slot: ((tbl_dma & boundary_mask) + slot_mask) >> shift,
+            // Linux `nr_slots(tbl_dma_addr)`: DIV_ROUND_UP in unsigned
+            // arithmetic, which wraps for a table in the last slot of the
+            // device address space.
+            tbl_slot: (tbl_dma & boundary_mask).wrapping_add(slot_mask) >> shift,
             boundary_slots,
             stride,
         };
