@@ -213,6 +213,16 @@ impl<T: Translate> Device<T> {
         self.translate.dma_capable(&self.limits(), phys, dma, size)
     }
 
+    /// Whether an unmap or sync of `size` bytes at `phys`, which no pool
+    /// holds, can be of a direct mapping: the device is not forced to
+    /// bounce and reaches them. If not, the address was never handed to
+    /// this device (or belonged to a transient pool already given back):
+    /// [`crate::Error::NotMapped`].
+    #[inline]
+    pub(crate) fn may_be_direct(&self, phys: PhysAddr, size: usize) -> bool {
+        !self.force_bounce && self.can_reach(phys, size)
+    }
+
     /// The device address of `phys`.
     #[inline]
     pub fn phys_to_dma(&self, phys: PhysAddr) -> DmaAddr {

@@ -1627,8 +1627,13 @@ impl<V: Provider, H: MemoryHooks, P: Policy> DynTlb<V, H, P> {
 
     /// Unmaps a bounce of `dev` by its device address (as
     /// [`Pool::unmap_raw`]); a transient pool whose mapping this was is
-    /// given back. An address in no pool of the tlb is a direct mapping:
-    /// nothing to do.
+    /// given back. An address in no pool of the tlb is a direct mapping,
+    /// nothing to do, if the device reaches it directly and is not forced
+    /// to bounce; otherwise it was never this device's, or its transient
+    /// pool is gone (a second unmap): [`Error::NotMapped`]. A second unmap
+    /// by a device that reaches the freed transient pool's memory directly
+    /// cannot be told from the unmap of a direct mapping there, and
+    /// returns `Ok` as Linux's does.
     ///
     /// # Errors
     /// As [`Pool::unmap_raw`].
@@ -1651,7 +1656,7 @@ impl<V: Provider, H: MemoryHooks, P: Policy> DynTlb<V, H, P> {
             (r, pool.start())
         });
         match found {
-            None => Ok(()),
+            None => crate::map::outside(&dev.device, dma, phys, size),
             Some(((r, start), transient)) => {
                 if r.is_ok() {
                     self.after_release(start, transient);
@@ -1715,7 +1720,10 @@ impl<V: Provider, H: MemoryHooks, P: Policy> DynTlb<V, H, P> {
             // translated for this device.
             unsafe { pool.sync_at(dma, phys, size, to_device, copy) }
         })
-        .map_or(Ok(()), |(r, _)| r)
+        .map_or_else(
+            || crate::map::outside(&dev.device, dma, phys, size),
+            |(r, _)| r,
+        )
     }
 
     /// Bounces now if there is room, else queues the request and calls

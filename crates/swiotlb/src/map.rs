@@ -78,6 +78,24 @@ fn thread_hint() -> usize {
     0
 }
 
+/// An unmap or sync of device address `dma` (physical `phys`) that no pool
+/// holds: nothing to do for a direct mapping (Linux's dma-direct does
+/// nothing either), [`Error::NotMapped`] for an address the device could
+/// only have been given by a bounce, such as a second unmap of a mapping
+/// whose transient pool is gone.
+pub(crate) fn outside<T: Translate>(
+    dev: &Device<T>,
+    dma: DmaAddr,
+    phys: PhysAddr,
+    size: usize,
+) -> Result {
+    if dev.may_be_direct(phys, size) {
+        Ok(())
+    } else {
+        Err(Error::NotMapped { dma })
+    }
+}
+
 /// One entry of a raw scatter-gather list.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SgEntry {
@@ -253,11 +271,13 @@ impl<P: Policy> Pool<P> {
     /// Unmaps a mapping made by [`Pool::map_raw`] or [`Pool::bounce_raw`]:
     /// copies the slots back into the original for from-device and
     /// bidirectional mappings (unless `SKIP_CPU_SYNC`), then frees them. A
-    /// device address outside the pool is a direct mapping: nothing to do.
+    /// device address outside the pool that the device reaches directly
+    /// (and is not forced to bounce) is a direct mapping: nothing to do.
     ///
     /// # Errors
     /// [`Error::NotMapped`] if `dma` is in the pool but is not the start of
-    /// a live mapping (a double unmap); [`Error::OutOfBounds`] if `size` is
+    /// a live mapping (a double unmap), or is outside it where the device
+    /// could not have been given it directly; [`Error::OutOfBounds`] if `size` is
     /// larger than the mapping. Nothing is copied or freed then.
     ///
     /// # Safety
@@ -273,6 +293,9 @@ impl<P: Policy> Pool<P> {
         attrs: Attrs,
     ) -> Result {
         let phys = dev.translate().dma_to_phys(dma);
+        if !self.contains(phys) {
+            return outside(dev, dma, phys, size);
+        }
         // SAFETY: the caller's obligations; `phys` is `dma` translated.
         unsafe { self.unmap_at(dma, phys, size, dir, attrs) }
     }
@@ -332,7 +355,8 @@ impl<P: Policy> Pool<P> {
     /// Makes device writes in `[dma, dma + size)` visible to the CPU:
     /// copies them into the original for from-device and bidirectional
     /// mappings (Linux `swiotlb_sync_single_for_cpu`). `dma` may be any
-    /// address inside a mapping. Outside the pool: nothing to do.
+    /// address inside a mapping. Outside the pool: nothing to do for an
+    /// address the device reaches directly, else [`Error::NotMapped`].
     ///
     /// # Errors
     /// [`Error::NotMapped`], [`Error::OutOfBounds`], whatever the
@@ -389,6 +413,9 @@ impl<P: Policy> Pool<P> {
         copy: bool,
     ) -> Result {
         let phys = dev.translate().dma_to_phys(dma);
+        if !self.contains(phys) {
+            return outside(dev, dma, phys, size);
+        }
         // SAFETY: the caller's obligations; `phys` is `dma` translated.
         unsafe { self.sync_at(dma, phys, size, to_device, copy) }
     }

@@ -174,6 +174,69 @@ fn callers_that_may_not_sleep_get_transient_pools() {
 }
 
 #[test]
+fn a_second_unmap_of_a_transient_mapping_is_not_mapped() {
+    let (t, _clock) = tlb(MIB, 8 * MIB);
+    let dev = forced();
+    let fill = fill(&t, &dev);
+    let mut orig = pattern(7, 100 * KIB);
+    let cpu = orig.as_mut_ptr();
+    let phys = PhysAddr(cpu as usize as u64);
+    let len = orig.len();
+    // SAFETY: `orig` outlives the mapping and is not touched while mapped.
+    let b =
+        unsafe { t.bounce_raw(&dev, phys, cpu, len, Attrs::NONE, MapOptions::default()) }.unwrap();
+    assert_eq!(
+        t.stats().transient_pools,
+        1,
+        "the full tlb made a transient pool"
+    );
+    // SAFETY: as above; the mapping is live.
+    let first = unsafe { t.unmap_raw(&dev, b.dma, len, Direction::FromDevice, Attrs::NONE) };
+    assert_eq!(first, Ok(()));
+    assert_eq!(t.stats().transient_pools, 0, "its pool went back");
+    // The pool is gone, and a device that must bounce was never given this
+    // address directly: every further use is `NotMapped`, as a second
+    // unmap in a pool that stays.
+    let not_mapped = Err(Error::NotMapped { dma: b.dma });
+    // SAFETY: the calls find no mapping and touch nothing.
+    unsafe {
+        assert_eq!(
+            t.unmap_raw(&dev, b.dma, len, Direction::FromDevice, Attrs::NONE),
+            not_mapped
+        );
+        assert_eq!(
+            t.sync_for_cpu_raw(&dev, b.dma, len, Direction::FromDevice),
+            not_mapped
+        );
+        assert_eq!(
+            t.sync_for_device_raw(&dev, b.dma, len, Direction::ToDevice),
+            not_mapped
+        );
+    }
+    assert!(
+        orig == pattern(7, len),
+        "nothing was copied by the refused calls"
+    );
+    // The same in a shared pool.
+    drop(fill);
+    // SAFETY: as above.
+    let b =
+        unsafe { t.bounce_raw(&dev, phys, cpu, len, Attrs::NONE, MapOptions::default()) }.unwrap();
+    assert_eq!(t.stats().transient_pools, 0);
+    // SAFETY: as above.
+    unsafe {
+        assert_eq!(
+            t.unmap_raw(&dev, b.dma, len, Direction::FromDevice, Attrs::NONE),
+            Ok(())
+        );
+        assert_eq!(
+            t.unmap_raw(&dev, b.dma, len, Direction::FromDevice, Attrs::NONE),
+            Err(Error::NotMapped { dma: b.dma })
+        );
+    }
+}
+
+#[test]
 fn deferred_requests_complete_in_order() {
     let (t, _clock) = tlb(MIB, MIB);
     let dev = forced();
