@@ -314,6 +314,9 @@ pub struct DynStats {
     pub timeouts: u64,
     /// Queued requests cancelled before they completed.
     pub cancelled: u64,
+    /// Deferral callbacks that panicked (caught: see
+    /// [`DynTlb::bounce_deferred_raw`]).
+    pub callback_panics: u64,
     /// The pools' own counters, summed (transient pools included; the
     /// high-water mark is the sum of the pools' marks, an upper bound of
     /// the tlb's).
@@ -414,6 +417,22 @@ enum Grow {
     Failed(ProviderError),
 }
 
+/// Runs a deferral callback; whether it panicked. Under `std` a panic is
+/// caught so that it never unwinds into whoever served the queue; without
+/// `std` there is no unwinding to catch (a `no_std` panic handler does not
+/// return), so it reports `false`.
+fn run_callback(f: Box<dyn FnOnce(Result<Bounce>) + Send>, r: Result<Bounce>) -> bool {
+    #[cfg(feature = "std")]
+    {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || f(r))).is_err()
+    }
+    #[cfg(not(feature = "std"))]
+    {
+        f(r);
+        false
+    }
+}
+
 /// A raw pointer that may be sent with a queued request: the raw API's
 /// caller keeps it valid until the request completes or is cancelled.
 #[derive(Clone, Copy)]
@@ -466,6 +485,7 @@ struct Counters {
     max_wait_ns: AtomicU64,
     timeouts: AtomicU64,
     cancelled: AtomicU64,
+    callback_panics: AtomicU64,
     /// Failures counted by the tlb itself (a full tlb is not one pool's
     /// failure).
     failures: [AtomicU64; crate::error::FailReason::COUNT],
@@ -667,6 +687,7 @@ impl<V: Provider, H: MemoryHooks, P: Policy> DynTlb<V, H, P> {
             waiters: self.queued.load(Ordering::Relaxed) as u64,
             timeouts: ld(&c.timeouts),
             cancelled: ld(&c.cancelled),
+            callback_panics: ld(&c.callback_panics),
             pool,
         }
     }
@@ -1122,7 +1143,25 @@ impl<V: Provider, H: MemoryHooks, P: Policy> DynTlb<V, H, P> {
         match sink {
             Sink::Callback(f) => {
                 ticket.state.lock().phase = Phase::Completed;
-                f(r);
+                let granted = r.as_ref().ok().copied();
+                if !run_callback(f, r) {
+                    return;
+                }
+                // The callback panicked: the default panic hook has
+                // reported it, and it stops here rather than in the
+                // unrelated caller whose unmap or growth served the queue.
+                self.counters
+                    .callback_panics
+                    .fetch_add(1, Ordering::Relaxed);
+                // Its slots would be lost with it: give them back (no
+                // copy-back: the original may be gone with the panic).
+                if let Some(b) = granted {
+                    let pools = self.pools.read();
+                    if let Some(m) = find(&pools, b.phys) {
+                        let pool: &Pool<P> = &m.pool;
+                        let _ = pool.release(b.start, b.nslots, b.dma, 0, 0);
+                    }
+                }
             }
             Sink::Store => {
                 let mut st = ticket.state.lock();
@@ -1355,12 +1394,13 @@ impl<V: Provider, H: MemoryHooks, P: Policy> DynTlb<V, H, P> {
 }
 
 impl<V: Provider, H: MemoryHooks, P: Policy> Drop for DynTlb<V, H, P> {
-    /// Requests still queued complete with [`Error::NoPool`]: a callback
-    /// runs exactly once even when its tlb goes away first.
+    /// Requests still queued complete with [`Error::TlbGone`]: a callback
+    /// runs exactly once even when its tlb goes away first (and one that
+    /// panics does not stop the others: see [`DynTlb::bounce_deferred_raw`]).
     fn drop(&mut self) {
         let pending: Vec<Entry<P>> = self.queue.lock().drain(..).collect();
         for entry in pending {
-            self.complete(entry, Err(Error::NoPool));
+            self.complete(entry, Err(Error::TlbGone));
         }
     }
 }
@@ -1733,6 +1773,16 @@ impl<V: Provider, H: MemoryHooks, P: Policy> DynTlb<V, H, P> {
     /// background growth. `done` runs on the thread that freed the slots,
     /// with no lock of the tlb held: it must not sleep, and may map and
     /// unmap.
+    ///
+    /// A callback that panics (under `std`) is caught where it runs: the
+    /// panic never unwinds into the unrelated caller whose unmap, growth
+    /// or drop of the tlb served the queue, the slots it was granted are
+    /// given back (without copying anything), every other queued request
+    /// is still served in order, and [`DynStats::callback_panics`] counts
+    /// it; the panic message has already gone to the panic hook. Without
+    /// `std` a panic does not unwind (the panic handler never returns).
+    /// If the tlb is dropped first, `done` runs once with
+    /// [`Error::TlbGone`].
     ///
     /// # Errors
     /// Only errors that waiting cannot mend ([`Error::TooLarge`],

@@ -103,6 +103,10 @@ pub enum Error {
         /// How long it waited, in microseconds.
         waited_us: u64,
     },
+    /// A request queued on a growing tlb (a deferred request, a waiter, a
+    /// `map_async` future) was still queued when the tlb was dropped: it
+    /// will never be served. Counted nowhere (the tlb is gone).
+    TlbGone,
     /// Unmap or sync of an address that is not a live mapping of this pool.
     NotMapped {
         /// The device address given.
@@ -193,7 +197,9 @@ impl Error {
             Error::ZeroSize | Error::TooLarge { .. } | Error::SegmentTooLong { .. } => {
                 FailReason::TooLarge
             }
-            Error::PoolFull { .. } | Error::TimedOut { .. } => FailReason::PoolFull,
+            Error::PoolFull { .. } | Error::TimedOut { .. } | Error::TlbGone => {
+                FailReason::PoolFull
+            }
             Error::AlignmentImpossible { .. } => FailReason::Alignment,
             Error::Unreachable { .. } | Error::NoPool => FailReason::Unreachable,
             Error::NotMapped { .. }
@@ -213,6 +219,7 @@ impl Error {
             Error::Unreachable { .. } => "unreachable",
             Error::NoPool => "no_pool",
             Error::TimedOut { .. } => "timed_out",
+            Error::TlbGone => "tlb_gone",
             Error::NotMapped { .. } => "not_mapped",
             Error::OutOfBounds { .. } => "out_of_bounds",
             Error::SegmentTooLong { .. } => "segment_too_long",
@@ -296,6 +303,10 @@ impl fmt::Display for Error {
             Error::TimedOut { waited_us } => write!(
                 f,
                 "swiotlb buffer is full: waited {waited_us} us for slots and none came"
+            ),
+            Error::TlbGone => write!(
+                f,
+                "swiotlb: the growing tlb was dropped while the request was still queued"
             ),
             Error::NotMapped { dma } => {
                 write!(f, "swiotlb: {dma} is not a live bounce mapping")

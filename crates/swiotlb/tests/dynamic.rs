@@ -1085,7 +1085,7 @@ fn the_maintainer_grows_for_callers_that_could_not() {
 /// A callback that panics takes only its own request with it: the requests
 /// queued behind it stay queued and complete at the next unmaps.
 #[test]
-fn a_panicking_callback_loses_no_other_request() {
+fn a_panicking_callback_reaches_no_other_caller_and_loses_nothing() {
     let (t, _clock) = tlb(MIB, MIB);
     let dev = forced();
     let mut bufs: Vec<Vec<u8>> = (0..7).map(|i| vec![i as u8; 256 * KIB]).collect();
@@ -1119,26 +1119,110 @@ fn a_panicking_callback_loses_no_other_request() {
         unsafe { t.unmap_raw(&dev, b.dma, 256 * KIB, Direction::ToDevice, Attrs::NONE) }
     };
     let mut now = now.into_iter();
-    // The unmap frees its slots, then serves request 4, whose callback
-    // panics through it.
-    let first = now.next().unwrap();
-    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| unmap(first)));
-    assert!(r.is_err());
-    assert_eq!(t.stats().waiters, 2, "5 and 6 still queued");
-    assert!(done.lock().unwrap().is_empty());
-    for b in now.by_ref().take(2) {
-        unmap(b).unwrap();
-    }
+    // The unmap frees its slots and serves request 4, whose callback
+    // panics: the unmap itself returns normally, request 4's slots go
+    // back, and request 5 takes them in the same pass.
+    unmap(now.next().unwrap()).unwrap();
+    assert_eq!(t.stats().callback_panics, 1);
+    assert_eq!(t.stats().waiters, 1, "6 still queued, 5 served");
+    let got: Vec<usize> = done.lock().unwrap().iter().map(|x| x.0).collect();
+    assert_eq!(got, vec![5]);
+    unmap(now.next().unwrap()).unwrap();
     let got: Vec<usize> = done.lock().unwrap().iter().map(|x| x.0).collect();
     assert_eq!(got, vec![5, 6], "each completed once, in order");
     assert_eq!(t.stats().waiters, 0);
-    // Request 4's bounce went to its callback, which dropped it: those
-    // slots stay held, as a driver that loses a mapping leaves them.
     for (_, b) in done.lock().unwrap().drain(..) {
         unmap(b).unwrap();
     }
     for b in now {
         unmap(b).unwrap();
     }
-    assert_eq!(t.stats().pool.io_tlb_used, 128, "request 4's slots alone");
+    assert_eq!(t.stats().pool.io_tlb_used, 0, "nothing leaked");
+}
+
+#[test]
+fn a_panicking_callback_never_reaches_a_safe_unmap() {
+    let (t, _clock) = tlb(MIB, MIB);
+    let dev = forced();
+    let maps = fill(&t, &dev);
+    let mut orig = vec![9u8; 256 * KIB];
+    let cpu = orig.as_mut_ptr();
+    // SAFETY: `orig` outlives the request and its mapping.
+    let r = unsafe {
+        t.bounce_deferred_raw(
+            &dev,
+            PhysAddr(cpu as u64),
+            cpu,
+            256 * KIB,
+            MapOptions::default(),
+            |_| panic!("the driver's callback fails"),
+        )
+    }
+    .unwrap();
+    assert!(matches!(r, Deferral::Queued(_)));
+    // An unrelated safe unmap serves the queue: its caller gets its
+    // buffer back, and the failed request's slots are not lost.
+    let mut maps = maps.into_iter();
+    let buf = maps.next().unwrap().unmap();
+    assert!(buf == pattern(1000, 256 * KIB));
+    assert_eq!(t.stats().callback_panics, 1);
+    assert_eq!(t.stats().pool.io_tlb_used, 3 * 128);
+    drop(maps);
+    assert_eq!(t.stats().pool.io_tlb_used, 0);
+    drop(orig);
+}
+
+#[test]
+fn dropping_a_tlb_runs_every_queued_callback_once_with_tlb_gone() {
+    let (t, _clock) = tlb(MIB, MIB);
+    let dev = forced();
+    // Full with raw mappings that are never unmapped (an unmap would serve
+    // the queue); their slots go with the tlb.
+    let mut fills: Vec<Vec<u8>> = (0..4).map(|i| vec![i as u8; 256 * KIB]).collect();
+    for f in fills.iter_mut() {
+        let cpu = f.as_mut_ptr();
+        // SAFETY: `fills` outlives the tlb and is not touched meanwhile.
+        unsafe {
+            t.bounce_raw(
+                &dev,
+                PhysAddr(cpu as u64),
+                cpu,
+                f.len(),
+                Attrs::NONE,
+                MapOptions::default(),
+            )
+        }
+        .unwrap();
+    }
+    let mut origs: Vec<Vec<u8>> = (0..3).map(|i| vec![i as u8; 4 * KIB]).collect();
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    for (i, o) in origs.iter_mut().enumerate() {
+        let cpu = o.as_mut_ptr();
+        let calls = calls.clone();
+        // SAFETY: the originals outlive the tlb and its requests.
+        let r = unsafe {
+            t.bounce_deferred_raw(
+                &dev,
+                PhysAddr(cpu as u64),
+                cpu,
+                4 * KIB,
+                MapOptions::default(),
+                move |r| {
+                    calls.lock().unwrap().push((i, r));
+                    assert!(i != 0, "the first callback fails");
+                },
+            )
+        }
+        .unwrap();
+        assert!(matches!(r, Deferral::Queued(_)));
+    }
+    drop(t);
+    let calls = calls.lock().unwrap();
+    let want: Vec<(usize, Result<Bounce, Error>)> =
+        (0..3).map(|i| (i, Err(Error::TlbGone))).collect();
+    assert_eq!(
+        *calls, want,
+        "each ran once, in order, told the tlb is gone"
+    );
+    drop(origs);
 }
