@@ -66,7 +66,7 @@ use crate::addr::{DmaAddr, PhysAddr};
 use crate::attrs::Attrs;
 use crate::device::Device;
 use crate::direction::Direction;
-use crate::error::{Error, Result};
+use crate::error::{ConfigProblem, Error, Result};
 use crate::granules::Granules;
 use crate::map::{AfterRelease, DmaBuffer, Held, MapFailed, MapOptions, Mapping, RawBuffer};
 use crate::pool::{Bounce, Fast, Policy, Pool, PoolConfig};
@@ -531,7 +531,7 @@ impl<V: Provider, H: MemoryHooks, P: Policy> DynTlb<V, H, P> {
     /// May sleep (the first pool is built here).
     ///
     /// # Errors
-    /// [`ProviderError::Pool`] with [`Error::InvalidPool`] if `start` or
+    /// [`ProviderError::Pool`] with [`Error::BadConfig`] if `start` or
     /// `grow_by` is smaller than one segment, or `max` smaller than
     /// `start`; otherwise as [`provider::pool_from_provider`].
     pub fn with_policy(
@@ -540,12 +540,27 @@ impl<V: Provider, H: MemoryHooks, P: Policy> DynTlb<V, H, P> {
         clock: Arc<dyn Clock>,
         config: DynConfig,
     ) -> core::result::Result<Self, ProviderError> {
-        let seg = config.segment_bytes();
-        if config.start < seg || config.grow_by < seg || config.max < config.start {
-            return Err(ProviderError::Pool(Error::InvalidPool {
-                base: PhysAddr(0),
-                problem: crate::error::PoolProblem::TooSmall,
-            }));
+        let segment = config.segment_bytes();
+        let problem = if config.start < segment {
+            Some(ConfigProblem::StartBelowSegment {
+                start: config.start,
+                segment,
+            })
+        } else if config.grow_by < segment {
+            Some(ConfigProblem::GrowBelowSegment {
+                grow_by: config.grow_by,
+                segment,
+            })
+        } else if config.max < config.start {
+            Some(ConfigProblem::MaxBelowStart {
+                start: config.start,
+                max: config.max,
+            })
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            return Err(ProviderError::Pool(Error::BadConfig { problem }));
         }
         let provider = Arc::new(provider);
         let hooks = Arc::new(hooks);

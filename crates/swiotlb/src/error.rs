@@ -23,6 +23,43 @@ pub enum PoolProblem {
     TooManySlots,
 }
 
+/// What memory could not be allocated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AllocWhat {
+    /// The slots of a heap pool ([`Pool::new_heap`](crate::Pool::new_heap)).
+    PoolMemory,
+    /// A pool's bookkeeping: per-slot records and the policy's per-area
+    /// state.
+    Metadata,
+}
+
+/// What is wrong with a growing tlb's configuration
+/// ([`DynConfig`](crate::DynConfig)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ConfigProblem {
+    /// `start` is smaller than one segment, the largest mapping.
+    StartBelowSegment {
+        /// `start`, in bytes.
+        start: usize,
+        /// A segment, in bytes.
+        segment: usize,
+    },
+    /// `grow_by` is smaller than one segment.
+    GrowBelowSegment {
+        /// `grow_by`, in bytes.
+        grow_by: usize,
+        /// A segment, in bytes.
+        segment: usize,
+    },
+    /// `max` is smaller than `start`.
+    MaxBelowStart {
+        /// `start`, in bytes.
+        start: usize,
+        /// `max`, in bytes.
+        max: usize,
+    },
+}
+
 /// What the strict `swiotlb=` parser found that Linux would silently
 /// ignore or adjust.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -140,6 +177,31 @@ pub enum Error {
         /// What is wrong with it.
         problem: PoolProblem,
     },
+    /// Memory for a pool or for its bookkeeping could not be allocated.
+    OutOfMemory {
+        /// What was being allocated.
+        what: AllocWhat,
+        /// Bytes asked for.
+        bytes: usize,
+    },
+    /// A growing tlb's configuration cannot work.
+    BadConfig {
+        /// What is wrong.
+        problem: ConfigProblem,
+    },
+    /// A mapping whose alignment padding (`alloc_align_mask`, or the
+    /// `min_align_mask` offset) makes it need more than a segment, the
+    /// most one mapping can hold, although its own size would fit.
+    PaddingTooLarge {
+        /// Bytes asked for.
+        size: usize,
+        /// Bytes of slots the mapping needs once aligned and padded.
+        padded: u64,
+        /// The `alloc_align_mask` asked for.
+        align_mask: u64,
+        /// Bytes in a segment.
+        segment: usize,
+    },
     /// A `swiotlb=` value that the strict parser rejects.
     BadParam {
         /// Byte offset in the value where the problem was found.
@@ -200,11 +262,15 @@ impl Error {
             Error::PoolFull { .. } | Error::TimedOut { .. } | Error::TlbGone => {
                 FailReason::PoolFull
             }
-            Error::AlignmentImpossible { .. } => FailReason::Alignment,
+            Error::AlignmentImpossible { .. } | Error::PaddingTooLarge { .. } => {
+                FailReason::Alignment
+            }
             Error::Unreachable { .. } | Error::NoPool => FailReason::Unreachable,
             Error::NotMapped { .. }
             | Error::OutOfBounds { .. }
             | Error::InvalidPool { .. }
+            | Error::OutOfMemory { .. }
+            | Error::BadConfig { .. }
             | Error::BadParam { .. } => FailReason::Misuse,
         }
     }
@@ -224,6 +290,9 @@ impl Error {
             Error::OutOfBounds { .. } => "out_of_bounds",
             Error::SegmentTooLong { .. } => "segment_too_long",
             Error::InvalidPool { .. } => "invalid_pool",
+            Error::OutOfMemory { .. } => "out_of_memory",
+            Error::BadConfig { .. } => "bad_config",
+            Error::PaddingTooLarge { .. } => "padding_too_large",
             Error::BadParam { .. } => "bad_param",
         }
     }
@@ -238,6 +307,34 @@ impl fmt::Display for PoolProblem {
             PoolProblem::BadGeometry => "slot shift or segment size out of range",
             PoolProblem::TooManySlots => "more slots than the metadata can index",
         })
+    }
+}
+
+impl fmt::Display for AllocWhat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AllocWhat::PoolMemory => "pool memory",
+            AllocWhat::Metadata => "pool metadata",
+        })
+    }
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            ConfigProblem::StartBelowSegment { start, segment } => write!(
+                f,
+                "the first pool ({start} bytes) is smaller than one segment ({segment} bytes)"
+            ),
+            ConfigProblem::GrowBelowSegment { grow_by, segment } => write!(
+                f,
+                "the growth step ({grow_by} bytes) is smaller than one segment ({segment} bytes)"
+            ),
+            ConfigProblem::MaxBelowStart { start, max } => write!(
+                f,
+                "the limit ({max} bytes) is below the first pool ({start} bytes)"
+            ),
+        }
     }
 }
 
@@ -326,6 +423,21 @@ impl fmt::Display for Error {
             Error::InvalidPool { base, problem } => {
                 write!(f, "swiotlb: cannot build a pool at {base}: {problem}")
             }
+            Error::OutOfMemory { what, bytes } => {
+                write!(f, "swiotlb: out of memory: {bytes} bytes of {what}")
+            }
+            Error::BadConfig { problem } => {
+                write!(f, "swiotlb: growing tlb configuration: {problem}")
+            }
+            Error::PaddingTooLarge {
+                size,
+                padded,
+                align_mask,
+                segment,
+            } => write!(
+                f,
+                "swiotlb: a mapping of {size} bytes aligned with alloc_align_mask {align_mask:#x} needs {padded} bytes of slots, more than a segment ({segment} bytes) can hold"
+            ),
             Error::BadParam { at, problem } => {
                 write!(f, "swiotlb: bad swiotlb= value at byte {at}: {problem}")
             }

@@ -134,3 +134,111 @@ proptest! {
         prop_assert!(r.is_ok(), "{config:?} mask {mask:#x} off {off:#x} max {max}: {r:?}");
     }
 }
+
+#[test]
+fn a_pool_too_large_for_the_machine_is_out_of_memory_not_too_small() {
+    let e = Pool::<swiotlb::Fast>::new_heap(32 << 40, PoolConfig::default()).unwrap_err();
+    assert_eq!(
+        e,
+        Error::OutOfMemory {
+            what: swiotlb::error::AllocWhat::PoolMemory,
+            bytes: 32 << 40
+        }
+    );
+    let text = e.to_string();
+    assert!(text.contains("out of memory"), "{text}");
+    assert!(!text.contains("smaller than one slot"), "{text}");
+}
+
+#[test]
+fn each_growing_tlb_configuration_problem_has_its_own_error() {
+    use swiotlb::dynamic::{DynConfig, DynTlb, ManualClock};
+    use swiotlb::error::ConfigProblem;
+    use swiotlb::provider::{HeapProvider, NoHooks, ProviderError};
+    let seg = 256 << 10;
+    let build = |start: usize, grow_by: usize, max: usize| {
+        let mut config = DynConfig::new(start, max);
+        config.grow_by = grow_by;
+        let clock = std::sync::Arc::new(ManualClock::new());
+        match DynTlb::new(HeapProvider::new(), NoHooks, clock, config) {
+            Err(ProviderError::Pool(Error::BadConfig { problem })) => problem,
+            other => panic!("{:?}", other.map(|_| ())),
+        }
+    };
+    let texts: Vec<String> = [
+        (
+            build(seg / 2, seg, 4 * seg),
+            ConfigProblem::StartBelowSegment {
+                start: seg / 2,
+                segment: seg,
+            },
+        ),
+        (
+            build(seg, seg / 4, 4 * seg),
+            ConfigProblem::GrowBelowSegment {
+                grow_by: seg / 4,
+                segment: seg,
+            },
+        ),
+        (
+            build(2 * seg, seg, seg),
+            ConfigProblem::MaxBelowStart {
+                start: 2 * seg,
+                max: seg,
+            },
+        ),
+    ]
+    .into_iter()
+    .map(|(got, want)| {
+        assert_eq!(got, want);
+        Error::BadConfig { problem: got }.to_string()
+    })
+    .collect();
+    assert!(texts[0].contains("smaller than one segment"), "{texts:?}");
+    assert!(texts[1].contains("growth step"), "{texts:?}");
+    assert!(texts[2].contains("below the first pool"), "{texts:?}");
+}
+
+#[test]
+fn alignment_padding_past_a_segment_names_the_padding() {
+    let pool = heap_pool(1 << 20);
+    let dev = Device::new(DmaMask::BITS_64).with_force_bounce(true);
+    let mut buf = vec![0u8; 2048];
+    let cpu = buf.as_mut_ptr();
+    let opts = MapOptions {
+        alloc_align_mask: 0x7ffff,
+        ..MapOptions::default()
+    };
+    // SAFETY: `buf` is valid for 2048 bytes; the map fails and keeps
+    // nothing.
+    let e = unsafe { pool.bounce_raw(&dev, PhysAddr(cpu as u64), cpu, 2048, Attrs::NONE, opts) }
+        .unwrap_err();
+    assert_eq!(
+        e,
+        Error::PaddingTooLarge {
+            size: 2048,
+            padded: 0x80000,
+            align_mask: 0x7ffff,
+            segment: 256 << 10
+        }
+    );
+    let text = e.to_string();
+    assert!(text.contains("alloc_align_mask 0x7ffff"), "{text}");
+    assert!(!text.contains("larger than any mapping can be"), "{text}");
+    // A size past the device's maximum is still `TooLarge`.
+    let mut big = vec![0u8; 300 << 10];
+    let cpu = big.as_mut_ptr();
+    // SAFETY: as above.
+    let e = unsafe {
+        pool.bounce_raw(
+            &dev,
+            PhysAddr(cpu as u64),
+            cpu,
+            big.len(),
+            Attrs::NONE,
+            opts,
+        )
+    }
+    .unwrap_err();
+    assert!(matches!(e, Error::TooLarge { .. }), "{e:?}");
+}

@@ -64,6 +64,9 @@ enum Plan {
     /// More slots than a segment (or the smallest area) holds:
     /// `Error::TooLarge`, however empty the pool.
     TooLarge,
+    /// Within `max_mapping_size`, but the alignment padding takes it past
+    /// a segment: `Error::PaddingTooLarge`.
+    PaddingTooLarge,
     /// No slot of an empty pool satisfies the masks and lines:
     /// `Error::AlignmentImpossible`.
     Impossible,
@@ -184,7 +187,10 @@ impl Geo {
             assert!(n <= cap, "{r:?}: max_mapping_size promises too much");
         }
         if n > cap {
-            return Plan::TooLarge;
+            if r.size > self.max_mapping_size(r.min_align) {
+                return Plan::TooLarge;
+            }
+            return Plan::PaddingTooLarge;
         }
         if (0..self.nslabs).all(|s| self.refuse(r, s, n).is_some()) {
             return Plan::Impossible;
@@ -416,6 +422,20 @@ impl<'p, P: Searched> Model<'p, P> {
             (Plan::TooLarge, Error::TooLarge { size, max }) => {
                 assert_eq!(size, r.size);
                 assert_eq!(max, self.geo.max_mapping_size(r.min_align));
+            }
+            (
+                Plan::PaddingTooLarge,
+                Error::PaddingTooLarge {
+                    size,
+                    padded,
+                    align_mask,
+                    ..
+                },
+            ) => {
+                assert_eq!(size, r.size);
+                assert_eq!(align_mask, r.alloc_align);
+                let cap = self.geo.segment.min(self.geo.area_nslabs) as u64;
+                assert!(padded > cap << self.geo.shift, "{r:?}: padded {padded}");
             }
             (Plan::Impossible, Error::AlignmentImpossible { min_align_mask, .. }) => {
                 assert_eq!(min_align_mask, r.min_align)

@@ -584,14 +584,14 @@ unsafe impl Policy for Fast {
     type Area = FastArea;
     const NAME: &'static str = "fast";
 
-    fn new_area(geom: &AreaGeom) -> FastArea {
+    fn new_area(geom: &AreaGeom) -> Option<FastArea> {
         let nsegs = FastArea::segment_of(geom, geom.nslabs - 1) + 1;
         let mut area = FastArea {
             // Bits past the area's end stay clear (free) but are never
             // reached: every scan stops at `geom.nslabs`.
-            held: boxed(0u64, geom.nslabs.div_ceil(64) as usize),
-            longest: boxed(0u16, nsegs),
-            exact: boxed(!0u64, nsegs.div_ceil(64)),
+            held: boxed(0u64, geom.nslabs.div_ceil(64) as usize)?,
+            longest: boxed(0u16, nsegs)?,
+            exact: boxed(!0u64, nsegs.div_ceil(64))?,
             last_search: (0, 0, false),
             last_free: (0, 0),
             last_word: (0, 0),
@@ -601,7 +601,7 @@ unsafe impl Policy for Fast {
             let (lo, hi) = FastArea::segment_range(geom, j);
             area.longest[j] = (hi - lo) as u16;
         }
-        area
+        Some(area)
     }
 
     // Always inlined: the exact reuse is a handful of instructions, less
@@ -707,7 +707,7 @@ mod tests {
             segment: 128,
             slot_shift: 11,
         };
-        let mut area = Fast::new_area(&geom);
+        let mut area = Fast::new_area(&geom).unwrap();
         let mut live: alloc::vec::Vec<(u32, u32)> = alloc::vec::Vec::new();
         let mut x = 0x2545_f491_4f6c_dd1du64;
         let mut undone = 0;
@@ -794,7 +794,7 @@ mod tests {
                 segment: seg,
                 slot_shift: 11,
             };
-            let mut area = Fast::new_area(&geom);
+            let mut area = Fast::new_area(&geom).unwrap();
             for w in area.held.iter_mut() {
                 let a = rnd();
                 *w = match case % 5 {

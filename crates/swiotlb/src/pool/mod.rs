@@ -28,7 +28,7 @@ pub use policy::{AreaGeom, Policy, Request};
 
 use crate::addr::{DmaAddr, PhysAddr};
 use crate::device::Device;
-use crate::error::{Error, FailReason, PoolProblem, Result};
+use crate::error::{AllocWhat, Error, FailReason, PoolProblem, Result};
 use crate::stats::Stats;
 use crate::sync::{AtomicPtr, AtomicU64, AtomicUsize, CachePadded, Mutex, Ordering};
 use crate::translate::Translate;
@@ -260,46 +260,51 @@ impl<P: Policy> core::fmt::Debug for Pool<P> {
 /// already zeroed (`calloc`, which for large sizes maps fresh zero pages),
 /// so a pool's metadata costs no time until it is touched: a 6 GiB pool
 /// has 3 million slots.
-fn zeroed_words(len: usize) -> Box<[AtomicU64]> {
+fn zeroed_words(len: usize) -> Result<Box<[AtomicU64]>> {
     #[cfg(not(swiotlb_loom))]
     {
         zeroed_slice(len)
     }
     #[cfg(swiotlb_loom)]
     {
-        (0..len).map(|_| AtomicU64::new(0)).collect()
+        Ok((0..len).map(|_| AtomicU64::new(0)).collect())
     }
 }
 
 /// `len` null pointers, as [`zeroed_words`].
-fn zeroed_ptrs(len: usize) -> Box<[AtomicPtr<u8>]> {
+fn zeroed_ptrs(len: usize) -> Result<Box<[AtomicPtr<u8>]>> {
     #[cfg(not(swiotlb_loom))]
     {
         zeroed_slice(len)
     }
     #[cfg(swiotlb_loom)]
     {
-        (0..len)
+        Ok((0..len)
             .map(|_| AtomicPtr::new(core::ptr::null_mut()))
-            .collect()
+            .collect())
     }
 }
 
 /// A boxed slice of `len` values whose all-zero bit pattern is a valid
 /// value, allocated zeroed.
 ///
-/// # Panics
-/// If the size overflows `isize` or the allocation fails (as `vec!` does).
+/// # Errors
+/// [`Error::OutOfMemory`] if the size overflows `isize` or the allocation
+/// fails: a pool too large for the machine is an error, never an abort.
 #[cfg(not(swiotlb_loom))]
-fn zeroed_slice<T: ZeroValid>(len: usize) -> Box<[T]> {
-    let layout = core::alloc::Layout::array::<T>(len).expect("metadata size overflows");
+fn zeroed_slice<T: ZeroValid>(len: usize) -> Result<Box<[T]>> {
+    let oom = Error::OutOfMemory {
+        what: AllocWhat::Metadata,
+        bytes: len.saturating_mul(core::mem::size_of::<T>()),
+    };
+    let layout = core::alloc::Layout::array::<T>(len).map_err(|_| oom)?;
     if layout.size() == 0 {
-        return (0..len).map(|_| T::zero()).collect();
+        return Ok((0..len).map(|_| T::zero()).collect());
     }
     // SAFETY: the layout has a non-zero size.
     let ptr = unsafe { alloc::alloc::alloc_zeroed(layout) }.cast::<T>();
     if ptr.is_null() {
-        alloc::alloc::handle_alloc_error(layout);
+        return Err(oom);
     }
     // SAFETY:
     // - `ptr` was allocated by the global allocator with the layout of
@@ -307,7 +312,7 @@ fn zeroed_slice<T: ZeroValid>(len: usize) -> Box<[T]> {
     // - every element is initialised: the memory is zeroed and all-zero is
     //   a valid `T` (`ZeroValid`'s contract);
     // - nothing else owns the allocation.
-    unsafe { Box::from_raw(core::ptr::slice_from_raw_parts_mut(ptr, len)) }
+    Ok(unsafe { Box::from_raw(core::ptr::slice_from_raw_parts_mut(ptr, len)) })
 }
 
 /// Types whose all-zero bit pattern is a valid value.
@@ -346,7 +351,8 @@ impl<P: Policy> Pool<P> {
     /// # Errors
     /// [`Error::InvalidPool`] if the region is smaller than a slot, `phys`
     /// is not slot aligned, the region wraps, or the geometry is out of
-    /// range.
+    /// range; [`Error::OutOfMemory`] if the pool's metadata cannot be
+    /// allocated (it is allocated fallibly: never an abort).
     ///
     /// # Safety
     /// - `vaddr` is valid for reads and writes of `len` bytes until the pool
@@ -399,10 +405,10 @@ impl<P: Policy> Pool<P> {
                     segment: config.segment,
                     slot_shift: config.slot_shift,
                 };
-                CachePadded(Area {
+                Some(CachePadded(Area {
                     geom,
                     state: Mutex::new(AreaState {
-                        policy: P::new_area(&geom),
+                        policy: P::new_area(&geom)?,
                         used: 0,
                         hiwater: 0,
                         mapped_to_device: 0,
@@ -410,9 +416,18 @@ impl<P: Policy> Pool<P> {
                     }),
                     bytes_to_device: AtomicU64::new(0),
                     bytes_from_device: AtomicU64::new(0),
-                })
+                }))
             })
-            .collect();
+            .collect::<Option<Box<[_]>>>()
+            .ok_or(Error::OutOfMemory {
+                what: AllocWhat::Metadata,
+                bytes: P::metadata_bytes(&AreaGeom {
+                    first: 0,
+                    nslabs,
+                    segment: config.segment,
+                    slot_shift: config.slot_shift,
+                }),
+            })?;
         Ok(Self {
             vaddr,
             start: phys,
@@ -422,9 +437,9 @@ impl<P: Policy> Pool<P> {
             page_shift: config.page_shift,
             area_nslabs,
             areas,
-            orig: zeroed_ptrs(nslabs as usize),
-            shape: zeroed_words(nslabs as usize),
-            start_bits: zeroed_words(nslabs.div_ceil(64) as usize),
+            orig: zeroed_ptrs(nslabs as usize)?,
+            shape: zeroed_words(nslabs as usize)?,
+            start_bits: zeroed_words(nslabs.div_ceil(64) as usize)?,
             start_words_private: area_nslabs % 64 == 0,
             used: CachePadded(AtomicUsize::new(0)),
             hiwater: CachePadded(AtomicUsize::new(0)),
@@ -444,12 +459,12 @@ impl<P: Policy> Pool<P> {
     /// thread or process that sees the same addresses.
     ///
     /// # Errors
-    /// As [`Pool::new`]; also [`Error::InvalidPool`] with
-    /// [`PoolProblem::TooSmall`] if the allocation fails.
+    /// As [`Pool::new`]; also [`Error::OutOfMemory`] if the pool's memory
+    /// cannot be allocated.
     pub fn new_heap(len: usize, config: PoolConfig) -> Result<Self> {
-        let too_small = Error::InvalidPool {
-            base: PhysAddr(0),
-            problem: PoolProblem::TooSmall,
+        let oom = Error::OutOfMemory {
+            what: AllocWhat::PoolMemory,
+            bytes: len,
         };
         // Aligned to the pool's own page (up to a segment) and slot, so
         // that a segment can start page aligned: mappings of a page or
@@ -470,9 +485,9 @@ impl<P: Policy> Pool<P> {
             .min(30);
         let align = 1usize << align_shift;
         let layout = core::alloc::Layout::from_size_align(len.max(1).saturating_add(align), 16)
-            .map_err(|_| too_small)?;
+            .map_err(|_| oom)?;
         // SAFETY: the layout has a non-zero size.
-        let base = NonNull::new(unsafe { alloc::alloc::alloc_zeroed(layout) }).ok_or(too_small)?;
+        let base = NonNull::new(unsafe { alloc::alloc::alloc_zeroed(layout) }).ok_or(oom)?;
         let owned = Owned { ptr: base, layout };
         let skip = base.as_ptr().align_offset(align);
         // SAFETY: `skip < align`, and the allocation is `len + align` bytes,
@@ -643,9 +658,16 @@ impl<P: Policy> Pool<P> {
         let nslots = (total + slot_mask) >> shift;
         let limit = self.segment.min(self.area_nslabs) as u64;
         if nslots > limit {
-            return Err(Error::TooLarge {
+            let max = self.max_mapping_size(min_align_mask);
+            if size > max {
+                return Err(Error::TooLarge { size, max });
+            }
+            // The size fits; the alignment padding does not.
+            return Err(Error::PaddingTooLarge {
                 size,
-                max: self.max_mapping_size(min_align_mask),
+                padded: total,
+                align_mask: alloc_align_mask,
+                segment: self.segment_bytes(),
             });
         }
         // Historically mappings of a page or more are page aligned when no
@@ -1264,6 +1286,26 @@ fn fits_empty(geom: &AreaGeom, req: &Request) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    #[cfg(not(swiotlb_loom))]
+    // Miri reports a huge allocation as resource exhaustion instead of
+    // returning null.
+    #[cfg_attr(miri, ignore)]
+    fn metadata_that_cannot_be_allocated_is_an_error_not_an_abort() {
+        let oom = |len: usize| Error::OutOfMemory {
+            what: AllocWhat::Metadata,
+            bytes: len.saturating_mul(8),
+        };
+        // Past `isize::MAX` bytes: no layout at all.
+        assert_eq!(
+            zeroed_slice::<AtomicU64>(usize::MAX / 4).err(),
+            Some(oom(usize::MAX / 4))
+        );
+        // A layout, but more memory than the machine has.
+        assert_eq!(zeroed_slice::<AtomicU64>(1 << 50).err(), Some(oom(1 << 50)));
+        assert_eq!(zeroed_slice::<AtomicU64>(3).unwrap().len(), 3);
+    }
 
     #[test]
     fn area_counts_follow_linux() {

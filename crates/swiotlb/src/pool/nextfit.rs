@@ -87,15 +87,15 @@ unsafe impl Policy for NextFit {
     type Area = NextFitArea;
     const NAME: &'static str = "nextfit";
 
-    fn new_area(geom: &AreaGeom) -> NextFitArea {
-        let mut list = boxed(0u32, geom.nslabs as usize);
+    fn new_area(geom: &AreaGeom) -> Option<NextFitArea> {
+        let mut list = boxed(0u32, geom.nslabs as usize)?;
         for (i, count) in list.iter_mut().enumerate() {
             let slot = geom.first + i as u32;
             // Linux (after the CVE-2023-52790 fix): min(SEGSIZE - offset,
             // nslabs - i); capped at the area's end too.
             *count = geom.run_limit(slot) - slot;
         }
-        NextFitArea { list, index: 0 }
+        Some(NextFitArea { list, index: 0 })
     }
 
     fn alloc(area: &mut NextFitArea, geom: &AreaGeom, req: &Request) -> Option<u32> {

@@ -127,8 +127,9 @@ pub unsafe trait Policy: Send + Sync + 'static {
     /// A short name (`fast`, `nextfit`).
     const NAME: &'static str;
 
-    /// The state of an empty area.
-    fn new_area(geom: &AreaGeom) -> Self::Area;
+    /// The state of an empty area; `None` if its memory cannot be
+    /// allocated (the pool then reports [`crate::Error::OutOfMemory`]).
+    fn new_area(geom: &AreaGeom) -> Option<Self::Area>;
 
     /// Finds and takes `req.nslots` free slots; the pool-wide index of the
     /// first, or `None`.
@@ -151,8 +152,11 @@ pub unsafe trait Policy: Send + Sync + 'static {
 }
 
 /// A zeroed boxed slice (the metadata arrays of both policies).
-pub(crate) fn boxed<T: Clone>(value: T, len: usize) -> Box<[T]> {
-    alloc::vec![value; len].into_boxed_slice()
+pub(crate) fn boxed<T: Clone>(value: T, len: usize) -> Option<Box<[T]>> {
+    let mut v = alloc::vec::Vec::new();
+    v.try_reserve_exact(len).ok()?;
+    v.resize(len, value);
+    Some(v.into_boxed_slice())
 }
 
 /// The allocator alone, without the mapping layers: for the benchmark's
