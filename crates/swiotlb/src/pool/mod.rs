@@ -477,12 +477,10 @@ impl<P: Policy> Pool<P> {
         let segment_shift = config
             .slot_shift
             .saturating_add(config.segment.trailing_zeros());
-        let align_shift = config
-            .page_shift
-            .min(segment_shift)
-            .max(config.slot_shift)
-            .max(12)
-            .min(30);
+        // At least a slot and 4 KiB, at most 1 GiB (the geometry is
+        // checked by `new`; this must not panic before it is).
+        let floor = config.slot_shift.clamp(12, 30);
+        let align_shift = config.page_shift.min(segment_shift).clamp(floor, 30);
         let align = 1usize << align_shift;
         let layout = core::alloc::Layout::from_size_align(len.max(1).saturating_add(align), 16)
             .map_err(|_| oom)?;
