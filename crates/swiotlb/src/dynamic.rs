@@ -783,9 +783,14 @@ impl<V: Provider, H: MemoryHooks, P: Policy> DynTlb<V, H, P> {
     ) -> Result<(Bounce, NonNull<Pool<P>>)> {
         let (b, pool) = self.try_pools(attempt)?;
         // SAFETY: `pool` holds `b`'s slots, just allocated, so it stays
-        // valid (no pool holding a live allocation is released); the
-        // caller vouches for `src`.
-        unsafe { pool.as_ref().copy_in(&b, src, size) };
+        // valid (no pool holding a live allocation is released).
+        let p = unsafe { pool.as_ref() };
+        // SAFETY:
+        // - `b` is a live allocation of `p`, just made for `src`/`size`
+        //   (`attempt` allocates for them: this function's contract);
+        // - `src` is valid for reads of `size` bytes and unaliased (this
+        //   function's contract).
+        unsafe { p.copy_in(&b, src, size) };
         Ok((b, pool))
     }
 
@@ -1142,10 +1147,16 @@ impl<V: Provider, H: MemoryHooks, P: Policy> DynTlb<V, H, P> {
                 .fetch_max(waited, Ordering::Relaxed);
             let r = r.map(|(b, pool): Found<P>| {
                 // SAFETY: `pool` holds `b`'s slots, just allocated for this
-                // entry, so it stays valid; the entry's enqueuer keeps
-                // `src` valid for `size` bytes until the request completes
-                // (`enqueue`'s contract), which is below.
-                unsafe { pool.as_ref().copy_in(&b, entry.src.0, entry.size) };
+                // entry, so it stays valid (no pool holding a live
+                // allocation is released).
+                let p = unsafe { pool.as_ref() };
+                // SAFETY:
+                // - `b` is a live allocation of `p`, made by the entry's
+                //   attempt for `entry.src`/`entry.size`;
+                // - the entry's enqueuer keeps `src` valid for `size` bytes
+                //   and unaliased until the request completes (`enqueue`'s
+                //   contract), which is below.
+                unsafe { p.copy_in(&b, entry.src.0, entry.size) };
                 b
             });
             self.complete(entry, r);

@@ -93,7 +93,8 @@
 #![deny(
     missing_docs,
     unsafe_op_in_unsafe_fn,
-    clippy::undocumented_unsafe_blocks
+    clippy::undocumented_unsafe_blocks,
+    clippy::multiple_unsafe_ops_per_block
 )]
 
 #[cfg(feature = "alloc")]

@@ -460,19 +460,18 @@ impl<P: Policy> Pool<P> {
             }
             let slot = self.slot_ptr(self.slot_offset(loc.start) + loc.pad + offset);
             let orig = loc.orig.wrapping_add(offset);
+            let (dst, src) = if to_device {
+                (slot, orig)
+            } else {
+                (orig, slot)
+            };
             // SAFETY:
             // - `[offset, offset + size)` lies inside the mapping (checked
             //   above), so both sides are in bounds: the slots of the live
             //   allocation and the original the caller keeps valid;
             // - pool and original do not overlap;
             // - the caller holds no reference to the original.
-            unsafe {
-                if to_device {
-                    bounce_copy(slot, orig, size);
-                } else {
-                    bounce_copy(orig, slot, size);
-                }
-            }
+            unsafe { bounce_copy(dst, src, size) };
             self.count_bytes(loc.start, to_device, size);
             Ok(())
         })();

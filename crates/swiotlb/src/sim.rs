@@ -467,18 +467,19 @@ impl<P: Policy, K: Ord> Simulator<P, K> {
         // `offset < size`, and the mapping lies inside the pool, which sits
         // at device address 0: no overflow.
         let dma = live.dma + offset as u64;
-        // SAFETY: for either call,
-        // - the mapping's original `live.buf` is still valid for writes and
-        //   not referenced: the mapping is live (type invariant);
-        // - the device may go on using other parts of the mapping: the
-        //   simulated device is this module, and it does not run during
-        //   the call.
-        let r = unsafe {
-            if to_device {
-                self.pool.sync_for_device_raw(&live.dev, dma, len, live.dir)
-            } else {
-                self.pool.sync_for_cpu_raw(&live.dev, dma, len, live.dir)
-            }
+        let r = if to_device {
+            // SAFETY:
+            // - the mapping's original `live.buf` is still valid for writes
+            //   and not referenced: the mapping is live (type invariant);
+            // - the device may go on using other parts of the mapping: the
+            //   simulated device is this module, and it does not run
+            //   during the call.
+            unsafe { self.pool.sync_for_device_raw(&live.dev, dma, len, live.dir) }
+        } else {
+            // SAFETY: the same two obligations, argued the same way: the
+            // original is live and unreferenced (type invariant), and the
+            // simulated device does not run during the call.
+            unsafe { self.pool.sync_for_cpu_raw(&live.dev, dma, len, live.dir) }
         };
         r?;
         let range = offset..offset + len;
@@ -521,17 +522,16 @@ impl Live {
         let len = self.buf.len();
         // SAFETY:
         // - `buf` is valid for reads of `len` bytes (it is live, type
-        //   invariant) and the pool's slots from `off` hold the mapping's
-        //   `len` bytes;
-        // - nothing writes either meanwhile: the engine copies only inside
-        //   calls, and `&Live` excludes the simulated device; the
-        //   original is read through a pointer, never a reference.
-        let (orig, slots) = unsafe {
-            (
-                snapshot(self.buf.as_ptr(), len),
-                snapshot(pool.slot_ptr(self.off), len),
-            )
-        };
+        //   invariant);
+        // - nothing writes it meanwhile: the engine copies only inside
+        //   calls, and `&Live` excludes the simulated device; it is read
+        //   through a pointer, never a reference.
+        let orig = unsafe { snapshot(self.buf.as_ptr(), len) };
+        // SAFETY:
+        // - the pool's slots from `off` hold the mapping's `len` bytes (the
+        //   mapping is live, type invariant);
+        // - nothing writes them meanwhile, as for the original.
+        let slots = unsafe { snapshot(pool.slot_ptr(self.off), len) };
         if let Some(offset) = first_difference(&orig, &self.want_orig) {
             return Err(SimError::Mismatch {
                 side: Side::Original,
@@ -569,19 +569,16 @@ impl Live {
     /// The CPU writes `data` into the original at `range`.
     fn cpu_writes(&mut self, range: Range<usize>, data: Vec<u8>) {
         debug_assert!(range.end <= self.buf.len() && data.len() == range.len());
+        // SAFETY: `range.start <= buf.len()` (checked above), so the
+        // offset stays inside the vector's allocation.
+        let dst = unsafe { self.buf.as_mut_ptr().add(range.start) };
         // SAFETY:
         // - `range` lies inside `buf`, valid for writes while it lives;
-        //   `data` is a distinct vector;
+        // - `data` is a distinct vector, so the ranges do not overlap;
         // - no engine call runs meanwhile (`&mut self`), and the write goes
         //   through a pointer, not a reference, as the raw API's contract
         //   asks while the mapping is live.
-        unsafe {
-            core::ptr::copy_nonoverlapping(
-                data.as_ptr(),
-                self.buf.as_mut_ptr().add(range.start),
-                range.len(),
-            )
-        };
+        unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), dst, range.len()) };
         self.want_orig[range].copy_from_slice(&data);
     }
 }
@@ -595,12 +592,13 @@ unsafe fn snapshot(src: *const u8, len: usize) -> Vec<u8> {
     let mut v = Vec::with_capacity(len);
     // SAFETY:
     // - `src` is valid for `len` reads (the caller) and `v` has capacity
-    //   for `len` writes; a fresh vector never overlaps `src`;
-    // - the `len` bytes are initialised by the copy before `set_len`.
-    unsafe {
-        core::ptr::copy_nonoverlapping(src, v.as_mut_ptr(), len);
-        v.set_len(len);
-    }
+    //   for `len` writes;
+    // - a fresh vector never overlaps `src`.
+    unsafe { core::ptr::copy_nonoverlapping(src, v.as_mut_ptr(), len) };
+    // SAFETY:
+    // - `len` is within the capacity reserved above;
+    // - the `len` bytes were initialised by the copy just made.
+    unsafe { v.set_len(len) };
     v
 }
 

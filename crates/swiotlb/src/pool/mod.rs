@@ -484,13 +484,17 @@ impl<P: Policy> Pool<P> {
         let align = 1usize << align_shift;
         let layout = core::alloc::Layout::from_size_align(len.max(1).saturating_add(align), 16)
             .map_err(|_| oom)?;
-        // SAFETY: the layout has a non-zero size.
-        let base = NonNull::new(unsafe { alloc::alloc::alloc_zeroed(layout) }).ok_or(oom)?;
+        // SAFETY: the layout has a non-zero size (`len.max(1) + align`).
+        let raw = unsafe { alloc::alloc::alloc_zeroed(layout) };
+        let base = NonNull::new(raw).ok_or(oom)?;
         let owned = Owned { ptr: base, layout };
         let skip = base.as_ptr().align_offset(align);
         // SAFETY: `skip < align`, and the allocation is `len + align` bytes,
         // so `base + skip` and the `len` bytes after it are inside it.
-        let ptr = unsafe { NonNull::new_unchecked(base.as_ptr().add(skip)) };
+        let inside = unsafe { base.as_ptr().add(skip) };
+        // SAFETY: `inside` is `base`, non-null, moved forward inside its
+        // allocation, so it is non-null too.
+        let ptr = unsafe { NonNull::new_unchecked(inside) };
         let phys = PhysAddr(ptr.as_ptr() as usize as u64);
         // SAFETY:
         // - `ptr` is valid for reads and writes of `len` bytes: inside the
