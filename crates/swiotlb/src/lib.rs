@@ -65,7 +65,7 @@
 //!
 //! # Safety and correctness
 //!
-//! Unsafe code is confined to six places, each with its reasoning at the
+//! Unsafe code is confined to seven places, each with its reasoning at the
 //! `unsafe` block:
 //! - [`Pool::new`] trusts its caller for the region (valid, contiguous, not
 //!   otherwise touched by the CPU);
@@ -84,11 +84,22 @@
 //! - the growing tlb ([`dynamic`]) passes the raw API's obligations on to
 //!   requests that complete later (a queued bounce copies from the original
 //!   when its slots come free), and hands a safe mapping a pointer to a
-//!   pool that it keeps alive only while the mapping's slots are held.
+//!   pool that it keeps alive while the mapping's slots are held and frees
+//!   only after every release in it has returned (the grace rule: a grown
+//!   pool's slots are given back under the pool set's read lock, which its
+//!   removal waits for);
+//! - [`DmaBuffer`] is `unsafe` to implement: the safe API takes a buffer
+//!   apart into a raw pointer before any copy and puts it back together
+//!   only after the last one (the ownership rule: no pointer derived from
+//!   a buffer outlives a move of that buffer, under Stacked and Tree
+//!   Borrows alike).
 //!
 //! The safe API ([`Pool::map`]) owns the buffer for the life of the
 //! mapping and holds only a raw pointer to it, so no Rust reference aliases
-//! memory a device writes.
+//! memory a device writes. miri runs the safe API with every shipped
+//! [`DmaBuffer`] under both borrow models, and the release-versus-shrink
+//! race across many scheduling seeds (`ci/miri.sh`); loom explores that
+//! race and the other concurrent paths (`ci/loom.sh`).
 #![cfg_attr(not(feature = "std"), no_std)]
 #![deny(
     missing_docs,
