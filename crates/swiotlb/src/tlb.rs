@@ -22,6 +22,11 @@
 //!    [`Error::Unreachable`]);
 //! 4. otherwise [`Error::NoPool`].
 //!
+//! The rule decides where a buffer bounces. [`Platform::map`] first asks
+//! whether it must: a buffer that a device with no restricted tlb reaches
+//! directly (and is not forced to bounce) is mapped directly, as Linux's
+//! dma-direct maps it, whether or not the platform has any tlb at all.
+//!
 //! The high tlb comes first because a device that reaches it can use it,
 //! and leaving the low tlb to the devices that can use nothing else is why
 //! it exists (the RFC chose by `min_not_zero(dma_mask, bus_dma_limit)`).
