@@ -612,15 +612,21 @@ impl Report {
                 .max(1) as usize;
         let _ = writeln!(
             t,
-            "{:>5}  {:<idw$}  {:>sizew$}  {:<4}  {:>6}  {:<addrw$}  {:>6}",
-            "line", "id", "size", "dir", "slot", "addr", "nslots"
+            "{:>5}  {}  {:>sizew$}  {:<4}  {:>6}  {:<addrw$}  {:>6}",
+            "line",
+            pad_end("id", idw),
+            "size",
+            "dir",
+            "slot",
+            "addr",
+            "nslots"
         );
         for m in &self.maps {
             let _ = write!(
                 t,
-                "{:>5}  {:<idw$}  {:>sizew$}  {:<4}  ",
+                "{:>5}  {}  {:>sizew$}  {:<4}  ",
                 m.line,
-                m.id,
+                pad_end(&m.id, idw),
                 m.size,
                 m.dir.short_name()
             );
@@ -642,6 +648,16 @@ impl Report {
         let _ = writeln!(t, "{}", self.stats);
         t
     }
+}
+
+/// `s` followed by spaces up to `width` characters. By hand rather than
+/// with a format width, which the standard library limits to 65,535 and
+/// panics beyond; an id has no such limit. Ids are ASCII.
+fn pad_end(s: &str, width: usize) -> String {
+    let mut out = String::with_capacity(width.max(s.len()));
+    out.push_str(s);
+    out.extend(std::iter::repeat_n(' ', width.saturating_sub(s.len())));
+    out
 }
 
 #[cfg(test)]
