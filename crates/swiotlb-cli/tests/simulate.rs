@@ -353,6 +353,36 @@ fn simulate_prints_a_table_for_ids_of_any_length() {
     assert_eq!(rows[0].find("2048"), rows[1].find("4096"));
 }
 
+#[test]
+fn simulate_refuses_an_oversized_map_before_allocating() {
+    // Under a 512 MiB address-space limit a 1 GiB original cannot even be
+    // allocated: the answer must come from the size alone, as the engine
+    // gives it (too large, counted), and the run go on.
+    let bin = env!("CARGO_BIN_EXE_swiotlb");
+    let mut child = Command::new("sh")
+        .args(["-c", "ulimit -v 524288 && exec \"$0\" \"$@\""])
+        .args([bin, "simulate", "--ops", "-", "--json", "--nslabs", "128"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("sh runs the swiotlb binary");
+    let mut pipe = child.stdin.take().expect("stdin is piped");
+    pipe.write_all(b"map huge 1024M\nmap small 2K\nunmap huge\nunmap small\n")
+        .expect("script written");
+    drop(pipe);
+    let out = child.wait_with_output().expect("the run finishes");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ops"][0]["error"]["kind"], "too_large", "{v}");
+    assert_eq!(v["ops"][1]["slot"], 0, "{v}");
+    assert_eq!(v["stats"]["failures"]["too_large"], 1, "{v}");
+}
+
 /// The extra options an example asks for on a `# args:` line.
 fn example_args(script: &str) -> Vec<String> {
     script
