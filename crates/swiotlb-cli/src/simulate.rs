@@ -10,7 +10,7 @@
 
 mod profile;
 
-use crate::units::human;
+use crate::units::{human, parse_number, parse_radix, parse_size};
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::{IsTerminal, Read, Write as _};
@@ -28,9 +28,11 @@ Script: one operation per line; `#` starts a comment, blank lines are skipped.
   sync ID OFFSET LEN cpu|device
 
 ID is a name made of letters, digits and `_ - . : /`. SIZE, OFFSET and LEN
-are decimal or 0x hex, optionally followed by K (x1024) or M (x1024*1024);
-SIZE is at most 1 GiB. HEX values are hexadecimal, `0x` optional. `_` may
-separate digits. Defaults: orig=0 (no min-align check, as Linux), no masks,
+are byte counts in the grammar of every size option: decimal or 0x hex,
+optionally followed by a unit, each a power of two: B, K or KiB (1024),
+M or MiB (1024^2), G or GiB (1024^3), T or TiB (1024^4), in any case
+(64K, 0x800, 1MiB); SIZE is at most 1 GiB. HEX values are hexadecimal,
+`0x` optional. `_` may separate digits. Defaults: orig=0 (no min-align check, as Linux), no masks,
 cpu=0 (the search starts in area cpu % nareas), dir=bidi.
 
 A map the engine refuses (pool full, too large, impossible alignment) is
@@ -253,8 +255,7 @@ fn parse_map(words: &[&str]) -> Result<Op, String> {
         return Err(format!("map needs an ID and a SIZE: {MAP_USAGE}"));
     };
     let id = parse_id(id)?;
-    let size = byte_count(size)
-        .ok_or_else(|| format!("SIZE `{size}` is not a byte count ({BYTES_HINT})"))?;
+    let size = parse_size(size).map_err(|e| format!("SIZE {e}"))?;
     if size > MAX_SIZE {
         return Err(format!(
             "SIZE {size} is larger than 1 GiB, far beyond any swiotlb mapping"
@@ -287,7 +288,7 @@ fn parse_map(words: &[&str]) -> Result<Op, String> {
             }
             "alloc_align" => params.alloc_align_mask = hex_value()?,
             "cpu" => {
-                params.cpu = number(value)
+                params.cpu = parse_number(value)
                     .and_then(|n| usize::try_from(n).ok())
                     .ok_or_else(|| format!("`cpu={value}`: `{value}` is not a number"))?;
             }
@@ -330,9 +331,8 @@ fn parse_sync(words: &[&str]) -> Result<Op, String> {
     };
     let id = parse_id(id)?;
     let count = |what: &str, s: &str| {
-        byte_count(s)
-            .and_then(|n| usize::try_from(n).ok())
-            .ok_or_else(|| format!("{what} `{s}` is not a byte count ({BYTES_HINT})"))
+        let n = parse_size(s).map_err(|e| format!("{what} {e}"))?;
+        usize::try_from(n).map_err(|_| format!("{what} `{s}` is too large"))
     };
     let offset = count("OFFSET", offset)?;
     let len = count("LEN", len)?;
@@ -362,46 +362,14 @@ fn parse_id(s: &str) -> Result<String, String> {
     }
 }
 
-const BYTES_HINT: &str = "decimal or 0x hex, optionally with a K or M suffix";
-
-/// Decimal or `0x` hex, `_` allowed between digits.
-fn number(s: &str) -> Option<u64> {
-    match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
-        Some(h) => radix(h, 16),
-        None => radix(s, 10),
-    }
-}
-
 /// Hex, `0x` optional, `_` allowed between digits.
 fn hex(s: &str) -> Option<u64> {
-    radix(
+    parse_radix(
         s.strip_prefix("0x")
             .or_else(|| s.strip_prefix("0X"))
             .unwrap_or(s),
         16,
     )
-}
-
-/// A [`number`] optionally followed by `K` (KiB) or `M` (MiB).
-fn byte_count(s: &str) -> Option<u64> {
-    let (digits, unit) = match s.as_bytes().last()? {
-        b'K' | b'k' => (&s[..s.len() - 1], 1 << 10),
-        b'M' | b'm' => (&s[..s.len() - 1], 1 << 20),
-        _ => (s, 1),
-    };
-    number(digits)?.checked_mul(unit)
-}
-
-fn radix(s: &str, radix: u32) -> Option<u64> {
-    // `_` separates digits; it neither starts nor ends a number.
-    if s.starts_with('_') || s.ends_with('_') || s.contains("__") {
-        return None;
-    }
-    let digits: String = s.chars().filter(|&c| c != '_').collect();
-    if digits.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
-        return None;
-    }
-    u64::from_str_radix(&digits, radix).ok()
 }
 
 /// Where a map landed.
@@ -673,22 +641,26 @@ mod tests {
     }
 
     #[test]
-    fn numbers() {
-        assert_eq!(number("4096"), Some(4096));
-        assert_eq!(number("0x1000"), Some(4096));
-        assert_eq!(number("1_000"), Some(1000));
-        assert_eq!(number("0x_1"), None);
-        assert_eq!(number("1__0"), None);
-        assert_eq!(number(""), None);
-        assert_eq!(number("-1"), None);
-        assert_eq!(number("+1"), None);
-        assert_eq!(number("0x"), None);
-        assert_eq!(number("99999999999999999999"), None);
-        assert_eq!(byte_count("4K"), Some(4096));
-        assert_eq!(byte_count("0x2k"), Some(2048));
-        assert_eq!(byte_count("1M"), Some(1 << 20));
-        assert_eq!(byte_count("K"), None);
-        assert_eq!(byte_count("1G"), None);
+    fn script_sizes_use_the_size_grammar() {
+        let size = |text: &str| match op(text) {
+            Op::Map { size, .. } => size,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(size("map a 4K"), 4096);
+        assert_eq!(size("map a 4KiB"), 4096);
+        assert_eq!(size("map a 0x2k"), 2048);
+        assert_eq!(size("map a 1MiB"), 1 << 20);
+        assert_eq!(size("map a 1G"), 1 << 30);
+        assert_eq!(size("map a 1GiB"), 1 << 30);
+        assert_eq!(
+            op("sync a 1KiB 0x10 cpu"),
+            Op::Sync {
+                id: "a".into(),
+                offset: 1024,
+                len: 16,
+                for_cpu: true,
+            }
+        );
         assert_eq!(hex("fff"), Some(0xfff));
         assert_eq!(hex("0x1234_5a10"), Some(0x1234_5a10));
         assert_eq!(hex("xyz"), None);
@@ -744,9 +716,10 @@ mod tests {
         assert!(e.msg.contains("unknown operation `mpa`"), "{}", e.msg);
         for (text, want) in [
             ("map a", "needs an ID and a SIZE"),
-            ("map a lots", "SIZE `lots` is not a byte count"),
-            ("map a 2G", "not a byte count"),
+            ("map a lots", "SIZE `lots` is not a size"),
+            ("map a 2G", "larger than 1 GiB"),
             ("map a 2048M", "larger than 1 GiB"),
+            ("map a 1MB", "write 1MiB"),
             ("map a 1 dir=sideways", "to, from or bidi"),
             ("map a 1 min_align=0x1000", "not 2^n - 1"),
             ("map a 1 orig=zz", "not a hex number"),

@@ -224,7 +224,7 @@ fn bad_lines_name_the_line_and_exit_2() {
     for (script, line, problem) in [
         ("map a 2K\nmpa b 2K\n", 2, "unknown operation `mpa`"),
         ("# c\n\nmap a\n", 3, "needs an ID and a SIZE"),
-        ("map a big\n", 1, "SIZE `big` is not a byte count"),
+        ("map a big\n", 1, "SIZE `big` is not a size"),
         ("map a 2K dir=up\n", 1, "to, from or bidi"),
         ("map a 2K min_align=0x1001\n", 1, "not 2^n - 1"),
         ("map a 2K flavour=mint\n", 1, "unknown option `flavour=`"),
@@ -381,6 +381,36 @@ fn simulate_refuses_an_oversized_map_before_allocating() {
     assert_eq!(v["ops"][0]["error"]["kind"], "too_large", "{v}");
     assert_eq!(v["ops"][1]["slot"], 0, "{v}");
     assert_eq!(v["stats"]["failures"]["too_large"], 1, "{v}");
+}
+
+#[test]
+fn scripts_and_options_read_sizes_in_one_grammar() {
+    // A script takes the units an option takes (KiB, G) ...
+    let v = json_run(
+        "one_grammar",
+        "map a 2KiB\nmap b 0x1000\nmap c 1G\nsync a 0x10 1KiB cpu\nsync b 1K 0x2k device\n\
+         unmap a\nunmap b\nunmap c\n",
+        &[],
+    );
+    let sizes: Vec<&Value> = v["ops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| &o["size"])
+        .collect();
+    assert_eq!(sizes, [2048, 4096, 1 << 30]);
+    assert_eq!(v["ops"][2]["error"]["kind"], "too_large");
+    // ... and an option takes what a script takes (0x hex, K).
+    let out = simulate(
+        &["--profile", "burst", "--start", "0x100000", "--max", "512K"],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("--max 512 KiB is below --start 1 MiB"),
+        "{err}"
+    );
 }
 
 /// The extra options an example asks for on a `# args:` line.
