@@ -413,13 +413,32 @@ fn scripts_and_options_read_sizes_in_one_grammar() {
     );
 }
 
-/// The extra options an example asks for on a `# args:` line.
-fn example_args(script: &str) -> Vec<String> {
-    script
-        .lines()
-        .find_map(|l| l.strip_prefix("# args:"))
-        .map(|a| a.split_whitespace().map(String::from).collect())
-        .unwrap_or_default()
+#[test]
+fn simulate_applies_the_scripts_args_line_unless_an_option_overrides_it() {
+    // Five 64 KiB maps: the fifth fails in a 128-slot (256 KiB) pool.
+    let script = "# args: --nslabs 128 --policy nextfit\n\
+                  map a 64K\nmap b 64K\nmap c 64K\nmap d 64K\nmap e 64K\n";
+    let v = json_run("args_line", script, &[]);
+    assert_eq!(v["stats"]["io_tlb_nslabs"], 128, "{v}");
+    assert_eq!(v["ops"][4]["error"]["kind"], "pool_full", "{v}");
+    // An option on the command line wins over the line.
+    let v = json_run("args_line", script, &["--nslabs", "256"]);
+    assert_eq!(v["stats"]["io_tlb_nslabs"], 256, "{v}");
+    assert_eq!(v["ops"][4]["slot"], 128, "{v}");
+    // The policy of the line applies too: the text report names it.
+    let out = simulate(&["--ops", "-"], Some(script));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.starts_with("pool: 128 slots"), "{text}");
+    assert!(
+        text.lines().next().unwrap().ends_with("policy nextfit"),
+        "{text}"
+    );
+    // An option the line may not give stops the run, naming the line.
+    let err = failing_run("# args: --json\nmap a 1\n", &[]);
+    assert!(
+        err.contains("line 1") && err.contains("may set only"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -436,12 +455,10 @@ fn example_scripts_run_cleanly() {
         "{examples:?}"
     );
     for path in &examples {
-        let script = std::fs::read_to_string(path).unwrap();
-        let extra = example_args(&script);
         for policy in ["fast", "nextfit"] {
             for json in [false, true] {
+                // Each example's `# args:` line applies by itself.
                 let mut args = vec!["--ops", path.to_str().unwrap(), "--policy", policy];
-                args.extend(extra.iter().map(String::as_str));
                 if json {
                     args.push("--json");
                 }
@@ -460,6 +477,21 @@ fn example_scripts_run_cleanly() {
             }
         }
     }
+}
+
+#[test]
+fn example_args_lines_set_their_pools() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/ops");
+    let run = |name: &str| {
+        let path = dir.join(name);
+        let out = simulate(&["--ops", path.to_str().unwrap(), "--json"], None);
+        assert!(out.status.success(), "{name}");
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    let full = run("full.ops");
+    assert_eq!(full["stats"]["io_tlb_nslabs"], 128, "{full}");
+    let areas = run("areas.ops");
+    assert_eq!(areas["stats"]["area_used"].as_array().unwrap().len(), 4);
 }
 
 #[test]

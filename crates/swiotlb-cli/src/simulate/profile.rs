@@ -116,7 +116,8 @@ pub struct ProfileArgs {
     /// Run a synthetic workload on a growing tlb instead of a script:
     /// `burst` (a 256 MiB live set, then idle) or `steady` (a live set
     /// oscillating inside the grown size).
-    #[arg(long, value_enum, value_name = "NAME")]
+    #[arg(long, value_enum, value_name = "NAME",
+          conflicts_with_all = ["nslabs", "nareas", "policy"])]
     pub profile: Option<ProfileName>,
     /// Bytes of the first pool. Sizes here and in scripts share one
     /// grammar: bytes, decimal or 0x hex, optionally with a unit that is a
