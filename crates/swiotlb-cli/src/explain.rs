@@ -161,10 +161,10 @@ impl Explanation {
                      models, {MAX_NSLABS} slots."
                 ));
             }
-            Finding::SlotsZero { .. } => self.adjustments.push(format!(
-                "A slot count of 0 leaves the size open: Linux sizes the pool at boot, one \
-                 {IO_TLB_SEGSIZE}-slot segment per area."
-            )),
+            Finding::SlotsZero { .. } => self.adjustments.push(
+                "A slot count of 0 leaves the size to the area count (one segment per area)."
+                    .into(),
+            ),
             Finding::SlotsAligned { from, to, .. } => self.adjustments.push(format!(
                 "Linux rounds {from} slots up to {to}, a whole number of {IO_TLB_SEGSIZE}-slot \
                  segments."
