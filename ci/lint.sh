@@ -11,3 +11,7 @@ cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+# The core without its default features: code only the heap-backed parts
+# use must be compiled out with them, not left dead.
+cargo clippy -p swiotlb --no-default-features -- -D warnings
+cargo clippy -p swiotlb --no-default-features --features alloc -- -D warnings

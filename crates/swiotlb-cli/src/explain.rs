@@ -1,25 +1,39 @@
-//! `swiotlb explain`: what pool a `swiotlb=` kernel parameter gives.
+//! `swiotlb explain`: what pool a `swiotlb=` kernel parameter gives, and
+//! every step Linux takes to get there, in plain words.
+//!
+//! The reading is the core's ([`SwiotlbParam::read`], which follows
+//! `setup_io_tlb_npages()` in Linux's kernel/dma/swiotlb.c); the boot-time
+//! steps are [`SwiotlbParam::resolve`]'s (`swiotlb_init_remap()`). This
+//! module only puts them into words.
 
 use std::fmt::Write as _;
 
 use crate::units::human;
-use swiotlb::config::{Force, Resolved, SwiotlbParam, IO_TLB_SHIFT};
+use serde_json::json;
+use swiotlb::config::{
+    Finding, Force, ParamNumber, Reading, Resolved, SwiotlbParam, IO_TLB_SEGSIZE, IO_TLB_SHIFT,
+    MAX_NAREAS, MAX_NSLABS,
+};
 
 /// Arguments of `swiotlb explain`.
 #[derive(clap::Args)]
 pub struct Args {
     /// The value, with or without the `swiotlb=` prefix:
-    /// `[<nslabs>][,<nareas>][,force|noforce]`.
+    /// `[<nslabs>][,<nareas>][,force|noforce]`, in the kernel's own
+    /// grammar: counts (not sizes) in decimal, `0x` hex or `0` octal, no
+    /// units.
     value: String,
     /// Possible CPUs of the machine (Linux uses one area per CPU when no
     /// area count is given). Default: this machine's.
     #[arg(long)]
     cpus: Option<u32>,
-    /// Also report, as an error, anything Linux silently ignores or adjusts.
+    /// Fail (exit code 2) if Linux adjusts or ignores any part of the value
+    /// itself; the boot-time steps that depend on the CPU count do not
+    /// count.
     #[arg(long)]
     strict: bool,
-    /// Print JSON: `nslabs`, `nareas`, `bytes`, `force`, `canonical`,
-    /// `adjustments`.
+    /// Print JSON: `nslabs`, `nareas`, `bytes`, `pool`, `force`, `stored`,
+    /// `numbers`, and the `adjustments`, `ignored` and `notes` arrays.
     #[arg(long)]
     json: bool,
 }
@@ -38,76 +52,488 @@ pub fn run(args: &Args) -> Result<(), String> {
     Ok(())
 }
 
-fn explain(args: &Args) -> Result<String, String> {
-    let param = SwiotlbParam::parse(&args.value);
-    // The strict parser names the first thing Linux would ignore or adjust;
-    // in lenient mode it becomes a note rather than an error.
-    let adjustment = SwiotlbParam::parse_strict(&args.value).err();
-    if args.strict {
-        if let Some(e) = adjustment {
-            return Err(e.to_string());
+/// What Linux makes of one value, in words.
+struct Explanation {
+    /// The value as given, without the `swiotlb=` prefix.
+    given: String,
+    reading: Reading,
+    cpus: u32,
+    resolved: Resolved,
+    /// Changes Linux makes to the numbers, when it reads the value and at
+    /// boot.
+    adjustments: Vec<String>,
+    /// Text that has no effect.
+    ignored: Vec<String>,
+    /// How numbers were read, and what the value means beyond its numbers.
+    notes: Vec<String>,
+    /// How many of `adjustments` come from the value itself (the rest are
+    /// boot-time steps that depend on the CPU count).
+    value_adjustments: usize,
+}
+
+impl Explanation {
+    fn new(value: &str, cpus: u32) -> Explanation {
+        let given = value.strip_prefix("swiotlb=").unwrap_or(value).to_string();
+        let reading = SwiotlbParam::read(&given);
+        let mut e = Explanation {
+            resolved: reading.param.resolve(cpus),
+            given,
+            reading,
+            cpus,
+            adjustments: Vec::new(),
+            ignored: Vec::new(),
+            notes: Vec::new(),
+            value_adjustments: 0,
+        };
+        e.number_notes();
+        let findings: Vec<Finding> = e.reading.findings().copied().collect();
+        for f in findings {
+            e.describe(f);
+        }
+        e.value_adjustments = e.adjustments.len();
+        e.boot_steps();
+        e.meaning_notes();
+        e
+    }
+
+    /// Whether Linux sets up a pool for this value at all.
+    fn has_pool(&self) -> bool {
+        self.reading.param.force != Force::NoForce
+    }
+
+    /// `len` bytes of the value from `at`, quoted; control characters
+    /// (a NUL) escaped.
+    fn quote(&self, at: usize, len: usize) -> String {
+        let text = self.given.get(at..at + len).unwrap_or("");
+        format!("`{}`", text.escape_debug())
+    }
+
+    fn number_text(&self, n: &ParamNumber) -> String {
+        self.quote(n.at, n.len)
+    }
+
+    /// Says which numbers were read as octal or hexadecimal, and where an
+    /// octal number stopped at an 8 or a 9.
+    fn number_notes(&mut self) {
+        let numbers = [
+            (self.reading.nslabs, "the slot count"),
+            (self.reading.nareas, "the area count"),
+        ];
+        for (n, what) in numbers {
+            let Some(n) = n else { continue };
+            let text = self.number_text(&n);
+            let next = self.given.as_bytes().get(n.at + n.len).copied();
+            match n.radix {
+                16 => self.notes.push(format!(
+                    "Linux reads {text} ({what}) as hexadecimal, because it starts with 0x: {}.",
+                    n.value
+                )),
+                8 if matches!(next, Some(b'8' | b'9')) => self.notes.push(format!(
+                    "Linux reads {text} ({what}) as octal, because it starts with 0, and stops \
+                     before `{}`, which is not an octal digit: {}.",
+                    char::from(next.unwrap_or(b'8')),
+                    n.value
+                )),
+                8 if n.len > 1 => self.notes.push(format!(
+                    "Linux reads {text} ({what}) as octal, because it starts with 0: {}.",
+                    n.value
+                )),
+                _ => {}
+            }
         }
     }
+
+    /// One finding of the reader, in words.
+    fn describe(&mut self, f: Finding) {
+        let slots_given = self.reading.nslabs.is_some();
+        match f {
+            Finding::Empty => self
+                .ignored
+                .push("The value is empty: Linux keeps its defaults.".into()),
+            Finding::SlotsOverflow { at } => {
+                let text = self
+                    .reading
+                    .nslabs
+                    .map_or(String::new(), |n| self.number_text(&n));
+                self.adjustments.push(format!(
+                    "The slot count {text} at byte {at} does not fit in 64 bits; Linux's \
+                     arithmetic would wrap it around, and this tool takes the largest count it \
+                     models, {MAX_NSLABS} slots."
+                ));
+            }
+            Finding::SlotsZero { .. } => self.adjustments.push(
+                "A slot count of 0 leaves the size to the area count (one segment per area)."
+                    .into(),
+            ),
+            Finding::SlotsAligned { from, to, .. } => self.adjustments.push(format!(
+                "Linux rounds {from} slots up to {to}, a whole number of {IO_TLB_SEGSIZE}-slot \
+                 segments."
+            )),
+            Finding::AreasOverflow { at } => {
+                let text = self
+                    .reading
+                    .nareas
+                    .map_or(String::new(), |n| self.number_text(&n));
+                self.adjustments.push(format!(
+                    "The area count {text} at byte {at} is more than this tool models; it takes \
+                     {MAX_NAREAS} areas (Linux would first cut the number to 32 bits)."
+                ));
+            }
+            Finding::AreasZero { .. } => self
+                .adjustments
+                .push("Linux takes an area count of 0 as 1.".into()),
+            Finding::AreasRounded { from, to, .. } => self.adjustments.push(format!(
+                "Linux rounds {from} areas up to {to}, a power of two."
+            )),
+            Finding::SlotsRaised {
+                from, to, nareas, ..
+            } => {
+                let from = if slots_given {
+                    format!("{from} slots")
+                } else {
+                    format!("the default {from} slots")
+                };
+                self.adjustments.push(format!(
+                    "Linux raises {from} to {to}, so that each of the {nareas} areas holds a \
+                     {IO_TLB_SEGSIZE}-slot segment."
+                ));
+            }
+            Finding::SlotsPowerOfTwo { from, to, .. } => self.adjustments.push(format!(
+                "Linux rounds {from} slots up to {to}, a power of two, as it does whenever an \
+                 area count is set."
+            )),
+            Finding::UnusedCommas { at, count } => self.ignored.push(if count == 1 {
+                let role = if self.reading.commas[1] == Some(at) {
+                    "the one before `force` or `noforce`"
+                } else {
+                    "the one after the slot count"
+                };
+                format!(
+                    "The comma at byte {at} changes nothing: Linux skips it as a separator \
+                     ({role}), and nothing follows it."
+                )
+            } else {
+                format!(
+                    "The commas at bytes {at} and {} change nothing: Linux skips the first as \
+                     the separator after the slot count and the second as the one before \
+                     `force` or `noforce`, and nothing follows them.",
+                    at + 1
+                )
+            }),
+            Finding::Ignored { at, len } => {
+                let why = self.why_ignored(at, len);
+                let text = self.quote(at, len);
+                self.ignored
+                    .push(format!("Linux ignores {text} at byte {at}: {why}."));
+            }
+            // A finding this version does not know yet: say it plainly.
+            other => {
+                let (at, problem) = other.problem();
+                self.adjustments.push(format!("At byte {at}: {problem}."));
+            }
+        }
+    }
+
+    /// Why Linux does not act on `len` bytes at `at`.
+    fn why_ignored(&self, at: usize, len: usize) -> String {
+        let text = self.given.get(at..at + len).unwrap_or("");
+        let first = text.as_bytes().first().copied().unwrap_or(0);
+        // The number, if any, that ends right where the ignored text starts.
+        let number_before = [self.reading.nslabs, self.reading.nareas]
+            .into_iter()
+            .flatten()
+            .find(|n| n.at + n.len == at);
+        let word_only = "after the numbers, and at most one comma after the slot count and one \
+                         before the word, Linux reads only `force` or `noforce`, exactly";
+        if first == 0 {
+            return "it comes after a NUL byte, where Linux's string ends".into();
+        }
+        if first == b',' {
+            return format!(
+                "one comma too many: Linux skips one comma after the slot count and one before \
+                 the word, no more; {word_only}"
+            );
+        }
+        if matches!(first, b'x' | b'X') && number_before.is_some_and(|n| n.value == 0 && n.len == 1)
+        {
+            return "`0x` needs a hexadecimal digit after it; without one Linux reads the `0` \
+                    alone, as octal"
+                .into();
+        }
+        if number_before.is_some() && b"kKmMgGtT".contains(&first) {
+            return "the numbers are counts of 2 KiB slots and of areas, with no unit suffix: \
+                    Linux stops reading the number before it"
+                .into();
+        }
+        if first.is_ascii_digit() {
+            return format!(
+                "an area count must follow the first comma directly, and a number here is not \
+                 read; {word_only}"
+            );
+        }
+        let lower = text.to_ascii_lowercase();
+        let mut why = word_only.to_string();
+        // A misspelt word, in any case: say what it does not do.
+        if lower.contains("nofor") {
+            why.push_str(", so `noforce` does not take effect");
+        } else if lower.contains("forc") {
+            why.push_str(", so bounce buffering is not forced");
+        }
+        if text.contains(char::is_whitespace) {
+            why.push_str(" (Linux does not skip spaces)");
+        }
+        why
+    }
+
+    /// What `swiotlb_init_remap()` does at boot on top of the value: areas
+    /// from the CPU count, and the slot count raised or rounded to suit
+    /// them. None of it happens with `noforce`, which returns first.
+    fn boot_steps(&mut self) {
+        if !self.has_pool() {
+            return;
+        }
+        let param = self.reading.param;
+        let r = self.resolved;
+        let wanted = match param.nareas {
+            Some(n) => n,
+            None => {
+                let n = self.cpus.clamp(1, MAX_NAREAS).next_power_of_two();
+                if n != self.cpus {
+                    self.adjustments.push(format!(
+                        "With no area count given, Linux uses one area per possible CPU, \
+                         rounded up to a power of two: {} CPUs give {n} areas.",
+                        self.cpus
+                    ));
+                }
+                n
+            }
+        };
+        let before = param.nslabs_or_default();
+        if r.nslabs != before {
+            let from = if param.nslabs.is_some() {
+                format!("{before} slots")
+            } else {
+                format!("the default {before} slots")
+            };
+            self.adjustments
+                .push(if before < u64::from(wanted) * u64::from(IO_TLB_SEGSIZE) {
+                    format!(
+                        "At boot Linux raises {from} to {}, so that each of the {wanted} areas \
+                         holds a {IO_TLB_SEGSIZE}-slot segment.",
+                        r.nslabs
+                    )
+                } else {
+                    format!(
+                        "At boot Linux rounds {from} up to {}, a power of two, once the area \
+                         count is set.",
+                        r.nslabs
+                    )
+                });
+        }
+        if r.nareas < wanted {
+            self.adjustments.push(format!(
+                "Linux lowers the area count from {wanted} to {}, the whole segments the pool \
+                 holds.",
+                r.nareas
+            ));
+        }
+    }
+
+    /// What the value means beyond its numbers: no pool, nothing set, and
+    /// the high-pool string of the RFC.
+    fn meaning_notes(&mut self) {
+        let param = self.reading.param;
+        if !self.given.is_empty() && param == SwiotlbParam::default() {
+            self.notes
+                .push("This value sets nothing: Linux keeps all its defaults.".into());
+        }
+        if !self.has_pool() && (param.nslabs.is_some() || param.nareas.is_some()) {
+            self.notes.push(
+                "With noforce Linux sets up no pool, so the slot and area counts are stored \
+                 but unused."
+                    .into(),
+            );
+        }
+        // Linux's grammar has one pool; a second number that looks like a
+        // slot count (whole segments, at least as many as the first) is
+        // the high-pool size of the RFC, misread as areas.
+        if let Some(areas) = self.reading.nareas {
+            let slots = self
+                .reading
+                .nslabs
+                .map_or(param.nslabs_or_default(), |n| n.value);
+            let seg = u64::from(IO_TLB_SEGSIZE);
+            if areas.value >= slots.max(seg) && areas.value % seg == 0 && !areas.overflow {
+                self.notes.push(self.rfc_note(areas));
+            }
+        }
+        // swiotlb_init_remap() halves a pool it cannot allocate.
+        if self.has_pool() && self.resolved.bytes >= 4 << 30 {
+            self.notes.push(format!(
+                "Linux allocates the pool at boot; if it cannot get {}, it halves the slot \
+                 count until an allocation succeeds (giving up at 1 MiB), so the pool you get \
+                 depends on the machine.",
+                human(self.resolved.bytes)
+            ));
+        }
+    }
+
+    /// The note for `[nslabs],<high nslabs>[,force]`, the form a 2022 RFC
+    /// for Linux proposed for a low and a 64-bit pool.
+    fn rfc_note(&self, areas: ParamNumber) -> String {
+        let seg = u64::from(IO_TLB_SEGSIZE);
+        let low = SwiotlbParam {
+            nslabs: self.reading.nslabs.map(|n| n.value.next_multiple_of(seg)),
+            nareas: None,
+            force: self.reading.param.force,
+        };
+        let high = areas.value.next_multiple_of(seg);
+        let low_text = low.to_string();
+        let suggestion = if low_text.is_empty() {
+            format!("swiotlb.high={high}")
+        } else {
+            format!("swiotlb={low_text} swiotlb.high={high}")
+        };
+        format!(
+            "{} is read as the area count, not as the size of a second pool: Linux has one \
+             default pool, and the second number of swiotlb= is always its area count. A 2022 \
+             RFC for Linux (\"swiotlb: extra 64-bit buffer\") wrote a low and a 64-bit pool this \
+             way; no kernel reads it so. If that is what you meant, a {} pool of {high} slots \
+             next to this one: this project sizes its high pool with a key of its own, \
+             `{suggestion}` (config::HighParam), which Linux ignores instead of misreading.",
+            self.number_text(&areas),
+            human(high << IO_TLB_SHIFT),
+        )
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        let r = self.resolved;
+        let pool = self.has_pool();
+        let numbers: Vec<serde_json::Value> = [
+            (self.reading.nslabs, "nslabs"),
+            (self.reading.nareas, "nareas"),
+        ]
+        .into_iter()
+        .filter_map(|(n, field)| {
+            n.map(|n| {
+                json!({
+                    "field": field,
+                    "text": self.given.get(n.at..n.at + n.len).unwrap_or(""),
+                    "at": n.at,
+                    "base": n.radix,
+                    "value": n.value,
+                })
+            })
+        })
+        .collect();
+        json!({
+            "value": self.given,
+            "pool": pool,
+            "nslabs": if pool { r.nslabs } else { 0 },
+            "nareas": if pool { r.nareas } else { 0 },
+            "bytes": if pool { r.bytes } else { 0 },
+            "force": force_name(r.force),
+            "slot_size": 1u64 << IO_TLB_SHIFT,
+            "cpus": self.cpus,
+            "stored": self.reading.param.to_string(),
+            "canonical": self.reading.param.to_string(),
+            "numbers": numbers,
+            "adjustments": self.adjustments,
+            "ignored": self.ignored,
+            "notes": self.notes,
+        })
+    }
+
+    fn to_text(&self) -> String {
+        let r = self.resolved;
+        let param = self.reading.param;
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = writeln!(out, "swiotlb={}", self.given.escape_debug());
+        if param == SwiotlbParam::default() {
+            let _ = writeln!(out, "  stored:  nothing (Linux's defaults)");
+        } else {
+            let _ = writeln!(out, "  stored:  swiotlb={param}");
+        }
+        if self.has_pool() {
+            let _ = writeln!(out, "  pool:    {} ({} bytes)", human(r.bytes), r.bytes);
+            let _ = writeln!(
+                out,
+                "  slots:   {} of {} bytes",
+                r.nslabs,
+                1u64 << IO_TLB_SHIFT
+            );
+            let area_src = if param.nareas.is_some() {
+                "given".to_string()
+            } else {
+                format!("one per CPU, {} CPUs", self.cpus)
+            };
+            let _ = writeln!(
+                out,
+                "  areas:   {} ({area_src}), {} slots each",
+                r.nareas,
+                r.nslabs / u64::from(r.nareas)
+            );
+        } else {
+            let _ = writeln!(out, "  pool:    none");
+        }
+        let mode = match r.force {
+            Force::Default => {
+                "bounce only what a device cannot reach; Linux sets the pool up at boot only \
+                 if the machine needs one (memory beyond a device's reach, a confidential VM)"
+            }
+            Force::Force => "force: every mapping bounces",
+            Force::NoForce => {
+                "noforce: no bounce pool is set up, and a buffer a device cannot reach fails \
+                 to map instead of bouncing (on the direct path, without an IOMMU)"
+            }
+        };
+        let _ = writeln!(out, "  mode:    {mode}");
+        for (label, lines) in [
+            ("adjusts:", &self.adjustments),
+            ("ignores:", &self.ignored),
+            ("note:", &self.notes),
+        ] {
+            for (i, line) in lines.iter().enumerate() {
+                let label = if i == 0 { label } else { "" };
+                let _ = writeln!(out, "  {label:<8} {line}");
+            }
+        }
+        out
+    }
+}
+
+fn explain(args: &Args) -> Result<String, String> {
     let cpus = args.cpus.unwrap_or_else(|| {
         std::thread::available_parallelism()
-            .map(|n| n.get() as u32)
+            .map(|n| u32::try_from(n.get()).unwrap_or(u32::MAX))
             .unwrap_or(1)
     });
     if cpus == 0 {
         return Err("--cpus must be at least 1".into());
     }
-    let r: Resolved = param.resolve(cpus);
-    let mut out = String::new();
+    let e = Explanation::new(&args.value, cpus);
+    if args.strict {
+        let changed: Vec<&String> = e.adjustments[..e.value_adjustments]
+            .iter()
+            .chain(&e.ignored)
+            .collect();
+        if !changed.is_empty() {
+            let mut msg = format!(
+                "--strict: Linux changes or ignores part of swiotlb={}:",
+                e.given.escape_debug()
+            );
+            for line in changed {
+                msg.push_str("\n  ");
+                msg.push_str(line);
+            }
+            return Err(msg);
+        }
+    }
     if args.json {
-        let v = serde_json::json!({
-            "nslabs": r.nslabs,
-            "nareas": r.nareas,
-            "bytes": r.bytes,
-            "force": force_name(r.force),
-            "slot_size": 1u64 << IO_TLB_SHIFT,
-            "cpus": cpus,
-            "canonical": param.to_string(),
-            "adjustments": adjustment.map(|e| e.to_string()),
-        });
-        writeln!(out, "{v}").map_err(|e| e.to_string())?;
-        return Ok(out);
+        return Ok(format!("{}\n", e.to_json()));
     }
-    let w = |out: &mut String, s: String| {
-        out.push_str(&s);
-        out.push('\n');
-    };
-    w(&mut out, format!("swiotlb={}", param));
-    w(
-        &mut out,
-        format!("  pool:   {} ({} bytes)", human(r.bytes), r.bytes),
-    );
-    w(
-        &mut out,
-        format!("  slots:  {} of {} bytes", r.nslabs, 1u64 << IO_TLB_SHIFT),
-    );
-    let area_src = if param.nareas.is_some() {
-        "given".to_string()
-    } else {
-        format!("one per CPU, {cpus} CPUs")
-    };
-    w(
-        &mut out,
-        format!(
-            "  areas:  {} ({area_src}), {} slots each",
-            r.nareas,
-            r.nslabs / r.nareas as u64
-        ),
-    );
-    let force = match r.force {
-        Force::Default => "bounce only what a device cannot reach",
-        Force::Force => "force: every mapping bounces",
-        Force::NoForce => "noforce: no bounce pool is set up",
-    };
-    w(&mut out, format!("  mode:   {force}"));
-    if let Some(e) = adjustment {
-        w(&mut out, format!("  note:   {e}"));
-    }
-    Ok(out)
+    Ok(e.to_text())
 }
 
 #[cfg(test)]
@@ -123,37 +549,225 @@ mod tests {
         }
     }
 
+    fn json(value: &str) -> serde_json::Value {
+        serde_json::from_str(&explain(&args(value, true)).unwrap()).unwrap()
+    }
+
+    fn strings(v: &serde_json::Value) -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap().to_string())
+            .collect()
+    }
+
     #[test]
     fn json_fields() {
-        let out = explain(&args("swiotlb=65536,4,force", true)).unwrap();
-        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let v = json("swiotlb=65536,4,force");
         assert_eq!(v["nslabs"], 65536);
         assert_eq!(v["nareas"], 4);
         assert_eq!(v["bytes"], 65536u64 << 11);
         assert_eq!(v["force"], "force");
+        assert_eq!(v["pool"], true);
         assert_eq!(v["canonical"], "65536,4,force");
-        assert!(v["adjustments"].is_null());
+        assert_eq!(v["stored"], "65536,4,force");
+        assert_eq!(v["adjustments"], json!([]));
+        assert_eq!(v["ignored"], json!([]));
+        assert_eq!(v["notes"], json!([]));
+        assert_eq!(v["numbers"][0]["field"], "nslabs");
+        assert_eq!(v["numbers"][1]["value"], 4);
     }
 
     #[test]
     fn defaults_follow_cpus() {
-        let out = explain(&args("force", true)).unwrap();
-        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let v = json("force");
         assert_eq!(v["nslabs"], 32768);
         assert_eq!(v["nareas"], 4);
         assert_eq!(v["bytes"], 64u64 << 20);
     }
 
+    /// An adjustment is not a bad value: every one is listed, in plain
+    /// words, with exit status 0 unless --strict.
     #[test]
-    fn text_and_strict() {
-        let out = explain(&args("1000", false)).unwrap();
-        assert!(out.contains("slots:  1024"), "{out}");
-        assert!(out.contains("note:"), "{out}");
-        let strict = Args {
-            strict: true,
-            ..args("1000", false)
+    fn explain_lists_every_adjustment_in_plain_words() {
+        let v = json("100");
+        assert_eq!(
+            strings(&v["adjustments"]),
+            [
+                "Linux rounds 100 slots up to 128, a whole number of 128-slot segments.",
+                "At boot Linux raises 128 slots to 512, so that each of the 4 areas holds a \
+                 128-slot segment.",
+            ]
+        );
+        assert_eq!(v["nslabs"], 512);
+        let v = json("3000,3,forc");
+        let adj = strings(&v["adjustments"]);
+        assert_eq!(adj.len(), 3, "{adj:?}");
+        assert_eq!(adj[1], "Linux rounds 3 areas up to 4, a power of two.");
+        assert!(adj[2].contains("rounds 3072 slots up to 4096"), "{adj:?}");
+        let ign = strings(&v["ignored"]);
+        assert_eq!(ign.len(), 1);
+        assert!(
+            ign[0].starts_with("Linux ignores `forc` at byte 7"),
+            "{ign:?}"
+        );
+        assert!(ign[0].contains("not forced"), "{ign:?}");
+        // CPUs that are not a power of two.
+        let three = Args {
+            cpus: Some(3),
+            ..args("force", true)
         };
-        let e = explain(&strict).unwrap_err();
-        assert!(e.contains("swiotlb"), "{e}");
+        let v: serde_json::Value = serde_json::from_str(&explain(&three).unwrap()).unwrap();
+        assert_eq!(
+            strings(&v["adjustments"]),
+            [
+                "With no area count given, Linux uses one area per possible CPU, rounded up to a \
+              power of two: 3 CPUs give 4 areas."
+            ]
+        );
+        // Text: one line each, and never the word "bad".
+        let text = explain(&args("100", false)).unwrap();
+        assert!(
+            text.contains("adjusts: Linux rounds 100 slots up to 128"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\n           At boot Linux raises 128 slots to 512"),
+            "{text}"
+        );
+        assert!(!text.contains("bad"), "{text}");
+    }
+
+    #[test]
+    fn strict_fails_on_what_the_value_itself_changes() {
+        let strict = |value: &str| {
+            explain(&Args {
+                strict: true,
+                ..args(value, false)
+            })
+        };
+        let e = strict("1000").unwrap_err();
+        assert!(e.contains("Linux rounds 1000 slots up to 1024"), "{e}");
+        assert!(strict("65536,4,force").is_ok());
+        // A boot-time step from the CPU count is not the value's doing.
+        assert!(strict("256").is_ok());
+        assert!(strict("65536,").unwrap_err().contains("comma at byte 5"));
+    }
+
+    #[test]
+    fn explain_says_when_a_number_is_octal_or_hexadecimal() {
+        let v = json("0x8000,010");
+        assert_eq!(
+            strings(&v["notes"]),
+            [
+                "Linux reads `0x8000` (the slot count) as hexadecimal, because it starts with \
+                 0x: 32768.",
+                "Linux reads `010` (the area count) as octal, because it starts with 0: 8.",
+            ]
+        );
+        assert_eq!(v["numbers"][0]["base"], 16);
+        assert_eq!(v["numbers"][1]["base"], 8);
+        // "08": octal 0 slots, then 8 areas.
+        let v = json("08");
+        let notes = strings(&v["notes"]);
+        assert!(
+            notes[0].contains("`0` (the slot count) as octal")
+                && notes[0].contains("stops before `8`"),
+            "{notes:?}"
+        );
+        assert_eq!(v["nareas"], 8);
+        // Plain decimal, and a lone 0, need no note.
+        assert_eq!(json("1024,0")["notes"], json!([]));
+        let v = json("0x");
+        assert!(strings(&v["ignored"])[0].contains("`0x` needs a hexadecimal digit"));
+    }
+
+    #[test]
+    fn noforce_shows_no_pool() {
+        let v = json("noforce");
+        assert_eq!(v["pool"], false);
+        assert_eq!(v["bytes"], 0);
+        assert_eq!(v["nslabs"], 0);
+        assert_eq!(v["adjustments"], json!([]));
+        let text = explain(&args("noforce", false)).unwrap();
+        assert!(text.contains("pool:    none"), "{text}");
+        assert!(!text.contains("MiB"), "{text}");
+        assert!(!text.contains("slots:"), "{text}");
+        let v = json("65536,4,noforce");
+        assert_eq!(v["pool"], false);
+        assert!(strings(&v["notes"])[0].contains("stored but unused"));
+    }
+
+    /// Linux skips one comma after the slot count and one before the
+    /// word; the words say which and that they change nothing.
+    #[test]
+    fn explain_matches_the_commas_linux_skips() {
+        let v = json(",,");
+        assert_eq!(v["nslabs"], 32768);
+        assert_eq!(
+            strings(&v["ignored"]),
+            [
+                "The commas at bytes 0 and 1 change nothing: Linux skips the first as the \
+              separator after the slot count and the second as the one before `force` or \
+              `noforce`, and nothing follows them."
+            ]
+        );
+        assert_eq!(
+            strings(&v["notes"]),
+            ["This value sets nothing: Linux keeps all its defaults."]
+        );
+        let v = json("65536,,force");
+        assert_eq!(v["force"], "force");
+        assert_eq!(v["ignored"], json!([]));
+        let v = json(",,,force");
+        assert_eq!(v["force"], "default");
+        let ign = strings(&v["ignored"]);
+        assert!(
+            ign[0].starts_with("Linux ignores `,force` at byte 2: one comma too many"),
+            "{ign:?}"
+        );
+        let v = json("65536,,4");
+        assert!(strings(&v["ignored"])[0].starts_with("Linux ignores `4` at byte 7"));
+    }
+
+    #[test]
+    fn explain_reads_the_rfc_high_pool_as_an_area_count() {
+        let v = json("327680,3145728,force");
+        assert_eq!(v["nareas"], 4_194_304);
+        assert_eq!(v["nslabs"], 536_870_912);
+        assert_eq!(
+            strings(&v["adjustments"]),
+            [
+                "Linux rounds 3145728 areas up to 4194304, a power of two.",
+                "Linux raises 327680 slots to 536870912, so that each of the 4194304 areas \
+                 holds a 128-slot segment.",
+            ]
+        );
+        let notes = strings(&v["notes"]);
+        assert_eq!(notes.len(), 2, "{notes:?}");
+        // 1 TiB: Linux halves what it cannot allocate.
+        assert!(
+            notes[1].contains("if it cannot get 1 TiB, it halves"),
+            "{notes:?}"
+        );
+        assert!(
+            notes[0].starts_with("`3145728` is read as the area count"),
+            "{notes:?}"
+        );
+        assert!(
+            notes[0].contains("`swiotlb=327680,force swiotlb.high=3145728`"),
+            "{notes:?}"
+        );
+        assert!(notes[0].contains("6 GiB"), "{notes:?}");
+        // An ordinary area count gets no such note, nor an area count
+        // that an octal slot count left behind.
+        assert_eq!(json("65536,4")["notes"], json!([]));
+        assert_eq!(json("08")["notes"].as_array().unwrap().len(), 1);
+        // Without force the note suggests the same mode.
+        let notes = strings(&json("65536,131072")["notes"]);
+        assert!(
+            notes[0].contains("`swiotlb=65536 swiotlb.high=131072`"),
+            "{notes:?}"
+        );
     }
 }

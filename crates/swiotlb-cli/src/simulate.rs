@@ -10,7 +10,7 @@
 
 mod profile;
 
-use crate::units::human;
+use crate::units::{human, parse_number, parse_radix, parse_size};
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::{IsTerminal, Read, Write as _};
@@ -28,10 +28,16 @@ Script: one operation per line; `#` starts a comment, blank lines are skipped.
   sync ID OFFSET LEN cpu|device
 
 ID is a name made of letters, digits and `_ - . : /`. SIZE, OFFSET and LEN
-are decimal or 0x hex, optionally followed by K (x1024) or M (x1024*1024);
-SIZE is at most 1 GiB. HEX values are hexadecimal, `0x` optional. `_` may
-separate digits. Defaults: orig=0 (no min-align check, as Linux), no masks,
+are byte counts in the grammar of every size option: decimal or 0x hex,
+optionally followed by a unit, each a power of two: B, K or KiB (1024),
+M or MiB (1024^2), G or GiB (1024^3), T or TiB (1024^4), in any case
+(64K, 0x800, 1MiB); SIZE is at most 1 GiB. HEX values are hexadecimal,
+`0x` optional. `_` may separate digits. Defaults: orig=0 (no min-align check, as Linux), no masks,
 cpu=0 (the search starts in area cpu % nareas), dir=bidi.
+
+A `# args:` line before the first operation gives the script's own pool
+options, for example `# args: --nslabs 128 --nareas 2 --policy nextfit`
+(only these three); an option on the command line wins over it.
 
 A map the engine refuses (pool full, too large, impossible alignment) is
 reported as that map's result; an unmap or sync of an id whose map failed
@@ -57,28 +63,58 @@ Example: swiotlb simulate --profile burst --start 1MiB --max 512MiB --json";
 #[command(after_long_help = SCRIPT_HELP)]
 #[command(group(clap::ArgGroup::new("input").required(true).args(["ops", "profile"])))]
 pub struct Args {
-    /// The operations script; `-` reads standard input.
+    /// The operations script; `-` reads standard input. A `# args:` line
+    /// before its first operation may set --nslabs, --nareas and --policy;
+    /// options given here win over it.
     #[arg(long, value_name = "FILE")]
     ops: Option<String>,
-    /// Slots in the pool, 2 KiB each; Linux's default is 32768 (64 MiB).
-    #[arg(long, value_name = "N", default_value_t = 32768,
-          value_parser = clap::value_parser!(u32).range(1..), conflicts_with = "profile")]
-    nslabs: u32,
-    /// Areas wanted; rounded up to a power of two and lowered until each
-    /// area holds a 128-slot segment, as Linux does.
-    #[arg(long, value_name = "N", default_value_t = 1,
-          value_parser = clap::value_parser!(u32).range(1..), conflicts_with = "profile")]
-    nareas: u32,
-    /// The allocation policy: `fast` (the default) or `nextfit` (Linux's,
-    /// slot for slot).
-    #[arg(long, value_enum, default_value_t = PolicyName::Fast, conflicts_with = "profile")]
-    policy: PolicyName,
+    #[command(flatten)]
+    pool: PoolArgs,
     #[command(flatten)]
     workload: profile::ProfileArgs,
     /// Print one JSON object instead of a table: `{"ops": [...], "stats":
     /// {...}}` for a script, flat counters for a profile.
     #[arg(long)]
     json: bool,
+}
+
+/// The pool a script runs on: options of `swiotlb simulate`, and the only
+/// options a script's `# args:` line may give.
+#[derive(clap::Args, Clone, Copy, Debug, Default)]
+struct PoolArgs {
+    /// Slots in the pool, 2 KiB each [default: 32768, Linux's 64 MiB].
+    #[arg(long, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    nslabs: Option<u32>,
+    /// Areas wanted, rounded up to a power of two and lowered until each
+    /// area holds a 128-slot segment, as Linux does [default: 1].
+    #[arg(long, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    nareas: Option<u32>,
+    /// The allocation policy: `fast` or `nextfit` (Linux's, slot for
+    /// slot) [default: fast].
+    #[arg(long, value_enum)]
+    policy: Option<PolicyName>,
+}
+
+impl PoolArgs {
+    /// These options, each one not given taken from `defaults`.
+    fn or(self, defaults: PoolArgs) -> PoolArgs {
+        PoolArgs {
+            nslabs: self.nslabs.or(defaults.nslabs),
+            nareas: self.nareas.or(defaults.nareas),
+            policy: self.policy.or(defaults.policy),
+        }
+    }
+}
+
+/// What a script's `# args:` line may hold, read with the command's own
+/// option parser.
+#[derive(clap::Parser)]
+#[command(no_binary_name = true, disable_help_flag = true)]
+struct ArgsLine {
+    #[command(flatten)]
+    pool: PoolArgs,
 }
 
 /// The allocation policies the command offers.
@@ -96,10 +132,13 @@ pub fn run(args: &Args) -> Result<(), String> {
         return run_profile(args);
     };
     let (source, text) = read_script(ops)?;
-    let ops = parse(&text).map_err(|e| format!("{source} line {}: {}", e.line, e.msg))?;
-    let report = match args.policy {
-        PolicyName::Fast => execute::<Fast>(args, &ops),
-        PolicyName::Nextfit => execute::<NextFit>(args, &ops),
+    let script = parse(&text).map_err(|e| format!("{source} line {}: {}", e.line, e.msg))?;
+    // Options on the command line win over the script's `# args:` line.
+    let pool = args.pool.or(script.args);
+    let ops = &script.ops;
+    let report = match pool.policy.unwrap_or(PolicyName::Fast) {
+        PolicyName::Fast => execute::<Fast>(pool, ops),
+        PolicyName::Nextfit => execute::<NextFit>(pool, ops),
     }
     .map_err(|e| match e.line {
         0 => format!("{source}: {}", e.msg),
@@ -220,12 +259,57 @@ struct Line {
 /// is one segment, 256 KiB in Linux's geometry).
 const MAX_SIZE: u64 = 1 << 30;
 
+/// A parsed script.
+#[derive(Debug)]
+struct Script {
+    /// The options of its `# args:` line, if it has one.
+    args: PoolArgs,
+    ops: Vec<Line>,
+}
+
+/// The comment that gives a script its default options.
+const ARGS_LINE: &str = "# args:";
+
+/// Reads the options of an `# args:` line (the text after `# args:`).
+fn parse_args_line(text: &str) -> Result<PoolArgs, String> {
+    use clap::Parser as _;
+    match ArgsLine::try_parse_from(text.split_whitespace()) {
+        Ok(line) => Ok(line.pool),
+        Err(e) => {
+            // clap's message without its "error: " and usage lines.
+            let msg = e.render().to_string();
+            let first = msg.lines().next().unwrap_or_default();
+            Err(format!(
+                "`{ARGS_LINE}` may set only --nslabs N, --nareas N and --policy fast|nextfit: {}",
+                first.strip_prefix("error: ").unwrap_or(first)
+            ))
+        }
+    }
+}
+
 /// Parses the whole script, so that a bad line stops the run before any
 /// operation.
-fn parse(text: &str) -> Result<Vec<Line>, ScriptError> {
+fn parse(text: &str) -> Result<Script, ScriptError> {
     let mut ops = Vec::new();
+    let mut args: Option<(usize, PoolArgs)> = None;
     for (i, raw) in text.lines().enumerate() {
         let no = i + 1;
+        if let Some(rest) = raw.trim_start().strip_prefix(ARGS_LINE) {
+            if let Some((prev, _)) = args {
+                return Err(at(
+                    no,
+                    format!("a second `{ARGS_LINE}` line (the first is line {prev})"),
+                ));
+            }
+            if !ops.is_empty() {
+                return Err(at(
+                    no,
+                    format!("`{ARGS_LINE}` must come before the first operation"),
+                ));
+            }
+            args = Some((no, parse_args_line(rest).map_err(|msg| at(no, msg))?));
+            continue;
+        }
         let code = raw.split_once('#').map_or(raw, |(code, _)| code);
         let words: Vec<&str> = code.split_whitespace().collect();
         let Some((&verb, rest)) = words.split_first() else {
@@ -242,7 +326,10 @@ fn parse(text: &str) -> Result<Vec<Line>, ScriptError> {
         .map_err(|msg| at(no, msg))?;
         ops.push(Line { no, op });
     }
-    Ok(ops)
+    Ok(Script {
+        args: args.map(|(_, a)| a).unwrap_or_default(),
+        ops,
+    })
 }
 
 const MAP_USAGE: &str =
@@ -253,8 +340,7 @@ fn parse_map(words: &[&str]) -> Result<Op, String> {
         return Err(format!("map needs an ID and a SIZE: {MAP_USAGE}"));
     };
     let id = parse_id(id)?;
-    let size = byte_count(size)
-        .ok_or_else(|| format!("SIZE `{size}` is not a byte count ({BYTES_HINT})"))?;
+    let size = parse_size(size).map_err(|e| format!("SIZE {e}"))?;
     if size > MAX_SIZE {
         return Err(format!(
             "SIZE {size} is larger than 1 GiB, far beyond any swiotlb mapping"
@@ -287,7 +373,7 @@ fn parse_map(words: &[&str]) -> Result<Op, String> {
             }
             "alloc_align" => params.alloc_align_mask = hex_value()?,
             "cpu" => {
-                params.cpu = number(value)
+                params.cpu = parse_number(value)
                     .and_then(|n| usize::try_from(n).ok())
                     .ok_or_else(|| format!("`cpu={value}`: `{value}` is not a number"))?;
             }
@@ -330,9 +416,8 @@ fn parse_sync(words: &[&str]) -> Result<Op, String> {
     };
     let id = parse_id(id)?;
     let count = |what: &str, s: &str| {
-        byte_count(s)
-            .and_then(|n| usize::try_from(n).ok())
-            .ok_or_else(|| format!("{what} `{s}` is not a byte count ({BYTES_HINT})"))
+        let n = parse_size(s).map_err(|e| format!("{what} {e}"))?;
+        usize::try_from(n).map_err(|_| format!("{what} `{s}` is too large"))
     };
     let offset = count("OFFSET", offset)?;
     let len = count("LEN", len)?;
@@ -362,46 +447,14 @@ fn parse_id(s: &str) -> Result<String, String> {
     }
 }
 
-const BYTES_HINT: &str = "decimal or 0x hex, optionally with a K or M suffix";
-
-/// Decimal or `0x` hex, `_` allowed between digits.
-fn number(s: &str) -> Option<u64> {
-    match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
-        Some(h) => radix(h, 16),
-        None => radix(s, 10),
-    }
-}
-
 /// Hex, `0x` optional, `_` allowed between digits.
 fn hex(s: &str) -> Option<u64> {
-    radix(
+    parse_radix(
         s.strip_prefix("0x")
             .or_else(|| s.strip_prefix("0X"))
             .unwrap_or(s),
         16,
     )
-}
-
-/// A [`number`] optionally followed by `K` (KiB) or `M` (MiB).
-fn byte_count(s: &str) -> Option<u64> {
-    let (digits, unit) = match s.as_bytes().last()? {
-        b'K' | b'k' => (&s[..s.len() - 1], 1 << 10),
-        b'M' | b'm' => (&s[..s.len() - 1], 1 << 20),
-        _ => (s, 1),
-    };
-    number(digits)?.checked_mul(unit)
-}
-
-fn radix(s: &str, radix: u32) -> Option<u64> {
-    // `_` separates digits; it neither starts nor ends a number.
-    if s.starts_with('_') || s.ends_with('_') || s.contains("__") {
-        return None;
-    }
-    let digits: String = s.chars().filter(|&c| c != '_').collect();
-    if digits.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
-        return None;
-    }
-    u64::from_str_radix(&digits, radix).ok()
 }
 
 /// Where a map landed.
@@ -445,8 +498,12 @@ enum IdState {
 }
 
 /// Runs the operations through a simulator over a `P` pool.
-fn execute<P: Policy>(args: &Args, ops: &[Line]) -> Result<Report, ScriptError> {
-    let mut sim = Simulator::<P, String>::new(args.nslabs, PoolConfig::with_areas(args.nareas))
+fn execute<P: Policy>(pool: PoolArgs, ops: &[Line]) -> Result<Report, ScriptError> {
+    let nslabs = pool
+        .nslabs
+        .unwrap_or(swiotlb::config::DEFAULT_NSLABS as u32);
+    let nareas = pool.nareas.unwrap_or(1);
+    let mut sim = Simulator::<P, String>::new(nslabs, PoolConfig::with_areas(nareas))
         .map_err(|e| at(0, format!("cannot build the pool: {e}")))?;
     let mut ids: HashMap<&str, IdState> = HashMap::new();
     let mut maps = Vec::new();
@@ -612,15 +669,21 @@ impl Report {
                 .max(1) as usize;
         let _ = writeln!(
             t,
-            "{:>5}  {:<idw$}  {:>sizew$}  {:<4}  {:>6}  {:<addrw$}  {:>6}",
-            "line", "id", "size", "dir", "slot", "addr", "nslots"
+            "{:>5}  {}  {:>sizew$}  {:<4}  {:>6}  {:<addrw$}  {:>6}",
+            "line",
+            pad_end("id", idw),
+            "size",
+            "dir",
+            "slot",
+            "addr",
+            "nslots"
         );
         for m in &self.maps {
             let _ = write!(
                 t,
-                "{:>5}  {:<idw$}  {:>sizew$}  {:<4}  ",
+                "{:>5}  {}  {:>sizew$}  {:<4}  ",
                 m.line,
-                m.id,
+                pad_end(&m.id, idw),
                 m.size,
                 m.dir.short_name()
             );
@@ -644,12 +707,22 @@ impl Report {
     }
 }
 
+/// `s` followed by spaces up to `width` characters. By hand rather than
+/// with a format width, which the standard library limits to 65,535 and
+/// panics beyond; an id has no such limit. Ids are ASCII.
+fn pad_end(s: &str, width: usize) -> String {
+    let mut out = String::with_capacity(width.max(s.len()));
+    out.push_str(s);
+    out.extend(std::iter::repeat_n(' ', width.saturating_sub(s.len())));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn op(text: &str) -> Op {
-        parse(text).unwrap().remove(0).op
+        parse(text).unwrap().ops.remove(0).op
     }
 
     fn err(text: &str) -> ScriptError {
@@ -657,22 +730,26 @@ mod tests {
     }
 
     #[test]
-    fn numbers() {
-        assert_eq!(number("4096"), Some(4096));
-        assert_eq!(number("0x1000"), Some(4096));
-        assert_eq!(number("1_000"), Some(1000));
-        assert_eq!(number("0x_1"), None);
-        assert_eq!(number("1__0"), None);
-        assert_eq!(number(""), None);
-        assert_eq!(number("-1"), None);
-        assert_eq!(number("+1"), None);
-        assert_eq!(number("0x"), None);
-        assert_eq!(number("99999999999999999999"), None);
-        assert_eq!(byte_count("4K"), Some(4096));
-        assert_eq!(byte_count("0x2k"), Some(2048));
-        assert_eq!(byte_count("1M"), Some(1 << 20));
-        assert_eq!(byte_count("K"), None);
-        assert_eq!(byte_count("1G"), None);
+    fn script_sizes_use_the_size_grammar() {
+        let size = |text: &str| match op(text) {
+            Op::Map { size, .. } => size,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(size("map a 4K"), 4096);
+        assert_eq!(size("map a 4KiB"), 4096);
+        assert_eq!(size("map a 0x2k"), 2048);
+        assert_eq!(size("map a 1MiB"), 1 << 20);
+        assert_eq!(size("map a 1G"), 1 << 30);
+        assert_eq!(size("map a 1GiB"), 1 << 30);
+        assert_eq!(
+            op("sync a 1KiB 0x10 cpu"),
+            Op::Sync {
+                id: "a".into(),
+                offset: 1024,
+                len: 16,
+                for_cpu: true,
+            }
+        );
         assert_eq!(hex("fff"), Some(0xfff));
         assert_eq!(hex("0x1234_5a10"), Some(0x1234_5a10));
         assert_eq!(hex("xyz"), None);
@@ -717,8 +794,36 @@ mod tests {
                 for_cpu: false,
             }
         );
-        let ops = parse("# header\n\n   \nmap a 1 # c\n\t# x\nunmap a\n").unwrap();
+        let ops = parse("# header\n\n   \nmap a 1 # c\n\t# x\nunmap a\n")
+            .unwrap()
+            .ops;
         assert_eq!(ops.iter().map(|l| l.no).collect::<Vec<_>>(), [4, 6]);
+    }
+
+    #[test]
+    fn an_args_line_sets_the_pool_options() {
+        let s = parse("# args: --nslabs 128 --policy nextfit\n# more\nmap a 1\n").unwrap();
+        assert_eq!(s.args.nslabs, Some(128));
+        assert_eq!(s.args.nareas, None);
+        assert!(matches!(s.args.policy, Some(PolicyName::Nextfit)));
+        assert_eq!(s.ops.len(), 1);
+        let none = parse("# plain comment\nmap a 1\n").unwrap();
+        assert_eq!(none.args.nslabs, None);
+        for (text, line, want) in [
+            ("# args: --json\n", 1, "may set only"),
+            ("# args: --nslabs 0\n", 1, "may set only"),
+            ("# args: --nslabs\n", 1, "may set only"),
+            ("# args: --nareas 2\n# args: --nslabs 128\n", 2, "second"),
+            (
+                "map a 1\n# args: --nslabs 128\n",
+                2,
+                "before the first operation",
+            ),
+        ] {
+            let e = err(text);
+            assert_eq!(e.line, line, "{text}");
+            assert!(e.msg.contains(want), "{text}: {}", e.msg);
+        }
     }
 
     #[test]
@@ -728,9 +833,10 @@ mod tests {
         assert!(e.msg.contains("unknown operation `mpa`"), "{}", e.msg);
         for (text, want) in [
             ("map a", "needs an ID and a SIZE"),
-            ("map a lots", "SIZE `lots` is not a byte count"),
-            ("map a 2G", "not a byte count"),
+            ("map a lots", "SIZE `lots` is not a size"),
+            ("map a 2G", "larger than 1 GiB"),
             ("map a 2048M", "larger than 1 GiB"),
+            ("map a 1MB", "write 1MiB"),
             ("map a 1 dir=sideways", "to, from or bidi"),
             ("map a 1 min_align=0x1000", "not 2^n - 1"),
             ("map a 1 orig=zz", "not a hex number"),

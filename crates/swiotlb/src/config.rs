@@ -18,6 +18,9 @@
 //!    silently ignored.
 //!
 //! [`SwiotlbParam::parse`] does exactly that and never fails.
+//! [`SwiotlbParam::read`] says how: a [`Reading`] with each number and the
+//! base it was read in, the commas Linux skipped, and every [`Finding`]
+//! (each adjustment Linux makes, each text it ignores), in order.
 //! [`SwiotlbParam::parse_strict`] returns the same value but reports, as an
 //! [`Error::BadParam`], the first thing Linux would silently ignore or
 //! adjust. [`SwiotlbParam::resolve`] finishes the job the way
@@ -150,7 +153,14 @@ impl SwiotlbParam {
     /// this crate saturate at [`MAX_NSLABS`] and [`MAX_NAREAS`] (see the
     /// [module documentation](self)).
     pub fn parse(value: &str) -> SwiotlbParam {
-        scan(value).0
+        scan(value).param
+    }
+
+    /// Reads a `swiotlb=` value as [`parse`](Self::parse) does, and says
+    /// how: the numbers and their bases, the commas skipped, and every
+    /// adjustment Linux makes and text it ignores, in order.
+    pub fn read(value: &str) -> Reading {
+        scan(value)
     }
 
     /// Parses a `swiotlb=` value like [`parse`](Self::parse), but fails on
@@ -177,9 +187,11 @@ impl SwiotlbParam {
     ///   needs more slots than the slot count (or the default) gives (`at`
     ///   points at the area count).
     pub fn parse_strict(value: &str) -> Result<SwiotlbParam> {
-        match scan(value) {
-            (param, None) => Ok(param),
-            (_, Some(err)) => Err(err),
+        let r = scan(value);
+        let first = r.findings().next().map(Finding::problem);
+        match first {
+            None => Ok(r.param),
+            Some((at, problem)) => Err(Error::BadParam { at, problem }),
         }
     }
 
@@ -262,28 +274,191 @@ impl FromStr for SwiotlbParam {
     }
 }
 
-/// The first problem the scan found, if any.
-struct Findings(Option<Error>);
+/// A number of a `swiotlb=` value, as Linux's `simple_strtoul(.., 0)`
+/// read it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ParamNumber {
+    /// Byte offset of its first character in the value (after any
+    /// `swiotlb=` prefix).
+    pub at: usize,
+    /// Bytes of text it took, the `0x` of a hexadecimal number included.
+    pub len: usize,
+    /// The base its prefix chose: 16 after `0x` and a hex digit, 8 after
+    /// any other leading `0`, 10 otherwise.
+    pub radix: u32,
+    /// Its value, saturated at `u64::MAX`.
+    pub value: u64,
+    /// Whether it did not fit in a `u64` (Linux's arithmetic wraps).
+    pub overflow: bool,
+}
 
-impl Findings {
-    /// Records `problem` at byte `at` unless an earlier one was recorded.
-    fn note(&mut self, at: usize, problem: ParamProblem) {
-        if self.0.is_none() {
-            self.0 = Some(Error::BadParam { at, problem });
+/// Something Linux does to a `swiotlb=` value other than store it as
+/// written: an adjustment of a number, or text it does not act on.
+/// [`SwiotlbParam::read`] lists them in the order Linux meets them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Finding {
+    /// The value is empty: Linux keeps its defaults.
+    Empty,
+    /// The slot count at `at` is above [`MAX_NSLABS`]; it is taken as
+    /// [`MAX_NSLABS`] (Linux's arithmetic would wrap).
+    SlotsOverflow {
+        /// Byte offset of the slot count.
+        at: usize,
+    },
+    /// A slot count of zero: Linux stores 0 and sizes the pool at boot,
+    /// one segment per area.
+    SlotsZero {
+        /// Byte offset of the slot count.
+        at: usize,
+    },
+    /// The slot count is not a multiple of [`IO_TLB_SEGSIZE`]: Linux rounds
+    /// it up to one (`ALIGN(nslabs, IO_TLB_SEGSIZE)`).
+    SlotsAligned {
+        /// Byte offset of the slot count.
+        at: usize,
+        /// The count as written.
+        from: u64,
+        /// The count Linux stores.
+        to: u64,
+    },
+    /// The area count at `at` is above [`MAX_NAREAS`]; it is taken as
+    /// [`MAX_NAREAS`] (Linux would truncate it to 32 bits).
+    AreasOverflow {
+        /// Byte offset of the area count.
+        at: usize,
+    },
+    /// An area count of zero: Linux takes 1.
+    AreasZero {
+        /// Byte offset of the area count.
+        at: usize,
+    },
+    /// The area count is not a power of two: Linux rounds it up to one.
+    AreasRounded {
+        /// Byte offset of the area count.
+        at: usize,
+        /// The count as written.
+        from: u32,
+        /// The count Linux stores.
+        to: u32,
+    },
+    /// The area count needs more slots than the slot count (or the default)
+    /// gives: Linux raises the slot count to one segment per area
+    /// (`round_up_default_nslabs()`).
+    SlotsRaised {
+        /// Byte offset of the area count.
+        at: usize,
+        /// The slot count before.
+        from: u64,
+        /// The slot count after: `nareas * 128`.
+        to: u64,
+        /// The area count, after its own rounding.
+        nareas: u32,
+    },
+    /// With an area count set, a slot count that is not a power of two is
+    /// rounded up to one (`round_up_default_nslabs()`).
+    SlotsPowerOfTwo {
+        /// The slot count before.
+        from: u64,
+        /// The slot count after.
+        to: u64,
+        /// The area count.
+        nareas: u32,
+    },
+    /// `count` commas from `at` that Linux skips as separators but that
+    /// nothing follows, so they change nothing.
+    UnusedCommas {
+        /// Byte offset of the first.
+        at: usize,
+        /// How many: 1 or 2.
+        count: usize,
+    },
+    /// Text Linux does not act on: anything but exactly `force` or
+    /// `noforce` where the word may stand, or anything after a NUL byte.
+    Ignored {
+        /// Byte offset of the text.
+        at: usize,
+        /// Its length in bytes.
+        len: usize,
+    },
+}
+
+impl Finding {
+    /// The strict parser's report of this finding: a byte offset and a
+    /// [`ParamProblem`].
+    pub fn problem(&self) -> (usize, ParamProblem) {
+        match *self {
+            Finding::Empty => (0, ParamProblem::Empty),
+            Finding::SlotsOverflow { at } | Finding::AreasOverflow { at } => {
+                (at, ParamProblem::Overflow)
+            }
+            Finding::SlotsZero { at } => (at, ParamProblem::ZeroSlots),
+            Finding::SlotsAligned { at, .. } => (at, ParamProblem::SlotsRounded),
+            Finding::AreasZero { at } => (at, ParamProblem::ZeroAreas),
+            Finding::AreasRounded { at, .. } => (at, ParamProblem::AreasRounded),
+            Finding::SlotsRaised { at, .. } => (at, ParamProblem::SlotsRaised),
+            // Only a slot count from step 1 can be a non-power of two: the
+            // default is one, so the slot count is at the start.
+            Finding::SlotsPowerOfTwo { .. } => (0, ParamProblem::SlotsRounded),
+            Finding::UnusedCommas { at, count } => (at + count - 1, ParamProblem::Trailing),
+            Finding::Ignored { at, .. } => (at, ParamProblem::Trailing),
         }
     }
 }
 
-/// Both parsers in one: the value Linux would store, and the first thing it
+/// The most findings one value can have: one for the slot count, two for
+/// the area count, one for the word, one for text after a NUL.
+const MAX_FINDINGS: usize = 5;
+
+/// How Linux reads one `swiotlb=` value: what it stores, the numbers it
+/// read and in which base, the commas it skipped, and every adjustment it
+/// makes or text it ignores ([`Finding`]). [`SwiotlbParam::read`] makes
+/// one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Reading {
+    /// What Linux stores: [`SwiotlbParam::parse`]'s answer.
+    pub param: SwiotlbParam,
+    /// The slot count as written, if the value starts with a digit.
+    pub nslabs: Option<ParamNumber>,
+    /// The area count as written, if one follows the slot count and at
+    /// most one comma.
+    pub nareas: Option<ParamNumber>,
+    /// Byte offsets of the commas Linux skips as separators: the one after
+    /// the slot count, and the one before the word.
+    pub commas: [Option<usize>; 2],
+    findings: [Option<Finding>; MAX_FINDINGS],
+}
+
+impl Reading {
+    /// Every adjustment and ignored text, in the order Linux meets them.
+    pub fn findings(&self) -> impl Iterator<Item = &Finding> {
+        self.findings.iter().flatten()
+    }
+
+    /// Records `f` after those found so far.
+    fn note(&mut self, f: Finding) {
+        // MAX_FINDINGS bounds what one scan can find; a slot is free.
+        if let Some(free) = self.findings.iter_mut().find(|f| f.is_none()) {
+            *free = Some(f);
+        }
+    }
+}
+
+/// Both parsers in one: the value Linux would store, and everything it
 /// would silently ignore or adjust. One pass keeps them from drifting apart.
-fn scan(value: &str) -> (SwiotlbParam, Option<Error>) {
+fn scan(value: &str) -> Reading {
     let value = value.strip_prefix(PREFIX).unwrap_or(value);
-    let mut out = SwiotlbParam::default();
-    let mut found = Findings(None);
+    let mut r = Reading {
+        param: SwiotlbParam::default(),
+        nslabs: None,
+        nareas: None,
+        commas: [None; 2],
+        findings: [None; MAX_FINDINGS],
+    };
     let all = value.as_bytes();
     if all.is_empty() {
-        found.note(0, ParamProblem::Empty);
-        return (out, found.0);
+        r.note(Finding::Empty);
+        return r;
     }
     // Linux reads a C string: nothing after a NUL is ever seen.
     let nul = all.iter().position(|&b| b == 0);
@@ -296,20 +471,26 @@ fn scan(value: &str) -> (SwiotlbParam, Option<Error>) {
         let num = strtoul(s, 0);
         let mut v = num.value;
         if num.overflow || v > MAX_NSLABS {
-            found.note(0, ParamProblem::Overflow);
+            r.note(Finding::SlotsOverflow { at: 0 });
             v = MAX_NSLABS;
         } else if v == 0 {
             // Linux stores 0; the pool is sized at boot (see resolve()).
-            found.note(0, ParamProblem::ZeroSlots);
+            r.note(Finding::SlotsZero { at: 0 });
         } else if v % SEG != 0 {
-            found.note(0, ParamProblem::SlotsRounded);
+            r.note(Finding::SlotsAligned {
+                at: 0,
+                from: v,
+                to: align_to_segment(v),
+            });
         }
-        out.nslabs = Some(align_to_segment(v));
-        i = num.end;
+        r.param.nslabs = Some(align_to_segment(v));
+        r.nslabs = Some(num);
+        i = num.at + num.len;
     }
 
     // Step 2: one separator.
     if s.get(i) == Some(&b',') {
+        r.commas[0] = Some(i);
         i += 1;
     }
 
@@ -321,65 +502,84 @@ fn scan(value: &str) -> (SwiotlbParam, Option<Error>) {
         let raw = match u32::try_from(num.value) {
             Ok(n) if !num.overflow && n <= MAX_NAREAS => n,
             _ => {
-                found.note(at, ParamProblem::Overflow);
+                r.note(Finding::AreasOverflow { at });
                 MAX_NAREAS
             }
         };
-        if raw == 0 {
-            found.note(at, ParamProblem::ZeroAreas);
-        } else if !raw.is_power_of_two() {
-            found.note(at, ParamProblem::AreasRounded);
-        }
         let nareas = adjust_nareas(u64::from(raw));
+        if raw == 0 {
+            r.note(Finding::AreasZero { at });
+        } else if nareas != raw {
+            r.note(Finding::AreasRounded {
+                at,
+                from: raw,
+                to: nareas,
+            });
+        }
         // round_up_default_nslabs() works on default_nslabs, which is
         // still Linux's default when step 1 did not set it.
-        let before = out.nslabs_or_default();
+        let before = r.param.nslabs_or_default();
         let after = round_up_nslabs(before, nareas);
         if after != before {
             if before < u64::from(nareas) * SEG {
-                found.note(at, ParamProblem::SlotsRaised);
+                r.note(Finding::SlotsRaised {
+                    at,
+                    from: before,
+                    to: after,
+                    nareas,
+                });
             } else {
-                // Only a slot count from step 1 can be a non-power of two:
-                // the default is one.
-                found.note(0, ParamProblem::SlotsRounded);
+                r.note(Finding::SlotsPowerOfTwo {
+                    from: before,
+                    to: after,
+                    nareas,
+                });
             }
-            out.nslabs = Some(after);
+            r.param.nslabs = Some(after);
         }
-        out.nareas = Some(nareas);
-        i = num.end;
+        r.param.nareas = Some(nareas);
+        r.nareas = Some(num);
+        i = num.at + num.len;
     }
 
     // Step 4: one separator.
     if s.get(i) == Some(&b',') {
+        r.commas[1] = Some(i);
         i += 1;
     }
 
     // Step 5: the rest must be exactly one of the two words (strcmp()).
     match &s[i..] {
-        b"force" => out.force = Force::Force,
-        b"noforce" => out.force = Force::NoForce,
+        b"force" => r.param.force = Force::Force,
+        b"noforce" => r.param.force = Force::NoForce,
         b"" => {
-            // A comma that nothing follows does nothing in Linux.
-            if i > 0 && s[i - 1] == b',' {
-                found.note(i - 1, ParamProblem::Trailing);
+            // Commas that nothing follows do nothing in Linux: the last one
+            // skipped, and the one before it if nothing stands between.
+            let unused: &[usize] = match r.commas {
+                [Some(a), Some(b)] if b == a + 1 => &[a, b],
+                [_, Some(b)] => &[b],
+                [Some(a), None] if a + 1 == i => &[a],
+                _ => &[],
+            };
+            if let Some(&at) = unused.first() {
+                r.note(Finding::UnusedCommas {
+                    at,
+                    count: unused.len(),
+                });
             }
         }
-        _ => found.note(i, ParamProblem::Trailing),
+        rest => r.note(Finding::Ignored {
+            at: i,
+            len: rest.len(),
+        }),
     }
     if let Some(at) = nul {
-        found.note(at, ParamProblem::Trailing);
+        r.note(Finding::Ignored {
+            at,
+            len: all.len() - at,
+        });
     }
-    (out, found.0)
-}
-
-/// A number read by [`strtoul`].
-struct Number {
-    /// Its value, saturated at `u64::MAX`.
-    value: u64,
-    /// The byte offset just past its last digit.
-    end: usize,
-    /// Whether it did not fit in a `u64` (Linux wraps it).
-    overflow: bool,
+    r
 }
 
 /// Reads a number at `s[start..]` like Linux's `simple_strtoul(s, &end, 0)`.
@@ -389,7 +589,7 @@ struct Number {
 /// as a digit, so `"0x"` alone reads 0 and stops at the `x`), anything else
 /// is decimal. Reading stops at the first character that is not a digit of
 /// the base, as in `_parse_integer()`; it never fails.
-fn strtoul(s: &[u8], start: usize) -> Number {
+fn strtoul(s: &[u8], start: usize) -> ParamNumber {
     let at = |i: usize| s.get(i).copied().unwrap_or(0);
     let (base, mut i) = if at(start) != b'0' {
         (10, start)
@@ -413,9 +613,11 @@ fn strtoul(s: &[u8], start: usize) -> Number {
         }
         i += 1;
     }
-    Number {
+    ParamNumber {
+        at: start,
+        len: i - start,
+        radix: base,
         value,
-        end: i,
         overflow,
     }
 }
@@ -509,8 +711,9 @@ impl HighParam {
             return bad(0, ParamProblem::Trailing);
         }
         let num = strtoul(s, 0);
-        if num.end != s.len() {
-            return bad(num.end, ParamProblem::Trailing);
+        let end = num.at + num.len;
+        if end != s.len() {
+            return bad(end, ParamProblem::Trailing);
         }
         if num.overflow || num.value > MAX_NSLABS {
             return bad(0, ParamProblem::Overflow);
@@ -717,6 +920,206 @@ mod tests {
         for (text, want) in cases {
             assert_eq!(SwiotlbParam::parse_strict(text), *want, "{text:?}");
         }
+    }
+
+    fn findings(text: &str) -> Vec<Finding> {
+        SwiotlbParam::read(text).findings().copied().collect()
+    }
+
+    /// Every adjustment is listed, not only the first, with its numbers.
+    #[test]
+    fn read_lists_every_adjustment_in_order() {
+        use Finding::*;
+        assert_eq!(
+            findings("100,3"),
+            [
+                SlotsAligned {
+                    at: 0,
+                    from: 100,
+                    to: 128
+                },
+                AreasRounded {
+                    at: 4,
+                    from: 3,
+                    to: 4
+                },
+                SlotsRaised {
+                    at: 4,
+                    from: 128,
+                    to: 512,
+                    nareas: 4
+                },
+            ]
+        );
+        assert_eq!(
+            findings("3000,3,forc"),
+            [
+                SlotsAligned {
+                    at: 0,
+                    from: 3000,
+                    to: 3072
+                },
+                AreasRounded {
+                    at: 5,
+                    from: 3,
+                    to: 4
+                },
+                SlotsPowerOfTwo {
+                    from: 3072,
+                    to: 4096,
+                    nareas: 4
+                },
+                Ignored { at: 7, len: 4 },
+            ]
+        );
+        assert_eq!(
+            findings("0,0"),
+            [
+                SlotsZero { at: 0 },
+                AreasZero { at: 2 },
+                SlotsRaised {
+                    at: 2,
+                    from: 0,
+                    to: 128,
+                    nareas: 1
+                },
+            ]
+        );
+        assert_eq!(findings("force\0x"), [Ignored { at: 5, len: 2 }]);
+        assert_eq!(
+            findings("forc\0x"),
+            [Ignored { at: 0, len: 4 }, Ignored { at: 4, len: 2 }]
+        );
+        assert_eq!(findings(""), [Empty]);
+        assert!(findings("65536,4,force").is_empty());
+        // The strict parser reports the first.
+        for text in ["100,3", "3000,3,forc", "0,0", ",,", "65536,", "x"] {
+            let (at, problem) = findings(text)[0].problem();
+            assert_eq!(
+                SwiotlbParam::parse_strict(text),
+                Err(Error::BadParam { at, problem }),
+                "{text:?}"
+            );
+        }
+    }
+
+    /// The RFC's low-and-high string: the second number is an area count.
+    #[test]
+    fn read_takes_the_rfc_high_pool_size_as_an_area_count() {
+        let r = SwiotlbParam::read("327680,3145728,force");
+        assert_eq!(r.param, p(Some(536_870_912), Some(4_194_304), Force::Force));
+        assert_eq!(r.nareas.map(|n| n.value), Some(3_145_728));
+        assert_eq!(
+            r.findings().copied().collect::<Vec<_>>(),
+            [
+                Finding::AreasRounded {
+                    at: 7,
+                    from: 3_145_728,
+                    to: 4_194_304
+                },
+                Finding::SlotsRaised {
+                    at: 7,
+                    from: 327_680,
+                    to: 536_870_912,
+                    nareas: 4_194_304
+                },
+            ]
+        );
+    }
+
+    /// `simple_strtoul(.., 0)`: the base each number was read in, and
+    /// where it stopped.
+    #[test]
+    fn read_says_which_base_each_number_was_read_in() {
+        let n = |at, len, radix, value| ParamNumber {
+            at,
+            len,
+            radix,
+            value,
+            overflow: false,
+        };
+        let r = SwiotlbParam::read("0x8000,010");
+        assert_eq!(r.nslabs, Some(n(0, 6, 16, 0x8000)));
+        assert_eq!(r.nareas, Some(n(7, 3, 8, 8)));
+        // '8' is not an octal digit: "0" is the slot count, "8" the areas.
+        let r = SwiotlbParam::read("08");
+        assert_eq!(r.nslabs, Some(n(0, 1, 8, 0)));
+        assert_eq!(r.nareas, Some(n(1, 1, 10, 8)));
+        assert_eq!(r.commas, [None, None]);
+        // "0x" with no hex digit after it: octal 0, then `x` is ignored.
+        let r = SwiotlbParam::read("0x");
+        assert_eq!(r.nslabs, Some(n(0, 1, 8, 0)));
+        assert_eq!(
+            r.findings().copied().collect::<Vec<_>>(),
+            [
+                Finding::SlotsZero { at: 0 },
+                Finding::Ignored { at: 1, len: 1 }
+            ]
+        );
+        let r = SwiotlbParam::read("swiotlb=1024");
+        assert_eq!(r.nslabs, Some(n(0, 4, 10, 1024)));
+        assert!(
+            SwiotlbParam::read("99999999999999999999999")
+                .nslabs
+                .unwrap()
+                .overflow
+        );
+    }
+
+    /// Linux skips one comma after the slot count and one before the word,
+    /// no more: which ones it skipped, and which changed nothing.
+    #[test]
+    fn read_tells_which_commas_linux_skips() {
+        let r = SwiotlbParam::read(",,");
+        assert_eq!(r.commas, [Some(0), Some(1)]);
+        assert_eq!(r.param, SwiotlbParam::default());
+        assert_eq!(
+            r.findings().copied().collect::<Vec<_>>(),
+            [Finding::UnusedCommas { at: 0, count: 2 }]
+        );
+        // The second comma lets the word be read: nothing to report.
+        let r = SwiotlbParam::read("65536,,force");
+        assert_eq!(r.commas, [Some(5), Some(6)]);
+        assert_eq!(r.param, p(Some(65536), None, Force::Force));
+        assert_eq!(r.findings().count(), 0);
+        let r = SwiotlbParam::read(",,force");
+        assert_eq!(r.param, p(None, None, Force::Force));
+        assert_eq!(r.findings().count(), 0);
+        // A third comma is one too many: the word is not read.
+        let r = SwiotlbParam::read(",,,force");
+        assert_eq!(r.commas, [Some(0), Some(1)]);
+        assert_eq!(r.param, SwiotlbParam::default());
+        assert_eq!(
+            r.findings().copied().collect::<Vec<_>>(),
+            [Finding::Ignored { at: 2, len: 6 }]
+        );
+        // An area count after the second comma is not read either.
+        let r = SwiotlbParam::read("65536,,4");
+        assert_eq!(r.param, p(Some(65536), None, Force::Default));
+        assert_eq!(
+            r.findings().copied().collect::<Vec<_>>(),
+            [Finding::Ignored { at: 7, len: 1 }]
+        );
+        let unused = |text| {
+            SwiotlbParam::read(text)
+                .findings()
+                .copied()
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(unused(","), [Finding::UnusedCommas { at: 0, count: 1 }]);
+        assert_eq!(
+            unused("65536,"),
+            [Finding::UnusedCommas { at: 5, count: 1 }]
+        );
+        assert_eq!(
+            unused("65536,4,"),
+            [Finding::UnusedCommas { at: 7, count: 1 }]
+        );
+        assert_eq!(
+            unused("65536,,"),
+            [Finding::UnusedCommas { at: 5, count: 2 }]
+        );
+        assert!(unused(",4").is_empty());
     }
 
     /// What the strict parser accepts, it reads as the lenient one does.

@@ -232,6 +232,7 @@ impl<T: Translate> Device<T> {
     /// The physical address of `len` bytes at `cpu`, and whether they are
     /// mapped directly: the device reaches them and is not forced to
     /// bounce (Linux `dma_direct_map_page` before `swiotlb_map`).
+    #[cfg(feature = "alloc")]
     #[inline]
     pub(crate) fn direct(&self, cpu: *const u8, len: usize) -> (PhysAddr, bool) {
         let phys = self.translate.virt_to_phys(cpu);

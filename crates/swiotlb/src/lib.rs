@@ -62,6 +62,9 @@
 //!   the translation trait, the `swiotlb=` grammar and the error type.
 //! - `std` (default): `std::error::Error` for [`Error`], a per-thread area
 //!   hint.
+//! - `fdt` (implies `alloc`): the `dt` module, which reads bounce and
+//!   coherent pools from a flattened device tree (`/reserved-memory`,
+//!   `restricted-dma-pool`, `shared-dma-pool`, `memory-region`).
 //!
 //! # Safety and correctness
 //!

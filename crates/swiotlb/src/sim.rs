@@ -275,7 +275,8 @@ impl<P: Policy, K: Ord> Simulator<P, K> {
     /// [`SimError::IdInUse`], [`SimError::BadMinAlignMask`] and
     /// [`SimError::NoMemory`] before the engine is called;
     /// [`SimError::Engine`] with the engine's reason (counted in the
-    /// statistics); [`SimError::Mismatch`] if the map-time copy is wrong
+    /// statistics), given before any allocation for a size larger than
+    /// any segment ([`Pool::max_mapping_size`] with no mask); [`SimError::Mismatch`] if the map-time copy is wrong
     /// (the mapping then stays live).
     pub fn map_with(
         &mut self,
@@ -291,6 +292,27 @@ impl<P: Policy, K: Ord> Simulator<P, K> {
         let m = params.min_align_mask;
         if m & m.wrapping_add(1) != 0 {
             return Err(SimError::BadMinAlignMask { mask: m });
+        }
+        // No segment holds more than `max_mapping_size(0)` bytes, so the
+        // engine refuses a larger size before it looks at the original
+        // (after judging the alignment mask, as here). Give its answer,
+        // counted, without first allocating and filling an original that
+        // can be as large as the caller likes.
+        if size > self.pool.max_mapping_size(0) {
+            let a = params.alloc_align_mask;
+            let e = if a & a.wrapping_add(1) != 0 {
+                Error::AlignmentImpossible {
+                    align_mask: a,
+                    min_align_mask: m,
+                }
+            } else {
+                Error::TooLarge {
+                    size,
+                    max: self.pool.max_mapping_size(m),
+                }
+            };
+            self.pool.count_failure(&e);
+            return Err(SimError::Engine(e));
         }
         let want_orig = fresh(&mut self.patterns, size)?;
         let mut buf = Vec::new();
@@ -955,6 +977,91 @@ mod tests {
         assert!(SimError::Engine(Error::ZeroSize)
             .to_string()
             .starts_with("swiotlb:"));
+    }
+
+    /// A size no segment can hold is refused before the original is
+    /// allocated: a size no allocator could serve gets the engine's own
+    /// answer, counted, rather than `NoMemory`.
+    #[test]
+    fn an_oversized_map_is_refused_before_allocating() {
+        both(|new| {
+            let mut s = new(64, tiny(1));
+            let huge = isize::MAX as usize;
+            let e = s.map_with(0, huge, BIDI, MapParams::default());
+            let max = 8 * 512;
+            assert_eq!(
+                e.unwrap_err(),
+                SimError::Engine(Error::TooLarge { size: huge, max })
+            );
+            let nvme = MapParams {
+                min_align_mask: 0x3ff,
+                ..MapParams::default()
+            };
+            let e = s.map_with(0, huge, BIDI, nvme);
+            assert_eq!(
+                e.unwrap_err(),
+                SimError::Engine(Error::TooLarge {
+                    size: huge,
+                    max: max - 1024
+                })
+            );
+            // The engine judges the alignment mask before the size.
+            let odd = MapParams {
+                alloc_align_mask: 0x5,
+                ..MapParams::default()
+            };
+            let e = s.map_with(0, huge, BIDI, odd);
+            assert!(matches!(
+                e.unwrap_err(),
+                SimError::Engine(Error::AlignmentImpossible {
+                    align_mask: 0x5,
+                    ..
+                })
+            ));
+            assert_eq!(s.stats().failures(FailReason::TooLarge), 2);
+            assert_eq!(s.stats().io_tlb_used, 0);
+            // The id is still free.
+            s.map_with(0, 100, BIDI, MapParams::default()).unwrap();
+        });
+    }
+
+    /// The early refusal says exactly what the engine says for a real
+    /// original of the same size, so it cannot drift from the engine.
+    #[test]
+    fn the_early_refusal_matches_the_engine() {
+        for (size, min_align_mask, alloc_align_mask) in [
+            (8 * 512 + 1, 0, 0),
+            (8 * 512 + 1, 0x1ff, 0),
+            (8 * 512 + 1, 0xfff, 0xff),
+            (8 * 512 + 1, 0, 0x6),
+            (10_000, 0x3ff, 0x7ff),
+        ] {
+            let mut sim = Simulator::<Fast, u32>::new(64, tiny(2)).unwrap();
+            let params = MapParams {
+                min_align_mask,
+                alloc_align_mask,
+                ..MapParams::default()
+            };
+            let early = sim.map_with(0, size, BIDI, params).unwrap_err();
+            let dev = Device::new(DmaMask::BITS_64)
+                .with_force_bounce(true)
+                .with_min_align_mask(min_align_mask)
+                .with_translate(sim.translate);
+            let opts = MapOptions {
+                alloc_align_mask,
+                area_hint: None,
+            };
+            let mut buf = alloc::vec![0u8; size];
+            // SAFETY:
+            // - `buf` is valid for reads and writes of `size` bytes and
+            //   outlives the call; the map fails, so nothing keeps it;
+            // - nothing else touches it meanwhile.
+            let engine = unsafe {
+                sim.pool
+                    .bounce_raw(&dev, PhysAddr(0), buf.as_mut_ptr(), size, Attrs::NONE, opts)
+            };
+            assert_eq!(early, SimError::Engine(engine.unwrap_err()), "{size}");
+        }
     }
 
     #[test]

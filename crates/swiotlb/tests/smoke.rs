@@ -185,3 +185,46 @@ fn area_marks_fast() {
 fn area_marks_nextfit() {
     area_marks::<NextFit>();
 }
+
+/// The lines of the `[name]` table of a TOML file, up to the next table.
+fn toml_table<'a>(toml: &'a str, name: &str) -> Vec<&'a str> {
+    let header = format!("[{name}]");
+    toml.lines()
+        .skip_while(|l| l.trim() != header)
+        .skip(1)
+        .take_while(|l| !l.starts_with('['))
+        .filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+        .collect()
+}
+
+/// Every Cargo feature is listed under `# Features` in the crate docs, and
+/// docs.rs documents the crate with all of them.
+#[test]
+fn every_feature_is_documented_and_built_on_docs_rs() {
+    let manifest = include_str!("../Cargo.toml");
+    let docs = include_str!("../src/lib.rs");
+    let section = docs
+        .split("//! # Features")
+        .nth(1)
+        .and_then(|rest| rest.split("//! # ").next())
+        .expect("a `# Features` section in the crate docs");
+    let features: Vec<&str> = toml_table(manifest, "features")
+        .into_iter()
+        .filter_map(|l| l.split_once('=').map(|(name, _)| name.trim()))
+        .filter(|&name| name != "default")
+        .collect();
+    assert!(features.contains(&"fdt"), "{features:?}");
+    for f in features {
+        assert!(
+            section.contains(&format!("//! - `{f}`")),
+            "feature `{f}` is missing from the crate docs' `# Features`"
+        );
+    }
+    let docs_rs = toml_table(manifest, "package.metadata.docs.rs");
+    assert!(
+        docs_rs
+            .iter()
+            .any(|l| l.replace(' ', "") == "all-features=true"),
+        "{docs_rs:?}"
+    );
+}

@@ -116,9 +116,12 @@ pub struct ProfileArgs {
     /// Run a synthetic workload on a growing tlb instead of a script:
     /// `burst` (a 256 MiB live set, then idle) or `steady` (a live set
     /// oscillating inside the grown size).
-    #[arg(long, value_enum, value_name = "NAME")]
+    #[arg(long, value_enum, value_name = "NAME",
+          conflicts_with_all = ["nslabs", "nareas", "policy"])]
     pub profile: Option<ProfileName>,
-    /// Bytes of the first pool (units: 64KiB, 1MiB, ... or plain bytes).
+    /// Bytes of the first pool. Sizes here and in scripts share one
+    /// grammar: bytes, decimal or 0x hex, optionally with a unit that is a
+    /// power of two: B, K/KiB (1024), M/MiB (1024^2), G/GiB, T/TiB.
     #[arg(long, value_name = "SIZE", default_value = "1MiB", value_parser = size_arg,
           conflicts_with = "ops")]
     start: u64,
