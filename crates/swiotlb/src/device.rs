@@ -218,6 +218,7 @@ impl<T: Translate> Device<T> {
     /// bounce and reaches them. If not, the address was never handed to
     /// this device (or belonged to a transient pool already given back):
     /// [`crate::Error::NotMapped`].
+    #[cfg(feature = "alloc")]
     #[inline]
     pub(crate) fn may_be_direct(&self, phys: PhysAddr, size: usize) -> bool {
         !self.force_bounce && self.can_reach(phys, size)
