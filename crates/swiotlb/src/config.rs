@@ -1292,7 +1292,7 @@ mod tests {
         let err = SwiotlbParam::parse_strict("65536x").unwrap_err();
         assert_eq!(
             format!("{err}"),
-            "swiotlb: bad swiotlb= value at byte 5: text Linux ignores"
+            "swiotlb: the strict swiotlb= check stops at byte 5: text Linux ignores"
         );
     }
 

@@ -439,7 +439,7 @@ impl fmt::Display for Error {
                 "swiotlb: a mapping of {size} bytes aligned with alloc_align_mask {align_mask:#x} needs {padded} bytes of slots, more than a segment ({segment} bytes) can hold"
             ),
             Error::BadParam { at, problem } => {
-                write!(f, "swiotlb: bad swiotlb= value at byte {at}: {problem}")
+                write!(f, "swiotlb: the strict swiotlb= check stops at byte {at}: {problem}")
             }
         }
     }
