@@ -1,5 +1,6 @@
 //! Loom models of a growing tlb ([`DynTlb`]): growth racing with lookup and
-//! unmap (a), shrinking racing with growth and a map, raw or safe (b), a
+//! unmap (a), shrinking racing with growth and a map, raw or safe (b), and
+//! with two safe mappings' releases in the pools it frees (b''), a
 //! deferred request racing with the unmap that frees its slots, with and
 //! without cancellation (c), FIFO deferral racing with two unmaps (d), a
 //! deferred request racing with the background growth it asks for (e),
@@ -927,50 +928,57 @@ fn shrink_vs_safe_map_nextfit() {
     shrink_vs_safe_map::<NextFit>();
 }
 
-/// (b'') A safe mapping's release racing with the shrink that frees its
-/// pool. The first pool is full with `x`; a grown pool holds the safe
-/// mapping `y`, seen busy by a first `maintain`, and the idle time has
-/// passed. Thread A drops `y`: its release unlocks the area (which may
-/// leave the pool idle) and still runs inside the pool until it returns.
-/// Thread M runs `maintain`, which gives the pool back once idle. The
-/// pool must not be freed while the release runs in it: the core's loom
-/// build counts releases in flight in each pool and asserts, when a pool
-/// is dropped, that none is (the release runs under the pool set's read
-/// lock, which the removal's write lock waits for). Without that grace
-/// period this model fails.
+/// (b'') Safe mappings' releases racing with the shrink that frees their
+/// pools. The first pool is full with `x`; two grown pools hold the safe
+/// mappings `y` and `z`, seen busy by a first `maintain`, and the idle
+/// time has passed. Threads A and B drop `y` and `z`: each release
+/// unlocks its area (which may leave its pool idle) and still runs inside
+/// the pool until it returns. Thread M runs `maintain`, which gives one
+/// idle pool back. No pool may be freed while a release runs in it: the
+/// core's loom build counts releases in flight in each pool and asserts,
+/// when a pool is dropped, that none is (the release runs under the pool
+/// set's read lock, which the removal's write lock waits for). Without
+/// that grace period this model fails.
 fn release_vs_shrink<P: Policy>() {
     model(Some(3), || {
         let clock = std::sync::Arc::new(ManualClock::new());
-        let tlb = Arc::new(tiny_tlb::<P>(clock.clone(), 2 * POOL));
+        let tlb = Arc::new(tiny_tlb::<P>(clock.clone(), 3 * POOL));
         let shadow = Arc::new(Shadow::default());
         let dev = forced();
         let x = bounce(&*tlb, &dev, &shadow, POOL, 0x40, Attrs::MAY_SLEEP);
-        let y = tlb
-            .map(
+        let map = |tag: u8| {
+            tlb.map(
                 &dev,
-                pattern(0x41, POOL),
+                pattern(tag, POOL),
                 Direction::ToDevice,
                 Attrs::MAY_SLEEP,
             )
-            .unwrap_or_else(|f| panic!("map failed: {}", f.error));
-        assert_eq!(tlb.pool_count(), 2, "the map grew the tlb");
-        // Seen busy once, then idle past the idle time once `y` goes.
+            .unwrap_or_else(|f| panic!("map failed: {}", f.error))
+        };
+        let (y, z) = (map(0x41), map(0x42));
+        assert_eq!(tlb.pool_count(), 3, "each map grew the tlb");
+        // Seen busy once, then idle past the idle time once they go.
         assert_eq!(tlb.maintain().unwrap(), (false, false));
         clock.advance(10 * IDLE);
 
-        // SAFETY: only the lifetime changes: `y` borrows the tlb behind
-        // `tlb`, which this thread keeps alive until after `ta` is joined
-        // (and `y` dropped on it).
-        let y: swiotlb::Mapping<'static, Vec<u8>, P> = unsafe { std::mem::transmute(y) };
+        // SAFETY: only the lifetimes change: `y` and `z` borrow the tlb
+        // behind `tlb`, which this thread keeps alive until after `ta` and
+        // `tb` are joined (and the mappings dropped on them).
+        let (y, z): (
+            swiotlb::Mapping<'static, Vec<u8>, P>,
+            swiotlb::Mapping<'static, Vec<u8>, P>,
+        ) = unsafe { (std::mem::transmute(y), std::mem::transmute(z)) };
         let tlb2 = tlb.clone();
         let ta = thread::spawn(move || drop(y));
+        let tb = thread::spawn(move || drop(z));
         let tm = thread::spawn(move || tlb2.maintain().unwrap().1);
         ta.join().unwrap();
+        tb.join().unwrap();
         let shrunk = tm.join().unwrap();
 
         let st = tlb.stats();
         assert_eq!(st.pools_removed, u64::from(shrunk), "{st:?}");
-        assert_eq!(tlb.pool_count() as u64, 2 - u64::from(shrunk));
+        assert_eq!(tlb.pool_count() as u64, 3 - u64::from(shrunk));
         unmap(&*tlb, &dev, &shadow, x);
         assert_empty(&*tlb, &shadow);
     });
