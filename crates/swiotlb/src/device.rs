@@ -25,6 +25,10 @@ pub const DEFAULT_MAX_SEGMENT_SIZE: usize = 64 * 1024;
 /// assert_eq!(nvme.min_align_mask(), 0xfff);
 /// assert_eq!(legacy.dma_mask().bits(), 32);
 /// ```
+///
+/// A device also carries the transient pools a growing tlb made for it
+/// (Linux's `dev->dma_io_tlb_pools`), with the `alloc` feature: clones of
+/// a device share them, as they describe the same device.
 #[derive(Clone, Debug)]
 pub struct Device<T = Identity> {
     mask: DmaMask,
@@ -34,7 +38,78 @@ pub struct Device<T = Identity> {
     max_segment_size: usize,
     force_bounce: bool,
     restricted: Option<RestrictedPool>,
+    #[cfg(feature = "alloc")]
+    tracking: Tracking,
     translate: T,
+}
+
+/// The transient pools of one device (Linux's `dev->dma_io_tlb_pools` and
+/// `dev->dma_uses_io_tlb`).
+#[cfg(feature = "alloc")]
+pub(crate) struct Tracked {
+    /// Set once the device had a transient pool: only then does an unmap
+    /// that misses every shared pool look further.
+    pub(crate) used: crate::sync::AtomicBool,
+    /// `[start, end)` physical ranges of the device's live transient pools.
+    pub(crate) ranges: crate::sync::Mutex<alloc::vec::Vec<(u64, u64)>>,
+}
+
+#[cfg(feature = "alloc")]
+impl core::fmt::Debug for Tracked {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Tracked")
+            .field("used", &self.used.load(crate::sync::Ordering::Relaxed))
+            .field("ranges", &*self.ranges.lock())
+            .finish()
+    }
+}
+
+/// A device's [`Tracked`], made on first use so that [`Device::new`] stays
+/// `const` (a kernel keeps its devices in statics); a clone makes it first,
+/// so that the clones share it.
+#[cfg(feature = "alloc")]
+pub(crate) struct Tracking(spin::Once<alloc::sync::Arc<Tracked>>);
+
+#[cfg(feature = "alloc")]
+impl Tracking {
+    const fn new() -> Self {
+        Self(spin::Once::new())
+    }
+
+    /// The tracking, made now if it was not yet.
+    pub(crate) fn get(&self) -> &alloc::sync::Arc<Tracked> {
+        self.0.call_once(|| {
+            alloc::sync::Arc::new(Tracked {
+                used: crate::sync::AtomicBool::new(false),
+                ranges: crate::sync::Mutex::new(alloc::vec::Vec::new()),
+            })
+        })
+    }
+
+    /// Whether the device ever had a transient pool, without making the
+    /// tracking.
+    pub(crate) fn used(&self) -> bool {
+        self.0
+            .get()
+            .is_some_and(|t| t.used.load(crate::sync::Ordering::Acquire))
+    }
+}
+
+#[cfg(feature = "alloc")]
+impl Clone for Tracking {
+    fn clone(&self) -> Self {
+        Self(spin::Once::initialized(self.get().clone()))
+    }
+}
+
+#[cfg(feature = "alloc")]
+impl core::fmt::Debug for Tracking {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self.0.get() {
+            Some(t) => t.fmt(f),
+            None => f.write_str("Tracked(none yet)"),
+        }
+    }
 }
 
 /// Which restricted tlb of a platform serves a device: an index into the
@@ -75,6 +150,8 @@ impl Device<Identity> {
             max_segment_size: DEFAULT_MAX_SEGMENT_SIZE,
             force_bounce: false,
             restricted: None,
+            #[cfg(feature = "alloc")]
+            tracking: Tracking::new(),
             translate: Identity,
         }
     }
@@ -91,6 +168,8 @@ impl<T> Device<T> {
             max_segment_size: self.max_segment_size,
             force_bounce: self.force_bounce,
             restricted: self.restricted,
+            #[cfg(feature = "alloc")]
+            tracking: self.tracking,
             translate,
         }
     }
@@ -109,6 +188,24 @@ impl<T> Device<T> {
     /// The restricted tlb the device is bound to, if any.
     pub const fn restricted_pool(&self) -> Option<RestrictedPool> {
         self.restricted
+    }
+
+    /// Transient pools a growing tlb holds for the device now.
+    #[cfg(feature = "alloc")]
+    pub fn transient_pools(&self) -> usize {
+        self.tracking.0.get().map_or(0, |t| t.ranges.lock().len())
+    }
+
+    /// Whether a growing tlb ever made the device a transient pool.
+    #[cfg(feature = "alloc")]
+    pub fn used_transient(&self) -> bool {
+        self.tracking.used()
+    }
+
+    /// The device's transient-pool tracking.
+    #[cfg(feature = "alloc")]
+    pub(crate) fn tracking(&self) -> &Tracking {
+        &self.tracking
     }
 
     /// Sets a bus limit (Linux `bus_dma_limit`): the highest device address

@@ -21,7 +21,7 @@
 //!   **transient pool** of exactly its mapping, if the provider can give
 //!   memory without sleeping ([`Provider::alloc_nowait`]) and the hooks can
 //!   run without sleeping ([`MemoryHooks::nowait`]). The pool is tracked on
-//!   its device ([`DynDevice`]) and given back when its mapping is
+//!   its device ([`Device`]) and given back when its mapping is
 //!   unmapped.
 //! - A caller that may sleep and cannot grow (limit reached, provider out
 //!   of memory, another caller growing) **waits** in FIFO order for freed
@@ -64,7 +64,7 @@ use core::task::{Context, Poll, Waker};
 
 use crate::addr::{DmaAddr, PhysAddr};
 use crate::attrs::Attrs;
-use crate::device::Device;
+use crate::device::{Device, Tracked};
 use crate::direction::Direction;
 use crate::error::{ConfigProblem, Error, Result};
 use crate::granules::Granules;
@@ -75,7 +75,7 @@ use crate::provider::{
 };
 use crate::stats::Stats;
 use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, Mutex, Ordering, RwLock};
-use crate::translate::{Identity, Translate};
+use crate::translate::Translate;
 
 /// A monotonic time source, in nanoseconds, for idle times and deferral
 /// times. Kernels pass their clock; tests pass a [`ManualClock`].
@@ -215,67 +215,6 @@ struct Member<V: Provider, H: MemoryHooks, P: Policy> {
 impl<V: Provider, H: MemoryHooks, P: Policy> Member<V, H, P> {
     fn start(&self) -> u64 {
         self.pool.start().0
-    }
-}
-
-/// The transient pools of one device (Linux's `dev->dma_io_tlb_pools` and
-/// `dev->dma_uses_io_tlb`).
-struct Tracked {
-    /// Set once the device had a transient pool: only then does an unmap
-    /// that misses every shared pool look further.
-    used: AtomicBool,
-    /// `[start, end)` physical ranges of the device's live transient pools.
-    ranges: Mutex<Vec<(u64, u64)>>,
-}
-
-impl Default for Tracked {
-    fn default() -> Self {
-        Self {
-            used: AtomicBool::new(false),
-            ranges: Mutex::new(Vec::new()),
-        }
-    }
-}
-
-impl core::fmt::Debug for Tracked {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Tracked")
-            .field("used", &self.used.load(Ordering::Relaxed))
-            .field("ranges", &*self.ranges.lock())
-            .finish()
-    }
-}
-
-/// A device of a growing tlb: the [`Device`] and the transient pools it
-/// holds. Clones share the tracking, as they describe the same device.
-#[derive(Clone, Debug)]
-pub struct DynDevice<T = Identity> {
-    device: Device<T>,
-    tracked: Arc<Tracked>,
-}
-
-impl<T> DynDevice<T> {
-    /// Tracks `device`.
-    pub fn new(device: Device<T>) -> Self {
-        Self {
-            device,
-            tracked: Arc::new(Tracked::default()),
-        }
-    }
-
-    /// The device.
-    pub fn device(&self) -> &Device<T> {
-        &self.device
-    }
-
-    /// Transient pools the device holds now.
-    pub fn transient_pools(&self) -> usize {
-        self.tracked.ranges.lock().len()
-    }
-
-    /// Whether the device ever held a transient pool.
-    pub fn used_transient(&self) -> bool {
-        self.tracked.used.load(Ordering::Acquire)
     }
 }
 
@@ -875,7 +814,7 @@ impl<V: Provider, H: MemoryHooks, P: Policy> DynTlb<V, H, P> {
     /// As [`Pool::bounce_raw`].
     unsafe fn bounce_transient<T: Translate>(
         &self,
-        dev: &DynDevice<T>,
+        dev: &Device<T>,
         orig: PhysAddr,
         cpu: *mut u8,
         size: usize,
@@ -885,7 +824,7 @@ impl<V: Provider, H: MemoryHooks, P: Policy> DynTlb<V, H, P> {
         let slot = 1usize << slot_shift;
         let page = 1usize << self.config.pool.page_shift;
         // Room for the mapping and any padding its alignment may need.
-        let slack = (dev.device.min_align_mask() as usize | opts.alloc_align_mask as usize)
+        let slack = (dev.min_align_mask() as usize | opts.alloc_align_mask as usize)
             .max(if size >= page { page - 1 } else { 0 });
         let len = size.checked_add(slack)?.checked_next_multiple_of(slot)?;
         let nslabs = (len >> slot_shift) as u32;
@@ -914,7 +853,7 @@ impl<V: Provider, H: MemoryHooks, P: Policy> DynTlb<V, H, P> {
             }
         };
         // SAFETY: the caller's obligations, passed on.
-        let r = unsafe { pool.bounce_inner(&dev.device, orig, cpu, size, opts) };
+        let r = unsafe { pool.bounce_inner(dev, orig, cpu, size, opts) };
         let Ok(bounce) = r else {
             // Nothing lives in it: give it back at once (no sleeping: the
             // memory came from `alloc_nowait` and the hooks are `nowait`).
@@ -927,12 +866,13 @@ impl<V: Provider, H: MemoryHooks, P: Policy> DynTlb<V, H, P> {
             kind: Kind::Transient,
             bytes: len,
             idle: Mutex::new(Idle::default()),
-            owner: Some(dev.tracked.clone()),
+            owner: Some(dev.tracking().get().clone()),
         });
         let ptr = NonNull::from(&*m.pool as &Pool<P>);
         let range = (m.start(), m.start() + m.pool.len() as u64);
-        dev.tracked.ranges.lock().push(range);
-        dev.tracked.used.store(true, Ordering::Release);
+        let tracked = dev.tracking().get();
+        tracked.ranges.lock().push(range);
+        tracked.used.store(true, Ordering::Release);
         {
             self.transients.lock().insert(m);
         }
@@ -974,14 +914,14 @@ impl<V: Provider, H: MemoryHooks, P: Policy> DynTlb<V, H, P> {
     #[cfg_attr(feature = "std", allow(unused_assignments))]
     unsafe fn place<T: Translate + Clone + Send + Sync + 'static>(
         &self,
-        dev: &DynDevice<T>,
+        dev: &Device<T>,
         orig: PhysAddr,
         cpu: *mut u8,
         size: usize,
         attrs: Attrs,
         opts: MapOptions,
     ) -> Result<Placed<P>> {
-        let device = &dev.device;
+        let device = dev;
         let mut attempt = |pool: &Pool<P>| pool.bounce_alloc(device, orig, cpu, size, opts);
         let sleeps = attrs.contains(Attrs::MAY_SLEEP);
         // Callers that may sleep queue behind earlier waiters (FIFO);
@@ -1039,7 +979,7 @@ impl<V: Provider, H: MemoryHooks, P: Policy> DynTlb<V, H, P> {
             // instead (the loom models are built never to need it).
             #[cfg(all(feature = "std", not(swiotlb_loom)))]
             {
-                let device = dev.device.clone();
+                let device = dev.clone();
                 let cpu = SendPtr(cpu);
                 let attempt = Box::new(move |pool: &Pool<P>| {
                     let cpu = cpu;
@@ -1305,7 +1245,7 @@ impl<V: Provider, H: MemoryHooks, P: Policy> DynTlb<V, H, P> {
     /// its transient pools. `None` if no pool holds it.
     fn with_pool_of<T, R>(
         &self,
-        dev: &DynDevice<T>,
+        dev: &Device<T>,
         phys: PhysAddr,
         f: impl FnOnce(&Pool<P>) -> R,
     ) -> Option<(R, bool)> {
@@ -1315,11 +1255,12 @@ impl<V: Provider, H: MemoryHooks, P: Policy> DynTlb<V, H, P> {
                 return Some((f(&m.pool), false));
             }
         }
-        if !dev.tracked.used.load(Ordering::Acquire) {
+        if !dev.tracking().used() {
             return None;
         }
         let mine = dev
-            .tracked
+            .tracking()
+            .get()
             .ranges
             .lock()
             .iter()
@@ -1680,7 +1621,7 @@ impl<V: Provider, H: MemoryHooks, P: Policy> DynTlb<V, H, P> {
     /// As [`Pool::bounce_raw`].
     pub unsafe fn bounce_raw<T: Translate + Clone + Send + Sync + 'static>(
         &self,
-        dev: &DynDevice<T>,
+        dev: &Device<T>,
         orig: PhysAddr,
         cpu: *mut u8,
         size: usize,
@@ -1708,13 +1649,13 @@ impl<V: Provider, H: MemoryHooks, P: Policy> DynTlb<V, H, P> {
     /// As [`Pool::unmap_raw`].
     pub unsafe fn unmap_raw<T: Translate>(
         &self,
-        dev: &DynDevice<T>,
+        dev: &Device<T>,
         dma: DmaAddr,
         size: usize,
         dir: Direction,
         attrs: Attrs,
     ) -> Result {
-        let phys = dev.device.translate().dma_to_phys(dma);
+        let phys = dev.translate().dma_to_phys(dma);
         let found = self.with_pool_of(dev, phys, |pool| {
             // SAFETY: the caller's obligations, passed on; `phys` is `dma`
             // translated for this device.
@@ -1722,7 +1663,7 @@ impl<V: Provider, H: MemoryHooks, P: Policy> DynTlb<V, H, P> {
             (r, pool.start())
         });
         match found {
-            None => crate::map::outside(&dev.device, dma, phys, size),
+            None => crate::map::outside(dev, dma, phys, size),
             Some(((r, start), transient)) => {
                 if r.is_ok() {
                     self.after_release(start, transient);
@@ -1741,7 +1682,7 @@ impl<V: Provider, H: MemoryHooks, P: Policy> DynTlb<V, H, P> {
     /// As [`Pool::sync_for_cpu_raw`].
     pub unsafe fn sync_for_cpu_raw<T: Translate>(
         &self,
-        dev: &DynDevice<T>,
+        dev: &Device<T>,
         dma: DmaAddr,
         size: usize,
         dir: Direction,
@@ -1759,7 +1700,7 @@ impl<V: Provider, H: MemoryHooks, P: Policy> DynTlb<V, H, P> {
     /// As [`Pool::sync_for_device_raw`].
     pub unsafe fn sync_for_device_raw<T: Translate>(
         &self,
-        dev: &DynDevice<T>,
+        dev: &Device<T>,
         dma: DmaAddr,
         size: usize,
         dir: Direction,
@@ -1774,22 +1715,19 @@ impl<V: Provider, H: MemoryHooks, P: Policy> DynTlb<V, H, P> {
     /// As [`Pool::sync_for_cpu_raw`].
     unsafe fn sync_raw<T: Translate>(
         &self,
-        dev: &DynDevice<T>,
+        dev: &Device<T>,
         dma: DmaAddr,
         size: usize,
         to_device: bool,
         copy: bool,
     ) -> Result {
-        let phys = dev.device.translate().dma_to_phys(dma);
+        let phys = dev.translate().dma_to_phys(dma);
         self.with_pool_of(dev, phys, |pool| {
             // SAFETY: the caller's obligations, passed on; `phys` is `dma`
             // translated for this device.
             unsafe { pool.sync_at(dma, phys, size, to_device, copy) }
         })
-        .map_or_else(
-            || crate::map::outside(&dev.device, dma, phys, size),
-            |(r, _)| r,
-        )
+        .map_or_else(|| crate::map::outside(dev, dma, phys, size), |(r, _)| r)
     }
 
     /// Bounces now if there is room, else queues the request and calls
@@ -1821,7 +1759,7 @@ impl<V: Provider, H: MemoryHooks, P: Policy> DynTlb<V, H, P> {
     /// `true`.
     pub unsafe fn bounce_deferred_raw<T: Translate + Clone + Send + Sync + 'static>(
         &self,
-        dev: &DynDevice<T>,
+        dev: &Device<T>,
         orig: PhysAddr,
         cpu: *mut u8,
         size: usize,
@@ -1829,7 +1767,7 @@ impl<V: Provider, H: MemoryHooks, P: Policy> DynTlb<V, H, P> {
         done: impl FnOnce(Result<Bounce>) + Send + 'static,
     ) -> Result<Deferral> {
         if self.queued.load(Ordering::Acquire) == 0 {
-            let device = &dev.device;
+            let device = dev;
             let mut attempt = |pool: &Pool<P>| pool.bounce_alloc(device, orig, cpu, size, opts);
             // SAFETY: the caller's obligations, passed on.
             let r = unsafe { self.try_pools_copy(&mut attempt, cpu, size) };
@@ -1843,7 +1781,7 @@ impl<V: Provider, H: MemoryHooks, P: Policy> DynTlb<V, H, P> {
             }
         }
         self.want_growth();
-        let device = dev.device.clone();
+        let device = dev.clone();
         let cpu = SendPtr(cpu);
         let attempt = Box::new(move |pool: &Pool<P>| {
             let cpu = cpu;
@@ -1865,14 +1803,14 @@ impl<V: Provider, H: MemoryHooks, P: Policy> DynTlb<V, H, P> {
     /// A [`MapFailed`] with the reason and the buffer.
     pub fn map<B: DmaBuffer, T: Translate + Clone + Send + Sync + 'static>(
         &self,
-        dev: &DynDevice<T>,
+        dev: &Device<T>,
         buffer: B,
         dir: Direction,
         attrs: Attrs,
     ) -> core::result::Result<Mapping<'_, B, P>, MapFailed<B>> {
         let buffer = RawBuffer::new(buffer);
         let (ptr, len) = (buffer.ptr(), buffer.len());
-        let d = &dev.device;
+        let d = dev;
         let (phys, direct) = d.direct(ptr.as_ptr(), len);
         if direct {
             let dma = d.phys_to_dma(phys);
@@ -1936,13 +1874,13 @@ impl<V: Provider, H: MemoryHooks, P: Policy> DynTlb<V, H, P> {
     /// completed, its slots are given back.
     pub fn map_async<B: DmaBuffer, T: Translate + Clone + Send + Sync + 'static>(
         &self,
-        dev: &DynDevice<T>,
+        dev: &Device<T>,
         buffer: B,
         dir: Direction,
     ) -> MapFuture<'_, B, T, V, H, P> {
         MapFuture {
             tlb: self,
-            device: dev.device.clone(),
+            device: dev.clone(),
             buffer: Some(RawBuffer::new(buffer)),
             dir,
             ticket: None,

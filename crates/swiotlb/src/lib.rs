@@ -154,7 +154,7 @@ pub use translate::Translate;
 
 pub use device::RestrictedPool;
 #[cfg(feature = "alloc")]
-pub use dynamic::{DynConfig, DynDevice, DynStats, DynTlb};
+pub use dynamic::{DynConfig, DynStats, DynTlb};
 #[cfg(feature = "alloc")]
 pub use map::{DmaBuffer, MapFailed, MapOptions, Mapping, SgEntry};
 #[cfg(feature = "alloc")]

@@ -19,7 +19,7 @@ use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
-use swiotlb::dynamic::{Deferral, DynConfig, DynDevice, DynTlb, ManualClock, StdClock, Ticket};
+use swiotlb::dynamic::{Deferral, DynConfig, DynTlb, ManualClock, StdClock, Ticket};
 use swiotlb::provider::{HeapProvider, MemoryHooks, NoHooks, Provider, ProviderError, Region};
 use swiotlb::{
     Attrs, Bounce, Device, Direction, DmaMask, Error, MapOptions, Mapping, PhysAddr, Policy,
@@ -37,8 +37,8 @@ fn tlb(start: usize, max: usize) -> (DynTlb<HeapProvider>, Arc<ManualClock>) {
     (t, clock)
 }
 
-fn forced() -> DynDevice {
-    DynDevice::new(Device::new(DmaMask::BITS_64).with_force_bounce(true))
+fn forced() -> Device {
+    Device::new(DmaMask::BITS_64).with_force_bounce(true)
 }
 
 /// The bytes of buffer `i`: distinct per buffer and per offset, so a copy
@@ -101,7 +101,7 @@ fn check_answer(buf: &[u8], i: usize) {
 }
 
 /// Fills a 1 MiB tlb with four 256 KiB mappings.
-fn fill<'t>(t: &'t DynTlb<HeapProvider>, dev: &DynDevice) -> Vec<Mapping<'t, Vec<u8>>> {
+fn fill<'t>(t: &'t DynTlb<HeapProvider>, dev: &Device) -> Vec<Mapping<'t, Vec<u8>>> {
     let maps: Vec<_> = (0..4)
         .map(|i| {
             t.map(
@@ -234,6 +234,61 @@ fn a_second_unmap_of_a_transient_mapping_is_not_mapped() {
             Err(Error::NotMapped { dma: b.dma })
         );
     }
+}
+
+#[test]
+fn a_device_and_its_clones_share_their_transient_pools() {
+    let (t, _clock) = tlb(MIB, 8 * MIB);
+    let dev = forced();
+    assert!(!dev.used_transient());
+    let maps = fill(&t, &dev);
+    // A clone made before the device had any transient pool still
+    // describes the same device.
+    let clone = dev.clone();
+    let mut orig = pattern(8, 64 * KIB);
+    let (cpu, len) = (orig.as_mut_ptr(), orig.len());
+    // SAFETY: `orig` outlives the mapping and is not touched while mapped.
+    let b = unsafe {
+        t.bounce_raw(
+            &clone,
+            PhysAddr(cpu as u64),
+            cpu,
+            len,
+            Attrs::NONE,
+            MapOptions::default(),
+        )
+    }
+    .unwrap();
+    assert_eq!((dev.transient_pools(), clone.transient_pools()), (1, 1));
+    assert!(dev.used_transient());
+    // The original device finds the clone's transient pool.
+    // SAFETY: as above; the mapping is live.
+    let r = unsafe { t.unmap_raw(&dev, b.dma, len, Direction::FromDevice, Attrs::NONE) };
+    assert_eq!(r, Ok(()));
+    assert_eq!((dev.transient_pools(), t.stats().transient_pools), (0, 0));
+    drop(maps);
+}
+
+/// A kernel keeps its devices in statics: `Device::new` stays `const`, and
+/// the transient-pool tracking is made on first use.
+static STATIC_DEVICE: Device = Device::new(DmaMask::BITS_64).with_force_bounce(true);
+
+#[test]
+fn a_device_in_a_static_gets_transient_pools() {
+    let (t, _clock) = tlb(MIB, 8 * MIB);
+    let maps = fill(&t, &STATIC_DEVICE);
+    let m = t
+        .map(
+            &STATIC_DEVICE,
+            pattern(9, 4 * KIB),
+            Direction::ToDevice,
+            Attrs::NONE,
+        )
+        .unwrap();
+    assert_eq!(STATIC_DEVICE.transient_pools(), 1);
+    assert!(m.unmap() == pattern(9, 4 * KIB));
+    assert_eq!(STATIC_DEVICE.transient_pools(), 0);
+    drop(maps);
 }
 
 #[test]
@@ -572,7 +627,7 @@ impl Originals {
 /// outcome)` in `done` and counting itself in `calls[i]`.
 fn defer(
     t: &DynTlb<HeapProvider>,
-    dev: &DynDevice,
+    dev: &Device,
     o: &Originals,
     i: usize,
     done: &Arc<Mutex<Vec<(usize, Bounce)>>>,
@@ -605,7 +660,7 @@ fn defer(
 /// Checks request `i` holds its original's bytes in its bounce slots, then
 /// unmaps it: the original was cleared, and the unmap from the device
 /// copies the slots back.
-fn check_and_unmap(t: &DynTlb<HeapProvider>, dev: &DynDevice, o: &Originals, i: usize, b: Bounce) {
+fn check_and_unmap(t: &DynTlb<HeapProvider>, dev: &Device, o: &Originals, i: usize, b: Bounce) {
     o.clear(i);
     // SAFETY: `b` is request `i`'s live bounce of `o.len` bytes, unmapped
     // once, here.
@@ -617,7 +672,7 @@ fn check_and_unmap(t: &DynTlb<HeapProvider>, dev: &DynDevice, o: &Originals, i: 
 }
 
 /// Fills the tlb through the raw API: four 256 KiB bounces.
-fn fill_raw(t: &DynTlb<HeapProvider>, dev: &DynDevice, fills: &Originals) -> Vec<Bounce> {
+fn fill_raw(t: &DynTlb<HeapProvider>, dev: &Device, fills: &Originals) -> Vec<Bounce> {
     (0..4)
         .map(|i| {
             let cpu = fills.ptrs[i];
@@ -637,7 +692,7 @@ fn fill_raw(t: &DynTlb<HeapProvider>, dev: &DynDevice, fills: &Originals) -> Vec
         .collect()
 }
 
-fn unmap_fill(t: &DynTlb<HeapProvider>, dev: &DynDevice, fills: &Originals, b: Bounce) {
+fn unmap_fill(t: &DynTlb<HeapProvider>, dev: &Device, fills: &Originals, b: Bounce) {
     // SAFETY: `b` is a live fill bounce, unmapped once.
     unsafe { t.unmap_raw(dev, b.dma, fills.len, Direction::ToDevice, Attrs::NONE) }.unwrap();
 }

@@ -13,15 +13,15 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
-use swiotlb::dynamic::{DynConfig, DynDevice, DynTlb, ManualClock};
+use swiotlb::dynamic::{DynConfig, DynTlb, ManualClock};
 use swiotlb::provider::{HeapProvider, NoHooks};
 use swiotlb::{Attrs, Device, Direction, DmaMask, Error, Mapping, Policy};
 
 const KIB: usize = 1 << 10;
 const MIB: usize = 1 << 20;
 
-fn forced() -> DynDevice {
-    DynDevice::new(Device::new(DmaMask::BITS_64).with_force_bounce(true))
+fn forced() -> Device {
+    Device::new(DmaMask::BITS_64).with_force_bounce(true)
 }
 
 /// splitmix64: a seeded generator, no crate needed.

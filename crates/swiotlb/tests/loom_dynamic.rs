@@ -50,7 +50,7 @@ use std::sync::Mutex as StdMutex;
 use loom::sync::Arc;
 use loom::thread;
 
-use swiotlb::dynamic::{Deferral, DynConfig, DynDevice, DynTlb, ManualClock};
+use swiotlb::dynamic::{Deferral, DynConfig, DynTlb, ManualClock};
 use swiotlb::provider::{NoHooks, Provider, ProviderError, Region};
 use swiotlb::{
     Attrs, Bounce, Device, Direction, DmaMask, Fast, MapOptions, NextFit, PhysAddr, Policy,
@@ -193,8 +193,8 @@ fn tiny_tlb<P: Policy>(clock: std::sync::Arc<ManualClock>, max: usize) -> Tlb<P>
     tlb
 }
 
-fn forced() -> DynDevice {
-    DynDevice::new(Device::new(DmaMask::BITS_64).with_force_bounce(true))
+fn forced() -> Device {
+    Device::new(DmaMask::BITS_64).with_force_bounce(true)
 }
 
 /// Runs `f` under loom with at most `bound` preemptions, or exhaustively
@@ -281,7 +281,7 @@ struct Live {
 /// claims its slots in `shadow`; the slots must hold the buffer's bytes.
 fn bounce<P: Policy>(
     tlb: &Tlb<P>,
-    dev: &DynDevice,
+    dev: &Device,
     shadow: &Shadow,
     len: usize,
     tag: u8,
@@ -338,7 +338,7 @@ fn assert_slots(live: &Live, want: &[u8]) {
 
 /// Plays the device (writes its pattern), clears the shadow and unmaps
 /// from-device: the copy-back proves the unmap found the mapping's pool.
-fn unmap<P: Policy>(tlb: &Tlb<P>, dev: &DynDevice, shadow: &Shadow, live: Live) {
+fn unmap<P: Policy>(tlb: &Tlb<P>, dev: &Device, shadow: &Shadow, live: Live) {
     let len = live.orig.len();
     let written = device_pattern(live.tag, len);
     device_write(&live, &written);
@@ -552,13 +552,7 @@ type Calls = std::sync::Arc<StdMutex<Vec<(u8, Result<Bounce>)>>>;
 
 /// Queues a deferred bounce of `buf` through `tlb`; its callback records
 /// its outcome in `calls` under `id`.
-fn defer<P: Policy>(
-    tlb: &Tlb<P>,
-    dev: &DynDevice,
-    buf: &mut [u8],
-    calls: &Calls,
-    id: u8,
-) -> Deferral {
+fn defer<P: Policy>(tlb: &Tlb<P>, dev: &Device, buf: &mut [u8], calls: &Calls, id: u8) -> Deferral {
     let calls = calls.clone();
     let cpu = buf.as_mut_ptr();
     // SAFETY: `buf` is a heap buffer the caller keeps alive and untouched

@@ -11,7 +11,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 
-use swiotlb::dynamic::{DynConfig, DynDevice, DynTlb, ManualClock};
+use swiotlb::dynamic::{DynConfig, DynTlb, ManualClock};
 use swiotlb::provider::{HeapProvider, NoHooks};
 use swiotlb::{
     Attrs, Device, Direction, DmaBuffer, DmaMask, IoTlb, Mapping, Platform, Policy, Pool,
@@ -235,7 +235,7 @@ fn sg_and_tlbs_with<B: TestBuf>() {
         config,
     )
     .unwrap();
-    let ddev = DynDevice::new(forced());
+    let ddev = forced();
     let m = tlb.map(
         &ddev,
         B::make(original(40)),
@@ -267,7 +267,7 @@ fn a_queued_future_moves_between_polls<B: TestBuf>() {
         config,
     )
     .unwrap();
-    let ddev = DynDevice::new(forced());
+    let ddev = forced();
     let fill = tlb
         .map(
             &ddev,

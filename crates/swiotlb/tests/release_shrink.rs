@@ -11,7 +11,7 @@
 
 use std::sync::Arc;
 
-use swiotlb::dynamic::{DynConfig, DynDevice, DynTlb, ManualClock};
+use swiotlb::dynamic::{DynConfig, DynTlb, ManualClock};
 use swiotlb::provider::{HeapProvider, NoHooks};
 use swiotlb::{Attrs, Device, Direction, DmaMask, PoolConfig};
 
@@ -26,7 +26,7 @@ fn releases_racing_a_shrink_never_touch_a_freed_pool() {
     config.idle = 0;
     config.pool = PoolConfig::default();
     let tlb = DynTlb::new(HeapProvider::new(), NoHooks, clock, config).unwrap();
-    let dev = DynDevice::new(Device::new(DmaMask::BITS_64).with_force_bounce(true));
+    let dev = Device::new(DmaMask::BITS_64).with_force_bounce(true);
     let map = |fill: u8| {
         tlb.map(
             &dev,

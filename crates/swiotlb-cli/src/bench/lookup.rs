@@ -12,7 +12,7 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Instant;
 
-use swiotlb::dynamic::{DynConfig, DynDevice, DynTlb, ManualClock};
+use swiotlb::dynamic::{DynConfig, DynTlb, ManualClock};
 use swiotlb::provider::{HeapProvider, NoHooks};
 use swiotlb::{Attrs, Device, Direction, DmaMask, PhysAddr, PoolConfig};
 
@@ -131,7 +131,7 @@ pub fn grow_part(rows: &mut Vec<Row>) -> Result<(), String> {
 
 /// Measures the three rows for each pool count.
 pub fn lookup_part(sampling: Sampling, seed: u64, rows: &mut Vec<Row>) -> Result<(), String> {
-    let dev = DynDevice::new(Device::new(DmaMask::BITS_64).with_force_bounce(true));
+    let dev = Device::new(DmaMask::BITS_64).with_force_bounce(true);
     for &n in &POOLS {
         let (tlb, mut grew) = tlb(n)?;
         if !grew.is_empty() {

@@ -27,7 +27,7 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use swiotlb::dynamic::{Clock, DynConfig, DynDevice, DynStats, DynTlb, ManualClock, StdClock};
+use swiotlb::dynamic::{Clock, DynConfig, DynStats, DynTlb, ManualClock, StdClock};
 use swiotlb::provider::{HeapProvider, NoHooks};
 use swiotlb::{Attrs, Device, Direction, DmaMask, Fast, MapFailed, Mapping};
 
@@ -258,7 +258,7 @@ fn counts(st: &DynStats) -> Counts {
 /// One worker: its device, sizes and live mappings.
 struct Worker<'t> {
     ctx: &'t Ctx<'t>,
-    dev: DynDevice,
+    dev: Device,
     rng: Rng,
     live: Vec<Live<'t>>,
     live_bytes: u64,
@@ -272,7 +272,7 @@ impl<'t> Worker<'t> {
         let serial = rng.next();
         Self {
             ctx,
-            dev: DynDevice::new(Device::new(DmaMask::BITS_64).with_force_bounce(true)),
+            dev: Device::new(DmaMask::BITS_64).with_force_bounce(true),
             rng,
             live: Vec::new(),
             live_bytes: 0,
