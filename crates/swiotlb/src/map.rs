@@ -96,6 +96,47 @@ pub(crate) fn outside<T: Translate>(
     }
 }
 
+/// Maps every entry of a raw scatter-gather list with `map`, all or
+/// nothing: an entry longer than `max_segment` fails the list before any
+/// is mapped ([`Error::SegmentTooLong`]); if one entry fails, the ones
+/// already mapped are given to `unmap`, in order, and the error returned.
+/// Each entry's `dma` is set. The one walk behind the pool's, the tlb's
+/// and the platform's `map_sg_raw`.
+pub(crate) fn map_sg_by(
+    sg: &mut [SgEntry],
+    max_segment: usize,
+    map: &mut dyn FnMut(&SgEntry) -> Result<DmaAddr>,
+    unmap: &mut dyn FnMut(&SgEntry),
+) -> Result {
+    if let Some((index, e)) = sg.iter().enumerate().find(|(_, e)| e.len > max_segment) {
+        return Err(Error::SegmentTooLong {
+            index,
+            len: e.len,
+            max: max_segment,
+        });
+    }
+    for i in 0..sg.len() {
+        match map(&sg[i]) {
+            Ok(dma) => sg[i].dma = dma,
+            Err(err) => {
+                sg[..i].iter().for_each(&mut *unmap);
+                return Err(err);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether a raw map may hand the device the original's own address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Bouncing {
+    /// Directly when the device reaches the original and is not forced to
+    /// bounce (Linux's dma-direct).
+    IfNeeded,
+    /// Always through the pool: a restricted tlb's devices.
+    Always,
+}
+
 /// One entry of a raw scatter-gather list.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SgEntry {
@@ -259,11 +300,37 @@ impl<P: Policy> Pool<P> {
         attrs: Attrs,
     ) -> Result<DmaAddr> {
         let _ = dir;
-        if !dev.force_bounce() && size != 0 && dev.can_reach(orig, size) {
+        // SAFETY: this function's contract is `map_one`'s, for `IfNeeded`.
+        unsafe { self.map_one(dev, orig, cpu, size, attrs, Bouncing::IfNeeded) }
+    }
+
+    /// One raw map: directly when `bouncing` allows it and the device
+    /// reaches the original, else through the pool.
+    ///
+    /// # Safety
+    /// As [`Pool::bounce_raw`]; for a direct mapping the device accesses
+    /// the original itself until unmap.
+    pub(crate) unsafe fn map_one<T: Translate>(
+        &self,
+        dev: &Device<T>,
+        orig: PhysAddr,
+        cpu: *mut u8,
+        size: usize,
+        attrs: Attrs,
+        bouncing: Bouncing,
+    ) -> Result<DmaAddr> {
+        let direct = bouncing == Bouncing::IfNeeded
+            && !dev.force_bounce()
+            && size != 0
+            && dev.can_reach(orig, size);
+        if direct {
             self.count_direct();
             return Ok(dev.phys_to_dma(orig));
         }
-        // SAFETY: the caller's obligations, passed on.
+        // SAFETY: `cpu` and `orig` come with `bounce_raw`'s obligations
+        // (this function's contract): `cpu` stays valid for `size` bytes
+        // and unreferenced until the unmap, and `orig` is its physical
+        // address.
         let b = unsafe { self.bounce_raw(dev, orig, cpu, size, attrs, MapOptions::default())? };
         Ok(b.dma)
     }
@@ -498,44 +565,44 @@ impl<P: Policy> Pool<P> {
         dir: Direction,
         attrs: Attrs,
     ) -> Result {
-        if let Some((index, e)) = sg
-            .iter()
-            .enumerate()
-            .find(|(_, e)| e.len > dev.max_segment_size())
-        {
-            let err = Error::SegmentTooLong {
-                index,
-                len: e.len,
-                max: dev.max_segment_size(),
-            };
-            self.count_failure(&err);
-            return Err(err);
+        // SAFETY: this function's contract, for every entry.
+        unsafe { self.map_sg_with(dev, sg, dir, attrs, Bouncing::IfNeeded) }
+    }
+
+    /// [`Pool::map_sg_raw`], each entry mapped as `bouncing` says.
+    ///
+    /// # Safety
+    /// As [`Pool::map_sg_raw`].
+    pub(crate) unsafe fn map_sg_with<T: Translate>(
+        &self,
+        dev: &Device<T>,
+        sg: &mut [SgEntry],
+        dir: Direction,
+        attrs: Attrs,
+        bouncing: Bouncing,
+    ) -> Result {
+        let r = map_sg_by(
+            sg,
+            dev.max_segment_size(),
+            &mut |e| {
+                // SAFETY: the entry's `cpu`, `phys` and `len` carry the raw
+                // map's obligations (this function's contract, per entry).
+                unsafe { self.map_one(dev, e.phys, e.cpu, e.len, attrs, bouncing) }
+            },
+            &mut |done| {
+                // SAFETY: `done` was mapped by this call and the device has
+                // not been told of it yet; its original is still valid (the
+                // caller's obligation).
+                let undo = unsafe {
+                    self.unmap_raw(dev, done.dma, done.len, dir, attrs | Attrs::SKIP_CPU_SYNC)
+                };
+                debug_assert!(undo.is_ok(), "rollback of a fresh mapping failed");
+            },
+        );
+        if let Err(e @ Error::SegmentTooLong { .. }) = &r {
+            self.count_failure(e);
         }
-        for i in 0..sg.len() {
-            let e = sg[i];
-            // SAFETY: the caller's obligations for this entry.
-            match unsafe { self.map_raw_with_attrs(dev, e.phys, e.cpu, e.len, dir, attrs) } {
-                Ok(dma) => sg[i].dma = dma,
-                Err(err) => {
-                    for done in &sg[..i] {
-                        // SAFETY: mapped just above by this call; the device
-                        // has not been told of it yet.
-                        let undo = unsafe {
-                            self.unmap_raw(
-                                dev,
-                                done.dma,
-                                done.len,
-                                dir,
-                                attrs | Attrs::SKIP_CPU_SYNC,
-                            )
-                        };
-                        debug_assert!(undo.is_ok(), "rollback of a fresh mapping failed");
-                    }
-                    return Err(err);
-                }
-            }
-        }
-        Ok(())
+        r
     }
 
     /// Unmaps every entry of a list mapped by [`Pool::map_sg_raw`]; all
@@ -903,51 +970,83 @@ impl<P: Policy> Pool<P> {
         buffers: Vec<B>,
         dir: Direction,
     ) -> core::result::Result<Vec<Mapping<'_, B, P>>, MapFailed<Vec<B>>> {
-        let mut buffers: Vec<RawBuffer<B>> = buffers.into_iter().map(RawBuffer::new).collect();
-        let too_long = buffers
-            .iter()
-            .enumerate()
-            .map(|(i, b)| (i, b.len()))
-            .find(|&(_, len)| len > dev.max_segment_size());
-        if let Some((index, len)) = too_long {
-            let error = Error::SegmentTooLong {
-                index,
-                len,
-                max: dev.max_segment_size(),
-            };
-            self.count_failure(&error);
-            return Err(MapFailed {
-                error,
-                buffer: buffers.drain(..).map(RawBuffer::into_buffer).collect(),
-            });
-        }
-        let mut maps: Vec<Mapping<'_, B, P>> = Vec::with_capacity(buffers.len());
-        let mut rest = buffers.into_iter();
-        while let Some(b) = rest.next() {
+        self.map_sg_buffers(dev, buffers, dir, Bouncing::IfNeeded)
+    }
+
+    /// [`Pool::map_sg`], each buffer mapped as `bouncing` says.
+    pub(crate) fn map_sg_buffers<B: DmaBuffer, T: Translate>(
+        &self,
+        dev: &Device<T>,
+        buffers: Vec<B>,
+        dir: Direction,
+        bouncing: Bouncing,
+    ) -> core::result::Result<Vec<Mapping<'_, B, P>>, MapFailed<Vec<B>>> {
+        let r = map_sg_buffers_by(buffers, dev.max_segment_size(), |b| {
             let (phys, direct) = dev.direct(b.ptr().as_ptr(), b.len());
-            let r = if direct {
+            if direct && bouncing == Bouncing::IfNeeded {
                 Ok(Mapping::direct(Some(self), b, dev.phys_to_dma(phys), dir))
             } else {
                 self.bounce_buffer(dev, phys, b, dir, Attrs::NONE)
-            };
-            match r {
-                Ok(m) => maps.push(m),
-                Err((error, failed)) => {
-                    let mut back: Vec<B> = maps
-                        .into_iter()
-                        .map(|m| m.unmap_with_attrs(Attrs::SKIP_CPU_SYNC))
-                        .collect();
-                    back.push(failed.into_buffer());
-                    back.extend(rest.map(RawBuffer::into_buffer));
-                    return Err(MapFailed {
-                        error,
-                        buffer: back,
-                    });
-                }
+            }
+        });
+        if let Err(f) = &r {
+            if let Error::SegmentTooLong { .. } = f.error {
+                self.count_failure(&f.error);
             }
         }
-        Ok(maps)
+        r
     }
+}
+
+/// Maps several buffers as one scatter-gather list with `map_one`, all or
+/// nothing: a buffer longer than `max_segment` fails the list before any
+/// is mapped ([`Error::SegmentTooLong`]); if one fails, the ones already
+/// mapped are unmapped without copying back, and every buffer comes back
+/// in order. The one walk behind the pool's, the tlb's and the platform's
+/// `map_sg`.
+pub(crate) fn map_sg_buffers_by<'p, B: DmaBuffer, P: Policy>(
+    buffers: Vec<B>,
+    max_segment: usize,
+    mut map_one: impl FnMut(
+        RawBuffer<B>,
+    ) -> core::result::Result<Mapping<'p, B, P>, (Error, RawBuffer<B>)>,
+) -> core::result::Result<Vec<Mapping<'p, B, P>>, MapFailed<Vec<B>>> {
+    let mut buffers: Vec<RawBuffer<B>> = buffers.into_iter().map(RawBuffer::new).collect();
+    let too_long = buffers
+        .iter()
+        .enumerate()
+        .map(|(i, b)| (i, b.len()))
+        .find(|&(_, len)| len > max_segment);
+    if let Some((index, len)) = too_long {
+        return Err(MapFailed {
+            error: Error::SegmentTooLong {
+                index,
+                len,
+                max: max_segment,
+            },
+            buffer: buffers.drain(..).map(RawBuffer::into_buffer).collect(),
+        });
+    }
+    let mut maps: Vec<Mapping<'p, B, P>> = Vec::with_capacity(buffers.len());
+    let mut rest = buffers.into_iter();
+    while let Some(b) = rest.next() {
+        match map_one(b) {
+            Ok(m) => maps.push(m),
+            Err((error, failed)) => {
+                let mut back: Vec<B> = maps
+                    .into_iter()
+                    .map(|m| m.unmap_with_attrs(Attrs::SKIP_CPU_SYNC))
+                    .collect();
+                back.push(failed.into_buffer());
+                back.extend(rest.map(RawBuffer::into_buffer));
+                return Err(MapFailed {
+                    error,
+                    buffer: back,
+                });
+            }
+        }
+    }
+    Ok(maps)
 }
 
 /// What a growing tlb does around the release of a safe mapping's slots.

@@ -38,11 +38,11 @@ use crate::attrs::Attrs;
 use crate::device::{Device, RestrictedPool};
 use crate::direction::Direction;
 use crate::error::{Error, Result};
-use crate::map::{DmaBuffer, MapFailed, Mapping, RawBuffer};
+use crate::map::{Bouncing, DmaBuffer, MapFailed, Mapping, RawBuffer, SgEntry};
 use crate::pool::{Fast, Policy, Pool};
 use crate::stats::Stats;
 use crate::translate::Translate;
-use crate::DmaAddr;
+use crate::{DmaAddr, PhysAddr};
 
 pub use crate::pool::Coherent;
 
@@ -107,8 +107,9 @@ impl<P: Policy> IoTlb<P> {
         self.kind
     }
 
-    /// The pool, for the raw API. Raw maps do not force bouncing: for a
-    /// restricted tlb use [`Pool::bounce_raw`].
+    /// The pool, for its geometry and statistics. Map through the tlb's
+    /// own verbs: the pool's raw maps do not know that a restricted tlb
+    /// always bounces.
     pub fn pool(&self) -> &Pool<P> {
         &self.pool
     }
@@ -154,6 +155,169 @@ impl<P: Policy> IoTlb<P> {
         } else {
             self.pool.map_with_attrs(dev, buffer, dir, attrs)
         }
+    }
+
+    /// How this tlb's maps bounce: a restricted tlb always bounces (Linux
+    /// sets `force_bounce` on a device's restricted `io_tlb_mem`).
+    fn bouncing(&self) -> Bouncing {
+        match self.kind {
+            TlbKind::Restricted => Bouncing::Always,
+            TlbKind::Default | TlbKind::High => Bouncing::IfNeeded,
+        }
+    }
+
+    /// Maps several buffers as one scatter-gather list, all or nothing,
+    /// as [`Pool::map_sg`] does, except that a restricted tlb always
+    /// bounces.
+    ///
+    /// # Errors
+    /// As [`Pool::map_sg`].
+    pub fn map_sg<B: DmaBuffer, T: Translate>(
+        &self,
+        dev: &Device<T>,
+        buffers: Vec<B>,
+        dir: Direction,
+    ) -> core::result::Result<Vec<Mapping<'_, B, P>>, MapFailed<Vec<B>>> {
+        self.pool.map_sg_buffers(dev, buffers, dir, self.bouncing())
+    }
+
+    /// Maps `size` bytes at physical address `orig` (CPU address `cpu`)
+    /// for `dev`, as [`Pool::map_raw`] does, except that a restricted tlb
+    /// always bounces.
+    ///
+    /// # Errors
+    /// As [`Pool::bounce_raw`].
+    ///
+    /// # Safety
+    /// As [`Pool::map_raw`].
+    pub unsafe fn map_raw<T: Translate>(
+        &self,
+        dev: &Device<T>,
+        orig: PhysAddr,
+        cpu: *mut u8,
+        size: usize,
+        dir: Direction,
+    ) -> Result<DmaAddr> {
+        // SAFETY: this function's contract is `map_raw_with_attrs`'s.
+        unsafe { self.map_raw_with_attrs(dev, orig, cpu, size, dir, Attrs::NONE) }
+    }
+
+    /// [`IoTlb::map_raw`] with attributes.
+    ///
+    /// # Errors
+    /// As [`Pool::bounce_raw`].
+    ///
+    /// # Safety
+    /// As [`Pool::map_raw`].
+    pub unsafe fn map_raw_with_attrs<T: Translate>(
+        &self,
+        dev: &Device<T>,
+        orig: PhysAddr,
+        cpu: *mut u8,
+        size: usize,
+        dir: Direction,
+        attrs: Attrs,
+    ) -> Result<DmaAddr> {
+        let _ = dir;
+        // SAFETY: this function's contract is `Pool::map_raw`'s, which
+        // `map_one` asks for.
+        unsafe {
+            self.pool
+                .map_one(dev, orig, cpu, size, attrs, self.bouncing())
+        }
+    }
+
+    /// Unmaps a raw mapping of this tlb ([`Pool::unmap_raw`]).
+    ///
+    /// # Errors
+    /// As [`Pool::unmap_raw`].
+    ///
+    /// # Safety
+    /// As [`Pool::unmap_raw`].
+    pub unsafe fn unmap_raw<T: Translate>(
+        &self,
+        dev: &Device<T>,
+        dma: DmaAddr,
+        size: usize,
+        dir: Direction,
+        attrs: Attrs,
+    ) -> Result {
+        // SAFETY: this function's contract is `Pool::unmap_raw`'s.
+        unsafe { self.pool.unmap_raw(dev, dma, size, dir, attrs) }
+    }
+
+    /// [`Pool::sync_for_cpu_raw`] in this tlb.
+    ///
+    /// # Errors
+    /// As [`Pool::sync_for_cpu_raw`].
+    ///
+    /// # Safety
+    /// As [`Pool::sync_for_cpu_raw`].
+    pub unsafe fn sync_for_cpu_raw<T: Translate>(
+        &self,
+        dev: &Device<T>,
+        dma: DmaAddr,
+        size: usize,
+        dir: Direction,
+    ) -> Result {
+        // SAFETY: this function's contract is `Pool::sync_for_cpu_raw`'s.
+        unsafe { self.pool.sync_for_cpu_raw(dev, dma, size, dir) }
+    }
+
+    /// [`Pool::sync_for_device_raw`] in this tlb.
+    ///
+    /// # Errors
+    /// As [`Pool::sync_for_device_raw`].
+    ///
+    /// # Safety
+    /// As [`Pool::sync_for_device_raw`].
+    pub unsafe fn sync_for_device_raw<T: Translate>(
+        &self,
+        dev: &Device<T>,
+        dma: DmaAddr,
+        size: usize,
+        dir: Direction,
+    ) -> Result {
+        // SAFETY: this function's contract is `Pool::sync_for_device_raw`'s.
+        unsafe { self.pool.sync_for_device_raw(dev, dma, size, dir) }
+    }
+
+    /// Maps a raw scatter-gather list, all or nothing, as
+    /// [`Pool::map_sg_raw`] does, except that a restricted tlb always
+    /// bounces.
+    ///
+    /// # Errors
+    /// As [`Pool::map_sg_raw`].
+    ///
+    /// # Safety
+    /// As [`Pool::map_sg_raw`].
+    pub unsafe fn map_sg_raw<T: Translate>(
+        &self,
+        dev: &Device<T>,
+        sg: &mut [SgEntry],
+        dir: Direction,
+        attrs: Attrs,
+    ) -> Result {
+        // SAFETY: this function's contract is `Pool::map_sg_raw`'s.
+        unsafe { self.pool.map_sg_with(dev, sg, dir, attrs, self.bouncing()) }
+    }
+
+    /// Unmaps a raw scatter-gather list ([`Pool::unmap_sg_raw`]).
+    ///
+    /// # Errors
+    /// As [`Pool::unmap_sg_raw`].
+    ///
+    /// # Safety
+    /// As [`Pool::unmap_sg_raw`].
+    pub unsafe fn unmap_sg_raw<T: Translate>(
+        &self,
+        dev: &Device<T>,
+        sg: &[SgEntry],
+        dir: Direction,
+        attrs: Attrs,
+    ) -> Result {
+        // SAFETY: this function's contract is `Pool::unmap_sg_raw`'s.
+        unsafe { self.pool.unmap_sg_raw(dev, sg, dir, attrs) }
     }
 
     /// A zeroed coherent allocation for `dev` ([`Pool::alloc_coherent`]).
@@ -300,7 +464,18 @@ impl<P: Policy> Platform<P> {
         dir: Direction,
         attrs: Attrs,
     ) -> core::result::Result<Mapping<'_, B, P>, MapFailed<B>> {
-        let buffer = RawBuffer::new(buffer);
+        self.map_buffer(dev, RawBuffer::new(buffer), dir, attrs)
+            .map_err(|(error, buffer)| MapFailed::new(error, buffer))
+    }
+
+    /// [`Platform::map_with_attrs`] of a buffer taken apart.
+    fn map_buffer<B: DmaBuffer, T: Translate>(
+        &self,
+        dev: &Device<T>,
+        buffer: RawBuffer<B>,
+        dir: Direction,
+        attrs: Attrs,
+    ) -> core::result::Result<Mapping<'_, B, P>, (Error, RawBuffer<B>)> {
         let (phys, direct) = dev.direct(buffer.ptr().as_ptr(), buffer.len());
         if direct && dev.restricted_pool().is_none() {
             // A direct map is counted under the tlb that serves the
@@ -321,7 +496,256 @@ impl<P: Policy> Platform<P> {
             Ok(tlb) => tlb.pool.bounce_buffer(dev, phys, buffer, dir, attrs),
             Err(error) => Err((error, buffer)),
         }
-        .map_err(|(error, buffer)| MapFailed::new(error, buffer))
+    }
+
+    /// Maps several buffers as one scatter-gather list, all or nothing:
+    /// each as [`Platform::map`] maps it.
+    ///
+    /// # Errors
+    /// [`Error::SegmentTooLong`] or the first mapping error, with every
+    /// buffer given back in order; nothing stays mapped.
+    pub fn map_sg<B: DmaBuffer, T: Translate>(
+        &self,
+        dev: &Device<T>,
+        buffers: Vec<B>,
+        dir: Direction,
+    ) -> core::result::Result<Vec<Mapping<'_, B, P>>, MapFailed<Vec<B>>> {
+        crate::map::map_sg_buffers_by(buffers, dev.max_segment_size(), |b| {
+            self.map_buffer(dev, b, dir, Attrs::NONE)
+        })
+    }
+
+    /// Where a raw map of `size` bytes at `orig` goes for `dev`: `None`
+    /// for a direct map (counted under the tlb that serves the device, if
+    /// any), else the tlb to bounce through.
+    fn raw_target<T: Translate>(
+        &self,
+        dev: &Device<T>,
+        orig: PhysAddr,
+        size: usize,
+    ) -> Result<Option<&IoTlb<P>>> {
+        if dev.restricted_pool().is_none()
+            && !dev.force_bounce()
+            && size != 0
+            && dev.can_reach(orig, size)
+        {
+            if let Some(home) = self
+                .select(dev)
+                .ok()
+                .or(self.low.as_ref())
+                .or(self.high.as_ref())
+            {
+                home.pool.count_direct();
+            }
+            return Ok(None);
+        }
+        self.select(dev).map(Some)
+    }
+
+    /// The tlb holding device address `dma` of `dev`, and its physical
+    /// address: the device's restricted tlb, else the low or high tlb
+    /// whose pool contains it; `None` if none does.
+    fn holder<T: Translate>(
+        &self,
+        dev: &Device<T>,
+        dma: DmaAddr,
+    ) -> Result<(Option<&IoTlb<P>>, PhysAddr)> {
+        let phys = dev.translate().dma_to_phys(dma);
+        if dev.restricted_pool().is_some() {
+            return self.restricted_of(dev).map(|t| (Some(t), phys));
+        }
+        let tlb = [self.low.as_ref(), self.high.as_ref()]
+            .into_iter()
+            .flatten()
+            .find(|t| t.pool.contains(phys));
+        Ok((tlb, phys))
+    }
+
+    /// Maps `size` bytes at physical address `orig` (CPU address `cpu`)
+    /// for `dev`: directly when a device with no restricted tlb reaches
+    /// them and is not forced to bounce, else through the tlb
+    /// [`Platform::select`] picks (a restricted tlb always bounces).
+    ///
+    /// # Errors
+    /// [`Error::NoPool`] when the original must bounce and no tlb serves
+    /// the device, or as [`Pool::bounce_raw`].
+    ///
+    /// # Safety
+    /// As [`Pool::map_raw`].
+    pub unsafe fn map_raw<T: Translate>(
+        &self,
+        dev: &Device<T>,
+        orig: PhysAddr,
+        cpu: *mut u8,
+        size: usize,
+        dir: Direction,
+    ) -> Result<DmaAddr> {
+        // SAFETY: this function's contract is `map_raw_with_attrs`'s.
+        unsafe { self.map_raw_with_attrs(dev, orig, cpu, size, dir, Attrs::NONE) }
+    }
+
+    /// [`Platform::map_raw`] with attributes.
+    ///
+    /// # Errors
+    /// As [`Platform::map_raw`].
+    ///
+    /// # Safety
+    /// As [`Pool::map_raw`].
+    pub unsafe fn map_raw_with_attrs<T: Translate>(
+        &self,
+        dev: &Device<T>,
+        orig: PhysAddr,
+        cpu: *mut u8,
+        size: usize,
+        dir: Direction,
+        attrs: Attrs,
+    ) -> Result<DmaAddr> {
+        let _ = dir;
+        match self.raw_target(dev, orig, size)? {
+            None => Ok(dev.phys_to_dma(orig)),
+            Some(tlb) => {
+                // SAFETY: `cpu` and `orig` carry `Pool::map_raw`'s
+                // obligations (this function's contract): valid and
+                // unreferenced until the unmap, `orig` its physical
+                // address; `map_one` with `Always` is `bounce_raw`.
+                unsafe {
+                    tlb.pool
+                        .map_one(dev, orig, cpu, size, attrs, Bouncing::Always)
+                }
+            }
+        }
+    }
+
+    /// Unmaps a raw mapping of `dev` by its device address: in the tlb
+    /// that holds it; an address no tlb holds is a direct mapping if the
+    /// device could have been given it directly, else
+    /// [`Error::NotMapped`].
+    ///
+    /// # Errors
+    /// [`Error::NoPool`] for a device bound to a restricted tlb the
+    /// platform lacks, or as [`Pool::unmap_raw`].
+    ///
+    /// # Safety
+    /// As [`Pool::unmap_raw`].
+    pub unsafe fn unmap_raw<T: Translate>(
+        &self,
+        dev: &Device<T>,
+        dma: DmaAddr,
+        size: usize,
+        dir: Direction,
+        attrs: Attrs,
+    ) -> Result {
+        match self.holder(dev, dma)? {
+            (None, phys) => crate::map::outside(dev, dma, phys, size),
+            // SAFETY: this function's contract is `Pool::unmap_raw`'s.
+            (Some(tlb), _) => unsafe { tlb.pool.unmap_raw(dev, dma, size, dir, attrs) },
+        }
+    }
+
+    /// Copies device writes to the CPU for a raw mapping of `dev` (as
+    /// [`Pool::sync_for_cpu_raw`]), in the tlb that holds it.
+    ///
+    /// # Errors
+    /// As [`Platform::unmap_raw`].
+    ///
+    /// # Safety
+    /// As [`Pool::sync_for_cpu_raw`].
+    pub unsafe fn sync_for_cpu_raw<T: Translate>(
+        &self,
+        dev: &Device<T>,
+        dma: DmaAddr,
+        size: usize,
+        dir: Direction,
+    ) -> Result {
+        match self.holder(dev, dma)? {
+            (None, phys) => crate::map::outside(dev, dma, phys, size),
+            // SAFETY: this function's contract is `Pool::sync_for_cpu_raw`'s.
+            (Some(tlb), _) => unsafe { tlb.pool.sync_for_cpu_raw(dev, dma, size, dir) },
+        }
+    }
+
+    /// Copies CPU writes to the device for a raw mapping of `dev` (as
+    /// [`Pool::sync_for_device_raw`]), in the tlb that holds it.
+    ///
+    /// # Errors
+    /// As [`Platform::unmap_raw`].
+    ///
+    /// # Safety
+    /// As [`Pool::sync_for_device_raw`].
+    pub unsafe fn sync_for_device_raw<T: Translate>(
+        &self,
+        dev: &Device<T>,
+        dma: DmaAddr,
+        size: usize,
+        dir: Direction,
+    ) -> Result {
+        match self.holder(dev, dma)? {
+            (None, phys) => crate::map::outside(dev, dma, phys, size),
+            // SAFETY: this function's contract is
+            // `Pool::sync_for_device_raw`'s.
+            (Some(tlb), _) => unsafe { tlb.pool.sync_for_device_raw(dev, dma, size, dir) },
+        }
+    }
+
+    /// Maps a raw scatter-gather list for `dev`, all or nothing, each
+    /// entry as [`Platform::map_raw`] maps it.
+    ///
+    /// # Errors
+    /// [`Error::SegmentTooLong`] or the first mapping error; nothing stays
+    /// mapped.
+    ///
+    /// # Safety
+    /// As [`Pool::map_sg_raw`].
+    pub unsafe fn map_sg_raw<T: Translate>(
+        &self,
+        dev: &Device<T>,
+        sg: &mut [SgEntry],
+        dir: Direction,
+        attrs: Attrs,
+    ) -> Result {
+        crate::map::map_sg_by(
+            sg,
+            dev.max_segment_size(),
+            &mut |e| {
+                // SAFETY: the entry carries `Pool::map_raw`'s obligations
+                // (this function's contract, per entry).
+                unsafe { self.map_raw_with_attrs(dev, e.phys, e.cpu, e.len, dir, attrs) }
+            },
+            &mut |done| {
+                // SAFETY: `done` was mapped by this call and the device has
+                // not been told of it; its original is still valid.
+                let undo = unsafe {
+                    self.unmap_raw(dev, done.dma, done.len, dir, attrs | Attrs::SKIP_CPU_SYNC)
+                };
+                debug_assert!(undo.is_ok(), "rollback of a fresh mapping failed");
+            },
+        )
+    }
+
+    /// Unmaps every entry of a list mapped by [`Platform::map_sg_raw`];
+    /// all entries are tried and the first error is returned.
+    ///
+    /// # Errors
+    /// As [`Platform::unmap_raw`].
+    ///
+    /// # Safety
+    /// As [`Pool::unmap_sg_raw`].
+    pub unsafe fn unmap_sg_raw<T: Translate>(
+        &self,
+        dev: &Device<T>,
+        sg: &[SgEntry],
+        dir: Direction,
+        attrs: Attrs,
+    ) -> Result {
+        let mut first = Ok(());
+        for e in sg {
+            // SAFETY: this function's contract, for this entry.
+            let r = unsafe { self.unmap_raw(dev, e.dma, e.len, dir, attrs) };
+            if first.is_ok() {
+                first = r;
+            }
+        }
+        first
     }
 
     /// A zeroed coherent allocation for `dev` from its restricted tlb

@@ -11,7 +11,7 @@ use swiotlb::error::ParamProblem;
 use swiotlb::translate::Translate;
 use swiotlb::{
     Attrs, Device, Direction, DmaAddr, DmaMask, Error, IoTlb, PhysAddr, Platform, Pool, PoolConfig,
-    TlbKind,
+    SgEntry, TlbKind,
 };
 
 /// Physical base of the low pool: 256 MiB, below 4 GiB, above 16 MiB.
@@ -521,4 +521,147 @@ fn a_platform_without_a_default_tlb_maps_a_reachable_buffer_directly() {
         .map(&forced, vec![9u8; 100], Direction::ToDevice)
         .unwrap_err();
     assert_eq!(f.error, Error::NoPool);
+}
+
+/// A heap buffer and its physical address under `Far`.
+fn raw_buf(fill: u8, len: usize) -> (Vec<u8>, PhysAddr) {
+    let v = vec![fill; len];
+    let phys = PhysAddr(v.as_ptr() as u64 + (1 << 48));
+    (v, phys)
+}
+
+/// Plays the device on a bounced raw mapping at `dma` of `pool`: writes
+/// `fill` over its `len` bytes.
+fn device_fill(pool: &Pool, dma: DmaAddr, len: usize, fill: u8) {
+    let off = (dma.as_u64() - pool.start().0) as usize;
+    assert!(off + len <= pool.len());
+    // SAFETY: the test is the device of a live mapping inside the pool;
+    // nothing else touches those slot bytes meanwhile.
+    unsafe { std::ptr::write_bytes(pool.vaddr().as_ptr().add(off), fill, len) };
+}
+
+#[test]
+fn a_restricted_tlb_bounces_raw_and_sg_maps_a_device_could_reach() {
+    let p = full_platform();
+    let tlb = &p.restricted()[0];
+    let d = dev(64).with_restricted_pool("virtio-mmio-pool");
+    let inside = |dma: DmaAddr| (RESTRICTED..RESTRICTED + (64 << 10)).contains(&dma.as_u64());
+    // Raw: the 64-bit device reaches the heap, but a restricted tlb
+    // always bounces.
+    let (mut v, phys) = raw_buf(1, 3000);
+    // SAFETY: `v` outlives the mapping and is only touched through it.
+    let dma =
+        unsafe { tlb.map_raw(&d, phys, v.as_mut_ptr(), 3000, Direction::FromDevice) }.unwrap();
+    assert!(inside(dma), "{dma:?}");
+    device_fill(tlb.pool(), dma, 3000, 0xab);
+    // SAFETY: as above; the device is done.
+    unsafe { tlb.unmap_raw(&d, dma, 3000, Direction::FromDevice, Attrs::NONE) }.unwrap();
+    assert_eq!(v, vec![0xab; 3000]);
+    // Safe scatter-gather: every entry bounced.
+    let maps = tlb
+        .map_sg(
+            &d,
+            vec![vec![2u8; 100], vec![3u8; 5000]],
+            Direction::ToDevice,
+        )
+        .unwrap();
+    assert!(maps.iter().all(|m| m.is_bounced() && inside(m.dma_addr())));
+    drop(maps);
+    // Raw scatter-gather: the same.
+    let (mut a, pa) = raw_buf(4, 100);
+    let (mut b, pb) = raw_buf(5, 200);
+    let mut sg = [
+        SgEntry {
+            phys: pa,
+            cpu: a.as_mut_ptr(),
+            len: 100,
+            dma: DmaAddr(0),
+        },
+        SgEntry {
+            phys: pb,
+            cpu: b.as_mut_ptr(),
+            len: 200,
+            dma: DmaAddr(0),
+        },
+    ];
+    // SAFETY: `a` and `b` outlive the mappings and are only touched
+    // through them.
+    unsafe { tlb.map_sg_raw(&d, &mut sg, Direction::ToDevice, Attrs::NONE) }.unwrap();
+    assert!(sg.iter().all(|e| inside(e.dma)));
+    // SAFETY: as above.
+    unsafe { tlb.unmap_sg_raw(&d, &sg, Direction::ToDevice, Attrs::NONE) }.unwrap();
+    assert_eq!(tlb.stats().io_tlb_used, 0);
+    assert_eq!(tlb.stats().direct_maps, 0);
+}
+
+#[test]
+fn a_platform_maps_raw_and_sg_where_the_rule_says() {
+    let p = full_platform();
+    let low = |dma: DmaAddr| (LOW..LOW + (1 << 20)).contains(&dma.as_u64());
+    let high = |dma: DmaAddr| (HIGH..HIGH + (1 << 20)).contains(&dma.as_u64());
+    let restricted = |dma: DmaAddr| (RESTRICTED..RESTRICTED + (64 << 10)).contains(&dma.as_u64());
+    let bound = dev(64).with_restricted_pool("virtio-mmio-pool");
+    type Where<'a> = &'a dyn Fn(DmaAddr) -> bool;
+    let cases: [(Device<Far>, Where<'_>); 4] = [
+        (dev(32), &low),
+        (dev(40), &high),
+        (bound, &restricted),
+        (dev(64), &|dma: DmaAddr| dma.as_u64() >= 1 << 48),
+    ];
+    for (i, (d, where_)) in cases.iter().enumerate() {
+        let (mut v, phys) = raw_buf(i as u8, 2000);
+        // SAFETY: `v` outlives the mapping and is only touched through it.
+        let dma =
+            unsafe { p.map_raw(d, phys, v.as_mut_ptr(), 2000, Direction::Bidirectional) }.unwrap();
+        assert!(where_(dma), "case {i}: {dma:?}");
+        // SAFETY: as above.
+        unsafe { p.sync_for_cpu_raw(d, dma, 2000, Direction::Bidirectional) }.unwrap();
+        // SAFETY: as above; nothing else uses the mapping.
+        unsafe { p.unmap_raw(d, dma, 2000, Direction::Bidirectional, Attrs::NONE) }.unwrap();
+        assert_eq!(v, vec![i as u8; 2000]);
+        // A second unmap: `NotMapped` in a tlb; nothing to check for the
+        // direct one.
+        // SAFETY: the mapping is gone; the call must find nothing.
+        let again = unsafe { p.unmap_raw(d, dma, 2000, Direction::Bidirectional, Attrs::NONE) };
+        if i < 3 {
+            assert_eq!(again, Err(Error::NotMapped { dma }), "case {i}");
+        } else {
+            assert_eq!(again, Ok(()));
+        }
+    }
+    // A device that must bounce but that no tlb serves.
+    let empty = Platform::new();
+    let (mut v, phys) = raw_buf(9, 100);
+    // SAFETY: the map fails and keeps nothing.
+    let r = unsafe { empty.map_raw(&dev(32), phys, v.as_mut_ptr(), 100, Direction::ToDevice) };
+    assert_eq!(r, Err(Error::NoPool));
+    // Safe scatter-gather, all or nothing: the entry too long for the
+    // device fails the list with every buffer given back.
+    let d = dev(32).with_max_segment_size(4096);
+    let f = p
+        .map_sg(
+            &d,
+            vec![vec![1u8; 4096], vec![2u8; 4097]],
+            Direction::ToDevice,
+        )
+        .unwrap_err();
+    assert_eq!(
+        f.error,
+        Error::SegmentTooLong {
+            index: 1,
+            len: 4097,
+            max: 4096
+        }
+    );
+    assert_eq!(f.buffer, vec![vec![1u8; 4096], vec![2u8; 4097]]);
+    let maps = p
+        .map_sg(
+            &d,
+            vec![vec![1u8; 4096], vec![2u8; 100]],
+            Direction::ToDevice,
+        )
+        .unwrap();
+    assert!(maps.iter().all(|m| low(m.dma_addr())));
+    drop(maps);
+    assert!(p.stats().iter().all(|(_, s)| s.io_tlb_used == 0));
 }
