@@ -7,6 +7,7 @@
 //! cannot avoid? Numbers from separate runs on a shared machine drift by
 //! more than the differences being asked about.
 
+mod dt;
 mod lookup;
 mod report;
 mod timing;
@@ -40,8 +41,10 @@ use workload::{fill_to, first_failure, prefault, slot_fill, Mix, Rng};
 /// far this machine scales at all),
 /// `fill_at_first_failure` and `slots_at_first_failure` (live bytes and
 /// held slots over the pool's at the first "buffer is full"),
-/// `metadata_per_slot` (bytes), `init_6gib` (ms to build a 6 GiB pool) and
-/// `init_6gib_resident` (MiB of memory that build touched). `size` is 0
+/// `metadata_per_slot` (bytes), `init_6gib` (ms to build a 6 GiB pool),
+/// `init_6gib_resident` (MiB of memory that build touched) and `dt_parse`
+/// (ms to read the DMA pools of a device tree blob of `size` bytes with
+/// `pools` pools and `devices` devices). `size` is 0
 /// where a row mixes sizes, `dir` is `none` where it has no direction.
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -108,6 +111,8 @@ pub enum Part {
     /// `lookup` and `map_unmap_pools`: a growing tlb of 1, 100 and 10,000
     /// pools; `grow`: the time to add a 4 MiB pool.
     Lookup,
+    /// `dt_parse`: ms to read the pools of a 3 MiB device tree blob.
+    Dt,
 }
 
 /// Mapping sizes of the map+unmap rows: a small control message, a small
@@ -234,6 +239,10 @@ pub fn run(args: &Args) -> Result<(), String> {
         // them) instead of fresh pages.
         lookup::grow_part(&mut rows)?;
         lookup::lookup_part(plan.sampling, plan.seed, &mut rows)?;
+    }
+    if want(Part::Dt) {
+        progress("device tree parse, 3 MiB blobs");
+        dt::dt_part(plan.sampling, args.smoke, &mut rows)?;
     }
     let sizes: Vec<u64> = SIZES.iter().map(|&s| s as u64).collect();
     let ratios = report::ratios(&rows, &sizes, &FILLS);

@@ -179,3 +179,32 @@ fn segment_sets_the_fragmentation_geometry() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("not a power of two"), "{err}");
 }
+
+/// `--only dt` times the device tree reader alone: one `dt_parse` row per
+/// blob shape, each naming the blob's size and its pool and device counts.
+#[test]
+fn dt_rows_name_the_blob() {
+    let (out, _) = bench(&["--smoke", "--json", "--only", "dt"]);
+    let rows = rows(&out);
+    assert_eq!(rows.len(), 3, "{out}");
+    for r in &rows {
+        assert_eq!(r["name"], "dt_parse", "{r}");
+        assert_eq!(r["unit"], "ms", "{r}");
+        assert!(r["size"].as_u64().is_some_and(|s| s > 0), "{r}");
+        assert!(r["pools"].as_u64().is_some_and(|p| p > 0), "{r}");
+        assert!(r["devices"].as_u64().is_some(), "{r}");
+        assert!(r["value"].as_f64().is_some_and(|v| v > 0.0), "{r}");
+    }
+    // One pool shared by many devices, many pools with one device each,
+    // pools alone.
+    let counts: Vec<_> = rows
+        .iter()
+        .map(|r| (r["pools"].as_u64(), r["devices"].as_u64()))
+        .collect();
+    assert_eq!(counts[0].0, Some(1));
+    assert_eq!(counts[1].0, counts[1].1);
+    assert_eq!(counts[2].1, Some(0));
+
+    let (table, _) = bench(&["--smoke", "--only", "dt"]);
+    assert!(table.contains("dt_parse"), "{table}");
+}

@@ -549,3 +549,390 @@ fn checked_in_example() {
         ["/soc@0/virtio@a000000", "/soc@0/virtio@a000200"]
     );
 }
+
+// Large blobs: the reader must stay n log n, and its answers must not
+// change with the size. No timing is asserted here (`swiotlb bench --only
+// dt` measures); what is checked is every binding and every error.
+
+/// A pool of a large blob: restricted, two address and two size cells.
+struct BigPool {
+    name: String,
+    base: u64,
+    size: u64,
+    phandle: u32,
+}
+
+/// A device of a large blob, under `/soc`.
+struct BigDev {
+    name: String,
+    regions: Vec<u32>,
+    dma_bits: Option<u32>,
+    /// A `phandle` of the device's own, which may repeat a pool's.
+    phandle: Option<u32>,
+}
+
+/// Pools of 1 MiB side by side from 4 GiB up, phandle `i + 1`.
+fn big_pools(n: usize) -> Vec<BigPool> {
+    (0..n)
+        .map(|i| {
+            let base = (1u64 << 32) + ((i as u64) << 20);
+            BigPool {
+                name: format!("restricted@{base:x}"),
+                base,
+                size: 1 << 20,
+                phandle: i as u32 + 1,
+            }
+        })
+        .collect()
+}
+
+/// `n` devices, device `i` naming the pools `regions(i)` returns.
+fn big_devs(n: usize, regions: impl Fn(usize) -> Vec<u32>) -> Vec<BigDev> {
+    (0..n)
+        .map(|i| BigDev {
+            name: format!("virtio@{:x}", 0x1000_0000 + i * 0x200),
+            regions: regions(i),
+            dma_bits: None,
+            phandle: None,
+        })
+        .collect()
+}
+
+fn big_blob(pools: &[BigPool], devs: &[BigDev]) -> Vec<u8> {
+    big_blob_with(pools, devs, None)
+}
+
+/// [`big_blob`] with a `/soc` `dma-ranges` (one child cell, two parent
+/// cells, one size cell).
+fn big_blob_with(pools: &[BigPool], devs: &[BigDev], dma_ranges: Option<&[u32]>) -> Vec<u8> {
+    let mut w = FdtWriter::new().unwrap();
+    let root = w.begin_node("").unwrap();
+    w.property_u32("#address-cells", 2).unwrap();
+    w.property_u32("#size-cells", 2).unwrap();
+    let rmem = w.begin_node("reserved-memory").unwrap();
+    w.property_u32("#address-cells", 2).unwrap();
+    w.property_u32("#size-cells", 2).unwrap();
+    w.property_null("ranges").unwrap();
+    for p in pools {
+        let n = w.begin_node(&p.name).unwrap();
+        w.property_string("compatible", "restricted-dma-pool")
+            .unwrap();
+        w.property_array_u64("reg", &[p.base, p.size]).unwrap();
+        // Not `property_phandle`, which refuses a repeated value: the
+        // tests repeat some on purpose.
+        w.property_u32("phandle", p.phandle).unwrap();
+        w.end_node(n).unwrap();
+    }
+    w.end_node(rmem).unwrap();
+    let soc = w.begin_node("soc").unwrap();
+    w.property_u32("#address-cells", 1).unwrap();
+    w.property_u32("#size-cells", 1).unwrap();
+    if let Some(r) = dma_ranges {
+        w.property_array_u32("dma-ranges", r).unwrap();
+    }
+    for d in devs {
+        let n = w.begin_node(&d.name).unwrap();
+        w.property_array_u32("memory-region", &d.regions).unwrap();
+        if let Some(b) = d.dma_bits {
+            w.property_u32("swiotlb,dma-bits", b).unwrap();
+        }
+        if let Some(p) = d.phandle {
+            w.property_u32("phandle", p).unwrap();
+        }
+        w.end_node(n).unwrap();
+    }
+    w.end_node(soc).unwrap();
+    w.end_node(root).unwrap();
+    w.finish().unwrap()
+}
+
+fn dev_path(d: &BigDev) -> String {
+    format!("/soc/{}", d.name)
+}
+
+#[test]
+fn forty_thousand_devices_share_one_pool() {
+    let pools = big_pools(1);
+    let mut devs = big_devs(40_000, |_| vec![1]);
+    // The last device names its pool twice: it is listed once.
+    devs.last_mut().unwrap().regions = vec![1, 1];
+    let blob = big_blob(&pools, &devs);
+    assert!(blob.len() > 1 << 20, "{} bytes", blob.len());
+    let dt = parse(&blob).unwrap();
+    assert_eq!(dt.pools.len(), 1);
+    let p = &dt.pools[0];
+    assert_eq!(p.name, pools[0].name);
+    assert_eq!(p.base, PhysAddr(pools[0].base));
+    assert_eq!(p.devices.len(), 40_000);
+    let want: Vec<String> = devs.iter().map(dev_path).collect();
+    assert_eq!(p.devices, want, "every device, once, in tree order");
+}
+
+#[test]
+fn thirty_two_thousand_pools_each_bound_to_its_device() {
+    const N: usize = 32_000;
+    let pools = big_pools(N);
+    // Device i names pool (i * 7919) mod N, a permutation, so binding in
+    // tree order would not happen to give the right answer; every tenth
+    // device also names the pool after it.
+    let pick = |i: usize| (i * 7919) % N;
+    let devs = big_devs(N, |i| {
+        let mut r = vec![pick(i) as u32 + 1];
+        if i % 10 == 0 {
+            r.push(((pick(i) + 1) % N) as u32 + 1);
+        }
+        r
+    });
+    let blob = big_blob(&pools, &devs);
+    let dt = parse(&blob).unwrap();
+    assert_eq!(dt.pools.len(), N);
+    let mut want: Vec<Vec<String>> = vec![Vec::new(); N];
+    for (i, d) in devs.iter().enumerate() {
+        want[pick(i)].push(dev_path(d));
+        if i % 10 == 0 {
+            want[(pick(i) + 1) % N].push(dev_path(d));
+        }
+    }
+    for (k, (got, p)) in dt.pools.iter().zip(&pools).enumerate() {
+        assert_eq!(got.name, p.name, "pool {k} in tree order");
+        assert_eq!(got.base, PhysAddr(p.base), "pool {k}");
+        assert_eq!(got.size, p.size, "pool {k}");
+        assert_eq!(got.devices, want[k], "devices of pool {k}");
+    }
+    let bound: usize = dt.pools.iter().map(|p| p.devices.len()).sum();
+    assert_eq!(bound, N + N / 10);
+}
+
+/// An overlap placed anywhere among 32,000 pools is found, and named as
+/// before: the first pool in tree order that overlaps another, then the
+/// first pool after it that it overlaps.
+#[test]
+fn overlap_among_thirty_two_thousand_pools() {
+    const N: usize = 32_000;
+    // The two pools the error names.
+    let overlap = |edit: &dyn Fn(&mut Vec<BigPool>)| {
+        let mut pools = big_pools(N);
+        edit(&mut pools);
+        let blob = big_blob(&pools, &[]);
+        match parse(&blob) {
+            Err(DtError::Overlap { a, b }) => (a.to_string(), b.to_string()),
+            other => panic!("not an overlap: {other:?}"),
+        }
+    };
+    let pools = big_pools(N);
+    let named = |a: usize, b: usize| (pools[a].name.clone(), pools[b].name.clone());
+
+    // The last pool reaches one byte into the one before it.
+    let e = overlap(&|p| {
+        p[N - 1].base -= 1;
+        p[N - 1].name = "late@last".into();
+    });
+    let mut want = named(N - 2, N - 1);
+    want.1 = "late@last".into();
+    assert_eq!(e, want);
+
+    // The last pool lies inside the first: far apart in tree order and
+    // in address order.
+    let e = overlap(&|p| p[N - 1].base = p[0].base + 0x1000);
+    assert_eq!(e, named(0, N - 1));
+
+    // The last pool starts below the first and runs into it: the pool
+    // first in tree order is the one higher in memory.
+    let e = overlap(&|p| p[N - 1].base = p[0].base - 0x1000);
+    assert_eq!(e, named(0, N - 1));
+    let e = overlap(&|p| {
+        p[N - 1].base = p[N - 3].base + 0x1000;
+        p[N - 2].base = p[N - 3].base - 0x800;
+    });
+    assert_eq!(e, named(N - 4, N - 2));
+
+    // Several overlaps: the first pool in tree order that overlaps any
+    // (pool 100, at the address of the last) is named with its partner,
+    // before pairs whose second pool comes earlier (200 and 201) or that
+    // are adjacent in address order.
+    let e = overlap(&|p| {
+        p[N - 1].base = p[100].base;
+        p[N - 2].base = p[5000].base + 0x8_0000;
+        p[N - 3].base = p[N - 4].base + 0x10;
+        p[200].size = 3 << 20; // overlaps pools 201 and 202
+    });
+    assert_eq!(e, named(100, N - 1));
+
+    // A pool that covers many: its first partner in tree order is named.
+    let e = overlap(&|p| {
+        p[N - 10].size = 4 << 20;
+        p[N - 1].base = p[N - 9].base + 0x10;
+    });
+    assert_eq!(e, named(N - 10, N - 9));
+
+    // Two pools at the same address, at the far end.
+    let e = overlap(&|p| p[N - 1].base = p[N - 2].base);
+    assert_eq!(e, named(N - 2, N - 1));
+
+    // Touching pools never overlap, however many.
+    assert_eq!(parse(&big_blob(&pools, &[])).unwrap().pools.len(), N);
+}
+
+/// Errors of the binding pass at the far end of a large blob, as in a
+/// small one.
+#[test]
+fn binding_errors_at_the_far_end() {
+    const N: usize = 32_000;
+    let pools = big_pools(N);
+    let devs = || big_devs(N, |i| vec![i as u32 + 1]);
+
+    let mut d = devs();
+    d[N - 1].regions = vec![N as u32, 0xdead_beef];
+    let blob = big_blob(&pools, &d);
+    assert_eq!(
+        parse(&blob).err(),
+        Some(DtError::DanglingPhandle {
+            device: &d[N - 1].name,
+            phandle: 0xdead_beef
+        })
+    );
+
+    let mut d = devs();
+    d[N - 1].dma_bits = Some(32);
+    let blob = big_blob(&pools, &d);
+    assert_eq!(
+        parse(&blob).err(),
+        Some(DtError::Unreachable {
+            device: &d[N - 1].name,
+            pool: &pools[N - 1].name
+        })
+    );
+}
+
+/// A phandle given twice is the first node's, in tree order, as Linux's
+/// `of_find_node_by_phandle` finds it: the last device repeating pool 1's
+/// phandle changes nothing, and a device naming it still gets pool 1.
+#[test]
+fn repeated_phandle_is_the_first_nodes() {
+    const N: usize = 32_000;
+    let pools = big_pools(N);
+    let mut d = big_devs(N, |i| vec![i as u32 + 1]);
+    d[N - 1].phandle = Some(1);
+    d[N - 2].regions = vec![1];
+    let blob = big_blob(&pools, &d);
+    let dt = parse(&blob).unwrap();
+    assert_eq!(dt.pools[0].devices, [dev_path(&d[0]), dev_path(&d[N - 2])]);
+    assert!(dt.pools[N - 2].devices.is_empty());
+}
+
+/// A bus with thousands of `dma-ranges` windows: each pool is translated
+/// by the first window, in property order, that holds it whole.
+#[test]
+fn thousands_of_dma_ranges_windows() {
+    const N: usize = 4_000;
+    let pools = big_pools(N);
+    // Windows for the first half of the pools, each to bus address
+    // i MiB (inside 32 bits), listed last pool first; then one window
+    // over every pool whose bus addresses all end above 4 GiB.
+    let mut ranges = Vec::new();
+    for i in (0..N / 2).rev() {
+        let p = &pools[i];
+        ranges.extend([
+            (i as u32) << 20,
+            (p.base >> 32) as u32,
+            p.base as u32,
+            1 << 20,
+        ]);
+    }
+    ranges.extend([0, 0, 0, 0]); // zero length: no window
+    ranges.extend([0xfff0_1000, 1, 0, (N as u32) << 20]);
+    let devs = |bits: Option<u32>| {
+        let mut d = big_devs(N, |i| vec![i as u32 + 1]);
+        for x in &mut d[..N / 2] {
+            x.dma_bits = Some(32);
+        }
+        d[N - 1].dma_bits = bits;
+        d
+    };
+
+    // A 32-bit device reaches a pool of the first half only through its
+    // own window, which comes after later pools' windows and before the
+    // one over everything: every binding holds.
+    let d = devs(None);
+    let blob = big_blob_with(&pools, &d, Some(&ranges));
+    let dt = parse(&blob).unwrap();
+    for (i, p) in dt.pools.iter().enumerate() {
+        assert_eq!(p.devices, [dev_path(&d[i])], "pool {i}");
+    }
+
+    // The last pool has only the window over everything, which puts it
+    // out of a 32-bit device's reach.
+    let d = devs(Some(32));
+    let blob = big_blob_with(&pools, &d, Some(&ranges));
+    assert_eq!(
+        parse(&blob).err(),
+        Some(DtError::Unreachable {
+            device: &d[N - 1].name,
+            pool: &pools[N - 1].name
+        })
+    );
+
+    // A pool that no window holds whole: the last one, straddling the end
+    // of the window over everything.
+    let mut ranges_short = ranges.clone();
+    let n = ranges_short.len();
+    ranges_short[n - 1] = ((N as u32) << 20) - 0x1000;
+    let d = devs(None);
+    let blob = big_blob_with(&pools, &d, Some(&ranges_short));
+    assert_eq!(
+        parse(&blob).err(),
+        Some(DtError::Unreachable {
+            device: &d[N - 1].name,
+            pool: &pools[N - 1].name
+        })
+    );
+}
+
+/// Two nodes with one path (siblings of one name, which dtc refuses but
+/// a blob may hold) are one entry in a pool's device list.
+#[test]
+fn one_path_is_listed_once() {
+    let pools = big_pools(2);
+    let mut d = big_devs(5, |i| vec![1 + (i % 2) as u32]);
+    d[2].name = d[0].name.clone();
+    d[4].name = d[0].name.clone();
+    let blob = big_blob(&pools, &d);
+    let dt = parse(&blob).unwrap();
+    assert_eq!(dt.pools[0].devices, [dev_path(&d[0])]);
+    assert_eq!(dt.pools[1].devices, [dev_path(&d[1]), dev_path(&d[3])]);
+}
+
+/// Node names holding `/` (dtc refuses them, a blob may not) are joined
+/// as they are: a path is its ancestors' names, each after a `/`, and one
+/// path reached by two nodes is listed once.
+#[test]
+fn names_holding_a_slash() {
+    let mut w = FdtWriter::new().unwrap();
+    let root = w.begin_node("").unwrap();
+    let rmem = w.begin_node("reserved-memory").unwrap();
+    w.property_u32("#address-cells", 1).unwrap();
+    w.property_u32("#size-cells", 1).unwrap();
+    let p = w.begin_node("restricted@50000000").unwrap();
+    w.property_string("compatible", "restricted-dma-pool")
+        .unwrap();
+    w.property_array_u32("reg", &[0x5000_0000, 0x1000]).unwrap();
+    w.property_phandle(1).unwrap();
+    w.end_node(p).unwrap();
+    w.end_node(rmem).unwrap();
+    // `/soc/x`, then `soc_x` and `a_` which become `soc/x` and `a/`.
+    for names in [&["soc", "x"][..], &["soc_x"], &["a_", "b"]] {
+        let open: Vec<_> = names.iter().map(|n| w.begin_node(n).unwrap()).collect();
+        w.property_u32("memory-region", 1).unwrap();
+        for n in open.into_iter().rev() {
+            w.end_node(n).unwrap();
+        }
+    }
+    w.end_node(root).unwrap();
+    let mut blob = w.finish().unwrap();
+    for (from, to) in [(&b"soc_x\0"[..], &b"soc/x\0"[..]), (b"a_\0", b"a/\0")] {
+        let at = blob.windows(from.len()).position(|s| s == from).unwrap();
+        blob[at..at + to.len()].copy_from_slice(to);
+    }
+    let dt = parse(&blob).unwrap();
+    assert_eq!(dt.pools[0].devices, ["/soc/x", "/a//b"]);
+}

@@ -25,6 +25,8 @@ pub struct Row {
     pub note: Option<String>,
     /// Pools in the growing tlb the row was measured on.
     pub pools: Option<u64>,
+    /// Devices in the device tree the row parsed.
+    pub devices: Option<u64>,
 }
 
 impl Row {
@@ -48,11 +50,17 @@ impl Row {
             spread: None,
             note: None,
             pools: None,
+            devices: None,
         }
     }
 
     pub fn pools(mut self, n: u64) -> Self {
         self.pools = Some(n);
+        self
+    }
+
+    pub fn devices(mut self, n: u64) -> Self {
+        self.devices = Some(n);
         self
     }
 
@@ -98,6 +106,9 @@ impl Row {
         }
         if let Some(p) = self.pools {
             m.insert("pools".into(), p.into());
+        }
+        if let Some(d) = self.devices {
+            m.insert("devices".into(), d.into());
         }
         v
     }
