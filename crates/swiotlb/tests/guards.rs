@@ -355,6 +355,13 @@ fn sg_segment_of_exactly_max_segment_size_is_accepted<P: Policy>() {
     assert_eq!(maps.iter().map(|m| m.len()).collect::<Vec<_>>(), lens);
     for (m, g) in maps.iter().zip(&given) {
         assert!(m.is_bounced());
+        // A mapping is never empty: a zero-size map is refused.
+        assert!(!m.is_empty());
+        // Debug output names the type, the length and the direction.
+        let shown = format!("{m:?}");
+        for part in ["Mapping", &g.len().to_string(), "ToDevice"] {
+            assert!(shown.contains(part), "{shown} lacks {part}");
+        }
         assert_eq!(
             &device_read(&pool, pool_off(&pool, m.dma_addr()), g.len()),
             g
