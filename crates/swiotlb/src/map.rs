@@ -605,11 +605,18 @@ impl<P: Policy> Pool<P> {
         r
     }
 
-    /// Unmaps every entry of a list mapped by [`Pool::map_sg_raw`]; all
-    /// entries are tried and the first error is returned.
+    /// Unmaps every entry of a list mapped by [`Pool::map_sg_raw`].
+    ///
+    /// A failing entry does not stop the others: every entry is tried, in
+    /// list order, and each one that can be unmapped is unmapped (copied
+    /// back as its direction says). A failing entry is left as it was: one
+    /// refused with [`Error::OutOfBounds`] stays mapped and can still be
+    /// unmapped with its own size.
     ///
     /// # Errors
-    /// As [`Pool::unmap_raw`].
+    /// As [`Pool::unmap_raw`]: the error of the first failing entry in list
+    /// order. Later failures are counted in the pool's statistics but not
+    /// returned.
     ///
     /// # Safety
     /// As [`Pool::unmap_raw`], for every entry.
