@@ -13,8 +13,14 @@ pub struct Rng(u64);
 
 impl Rng {
     pub fn new(seed: u64) -> Self {
-        // A zero state would stay zero.
-        Self((seed ^ 0x9e37_79b9_7f4a_7c15) | 1)
+        // splitmix64's output function: a bijection, so every seed starts
+        // its own sequence (forcing the lowest bit of `seed ^ constant`, as
+        // this once did, made seeds 2k and 2k + 1 the same run). A zero
+        // state would stay zero; the one seed that maps to it gets 1.
+        let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        Self((z ^ (z >> 31)).max(1))
     }
 
     pub fn next_u64(&mut self) -> u64 {
@@ -347,6 +353,16 @@ mod tests {
         }
         // 512..4096 is three of the seven octaves.
         assert!((3500..5000).contains(&small), "{small}");
+    }
+
+    #[test]
+    fn every_seed_starts_its_own_sequence() {
+        let firsts: Vec<u64> = (0..64).map(|s| Rng::new(s).next_u64()).collect();
+        for (i, a) in firsts.iter().enumerate() {
+            for (j, b) in firsts.iter().enumerate().skip(i + 1) {
+                assert_ne!(a, b, "seeds {i} and {j}");
+            }
+        }
     }
 
     #[test]
