@@ -340,6 +340,7 @@ pub fn first_failure<P: Policy>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use swiotlb::sim::{SimError, Simulator};
     use swiotlb::{Fast, NextFit, PoolConfig};
 
     #[test]
@@ -435,6 +436,74 @@ mod tests {
             let again = first_failure(&small::<P>, STEPS, seed, mix).unwrap();
             assert_eq!((again.n, again.bytes), (f.n, f.bytes));
         }
+    }
+
+    /// The trial `swiotlb simulate` runs from a script of the same sizes
+    /// and victims: `map ID SIZE dir=to` (so `cpu=0`, `orig=0`) and
+    /// `unmap ID` through the simulator, on a pool of `nslabs` slots in
+    /// the protocol's areas.
+    fn simulated<P: Policy>(nslabs: u32, n: usize, steps: u64, seed: u64, mix: Mix) -> Trial {
+        let mut sim = Simulator::<P, u64>::new(nslabs, PoolConfig::with_areas(FRAG_AREAS)).unwrap();
+        let mut rng = Rng::new(seed);
+        let mut live: Vec<(u64, usize)> = Vec::new();
+        let (mut ids, mut bytes) = (0u64, 0usize);
+        let pool_bytes = sim.pool().len() as f64;
+        let mut step = None;
+        loop {
+            let len = mix.draw(&mut rng);
+            match sim.map(ids, len, Direction::ToDevice) {
+                Ok(_) => {
+                    live.push((ids, len));
+                    ids += 1;
+                    bytes += len;
+                }
+                Err(SimError::Engine(Error::PoolFull { .. })) => {
+                    return Trial::Failed {
+                        bytes: bytes as f64 / pool_bytes,
+                        slots: sim.stats().io_tlb_used as f64 / f64::from(nslabs),
+                        step,
+                        live: live.len(),
+                    }
+                }
+                Err(e) => panic!("simulate: {e}"),
+            }
+            if live.len() < n {
+                continue;
+            }
+            let next = step.map_or(0, |s| s + 1);
+            if next == steps {
+                return Trial::Survived;
+            }
+            step = Some(next);
+            let (id, len) = live.swap_remove(rng.below(n));
+            sim.unmap(&id).unwrap();
+            bytes -= len;
+        }
+    }
+
+    /// A trial of the bench and the same trial through `simulate`'s
+    /// simulator end alike, step for step: the bench measures what
+    /// `simulate` measures.
+    fn trials_match_simulate<P: Policy>() {
+        for (seed, mix) in [(5, Mix::LogUniform), (6, Mix::Uniform)] {
+            let f = first_failure(&small::<P>, STEPS, seed, mix).unwrap();
+            for n in [f.n - 1, f.n, f.n + 5, 10_000] {
+                let pool = small::<P>().unwrap();
+                let bench = churn(&pool, n, STEPS, seed, mix).unwrap();
+                let sim = simulated::<P>(pool.nslabs(), n, STEPS, seed, mix);
+                assert_eq!(bench, sim, "{}, {mix:?}, {n} live", P::NAME);
+            }
+        }
+    }
+
+    #[test]
+    fn trials_match_simulate_fast() {
+        trials_match_simulate::<Fast>();
+    }
+
+    #[test]
+    fn trials_match_simulate_nextfit() {
+        trials_match_simulate::<NextFit>();
     }
 
     #[test]
