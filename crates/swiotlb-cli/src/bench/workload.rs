@@ -155,10 +155,12 @@ pub fn fill_to<'p, P: Policy>(
 /// protocol).
 ///
 /// The count matters more than it looks: `NextFit` in one area of the
-/// same 64 MiB first fails at about 0.61-0.63 of the bytes live, in two at
-/// 0.74-0.76. With every map from one CPU, next fit packs the area it
-/// starts in and sends only what no longer fits there to the other, whose
-/// runs stay long for the large mappings.
+/// same 64 MiB first fails at about 0.63 of the bytes live, in two at
+/// 0.74-0.76. With every map from one CPU the search starts in the same
+/// area and moves on only when nothing fits there, which happens to large
+/// requests first: the areas end up sorted by size (at one failure, 2,998
+/// mappings of 8 KiB on average in the first, 569 of 45 KiB in the
+/// other), and small mappings no longer cut the runs large ones need.
 pub const FRAG_AREAS: u32 = 2;
 
 /// Replacement steps of one fragmentation trial.
