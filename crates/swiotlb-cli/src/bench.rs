@@ -22,7 +22,7 @@ use swiotlb::{Device, Direction, DmaMask, Fast, NextFit, PhysAddr, Policy, Pool,
 
 use report::{human, Row};
 use timing::{interleave, Contender, Run, Sampling};
-use workload::{fill_to, first_failure, prefault, slot_fill, Mix, Rng};
+use workload::{fill_to, first_failure, prefault, slot_fill, Mix, Rng, FRAG_STEPS};
 
 /// Arguments of `swiotlb bench`.
 ///
@@ -40,7 +40,10 @@ use workload::{fill_to, first_failure, prefault, slot_fill, Mix, Rng};
 /// policy `memcpy` is as many plain copies, sharing nothing, to show how
 /// far this machine scales at all),
 /// `fill_at_first_failure` and `slots_at_first_failure` (live bytes and
-/// held slots over the pool's at the first "buffer is full"),
+/// held slots over the pool's at the first "buffer is full" of the
+/// fragmentation protocol: a 64 MiB pool of 2 areas, N live mappings of
+/// 512 B-64 KiB replaced at random for 200,000 steps, the smallest failing
+/// N found by bisection; `_uniform`: the same with sizes uniform in bytes),
 /// `metadata_per_slot` (bytes), `init_6gib` (ms to build a 6 GiB pool),
 /// `init_6gib_resident` (MiB of memory that build touched) and `dt_parse`
 /// (ms to read the DMA pools of a device tree blob of `size` bytes with
@@ -48,8 +51,8 @@ use workload::{fill_to, first_failure, prefault, slot_fill, Mix, Rng};
 /// where a row mixes sizes, `dir` is `none` where it has no direction.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Fewer repetitions and fragmentation steps: the whole run takes well
-    /// under a minute.
+    /// Fewer repetitions and fragmentation steps (the fragmentation rows
+    /// say so): the whole run takes well under a minute.
     #[arg(long)]
     pub quick: bool,
     /// Print `{"rows": [...]}` (and the ratios) as JSON instead of a table.
@@ -66,7 +69,9 @@ pub struct Args {
     /// Rounds of each interleaved measurement; the median is reported.
     #[arg(long)]
     pub reps: Option<usize>,
-    /// Steps of the fragmentation churn (default 10^6, 10^5 with --quick).
+    /// Replacement steps of each fragmentation trial: 200,000 by default,
+    /// as the protocol says; 50,000 with --quick. Rows run with other than
+    /// 200,000 say so.
     #[arg(long)]
     pub steps: Option<u64>,
     /// Seed of the random sizes and choices.
@@ -79,6 +84,12 @@ pub struct Args {
     /// as a whole allows (`PoolConfig::segment`).
     #[arg(long, default_value_t = swiotlb::config::IO_TLB_SEGSIZE, value_parser = segment_slots)]
     pub segment: u32,
+    /// Areas of the fragmentation pools: 2 by default, as the protocol
+    /// says. Every map comes from one CPU, so the search starts in one area
+    /// and falls back to the others. Rows run with other than 2 say so.
+    #[arg(long, default_value_t = workload::FRAG_AREAS,
+          value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub areas: u32,
 }
 
 /// Parses `--segment`: a power of two whose segment of 2 KiB slots is at
@@ -102,7 +113,8 @@ pub enum Part {
     Alloc,
     /// `throughput` with one and two threads.
     Threads,
-    /// `fill_at_first_failure` under churn.
+    /// `fill_at_first_failure` and `slots_at_first_failure`, both mixes:
+    /// the fragmentation protocol.
     Frag,
     /// `metadata_per_slot`.
     Metadata,
@@ -125,6 +137,9 @@ const FILLS: [f64; 3] = [0.1, 0.5, 0.9];
 const THREAD_SIZES: [usize; 2] = [64, 4096];
 /// Linux's default pool size.
 const POOL_BYTES: usize = 64 << 20;
+/// Replacement steps of a fragmentation trial with `--quick`: a quarter
+/// of the protocol's, to keep the quick run under a minute.
+const QUICK_FRAG_STEPS: u64 = 50_000;
 /// The pool whose set-up time is measured: 3,145,728 slots of 2 KiB.
 const INIT_BYTES: usize = 6 << 30;
 
@@ -135,6 +150,10 @@ struct Plan {
     thread_sampling: Sampling,
     pool_bytes: usize,
     frag_steps: u64,
+    /// Why `frag_steps` is not the protocol's, if it is not.
+    frag_steps_why: Option<&'static str>,
+    /// Areas of the fragmentation pools.
+    frag_areas: u32,
     init_samples: usize,
     seed: u64,
     /// Slots per segment of the fragmentation pools.
@@ -157,9 +176,19 @@ impl Plan {
                 1,
             )
         } else if a.quick {
-            (31, ms(1), 15, ms(4), POOL_BYTES, 100_000, 5)
+            (31, ms(1), 15, ms(4), POOL_BYTES, QUICK_FRAG_STEPS, 5)
         } else {
-            (61, ms(2), 31, ms(10), POOL_BYTES, 1_000_000, 11)
+            (61, ms(2), 31, ms(10), POOL_BYTES, FRAG_STEPS, 11)
+        };
+        let frag_steps = a.steps.unwrap_or(steps);
+        let frag_steps_why = if frag_steps == FRAG_STEPS {
+            None
+        } else if a.steps.is_some() {
+            Some("--steps")
+        } else if a.smoke {
+            Some("--smoke")
+        } else {
+            Some("--quick")
         };
         Self {
             sampling: Sampling {
@@ -171,7 +200,9 @@ impl Plan {
                 target: thread_target,
             },
             pool_bytes,
-            frag_steps: a.steps.unwrap_or(steps),
+            frag_steps,
+            frag_steps_why,
+            frag_areas: a.areas,
             init_samples: init,
             seed: a.seed,
             segment: a.segment,
@@ -221,7 +252,7 @@ pub fn run(args: &Args) -> Result<(), String> {
     if want(Part::Frag) {
         progress(&format!(
             "fragmentation, {} steps per trial",
-            plan.frag_steps
+            thousands(plan.frag_steps)
         ));
         frag_part(&plan, &mut rows)?;
     }
@@ -698,38 +729,62 @@ fn thread_part(plan: &Plan, rows: &mut Vec<Row>) -> Result<(), String> {
     Ok(())
 }
 
+/// `n` with a comma between groups of three digits.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The fragmentation rows: the protocol of `workload::first_failure`, once
+/// per size mix, for both policies.
 fn frag_part(plan: &Plan, rows: &mut Vec<Row>) -> Result<(), String> {
-    let dev = forced();
     let bytes = plan.pool_bytes;
     let config = PoolConfig {
         segment: plan.segment,
-        ..PoolConfig::with_areas(1)
+        ..PoolConfig::with_areas(plan.frag_areas)
     };
+    let areas = heap_with::<Fast>(bytes, config)?.nareas();
     let geometry = if plan.segment == swiotlb::config::IO_TLB_SEGSIZE {
         String::new()
     } else {
         format!(", segments of {} slots", plan.segment)
     };
-    // The issue's log-uniform mix, then a uniform one: the mix of the
-    // figure reported for Linux, to check `NextFit` against it.
-    for (mix, suffix, what) in [
-        (Mix::LogUniform, "", "log-uniform"),
-        (Mix::Uniform, "_uniform", "uniform"),
+    let steps = match plan.frag_steps_why {
+        None => format!("{} steps", thousands(plan.frag_steps)),
+        Some(why) => format!(
+            "{} steps ({why}; the protocol runs {})",
+            thousands(plan.frag_steps),
+            thousands(FRAG_STEPS)
+        ),
+    };
+    // The log-uniform mix (most mappings small), then one uniform in
+    // bytes (most mappings large).
+    for (mix, what, fill_name, slots_name) in [
+        (
+            Mix::LogUniform,
+            "log-uniform",
+            "fill_at_first_failure",
+            "slots_at_first_failure",
+        ),
+        (
+            Mix::Uniform,
+            "uniform",
+            "fill_at_first_failure_uniform",
+            "slots_at_first_failure_uniform",
+        ),
     ] {
-        let (fill_name, slots_name) = if suffix.is_empty() {
-            ("fill_at_first_failure", "slots_at_first_failure")
-        } else {
-            (
-                "fill_at_first_failure_uniform",
-                "slots_at_first_failure_uniform",
-            )
-        };
         let runs: [(&'static str, workload::FirstFailure); 2] = [
             (
                 Fast::NAME,
                 first_failure(
                     &|| heap_with::<Fast>(bytes, config),
-                    &dev,
                     plan.frag_steps,
                     plan.seed,
                     mix,
@@ -739,7 +794,6 @@ fn frag_part(plan: &Plan, rows: &mut Vec<Row>) -> Result<(), String> {
                 NextFit::NAME,
                 first_failure(
                     &|| heap_with::<NextFit>(bytes, config),
-                    &dev,
                     plan.frag_steps,
                     plan.seed,
                     mix,
@@ -748,13 +802,16 @@ fn frag_part(plan: &Plan, rows: &mut Vec<Row>) -> Result<(), String> {
         ];
         for (policy, f) in runs {
             let when = match f.step {
-                Some(s) => format!("step {} of {}", s + 1, plan.frag_steps),
+                Some(s) => format!("at step {}", thousands(s + 1)),
                 None => "while filling".into(),
             };
             let note = format!(
-                "{} pool{geometry}, {} live mappings of 512 B-64 KiB ({what}), {when}; {} trials",
+                "{} pool of {areas} area{}{geometry}, one CPU; N live mappings of \
+                 512 B-64 KiB ({what}) replaced at random for {steps}; smallest \
+                 failing N by bisection: {}, failing {when}; {} trials",
                 human(bytes as u64),
-                f.live,
+                if areas == 1 { "" } else { "s" },
+                f.n,
                 f.trials
             );
             rows.push(Row::new(fill_name, policy, 0, "none", f.bytes, "ratio").note(note.clone()));

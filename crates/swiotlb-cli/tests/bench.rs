@@ -154,6 +154,46 @@ fn unoptimised_builds_say_so() {
     );
 }
 
+/// The fragmentation rows follow one protocol, name it in every row, and
+/// say where a run departs from it.
+#[test]
+fn fragmentation_rows_state_their_protocol() {
+    let (out, _) = bench(&["--smoke", "--json", "--only", "frag"]);
+    let protocol = rows(&out);
+    let names: Vec<&str> = protocol.iter().filter_map(|r| r["name"].as_str()).collect();
+    for name in [
+        "fill_at_first_failure",
+        "slots_at_first_failure",
+        "fill_at_first_failure_uniform",
+        "slots_at_first_failure_uniform",
+    ] {
+        assert_eq!(names.iter().filter(|&&n| n == name).count(), 2, "{out}");
+    }
+    for r in &protocol {
+        let note = r["note"].as_str().unwrap_or("");
+        for part in [
+            "pool of 2 areas, one CPU",
+            "live mappings of 512 B-64 KiB",
+            "replaced at random for 1,000 steps (--smoke; the protocol runs 200,000)",
+            "smallest failing N by bisection",
+        ] {
+            assert!(note.contains(part), "{part:?} missing: {r}");
+        }
+    }
+
+    let (out, _) = bench(&[
+        "--smoke", "--json", "--only", "frag", "--areas", "1", "--steps", "300",
+    ]);
+    for r in &rows(&out) {
+        let note = r["note"].as_str().unwrap_or("");
+        assert!(note.contains("pool of 1 area, one CPU"), "{r}");
+        assert!(
+            note.contains("for 300 steps (--steps; the protocol runs 200,000)"),
+            "{r}"
+        );
+    }
+}
+
 /// `--segment` changes the fragmentation pools' geometry, says so in every
 /// row it touches, and refuses a segment a pool cannot have.
 #[test]

@@ -1,7 +1,8 @@
 //! Pool states the measurements start from: pre-faulted, filled with live
 //! mappings of mixed sizes, churned until a map fails.
 
-use swiotlb::{Device, Direction, Error, Mapping, Policy, Pool};
+use swiotlb::translate::Offset;
+use swiotlb::{Device, Direction, DmaAddr, DmaMask, Error, Mapping, Policy, Pool};
 
 /// A live mapping of a heap buffer.
 pub type Live<'p, P> = Mapping<'p, Vec<u8>, P>;
@@ -12,8 +13,14 @@ pub struct Rng(u64);
 
 impl Rng {
     pub fn new(seed: u64) -> Self {
-        // A zero state would stay zero.
-        Self((seed ^ 0x9e37_79b9_7f4a_7c15) | 1)
+        // splitmix64's output function: a bijection, so every seed starts
+        // its own sequence (forcing the lowest bit of `seed ^ constant`, as
+        // this once did, made seeds 2k and 2k + 1 the same run). A zero
+        // state would stay zero; the one seed that maps to it gets 1.
+        let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        Self((z ^ (z >> 31)).max(1))
     }
 
     pub fn next_u64(&mut self) -> u64 {
@@ -55,9 +62,9 @@ pub enum Mix {
     /// Log-uniform: each octave equally likely (the workload; most
     /// mappings are small).
     LogUniform,
-    /// Uniform in bytes (most mappings are large): the mix behind the
-    /// "about three quarters live at the first failure" reported for
-    /// Linux.
+    /// Uniform in bytes (half the mappings are over 32 KiB): a second mix,
+    /// to see whether what holds for the first holds where large mappings
+    /// dominate.
     Uniform,
 }
 
@@ -144,64 +151,101 @@ pub fn fill_to<'p, P: Policy>(
     Ok(live)
 }
 
+/// Areas of a fragmentation pool (see [`first_failure`] for the
+/// protocol).
+///
+/// The count matters more than it looks: `NextFit` in one area of the
+/// same 64 MiB first fails at about 0.63 of the bytes live, in two at
+/// 0.74-0.76. With every map from one CPU the search starts in the same
+/// area and moves on only when nothing fits there, which happens to large
+/// requests first: the areas end up sorted by size (at one failure, 2,998
+/// mappings of 8 KiB on average in the first, 569 of 45 KiB in the
+/// other), and small mappings no longer cut the runs large ones need.
+pub const FRAG_AREAS: u32 = 2;
+
+/// Replacement steps of one fragmentation trial.
+pub const FRAG_STEPS: u64 = 200_000;
+
+/// The device of a fragmentation trial on `pool`: it bounces everything
+/// and sees the pool at device address 0, as `simulate`'s device does.
+/// Placement then depends on the pool's slots alone, not on where the heap
+/// put it: with identity translation a pool that straddles a 4 GiB line
+/// (Linux's default segment boundary) has one more place no mapping may
+/// cross, and runs would differ with the heap's address.
+pub fn frag_device<P: Policy>(pool: &Pool<P>) -> Device<Offset> {
+    Device::new(DmaMask::BITS_64)
+        .with_force_bounce(true)
+        .with_translate(Offset::new(pool.start(), DmaAddr(0)))
+}
+
 /// How one fragmentation trial ended.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Trial {
     /// Every step mapped.
     Survived,
-    /// The first `PoolFull`: live bytes and held slots over the pool's, and
-    /// the step it came at (`None`: while filling).
+    /// The first `PoolFull`: live bytes and held slots over the pool's
+    /// when it came (the failing request not counted), the step it came
+    /// at (`None`: while filling), and the mappings live then.
     Failed {
         bytes: f64,
         slots: f64,
         step: Option<u64>,
+        live: usize,
     },
 }
 
-/// Fills the pool to `n` live mappings of log-uniform sizes, then replaces
-/// one random mapping per step, `steps` times; stops at the first
-/// `PoolFull`.
+/// One trial of the protocol (see [`first_failure`]) on a fresh `pool`:
+/// fills it to `n` live mappings of sizes drawn from `mix`, then replaces
+/// a random one per step, `steps` times; stops at the first `PoolFull`.
+///
+/// Sizes and choices come from one generator seeded with `seed`, so the
+/// sizes drawn while filling are the same for every `n`.
 pub fn churn<P: Policy>(
     pool: &Pool<P>,
-    dev: &Device,
     n: usize,
     steps: u64,
     seed: u64,
     mix: Mix,
 ) -> Result<Trial, String> {
+    let dev = frag_device(pool);
     let mut rng = Rng::new(seed);
-    let mut live: Vec<Live<'_, P>> = Vec::with_capacity(n);
+    let mut live: Vec<Live<'_, P>> = Vec::with_capacity(n.min(pool.nslabs() as usize));
     let mut bytes = 0u64;
     let pool_bytes = pool.len() as f64;
-    let failed = |bytes: u64, step| Trial::Failed {
+    let failed = |bytes: u64, step, live| Trial::Failed {
         bytes: bytes as f64 / pool_bytes,
         slots: slot_fill(pool),
         step,
+        live,
     };
     while live.len() < n {
         let len = mix.draw(&mut rng);
-        match pool.map(dev, vec![0u8; len], Direction::ToDevice) {
+        match pool.map(&dev, vec![0u8; len], Direction::ToDevice) {
             Ok(m) => {
                 bytes += len as u64;
                 live.push(m);
             }
-            Err(f) if matches!(f.error, Error::PoolFull { .. }) => return Ok(failed(bytes, None)),
+            Err(f) if matches!(f.error, Error::PoolFull { .. }) => {
+                return Ok(failed(bytes, None, live.len()))
+            }
             Err(f) => return Err(f.error.to_string()),
         }
     }
     for step in 0..steps {
         let m = live.swap_remove(rng.below(n));
         bytes -= m.len() as u64;
+        // The unmapped buffer carries the next mapping: no allocation per
+        // step beyond what a larger size needs.
         let mut buf = m.unmap();
         let len = mix.draw(&mut rng);
         buf.resize(len, 0);
-        match pool.map(dev, buf, Direction::ToDevice) {
+        match pool.map(&dev, buf, Direction::ToDevice) {
             Ok(m) => {
                 bytes += len as u64;
                 live.push(m);
             }
             Err(f) if matches!(f.error, Error::PoolFull { .. }) => {
-                return Ok(failed(bytes, Some(step)))
+                return Ok(failed(bytes, Some(step), live.len()))
             }
             Err(f) => return Err(f.error.to_string()),
         }
@@ -212,35 +256,55 @@ pub fn churn<P: Policy>(
 /// What the search for the first failure found.
 #[derive(Clone, Copy, Debug)]
 pub struct FirstFailure {
-    /// Live mappings the failing trial held.
-    pub live: usize,
+    /// The smallest live count whose trial failed.
+    pub n: usize,
+    /// Live bytes over the pool's at that trial's failure.
     pub bytes: f64,
+    /// Held slots over the pool's then.
     pub slots: f64,
+    /// The step it failed at (`None`: while filling).
     pub step: Option<u64>,
     /// Trials run.
     pub trials: u32,
 }
 
-/// Raises the number of live mappings until churning fails: a binary
-/// search between none and the count at which filling alone fails, each
-/// trial from an empty pool with the same seed. Returns the failure with
-/// the fewest live mappings: the fill a pool in steady use can be trusted
-/// to. Every trial gets a new pool from `new_pool`, so that its outcome
-/// depends on the live count and the seed alone, not on where an earlier
-/// trial left a search hint.
+/// The fragmentation protocol: the smallest live count `n` whose trial
+/// ([`churn`]) fails, by bisection, each trial on a fresh pool from
+/// `new_pool` with the same seed, so that its outcome depends on `n` and
+/// the seed alone, not on where an earlier trial left a search hint.
+///
+/// It is the protocol `swiotlb simulate` runs from a script, so that a
+/// figure of the bench and one measured with `simulate` mean the same
+/// thing: a 64 MiB pool (Linux's default) of [`FRAG_AREAS`] areas, mapped
+/// from one CPU (the search starts in one area and falls back to the
+/// other, as with `simulate`'s default `cpu=0`), the device seeing the
+/// pool at device address 0 with no `min_align_mask` (so an original's
+/// address decides nothing); `n` live mappings of sizes drawn from a
+/// [`Mix`], replaced at random (a random live one unmapped, a new one
+/// mapped) for [`FRAG_STEPS`] steps; reported, the bytes live at the first
+/// failure of the smallest failing `n`, over the pool's.
+///
+/// The first trial fills without ever stopping: it fails while filling
+/// with some `k` mappings live, and since every trial draws the same sizes
+/// while filling, every `n > k` fails there too. The search runs between
+/// none (which survives) and `k + 1`.
 pub fn first_failure<P: Policy>(
     new_pool: &dyn Fn() -> Result<Pool<P>, String>,
-    dev: &Device,
     steps: u64,
     seed: u64,
     mix: Mix,
 ) -> Result<FirstFailure, String> {
-    // The pool cannot hold more mappings than it has slots, so that many
-    // fails while filling: an upper bound that surely fails.
-    let mut hi = new_pool()?.nslabs() as usize + 1;
-    let mut found = match churn(&new_pool()?, dev, hi, 0, seed, mix)? {
-        Trial::Failed { bytes, slots, step } => FirstFailure {
-            live: hi,
+    // The pool cannot hold more mappings than it has slots.
+    let pool = new_pool()?;
+    let all = pool.nslabs() as usize + 1;
+    let mut found = match churn(&pool, all, 0, seed, mix)? {
+        Trial::Failed {
+            bytes,
+            slots,
+            step,
+            live,
+        } => FirstFailure {
+            n: live + 1,
             bytes,
             slots,
             step,
@@ -248,17 +312,21 @@ pub fn first_failure<P: Policy>(
         },
         Trial::Survived => return Err("the fragmentation pool never filled".into()),
     };
+    drop(pool);
     let mut lo = 0;
+    let mut hi = found.n;
     let mut trials = 1;
     while hi - lo > 1 {
         let mid = lo + (hi - lo) / 2;
         trials += 1;
-        match churn(&new_pool()?, dev, mid, steps, seed, mix)? {
+        match churn(&new_pool()?, mid, steps, seed, mix)? {
             Trial::Survived => lo = mid,
-            Trial::Failed { bytes, slots, step } => {
+            Trial::Failed {
+                bytes, slots, step, ..
+            } => {
                 hi = mid;
                 found = FirstFailure {
-                    live: mid,
+                    n: mid,
                     bytes,
                     slots,
                     step,
@@ -274,6 +342,8 @@ pub fn first_failure<P: Policy>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use swiotlb::sim::{SimError, Simulator};
+    use swiotlb::{Fast, NextFit, PoolConfig};
 
     #[test]
     fn log_uniform_stays_in_range() {
@@ -289,8 +359,162 @@ mod tests {
     }
 
     #[test]
+    fn every_seed_starts_its_own_sequence() {
+        let firsts: Vec<u64> = (0..64).map(|s| Rng::new(s).next_u64()).collect();
+        for (i, a) in firsts.iter().enumerate() {
+            for (j, b) in firsts.iter().enumerate().skip(i + 1) {
+                assert_ne!(a, b, "seeds {i} and {j}");
+            }
+        }
+    }
+
+    #[test]
     fn below_stays_below() {
         let mut r = Rng::new(7);
         assert!((0..1000).all(|_| r.below(3) < 3));
+    }
+
+    /// A 1 MiB pool of the protocol's geometry: 512 slots, 2 areas.
+    fn small<P: Policy>() -> Result<Pool<P>, String> {
+        Pool::new_heap(1 << 20, PoolConfig::with_areas(FRAG_AREAS)).map_err(|e| e.to_string())
+    }
+
+    const STEPS: u64 = 2_000;
+
+    /// The device sees the pool at 0, wherever the heap put it.
+    #[test]
+    fn the_device_sees_the_pool_at_zero() {
+        let pool = small::<Fast>().unwrap();
+        assert_eq!(pool.nareas(), FRAG_AREAS);
+        let dev = frag_device(&pool);
+        let m = pool
+            .map(&dev, vec![1u8; 3000], Direction::ToDevice)
+            .unwrap();
+        assert!(m.is_bounced());
+        assert!(m.dma_addr().0 < pool.len() as u64, "{:?}", m.dma_addr());
+    }
+
+    /// Every trial fills with the same sizes, so a count above the one
+    /// at which filling fails fails at the same point.
+    #[test]
+    fn filling_fails_alike_for_every_larger_count() {
+        for mix in [Mix::LogUniform, Mix::Uniform] {
+            let all = small::<Fast>().unwrap().nslabs() as usize + 1;
+            let first = churn(&small::<Fast>().unwrap(), all, 0, 3, mix).unwrap();
+            let Trial::Failed {
+                step: None, live, ..
+            } = first
+            else {
+                panic!("{mix:?}: filling did not fail: {first:?}");
+            };
+            for n in [live + 1, live + 7, all / 2] {
+                let t = churn(&small::<Fast>().unwrap(), n, STEPS, 3, mix).unwrap();
+                assert_eq!(t, first, "{mix:?}, {n} live");
+            }
+        }
+    }
+
+    /// The search ends on a failing count whose predecessor survives, and
+    /// reports that trial's failure; the same seed gives the same answer.
+    fn bisection_brackets_the_first_failure<P: Policy>() {
+        for (seed, mix) in [
+            (1, Mix::LogUniform),
+            (2, Mix::LogUniform),
+            (1, Mix::Uniform),
+        ] {
+            let f = first_failure(&small::<P>, STEPS, seed, mix).unwrap();
+            assert!(f.n > 1, "{f:?}");
+            let at = churn(&small::<P>().unwrap(), f.n, STEPS, seed, mix).unwrap();
+            let Trial::Failed {
+                bytes, slots, step, ..
+            } = at
+            else {
+                panic!("{} live survived: {f:?}", f.n);
+            };
+            assert_eq!((bytes, slots, step), (f.bytes, f.slots, f.step));
+            assert!(bytes > 0.0 && bytes < 1.0 && slots <= 1.0, "{f:?}");
+            let below = churn(&small::<P>().unwrap(), f.n - 1, STEPS, seed, mix).unwrap();
+            assert_eq!(below, Trial::Survived, "{} live: {f:?}", f.n - 1);
+            let again = first_failure(&small::<P>, STEPS, seed, mix).unwrap();
+            assert_eq!((again.n, again.bytes), (f.n, f.bytes));
+        }
+    }
+
+    /// The trial `swiotlb simulate` runs from a script of the same sizes
+    /// and victims: `map ID SIZE dir=to` (so `cpu=0`, `orig=0`) and
+    /// `unmap ID` through the simulator, on a pool of `nslabs` slots in
+    /// the protocol's areas.
+    fn simulated<P: Policy>(nslabs: u32, n: usize, steps: u64, seed: u64, mix: Mix) -> Trial {
+        let mut sim = Simulator::<P, u64>::new(nslabs, PoolConfig::with_areas(FRAG_AREAS)).unwrap();
+        let mut rng = Rng::new(seed);
+        let mut live: Vec<(u64, usize)> = Vec::new();
+        let (mut ids, mut bytes) = (0u64, 0usize);
+        let pool_bytes = sim.pool().len() as f64;
+        let mut step = None;
+        loop {
+            let len = mix.draw(&mut rng);
+            match sim.map(ids, len, Direction::ToDevice) {
+                Ok(_) => {
+                    live.push((ids, len));
+                    ids += 1;
+                    bytes += len;
+                }
+                Err(SimError::Engine(Error::PoolFull { .. })) => {
+                    return Trial::Failed {
+                        bytes: bytes as f64 / pool_bytes,
+                        slots: sim.stats().io_tlb_used as f64 / f64::from(nslabs),
+                        step,
+                        live: live.len(),
+                    }
+                }
+                Err(e) => panic!("simulate: {e}"),
+            }
+            if live.len() < n {
+                continue;
+            }
+            let next = step.map_or(0, |s| s + 1);
+            if next == steps {
+                return Trial::Survived;
+            }
+            step = Some(next);
+            let (id, len) = live.swap_remove(rng.below(n));
+            sim.unmap(&id).unwrap();
+            bytes -= len;
+        }
+    }
+
+    /// A trial of the bench and the same trial through `simulate`'s
+    /// simulator end alike, step for step: the bench measures what
+    /// `simulate` measures.
+    fn trials_match_simulate<P: Policy>() {
+        for (seed, mix) in [(5, Mix::LogUniform), (6, Mix::Uniform)] {
+            let f = first_failure(&small::<P>, STEPS, seed, mix).unwrap();
+            for n in [f.n - 1, f.n, f.n + 5, 10_000] {
+                let pool = small::<P>().unwrap();
+                let bench = churn(&pool, n, STEPS, seed, mix).unwrap();
+                let sim = simulated::<P>(pool.nslabs(), n, STEPS, seed, mix);
+                assert_eq!(bench, sim, "{}, {mix:?}, {n} live", P::NAME);
+            }
+        }
+    }
+
+    #[test]
+    fn trials_match_simulate_fast() {
+        trials_match_simulate::<Fast>();
+    }
+
+    #[test]
+    fn trials_match_simulate_nextfit() {
+        trials_match_simulate::<NextFit>();
+    }
+
+    #[test]
+    fn bisection_brackets_the_first_failure_fast() {
+        bisection_brackets_the_first_failure::<Fast>();
+    }
+
+    #[test]
+    fn bisection_brackets_the_first_failure_nextfit() {
+        bisection_brackets_the_first_failure::<NextFit>();
     }
 }
