@@ -22,11 +22,14 @@
 //!   fill tight segments and long runs stay whole for large mappings, which
 //!   is what lets large mappings succeed in a churning pool. Starting the
 //!   search where something was last freed (an earlier version of this
-//!   policy) scattered small mappings over every segment and failed at
-//!   0.41 of the pool's bytes live where next fit fails at 0.63; plain
-//!   address-ordered first fit reached 0.80, this reaches 0.87. Best fit
-//!   over every run of the area, size segregation and fullest-segment-first
-//!   placements were measured too (0.77-0.875, `docs/PERFORMANCE.md`).
+//!   policy) scattered small mappings over every segment. Measured by the
+//!   earlier one-area fragmentation protocol (`docs/PERFORMANCE.md`, where
+//!   next fit failed at 0.63 of the pool's bytes live), that version
+//!   failed at 0.41, plain address-ordered first fit at 0.80, and this one
+//!   at 0.87; best fit over every run of the area, size segregation and
+//!   fullest-segment-first placements at 0.77-0.875. Under today's
+//!   two-area protocol this policy fails at 0.85-0.86 and next fit at
+//!   0.74-0.76 (`swiotlb bench --only frag`).
 //! - **Summaries marked exact.** A segment's summary known to be exact
 //!   lets a free update it from the run the freed slots join (no rescan),
 //!   and lets a search count the segment as a sure fit without reading its
@@ -43,9 +46,10 @@ use super::bitmap::{clear_range, next_one, next_zero, prev_one, set_range, word_
 use super::policy::{boxed, AreaGeom, Policy, Request};
 
 /// How many fitting segments a search compares before taking the tightest.
-/// Measured with `swiotlb bench --only frag` (64 MiB pool, 512 B-64 KiB
-/// churn): first fit fails at 0.80 of the bytes live, the tightest of 4 at
-/// 0.86, the tightest of all at 0.87.
+/// Measured under the earlier one-area fragmentation protocol (64 MiB
+/// pool, 512 B-64 KiB churn, `docs/PERFORMANCE.md`): first fit failed at
+/// 0.80 of the bytes live, the tightest of 4 at 0.86, the tightest of all
+/// at 0.87.
 const CANDIDATES: u32 = 4;
 
 /// The default fast policy. See the module documentation.
