@@ -957,4 +957,107 @@ mod tests {
             assert_eq!(longest_clear_run(&three), naive3, "{three:x?}");
         }
     }
+
+    /// 128 segments of 128 slots: two words of exact marks.
+    const WIDE: AreaGeom = AreaGeom {
+        first: 0,
+        nslabs: 128 * 128,
+        segment: 128,
+        slot_shift: 11,
+    };
+
+    /// `is_exact` reads segment `j`'s own mark, in either word, whatever
+    /// the marks around it; `refresh` sets that mark and no other.
+    #[test]
+    fn exact_marks_are_one_bit_per_segment() {
+        let mut area = Fast::new_area(&WIDE);
+        let words = [
+            0,
+            !0,
+            1,
+            1 << 63,
+            0x8000_0000_0000_0001,
+            0x5555_5555_5555_5555,
+            0x0f0f_0f0f_0f0f_0f0f,
+        ];
+        for &a in &words {
+            for &b in &words {
+                area.exact = [a, b].into();
+                for j in 0..128 {
+                    let word = if j < 64 { a } else { b };
+                    let set = word & (1u64 << (j % 64)) != 0;
+                    assert_eq!(area.is_exact(j), set, "segment {j} of {a:#x} {b:#x}");
+                }
+            }
+        }
+        for j in [0, 1, 62, 63, 64, 65, 127] {
+            area.exact = [0, 0].into();
+            area.refresh(&WIDE, j);
+            for k in 0..128 {
+                assert_eq!(area.is_exact(k), k == j, "refresh of {j}, segment {k}");
+            }
+            area.exact = [!0, !0].into();
+            area.clear_exact(j);
+            area.refresh(&WIDE, j);
+            assert!((0..128).all(|k| area.is_exact(k)), "refresh of {j}");
+        }
+    }
+
+    /// A segment with an exact summary of `n + stride - 1` free slots is a
+    /// sure fit (a run that long holds a start of every residue), one slot
+    /// less is not; and only if the whole segment lies in one window of
+    /// the device's boundary.
+    #[test]
+    fn sure_fit_exactly_when_the_summary_leaves_room() {
+        for stride in [1, 2, 4, 32] {
+            for n in [1, 3, 8, 64] {
+                let mut r = req(n);
+                let room = n + stride - 1;
+                for j in [0, 1, 5, 127] {
+                    assert!(FastArea::sure_fit(&WIDE, &r, j, room, stride));
+                    assert!(!FastArea::sure_fit(&WIDE, &r, j, room - 1, stride));
+                }
+                // A window exactly one segment wide, on segment lines.
+                r.boundary_slots = 128;
+                for j in [0, 1, 5, 127] {
+                    assert!(FastArea::sure_fit(&WIDE, &r, j, room, stride), "{j}");
+                }
+                // The same window shifted by a slot cuts every segment.
+                r.tbl_slot = 1;
+                for j in [0, 1, 5, 127] {
+                    assert!(!FastArea::sure_fit(&WIDE, &r, j, room, stride), "{j}");
+                }
+                // A window of half a segment cuts every segment.
+                r.tbl_slot = 0;
+                r.boundary_slots = 64;
+                for j in [0, 1, 5, 127] {
+                    assert!(!FastArea::sure_fit(&WIDE, &r, j, room, stride), "{j}");
+                }
+            }
+        }
+    }
+
+    /// Only a last freed run that an exact reuse took back unmarks its
+    /// segment: not the absence of a freed run, nor a freed run still free.
+    #[test]
+    fn forget_reuse_unmarks_only_a_retaken_run() {
+        let mut area = Fast::new_area(&WIDE);
+        area.forget_reuse(&WIDE);
+        assert!((0..128).all(|k| area.is_exact(k)), "nothing freed yet");
+        let s = Fast::alloc(&mut area, &WIDE, &req(3)).unwrap();
+        Fast::free(&mut area, &WIDE, s, 3);
+        assert_eq!(area.last_free, (s - WIDE.first, 3));
+        let j = FastArea::segment_of(&WIDE, s - WIDE.first);
+        area.forget_reuse(&WIDE);
+        assert!((0..128).all(|k| area.is_exact(k)), "the freed run is free");
+        assert_eq!(
+            Fast::alloc(&mut area, &WIDE, &req(3)),
+            Some(s),
+            "exact reuse"
+        );
+        area.forget_reuse(&WIDE);
+        for k in 0..128 {
+            assert_eq!(area.is_exact(k), k != j, "segment {k}");
+        }
+    }
 }
