@@ -970,7 +970,7 @@ mod tests {
     /// the marks around it; `refresh` sets that mark and no other.
     #[test]
     fn exact_marks_are_one_bit_per_segment() {
-        let mut area = Fast::new_area(&WIDE);
+        let mut area = Fast::new_area(&WIDE).unwrap();
         let words = [
             0,
             !0,
@@ -1041,7 +1041,7 @@ mod tests {
     /// segment: not the absence of a freed run, nor a freed run still free.
     #[test]
     fn forget_reuse_unmarks_only_a_retaken_run() {
-        let mut area = Fast::new_area(&WIDE);
+        let mut area = Fast::new_area(&WIDE).unwrap();
         area.forget_reuse(&WIDE);
         assert!((0..128).all(|k| area.is_exact(k)), "nothing freed yet");
         let s = Fast::alloc(&mut area, &WIDE, &req(3)).unwrap();
