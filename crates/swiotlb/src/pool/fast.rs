@@ -1056,4 +1056,41 @@ mod tests {
             assert_eq!(area.is_exact(k), k != j, "segment {k}");
         }
     }
+
+    /// The search takes the tightest of the first `CANDIDATES` segments
+    /// that fit, walking in address order and counting only segments
+    /// tighter than the best so far, and stops early at a perfect fit.
+    /// Segments 0 to 4 hold free runs of 9, 8, 7, 6 and 5 slots at their
+    /// starts, the rest is held: a 4-slot request takes segment 3 (the
+    /// fourth candidate), not the tighter segment 4 after it, nor the
+    /// first fit. With a perfect fit among the first four, it is taken.
+    #[test]
+    fn search_takes_the_tightest_of_the_first_candidates() {
+        let geom = AreaGeom {
+            first: 0,
+            nslabs: 8 * 16,
+            segment: 16,
+            slot_shift: 11,
+        };
+        for (runs, want) in [
+            (&[9u32, 8, 7, 6, 5][..], 3 * 16),
+            (&[9, 4, 7, 6, 5][..], 16),
+            (&[9, 8, 7, 6, 4][..], 3 * 16),
+        ] {
+            let mut area = Fast::new_area(&geom);
+            set_range(&mut area.held, 0, geom.nslabs);
+            for (j, &n) in runs.iter().enumerate() {
+                clear_range(&mut area.held, j as u32 * 16, n);
+            }
+            for j in 0..8 {
+                area.refresh(&geom, j);
+            }
+            assert_eq!(CANDIDATES, 4);
+            assert_eq!(
+                Fast::alloc(&mut area, &geom, &req(4)),
+                Some(want),
+                "{runs:?}"
+            );
+        }
+    }
 }
