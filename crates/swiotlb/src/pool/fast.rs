@@ -1033,14 +1033,21 @@ mod tests {
         }
     }
 
-    /// Only a last freed run that an exact reuse took back unmarks its
-    /// segment: not the absence of a freed run, nor a freed run still free.
+    /// A new area's summaries are all exact. Only a last freed run that
+    /// an exact reuse took back unmarks its segment: not the absence of a
+    /// freed run, nor a freed run still free (here given back by the undo
+    /// of the search that took it, which marks its segment exact again).
+    /// Segment 0 is held whole first, so that the run is in segment 1.
     #[test]
     fn forget_reuse_unmarks_only_a_retaken_run() {
         let mut area = Fast::new_area(&WIDE);
+        assert!((0..128).all(|k| area.is_exact(k)), "a new area");
         area.forget_reuse(&WIDE);
         assert!((0..128).all(|k| area.is_exact(k)), "nothing freed yet");
+        set_range(&mut area.held, 0, 128);
+        area.refresh(&WIDE, 0);
         let s = Fast::alloc(&mut area, &WIDE, &req(3)).unwrap();
+        assert_eq!(FastArea::segment_of(&WIDE, s - WIDE.first), 1);
         Fast::free(&mut area, &WIDE, s, 3);
         assert_eq!(area.last_free, (s - WIDE.first, 3));
         let j = FastArea::segment_of(&WIDE, s - WIDE.first);
