@@ -124,9 +124,13 @@ fi
 if ((hand)); then
     scratch=$(mktemp -d /tmp/swiotlb-mutants.XXXXXX)
     trap 'rm -rf "$scratch"' EXIT
-    # Tracked and new files, not ignored ones (no target/).
+    # Tracked and new files, not ignored ones (no target/). Extracted with
+    # the current time (-m): the target directory is kept between runs and
+    # cargo judges freshness by mtime over paths relative to the package,
+    # so files carrying their old times would pass for the last mutant's
+    # build, left there by the previous run.
     git ls-files -z --cached --others --exclude-standard |
-        tar --null -T - -cf - | tar -xf - -C "$scratch"
+        tar --null -T - -cf - | tar -xmf - -C "$scratch"
     # Kept between runs, so only the first build is a full one.
     export CARGO_TARGET_DIR=$out/hand-target
     (cd "$scratch" && cargo nextest run -p swiotlb --no-run >"$out/hand-build.log" 2>&1) || {
