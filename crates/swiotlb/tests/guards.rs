@@ -452,13 +452,15 @@ fn policy_bytes(policy: &str, first: u32, nslabs: u32, segment: u32) -> usize {
 /// area, its lock, counters and policy state. The per-area fixed part is
 /// not visible from outside, so it is worked out once from a one-area pool
 /// and must then be the same in every geometry, including pools of 2 to 8
-/// areas, areas that do not start on a segment line, and a last area that
-/// takes a remainder.
+/// areas, areas that do not start on a segment line, a last area that
+/// takes a remainder, and areas of more than 64 segments.
 fn metadata_bytes_matches_count_from_geometry<P: Policy>() {
     let per_slot = std::mem::size_of::<*mut u8>() + 8;
     let fixed = std::mem::size_of::<Pool<P>>();
     // (slots, slot shift, segment, areas wanted, areas expected)
-    let geometries: [(u32, u32, u32, u32, u32); 9] = [
+    // The last two have more than 64 segments per area, so the per-segment
+    // bit arrays take two words.
+    let geometries: [(u32, u32, u32, u32, u32); 11] = [
         (128, 11, 128, 1, 1),
         (1, 11, 128, 1, 1),
         (100, 11, 128, 4, 1),
@@ -468,6 +470,8 @@ fn metadata_bytes_matches_count_from_geometry<P: Policy>() {
         (1030, 11, 128, 8, 8),
         (4096, 9, 64, 2, 2),
         (777, 12, 32, 3, 4),
+        (130, 9, 2, 1, 1),
+        (520, 9, 2, 4, 4),
     ];
     let mut area_fixed = None;
     for (nslabs, slot_shift, segment, wanted, nareas) in geometries {

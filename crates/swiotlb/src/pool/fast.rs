@@ -1037,14 +1037,21 @@ mod tests {
         }
     }
 
-    /// Only a last freed run that an exact reuse took back unmarks its
-    /// segment: not the absence of a freed run, nor a freed run still free.
+    /// A new area's summaries are all exact. Only a last freed run that
+    /// an exact reuse took back unmarks its segment: not the absence of a
+    /// freed run, nor a freed run still free (here given back by the undo
+    /// of the search that took it, which marks its segment exact again).
+    /// Segment 0 is held whole first, so that the run is in segment 1.
     #[test]
     fn forget_reuse_unmarks_only_a_retaken_run() {
         let mut area = Fast::new_area(&WIDE).unwrap();
+        assert!((0..128).all(|k| area.is_exact(k)), "a new area");
         area.forget_reuse(&WIDE);
         assert!((0..128).all(|k| area.is_exact(k)), "nothing freed yet");
+        set_range(&mut area.held, 0, 128);
+        area.refresh(&WIDE, 0);
         let s = Fast::alloc(&mut area, &WIDE, &req(3)).unwrap();
+        assert_eq!(FastArea::segment_of(&WIDE, s - WIDE.first), 1);
         Fast::free(&mut area, &WIDE, s, 3);
         assert_eq!(area.last_free, (s - WIDE.first, 3));
         let j = FastArea::segment_of(&WIDE, s - WIDE.first);
@@ -1058,6 +1065,43 @@ mod tests {
         area.forget_reuse(&WIDE);
         for k in 0..128 {
             assert_eq!(area.is_exact(k), k != j, "segment {k}");
+        }
+    }
+
+    /// The search takes the tightest of the first `CANDIDATES` segments
+    /// that fit, walking in address order and counting only segments
+    /// tighter than the best so far, and stops early at a perfect fit.
+    /// Segments 0 to 4 hold free runs of 9, 8, 7, 6 and 5 slots at their
+    /// starts, the rest is held: a 4-slot request takes segment 3 (the
+    /// fourth candidate), not the tighter segment 4 after it, nor the
+    /// first fit. With a perfect fit among the first four, it is taken.
+    #[test]
+    fn search_takes_the_tightest_of_the_first_candidates() {
+        let geom = AreaGeom {
+            first: 0,
+            nslabs: 8 * 16,
+            segment: 16,
+            slot_shift: 11,
+        };
+        for (runs, want) in [
+            (&[9u32, 8, 7, 6, 5][..], 3 * 16),
+            (&[9, 4, 7, 6, 5][..], 16),
+            (&[9, 8, 7, 6, 4][..], 3 * 16),
+        ] {
+            let mut area = Fast::new_area(&geom);
+            set_range(&mut area.held, 0, geom.nslabs);
+            for (j, &n) in runs.iter().enumerate() {
+                clear_range(&mut area.held, j as u32 * 16, n);
+            }
+            for j in 0..8 {
+                area.refresh(&geom, j);
+            }
+            assert_eq!(CANDIDATES, 4);
+            assert_eq!(
+                Fast::alloc(&mut area, &geom, &req(4)),
+                Some(want),
+                "{runs:?}"
+            );
         }
     }
 }
