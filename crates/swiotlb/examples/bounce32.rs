@@ -18,6 +18,7 @@ use swiotlb::{Device, Direction, DmaAddr, DmaMask, PhysAddr, Pool, PoolConfig};
 
 /// Heap buffers appear 4 GiB above their CPU address; the pool region is
 /// given its own low physical base when it is built.
+#[derive(Clone)]
 struct HighMemory;
 
 impl Translate for HighMemory {

@@ -33,7 +33,7 @@ fn main() {
     let high = HighParam::parse_strict("swiotlb.high=8192").expect("swiotlb.high=");
     let low_bytes = low.resolve(2).bytes as usize;
     let platform = Platform::new()
-        .with_low(pool_at(0x1000_0000, low_bytes))
+        .with_default(pool_at(0x1000_0000, low_bytes))
         .with_high(pool_at(0x1_0000_0000, high.bytes() as usize));
 
     let small = Device::new(DmaMask::BITS_32).with_force_bounce(true);

@@ -15,10 +15,13 @@
 use std::ptr::NonNull;
 
 use swiotlb::translate::Translate;
-use swiotlb::{Device, Direction, DmaAddr, DmaMask, Error, PhysAddr, Platform, Pool, PoolConfig};
+use swiotlb::{
+    Device, Direction, DmaAddr, DmaMask, Error, IoTlb, PhysAddr, Platform, Pool, PoolConfig,
+};
 
 /// Heap buffers appear at their CPU address plus 2^40, where a 64-bit
 /// device would reach them directly; pools keep the base they are built at.
+#[derive(Clone)]
 struct HighHeap;
 
 impl Translate for HighHeap {
@@ -47,12 +50,15 @@ fn pool_at(phys: u64, len: usize) -> Pool {
 fn main() {
     const RING: usize = 12 << 10;
     let platform = Platform::new()
-        .with_low(pool_at(0x1000_0000, 4 << 20))
-        .with_restricted("virtio_mmio@a003e00-dma", pool_at(0x3000_0000, 256 << 10));
+        .with_default(pool_at(0x1000_0000, 4 << 20))
+        .with_restricted(IoTlb::restricted(
+            "virtio_mmio@a003e00-dma",
+            pool_at(0x3000_0000, 256 << 10),
+        ));
 
     let virtio = Device::new(DmaMask::BITS_64)
         .with_translate(HighHeap)
-        .with_restricted_pool("virtio_mmio@a003e00-dma");
+        .with_restricted_tlb("virtio_mmio@a003e00-dma");
     let nic = Device::new(DmaMask::BITS_32).with_translate(HighHeap);
 
     // The ring: zeroed, 16 KiB aligned (12 KiB rounds up to order 2).

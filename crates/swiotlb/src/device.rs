@@ -37,7 +37,7 @@ pub struct Device<T = Identity> {
     seg_boundary_mask: u64,
     max_segment_size: usize,
     force_bounce: bool,
-    restricted: Option<RestrictedPool>,
+    restricted: Option<RestrictedTlb>,
     #[cfg(feature = "alloc")]
     tracking: Tracking,
     translate: T,
@@ -118,22 +118,22 @@ impl core::fmt::Debug for Tracking {
 /// Linux devices whose `memory-region` points at the same
 /// `restricted-dma-pool` node share one `io_tlb_mem`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum RestrictedPool {
+pub enum RestrictedTlb {
     /// The restricted tlb at this index, in the order they were added.
     Index(usize),
     /// The restricted tlb of this name.
     Name(&'static str),
 }
 
-impl From<usize> for RestrictedPool {
+impl From<usize> for RestrictedTlb {
     fn from(index: usize) -> Self {
-        RestrictedPool::Index(index)
+        RestrictedTlb::Index(index)
     }
 }
 
-impl From<&'static str> for RestrictedPool {
+impl From<&'static str> for RestrictedTlb {
     fn from(name: &'static str) -> Self {
-        RestrictedPool::Name(name)
+        RestrictedTlb::Name(name)
     }
 }
 
@@ -180,13 +180,13 @@ impl<T> Device<T> {
     /// allocations come from it. A device bound to a tlb the platform does
     /// not have gets [`Error::NoPool`](crate::Error::NoPool), never a
     /// global pool: the restriction is the point.
-    pub fn with_restricted_pool(mut self, pool: impl Into<RestrictedPool>) -> Self {
+    pub fn with_restricted_tlb(mut self, pool: impl Into<RestrictedTlb>) -> Self {
         self.restricted = Some(pool.into());
         self
     }
 
     /// The restricted tlb the device is bound to, if any.
-    pub const fn restricted_pool(&self) -> Option<RestrictedPool> {
+    pub const fn restricted_tlb(&self) -> Option<RestrictedTlb> {
         self.restricted
     }
 

@@ -58,6 +58,14 @@ pub enum ConfigProblem {
         /// `max`, in bytes.
         max: usize,
     },
+    /// A device tree pool has no CPU mapping: the caller's memory callback
+    /// returned none for it, or it is larger than the address space.
+    UnmappedRegion {
+        /// Physical address of the region.
+        phys: crate::addr::PhysAddr,
+        /// Bytes in the region.
+        len: u64,
+    },
 }
 
 /// What the strict `swiotlb=` parser found that Linux would silently
@@ -334,6 +342,9 @@ impl fmt::Display for ConfigProblem {
                 f,
                 "the limit ({max} bytes) is below the first pool ({start} bytes)"
             ),
+            ConfigProblem::UnmappedRegion { phys, len } => {
+                write!(f, "the region of {len} bytes at {phys} has no CPU mapping")
+            }
         }
     }
 }

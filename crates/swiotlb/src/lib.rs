@@ -21,6 +21,7 @@
 //!
 //! // Physical = CPU address + 4 GiB, except the pool, which sits at
 //! // physical 0x1000_0000 (below 4 GiB) whatever its CPU address.
+//! #[derive(Clone)]
 //! struct HighHeap;
 //! impl Translate for HighHeap {
 //!     fn phys_to_dma(&self, p: PhysAddr) -> DmaAddr { DmaAddr(p.0) }
@@ -127,8 +128,6 @@ pub mod translate;
 #[cfg(feature = "alloc")]
 mod copy;
 #[cfg(feature = "alloc")]
-pub mod dynamic;
-#[cfg(feature = "alloc")]
 mod granules;
 #[cfg(feature = "alloc")]
 pub mod map;
@@ -152,9 +151,7 @@ pub use direction::Direction;
 pub use error::{Error, FailReason, Result};
 pub use translate::Translate;
 
-pub use device::RestrictedPool;
-#[cfg(feature = "alloc")]
-pub use dynamic::{DynConfig, DynStats, DynTlb};
+pub use device::RestrictedTlb;
 #[cfg(feature = "alloc")]
 pub use map::{DmaBuffer, MapFailed, MapOptions, Mapping, SgEntry};
 #[cfg(feature = "alloc")]
@@ -162,7 +159,7 @@ pub use pool::{Bounce, Fast, NextFit, Policy, Pool, PoolConfig};
 #[cfg(feature = "alloc")]
 pub use stats::Stats;
 #[cfg(feature = "alloc")]
-pub use tlb::{Coherent, IoTlb, Platform, TlbKind};
+pub use tlb::{Coherent, GrowConfig, Growth, IoTlb, Platform, TlbKind, TlbStats};
 
 /// The README's Rust examples, compiled and run as doctests so that they
 /// work when pasted.

@@ -36,6 +36,7 @@ use crate::device::Device;
 use crate::direction::Direction;
 use crate::error::{Error, Result};
 use crate::pool::{Bounce, Policy, Pool};
+use crate::tlb::IoTlb;
 use crate::translate::Translate;
 
 /// Options of one bounce beyond its attributes.
@@ -861,10 +862,8 @@ pub(crate) enum Held {
 /// nslots`: for the mapping's borrow (`Held::Lasting`), or in a growing
 /// tlb until they are given back (the tlb frees no pool that holds a live
 /// allocation, and no grown pool while a release runs in it).
-struct BounceRef<'p, P: Policy> {
+struct BounceRef<P: Policy> {
     pool: NonNull<Pool<P>>,
-    /// The growing tlb the pool belongs to, told of the release.
-    tlb: Option<&'p dyn AfterRelease>,
     held: Held,
     start: u32,
     nslots: u32,
@@ -873,13 +872,47 @@ struct BounceRef<'p, P: Policy> {
     phys: PhysAddr,
 }
 
-impl<P: Policy> Clone for BounceRef<'_, P> {
+impl<P: Policy> Clone for BounceRef<P> {
     fn clone(&self) -> Self {
         *self
     }
 }
 
-impl<P: Policy> Copy for BounceRef<'_, P> {}
+impl<P: Policy> Copy for BounceRef<P> {}
+
+/// What a safe mapping borrows: the pool or the tlb that made it.
+#[derive(Debug)]
+pub(crate) enum Owner<'p, P: Policy> {
+    /// Nothing: a direct mapping of a platform that has no default or
+    /// high tlb.
+    Nothing,
+    /// A bare pool ([`Pool::map`]).
+    Pool(&'p Pool<P>),
+    /// A tlb, which is told of every release (to give back a transient
+    /// pool, and to serve its queue) and guards the release of a grown
+    /// pool's slots.
+    Tlb(&'p IoTlb<P>),
+}
+
+impl<P: Policy> Clone for Owner<'_, P> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<P: Policy> Copy for Owner<'_, P> {}
+
+impl<'p, P: Policy> Owner<'p, P> {
+    /// Where direct mappings and failures are counted.
+    #[inline]
+    pub(crate) fn home(self) -> Option<&'p Pool<P>> {
+        match self {
+            Owner::Nothing => None,
+            Owner::Pool(pool) => Some(pool),
+            Owner::Tlb(tlb) => Some(tlb.first_pool()),
+        }
+    }
+}
 
 /// A buffer mapped for a device: it owns the buffer until
 /// [`Mapping::unmap`] gives it back.
@@ -895,10 +928,9 @@ pub struct Mapping<'p, B: DmaBuffer, P: Policy = crate::pool::Fast> {
     buffer: RawBuffer<B>,
     dma: DmaAddr,
     dir: Direction,
-    /// Where a direct mapping's failures are counted (none for a direct
-    /// mapping of a platform without a default or high tlb).
-    home: Option<&'p Pool<P>>,
-    bounce: Option<BounceRef<'p, P>>,
+    /// The pool or tlb that made the mapping.
+    owner: Owner<'p, P>,
+    bounce: Option<BounceRef<P>>,
 }
 
 impl<P: Policy> Pool<P> {
@@ -932,7 +964,7 @@ impl<P: Policy> Pool<P> {
         let (phys, direct) = dev.direct(buffer.ptr().as_ptr(), buffer.len());
         if direct {
             let dma = dev.phys_to_dma(phys);
-            return Ok(Mapping::direct(Some(self), buffer, dma, dir));
+            return Ok(Mapping::direct(Owner::Pool(self), buffer, dma, dir));
         }
         self.bounce_buffer(dev, phys, buffer, dir, attrs)
             .map_err(|(error, buffer)| MapFailed::new(error, buffer))
@@ -961,7 +993,9 @@ impl<P: Policy> Pool<P> {
         match r {
             // SAFETY: `b` was just allocated in this pool for `buffer`'s
             // region, and this pool lives for the mapping's borrow.
-            Ok(b) => Ok(unsafe { Mapping::bounced(self, None, Held::Lasting, buffer, dir, b) }),
+            Ok(b) => Ok(unsafe {
+                Mapping::bounced(self, Owner::Pool(self), Held::Lasting, buffer, dir, b)
+            }),
             Err(error) => Err((error, buffer)),
         }
     }
@@ -991,7 +1025,12 @@ impl<P: Policy> Pool<P> {
         let r = map_sg_buffers_by(buffers, dev.max_segment_size(), |b| {
             let (phys, direct) = dev.direct(b.ptr().as_ptr(), b.len());
             if direct && bouncing == Bouncing::IfNeeded {
-                Ok(Mapping::direct(Some(self), b, dev.phys_to_dma(phys), dir))
+                Ok(Mapping::direct(
+                    Owner::Pool(self),
+                    b,
+                    dev.phys_to_dma(phys),
+                    dir,
+                ))
             } else {
                 self.bounce_buffer(dev, phys, b, dir, Attrs::NONE)
             }
@@ -1056,35 +1095,22 @@ pub(crate) fn map_sg_buffers_by<'p, B: DmaBuffer, P: Policy>(
     Ok(maps)
 }
 
-/// What a growing tlb does around the release of a safe mapping's slots.
-pub(crate) trait AfterRelease: Sync {
-    /// Runs `release`, which gives back slots of a grown pool, such that
-    /// the tlb frees no pool until it returns: the release may leave the
-    /// pool idle, and it still touches the pool after that.
-    fn guard_release(&self, release: &mut dyn FnMut());
-
-    /// The slots of a mapping in the pool starting at `pool_start` were
-    /// just given back; `transient` if that pool was made for this mapping
-    /// alone. The pool may be gone by the time this returns.
-    fn after_release(&self, pool_start: PhysAddr, transient: bool);
-}
-
 impl<'p, B: DmaBuffer, P: Policy> Mapping<'p, B, P> {
-    /// A direct mapping of `buffer`, counted under `home`.
+    /// A direct mapping of `buffer`, counted under `owner`.
     pub(crate) fn direct(
-        home: Option<&'p Pool<P>>,
+        owner: Owner<'p, P>,
         buffer: RawBuffer<B>,
         dma: DmaAddr,
         dir: Direction,
     ) -> Self {
-        if let Some(pool) = home {
+        if let Some(pool) = owner.home() {
             pool.count_direct();
         }
         Mapping {
             buffer,
             dma,
             dir,
-            home,
+            owner,
             bounce: None,
         }
     }
@@ -1095,11 +1121,11 @@ impl<'p, B: DmaBuffer, P: Policy> Mapping<'p, B, P> {
     /// - `b` is a live allocation of `pool`, made for `buffer`'s region,
     ///   and owned by the new mapping alone;
     /// - `pool` stays valid for as long as `b`'s slots are held, as `held`
-    ///   says: for `'p` (`Lasting`), or, in the growing tlb `tlb`, until the
+    ///   says: for `'p` (`Lasting`), or, in the tlb `owner`, until the
     ///   slots are given back (`Grown`, `Transient`).
     pub(crate) unsafe fn bounced(
         pool: &Pool<P>,
-        tlb: Option<&'p dyn AfterRelease>,
+        owner: Owner<'p, P>,
         held: Held,
         buffer: RawBuffer<B>,
         dir: Direction,
@@ -1109,12 +1135,11 @@ impl<'p, B: DmaBuffer, P: Policy> Mapping<'p, B, P> {
             buffer,
             dma: b.dma,
             dir,
-            home: None,
+            owner,
             // INVARIANT: `pool` holds `b`'s slots and lives as `held` says
             // (the caller's obligations).
             bounce: Some(BounceRef {
                 pool: NonNull::from(pool),
-                tlb,
                 held,
                 start: b.start,
                 nslots: b.nslots,
@@ -1125,7 +1150,7 @@ impl<'p, B: DmaBuffer, P: Policy> Mapping<'p, B, P> {
     }
 }
 
-impl<P: Policy> BounceRef<'_, P> {
+impl<P: Policy> BounceRef<P> {
     /// The pool. Not to be called after the slots are given back.
     #[inline]
     fn pool(&self) -> &Pool<P> {
@@ -1188,7 +1213,7 @@ impl<B: DmaBuffer, P: Policy> Mapping<'_, B, P> {
             match &self.bounce {
                 Some(b) => b.pool().count_failure(&e),
                 None => {
-                    if let Some(pool) = self.home {
+                    if let Some(pool) = self.owner.home() {
                         pool.count_failure(&e);
                     }
                 }
@@ -1330,13 +1355,13 @@ impl<B: DmaBuffer, P: Policy> Mapping<'_, B, P> {
             // A safe mapping owns its allocation, so it is live.
             debug_assert!(r.is_ok(), "safe mapping was not live: {r:?}");
         };
-        match (b.tlb, b.held) {
-            (Some(tlb), Held::Grown) => tlb.guard_release(&mut give_back),
+        match (self.owner, b.held) {
+            (Owner::Tlb(tlb), Held::Grown) => tlb.guard_release(&mut give_back),
             _ => give_back(),
         }
         // From here on the pool may be gone: only its address is used.
-        if let Some(tlb) = b.tlb {
-            tlb.after_release(pool_start, b.held == Held::Transient);
+        if let Owner::Tlb(tlb) = self.owner {
+            tlb.after_release(pool_start, b.held);
         }
     }
 }

@@ -693,6 +693,7 @@ pub(crate) fn build<P: Policy, V: Provider, H: MemoryHooks>(
         Ok(pool) => Ok(ProvidedPool {
             pool: Some(pool),
             prep,
+            released: false,
             on_error: None,
         }),
         Err(e) => {
@@ -780,11 +781,20 @@ impl<V: Provider, H: MemoryHooks> Prepared<V, H> {
 ///
 /// Releasing may sleep.
 pub struct ProvidedPool<V: Provider, H: MemoryHooks = NoHooks, P: Policy = Fast> {
-    /// `None` only while releasing.
+    /// `None` once released, or once taken out by
+    /// [`ProvidedPool::into_parts`].
     pool: Option<Pool<P>>,
     prep: Prepared<V, H>,
+    /// Whether the memory was given back (or leaked): it is, once.
+    released: bool,
     on_error: Option<fn(ProviderError)>,
 }
+
+/// The memory under a pool taken out of its [`ProvidedPool`]: dropping it
+/// gives the memory back (unshares, unremaps, frees), so it must outlive
+/// the pool. A tlb keeps its first pool this way, beside the pool, so that
+/// reaching the pool costs no check.
+pub(crate) struct Backing<V: Provider, H: MemoryHooks, P: Policy>(ProvidedPool<V, H, P>);
 
 impl<P: Policy, V: Provider, H: MemoryHooks> ProvidedPool<V, H, P> {
     /// The pool.
@@ -831,15 +841,22 @@ impl<P: Policy, V: Provider, H: MemoryHooks> ProvidedPool<V, H, P> {
     }
 
     fn release_inner(&mut self) -> Result<(), ProviderError> {
-        match self.pool.take() {
-            Some(pool) => {
-                // The pool first: nothing may use the memory once the undo
-                // starts.
-                drop(pool);
-                self.prep.undo()
-            }
-            None => Ok(()),
+        if core::mem::replace(&mut self.released, true) {
+            return Ok(());
         }
+        // The pool first: nothing may use the memory once the undo starts.
+        drop(self.pool.take());
+        self.prep.undo()
+    }
+
+    /// The pool, and the memory under it, which is given back when the
+    /// [`Backing`] drops: drop the pool first.
+    pub(crate) fn into_parts(mut self) -> (Pool<P>, Backing<V, H, P>) {
+        let pool = self
+            .pool
+            .take()
+            .expect("a provided pool holds its pool until released");
+        (pool, Backing(self))
     }
 }
 

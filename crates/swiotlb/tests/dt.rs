@@ -936,3 +936,123 @@ fn names_holding_a_slash() {
     let dt = parse(&blob).unwrap();
     assert_eq!(dt.pools[0].devices, ["/soc/x", "/a//b"]);
 }
+
+/// A confidential-VM platform read from a device tree: the default tlb
+/// grows (memory from a provider), and the virtio device named by the
+/// tree bounces through its own restricted pool. Data is checked both ways
+/// through both tlbs.
+#[test]
+fn a_platform_from_a_device_tree_grows_its_default_tlb_and_restricts_virtio() {
+    use std::ptr::NonNull;
+    use swiotlb::provider::HeapProvider;
+    use swiotlb::{
+        Attrs, Device, Direction, DmaMask, Error, GrowConfig, Growth, IoTlb, Platform, PoolConfig,
+        TlbKind,
+    };
+
+    // One 1 MiB restricted pool at 0x5000_0000, used by one virtio device;
+    // a second device names no pool.
+    let blob = Tree::new((2, 2))
+        .pool(pool(
+            "restricted@50000000",
+            "restricted-dma-pool",
+            &[0, 0x5000_0000, 0, 0x10_0000],
+            1,
+        ))
+        .dev(dev("virtio@a000000", &[1]))
+        .blob();
+    let dt = parse(&blob).unwrap();
+    // The region's CPU mapping: heap memory standing for the reserved
+    // physical range, alive for the whole test.
+    let mut regions: Vec<(u64, Box<[u8]>)> = Vec::new();
+    let mut memory = |phys: PhysAddr, len: usize| {
+        let mut mem = vec![0u8; len].into_boxed_slice();
+        let cpu = NonNull::new(mem.as_mut_ptr());
+        regions.push((phys.0, mem));
+        cpu
+    };
+    // SAFETY: each region lives in `regions`, which outlives the platform
+    // (declared before it), and is touched only through its pool.
+    let platform = unsafe { Platform::from_dt(&dt, PoolConfig::default(), &mut memory) }.unwrap();
+    let mut config = GrowConfig::new(1 << 20, 16 << 20);
+    config.grow_by = 1 << 20;
+    let default =
+        IoTlb::growing(TlbKind::Default, Growth::new(HeapProvider::new(), config)).unwrap();
+    let platform = platform.with_default(default);
+    assert_eq!(platform.restricted().len(), 1);
+    assert_eq!(platform.restricted()[0].name(), "restricted@50000000");
+
+    // Bound by node name and by full path alike.
+    let virtio = platform.bind(Device::new(DmaMask::BITS_64), "virtio@a000000");
+    let same = platform.bind(Device::new(DmaMask::BITS_64), "/soc/virtio@a000000");
+    assert_eq!(virtio.restricted_tlb(), same.restricted_tlb());
+    assert!(virtio.restricted_tlb().is_some());
+    let other = platform
+        .bind(Device::new(DmaMask::BITS_64), "/soc/serial@0")
+        .with_force_bounce(true);
+    assert!(other.restricted_tlb().is_none());
+
+    // Virtio: bounced into the restricted pool although its mask reaches
+    // the buffer; the device sees the bytes, and what it writes comes back.
+    let out: Vec<u8> = (0..1500u32).map(|i| (i * 7) as u8).collect();
+    let m = platform
+        .map(&virtio, out.clone(), Direction::ToDevice)
+        .unwrap();
+    let at = m.bounce_phys().expect("restricted devices always bounce").0;
+    assert!((0x5000_0000..0x5010_0000).contains(&at));
+    // SAFETY: the device side of a live mapping, `len` bytes.
+    let seen = unsafe { std::slice::from_raw_parts(m.device_ptr().as_ptr(), m.len()) };
+    assert_eq!(seen, &out[..]);
+    assert_eq!(m.unmap(), out);
+    let m = platform
+        .map(&virtio, vec![0u8; 4096], Direction::FromDevice)
+        .unwrap();
+    // SAFETY: the device writes its side of a live mapping, `len` bytes.
+    unsafe { std::ptr::write_bytes(m.device_ptr().as_ptr(), 0xa5, m.len()) };
+    assert_eq!(m.unmap(), vec![0xa5u8; 4096]);
+    // Its coherent ring comes from the restricted pool too.
+    let ring = platform.alloc_coherent(&virtio, 16 << 10).unwrap();
+    assert!((0x5000_0000..0x5010_0000).contains(&ring.dma.as_u64()));
+    platform.free_coherent(&virtio, ring.dma).unwrap();
+
+    // The other device: 3 MiB live in the growing default tlb, which
+    // starts at 1 MiB; every buffer reads back what was written.
+    let maps: Vec<_> = (0..12u8)
+        .map(|i| {
+            platform
+                .map_with_attrs(
+                    &other,
+                    vec![i; 256 << 10],
+                    Direction::Bidirectional,
+                    Attrs::MAY_SLEEP,
+                )
+                .unwrap()
+        })
+        .collect();
+    let grown = platform.default_tlb().unwrap().stats();
+    assert!(grown.pools_added >= 2, "{grown:?}");
+    for (i, m) in maps.iter().enumerate() {
+        // SAFETY: the device side of a live mapping, `len` bytes.
+        let seen = unsafe { std::slice::from_raw_parts(m.device_ptr().as_ptr(), m.len()) };
+        assert!(seen.iter().all(|&b| b == i as u8));
+        assert!(!(0x5000_0000..0x5010_0000).contains(&m.bounce_phys().unwrap().0));
+    }
+    drop(maps);
+    assert_eq!(platform.default_tlb().unwrap().stats().pool.io_tlb_used, 0);
+
+    // The restricted tlb does not grow: flooding it fails the virtio
+    // device alone.
+    let mut held = Vec::new();
+    let err = loop {
+        match platform.map(&virtio, vec![0u8; 64 << 10], Direction::ToDevice) {
+            Ok(m) => held.push(m),
+            Err(f) => break f.error,
+        }
+    };
+    assert!(matches!(err, Error::PoolFull { .. }), "{err}");
+    assert_eq!(held.len(), 16);
+    let m = platform
+        .map(&other, vec![1u8; 64 << 10], Direction::ToDevice)
+        .unwrap();
+    assert!(m.is_bounced());
+}

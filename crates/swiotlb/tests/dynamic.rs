@@ -19,8 +19,10 @@ use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
-use swiotlb::dynamic::{Deferral, DynConfig, DynTlb, ManualClock, StdClock, Ticket};
 use swiotlb::provider::{HeapProvider, MemoryHooks, NoHooks, Provider, ProviderError, Region};
+use swiotlb::tlb::{Deferral, GrowConfig, IoTlb, ManualClock, StdClock, Ticket};
+use swiotlb::Growth;
+use swiotlb::TlbKind;
 use swiotlb::{
     Attrs, Bounce, Device, Direction, DmaMask, Error, MapOptions, Mapping, PhysAddr, Policy,
 };
@@ -28,12 +30,14 @@ use swiotlb::{
 const MIB: usize = 1 << 20;
 const KIB: usize = 1 << 10;
 
-fn tlb(start: usize, max: usize) -> (DynTlb<HeapProvider>, Arc<ManualClock>) {
+fn tlb(start: usize, max: usize) -> (IoTlb, Arc<ManualClock>) {
     let clock = Arc::new(ManualClock::new());
-    let mut config = DynConfig::new(start, max);
+    let mut config = GrowConfig::new(start, max);
     config.grow_by = MIB;
     config.idle = 1_000;
-    let t = DynTlb::new(HeapProvider::new(), NoHooks, clock.clone(), config).unwrap();
+    let t = IoTlb::growing(TlbKind::Default, Growth::new(HeapProvider::new(), config))
+        .map(|t| t.with_clock(clock.clone()))
+        .unwrap();
     (t, clock)
 }
 
@@ -101,10 +105,10 @@ fn check_answer(buf: &[u8], i: usize) {
 }
 
 /// Fills a 1 MiB tlb with four 256 KiB mappings.
-fn fill<'t>(t: &'t DynTlb<HeapProvider>, dev: &Device) -> Vec<Mapping<'t, Vec<u8>>> {
+fn fill<'t>(t: &'t IoTlb, dev: &Device) -> Vec<Mapping<'t, Vec<u8>>> {
     let maps: Vec<_> = (0..4)
         .map(|i| {
-            t.map(
+            t.map_with_attrs(
                 dev,
                 pattern(1000 + i, 256 * KIB),
                 Direction::Bidirectional,
@@ -129,7 +133,7 @@ fn grows_for_callers_that_may_sleep_and_shrinks_when_idle() {
     for i in 0..24 {
         let buf = vec![i as u8; 256 * 1024];
         let m = t
-            .map(&dev, buf, Direction::ToDevice, Attrs::MAY_SLEEP)
+            .map_with_attrs(&dev, buf, Direction::ToDevice, Attrs::MAY_SLEEP)
             .unwrap();
         maps.push(m);
     }
@@ -158,7 +162,7 @@ fn callers_that_may_not_sleep_get_transient_pools() {
     for i in 0..16 {
         let buf = vec![i as u8; 200 * 1024];
         maps.push(
-            t.map(&dev, buf, Direction::Bidirectional, Attrs::NONE)
+            t.map_with_attrs(&dev, buf, Direction::Bidirectional, Attrs::NONE)
                 .unwrap(),
         );
     }
@@ -278,7 +282,7 @@ fn a_device_in_a_static_gets_transient_pools() {
     let (t, _clock) = tlb(MIB, 8 * MIB);
     let maps = fill(&t, &STATIC_DEVICE);
     let m = t
-        .map(
+        .map_with_attrs(
             &STATIC_DEVICE,
             pattern(9, 4 * KIB),
             Direction::ToDevice,
@@ -425,10 +429,15 @@ unsafe impl MemoryHooks for SleepyHooks {}
 
 /// A 1 MiB tlb over `provider` that may hold 64 MiB (so only the provider
 /// limits transient pools).
-fn tlb_over<V: Provider, H: MemoryHooks>(provider: V, hooks: H) -> DynTlb<V, H> {
-    let mut config = DynConfig::new(MIB, 64 * MIB);
+fn tlb_over<V: Provider + 'static, H: MemoryHooks + 'static>(provider: V, hooks: H) -> IoTlb {
+    let mut config = GrowConfig::new(MIB, 64 * MIB);
     config.grow_by = MIB;
-    DynTlb::new(provider, hooks, Arc::new(ManualClock::new()), config).unwrap()
+    IoTlb::growing(
+        TlbKind::Default,
+        Growth::new(provider, config).with_hooks(hooks),
+    )
+    .map(|t| t.with_clock(Arc::new(ManualClock::new())))
+    .unwrap()
 }
 
 /// Bytes of a transient pool for one mapping of `size` bytes (a page or
@@ -450,7 +459,7 @@ fn transient_pools_serve_a_non_sleeping_burst_until_the_provider_runs_out() {
     let n = 20;
     let mut maps = Vec::new();
     for i in 0..n {
-        let m = t.map(
+        let m = t.map_with_attrs(
             &dev,
             pattern(i, SIZE),
             Direction::Bidirectional,
@@ -501,7 +510,7 @@ fn transient_pools_serve_a_non_sleeping_burst_until_the_provider_runs_out() {
     let failed = loop {
         let i = maps.len();
         assert!(i < 100, "the budget never ran out");
-        match t.map(
+        match t.map_with_attrs(
             &dev,
             pattern(i, SIZE),
             Direction::Bidirectional,
@@ -536,7 +545,7 @@ fn transient_pools_serve_a_non_sleeping_burst_until_the_provider_runs_out() {
 
 #[test]
 fn no_transient_pool_without_a_non_sleeping_provider_and_hooks() {
-    fn burst<V: Provider, H: MemoryHooks>(t: &DynTlb<V, H>, live: impl Fn() -> usize) {
+    fn burst(t: &IoTlb, live: impl Fn() -> usize) {
         let dev = forced();
         let mut maps = Vec::new();
         let failed = loop {
@@ -544,7 +553,7 @@ fn no_transient_pool_without_a_non_sleeping_provider_and_hooks() {
                 maps.len() < 20,
                 "a 1 MiB pool cannot hold 20 mappings of 100 KiB"
             );
-            match t.map(
+            match t.map_with_attrs(
                 &dev,
                 pattern(maps.len(), 100 * KIB),
                 Direction::ToDevice,
@@ -574,7 +583,7 @@ fn no_transient_pool_without_a_non_sleeping_provider_and_hooks() {
     let dev = forced();
     let maps: Vec<_> = (0..12)
         .map(|i| {
-            t.map(
+            t.map_with_attrs(
                 &dev,
                 pattern(i, 100 * KIB),
                 Direction::ToDevice,
@@ -626,7 +635,7 @@ impl Originals {
 /// Queues request `i` for original `i`, its callback recording `(i,
 /// outcome)` in `done` and counting itself in `calls[i]`.
 fn defer(
-    t: &DynTlb<HeapProvider>,
+    t: &IoTlb,
     dev: &Device,
     o: &Originals,
     i: usize,
@@ -660,7 +669,7 @@ fn defer(
 /// Checks request `i` holds its original's bytes in its bounce slots, then
 /// unmaps it: the original was cleared, and the unmap from the device
 /// copies the slots back.
-fn check_and_unmap(t: &DynTlb<HeapProvider>, dev: &Device, o: &Originals, i: usize, b: Bounce) {
+fn check_and_unmap(t: &IoTlb, dev: &Device, o: &Originals, i: usize, b: Bounce) {
     o.clear(i);
     // SAFETY: `b` is request `i`'s live bounce of `o.len` bytes, unmapped
     // once, here.
@@ -672,7 +681,7 @@ fn check_and_unmap(t: &DynTlb<HeapProvider>, dev: &Device, o: &Originals, i: usi
 }
 
 /// Fills the tlb through the raw API: four 256 KiB bounces.
-fn fill_raw(t: &DynTlb<HeapProvider>, dev: &Device, fills: &Originals) -> Vec<Bounce> {
+fn fill_raw(t: &IoTlb, dev: &Device, fills: &Originals) -> Vec<Bounce> {
     (0..4)
         .map(|i| {
             let cpu = fills.ptrs[i];
@@ -692,7 +701,7 @@ fn fill_raw(t: &DynTlb<HeapProvider>, dev: &Device, fills: &Originals) -> Vec<Bo
         .collect()
 }
 
-fn unmap_fill(t: &DynTlb<HeapProvider>, dev: &Device, fills: &Originals, b: Bounce) {
+fn unmap_fill(t: &IoTlb, dev: &Device, fills: &Originals, b: Bounce) {
     // SAFETY: `b` is a live fill bounce, unmapped once.
     unsafe { t.unmap_raw(dev, b.dma, fills.len, Direction::ToDevice, Attrs::NONE) }.unwrap();
 }
@@ -895,17 +904,13 @@ fn cancelled_deferred_requests_are_never_lost_nor_completed_twice() {
 
 /// A 1 MiB tlb that cannot grow, waiting `timeout` for slots, on the
 /// standard clock.
-fn fixed_tlb(timeout: Duration) -> DynTlb<HeapProvider> {
-    let mut config = DynConfig::new(MIB, MIB);
+fn fixed_tlb(timeout: Duration) -> IoTlb {
+    let mut config = GrowConfig::new(MIB, MIB);
     config.grow_by = MIB;
     config.wait_timeout = timeout.as_nanos() as u64;
-    DynTlb::new(
-        HeapProvider::new(),
-        NoHooks,
-        Arc::new(StdClock::default()),
-        config,
-    )
-    .unwrap()
+    IoTlb::growing(TlbKind::Default, Growth::new(HeapProvider::new(), config))
+        .map(|t| t.with_clock(Arc::new(StdClock::default())))
+        .unwrap()
 }
 
 #[test]
@@ -926,7 +931,7 @@ fn a_sleeping_caller_waits_for_an_unmap_on_another_thread() {
             }
         });
         filled_rx.recv().unwrap();
-        let m = t.map(
+        let m = t.map_with_attrs(
             &dev,
             pattern(7, 256 * KIB),
             Direction::Bidirectional,
@@ -949,7 +954,7 @@ fn a_sleeping_caller_times_out_on_a_tlb_that_stays_full() {
     let dev = forced();
     let mut maps = fill(&t, &dev);
     let failed = t
-        .map(
+        .map_with_attrs(
             &dev,
             pattern(9, 64 * KIB),
             Direction::ToDevice,
@@ -968,7 +973,7 @@ fn a_sleeping_caller_times_out_on_a_tlb_that_stays_full() {
     // The queue is not left stuck: with room, the next caller maps at once.
     drop(maps.pop());
     let m = t
-        .map(
+        .map_with_attrs(
             &dev,
             pattern(9, 64 * KIB),
             Direction::Bidirectional,
@@ -1094,15 +1099,14 @@ fn dropping_a_map_future_cancels_it_or_gives_its_slots_back() {
 /// once rather than at its next period, and a retry then succeeds.
 #[test]
 fn the_maintainer_grows_for_callers_that_could_not() {
-    let mut config = DynConfig::new(MIB, 4 * MIB);
+    let mut config = GrowConfig::new(MIB, 4 * MIB);
     config.grow_by = MIB;
     let t = Arc::new(
-        DynTlb::new(
-            HeapProvider::new(),
-            SleepyHooks,
-            Arc::new(StdClock::default()),
-            config,
+        IoTlb::growing(
+            TlbKind::Default,
+            Growth::new(HeapProvider::new(), config).with_hooks(SleepyHooks),
         )
+        .map(|t| t.with_clock(Arc::new(StdClock::default())))
         .unwrap(),
     );
     // A period far longer than the test: only the wake-up can explain a
@@ -1111,7 +1115,7 @@ fn the_maintainer_grows_for_callers_that_could_not() {
     let dev = forced();
     let held: Vec<_> = (0..4)
         .map(|i| {
-            t.map(
+            t.map_with_attrs(
                 &dev,
                 pattern(i, 256 * KIB),
                 Direction::ToDevice,
@@ -1121,7 +1125,7 @@ fn the_maintainer_grows_for_callers_that_could_not() {
         })
         .collect();
     let f = t
-        .map(&dev, pattern(9, 4 * KIB), Direction::ToDevice, Attrs::NONE)
+        .map_with_attrs(&dev, pattern(9, 4 * KIB), Direction::ToDevice, Attrs::NONE)
         .unwrap_err();
     assert!(matches!(f.error, Error::PoolFull { .. }), "{:?}", f.error);
     assert_eq!(t.stats().transient_made, 0, "the hooks would sleep");
@@ -1131,7 +1135,7 @@ fn the_maintainer_grows_for_callers_that_could_not() {
         std::thread::sleep(Duration::from_millis(1));
     }
     let again = t
-        .map(&dev, f.buffer, Direction::ToDevice, Attrs::NONE)
+        .map_with_attrs(&dev, f.buffer, Direction::ToDevice, Attrs::NONE)
         .unwrap();
     assert_eq!(t.stats().pools_added, 1);
     drop(again);

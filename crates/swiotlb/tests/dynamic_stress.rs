@@ -13,8 +13,10 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
-use swiotlb::dynamic::{DynConfig, DynTlb, ManualClock};
-use swiotlb::provider::{HeapProvider, NoHooks};
+use swiotlb::provider::HeapProvider;
+use swiotlb::tlb::{GrowConfig, IoTlb, ManualClock};
+use swiotlb::Growth;
+use swiotlb::TlbKind;
 use swiotlb::{Attrs, Device, Direction, DmaMask, Error, Mapping, Policy};
 
 const KIB: usize = 1 << 10;
@@ -126,9 +128,11 @@ fn burst_of_256_mib_from_1_mib_with_sleeping_callers_then_shrinks_back() {
     const THREADS: usize = 2;
     const LIVE: usize = 256 * MIB;
     let clock = Arc::new(ManualClock::new());
-    let config = DynConfig::new(MIB, 512 * MIB);
+    let config = GrowConfig::new(MIB, 512 * MIB);
     let (start, idle) = (config.start, config.idle);
-    let t = DynTlb::new(HeapProvider::new(), NoHooks, clock.clone(), config).unwrap();
+    let t = IoTlb::growing(TlbKind::Default, Growth::new(HeapProvider::new(), config))
+        .map(|t| t.with_clock(clock.clone()))
+        .unwrap();
     let peak = Barrier::new(THREADS + 1);
     let began = Instant::now();
     let mapped = std::thread::scope(|s| {
@@ -144,7 +148,7 @@ fn burst_of_256_mib_from_1_mib_with_sleeping_callers_then_shrinks_back() {
                         let size = rng.log_uniform(4 * KIB, 256 * KIB);
                         let id = (w << 32 | maps.len()) as u64;
                         let m = t
-                            .map(
+                            .map_with_attrs(
                                 &dev,
                                 buffer(id, size),
                                 Direction::Bidirectional,
@@ -258,12 +262,14 @@ fn two_threads_of_random_mappings_never_overlap_and_round_trip() {
     const MAX_LIVE: usize = 16;
     let budget = Duration::from_secs(2);
     let clock = Arc::new(ManualClock::new());
-    let mut config = DynConfig::new(MIB, 16 * MIB);
+    let mut config = GrowConfig::new(MIB, 16 * MIB);
     config.grow_by = MIB;
     config.idle = 1_000;
     config.wait_timeout = 10_000_000_000;
     let heap = Arc::new(HeapProvider::new());
-    let t = DynTlb::new(heap.clone(), NoHooks, clock.clone(), config).unwrap();
+    let t = IoTlb::growing(TlbKind::Default, Growth::new(heap.clone(), config))
+        .map(|t| t.with_clock(clock.clone()))
+        .unwrap();
     let shadow: Shadow = Mutex::new(BTreeMap::new());
     let began = Instant::now();
     let results: Vec<(usize, usize, usize)> = std::thread::scope(|s| {
@@ -287,7 +293,12 @@ fn two_threads_of_random_mappings_never_overlap_and_round_trip() {
                             };
                             let id = w << 32 | made;
                             made += 1;
-                            match t.map(&dev, buffer(id, size), Direction::Bidirectional, attrs) {
+                            match t.map_with_attrs(
+                                &dev,
+                                buffer(id, size),
+                                Direction::Bidirectional,
+                                attrs,
+                            ) {
                                 Ok(m) => {
                                     let phys = m.bounce_phys().expect("a forced device bounces").0;
                                     shadow_insert(shadow, phys, size, id);

@@ -4,6 +4,8 @@
 
 use proptest::prelude::*;
 use swiotlb::translate::Offset;
+use swiotlb::Growth;
+use swiotlb::TlbKind;
 use swiotlb::{
     Attrs, Device, Direction, DmaAddr, DmaMask, Error, MapOptions, PhysAddr, Pool, PoolConfig,
 };
@@ -152,15 +154,17 @@ fn a_pool_too_large_for_the_machine_is_out_of_memory_not_too_small() {
 
 #[test]
 fn each_growing_tlb_configuration_problem_has_its_own_error() {
-    use swiotlb::dynamic::{DynConfig, DynTlb, ManualClock};
     use swiotlb::error::ConfigProblem;
-    use swiotlb::provider::{HeapProvider, NoHooks, ProviderError};
+    use swiotlb::provider::{HeapProvider, ProviderError};
+    use swiotlb::tlb::{GrowConfig, IoTlb, ManualClock};
     let seg = 256 << 10;
     let build = |start: usize, grow_by: usize, max: usize| {
-        let mut config = DynConfig::new(start, max);
+        let mut config = GrowConfig::new(start, max);
         config.grow_by = grow_by;
         let clock = std::sync::Arc::new(ManualClock::new());
-        match DynTlb::new(HeapProvider::new(), NoHooks, clock, config) {
+        match IoTlb::growing(TlbKind::Default, Growth::new(HeapProvider::new(), config))
+            .map(|t| t.with_clock(clock))
+        {
             Err(ProviderError::Pool(Error::BadConfig { problem })) => problem,
             other => panic!("{:?}", other.map(|_| ())),
         }

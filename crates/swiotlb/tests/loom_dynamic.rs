@@ -1,4 +1,4 @@
-//! Loom models of a growing tlb ([`DynTlb`]): growth racing with lookup and
+//! Loom models of a growing tlb ([`IoTlb`]): growth racing with lookup and
 //! unmap (a), shrinking racing with growth and a map, raw or safe (b), and
 //! with two safe mappings' releases in the pools it frees (b''), a
 //! deferred request racing with the unmap that frees its slots, with and
@@ -50,8 +50,8 @@ use std::sync::Mutex as StdMutex;
 use loom::sync::Arc;
 use loom::thread;
 
-use swiotlb::dynamic::{Deferral, DynConfig, DynTlb, ManualClock};
 use swiotlb::provider::{NoHooks, Provider, ProviderError, Region};
+use swiotlb::tlb::{Deferral, GrowConfig, IoTlb, ManualClock};
 use swiotlb::{
     Attrs, Bounce, Device, Direction, DmaMask, Fast, MapOptions, NextFit, PhysAddr, Policy,
     PoolConfig, Result,
@@ -63,7 +63,7 @@ const POOL: usize = 2 * SLOT;
 /// How long a grown pool must stay idle before `maintain` gives it back.
 const IDLE: u64 = 10;
 
-type Tlb<P> = DynTlb<Arena, NoHooks, P>;
+type Tlb<P> = IoTlb;
 
 /// Chunks of an arena: more than any model allocates (pools and transient
 /// pools), as chunks are never reused.
@@ -179,7 +179,7 @@ unsafe impl Provider for Arena {
 /// A tlb of tiny pools, starting at one pool and growing one pool at a
 /// time up to `max` bytes.
 fn tiny_tlb<P: Policy>(clock: std::sync::Arc<ManualClock>, max: usize) -> Tlb<P> {
-    let mut config = DynConfig::new(POOL, max);
+    let mut config = GrowConfig::new(POOL, max);
     config.grow_by = POOL;
     config.pool = PoolConfig {
         slot_shift: 11,
@@ -849,7 +849,7 @@ fn deferred_vs_growth_nextfit() {
 
 /// (b') Shrinking racing with the safe API. The first pool is full with
 /// `x`; a grown pool is idle past the idle time. Thread A maps a buffer
-/// with `DynTlb::map` (a caller that may not sleep: into the idle pool, or
+/// with `IoTlb::map` (a caller that may not sleep: into the idle pool, or
 /// into a transient pool if it is gone), plays the device on it and
 /// unmaps it; the mapping holds only a pointer to its pool, outside every
 /// lock of the tlb. Thread M runs `maintain` twice. The pool must not go

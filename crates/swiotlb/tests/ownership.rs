@@ -11,8 +11,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 
-use swiotlb::dynamic::{DynConfig, DynTlb, ManualClock};
-use swiotlb::provider::{HeapProvider, NoHooks};
+use swiotlb::provider::HeapProvider;
+use swiotlb::tlb::{GrowConfig, ManualClock};
+use swiotlb::Growth;
+use swiotlb::TlbKind;
 use swiotlb::{
     Attrs, Device, Direction, DmaBuffer, DmaMask, IoTlb, Mapping, Platform, Policy, Pool,
     PoolConfig,
@@ -216,9 +218,11 @@ fn sg_and_tlbs_with<B: TestBuf>() {
             .unwrap(),
         30,
     );
-    let platform = Platform::new()
-        .with_restricted("r", Pool::new_heap(1 << 20, PoolConfig::default()).unwrap());
-    let bound = plain.clone().with_restricted_pool("r");
+    let platform = Platform::new().with_restricted(IoTlb::restricted(
+        "r",
+        Pool::new_heap(1 << 20, PoolConfig::default()).unwrap(),
+    ));
+    let bound = plain.clone().with_restricted_tlb("r");
     exercise(
         platform
             .map(&bound, B::make(original(31)), Direction::FromDevice)
@@ -227,16 +231,12 @@ fn sg_and_tlbs_with<B: TestBuf>() {
     );
 
     // A growing tlb, mapped at once and through its future.
-    let config = DynConfig::new(1 << 20, 4 << 20);
-    let tlb = DynTlb::new(
-        HeapProvider::new(),
-        NoHooks,
-        Arc::new(ManualClock::new()),
-        config,
-    )
-    .unwrap();
+    let config = GrowConfig::new(1 << 20, 4 << 20);
+    let tlb = IoTlb::growing(TlbKind::Default, Growth::new(HeapProvider::new(), config))
+        .map(|t| t.with_clock(Arc::new(ManualClock::new())))
+        .unwrap();
     let ddev = forced();
-    let m = tlb.map(
+    let m = tlb.map_with_attrs(
         &ddev,
         B::make(original(40)),
         Direction::FromDevice,
@@ -258,18 +258,14 @@ fn scatter_gather_tlbs_and_futures_keep_every_buffer_type_valid() {
 /// A queued `map_async` request copies from its buffer when slots free
 /// up; the future holding the buffer moves between its polls.
 fn a_queued_future_moves_between_polls<B: TestBuf>() {
-    let mut config = DynConfig::new(256 << 10, 256 << 10);
+    let mut config = GrowConfig::new(256 << 10, 256 << 10);
     config.grow_by = 256 << 10;
-    let tlb = DynTlb::new(
-        HeapProvider::new(),
-        NoHooks,
-        Arc::new(ManualClock::new()),
-        config,
-    )
-    .unwrap();
+    let tlb = IoTlb::growing(TlbKind::Default, Growth::new(HeapProvider::new(), config))
+        .map(|t| t.with_clock(Arc::new(ManualClock::new())))
+        .unwrap();
     let ddev = forced();
     let fill = tlb
-        .map(
+        .map_with_attrs(
             &ddev,
             vec![0u8; 256 << 10],
             Direction::ToDevice,

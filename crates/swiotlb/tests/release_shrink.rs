@@ -11,8 +11,10 @@
 
 use std::sync::Arc;
 
-use swiotlb::dynamic::{DynConfig, DynTlb, ManualClock};
-use swiotlb::provider::{HeapProvider, NoHooks};
+use swiotlb::provider::HeapProvider;
+use swiotlb::tlb::{GrowConfig, IoTlb, ManualClock};
+use swiotlb::Growth;
+use swiotlb::TlbKind;
 use swiotlb::{Attrs, Device, Direction, DmaMask, PoolConfig};
 
 /// One segment of 2 KiB slots: the pool size, and the largest mapping.
@@ -21,14 +23,16 @@ const POOL: usize = 128 * 2048;
 #[test]
 fn releases_racing_a_shrink_never_touch_a_freed_pool() {
     let clock = Arc::new(ManualClock::new());
-    let mut config = DynConfig::new(POOL, 4 * POOL);
+    let mut config = GrowConfig::new(POOL, 4 * POOL);
     config.grow_by = POOL;
     config.idle = 0;
     config.pool = PoolConfig::default();
-    let tlb = DynTlb::new(HeapProvider::new(), NoHooks, clock, config).unwrap();
+    let tlb = IoTlb::growing(TlbKind::Default, Growth::new(HeapProvider::new(), config))
+        .map(|t| t.with_clock(clock))
+        .unwrap();
     let dev = Device::new(DmaMask::BITS_64).with_force_bounce(true);
     let map = |fill: u8| {
-        tlb.map(
+        tlb.map_with_attrs(
             &dev,
             vec![fill; POOL],
             Direction::ToDevice,

@@ -23,6 +23,7 @@ const RESTRICTED: u64 = 0x3000_0000;
 
 /// Heap buffers appear at 2^48 and above, beyond every mask but 64 bits;
 /// pools keep the physical base they were built with.
+#[derive(Clone)]
 struct Far;
 
 impl Translate for Far {
@@ -54,9 +55,12 @@ fn dev(bits: u32) -> Device<Far> {
 
 fn full_platform() -> Platform {
     Platform::new()
-        .with_low(pool_at(LOW, 1 << 20))
+        .with_default(pool_at(LOW, 1 << 20))
         .with_high(pool_at(HIGH, 1 << 20))
-        .with_restricted("virtio-mmio-pool", pool_at(RESTRICTED, 64 << 10))
+        .with_restricted(IoTlb::restricted(
+            "virtio-mmio-pool",
+            pool_at(RESTRICTED, 64 << 10),
+        ))
 }
 
 fn selected(p: &Platform, d: &Device<Far>) -> Result<&'static str, Error> {
@@ -77,7 +81,7 @@ fn selection_by_mask_width() {
     assert_eq!(selected(&p, &dev(64)), Ok("high"));
     // A restricted binding wins over every mask.
     for bits in [24, 32, 40, 64] {
-        let d = dev(bits).with_restricted_pool("virtio-mmio-pool");
+        let d = dev(bits).with_restricted_tlb("virtio-mmio-pool");
         assert_eq!(selected(&p, &d), Ok("restricted"), "{bits} bits");
     }
 }
@@ -111,7 +115,7 @@ fn selection_by_bus_limit() {
 #[test]
 fn a_low_pool_under_16_mib_serves_24_bit_devices() {
     let p = Platform::new()
-        .with_low(pool_at(0x10_0000, 1 << 20))
+        .with_default(pool_at(0x10_0000, 1 << 20))
         .with_high(pool_at(HIGH, 1 << 20));
     assert_eq!(selected(&p, &dev(24)), Ok("low"));
     let m = p
@@ -136,12 +140,12 @@ fn no_pool_when_none_serves() {
     assert_eq!(selected(&p, &dev(64)), Err(Error::NoPool));
     // A binding to a restricted tlb the platform lacks never falls back.
     let p = full_platform();
-    let d = dev(64).with_restricted_pool("no-such-node");
+    let d = dev(64).with_restricted_tlb("no-such-node");
     assert_eq!(selected(&p, &d), Err(Error::NoPool));
     let f = p.map(&d, vec![1u8; 100], Direction::ToDevice).unwrap_err();
     assert_eq!(f.error, Error::NoPool);
     assert_eq!(
-        selected(&p, &dev(64).with_restricted_pool(7usize)),
+        selected(&p, &dev(64).with_restricted_tlb(7usize)),
         Err(Error::NoPool)
     );
 }
@@ -168,19 +172,19 @@ fn maps_go_where_the_rule_says() {
         .unwrap();
     assert!(!m3.is_bounced());
     // 64 bits, restricted: bounced in the restricted pool anyway.
-    let d = dev(64).with_restricted_pool(0usize);
+    let d = dev(64).with_restricted_tlb(0usize);
     let m4 = p.map(&d, vec![4u8; 1500], Direction::ToDevice).unwrap();
     let b = m4.bounce_phys().unwrap().0;
     assert!((RESTRICTED..RESTRICTED + (64 << 10)).contains(&b));
 
     let stats: BTreeMap<&str, _> = p.stats().into_iter().collect();
-    assert_eq!(stats["default"].io_tlb_used, 1);
-    assert_eq!(stats["swiotlb-hi"].io_tlb_used, 1);
-    assert_eq!(stats["swiotlb-hi"].direct_maps, 1);
-    assert_eq!(stats["virtio-mmio-pool"].io_tlb_used, 1);
-    assert_eq!(stats["virtio-mmio-pool"].direct_maps, 0);
+    assert_eq!(stats["default"].pool.io_tlb_used, 1);
+    assert_eq!(stats["swiotlb-hi"].pool.io_tlb_used, 1);
+    assert_eq!(stats["swiotlb-hi"].pool.direct_maps, 1);
+    assert_eq!(stats["virtio-mmio-pool"].pool.io_tlb_used, 1);
+    assert_eq!(stats["virtio-mmio-pool"].pool.direct_maps, 0);
     drop((m, m2, m3, m4));
-    assert!(p.stats().iter().all(|(_, s)| s.io_tlb_used == 0));
+    assert!(p.stats().iter().all(|(_, s)| s.pool.io_tlb_used == 0));
     let names: Vec<&str> = p.stats().iter().map(|(n, _)| *n).collect();
     assert_eq!(names, ["default", "swiotlb-hi", "virtio-mmio-pool"]);
 }
@@ -188,7 +192,7 @@ fn maps_go_where_the_rule_says() {
 #[test]
 fn a_full_restricted_pool_never_touches_the_global_pools() {
     let p = full_platform();
-    let busy = dev(64).with_restricted_pool("virtio-mmio-pool");
+    let busy = dev(64).with_restricted_tlb("virtio-mmio-pool");
     let before: Vec<_> = p.stats().into_iter().take(2).collect();
     let mut held = Vec::new();
     let err = loop {
@@ -218,7 +222,7 @@ fn a_full_restricted_pool_never_touches_the_global_pools() {
         .unwrap();
     assert!(m.is_bounced());
     // Devices naming the same node share the tlb: it is full for them too.
-    let sibling = dev(64).with_restricted_pool(0usize);
+    let sibling = dev(64).with_restricted_tlb(0usize);
     assert!(matches!(
         p.map(&sibling, vec![0u8; 64], Direction::ToDevice)
             .unwrap_err()
@@ -230,7 +234,7 @@ fn a_full_restricted_pool_never_touches_the_global_pools() {
 #[test]
 fn restricted_round_trip_copies_back() {
     let p = full_platform();
-    let d = dev(64).with_restricted_pool("virtio-mmio-pool");
+    let d = dev(64).with_restricted_tlb("virtio-mmio-pool");
     let m = p.map(&d, vec![0u8; 512], Direction::FromDevice).unwrap();
     // SAFETY: plays the device, writing inside the 512 mapped bytes.
     unsafe { std::ptr::write_bytes(m.device_ptr().as_ptr(), 0x5a, 512) };
@@ -239,9 +243,9 @@ fn restricted_round_trip_copies_back() {
 
 fn restricted_only() -> (Platform, Device<Far>) {
     let p = Platform::new()
-        .with_low(pool_at(LOW, 1 << 20))
-        .with_restricted("ring-pool", pool_at(RESTRICTED, 1 << 20));
-    (p, dev(64).with_restricted_pool("ring-pool"))
+        .with_default(pool_at(LOW, 1 << 20))
+        .with_restricted(IoTlb::restricted("ring-pool", pool_at(RESTRICTED, 1 << 20)));
+    (p, dev(64).with_restricted_tlb("ring-pool"))
 }
 
 #[test]
@@ -266,11 +270,11 @@ fn coherent_alignment_follows_the_order() {
     }
     // Linux takes slots for the size, not the alignment: 12 KiB holds 6.
     let c = p.alloc_coherent(&d, 12 << 10).unwrap();
-    assert_eq!(p.restricted()[0].stats().io_tlb_used, 6);
+    assert_eq!(p.restricted()[0].stats().pool.io_tlb_used, 6);
     p.free_coherent(&d, c.dma).unwrap();
-    assert_eq!(p.restricted()[0].stats().io_tlb_used, 0);
+    assert_eq!(p.restricted()[0].stats().pool.io_tlb_used, 0);
     // Nothing is copied for a coherent allocation.
-    assert_eq!(p.restricted()[0].stats().bytes_to_device, 100 * 5);
+    assert_eq!(p.restricted()[0].stats().pool.bytes_to_device, 100 * 5);
 }
 
 #[test]
@@ -282,7 +286,7 @@ fn coherent_memory_is_zeroed() {
     while let Ok(m) = p.map(&d, vec![0xaau8; 64 << 10], Direction::ToDevice) {
         held.push(m);
     }
-    assert_eq!(tlb.stats().io_tlb_used, tlb.stats().io_tlb_nslabs);
+    assert_eq!(tlb.stats().pool.io_tlb_used, tlb.stats().pool.io_tlb_nslabs);
     drop(held);
     for size in [4096usize, 12 << 10, 64 << 10, 100] {
         let c = p.alloc_coherent(&d, size).unwrap();
@@ -319,13 +323,13 @@ fn bad_frees_are_not_mapped() {
     // SAFETY: the address is not a streaming mapping, so nothing is
     // copied; the call must refuse it.
     let r = unsafe {
-        tlb.pool()
+        tlb.first_pool()
             .unmap_raw(&d, c.dma, 8192, Direction::FromDevice, Attrs::NONE)
     };
     assert_eq!(r, nm(c.dma));
     // SAFETY: as above.
     let r = unsafe {
-        tlb.pool()
+        tlb.first_pool()
             .sync_for_cpu_raw(&d, c.dma, 16, Direction::FromDevice)
     };
     assert_eq!(r, nm(c.dma));
@@ -333,7 +337,7 @@ fn bad_frees_are_not_mapped() {
     // Once, then never again.
     p.free_coherent(&d, c.dma).unwrap();
     assert_eq!(p.free_coherent(&d, c.dma), nm(c.dma));
-    assert_eq!(tlb.stats().io_tlb_used, 0);
+    assert_eq!(tlb.stats().pool.io_tlb_used, 0);
     // A device with no restricted tlb gets no coherent memory here.
     assert_eq!(p.alloc_coherent(&dev(64), 4096), Err(Error::NoPool));
     assert_eq!(p.alloc_coherent(&d, 0), Err(Error::ZeroSize));
@@ -345,9 +349,9 @@ fn bad_frees_are_not_mapped() {
 
 #[test]
 fn iotlb_names_and_kinds() {
-    let t = IoTlb::high(pool_at(HIGH, 1 << 20));
+    let t = IoTlb::new(TlbKind::High, pool_at(HIGH, 1 << 20));
     assert_eq!((t.name(), t.kind()), ("swiotlb-hi", TlbKind::High));
-    let t = IoTlb::low(pool_at(LOW, 1 << 20));
+    let t = IoTlb::from(pool_at(LOW, 1 << 20));
     assert_eq!((t.name(), t.kind()), ("default", TlbKind::Default));
 }
 
@@ -434,7 +438,7 @@ proptest! {
     fn coherent_and_streaming_never_overlap(ops in proptest::collection::vec(op(), 1..60)) {
         let (p, d) = restricted_only();
         let tlb = &p.restricted()[0];
-        let slot = tlb.pool().slot_size() as u64;
+        let slot = tlb.first_pool().slot_size() as u64;
         let mut live = BTreeMap::new();
         let mut coherent = Vec::new();
         let mut maps = Vec::new();
@@ -480,7 +484,7 @@ proptest! {
             prop_assert_eq!(p.free_coherent(&d, c.dma), Ok(()));
         }
         drop(maps);
-        prop_assert_eq!(tlb.stats().io_tlb_used, 0);
+        prop_assert_eq!(tlb.stats().pool.io_tlb_used, 0);
     }
 }
 
@@ -489,7 +493,10 @@ fn a_platform_without_a_default_tlb_maps_a_reachable_buffer_directly() {
     // Only a restricted tlb (the README's restricted example), and a plain
     // 64-bit device that reaches the buffer: Linux's dma-direct maps it
     // without any swiotlb.
-    let p = Platform::new().with_restricted("virtio-mmio-pool", pool_at(RESTRICTED, 64 << 10));
+    let p = Platform::new().with_restricted(IoTlb::restricted(
+        "virtio-mmio-pool",
+        pool_at(RESTRICTED, 64 << 10),
+    ));
     let m = p
         .map(&dev(64), vec![5u8; 1500], Direction::Bidirectional)
         .unwrap();
@@ -500,7 +507,7 @@ fn a_platform_without_a_default_tlb_maps_a_reachable_buffer_directly() {
     );
     assert_eq!(m.unmap(), vec![5u8; 1500]);
     // The restricted device still bounces through its own tlb.
-    let d = dev(64).with_restricted_pool("virtio-mmio-pool");
+    let d = dev(64).with_restricted_tlb("virtio-mmio-pool");
     let m = p.map(&d, vec![6u8; 1500], Direction::ToDevice).unwrap();
     assert!(m.is_bounced());
     drop(m);
@@ -544,7 +551,7 @@ fn device_fill(pool: &Pool, dma: DmaAddr, len: usize, fill: u8) {
 fn a_restricted_tlb_bounces_raw_and_sg_maps_a_device_could_reach() {
     let p = full_platform();
     let tlb = &p.restricted()[0];
-    let d = dev(64).with_restricted_pool("virtio-mmio-pool");
+    let d = dev(64).with_restricted_tlb("virtio-mmio-pool");
     let inside = |dma: DmaAddr| (RESTRICTED..RESTRICTED + (64 << 10)).contains(&dma.as_u64());
     // Raw: the 64-bit device reaches the heap, but a restricted tlb
     // always bounces.
@@ -553,7 +560,7 @@ fn a_restricted_tlb_bounces_raw_and_sg_maps_a_device_could_reach() {
     let dma =
         unsafe { tlb.map_raw(&d, phys, v.as_mut_ptr(), 3000, Direction::FromDevice) }.unwrap();
     assert!(inside(dma), "{dma:?}");
-    device_fill(tlb.pool(), dma, 3000, 0xab);
+    device_fill(tlb.first_pool(), dma, 3000, 0xab);
     // SAFETY: as above; the device is done.
     unsafe { tlb.unmap_raw(&d, dma, 3000, Direction::FromDevice, Attrs::NONE) }.unwrap();
     assert_eq!(v, vec![0xab; 3000]);
@@ -590,8 +597,8 @@ fn a_restricted_tlb_bounces_raw_and_sg_maps_a_device_could_reach() {
     assert!(sg.iter().all(|e| inside(e.dma)));
     // SAFETY: as above.
     unsafe { tlb.unmap_sg_raw(&d, &sg, Direction::ToDevice, Attrs::NONE) }.unwrap();
-    assert_eq!(tlb.stats().io_tlb_used, 0);
-    assert_eq!(tlb.stats().direct_maps, 0);
+    assert_eq!(tlb.stats().pool.io_tlb_used, 0);
+    assert_eq!(tlb.stats().pool.direct_maps, 0);
 }
 
 #[test]
@@ -600,7 +607,7 @@ fn a_platform_maps_raw_and_sg_where_the_rule_says() {
     let low = |dma: DmaAddr| (LOW..LOW + (1 << 20)).contains(&dma.as_u64());
     let high = |dma: DmaAddr| (HIGH..HIGH + (1 << 20)).contains(&dma.as_u64());
     let restricted = |dma: DmaAddr| (RESTRICTED..RESTRICTED + (64 << 10)).contains(&dma.as_u64());
-    let bound = dev(64).with_restricted_pool("virtio-mmio-pool");
+    let bound = dev(64).with_restricted_tlb("virtio-mmio-pool");
     type Where<'a> = &'a dyn Fn(DmaAddr) -> bool;
     let cases: [(Device<Far>, Where<'_>); 4] = [
         (dev(32), &low),
@@ -663,5 +670,5 @@ fn a_platform_maps_raw_and_sg_where_the_rule_says() {
         .unwrap();
     assert!(maps.iter().all(|m| low(m.dma_addr())));
     drop(maps);
-    assert!(p.stats().iter().all(|(_, s)| s.io_tlb_used == 0));
+    assert!(p.stats().iter().all(|(_, s)| s.pool.io_tlb_used == 0));
 }

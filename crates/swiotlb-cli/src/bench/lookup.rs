@@ -12,8 +12,8 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Instant;
 
-use swiotlb::dynamic::{DynConfig, DynTlb, ManualClock};
-use swiotlb::provider::{HeapProvider, NoHooks};
+use swiotlb::provider::HeapProvider;
+use swiotlb::tlb::{GrowConfig, Growth, IoTlb, ManualClock, TlbKind};
 use swiotlb::{Attrs, Device, Direction, DmaMask, PhysAddr, PoolConfig};
 
 use super::report::Row;
@@ -37,20 +37,16 @@ fn geometry() -> PoolConfig {
 const POOL_BYTES: usize = 64 << 9;
 
 /// A growing tlb of heap memory, its clock standing still.
-fn heap_tlb(config: DynConfig) -> Result<DynTlb<HeapProvider>, String> {
-    DynTlb::new(
-        HeapProvider::new(),
-        NoHooks,
-        Arc::new(ManualClock::new()),
-        config,
-    )
-    .map_err(|e| e.to_string())
+fn heap_tlb(config: GrowConfig) -> Result<IoTlb, String> {
+    IoTlb::growing(TlbKind::Default, Growth::new(HeapProvider::new(), config))
+        .map(|t| t.with_clock(Arc::new(ManualClock::new())))
+        .map_err(|e| e.to_string())
 }
 
 /// A tlb of `pools` pools, and the microseconds each of the last
 /// [`GROWTHS`] growths took (fewer if there were fewer).
-fn tlb(pools: usize) -> Result<(DynTlb<HeapProvider>, Vec<f64>), String> {
-    let mut config = DynConfig::new(POOL_BYTES, POOL_BYTES * pools);
+fn tlb(pools: usize) -> Result<(IoTlb, Vec<f64>), String> {
+    let mut config = GrowConfig::new(POOL_BYTES, POOL_BYTES * pools);
     config.grow_by = POOL_BYTES;
     config.pool = geometry();
     let tlb = heap_tlb(config)?;
@@ -106,7 +102,7 @@ const GROWTHS: usize = 16;
 /// The heap provider hands out memory untouched; one that zeroed or
 /// touched it here would pay a page fault per page on the growth's path.
 pub fn grow_part(rows: &mut Vec<Row>) -> Result<(), String> {
-    let mut config = DynConfig::new(1 << 20, 1 << 30);
+    let mut config = GrowConfig::new(1 << 20, 1 << 30);
     config.grow_by = 4 << 20;
     let tlb = heap_tlb(config)?;
     let mut us: Vec<f64> = (0..GROWTHS)
@@ -159,7 +155,7 @@ pub fn lookup_part(sampling: Sampling, seed: u64, rows: &mut Vec<Row>) -> Result
             for _ in 0..iters {
                 let buf = spare.take().unwrap_or_else(|| vec![0x5au8; 64]);
                 let m = tlb_ref
-                    .map(dev_ref, buf, Direction::ToDevice, Attrs::NONE)
+                    .map_with_attrs(dev_ref, buf, Direction::ToDevice, Attrs::NONE)
                     .map_err(|f| f.error.to_string())?;
                 black_box(m.dma_addr());
                 spare = Some(m.unmap());

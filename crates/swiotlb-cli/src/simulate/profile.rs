@@ -1,5 +1,5 @@
 //! `swiotlb simulate --profile NAME`: a synthetic workload on a growing
-//! tlb ([`DynTlb`] over heap memory), and what the tlb did with it.
+//! tlb ([`IoTlb`] over heap memory), and what the tlb did with it.
 //!
 //! Worker threads, one device each (every mapping bounces, as in a
 //! confidential VM), map real heap buffers of seeded log-uniform sizes
@@ -8,7 +8,7 @@
 //! buffer must again hold its pattern, so every byte made the trip through
 //! the bounce slots and back.
 //!
-//! A background thread calls [`DynTlb::maintain`] every millisecond, as a
+//! A background thread calls [`IoTlb::maintain`] every millisecond, as a
 //! kernel worker would: it does the growth that callers which may not sleep
 //! ask for, and gives back idle pools.
 //!
@@ -27,8 +27,8 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use swiotlb::dynamic::{Clock, DynConfig, DynStats, DynTlb, ManualClock, StdClock};
-use swiotlb::provider::{HeapProvider, NoHooks};
+use swiotlb::provider::HeapProvider;
+use swiotlb::tlb::{Clock, GrowConfig, Growth, IoTlb, ManualClock, StdClock, TlbKind, TlbStats};
 use swiotlb::{Attrs, Device, Direction, DmaMask, Fast, MapFailed, Mapping};
 
 use crate::units::{human, parse_size};
@@ -235,7 +235,7 @@ struct Shared {
 
 /// Everything a worker needs.
 struct Ctx<'t> {
-    tlb: &'t DynTlb<HeapProvider>,
+    tlb: &'t IoTlb,
     clock: &'t SimClock,
     shared: &'t Shared,
     mode: Mode,
@@ -251,7 +251,7 @@ struct Ctx<'t> {
 /// `steady`: pools added, pools removed, transient pools made.
 type Counts = (u64, u64, u64);
 
-fn counts(st: &DynStats) -> Counts {
+fn counts(st: &TlbStats) -> Counts {
     (st.pools_added, st.pools_removed, st.transient_made)
 }
 
@@ -327,8 +327,8 @@ impl<'t> Worker<'t> {
         let tlb = self.ctx.tlb;
         let dir = Direction::Bidirectional;
         let r = match self.ctx.mode {
-            Mode::MaySleep => tlb.map(&self.dev, buf, dir, Attrs::MAY_SLEEP),
-            Mode::Atomic => tlb.map(&self.dev, buf, dir, Attrs::NONE),
+            Mode::MaySleep => tlb.map_with_attrs(&self.dev, buf, dir, Attrs::MAY_SLEEP),
+            Mode::Atomic => tlb.map_with_attrs(&self.dev, buf, dir, Attrs::NONE),
             Mode::Deferred => {
                 match block_on_until(
                     tlb.map_async(&self.dev, buf, dir),
@@ -500,7 +500,7 @@ struct Plan {
     mode: Mode,
     threads: u32,
     seed: u64,
-    config: DynConfig,
+    config: GrowConfig,
 }
 
 fn plan(args: &ProfileArgs) -> Result<Plan, String> {
@@ -536,7 +536,7 @@ fn plan(args: &ProfileArgs) -> Result<Plan, String> {
     let too_big = |what: &str, n: u64| {
         usize::try_from(n).map_err(|_| format!("{what} {} does not fit this machine", human(n)))
     };
-    let mut config = DynConfig::new(too_big("--start", start)?, too_big("--max", max)?);
+    let mut config = GrowConfig::new(too_big("--start", start)?, too_big("--max", max)?);
     config.grow_by = too_big("--grow-by", grow_by)?;
     config.idle = args.idle_ms.saturating_mul(1_000_000);
     config.wait_timeout = args.wait_ms.saturating_mul(1_000_000);
@@ -576,7 +576,7 @@ pub struct Report {
     failures: u64,
     data_errors: u64,
     peak_live: u64,
-    stats: DynStats,
+    stats: TlbStats,
     final_pools: u64,
     timeouts: u64,
     elapsed: Duration,
@@ -594,8 +594,12 @@ pub struct Report {
 pub fn run(args: &ProfileArgs) -> Result<Report, String> {
     let plan = plan(args)?;
     let clock = Arc::new(SimClock::default());
-    let tlb = DynTlb::new(HeapProvider::new(), NoHooks, clock.clone(), plan.config)
-        .map_err(|e| format!("cannot build the first pool: {e}"))?;
+    let tlb = IoTlb::growing(
+        TlbKind::Default,
+        Growth::new(HeapProvider::new(), plan.config),
+    )
+    .map(|t| t.with_clock(clock.clone()))
+    .map_err(|e| format!("cannot build the first pool: {e}"))?;
     LazyLock::force(&PATTERN);
     let shared = Shared::default();
     let ctx = Ctx {

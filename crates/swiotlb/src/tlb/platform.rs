@@ -1,0 +1,631 @@
+//! A platform: the default tlb, a high tlb, restricted tlbs, and the rule
+//! that picks the one serving a device.
+//!
+//! Linux grew these one at a time: the default `io_tlb_mem` in low memory,
+//! per-device restricted pools from `restricted-dma-pool` reserved memory
+//! (`rmem_swiotlb_device_init`, Linux 5.15), and a proposed 64-bit pool for
+//! devices that reach everything but must still bounce (Dongli Zhang's RFC
+//! "swiotlb: extra 64-bit buffer for dev->dma_io_tlb_mem", whose debugfs
+//! directory was `swiotlb-hi`). A [`Platform`] holds all three kinds and
+//! [`Platform::select`] applies one rule:
+//!
+//! 1. a device bound to a restricted tlb
+//!    ([`Device::with_restricted_tlb`], or [`Platform::bind`] by device
+//!    tree node) is served by that tlb and no
+//!    other: every mapping bounces through it, even one the device could
+//!    reach directly, and when it is full the device gets
+//!    [`Error::PoolFull`] (or, if the platform let the tlb grow, a grown
+//!    pool), never a global pool (one busy device must not
+//!    starve the others, and the restriction is the point);
+//! 2. otherwise the high tlb, if the device's DMA mask and bus limit reach
+//!    all of it;
+//! 3. otherwise the default tlb, if the device reaches its first slot (a map
+//!    whose slots turn out to lie beyond the device fails with
+//!    [`Error::Unreachable`]);
+//! 4. otherwise [`Error::NoPool`].
+//!
+//! The rule decides where a buffer bounces. [`Platform::map`] first asks
+//! whether it must: a buffer that a device with no restricted tlb reaches
+//! directly (and is not forced to bounce) is mapped directly, as Linux's
+//! dma-direct maps it, whether or not the platform has any tlb at all.
+//!
+//! The high tlb comes first because a device that reaches it can use it,
+//! and leaving the default tlb to the devices that can use nothing else is why
+//! it exists (the RFC chose by `min_not_zero(dma_mask, bus_dma_limit)`).
+
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use super::{Coherent, IoTlb, TlbKind, TlbStats};
+use crate::attrs::Attrs;
+use crate::device::{Device, RestrictedTlb};
+use crate::direction::Direction;
+use crate::error::{Error, Result};
+use crate::map::{DmaBuffer, MapFailed, Mapping, Owner, RawBuffer, SgEntry};
+use crate::pool::{Fast, Policy};
+use crate::translate::Translate;
+use crate::{DmaAddr, PhysAddr};
+
+/// Every tlb of a platform, and the rule that picks one per device (see the
+/// [module documentation](self)).
+#[derive(Debug)]
+pub struct Platform<P: Policy = Fast> {
+    default: Option<IoTlb<P>>,
+    high: Option<IoTlb<P>>,
+    restricted: Vec<IoTlb<P>>,
+    /// Device tree nodes (full paths) bound to a restricted tlb, by index.
+    bindings: Vec<(String, usize)>,
+}
+
+impl<P: Policy> Default for Platform<P> {
+    /// A platform with no tlb at all, for any policy.
+    fn default() -> Self {
+        Self {
+            default: None,
+            high: None,
+            restricted: Vec::new(),
+            bindings: Vec::new(),
+        }
+    }
+}
+
+impl Platform {
+    /// A platform of [`Fast`] pools with no tlb at all: every device that
+    /// must bounce gets [`Error::NoPool`]. For another policy, start from
+    /// [`Platform::default`].
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+/// `tlb`, made of `kind` (and renamed after it if it had its old kind's
+/// name).
+fn as_kind<P: Policy>(mut tlb: IoTlb<P>, kind: TlbKind) -> IoTlb<P> {
+    if tlb.name == tlb.kind.default_name() {
+        tlb.name = String::from(kind.default_name());
+    }
+    tlb.kind = kind;
+    tlb
+}
+
+impl<P: Policy> Platform<P> {
+    /// Sets the default tlb: a fixed one over a pool (`with_default(pool)`)
+    /// or any [`IoTlb`], growing or not.
+    pub fn with_default(mut self, tlb: impl Into<IoTlb<P>>) -> Self {
+        self.default = Some(as_kind(tlb.into(), TlbKind::Default));
+        self
+    }
+
+    /// Sets the high tlb, named `swiotlb-hi` unless it has a name.
+    pub fn with_high(mut self, tlb: impl Into<IoTlb<P>>) -> Self {
+        self.high = Some(as_kind(tlb.into(), TlbKind::High));
+        self
+    }
+
+    /// Adds a restricted tlb ([`IoTlb::restricted`]); devices bind to it
+    /// by its name or by its index, the number of restricted tlbs added
+    /// before it. Linux never lets a restricted pool grow; give the tlb a
+    /// [`Growth`](super::Growth) and it does.
+    pub fn with_restricted(mut self, tlb: IoTlb<P>) -> Self {
+        self.restricted.push(as_kind(tlb, TlbKind::Restricted));
+        self
+    }
+
+    /// The default tlb.
+    pub fn default_tlb(&self) -> Option<&IoTlb<P>> {
+        self.default.as_ref()
+    }
+
+    /// The high tlb.
+    pub fn high(&self) -> Option<&IoTlb<P>> {
+        self.high.as_ref()
+    }
+
+    /// The restricted tlbs, in the order they were added.
+    pub fn restricted(&self) -> &[IoTlb<P>] {
+        &self.restricted
+    }
+
+    /// The restricted tlb `id` names. The first of that name wins.
+    pub fn restricted_tlb(&self, id: RestrictedTlb) -> Option<&IoTlb<P>> {
+        match id {
+            RestrictedTlb::Index(i) => self.restricted.get(i),
+            RestrictedTlb::Name(name) => self.restricted.iter().find(|t| t.name == name),
+        }
+    }
+
+    /// The restricted tlb a device tree node uses, by the node's full path
+    /// or its name (the last component of the path, unit address
+    /// included), as [`Platform::from_dt`] read it; `None` for a node that
+    /// names no restricted pool.
+    pub fn restricted_of_node(&self, node: &str) -> Option<RestrictedTlb> {
+        self.bindings
+            .iter()
+            .find(|(path, _)| {
+                path == node || path.rsplit('/').next().is_some_and(|name| name == node)
+            })
+            .map(|&(_, i)| RestrictedTlb::Index(i))
+    }
+
+    /// `dev`, bound to the restricted tlb of device tree node `node` (by
+    /// full path or name) if it uses one; unchanged otherwise, so that it
+    /// is served by the default or high tlb.
+    pub fn bind<T>(&self, dev: Device<T>, node: &str) -> Device<T> {
+        match self.restricted_of_node(node) {
+            Some(id) => dev.with_restricted_tlb(id),
+            None => dev,
+        }
+    }
+
+    /// The tlb that serves `dev`, by the rule in the [module
+    /// documentation](self).
+    ///
+    /// # Errors
+    /// [`Error::NoPool`] if the device is bound to a restricted tlb the
+    /// platform does not have, or reaches neither the high tlb (all of its
+    /// first pool) nor the default one.
+    pub fn select<T: Translate>(&self, dev: &Device<T>) -> Result<&IoTlb<P>> {
+        if let Some(id) = dev.restricted_tlb() {
+            return self.restricted_tlb(id).ok_or(Error::NoPool);
+        }
+        if let Some(high) = &self.high {
+            let pool = high.first_pool();
+            if dev.can_reach(pool.start(), pool.len()) {
+                return Ok(high);
+            }
+        }
+        if let Some(low) = &self.default {
+            let pool = low.first_pool();
+            if dev.can_reach(pool.start(), pool.slot_size()) {
+                return Ok(low);
+            }
+        }
+        Err(Error::NoPool)
+    }
+
+    /// Where a direct mapping of `dev` is counted: the tlb that serves
+    /// it, else the default tlb or the high one, or nowhere on a platform
+    /// that has neither.
+    fn home<T: Translate>(&self, dev: &Device<T>) -> Owner<'_, P> {
+        match self
+            .select(dev)
+            .ok()
+            .or(self.default.as_ref())
+            .or(self.high.as_ref())
+        {
+            Some(tlb) => Owner::Tlb(tlb),
+            None => Owner::Nothing,
+        }
+    }
+
+    /// Maps a buffer for `dev`: through its restricted tlb if it has one
+    /// (always bouncing); otherwise directly when the device reaches the
+    /// buffer and is not forced to bounce (Linux's dma-direct, which needs
+    /// no tlb at all: a platform with no default tlb still maps such a
+    /// buffer), else through the tlb [`Platform::select`] picks.
+    ///
+    /// # Errors
+    /// [`Error::NoPool`] when the buffer must bounce and no tlb serves the
+    /// device, or the map's own error; the buffer comes back.
+    pub fn map<B: DmaBuffer, T: Translate + Clone + Send + Sync + 'static>(
+        &self,
+        dev: &Device<T>,
+        buffer: B,
+        dir: Direction,
+    ) -> core::result::Result<Mapping<'_, B, P>, MapFailed<B>> {
+        self.map_with_attrs(dev, buffer, dir, Attrs::NONE)
+    }
+
+    /// [`Platform::map`] with attributes ([`IoTlb::map_with_attrs`] says
+    /// what [`Attrs::MAY_SLEEP`] does in a growing tlb).
+    ///
+    /// # Errors
+    /// As [`Platform::map`].
+    pub fn map_with_attrs<B: DmaBuffer, T: Translate + Clone + Send + Sync + 'static>(
+        &self,
+        dev: &Device<T>,
+        buffer: B,
+        dir: Direction,
+        attrs: Attrs,
+    ) -> core::result::Result<Mapping<'_, B, P>, MapFailed<B>> {
+        self.map_buffer(dev, RawBuffer::new(buffer), dir, attrs)
+            .map_err(|(error, buffer)| MapFailed::new(error, buffer))
+    }
+
+    /// [`Platform::map_with_attrs`] of a buffer taken apart.
+    fn map_buffer<B: DmaBuffer, T: Translate + Clone + Send + Sync + 'static>(
+        &self,
+        dev: &Device<T>,
+        buffer: RawBuffer<B>,
+        dir: Direction,
+        attrs: Attrs,
+    ) -> core::result::Result<Mapping<'_, B, P>, (Error, RawBuffer<B>)> {
+        let (phys, direct) = dev.direct(buffer.ptr().as_ptr(), buffer.len());
+        if direct && dev.restricted_tlb().is_none() {
+            let home = self.home(dev);
+            return Ok(Mapping::direct(home, buffer, dev.phys_to_dma(phys), dir));
+        }
+        // Every tlb's bounce is the same once the choice is made: a
+        // restricted tlb bounces whatever the device reaches, and the
+        // others are reached here only for a buffer that must bounce.
+        match self.select(dev) {
+            Ok(tlb) => tlb.bounce_buffer(dev, phys, buffer, dir, attrs),
+            Err(error) => Err((error, buffer)),
+        }
+    }
+
+    /// Maps several buffers as one scatter-gather list, all or nothing:
+    /// each as [`Platform::map`] maps it.
+    ///
+    /// # Errors
+    /// [`Error::SegmentTooLong`] or the first mapping error, with every
+    /// buffer given back in order; nothing stays mapped.
+    pub fn map_sg<B: DmaBuffer, T: Translate + Clone + Send + Sync + 'static>(
+        &self,
+        dev: &Device<T>,
+        buffers: Vec<B>,
+        dir: Direction,
+    ) -> core::result::Result<Vec<Mapping<'_, B, P>>, MapFailed<Vec<B>>> {
+        crate::map::map_sg_buffers_by(buffers, dev.max_segment_size(), |b| {
+            self.map_buffer(dev, b, dir, Attrs::NONE)
+        })
+    }
+
+    /// Maps `size` bytes at physical address `orig` (CPU address `cpu`)
+    /// for `dev`: directly when a device with no restricted tlb reaches
+    /// them and is not forced to bounce, else through the tlb
+    /// [`Platform::select`] picks (a restricted tlb always bounces).
+    ///
+    /// # Errors
+    /// [`Error::NoPool`] when the original must bounce and no tlb serves
+    /// the device, or as [`IoTlb::bounce_raw`].
+    ///
+    /// # Safety
+    /// As [`Pool::map_raw`](crate::Pool::map_raw).
+    pub unsafe fn map_raw<T: Translate + Clone + Send + Sync + 'static>(
+        &self,
+        dev: &Device<T>,
+        orig: PhysAddr,
+        cpu: *mut u8,
+        size: usize,
+        dir: Direction,
+    ) -> Result<DmaAddr> {
+        // SAFETY: this function's contract is `map_raw_with_attrs`'s.
+        unsafe { self.map_raw_with_attrs(dev, orig, cpu, size, dir, Attrs::NONE) }
+    }
+
+    /// [`Platform::map_raw`] with attributes.
+    ///
+    /// # Errors
+    /// As [`Platform::map_raw`].
+    ///
+    /// # Safety
+    /// As [`Pool::map_raw`](crate::Pool::map_raw).
+    pub unsafe fn map_raw_with_attrs<T: Translate + Clone + Send + Sync + 'static>(
+        &self,
+        dev: &Device<T>,
+        orig: PhysAddr,
+        cpu: *mut u8,
+        size: usize,
+        dir: Direction,
+        attrs: Attrs,
+    ) -> Result<DmaAddr> {
+        if dev.restricted_tlb().is_none()
+            && !dev.force_bounce()
+            && size != 0
+            && dev.can_reach(orig, size)
+        {
+            if let Some(pool) = self.home(dev).home() {
+                pool.count_direct();
+            }
+            return Ok(dev.phys_to_dma(orig));
+        }
+        let tlb = self.select(dev)?;
+        // SAFETY: `cpu` is valid for reads and writes of `size` bytes and
+        // unreferenced until the unmap, and `orig` is its physical address
+        // (this function's contract, `Pool::map_raw`'s, which holds
+        // `bounce_raw`'s).
+        let b = unsafe {
+            tlb.bounce_raw(
+                dev,
+                orig,
+                cpu,
+                size,
+                attrs,
+                crate::map::MapOptions::default(),
+            )?
+        };
+        let _ = dir;
+        Ok(b.dma)
+    }
+
+    /// The tlb holding device address `dma` of `dev`: its restricted tlb,
+    /// else the default or high tlb one of whose pools holds it; `None`
+    /// if none does (a direct mapping, or no mapping at all).
+    fn holder<T: Translate>(&self, dev: &Device<T>, dma: DmaAddr) -> Result<Option<&IoTlb<P>>> {
+        if dev.restricted_tlb().is_some() {
+            return self.restricted_of(dev).map(Some);
+        }
+        let phys = dev.translate().dma_to_phys(dma);
+        Ok([self.default.as_ref(), self.high.as_ref()]
+            .into_iter()
+            .flatten()
+            .find(|t| t.holds(dev, phys)))
+    }
+
+    /// An unmap or sync of `dma` that no tlb holds.
+    fn outside<T: Translate>(dev: &Device<T>, dma: DmaAddr, size: usize) -> Result {
+        let phys = dev.translate().dma_to_phys(dma);
+        crate::map::outside(dev, dma, phys, size)
+    }
+
+    /// Unmaps a raw mapping of `dev` by its device address: in the tlb
+    /// that holds it; an address no tlb holds is a direct mapping if the
+    /// device could have been given it directly, else
+    /// [`Error::NotMapped`].
+    ///
+    /// # Errors
+    /// [`Error::NoPool`] for a device bound to a restricted tlb the
+    /// platform lacks, or as [`IoTlb::unmap_raw`].
+    ///
+    /// # Safety
+    /// As [`Pool::unmap_raw`](crate::Pool::unmap_raw).
+    pub unsafe fn unmap_raw<T: Translate>(
+        &self,
+        dev: &Device<T>,
+        dma: DmaAddr,
+        size: usize,
+        dir: Direction,
+        attrs: Attrs,
+    ) -> Result {
+        match self.holder(dev, dma)? {
+            None => Self::outside(dev, dma, size),
+            // SAFETY: the mapping's original is still valid for writes and
+            // unreferenced, and the device is done with it (this
+            // function's contract, which is `IoTlb::unmap_raw`'s).
+            Some(tlb) => unsafe { tlb.unmap_raw(dev, dma, size, dir, attrs) },
+        }
+    }
+
+    /// Copies device writes to the CPU for a raw mapping of `dev` (as
+    /// [`IoTlb::sync_for_cpu_raw`]), in the tlb that holds it.
+    ///
+    /// # Errors
+    /// As [`Platform::unmap_raw`].
+    ///
+    /// # Safety
+    /// As [`Pool::sync_for_cpu_raw`](crate::Pool::sync_for_cpu_raw).
+    pub unsafe fn sync_for_cpu_raw<T: Translate>(
+        &self,
+        dev: &Device<T>,
+        dma: DmaAddr,
+        size: usize,
+        dir: Direction,
+    ) -> Result {
+        match self.holder(dev, dma)? {
+            None => Self::outside(dev, dma, size),
+            // SAFETY: the mapping's original is valid and unreferenced for
+            // the synced range (this function's contract, which is
+            // `IoTlb::sync_for_cpu_raw`'s).
+            Some(tlb) => unsafe { tlb.sync_for_cpu_raw(dev, dma, size, dir) },
+        }
+    }
+
+    /// Copies CPU writes to the device for a raw mapping of `dev` (as
+    /// [`IoTlb::sync_for_device_raw`]), in the tlb that holds it.
+    ///
+    /// # Errors
+    /// As [`Platform::unmap_raw`].
+    ///
+    /// # Safety
+    /// As [`Pool::sync_for_device_raw`](crate::Pool::sync_for_device_raw).
+    pub unsafe fn sync_for_device_raw<T: Translate>(
+        &self,
+        dev: &Device<T>,
+        dma: DmaAddr,
+        size: usize,
+        dir: Direction,
+    ) -> Result {
+        match self.holder(dev, dma)? {
+            None => Self::outside(dev, dma, size),
+            // SAFETY: the mapping's original is valid and unreferenced for
+            // the synced range (this function's contract, which is
+            // `IoTlb::sync_for_device_raw`'s).
+            Some(tlb) => unsafe { tlb.sync_for_device_raw(dev, dma, size, dir) },
+        }
+    }
+
+    /// Maps a raw scatter-gather list for `dev`, all or nothing, each
+    /// entry as [`Platform::map_raw`] maps it.
+    ///
+    /// # Errors
+    /// [`Error::SegmentTooLong`] or the first mapping error; nothing stays
+    /// mapped.
+    ///
+    /// # Safety
+    /// As [`Pool::map_sg_raw`](crate::Pool::map_sg_raw).
+    pub unsafe fn map_sg_raw<T: Translate + Clone + Send + Sync + 'static>(
+        &self,
+        dev: &Device<T>,
+        sg: &mut [SgEntry],
+        dir: Direction,
+        attrs: Attrs,
+    ) -> Result {
+        crate::map::map_sg_by(
+            sg,
+            dev.max_segment_size(),
+            &mut |e| {
+                // SAFETY: the entry's `cpu` is valid and unreferenced for
+                // `len` bytes until its unmap, and `phys` is its physical
+                // address (this function's contract, per entry).
+                unsafe { self.map_raw_with_attrs(dev, e.phys, e.cpu, e.len, dir, attrs) }
+            },
+            &mut |done| {
+                // SAFETY: `done` was mapped by this call and the device has
+                // not been told of it; its original is still valid and
+                // unreferenced (this function's contract).
+                let undo = unsafe {
+                    self.unmap_raw(dev, done.dma, done.len, dir, attrs | Attrs::SKIP_CPU_SYNC)
+                };
+                debug_assert!(undo.is_ok(), "rollback of a fresh mapping failed");
+            },
+        )
+    }
+
+    /// Unmaps every entry of a list mapped by [`Platform::map_sg_raw`];
+    /// all entries are tried and the first error is returned.
+    ///
+    /// # Errors
+    /// As [`Platform::unmap_raw`].
+    ///
+    /// # Safety
+    /// As [`Pool::unmap_sg_raw`](crate::Pool::unmap_sg_raw).
+    pub unsafe fn unmap_sg_raw<T: Translate>(
+        &self,
+        dev: &Device<T>,
+        sg: &[SgEntry],
+        dir: Direction,
+        attrs: Attrs,
+    ) -> Result {
+        let mut first = Ok(());
+        for e in sg {
+            // SAFETY: each entry's original is valid and unreferenced and
+            // the device is done with it (this function's contract, per
+            // entry).
+            let r = unsafe { self.unmap_raw(dev, e.dma, e.len, dir, attrs) };
+            if first.is_ok() {
+                first = r;
+            }
+        }
+        first
+    }
+
+    /// A zeroed coherent allocation for `dev` from its restricted tlb
+    /// (Linux `swiotlb_alloc`, used by `dma_direct_alloc` only when
+    /// `is_swiotlb_for_alloc`, that is for restricted pools).
+    ///
+    /// # Errors
+    /// [`Error::NoPool`] if the device has no restricted tlb (its coherent
+    /// memory comes from the page allocator, not from here), or as
+    /// [`Pool::alloc_coherent`](crate::Pool::alloc_coherent).
+    pub fn alloc_coherent<T: Translate>(&self, dev: &Device<T>, size: usize) -> Result<Coherent> {
+        self.restricted_of(dev)?.alloc_coherent(dev, size)
+    }
+
+    /// Frees a coherent allocation of `dev` by its device address (Linux
+    /// `swiotlb_free`).
+    ///
+    /// # Errors
+    /// [`Error::NoPool`] if the device has no restricted tlb, or as
+    /// [`Pool::free_coherent`](crate::Pool::free_coherent).
+    pub fn free_coherent<T: Translate>(&self, dev: &Device<T>, dma: DmaAddr) -> Result {
+        self.restricted_of(dev)?.free_coherent(dev, dma)
+    }
+
+    fn restricted_of<T: Translate>(&self, dev: &Device<T>) -> Result<&IoTlb<P>> {
+        dev.restricted_tlb()
+            .and_then(|id| self.restricted_tlb(id))
+            .ok_or(Error::NoPool)
+    }
+
+    /// Every tlb's statistics under its name: default, high, then the
+    /// restricted ones in order (one debugfs directory each, as Linux's
+    /// `swiotlb` and the RFC's `swiotlb-hi`).
+    pub fn stats(&self) -> Vec<(&str, TlbStats)> {
+        self.tlbs().map(|t| (t.name(), t.stats())).collect()
+    }
+
+    /// Every tlb: default, high, then the restricted ones in order.
+    pub fn tlbs(&self) -> impl Iterator<Item = &IoTlb<P>> {
+        self.default
+            .iter()
+            .chain(self.high.iter())
+            .chain(self.restricted.iter())
+    }
+
+    /// Calls [`IoTlb::maintain`] on every tlb; the first error is
+    /// returned after all have run.
+    ///
+    /// # Errors
+    /// As [`IoTlb::maintain`].
+    pub fn maintain(&self) -> core::result::Result<(), crate::provider::ProviderError> {
+        let mut first = Ok(());
+        for t in self.tlbs() {
+            if let Err(e) = t.maintain() {
+                if first.is_ok() {
+                    first = Err(e);
+                }
+            }
+        }
+        first
+    }
+}
+
+#[cfg(feature = "fdt")]
+impl<P: Policy> Platform<P> {
+    /// A platform with one fixed restricted tlb per `restricted-dma-pool`
+    /// of a parsed device tree, named after its node and bound to the
+    /// devices whose `memory-region` names it ([`Platform::bind`] finds a
+    /// device's tlb by node path or name). Other pools (`shared-dma-pool`,
+    /// coherent memory) are not bounce pools and are left out. The default
+    /// tlb does not come from a device tree (Linux sizes it from `swiotlb=`
+    /// on the command line): add it with [`Platform::with_default`], growing
+    /// ([`IoTlb::growing`]) if the caller has a provider, fixed if not.
+    ///
+    /// `memory(phys, len)` gives the CPU address of each pool's region, as
+    /// the caller mapped it.
+    ///
+    /// # Errors
+    /// [`Error::BadConfig`] with [`ConfigProblem::UnmappedRegion`] when
+    /// `memory` has no address for a pool, or as [`Pool::new`] for a pool
+    /// the geometry `config` does not fit.
+    ///
+    /// # Safety
+    /// For every restricted pool of `dt`, the address `memory` returns
+    /// meets [`Pool::new`]'s contract for the pool's physical base and
+    /// size: valid for reads and writes of the whole region for as long as
+    /// the platform lives, physically contiguous, and touched by nothing
+    /// but the platform.
+    ///
+    /// [`ConfigProblem::UnmappedRegion`]: crate::error::ConfigProblem::UnmappedRegion
+    /// [`Pool::new`]: crate::Pool::new
+    pub unsafe fn from_dt(
+        dt: &crate::dt::DtPools<'_>,
+        config: crate::pool::PoolConfig,
+        memory: &mut dyn FnMut(PhysAddr, usize) -> Option<core::ptr::NonNull<u8>>,
+    ) -> Result<Self> {
+        let mut platform = Self::default();
+        let restricted = dt
+            .pools
+            .iter()
+            .filter(|p| p.kind == crate::dt::DtPoolKind::Restricted);
+        for p in restricted {
+            let unmapped = Error::BadConfig {
+                problem: crate::error::ConfigProblem::UnmappedRegion {
+                    phys: p.base,
+                    len: p.size,
+                },
+            };
+            let len = usize::try_from(p.size).map_err(|_| unmapped)?;
+            let cpu = memory(p.base, len).ok_or(unmapped)?;
+            // SAFETY: `cpu` is the caller's mapping of this pool's region,
+            // valid for reads and writes of `len` bytes for the platform's
+            // life, physically contiguous at `p.base` and touched only
+            // through the platform (this function's contract).
+            let pool = unsafe { crate::pool::Pool::new(cpu, p.base, len, config) }?;
+            let index = platform.restricted.len();
+            platform
+                .bindings
+                .extend(p.devices.iter().map(|d| (d.clone(), index)));
+            platform = platform.with_restricted(IoTlb::restricted(p.name, pool));
+        }
+        Ok(platform)
+    }
+}
+
+impl<P: Policy> From<crate::pool::Pool<P>> for IoTlb<P> {
+    /// A fixed default tlb over `pool`.
+    fn from(pool: crate::pool::Pool<P>) -> Self {
+        IoTlb::new(TlbKind::Default, pool)
+    }
+}
