@@ -18,7 +18,9 @@ use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 use swiotlb::pool::Request;
-use swiotlb::{Device, Direction, DmaMask, Fast, NextFit, PhysAddr, Policy, Pool, PoolConfig};
+use swiotlb::{
+    Device, Direction, DmaMask, Fast, IoTlb, NextFit, PhysAddr, Policy, Pool, PoolConfig, TlbKind,
+};
 
 use report::{human, Row};
 use timing::{interleave, Contender, Run, Sampling};
@@ -27,7 +29,8 @@ use workload::{fill_to, first_failure, prefault, slot_fill, Mix, Rng, FRAG_STEPS
 /// Arguments of `swiotlb bench`.
 ///
 /// Rows: `map_unmap` (ns per map+unmap pair; `dir` `to` copies once,
-/// `from` twice, as Linux does), `memcpy` (ns per copy of the same bytes;
+/// `from` twice, as Linux does), `map_unmap_iotlb` (the same through a
+/// fixed one-pool `IoTlb`, timed interleaved with the bare pool's), `memcpy` (ns per copy of the same bytes;
 /// `dir` `hot` into one buffer, `walk` through a pool-sized region),
 /// `alloc_free` (ns per allocate+free of one slot by the allocator alone,
 /// at a pool `fill`: the policy's search and bookkeeping under the area
@@ -380,6 +383,25 @@ fn map_unmap<'a, P: Policy>(
     })
 }
 
+/// Map+unmap pairs of one buffer of `size` bytes through a tlb: the same
+/// work as [`map_unmap`] through its one pool, plus whatever the tlb adds.
+fn map_unmap_tlb<'a>(tlb: &'a IoTlb, dev: &'a Device, size: usize, dir: Direction) -> Run<'a> {
+    let mut keep = page_buf(size);
+    Box::new(move |n| {
+        let mut buf = std::mem::take(&mut keep);
+        let t = Instant::now();
+        for _ in 0..n {
+            buf = match tlb.map(dev, black_box(buf), dir) {
+                Ok(m) => black_box(m.unmap()),
+                Err(f) => return Err(format!("one-pool tlb, {size} bytes: {}", f.error)),
+            };
+        }
+        let e = t.elapsed();
+        keep = buf;
+        Ok(e)
+    })
+}
+
 /// The copy alone, into one destination that stays in cache: the floor a
 /// bounce that reuses warm slots can approach. Source and destination are
 /// page aligned, as an original (see `page_buf`) and a slot are.
@@ -434,8 +456,12 @@ fn map_part(plan: &Plan, rows: &mut Vec<Row>) -> Result<(), String> {
     let dev = forced();
     let fast = heap::<Fast>(plan.pool_bytes, 1)?;
     let next = heap::<NextFit>(plan.pool_bytes, 1)?;
+    // A fixed tlb over a pool like `fast`'s: what the tlb adds to a bare
+    // pool (its target is nothing).
+    let tlb = IoTlb::new(TlbKind::Default, heap::<Fast>(plan.pool_bytes, 1)?);
     prefault(&fast, &dev)?;
     prefault(&next, &dev)?;
+    prefault(tlb.first_pool(), &dev)?;
     // Filled with non-zero bytes so every page is really there before the
     // walk is timed; a page more, to start it page aligned.
     let mut region = vec![1u8; plan.pool_bytes + PAGE];
@@ -450,6 +476,13 @@ fn map_part(plan: &Plan, rows: &mut Vec<Row>) -> Result<(), String> {
             cs.push(Contender::new(map_unmap(&next, &dev, size, d)));
             labels.push(("map_unmap", NextFit::NAME, dir_name(d)));
         }
+        cs.push(Contender::new(map_unmap_tlb(
+            &tlb,
+            &dev,
+            size,
+            Direction::ToDevice,
+        )));
+        labels.push(("map_unmap_iotlb", Fast::NAME, "to"));
         cs.push(Contender::new(memcpy_hot(size)));
         labels.push(("memcpy", "memcpy", "hot"));
         cs.push(Contender::new(memcpy_walk(&mut region, size, slot)));

@@ -190,6 +190,7 @@ impl<P: Policy> Pool<P> {
 
     /// # Safety
     /// As [`Pool::bounce_raw`].
+    #[inline]
     pub(crate) unsafe fn bounce_inner<T: Translate>(
         &self,
         dev: &Device<T>,
@@ -980,6 +981,25 @@ impl<P: Policy> Pool<P> {
         dir: Direction,
         attrs: Attrs,
     ) -> core::result::Result<Mapping<'_, B, P>, (Error, RawBuffer<B>)> {
+        let _ = attrs;
+        let r = self.bounce_buffer_in(Owner::Pool(self), dev, phys, buffer, dir);
+        if let Err((e, _)) = &r {
+            self.count_failure(e);
+        }
+        r
+    }
+
+    /// [`Pool::bounce_buffer`] for `owner`, which lives at least as long
+    /// as this pool is borrowed; failures are not counted.
+    #[inline]
+    pub(crate) fn bounce_buffer_in<'p, B: DmaBuffer, T: Translate>(
+        &'p self,
+        owner: Owner<'p, P>,
+        dev: &Device<T>,
+        phys: PhysAddr,
+        buffer: RawBuffer<B>,
+        dir: Direction,
+    ) -> core::result::Result<Mapping<'p, B, P>, (Error, RawBuffer<B>)> {
         let (ptr, len) = (buffer.ptr(), buffer.len());
         // SAFETY:
         // - `ptr` is valid for reads and writes of `len` bytes and nothing
@@ -988,14 +1008,11 @@ impl<P: Policy> Pool<P> {
         //   and accesses the bytes only through the pool's copies until
         //   unmap;
         // - `phys` is the platform's physical address of `ptr`.
-        let r =
-            unsafe { self.bounce_raw(dev, phys, ptr.as_ptr(), len, attrs, MapOptions::default()) };
+        let r = unsafe { self.bounce_inner(dev, phys, ptr.as_ptr(), len, MapOptions::default()) };
         match r {
             // SAFETY: `b` was just allocated in this pool for `buffer`'s
-            // region, and this pool lives for the mapping's borrow.
-            Ok(b) => Ok(unsafe {
-                Mapping::bounced(self, Owner::Pool(self), Held::Lasting, buffer, dir, b)
-            }),
+            // region, and this pool lives for the mapping's borrow `'p`.
+            Ok(b) => Ok(unsafe { Mapping::bounced(self, owner, Held::Lasting, buffer, dir, b) }),
             Err(error) => Err((error, buffer)),
         }
     }

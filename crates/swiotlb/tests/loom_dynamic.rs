@@ -50,8 +50,8 @@ use std::sync::Mutex as StdMutex;
 use loom::sync::Arc;
 use loom::thread;
 
-use swiotlb::provider::{NoHooks, Provider, ProviderError, Region};
-use swiotlb::tlb::{Deferral, GrowConfig, IoTlb, ManualClock};
+use swiotlb::provider::{Provider, ProviderError, Region};
+use swiotlb::tlb::{Deferral, GrowConfig, Growth, IoTlb, ManualClock, TlbKind};
 use swiotlb::{
     Attrs, Bounce, Device, Direction, DmaMask, Fast, MapOptions, NextFit, PhysAddr, Policy,
     PoolConfig, Result,
@@ -63,7 +63,7 @@ const POOL: usize = 2 * SLOT;
 /// How long a grown pool must stay idle before `maintain` gives it back.
 const IDLE: u64 = 10;
 
-type Tlb<P> = IoTlb;
+type Tlb<P> = IoTlb<P>;
 
 /// Chunks of an arena: more than any model allocates (pools and transient
 /// pools), as chunks are never reused.
@@ -188,7 +188,9 @@ fn tiny_tlb<P: Policy>(clock: std::sync::Arc<ManualClock>, max: usize) -> Tlb<P>
         page_shift: 12,
     };
     config.idle = IDLE;
-    let tlb = Tlb::<P>::with_policy(Arena::new(), NoHooks, clock, config).unwrap();
+    let tlb = Tlb::<P>::growing_with_policy(TlbKind::Default, Growth::new(Arena::new(), config))
+        .unwrap()
+        .with_clock(clock);
     assert_eq!(tlb.pool_count(), 1);
     tlb
 }
@@ -871,7 +873,7 @@ fn shrink_vs_safe_map<P: Policy>() {
             thread::spawn(move || {
                 let len = SLOT - 24;
                 let mut m = tlb
-                    .map(
+                    .map_with_attrs(
                         &dev,
                         pattern(0xa0, len),
                         Direction::Bidirectional,
@@ -941,7 +943,7 @@ fn release_vs_shrink<P: Policy>() {
         let dev = forced();
         let x = bounce(&*tlb, &dev, &shadow, POOL, 0x40, Attrs::MAY_SLEEP);
         let map = |tag: u8| {
-            tlb.map(
+            tlb.map_with_attrs(
                 &dev,
                 pattern(tag, POOL),
                 Direction::ToDevice,

@@ -179,6 +179,14 @@ pub fn ratios(rows: &[Row], sizes: &[u64], fills: &[f64]) -> Vec<Ratio> {
             );
         }
     }
+    // The target: a fixed tlb costs what its one pool does.
+    for &s in sizes {
+        push(
+            format!("map_unmap to   {:>7}  iotlb/pool", human(s)),
+            r.get("map_unmap_iotlb", "fast", s, "to", 1),
+            r.get("map_unmap", "fast", s, "to", 1),
+        );
+    }
     for &s in sizes {
         let fast = r.get("map_unmap", "fast", s, "to", 1);
         push(

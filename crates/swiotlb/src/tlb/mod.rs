@@ -656,7 +656,6 @@ impl<P: Policy> IoTlb<P> {
         attrs: Attrs,
         opts: MapOptions,
     ) -> Result<Placed<P>> {
-        let mut attempt = |pool: &Pool<P>| pool.bounce_alloc(dev, orig, cpu, size, opts);
         let sleeps = attrs.contains(Attrs::MAY_SLEEP);
         // Callers that may sleep queue behind earlier waiters (FIFO);
         // others cannot wait, so they try at once.
@@ -664,12 +663,20 @@ impl<P: Policy> IoTlb<P> {
         let full = if behind {
             None
         } else {
-            // SAFETY: `cpu` is valid for reads of `size` bytes and
-            // unreferenced (this function's contract), and `attempt`
-            // allocates for exactly `cpu` and `size`.
-            match unsafe { self.try_pools_copy(&mut attempt, cpu, size) } {
-                Ok((bounce, pool, held)) => return Ok(Placed { bounce, pool, held }),
-                Err(e) if is_full(&e) => Some(e),
+            // The first pool first, exactly as a bare pool maps: no lock,
+            // nothing more (a fixed tlb's whole map).
+            // SAFETY: `cpu` is valid for reads and writes of `size` bytes
+            // and unreferenced until the unmap, and `orig` is its physical
+            // address (this function's contract, `bounce_inner`'s).
+            match unsafe { self.first.bounce_inner(dev, orig, cpu, size, opts) } {
+                Ok(bounce) => {
+                    return Ok(Placed {
+                        bounce,
+                        pool: NonNull::from(&self.first),
+                        held: Held::Lasting,
+                    })
+                }
+                Err(e) if is_full(&e) && (sleeps || self.grower.is_some()) => Some(e),
                 Err(e) => {
                     self.count_failure(&e);
                     return Err(e);
@@ -706,6 +713,21 @@ impl<P: Policy> IoTlb<P> {
         mut full: Option<Error>,
     ) -> Result<Placed<P>> {
         let mut attempt = |pool: &Pool<P>| pool.bounce_alloc(dev, orig, cpu, size, opts);
+        if !behind && self.grower.is_some() {
+            // The grown pools (the first one again too: slots may have
+            // come free since).
+            // SAFETY: `cpu` is valid for reads of `size` bytes and
+            // unreferenced (this function's contract), and `attempt`
+            // allocates for exactly `cpu` and `size`.
+            match unsafe { self.try_pools_copy(&mut attempt, cpu, size) } {
+                Ok((bounce, pool, held)) => return Ok(Placed { bounce, pool, held }),
+                Err(e) if is_full(&e) => full = Some(e),
+                Err(e) => {
+                    self.count_failure(&e);
+                    return Err(e);
+                }
+            }
+        }
         if attrs.contains(Attrs::MAY_SLEEP) {
             // Grow while growth helps. Each growth serves the queue first
             // (`grow` calls `service`), so a caller behind earlier waiters
@@ -817,6 +839,29 @@ impl<P: Policy> IoTlb<P> {
         dir: Direction,
         attrs: Attrs,
     ) -> core::result::Result<Mapping<'_, B, P>, (Error, RawBuffer<B>)> {
+        let sleeps = attrs.contains(Attrs::MAY_SLEEP);
+        // Callers that may sleep queue behind earlier waiters (FIFO);
+        // others cannot wait, so they try at once.
+        let behind = sleeps && self.queue.queued.load(Ordering::Acquire) > 0;
+        let (full, buffer) = if behind {
+            (None, buffer)
+        } else {
+            // The first pool first, exactly as a bare pool maps: no lock,
+            // nothing more (a fixed tlb's whole map).
+            match self
+                .first
+                .bounce_buffer_in(Owner::Tlb(self), dev, phys, buffer, dir)
+            {
+                Ok(m) => return Ok(m),
+                Err((e, buffer)) if is_full(&e) && (sleeps || self.grower.is_some()) => {
+                    (Some(e), buffer)
+                }
+                Err((e, buffer)) => {
+                    self.count_failure(&e);
+                    return Err((e, buffer));
+                }
+            }
+        };
         let (ptr, len) = (buffer.ptr(), buffer.len());
         // SAFETY: `ptr` is valid for reads and writes of `len` bytes and
         // nothing else accesses them while the buffer is taken apart
@@ -824,7 +869,18 @@ impl<P: Policy> IoTlb<P> {
         // the bytes only through the pool's copies until unmap, and a
         // failed map gives the parts back untouched. `phys` is their
         // physical address.
-        let r = unsafe { self.place(dev, phys, ptr.as_ptr(), len, attrs, MapOptions::default()) };
+        let r = unsafe {
+            self.place_slow(
+                dev,
+                phys,
+                ptr.as_ptr(),
+                len,
+                attrs,
+                MapOptions::default(),
+                behind,
+                full,
+            )
+        };
         match r {
             Ok(p) => Ok(self.mapping(p, buffer, dir)),
             Err(error) => Err((error, buffer)),
