@@ -34,7 +34,7 @@ pub enum AllocWhat {
 }
 
 /// What is wrong with a growing tlb's configuration
-/// ([`DynConfig`](crate::DynConfig)).
+/// ([`GrowConfig`](crate::GrowConfig)).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ConfigProblem {
     /// `start` is smaller than one segment, the largest mapping.

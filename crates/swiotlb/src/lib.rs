@@ -56,6 +56,20 @@
 //! # drop(pool); drop(mem);
 //! ```
 //!
+//! # Which type to build
+//!
+//! | to build                                    | use                                                        |
+//! |---------------------------------------------|------------------------------------------------------------|
+//! | a fixed pool                                | [`Pool`], or [`IoTlb::new`]`(TlbKind::Default, pool)`       |
+//! | a pool that grows                           | [`IoTlb::growing`], or [`IoTlb::with_growth`] on your pool  |
+//! | a restricted device (`restricted-dma-pool`) | [`IoTlb::restricted`] in a [`Platform`], [`Device::with_restricted_tlb`] |
+//! | a high (64-bit) pool beside the default one | [`IoTlb::new`]`(TlbKind::High, pool)` in a [`Platform`]     |
+//! | a device tree                               | `Platform::from_dt` (feature `fdt`), [`Platform::bind`]    |
+//!
+//! Every tlb and the platform have the same verbs: `map`, `map_with_attrs`,
+//! `map_sg`, the raw API, coherent allocations, waiting and deferral, and
+//! `stats` (see [`tlb`]).
+//!
 //! # Features
 //!
 //! - `alloc` (in `std`): pools and everything that keeps per-slot
@@ -85,7 +99,7 @@
 //! - the `provider` module's `Provider` and `MemoryHooks` are `unsafe` to
 //!   implement: a pool built from provided memory trusts the region it is
 //!   given and that the hooks leave it valid;
-//! - the growing tlb ([`dynamic`]) passes the raw API's obligations on to
+//! - the tlb ([`tlb`]) passes the raw API's obligations on to
 //!   requests that complete later (a queued bounce copies from the original
 //!   when its slots come free), and hands a safe mapping a pointer to a
 //!   pool that it keeps alive while the mapping's slots are held and frees

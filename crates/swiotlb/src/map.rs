@@ -849,7 +849,7 @@ pub(crate) enum Held {
     /// pool of a growing tlb.
     Lasting,
     /// A grown pool, which the tlb frees once idle: the slots are given
-    /// back under the tlb's guard ([`AfterRelease::guard_release`]).
+    /// back under the tlb's guard (`IoTlb::guard_release`).
     Grown,
     /// A transient pool made for this mapping alone: the tlb frees it
     /// after the slots are given back.
@@ -1384,7 +1384,7 @@ impl<B: DmaBuffer, P: Policy> Mapping<'_, B, P> {
 }
 
 // SAFETY: a mapping owns its buffer's parts and borrows a `Pool`, which is
-// `Sync`, and maybe a growing tlb, through `AfterRelease: Sync`; its raw
+// `Sync`, or a tlb, which is `Sync` too; its raw
 // pointers point into `B`'s own bytes and into the pool, so sending the
 // mapping sends exactly what sending `B` (and its rest) would.
 unsafe impl<B: DmaBuffer + Send, P: Policy> Send for Mapping<'_, B, P> where B::Rest: Send {}

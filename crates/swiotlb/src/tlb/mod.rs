@@ -62,7 +62,7 @@ mod future;
 mod grow;
 #[cfg(all(feature = "std", not(swiotlb_loom)))]
 mod maintainer;
-mod platform;
+pub mod platform;
 mod queue;
 mod set;
 
