@@ -298,7 +298,7 @@ fn progress(what: &str) {
 /// A device that bounces everything, as in a confidential VM: every map
 /// goes through the pool.
 fn forced() -> Device {
-    Device::new(DmaMask::BITS_64).with_force_bounce(true)
+    Device::new(DmaMask::BITS_64).with_force_bounce()
 }
 
 fn heap<P: Policy>(bytes: usize, nareas: u32) -> Result<Pool<P>, String> {
@@ -705,8 +705,8 @@ fn thread_part(plan: &Plan, rows: &mut Vec<Row>) -> Result<(), String> {
     let fast = heap::<Fast>(plan.pool_bytes, 2)?;
     let next = heap::<NextFit>(plan.pool_bytes, 2)?;
     // The same pool keeping Linux's exact pool-wide high-water mark: one
-    // counter shared by both threads (`Pool::with_exact_hiwater(true)`).
-    let marks = heap::<Fast>(plan.pool_bytes, 2)?.with_exact_hiwater(true);
+    // counter shared by both threads (`Pool::with_hiwater(Hiwater::Exact)`).
+    let marks = heap::<Fast>(plan.pool_bytes, 2)?.with_hiwater(swiotlb::Hiwater::Exact);
     prefault(&fast, &dev)?;
     prefault(&next, &dev)?;
     prefault(&marks, &dev)?;
@@ -740,7 +740,7 @@ fn thread_part(plan: &Plan, rows: &mut Vec<Row>) -> Result<(), String> {
                     Fast::NAME,
                     "to",
                     format!(
-                        "one pool of {} areas, exact pool-wide high-water mark (with_exact_hiwater(true))",
+                        "one pool of {} areas, exact pool-wide high-water mark (with_hiwater(Hiwater::Exact))",
                         fast.nareas()
                     ),
                 ),

@@ -118,9 +118,12 @@ fn run() -> Run {
                     std::ptr::copy_nonoverlapping(out.device_ptr().as_ptr(), seen.as_mut_ptr(), len)
                 };
                 for (i, b) in seen.iter().enumerate() {
-                    // SAFETY: plays the device: `i < len`, inside the
-                    // `len` bytes of the reply's slots it may write.
-                    unsafe { *reply.device_ptr().as_ptr().add(i) = !b };
+                    // Plays the device: `i < len`, inside the `len` bytes
+                    // of the reply's slots it may write.
+                    let at = reply.device_ptr().as_ptr().wrapping_add(i);
+                    // SAFETY: `at` is byte `i < len` of the reply's slots,
+                    // which the device may write while mapped.
+                    unsafe { at.write(!b) };
                 }
                 seen
             })

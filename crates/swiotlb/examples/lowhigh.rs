@@ -36,8 +36,8 @@ fn main() {
         .with_default(pool_at(0x1000_0000, low_bytes))
         .with_high(pool_at(0x1_0000_0000, high.bytes() as usize));
 
-    let small = Device::new(DmaMask::BITS_32).with_force_bounce(true);
-    let big = Device::new(DmaMask::BITS_64).with_force_bounce(true);
+    let small = Device::new(DmaMask::BITS_32).with_force_bounce();
+    let big = Device::new(DmaMask::BITS_64).with_force_bounce();
     println!(
         "32-bit device -> {}",
         platform.select(&small).expect("low").name()

@@ -1,6 +1,8 @@
 //! Address newtypes: a CPU physical address, a device (bus) address and a
 //! device's DMA mask are different things and never mix silently.
 
+#![forbid(unsafe_code)]
+
 use core::fmt;
 use core::ops::{Add, Sub};
 

@@ -1,6 +1,8 @@
 //! Mapping attributes: Linux `DMA_ATTR_*` flags that change how one mapping
 //! is made.
 
+#![forbid(unsafe_code)]
+
 use core::ops::{BitOr, BitOrAssign};
 
 /// A set of mapping attributes.

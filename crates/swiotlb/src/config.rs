@@ -40,6 +40,8 @@
 //! - [`SwiotlbParam::resolve`] keeps the area count a power of two where
 //!   Linux's `limit_nareas()` may not (see there).
 
+#![forbid(unsafe_code)]
+
 use core::fmt;
 use core::str::FromStr;
 
@@ -132,6 +134,7 @@ pub struct SwiotlbParam {
 /// The pool geometry Linux ends up with at boot, before any allocation
 /// failure makes it shrink.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub struct Resolved {
     /// Slots in the pool: a multiple of [`IO_TLB_SEGSIZE`], at least one
     /// segment per area.
@@ -680,6 +683,7 @@ const HIGH_PREFIX: &str = "swiotlb.high=";
 /// The value is a slot count read as `swiotlb=` reads its first number
 /// (decimal, `0x` hex or `0` octal), with no other text.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub struct HighParam {
     /// Slots in the high pool: a non-zero multiple of [`IO_TLB_SEGSIZE`].
     pub nslabs: u64,

@@ -1,5 +1,7 @@
 //! What the DMA layer knows of one device.
 
+#![forbid(unsafe_code)]
+
 use crate::addr::{DmaAddr, DmaMask, PhysAddr};
 use crate::translate::{Identity, Limits, Translate};
 
@@ -253,8 +255,8 @@ impl<T> Device<T> {
 
     /// Makes every mapping bounce, reachable or not (Linux `swiotlb=force`
     /// per device, as confidential VMs need: the host sees only the pool).
-    pub const fn with_force_bounce(mut self, force: bool) -> Self {
-        self.force_bounce = force;
+    pub const fn with_force_bounce(mut self) -> Self {
+        self.force_bounce = true;
         self
     }
 

@@ -1,6 +1,8 @@
 //! The direction of a DMA transfer, which decides which copies a bounce
 //! mapping makes.
 
+#![forbid(unsafe_code)]
+
 /// Which way data moves between the CPU's buffer and the device.
 ///
 /// Linux `enum dma_data_direction` without `DMA_NONE`, which no mapping may

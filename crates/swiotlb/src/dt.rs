@@ -61,6 +61,8 @@
 //! answer (which holds a device's full path once per pool it uses).
 //! `swiotlb bench --only dt` times parses of 3 MiB blobs.
 
+#![forbid(unsafe_code)]
+
 use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;

@@ -1,5 +1,7 @@
 //! The one error type of the core.
 
+#![forbid(unsafe_code)]
+
 use core::fmt;
 
 use crate::addr::{DmaAddr, PhysAddr};
@@ -9,6 +11,7 @@ pub type Result<T = ()> = core::result::Result<T, Error>;
 
 /// Why a pool could not be built over the memory it was given.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum PoolProblem {
     /// The region holds less than one slot.
     TooSmall,
@@ -36,6 +39,7 @@ pub enum AllocWhat {
 /// What is wrong with a growing tlb's configuration
 /// ([`GrowConfig`](crate::GrowConfig)).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum ConfigProblem {
     /// `start` is smaller than one segment, the largest mapping.
     StartBelowSegment {
@@ -71,6 +75,7 @@ pub enum ConfigProblem {
 /// What the strict `swiotlb=` parser found that Linux would silently
 /// ignore or adjust.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum ParamProblem {
     /// The value is empty.
     Empty,
@@ -99,6 +104,7 @@ pub enum ParamProblem {
 /// tell "too large for any mapping" from "full" from "unreachable". The
 /// `Display` text starts with `swiotlb:` so that it stands out in a log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Error {
     /// A mapping of zero bytes was asked for.
     ZeroSize,

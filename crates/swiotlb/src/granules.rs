@@ -16,6 +16,8 @@
 //! than there are pools, it is not built and lookups fall back to the
 //! binary search.
 
+#![forbid(unsafe_code)]
+
 use alloc::vec;
 use alloc::vec::Vec;
 

@@ -169,7 +169,7 @@ pub use device::RestrictedTlb;
 #[cfg(feature = "alloc")]
 pub use map::{DmaBuffer, MapFailed, MapOptions, Mapping, SgEntry};
 #[cfg(feature = "alloc")]
-pub use pool::{Bounce, Fast, NextFit, Policy, Pool, PoolConfig};
+pub use pool::{Bounce, Fast, Hiwater, NextFit, Policy, Pool, PoolConfig};
 #[cfg(feature = "alloc")]
 pub use stats::Stats;
 #[cfg(feature = "alloc")]

@@ -180,7 +180,9 @@ impl<P: Policy> Pool<P> {
         opts: MapOptions,
     ) -> Result<Bounce> {
         let _ = attrs;
-        // SAFETY: the caller's obligations, passed on unchanged.
+        // SAFETY: `cpu` is valid for reads and writes of `size` bytes and
+        // unreferenced until the unmap, and `orig` is its physical address
+        // (this function's contract).
         let r = unsafe { self.bounce_inner(dev, orig, cpu, size, opts) };
         if let Err(e) = &r {
             self.count_failure(e);
@@ -281,7 +283,10 @@ impl<P: Policy> Pool<P> {
         size: usize,
         dir: Direction,
     ) -> Result<DmaAddr> {
-        // SAFETY: the caller's obligations, passed on.
+        // SAFETY: `cpu` is valid for reads and writes of `size` bytes and
+        // unreferenced until the unmap, and `orig` is its physical address
+        // (this function's contract);
+        // for a direct mapping the device may use the original until then.
         unsafe { self.map_raw_with_attrs(dev, orig, cpu, size, dir, Attrs::NONE) }
     }
 
@@ -302,7 +307,10 @@ impl<P: Policy> Pool<P> {
         attrs: Attrs,
     ) -> Result<DmaAddr> {
         let _ = dir;
-        // SAFETY: this function's contract is `map_one`'s, for `IfNeeded`.
+        // SAFETY: `cpu` is valid for reads and writes of `size` bytes and
+        // unreferenced until the unmap, and `orig` is its physical address
+        // (this function's contract);
+        // for a direct mapping the device may use the original until then.
         unsafe { self.map_one(dev, orig, cpu, size, attrs, Bouncing::IfNeeded) }
     }
 
@@ -365,7 +373,9 @@ impl<P: Policy> Pool<P> {
         if !self.contains(phys) {
             return outside(dev, dma, phys, size);
         }
-        // SAFETY: the caller's obligations; `phys` is `dma` translated.
+        // SAFETY: the mapping's original is valid for writes and
+        // unreferenced, and the device is done with the mapping (this
+        // function's contract); `phys` is `dma` translated for `dev`.
         unsafe { self.unmap_at(dma, phys, size, dir, attrs) }
     }
 
@@ -441,7 +451,8 @@ impl<P: Policy> Pool<P> {
         size: usize,
         dir: Direction,
     ) -> Result {
-        // SAFETY: the caller's obligations.
+        // SAFETY: the mapping's original is valid for writes of the synced
+        // range and unreferenced (this function's contract).
         unsafe { self.sync_raw(dev, dma, size, false, dir.copies_to_cpu()) }
     }
 
@@ -462,7 +473,8 @@ impl<P: Policy> Pool<P> {
         size: usize,
         dir: Direction,
     ) -> Result {
-        // SAFETY: the caller's obligations.
+        // SAFETY: the mapping's original is valid for reads of the synced
+        // range and unreferenced (this function's contract).
         unsafe { self.sync_raw(dev, dma, size, true, dir.copies_to_device()) }
     }
 
@@ -485,7 +497,9 @@ impl<P: Policy> Pool<P> {
         if !self.contains(phys) {
             return outside(dev, dma, phys, size);
         }
-        // SAFETY: the caller's obligations; `phys` is `dma` translated.
+        // SAFETY: the mapping's original is valid for the synced range and
+        // unreferenced (this function's contract); `phys` is `dma`
+        // translated for `dev`.
         unsafe { self.sync_at(dma, phys, size, to_device, copy) }
     }
 
@@ -631,7 +645,9 @@ impl<P: Policy> Pool<P> {
     ) -> Result {
         let mut first = Ok(());
         for e in sg {
-            // SAFETY: the caller's obligations for this entry.
+            // SAFETY: this entry's original is valid for writes and
+            // unreferenced, and the device is done with it (this
+            // function's contract, per entry).
             let r = unsafe { self.unmap_raw(dev, e.dma, e.len, dir, attrs) };
             if first.is_ok() {
                 first = r;

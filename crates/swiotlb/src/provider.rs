@@ -37,7 +37,7 @@
 //!     XEN_DMA_BITS.1,
 //! )
 //! .unwrap();
-//! let dev = Device::new(DmaMask::BITS_64).with_force_bounce(true);
+//! let dev = Device::new(DmaMask::BITS_64).with_force_bounce();
 //! let m = pool.map(&dev, vec![7u8; 1500], Direction::ToDevice).unwrap();
 //! assert!(m.is_bounced());
 //! m.unmap();
@@ -152,6 +152,7 @@ impl Hook {
 /// Cheap to copy, like [`Error`]; the `Display` text starts with
 /// `swiotlb:`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum ProviderError {
     /// The provider has no physically contiguous region of `len` bytes
     /// entirely below `below`.

@@ -320,7 +320,7 @@ impl<P: Policy, K: Ord> Simulator<P, K> {
             .map_err(|_| SimError::NoMemory { size })?;
         buf.extend_from_slice(&want_orig);
         let dev = Device::new(DmaMask::BITS_64)
-            .with_force_bounce(true)
+            .with_force_bounce()
             .with_min_align_mask(m)
             .with_translate(self.translate);
         let opts = MapOptions {
@@ -1044,7 +1044,7 @@ mod tests {
             };
             let early = sim.map_with(0, size, BIDI, params).unwrap_err();
             let dev = Device::new(DmaMask::BITS_64)
-                .with_force_bounce(true)
+                .with_force_bounce()
                 .with_min_align_mask(min_align_mask)
                 .with_translate(sim.translate);
             let opts = MapOptions {

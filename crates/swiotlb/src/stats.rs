@@ -1,5 +1,7 @@
 //! Pool statistics, named like Linux's `/sys/kernel/debug/swiotlb` files.
 
+#![forbid(unsafe_code)]
+
 use alloc::vec::Vec;
 
 use crate::error::FailReason;
@@ -9,6 +11,7 @@ use crate::error::FailReason;
 /// `io_tlb_*` fields carry Linux's debugfs names so that kernel engineers
 /// read them without a glossary.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Stats {
     /// Slots in the pool (`io_tlb_nslabs`).
     pub io_tlb_nslabs: u64,
@@ -17,11 +20,11 @@ pub struct Stats {
     /// The most slots ever held at once since creation or the last
     /// [`Pool::reset_hiwater`](crate::Pool::reset_hiwater)
     /// (`io_tlb_used_hiwater`). Exact when `hiwater_exact` (one area, or
-    /// [`Pool::with_exact_hiwater`](crate::Pool::with_exact_hiwater));
+    /// [`Pool::with_hiwater`](crate::Pool::with_hiwater));
     /// otherwise the sum of each area's own mark, an upper bound.
     pub io_tlb_used_hiwater: u64,
     /// Whether `io_tlb_used_hiwater` is the exact pool-wide mark
-    /// ([`Pool::with_exact_hiwater`](crate::Pool::with_exact_hiwater)).
+    /// ([`Pool::with_hiwater`](crate::Pool::with_hiwater)).
     pub hiwater_exact: bool,
     /// Slots held per area.
     pub area_used: Vec<u64>,

@@ -10,6 +10,8 @@
 //! sections are a few word scans long (Linux uses a spin lock with IRQs off
 //! for the same reason).
 
+#![forbid(unsafe_code)]
+
 #[cfg(not(swiotlb_loom))]
 mod imp {
     pub(crate) use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};

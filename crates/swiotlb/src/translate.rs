@@ -7,6 +7,8 @@
 //! tells (Ian Campbell, "swiotlb cleanup", 2009). So [`Translate::dma_capable`]
 //! receives both.
 
+#![forbid(unsafe_code)]
+
 use crate::addr::{DmaAddr, PhysAddr};
 
 /// The address limits of one device, as [`Translate::dma_capable`] sees

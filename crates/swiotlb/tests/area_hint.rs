@@ -20,7 +20,7 @@ fn threads_start_in_their_own_areas_in_turn() {
     let pool =
         Pool::<Fast>::new_heap(AREAS as usize * 128 * 2048, PoolConfig::with_areas(AREAS)).unwrap();
     assert_eq!(pool.nareas(), AREAS);
-    let dev = Device::new(DmaMask::BITS_64).with_force_bounce(true);
+    let dev = Device::new(DmaMask::BITS_64).with_force_bounce();
     let area = |m: &Mapping<'_, Vec<u8>, Fast>| {
         let off = m.bounce_phys().expect("a forced device bounces").0 - pool.start().0;
         (off / pool.slot_size() as u64) as u32 / pool.area_nslabs()

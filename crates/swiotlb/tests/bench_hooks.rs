@@ -32,7 +32,7 @@ both_policies!(alloc_free_n_finds_free_slots_and_gives_them_back);
 /// refuses it.
 fn alloc_free_n_finds_free_slots_and_gives_them_back<P: Policy>() {
     let pool = Pool::<P>::new_heap(16 * 2048, PoolConfig::default()).unwrap();
-    let dev = Device::new(DmaMask::BITS_64).with_force_bounce(true);
+    let dev = Device::new(DmaMask::BITS_64).with_force_bounce();
     let held = pool
         .map(&dev, vec![0u8; 8192], Direction::ToDevice)
         .unwrap();

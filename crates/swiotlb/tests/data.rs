@@ -454,40 +454,28 @@ fn out_of_bounds_sync_copies_nothing<P: Policy>() {
         device_write(&pool, at, &c);
         buf.write(0, &d);
         let misuse = pool.stats().failures(FailReason::Misuse);
-        // SAFETY: for every sync below, the original is valid and reached
-        // only through its pointer, and the device is not accessing the
-        // mapping; a correct engine copies nothing for a refused range
-        // (that is what is checked).
-        unsafe {
-            assert_eq!(
-                pool.sync_for_cpu_raw(&dev, dma + 6990, 20, dir),
-                oob(6990, 20)
-            );
-            assert_eq!(
-                pool.sync_for_device_raw(&dev, dma + 6990, 20, dir),
-                oob(6990, 20)
-            );
-            assert_eq!(
-                pool.sync_for_cpu_raw(&dev, dma + 10, usize::MAX, dir),
-                oob(10, usize::MAX)
-            );
-            // Just past the end, still inside the allocation's last slot.
-            assert_eq!(
-                pool.sync_for_cpu_raw(&dev, dma + 7000, 1, dir),
-                oob(7000, 1)
-            );
-            // In the min_align_mask padding before the first byte.
-            assert_eq!(
-                pool.sync_for_device_raw(&dev, DmaAddr(dma.0 - 16), 4, dir),
-                oob(usize::MAX, 4)
-            );
-            // In free slots after the allocation.
-            let free = DmaAddr(dma.0 + 8192);
-            assert_eq!(
-                pool.sync_for_cpu_raw(&dev, free, 1, dir),
-                Err(Error::NotMapped { dma: free })
-            );
-        }
+        // Every sync below: the original is valid and reached only through
+        // its pointer, and the device is not accessing the mapping; a
+        // correct engine copies nothing for a refused range (that is what
+        // is checked).
+        let cpu = |at: DmaAddr, len: usize| {
+            // SAFETY: as said above the closure, for any range.
+            unsafe { pool.sync_for_cpu_raw(&dev, at, len, dir) }
+        };
+        let device = |at: DmaAddr, len: usize| {
+            // SAFETY: as said above the closure, for any range.
+            unsafe { pool.sync_for_device_raw(&dev, at, len, dir) }
+        };
+        assert_eq!(cpu(dma + 6990, 20), oob(6990, 20));
+        assert_eq!(device(dma + 6990, 20), oob(6990, 20));
+        assert_eq!(cpu(dma + 10, usize::MAX), oob(10, usize::MAX));
+        // Just past the end, still inside the allocation's last slot.
+        assert_eq!(cpu(dma + 7000, 1), oob(7000, 1));
+        // In the min_align_mask padding before the first byte.
+        assert_eq!(device(DmaAddr(dma.0 - 16), 4), oob(usize::MAX, 4));
+        // In free slots after the allocation.
+        let free = DmaAddr(dma.0 + 8192);
+        assert_eq!(cpu(free, 1), Err(Error::NotMapped { dma: free }));
         assert_eq!(pool.stats().failures(FailReason::Misuse), misuse + 6);
         assert_eq!(buf.to_vec(), d, "a refused sync_for_cpu wrote the original");
         assert_eq!(
@@ -666,7 +654,7 @@ fn unreachable_pool_leaves_nothing_mapped<P: Policy>() {
     // original above its mask: both bounce, both fail.
     for (dev, phys) in [
         (
-            Device::new(DmaMask::BITS_32).with_force_bounce(true),
+            Device::new(DmaMask::BITS_32).with_force_bounce(),
             PhysAddr(0x10_0000),
         ),
         (Device::new(DmaMask::BITS_32), PhysAddr(0x2_0000_0000)),
@@ -679,7 +667,7 @@ fn unreachable_pool_leaves_nothing_mapped<P: Policy>() {
         assert_eq!(buf.to_vec(), orig);
         assert_empty(&pool);
     }
-    let dev = Device::new(DmaMask::BITS_32).with_force_bounce(true);
+    let dev = Device::new(DmaMask::BITS_32).with_force_bounce();
     let f = pool
         .map(&dev, orig.clone(), Direction::Bidirectional)
         .unwrap_err();
@@ -716,7 +704,11 @@ fn direct_mapping_uses_own_address<P: Policy>() {
     let data = bytes(81, 100);
     // SAFETY: the test plays the device: `device_ptr` is the buffer the
     // mapping owns, 3000 bytes long, and nothing else accesses it now.
-    unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), m.device_ptr().as_ptr().add(10), 100) };
+    // SAFETY: byte 10 of the 3000-byte buffer behind `device_ptr`.
+    let at = unsafe { m.device_ptr().as_ptr().add(10) };
+    // SAFETY: `at` is valid for 100 writes (bytes 10..110 of 3000), `data`
+    // is a distinct allocation, and nothing else accesses the buffer now.
+    unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), at, 100) };
     let back = m.unmap();
     let mut want = orig.clone();
     want[10..110].copy_from_slice(&data);

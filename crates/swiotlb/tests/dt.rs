@@ -989,7 +989,7 @@ fn a_platform_from_a_device_tree_grows_its_default_tlb_and_restricts_virtio() {
     assert!(virtio.restricted_tlb().is_some());
     let other = platform
         .bind(Device::new(DmaMask::BITS_64), "/soc/serial@0")
-        .with_force_bounce(true);
+        .with_force_bounce();
     assert!(other.restricted_tlb().is_none());
 
     // Virtio: bounced into the restricted pool although its mask reaches

@@ -42,7 +42,7 @@ fn tlb(start: usize, max: usize) -> (IoTlb, Arc<ManualClock>) {
 }
 
 fn forced() -> Device {
-    Device::new(DmaMask::BITS_64).with_force_bounce(true)
+    Device::new(DmaMask::BITS_64).with_force_bounce()
 }
 
 /// The bytes of buffer `i`: distinct per buffer and per offset, so a copy
@@ -202,21 +202,15 @@ fn a_second_unmap_of_a_transient_mapping_is_not_mapped() {
     // address directly: every further use is `NotMapped`, as a second
     // unmap in a pool that stays.
     let not_mapped = Err(Error::NotMapped { dma: b.dma });
-    // SAFETY: the calls find no mapping and touch nothing.
-    unsafe {
-        assert_eq!(
-            t.unmap_raw(&dev, b.dma, len, Direction::FromDevice, Attrs::NONE),
-            not_mapped
-        );
-        assert_eq!(
-            t.sync_for_cpu_raw(&dev, b.dma, len, Direction::FromDevice),
-            not_mapped
-        );
-        assert_eq!(
-            t.sync_for_device_raw(&dev, b.dma, len, Direction::ToDevice),
-            not_mapped
-        );
-    }
+    // SAFETY: the call finds no mapping and touches nothing.
+    let r = unsafe { t.unmap_raw(&dev, b.dma, len, Direction::FromDevice, Attrs::NONE) };
+    assert_eq!(r, not_mapped);
+    // SAFETY: as the unmap: no mapping, nothing touched.
+    let r = unsafe { t.sync_for_cpu_raw(&dev, b.dma, len, Direction::FromDevice) };
+    assert_eq!(r, not_mapped);
+    // SAFETY: as the unmap: no mapping, nothing touched.
+    let r = unsafe { t.sync_for_device_raw(&dev, b.dma, len, Direction::ToDevice) };
+    assert_eq!(r, not_mapped);
     assert!(
         orig == pattern(7, len),
         "nothing was copied by the refused calls"
@@ -227,17 +221,12 @@ fn a_second_unmap_of_a_transient_mapping_is_not_mapped() {
     let b =
         unsafe { t.bounce_raw(&dev, phys, cpu, len, Attrs::NONE, MapOptions::default()) }.unwrap();
     assert_eq!(t.stats().transient_pools, 0);
-    // SAFETY: as above.
-    unsafe {
-        assert_eq!(
-            t.unmap_raw(&dev, b.dma, len, Direction::FromDevice, Attrs::NONE),
-            Ok(())
-        );
-        assert_eq!(
-            t.unmap_raw(&dev, b.dma, len, Direction::FromDevice, Attrs::NONE),
-            Err(Error::NotMapped { dma: b.dma })
-        );
-    }
+    // SAFETY: the mapping is live, its original valid and unreferenced.
+    let r = unsafe { t.unmap_raw(&dev, b.dma, len, Direction::FromDevice, Attrs::NONE) };
+    assert_eq!(r, Ok(()));
+    // SAFETY: a second unmap finds no mapping and touches nothing.
+    let r = unsafe { t.unmap_raw(&dev, b.dma, len, Direction::FromDevice, Attrs::NONE) };
+    assert_eq!(r, Err(Error::NotMapped { dma: b.dma }));
 }
 
 #[test]
@@ -275,7 +264,7 @@ fn a_device_and_its_clones_share_their_transient_pools() {
 
 /// A kernel keeps its devices in statics: `Device::new` stays `const`, and
 /// the transient-pool tracking is made on first use.
-static STATIC_DEVICE: Device = Device::new(DmaMask::BITS_64).with_force_bounce(true);
+static STATIC_DEVICE: Device = Device::new(DmaMask::BITS_64).with_force_bounce();
 
 #[test]
 fn a_device_in_a_static_gets_transient_pools() {

@@ -23,7 +23,7 @@ const KIB: usize = 1 << 10;
 const MIB: usize = 1 << 20;
 
 fn forced() -> Device {
-    Device::new(DmaMask::BITS_64).with_force_bounce(true)
+    Device::new(DmaMask::BITS_64).with_force_bounce()
 }
 
 /// splitmix64: a seeded generator, no crate needed.
@@ -97,9 +97,11 @@ fn expected(id: u64, len: usize, k: usize) -> u8 {
 fn device_roundtrip<P: Policy>(m: &Mapping<'_, Vec<u8>, P>, id: u64) {
     let p = m.device_ptr().as_ptr();
     for (k, &o) in samples(m.len()).iter().enumerate() {
-        // SAFETY: `o` is inside the live mapping's bounce slots; this test
-        // is the device, and no Rust reference to those bytes exists.
-        let got = unsafe { p.add(o).read() };
+        let at = p.wrapping_add(o);
+        // SAFETY: `at` (byte `o`) is inside the live mapping's bounce
+        // slots; this test is the device, and no Rust reference to those
+        // bytes exists.
+        let got = unsafe { at.read() };
         assert_eq!(
             got,
             expected(id, m.len(), k),
@@ -107,8 +109,11 @@ fn device_roundtrip<P: Policy>(m: &Mapping<'_, Vec<u8>, P>, id: u64) {
         );
     }
     for (k, &o) in samples(m.len()).iter().enumerate() {
-        // SAFETY: as above.
-        unsafe { p.add(o).write(!expected(id, m.len(), k)) };
+        let at = p.wrapping_add(o);
+        // SAFETY: `at` (byte `o`) is inside the live mapping's bounce
+        // slots, which the device may write; no Rust reference to them
+        // exists.
+        unsafe { at.write(!expected(id, m.len(), k)) };
     }
 }
 

@@ -43,7 +43,7 @@ fn a_table_in_the_last_slot_of_the_bus_gives_the_same_answer_in_every_build() {
     let top = Offset::new(pool.start(), DmaAddr(u64::MAX - 100));
     let dev = Device::new(DmaMask::BITS_64)
         .with_seg_boundary_mask(u64::MAX)
-        .with_force_bounce(true)
+        .with_force_bounce()
         .with_translate(top);
     let mut buf = vec![3u8; 4096];
     for len in [1, 2048, 4096] {
@@ -65,7 +65,7 @@ fn a_table_at_the_top_of_the_bus_maps_below_the_wrap() {
     let top = Offset::new(pool.start(), DmaAddr(0u64.wrapping_sub(4 * 2048)));
     let dev = Device::new(DmaMask::BITS_64)
         .with_seg_boundary_mask(u64::MAX)
-        .with_force_bounce(true)
+        .with_force_bounce()
         .with_translate(top);
     let mut buf = vec![5u8; 8192];
     let dma = bounce_and_back(&pool, &dev, &mut buf, 0, 2048).unwrap();
@@ -95,7 +95,7 @@ fn an_empty_pool_with_large_pages_takes_its_max_mapping_size() {
         page_shift: 16,
         ..PoolConfig::default()
     };
-    let dev = Device::new(DmaMask::BITS_64).with_force_bounce(true);
+    let dev = Device::new(DmaMask::BITS_64).with_force_bounce();
     let mut buf = vec![1u8; 256 << 10];
     for _ in 0..16 {
         let pool: Pool = Pool::new_heap(4 << 20, config).unwrap();
@@ -129,7 +129,7 @@ proptest! {
         prop_assume!(max > 0);
         let dev = Device::new(DmaMask::BITS_64)
             .with_min_align_mask(mask)
-            .with_force_bounce(true);
+            .with_force_bounce();
         let off = orig_off as usize & mask as usize;
         let mut buf = vec![7u8; max + off];
         let r = bounce_and_back(&pool, &dev, &mut buf, off, max);
@@ -206,7 +206,7 @@ fn each_growing_tlb_configuration_problem_has_its_own_error() {
 #[test]
 fn alignment_padding_past_a_segment_names_the_padding() {
     let pool = heap_pool(1 << 20);
-    let dev = Device::new(DmaMask::BITS_64).with_force_bounce(true);
+    let dev = Device::new(DmaMask::BITS_64).with_force_bounce();
     let mut buf = vec![0u8; 2048];
     let cpu = buf.as_mut_ptr();
     let opts = MapOptions {

@@ -149,18 +149,21 @@ fn sync_longer_than_mapping_is_refused_and_copies_nothing<P: Policy>() {
         device_write(&pool, 0, &device);
         buf.write(0, &d);
         let misuse = pool.stats().failures(FailReason::Misuse);
-        // SAFETY: for each sync, the original is valid and reached only
-        // through its pointer, and the device is not accessing the
-        // mapping; a correct engine copies nothing for a refused range.
-        unsafe {
-            assert_eq!(pool.sync_for_cpu_raw(&dev, dma, LEN + 1, dir), oob(LEN + 1));
-            assert_eq!(
-                pool.sync_for_device_raw(&dev, dma, LEN + 1, dir),
-                oob(LEN + 1)
-            );
-            assert_eq!(pool.sync_for_cpu_raw(&dev, dma, 8192, dir), oob(8192));
-            assert_eq!(pool.sync_for_device_raw(&dev, dma, 8192, dir), oob(8192));
-        }
+        // For each sync, the original is valid and reached only through
+        // its pointer, and the device is not accessing the mapping; a
+        // correct engine copies nothing for a refused range.
+        let sync_cpu = |len: usize| {
+            // SAFETY: as said above the closure, for any length.
+            unsafe { pool.sync_for_cpu_raw(&dev, dma, len, dir) }
+        };
+        let sync_device = |len: usize| {
+            // SAFETY: as said above the closure, for any length.
+            unsafe { pool.sync_for_device_raw(&dev, dma, len, dir) }
+        };
+        assert_eq!(sync_cpu(LEN + 1), oob(LEN + 1));
+        assert_eq!(sync_device(LEN + 1), oob(LEN + 1));
+        assert_eq!(sync_cpu(8192), oob(8192));
+        assert_eq!(sync_device(8192), oob(8192));
         assert_eq!(pool.stats().failures(FailReason::Misuse), misuse + 4);
         assert_eq!(
             buf.to_vec(),

@@ -52,7 +52,7 @@ fn tiny_pool<P: Policy>() -> Pool<P> {
 }
 
 fn forced() -> Device {
-    Device::new(DmaMask::BITS_64).with_force_bounce(true)
+    Device::new(DmaMask::BITS_64).with_force_bounce()
 }
 
 /// Runs `f` under loom with a preemption bound, so the whole suite stays

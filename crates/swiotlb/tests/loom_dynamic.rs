@@ -196,7 +196,7 @@ fn tiny_tlb<P: Policy>(clock: std::sync::Arc<ManualClock>, max: usize) -> Tlb<P>
 }
 
 fn forced() -> Device {
-    Device::new(DmaMask::BITS_64).with_force_bounce(true)
+    Device::new(DmaMask::BITS_64).with_force_bounce()
 }
 
 /// Runs `f` under loom with at most `bound` preemptions, or exhaustively

@@ -292,10 +292,10 @@ struct Model<'p, P: Searched> {
     held: u64,
     hiwater: u64,
     /// Slots held per area, and each area's own high-water mark (what the
-    /// pool reports, summed, without `with_exact_hiwater(true)`).
+    /// pool reports, summed, without `with_hiwater(Hiwater::Exact)`).
     area_held: Vec<u64>,
     area_hiwater: Vec<u64>,
-    /// Whether the pool was built `with_exact_hiwater(true)`.
+    /// Whether the pool was built `with_hiwater(Hiwater::Exact)`.
     exact: bool,
     live: Vec<Live<'p, P>>,
     /// Device addresses of mappings already unmapped.
@@ -1178,7 +1178,11 @@ fn run_case<P: Searched>(cfg: PoolConfig, len: usize, ops: &[Op]) {
     let exact = ops.len() % 2 == 0;
     let pool = Pool::<P>::new_heap(len, cfg)
         .expect("valid geometry")
-        .with_exact_hiwater(exact);
+        .with_hiwater(if exact {
+            swiotlb::Hiwater::Exact
+        } else {
+            swiotlb::Hiwater::PerArea
+        });
     let mut m = Model::new(&pool, &cfg, len, exact);
     for op in ops {
         m.step(op);

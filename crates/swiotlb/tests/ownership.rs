@@ -88,7 +88,7 @@ fn device_bytes(tag: u8) -> Vec<u8> {
 }
 
 fn forced() -> Device {
-    Device::new(DmaMask::BITS_64).with_force_bounce(true)
+    Device::new(DmaMask::BITS_64).with_force_bounce()
 }
 
 /// Plays the device on a bounced mapping: checks the slots hold what the

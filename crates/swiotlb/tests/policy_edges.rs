@@ -35,7 +35,7 @@ const SLOT: usize = 512;
 const NSLOTS: u32 = 128;
 
 fn forced() -> Device {
-    Device::new(DmaMask::BITS_64).with_force_bounce(true)
+    Device::new(DmaMask::BITS_64).with_force_bounce()
 }
 
 /// A pool of 128 slots of 512 bytes in one area, with `segment` slots per

@@ -181,7 +181,7 @@ fn share_use_drop_unshare_free_in_order() {
     assert_eq!(pool.start(), pool.region().phys);
 
     // The pool bounces data like any other.
-    let dev = Device::new(DmaMask::BITS_64).with_force_bounce(true);
+    let dev = Device::new(DmaMask::BITS_64).with_force_bounce();
     let m = pool
         .map(&dev, vec![5u8; 3000], Direction::Bidirectional)
         .unwrap();
@@ -196,8 +196,10 @@ fn share_use_drop_unshare_free_in_order() {
     // - nothing else touches those bytes meanwhile: this plays the device.
     let seen = unsafe { std::slice::from_raw_parts(slots, 3000).to_vec() };
     assert_eq!(seen, [5u8; 3000], "map copies the original in");
-    // SAFETY: as above; bytes 100..110 are inside the 3000.
-    unsafe { slots.add(100).write_bytes(9, 10) };
+    let at = slots.wrapping_add(100);
+    // SAFETY: bytes 100..110 of the mapping's 3000 slot bytes, valid while
+    // it lives; this plays the device, and nothing else touches them.
+    unsafe { at.write_bytes(9, 10) };
     let buf = m.unmap();
     assert_eq!(buf[99], 5);
     assert_eq!(
@@ -515,7 +517,7 @@ fn no_hooks_and_an_owned_provider() {
         32,
     )
     .unwrap();
-    let dev = Device::new(DmaMask::BITS_64).with_force_bounce(true);
+    let dev = Device::new(DmaMask::BITS_64).with_force_bounce();
     let m = pool.map(&dev, vec![1u8; 100], Direction::ToDevice).unwrap();
     assert!(m.is_bounced());
     assert_eq!(m.unmap(), vec![1u8; 100]);
@@ -528,7 +530,7 @@ fn a_pool_at_a_fixed_address_needs_no_provider() {
     // `Pool::new` / `Pool::new_heap` stay as they were: no provider, no
     // hooks.
     let pool: swiotlb::Pool = swiotlb::Pool::new_heap(64 << 10, PoolConfig::default()).unwrap();
-    let dev = Device::new(DmaMask::BITS_64).with_force_bounce(true);
+    let dev = Device::new(DmaMask::BITS_64).with_force_bounce();
     let m = pool.map(&dev, vec![2u8; 10], Direction::ToDevice).unwrap();
     assert_eq!(m.unmap(), vec![2u8; 10]);
 }

@@ -30,7 +30,7 @@ fn releases_racing_a_shrink_never_touch_a_freed_pool() {
     let tlb = IoTlb::growing(TlbKind::Default, Growth::new(HeapProvider::new(), config))
         .map(|t| t.with_clock(clock))
         .unwrap();
-    let dev = Device::new(DmaMask::BITS_64).with_force_bounce(true);
+    let dev = Device::new(DmaMask::BITS_64).with_force_bounce();
     let map = |fill: u8| {
         tlb.map_with_attrs(
             &dev,

@@ -6,7 +6,7 @@ use swiotlb::{
 };
 
 fn forced() -> Device {
-    Device::new(DmaMask::BITS_64).with_force_bounce(true)
+    Device::new(DmaMask::BITS_64).with_force_bounce()
 }
 
 fn round_trip<P: Policy>() {
@@ -23,8 +23,10 @@ fn round_trip<P: Policy>() {
     let seen = unsafe { std::slice::from_raw_parts(dp, m.len()) }.to_vec();
     assert_eq!(seen, data);
     // The device writes; unmap copies back.
-    // SAFETY: as above.
-    unsafe { std::ptr::write_bytes(dp.add(100), 0xAB, 50) };
+    let at = dp.wrapping_add(100);
+    // SAFETY: bytes 100..150 of the mapping's 5000 slot bytes; the test
+    // plays the device, and nothing else touches them.
+    unsafe { std::ptr::write_bytes(at, 0xAB, 50) };
     let back = m.unmap();
     let mut want = data.clone();
     want[100..150].fill(0xAB);
@@ -62,25 +64,24 @@ fn raw_min_align<P: Policy>() {
     .unwrap();
     assert_eq!(b.phys.0 & 0xfff, 0xa10);
     let dma = dev.phys_to_dma(b.phys);
-    // SAFETY: as above; the mapping is live.
-    unsafe {
-        pool.sync_for_cpu_raw(&dev, dma + 100, 10, Direction::FromDevice)
-            .unwrap();
-        assert_eq!(
-            pool.sync_for_cpu_raw(&dev, dma + 2995, 10, Direction::FromDevice),
-            Err(Error::OutOfBounds {
-                offset: 2995,
-                len: 10,
-                mapping_len: 3000
-            })
-        );
-        pool.unmap_raw(&dev, dma, 3000, Direction::FromDevice, Attrs::NONE)
-            .unwrap();
-        assert_eq!(
-            pool.unmap_raw(&dev, dma, 3000, Direction::FromDevice, Attrs::NONE),
-            Err(Error::NotMapped { dma })
-        );
-    }
+    // SAFETY: the mapping is live and `buf` is valid and untouched.
+    let r = unsafe { pool.sync_for_cpu_raw(&dev, dma + 100, 10, Direction::FromDevice) };
+    r.unwrap();
+    // SAFETY: as the sync above; a refused range copies nothing.
+    let r = unsafe { pool.sync_for_cpu_raw(&dev, dma + 2995, 10, Direction::FromDevice) };
+    let oob = Error::OutOfBounds {
+        offset: 2995,
+        len: 10,
+        mapping_len: 3000,
+    };
+    assert_eq!(r, Err(oob));
+    // SAFETY: the mapping is live, `buf` valid and untouched, the device
+    // done.
+    let r = unsafe { pool.unmap_raw(&dev, dma, 3000, Direction::FromDevice, Attrs::NONE) };
+    r.unwrap();
+    // SAFETY: a second unmap finds no mapping and touches nothing.
+    let r = unsafe { pool.unmap_raw(&dev, dma, 3000, Direction::FromDevice, Attrs::NONE) };
+    assert_eq!(r, Err(Error::NotMapped { dma }));
     assert_eq!(pool.stats().io_tlb_used, 0);
 }
 
@@ -121,17 +122,17 @@ fn full_and_too_large() {
 
 /// Without the pool-wide counter (the default) the high-water mark is kept
 /// per area: the sum of the areas' marks, never below the true mark, and
-/// exact with one area; `with_exact_hiwater(true)` keeps Linux's exact
+/// exact with one area; `with_hiwater(swiotlb::Hiwater::Exact)` keeps Linux's exact
 /// pool-wide mark.
 fn area_marks<P: Policy>() {
     let dev = forced();
     // Two areas of 256 slots; mappings of 4 slots, placed by area hint.
     let pool = Pool::<P>::new_heap(1 << 20, PoolConfig::with_areas(2))
         .unwrap()
-        .with_exact_hiwater(false);
+        .with_hiwater(swiotlb::Hiwater::PerArea);
     let exact = Pool::<P>::new_heap(1 << 20, PoolConfig::with_areas(2))
         .unwrap()
-        .with_exact_hiwater(true);
+        .with_hiwater(swiotlb::Hiwater::Exact);
     let mut bufs: Vec<Vec<u8>> = (0..20).map(|i| vec![i as u8; 8192]).collect();
     let map = |p: &Pool<P>, b: &mut Vec<u8>, area: usize| {
         let cpu = b.as_mut_ptr();

@@ -523,7 +523,7 @@ fn a_platform_without_a_default_tlb_maps_a_reachable_buffer_directly() {
         .map(&dev(32), vec![8u8; 100], Direction::ToDevice)
         .unwrap_err();
     assert_eq!((f.error, f.buffer), (Error::NoPool, vec![8u8; 100]));
-    let forced = dev(64).with_force_bounce(true);
+    let forced = dev(64).with_force_bounce();
     let f = p
         .map(&forced, vec![9u8; 100], Direction::ToDevice)
         .unwrap_err();
@@ -542,9 +542,11 @@ fn raw_buf(fill: u8, len: usize) -> (Vec<u8>, PhysAddr) {
 fn device_fill(pool: &Pool, dma: DmaAddr, len: usize, fill: u8) {
     let off = (dma.as_u64() - pool.start().0) as usize;
     assert!(off + len <= pool.len());
-    // SAFETY: the test is the device of a live mapping inside the pool;
-    // nothing else touches those slot bytes meanwhile.
-    unsafe { std::ptr::write_bytes(pool.vaddr().as_ptr().add(off), fill, len) };
+    let at = pool.vaddr().as_ptr().wrapping_add(off);
+    // SAFETY: `at..at + len` lies inside the pool (asserted); the test is
+    // the device of a live mapping there, and nothing else touches those
+    // slot bytes meanwhile.
+    unsafe { std::ptr::write_bytes(at, fill, len) };
 }
 
 #[test]

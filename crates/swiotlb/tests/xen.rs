@@ -78,17 +78,10 @@ fn straddling_buffer_bounces_and_one_frame_buffer_does_not() {
     }
     // Within frames 0-1 (machine 10-11, contiguous): direct.
     let inside = PhysAddr(base + 100);
-    // SAFETY: `orig` outlives the mappings and is not touched while mapped.
-    let dma = unsafe {
-        pool.map_raw(
-            &dev,
-            inside,
-            orig.as_mut_ptr().add(100),
-            5000,
-            Direction::ToDevice,
-        )
-    }
-    .unwrap();
+    let cpu = orig.as_mut_ptr().wrapping_add(100);
+    // SAFETY: `cpu` is byte 100 of `orig`, valid for 5000 more bytes;
+    // `orig` outlives the mappings and is not touched while mapped.
+    let dma = unsafe { pool.map_raw(&dev, inside, cpu, 5000, Direction::ToDevice) }.unwrap();
     assert_eq!(dma, DmaAddr(10 * FRAME + 100));
     assert_eq!(pool.stats().direct_maps, 1);
 
@@ -96,17 +89,10 @@ fn straddling_buffer_bounces_and_one_frame_buffer_does_not() {
     // (11 * 4096 + 4000) looks fine, but the bytes are not contiguous on the
     // machine, so it must bounce.
     let straddle = PhysAddr(base + FRAME + 4000);
-    // SAFETY: as above.
-    let dma2 = unsafe {
-        pool.map_raw(
-            &dev,
-            straddle,
-            orig.as_mut_ptr().add(FRAME as usize + 4000),
-            200,
-            Direction::ToDevice,
-        )
-    }
-    .unwrap();
+    let cpu = orig.as_mut_ptr().wrapping_add(FRAME as usize + 4000);
+    // SAFETY: `cpu` is inside `orig`, valid for 200 more bytes; `orig`
+    // outlives the mappings and is not touched while mapped.
+    let dma2 = unsafe { pool.map_raw(&dev, straddle, cpu, 200, Direction::ToDevice) }.unwrap();
     assert!(
         pool.contains(xen.dma_to_phys(dma2)),
         "bounced into the pool"
@@ -114,17 +100,17 @@ fn straddling_buffer_bounces_and_one_frame_buffer_does_not() {
     assert_eq!(pool.stats().io_tlb_used, 1);
     // The bounce holds the original's bytes.
     let off = (xen.dma_to_phys(dma2) - pool.start()) as usize;
+    let at = pool.vaddr().as_ptr().wrapping_add(off);
     // SAFETY: `off` is inside the pool (checked above), and the mapping is
-    // live for 200 bytes from there; reached from the pool's own pointer,
-    // not an integer, so provenance is kept.
-    let seen = unsafe { std::slice::from_raw_parts(pool.vaddr().as_ptr().add(off), 200) };
+    // live for 200 bytes from there; `at` comes from the pool's own
+    // pointer, not an integer, so provenance is kept.
+    let seen = unsafe { std::slice::from_raw_parts(at, 200) };
     assert_eq!(seen, &orig[FRAME as usize + 4000..FRAME as usize + 4200]);
-    // SAFETY: both mappings are live and `orig` is still valid.
-    unsafe {
-        pool.unmap_raw(&dev, dma2, 200, Direction::ToDevice, swiotlb::Attrs::NONE)
-            .unwrap();
-        pool.unmap_raw(&dev, dma, 5000, Direction::ToDevice, swiotlb::Attrs::NONE)
-            .unwrap();
-    }
+    // SAFETY: the mapping is live and `orig` is still valid.
+    let r = unsafe { pool.unmap_raw(&dev, dma2, 200, Direction::ToDevice, swiotlb::Attrs::NONE) };
+    r.unwrap();
+    // SAFETY: the mapping is live and `orig` is still valid.
+    let r = unsafe { pool.unmap_raw(&dev, dma, 5000, Direction::ToDevice, swiotlb::Attrs::NONE) };
+    r.unwrap();
     assert_eq!(pool.stats().io_tlb_used, 0);
 }

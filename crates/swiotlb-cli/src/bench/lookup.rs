@@ -127,7 +127,7 @@ pub fn grow_part(rows: &mut Vec<Row>) -> Result<(), String> {
 
 /// Measures the three rows for each pool count.
 pub fn lookup_part(sampling: Sampling, seed: u64, rows: &mut Vec<Row>) -> Result<(), String> {
-    let dev = Device::new(DmaMask::BITS_64).with_force_bounce(true);
+    let dev = Device::new(DmaMask::BITS_64).with_force_bounce();
     for &n in &POOLS {
         let (tlb, mut grew) = tlb(n)?;
         if !grew.is_empty() {

@@ -174,7 +174,7 @@ pub const FRAG_STEPS: u64 = 200_000;
 /// cross, and runs would differ with the heap's address.
 pub fn frag_device<P: Policy>(pool: &Pool<P>) -> Device<Offset> {
     Device::new(DmaMask::BITS_64)
-        .with_force_bounce(true)
+        .with_force_bounce()
         .with_translate(Offset::new(pool.start(), DmaAddr(0)))
 }
 

@@ -272,7 +272,7 @@ impl<'t> Worker<'t> {
         let serial = rng.next();
         Self {
             ctx,
-            dev: Device::new(DmaMask::BITS_64).with_force_bounce(true),
+            dev: Device::new(DmaMask::BITS_64).with_force_bounce(),
             rng,
             live: Vec::new(),
             live_bytes: 0,

@@ -10,6 +10,8 @@
 //! holds. A pool is taken once, by the first window that holds it, so the
 //! pass costs (windows + pools) · log pools.
 
+#![forbid(unsafe_code)]
+
 use alloc::vec;
 use alloc::vec::Vec;
 

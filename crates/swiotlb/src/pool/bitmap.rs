@@ -1,6 +1,8 @@
 //! Word-at-a-time bit scans over a `[u64]` bitmap, bit `i` of the map being
 //! bit `i % 64` of word `i / 64`.
 
+#![forbid(unsafe_code)]
+
 /// The first set bit in `[from, end)`, if any.
 #[inline]
 pub(crate) fn next_one(words: &[u64], from: u32, end: u32) -> Option<u32> {

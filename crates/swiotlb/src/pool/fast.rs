@@ -877,7 +877,7 @@ mod tests {
     fn alloc_free_n_leaves_the_pool_as_it_was() {
         use crate::{Device, Direction, DmaMask, PhysAddr, PoolConfig};
         let pool = crate::Pool::<Fast>::new_heap(1 << 20, PoolConfig::default()).unwrap();
-        let dev = Device::new(DmaMask::BITS_64).with_force_bounce(true);
+        let dev = Device::new(DmaMask::BITS_64).with_force_bounce();
         let live: alloc::vec::Vec<_> = (0..50)
             .map(|i| {
                 pool.map(&dev, alloc::vec![0u8; 100 + 300 * i], Direction::ToDevice)

@@ -33,6 +33,17 @@ use crate::stats::Stats;
 use crate::sync::{AtomicPtr, AtomicU64, AtomicUsize, CachePadded, Mutex, Ordering};
 use crate::translate::Translate;
 
+/// How a pool keeps its high-water mark (see [`Pool::with_hiwater`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Hiwater {
+    /// A mark per area, kept under the area lock each map takes anyway,
+    /// reported as their sum: exact for one area, an upper bound otherwise.
+    #[default]
+    PerArea,
+    /// Linux's one pool-wide counter, exact, shared by every CPU.
+    Exact,
+}
+
 /// Runtime geometry of a pool.
 ///
 /// The defaults are Linux's: 2 KiB slots (`IO_TLB_SHIFT` 11), 128-slot
@@ -203,7 +214,7 @@ pub struct Pool<P: Policy = Fast> {
     /// guards writes to it.
     start_words_private: bool,
     /// Pool-wide slots held and their high-water mark, kept only when
-    /// `exact_hiwater` (see [`Pool::with_exact_hiwater`]).
+    /// `exact_hiwater` (see [`Pool::with_hiwater`]).
     used: CachePadded<AtomicUsize>,
     hiwater: CachePadded<AtomicUsize>,
     exact_hiwater: bool,
@@ -1053,7 +1064,8 @@ impl<P: Policy> Pool<P> {
     /// one thread's with it (rows `throughput` and
     /// `throughput_exact_hiwater`, docs/PERFORMANCE.md). Set it before the
     /// pool is shared.
-    pub fn with_exact_hiwater(mut self, exact: bool) -> Self {
+    pub fn with_hiwater(mut self, mark: Hiwater) -> Self {
+        let exact = mark == Hiwater::Exact;
         if self.exact_hiwater && !exact {
             // The per-area marks were kept all along.
         } else if !self.exact_hiwater && exact {
@@ -1339,7 +1351,8 @@ mod tests {
                 ..
             })
         ));
-        // SAFETY: as above.
+        // SAFETY: `p` points at memory valid for its whole length that
+        // nothing else touches; the call fails before using it.
         let r = unsafe { Pool::<Fast>::new(p, PhysAddr(0x1000), 100, PoolConfig::default()) };
         assert!(matches!(
             r,
@@ -1352,7 +1365,8 @@ mod tests {
             segment: 3,
             ..PoolConfig::default()
         };
-        // SAFETY: as above.
+        // SAFETY: `p` points at memory valid for its whole length that
+        // nothing else touches; the call fails before using it.
         let r = unsafe { Pool::<Fast>::new(p, PhysAddr(0x1000), 8192, cfg) };
         assert!(matches!(
             r,

@@ -1,5 +1,7 @@
 //! Time sources for idle times, waits and deferral times.
 
+#![forbid(unsafe_code)]
+
 use alloc::sync::Arc;
 
 /// A monotonic time source, in nanoseconds, for idle times and deferral

@@ -1,5 +1,7 @@
 //! A thread that maintains a tlb: background growth and shrinking.
 
+#![forbid(unsafe_code)]
+
 use alloc::sync::Arc;
 
 use super::IoTlb;

@@ -683,7 +683,9 @@ impl<P: Policy> IoTlb<P> {
                 }
             }
         };
-        // SAFETY: this function's contract, which `place_slow` shares.
+        // SAFETY: `cpu` is valid for reads and writes of `size` bytes and
+        // unreferenced until the unmap, and `orig` is its physical address
+        // (this function's contract).
         unsafe { self.place_slow(dev, orig, cpu, size, attrs, opts, behind, full) }
     }
 
@@ -774,7 +776,9 @@ impl<P: Policy> IoTlb<P> {
             }
         } else {
             self.want_growth();
-            // SAFETY: this function's contract is `bounce_transient`'s.
+            // SAFETY: `cpu` is valid for reads and writes of `size` bytes and
+            // unreferenced until the unmap, and `orig` is its physical address
+            // (this function's contract).
             if let Some(p) = unsafe { self.bounce_transient(dev, orig, cpu, size, opts) } {
                 return Ok(p);
             }
@@ -983,7 +987,9 @@ impl<P: Policy> IoTlb<P> {
         attrs: Attrs,
         opts: MapOptions,
     ) -> Result<Bounce> {
-        // SAFETY: this function's contract is `place`'s.
+        // SAFETY: `cpu` is valid for reads and writes of `size` bytes and
+        // unreferenced until the unmap, and `orig` is its physical address
+        // (this function's contract).
         unsafe { self.place(dev, orig, cpu, size, attrs, opts) }.map(|p| p.bounce)
     }
 
@@ -1005,7 +1011,10 @@ impl<P: Policy> IoTlb<P> {
         size: usize,
         dir: Direction,
     ) -> Result<DmaAddr> {
-        // SAFETY: this function's contract is `map_raw_with_attrs`'s.
+        // SAFETY: `cpu` is valid for reads and writes of `size` bytes and
+        // unreferenced until the unmap, and `orig` is its physical address
+        // (this function's contract); the
+        // direction does not change what a map may touch.
         unsafe { self.map_raw_with_attrs(dev, orig, cpu, size, dir, Attrs::NONE) }
     }
 
@@ -1128,7 +1137,8 @@ impl<P: Policy> IoTlb<P> {
         size: usize,
         dir: Direction,
     ) -> Result {
-        // SAFETY: this function's contract is `sync_raw`'s.
+        // SAFETY: the mapping's original is valid for writes of the synced
+        // range and unreferenced (this function's contract).
         unsafe { self.sync_raw(dev, dma, size, SyncTo::Cpu, dir.copies_to_cpu()) }
     }
 
@@ -1146,7 +1156,8 @@ impl<P: Policy> IoTlb<P> {
         size: usize,
         dir: Direction,
     ) -> Result {
-        // SAFETY: this function's contract is `sync_raw`'s.
+        // SAFETY: the mapping's original is valid for reads of the synced
+        // range and unreferenced (this function's contract).
         unsafe { self.sync_raw(dev, dma, size, SyncTo::Device, dir.copies_to_device()) }
     }
 

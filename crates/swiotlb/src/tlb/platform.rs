@@ -290,7 +290,10 @@ impl<P: Policy> Platform<P> {
         size: usize,
         dir: Direction,
     ) -> Result<DmaAddr> {
-        // SAFETY: this function's contract is `map_raw_with_attrs`'s.
+        // SAFETY: `cpu` is valid for reads and writes of `size` bytes and
+        // unreferenced until the unmap, and `orig` is its physical address
+        // (this function's contract); the
+        // direction does not change what a map may touch.
         unsafe { self.map_raw_with_attrs(dev, orig, cpu, size, dir, Attrs::NONE) }
     }
 

@@ -333,7 +333,9 @@ impl<P: Policy> IoTlb<P> {
     ) -> Result<Found<P>> {
         let began = std::time::Instant::now();
         let timeout = std::time::Duration::from_nanos(self.wait_timeout);
-        // SAFETY: the caller's obligations, passed on.
+        // SAFETY: `src` is valid for reads of `size` bytes and unaliased
+        // until the request completes or is cancelled: this function's
+        // contract, which `enqueue` asks for.
         let ticket = unsafe { self.enqueue(attempt, src, size, Sink::Store, None) };
         // Set after queuing: an outcome that came before it is seen by the
         // check at the top of the loop, one after it unparks this thread.
@@ -412,7 +414,9 @@ impl<P: Policy> IoTlb<P> {
         if self.queue.queued.load(Ordering::Acquire) == 0 {
             let device = dev;
             let mut attempt = |pool: &Pool<P>| pool.bounce_alloc(device, orig, cpu, size, opts);
-            // SAFETY: the caller's obligations, passed on.
+            // SAFETY: `cpu` is valid for reads of `size` bytes and
+            // unreferenced (this function's contract), and `attempt`
+            // allocates for exactly `cpu` and `size`.
             let r = unsafe { self.try_pools_copy(&mut attempt, cpu, size) };
             match r {
                 Ok((b, _, _)) => return Ok(Deferral::Now(b)),

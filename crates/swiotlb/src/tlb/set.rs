@@ -2,6 +2,8 @@
 //! finding the pool of an address takes the same few loads however many
 //! pools there are.
 
+#![forbid(unsafe_code)]
+
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 

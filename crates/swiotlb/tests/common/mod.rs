@@ -12,7 +12,7 @@ use swiotlb::{Device, DmaMask, Policy, Pool};
 /// A device that reaches everything but must always bounce (Linux
 /// `swiotlb=force`), with identity translation.
 pub fn forced() -> Device {
-    Device::new(DmaMask::BITS_64).with_force_bounce(true)
+    Device::new(DmaMask::BITS_64).with_force_bounce()
 }
 
 /// `len` pseudo-random bytes from `seed`: a block of [`BLOCK`] bytes from
@@ -87,12 +87,13 @@ impl RawBuf {
     /// If the write runs past the buffer.
     pub fn write(&self, off: usize, data: &[u8]) {
         assert!(off + data.len() <= self.len, "write past the buffer");
+        let dst = self.ptr().wrapping_add(off);
         // SAFETY:
         // - `[off, off + data.len())` lies inside the buffer (asserted),
         //   valid for writes (type invariant); `data` is valid for reads;
         // - `data` is a distinct Rust slice, so the ranges do not overlap;
         // - no other access runs meanwhile, as in `to_vec`.
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr().add(off), data.len()) };
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), dst, data.len()) };
     }
 }
 
@@ -112,6 +113,7 @@ impl Drop for RawBuf {
 pub fn device_read<P: Policy>(pool: &Pool<P>, off: usize, len: usize) -> Vec<u8> {
     assert!(off + len <= pool.len(), "device read past the pool");
     let mut out = vec![0; len];
+    let src = pool.vaddr().as_ptr().wrapping_add(off);
     // SAFETY:
     // - the range lies inside the pool (asserted), whose memory is valid
     //   for reads for the pool's life (`Pool` invariant); `out` is valid
@@ -119,7 +121,7 @@ pub fn device_read<P: Policy>(pool: &Pool<P>, off: usize, len: usize) -> Vec<u8>
     // - `out` is a fresh allocation, not pool memory;
     // - this is the device's access: the pool keeps no Rust reference to
     //   slot memory, and no pool call runs meanwhile (single thread).
-    unsafe { std::ptr::copy_nonoverlapping(pool.vaddr().as_ptr().add(off), out.as_mut_ptr(), len) };
+    unsafe { std::ptr::copy_nonoverlapping(src, out.as_mut_ptr(), len) };
     out
 }
 
@@ -129,10 +131,9 @@ pub fn device_read<P: Policy>(pool: &Pool<P>, off: usize, len: usize) -> Vec<u8>
 /// If the range runs past the pool.
 pub fn device_write<P: Policy>(pool: &Pool<P>, off: usize, data: &[u8]) {
     assert!(off + data.len() <= pool.len(), "device write past the pool");
+    let dst = pool.vaddr().as_ptr().wrapping_add(off);
     // SAFETY: as in `device_read`, the other way: the range is inside the
     // pool (asserted) and valid for writes, `data` is not pool memory, and
     // nothing else accesses the bytes meanwhile.
-    unsafe {
-        std::ptr::copy_nonoverlapping(data.as_ptr(), pool.vaddr().as_ptr().add(off), data.len())
-    };
+    unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), dst, data.len()) };
 }
