@@ -336,9 +336,15 @@ impl<T: Translate> Device<T> {
     #[inline]
     pub(crate) fn direct(&self, cpu: *const u8, len: usize) -> (PhysAddr, bool) {
         let phys = self.translate.virt_to_phys(cpu);
-        (
-            phys,
-            !self.force_bounce && len != 0 && self.can_reach(phys, len),
-        )
+        (phys, self.maps_directly(phys, len))
+    }
+
+    /// Whether `len` bytes at physical `phys` are mapped directly: the one
+    /// rule behind every map, safe or raw, of a pool, a tlb or a platform
+    /// (a restricted tlb adds that it never maps directly).
+    #[cfg(feature = "alloc")]
+    #[inline]
+    pub(crate) fn maps_directly(&self, phys: PhysAddr, len: usize) -> bool {
+        !self.force_bounce && len != 0 && self.can_reach(phys, len)
     }
 }

@@ -329,10 +329,7 @@ impl<P: Policy> Pool<P> {
         attrs: Attrs,
         bouncing: Bouncing,
     ) -> Result<DmaAddr> {
-        let direct = bouncing == Bouncing::IfNeeded
-            && !dev.force_bounce()
-            && size != 0
-            && dev.can_reach(orig, size);
+        let direct = bouncing == Bouncing::IfNeeded && dev.maps_directly(orig, size);
         if direct {
             self.count_direct();
             return Ok(dev.phys_to_dma(orig));

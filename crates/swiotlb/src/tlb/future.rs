@@ -4,17 +4,16 @@ use core::future::Future;
 use core::pin::Pin;
 use core::task::{Context, Poll};
 
-use alloc::boxed::Box;
 use alloc::sync::Arc;
 
-use super::queue::{Phase, SendPtr, Sink, TicketInner};
-use super::{is_full, IoTlb, Placed};
+use super::queue::{Now, Phase, Sink, TicketInner};
+use super::{IoTlb, Placed};
 use crate::device::Device;
 use crate::direction::Direction;
 use crate::error::{Error, Result};
 use crate::map::{Bouncing, Owner};
 use crate::map::{DmaBuffer, MapFailed, MapOptions, Mapping, RawBuffer};
-use crate::pool::{Bounce, Policy, Pool};
+use crate::pool::{Bounce, Policy};
 use crate::sync::Ordering;
 use crate::translate::Translate;
 
@@ -111,41 +110,27 @@ where
             let m = Mapping::direct(Owner::Tlb(tlb), buffer, dma, this.dir);
             return Poll::Ready(Ok(m));
         }
-        let cpu = ptr.as_ptr();
-        if tlb.queue.queued.load(Ordering::Acquire) == 0 {
-            let mut attempt =
-                |pool: &Pool<P>| pool.bounce_alloc(d, phys, cpu, len, MapOptions::default());
-            // SAFETY: `cpu` is valid for `len` bytes and nothing else
-            // accesses them while the buffer is taken apart (`DmaBuffer`);
-            // the mapping returned holds the parts.
-            let r = unsafe { tlb.try_pools_copy(&mut attempt, cpu, len) };
-            match r {
-                Ok((bounce, pool, held)) => {
-                    let placed = Placed { bounce, pool, held };
-                    return Poll::Ready(Ok(tlb.mapping(placed, buffer, this.dir)));
-                }
-                Err(e) if is_full(&e) => {}
-                Err(error) => {
-                    tlb.count_failure(&error);
-                    return Poll::Ready(Err(MapFailed::new(error, buffer)));
-                }
-            }
-        }
-        tlb.want_growth();
-        let device = d.clone();
-        let cpu = SendPtr(cpu);
-        let attempt = Box::new(move |pool: &Pool<P>| {
-            let cpu = cpu;
-            pool.bounce_alloc(&device, phys, cpu.0, len, MapOptions::default())
-        });
-        this.buffer = Some(buffer);
         let waker = Some(cx.waker().clone());
-        // SAFETY: the future holds the buffer's parts until the request
-        // completes or is cancelled (its drop cancels it, and gives back
-        // the slots of a request that completed unseen, before the parts
-        // are put back together); the bytes stay put however the future
-        // moves (`DmaBuffer`).
-        this.ticket = Some(unsafe { tlb.enqueue(attempt, cpu, len, Sink::Store, waker) });
+        let opts = MapOptions::default();
+        // SAFETY: `ptr` is valid for reads and writes of `len` bytes and
+        // nothing else accesses them while the buffer is taken apart
+        // (`DmaBuffer`); `phys` is their physical address. The future holds
+        // the parts until the request completes or is cancelled (its drop
+        // cancels it, and gives back the slots of a request that completed
+        // unseen, before the parts are put back together), and the bytes
+        // stay put however the future moves.
+        let r = unsafe { tlb.now_or_queue(d, phys, ptr.as_ptr(), len, opts, Sink::Store, waker) };
+        match r {
+            Ok(Now::Done((bounce, pool, held))) => {
+                let placed = Placed { bounce, pool, held };
+                return Poll::Ready(Ok(tlb.mapping(placed, buffer, this.dir)));
+            }
+            Ok(Now::Queued(ticket)) => {
+                this.buffer = Some(buffer);
+                this.ticket = Some(ticket);
+            }
+            Err(error) => return Poll::Ready(Err(MapFailed::new(error, buffer))),
+        }
         // It may have completed while queuing: its waker was woken, so
         // the next poll sees it.
         Poll::Pending

@@ -1035,10 +1035,7 @@ impl<P: Policy> IoTlb<P> {
         attrs: Attrs,
     ) -> Result<DmaAddr> {
         let _ = dir;
-        let direct = self.bouncing() == Bouncing::IfNeeded
-            && !dev.force_bounce()
-            && size != 0
-            && dev.can_reach(orig, size);
+        let direct = self.bouncing() == Bouncing::IfNeeded && dev.maps_directly(orig, size);
         if direct {
             self.first.count_direct();
             return Ok(dev.phys_to_dma(orig));

@@ -313,11 +313,7 @@ impl<P: Policy> Platform<P> {
         dir: Direction,
         attrs: Attrs,
     ) -> Result<DmaAddr> {
-        if dev.restricted_tlb().is_none()
-            && !dev.force_bounce()
-            && size != 0
-            && dev.can_reach(orig, size)
-        {
+        if dev.restricted_tlb().is_none() && dev.maps_directly(orig, size) {
             if let Some(pool) = self.home(dev).home() {
                 pool.count_direct();
             }

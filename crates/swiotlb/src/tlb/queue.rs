@@ -128,6 +128,14 @@ pub(crate) struct SendPtr(pub(crate) *mut u8);
 // which thread makes that copy does not matter.
 unsafe impl Send for SendPtr {}
 
+/// What [`IoTlb::now_or_queue`] did.
+pub(crate) enum Now<P: Policy> {
+    /// Mapped at once.
+    Done(Found<P>),
+    /// Queued: the sink hears of it.
+    Queued(Arc<TicketInner>),
+}
+
 /// The queue of a tlb.
 pub(crate) struct Queue<P: Policy> {
     pub(crate) entries: Mutex<VecDeque<Entry<P>>>,
@@ -200,6 +208,55 @@ impl<P: Policy> IoTlb<P> {
         // saw an empty queue and woke nobody: try again now.
         self.service();
         ticket
+    }
+
+    /// Bounces now if nothing is queued and a pool has room, else queues
+    /// the request (asking for a background growth) with `sink` to hear
+    /// of it: the one "try now, else queue" of deferred maps and futures.
+    ///
+    /// # Errors
+    /// Only errors that waiting cannot mend, at once.
+    ///
+    /// # Safety
+    /// As [`Pool::bounce_raw`], with `cpu` valid from this call until the
+    /// request is unmapped, or cancelled before it completes.
+    #[expect(clippy::too_many_arguments, reason = "one request and whom to tell")]
+    pub(crate) unsafe fn now_or_queue<T: Translate + Clone + Send + Sync + 'static>(
+        &self,
+        dev: &Device<T>,
+        orig: PhysAddr,
+        cpu: *mut u8,
+        size: usize,
+        opts: MapOptions,
+        sink: Sink,
+        waker: Option<Waker>,
+    ) -> Result<Now<P>> {
+        if self.queue.queued.load(Ordering::Acquire) == 0 {
+            let mut attempt = |pool: &Pool<P>| pool.bounce_alloc(dev, orig, cpu, size, opts);
+            // SAFETY: `cpu` is valid for reads of `size` bytes and
+            // unreferenced (this function's contract), and `attempt`
+            // allocates for exactly `cpu` and `size`.
+            match unsafe { self.try_pools_copy(&mut attempt, cpu, size) } {
+                Ok(found) => return Ok(Now::Done(found)),
+                Err(e) if is_full(&e) => {}
+                Err(e) => {
+                    self.count_failure(&e);
+                    return Err(e);
+                }
+            }
+        }
+        self.want_growth();
+        let device = dev.clone();
+        let src = SendPtr(cpu);
+        let attempt = Box::new(move |pool: &Pool<P>| {
+            let cpu = src;
+            pool.bounce_alloc(&device, orig, cpu.0, size, opts)
+        });
+        // SAFETY: `cpu` stays valid for reads of `size` bytes and
+        // unaliased until the request completes or is cancelled (this
+        // function's contract).
+        let ticket = unsafe { self.enqueue(attempt, src, size, sink, waker) };
+        Ok(Now::Queued(ticket))
     }
 
     /// Completes queued requests in order while the head fits. Called
@@ -411,33 +468,15 @@ impl<P: Policy> IoTlb<P> {
         opts: MapOptions,
         done: impl FnOnce(Result<Bounce>) + Send + 'static,
     ) -> Result<Deferral> {
-        if self.queue.queued.load(Ordering::Acquire) == 0 {
-            let device = dev;
-            let mut attempt = |pool: &Pool<P>| pool.bounce_alloc(device, orig, cpu, size, opts);
-            // SAFETY: `cpu` is valid for reads of `size` bytes and
-            // unreferenced (this function's contract), and `attempt`
-            // allocates for exactly `cpu` and `size`.
-            let r = unsafe { self.try_pools_copy(&mut attempt, cpu, size) };
-            match r {
-                Ok((b, _, _)) => return Ok(Deferral::Now(b)),
-                Err(e) if is_full(&e) => {}
-                Err(e) => {
-                    self.count_failure(&e);
-                    return Err(e);
-                }
-            }
-        }
-        self.want_growth();
-        let device = dev.clone();
-        let cpu = SendPtr(cpu);
-        let attempt = Box::new(move |pool: &Pool<P>| {
-            let cpu = cpu;
-            pool.bounce_alloc(&device, orig, cpu.0, size, opts)
-        });
-        // SAFETY: the caller keeps `cpu` valid until the request is
-        // unmapped or cancelled (this function's contract).
-        let ticket =
-            unsafe { self.enqueue(attempt, cpu, size, Sink::Callback(Box::new(done)), None) };
+        let sink = Sink::Callback(Box::new(done));
+        // SAFETY: `cpu` is valid for reads and writes of `size` bytes,
+        // unreferenced, from this call until the request is unmapped or
+        // cancelled, and `orig` is its physical address (this function's
+        // contract).
+        let ticket = match unsafe { self.now_or_queue(dev, orig, cpu, size, opts, sink, None) }? {
+            Now::Done((b, _, _)) => return Ok(Deferral::Now(b)),
+            Now::Queued(ticket) => ticket,
+        };
         Ok(Deferral::Queued(Ticket(ticket)))
     }
 }
