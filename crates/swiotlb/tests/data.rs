@@ -11,6 +11,8 @@
 //! stale bytes in the original.
 
 mod common;
+#[macro_use]
+mod policies;
 
 use std::ptr::NonNull;
 
@@ -19,23 +21,6 @@ use swiotlb::{
     Attrs, Device, Direction, DmaAddr, DmaMask, Error, FailReason, MapOptions, PhysAddr, Policy,
     Pool, PoolConfig, SgEntry,
 };
-
-/// Runs a generic test under each policy, as `<name>::fast` and
-/// `<name>::nextfit`.
-macro_rules! both_policies {
-    ($($name:ident),* $(,)?) => {
-        $(mod $name {
-            #[test]
-            fn fast() {
-                super::$name::<swiotlb::Fast>();
-            }
-            #[test]
-            fn nextfit() {
-                super::$name::<swiotlb::NextFit>();
-            }
-        })*
-    };
-}
 
 both_policies!(
     device_write_lands_exactly,

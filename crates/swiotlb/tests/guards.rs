@@ -8,29 +8,14 @@
 //! device address is the CPU address of the bounce bytes.
 
 mod common;
+#[macro_use]
+mod policies;
 
 use common::{bytes, device_read, device_write, forced, RawBuf};
 use swiotlb::{
     Attrs, Device, Direction, DmaAddr, DmaMask, Error, FailReason, PhysAddr, Policy, Pool,
     PoolConfig, SgEntry,
 };
-
-/// Runs a generic test under each policy, as `<name>::fast` and
-/// `<name>::nextfit`.
-macro_rules! both_policies {
-    ($($name:ident),* $(,)?) => {
-        $(mod $name {
-            #[test]
-            fn fast() {
-                super::$name::<swiotlb::Fast>();
-            }
-            #[test]
-            fn nextfit() {
-                super::$name::<swiotlb::NextFit>();
-            }
-        })*
-    };
-}
 
 both_policies!(
     unmap_longer_than_mapping_is_refused_and_copies_nothing,

@@ -7,24 +7,10 @@
 //! that a summary trusted when it should not be leads to a wrong answer.
 //! Every test runs under both policies.
 
-use swiotlb::{Device, Direction, DmaMask, Error, Mapping, Policy, Pool, PoolConfig};
+#[macro_use]
+mod policies;
 
-/// Runs a generic test under each policy, as `<name>::fast` and
-/// `<name>::nextfit`.
-macro_rules! both_policies {
-    ($($name:ident),* $(,)?) => {
-        $(mod $name {
-            #[test]
-            fn fast() {
-                super::$name::<swiotlb::Fast>();
-            }
-            #[test]
-            fn nextfit() {
-                super::$name::<swiotlb::NextFit>();
-            }
-        })*
-    };
-}
+use swiotlb::{Device, Direction, DmaMask, Error, Mapping, Policy, Pool, PoolConfig};
 
 both_policies!(
     free_slots_in_different_segments_hold_no_request_across_them,
