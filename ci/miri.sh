@@ -75,7 +75,7 @@ fi
 # Builds miri's own sysroot once (cached under ~/.cache/miri).
 cargo +nightly miri setup || skip "'cargo miri setup' failed"
 
-args=(-p swiotlb --lib)
+args=(-p swiotlb --features sim --lib)
 for t in "${TESTS[@]}"; do
     if [[ -f crates/swiotlb/tests/$t.rs || -f crates/swiotlb/tests/$t/main.rs ]]; then
         args+=(--test "$t")

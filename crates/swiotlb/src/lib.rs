@@ -77,6 +77,8 @@
 //!   the translation trait, the `swiotlb=` grammar and the error type.
 //! - `std` (default): `std::error::Error` for [`Error`], a per-thread area
 //!   hint.
+//! - `sim` (implies `alloc`): the `sim` module, a simulator that drives a
+//!   pool through the raw API from scripts and checks every byte.
 //! - `fdt` (implies `alloc`): the `dt` module, which reads bounce and
 //!   coherent pools from a flattened device tree (`/reserved-memory`,
 //!   `restricted-dma-pool`, `shared-dma-pool`, `memory-region`).
@@ -149,7 +151,7 @@ pub mod map;
 pub mod pool;
 #[cfg(feature = "alloc")]
 pub mod provider;
-#[cfg(feature = "alloc")]
+#[cfg(feature = "sim")]
 pub mod sim;
 #[cfg(feature = "alloc")]
 pub mod stats;
