@@ -278,7 +278,7 @@ pub fn run(args: &Args) -> Result<(), String> {
     let sizes: Vec<u64> = SIZES.iter().map(|&s| s as u64).collect();
     let ratios = report::ratios(&rows, &sizes, &FILLS);
     if args.json {
-        println!("{}", report::json(&rows, &ratios, optimized, load));
+        println!("{}", report::json(&rows, &ratios, optimized, load)?);
     } else {
         print!("{}", report::table(&rows, &ratios));
         if let Some(l) = load {

@@ -5,7 +5,9 @@ use crate::units::human;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
+use serde::Serialize;
 use swiotlb::dt::{parse, DtPools};
+use swiotlb::PhysAddr;
 
 /// Arguments of `swiotlb dt`.
 #[derive(clap::Args)]
@@ -29,28 +31,54 @@ pub fn run(args: &Args) -> Result<(), String> {
 /// The report of a blob's pools: text, or JSON with `json`.
 pub fn report(blob: &[u8], json: bool) -> Result<String, String> {
     let dt = parse(blob).map_err(|e| e.to_string())?;
-    Ok(if json { to_json(&dt) } else { to_text(&dt) })
+    if json {
+        to_json(&dt)
+    } else {
+        Ok(to_text(&dt))
+    }
 }
 
-fn to_json(dt: &DtPools<'_>) -> String {
-    let pools: Vec<_> = dt
-        .pools
-        .iter()
-        .map(|p| {
-            serde_json::json!({
-                "name": p.name,
-                "path": p.path,
-                "base": p.base.0,
-                "size": p.size,
-                "end": p.end(),
-                "kind": p.kind.name(),
-                "devices": p.devices,
+/// `swiotlb dt --json`.
+#[derive(Serialize)]
+struct DtReport<'a> {
+    pools: Vec<PoolReport<'a>>,
+}
+
+/// One pool: where it is, its kind, and the devices whose
+/// `memory-region` names it.
+#[derive(Serialize)]
+struct PoolReport<'a> {
+    name: &'a str,
+    /// The node's full path.
+    path: &'a str,
+    base: PhysAddr,
+    size: u64,
+    /// `base + size`.
+    end: u64,
+    /// `restricted` or `shared`.
+    kind: &'static str,
+    devices: &'a [String],
+}
+
+fn to_json(dt: &DtPools<'_>) -> Result<String, String> {
+    let report = DtReport {
+        pools: dt
+            .pools
+            .iter()
+            .map(|p| PoolReport {
+                name: p.name,
+                path: &p.path,
+                base: p.base,
+                size: p.size,
+                end: p.end(),
+                kind: p.kind.name(),
+                devices: &p.devices,
             })
-        })
-        .collect();
-    let mut out = serde_json::json!({ "pools": pools }).to_string();
+            .collect(),
+    };
+    let mut out = serde_json::to_string(&report).map_err(|e| e.to_string())?;
     out.push('\n');
-    out
+    Ok(out)
 }
 
 fn to_text(dt: &DtPools<'_>) -> String {

@@ -9,7 +9,7 @@
 use std::fmt::Write as _;
 
 use crate::units::human;
-use serde_json::json;
+use serde::Serialize;
 use swiotlb::config::{
     Finding, Force, ParamNumber, Reading, Resolved, SwiotlbParam, IO_TLB_SEGSIZE, IO_TLB_SHIFT,
     MAX_NAREAS, MAX_NSLABS,
@@ -50,6 +50,46 @@ fn force_name(f: Force) -> &'static str {
 pub fn run(args: &Args) -> Result<(), String> {
     print!("{}", explain(args)?);
     Ok(())
+}
+
+/// `swiotlb explain --json`: the pool a value gives and every step, in
+/// words.
+#[derive(Serialize)]
+struct ExplainReport<'a> {
+    /// The value as given, without the `swiotlb=` prefix.
+    value: &'a str,
+    /// Whether Linux sets up a pool (not with `noforce`).
+    pool: bool,
+    /// Slots, areas and bytes of the pool; 0 without one.
+    nslabs: u64,
+    nareas: u32,
+    bytes: u64,
+    /// `default`, `force` or `noforce`.
+    force: &'static str,
+    slot_size: u64,
+    cpus: u32,
+    /// The value as Linux stores it; `canonical` is the same, under the
+    /// name earlier versions used.
+    stored: String,
+    canonical: String,
+    numbers: Vec<NumberReport<'a>>,
+    adjustments: &'a [String],
+    ignored: &'a [String],
+    notes: &'a [String],
+}
+
+/// One number of the value, as Linux read it.
+#[derive(Serialize)]
+struct NumberReport<'a> {
+    /// `nslabs` or `nareas`.
+    field: &'static str,
+    /// The digits as given.
+    text: &'a str,
+    /// Byte offset in the value.
+    at: usize,
+    /// 8, 10 or 16.
+    base: u32,
+    value: u64,
 }
 
 /// What Linux makes of one value, in words.
@@ -406,42 +446,40 @@ impl Explanation {
         )
     }
 
-    fn to_json(&self) -> serde_json::Value {
+    fn report(&self) -> ExplainReport<'_> {
         let r = self.resolved;
         let pool = self.has_pool();
-        let numbers: Vec<serde_json::Value> = [
+        let numbers = [
             (self.reading.nslabs, "nslabs"),
             (self.reading.nareas, "nareas"),
         ]
         .into_iter()
         .filter_map(|(n, field)| {
-            n.map(|n| {
-                json!({
-                    "field": field,
-                    "text": self.given.get(n.at..n.at + n.len).unwrap_or(""),
-                    "at": n.at,
-                    "base": n.radix,
-                    "value": n.value,
-                })
+            n.map(|n| NumberReport {
+                field,
+                text: self.given.get(n.at..n.at + n.len).unwrap_or(""),
+                at: n.at,
+                base: n.radix,
+                value: n.value,
             })
         })
         .collect();
-        json!({
-            "value": self.given,
-            "pool": pool,
-            "nslabs": if pool { r.nslabs } else { 0 },
-            "nareas": if pool { r.nareas } else { 0 },
-            "bytes": if pool { r.bytes } else { 0 },
-            "force": force_name(r.force),
-            "slot_size": 1u64 << IO_TLB_SHIFT,
-            "cpus": self.cpus,
-            "stored": self.reading.param.to_string(),
-            "canonical": self.reading.param.to_string(),
-            "numbers": numbers,
-            "adjustments": self.adjustments,
-            "ignored": self.ignored,
-            "notes": self.notes,
-        })
+        ExplainReport {
+            value: &self.given,
+            pool,
+            nslabs: if pool { r.nslabs } else { 0 },
+            nareas: if pool { r.nareas } else { 0 },
+            bytes: if pool { r.bytes } else { 0 },
+            force: force_name(r.force),
+            slot_size: 1u64 << IO_TLB_SHIFT,
+            cpus: self.cpus,
+            stored: self.reading.param.to_string(),
+            canonical: self.reading.param.to_string(),
+            numbers,
+            adjustments: &self.adjustments,
+            ignored: &self.ignored,
+            notes: &self.notes,
+        }
     }
 
     fn to_text(&self) -> String {
@@ -531,7 +569,9 @@ fn explain(args: &Args) -> Result<String, String> {
         }
     }
     if args.json {
-        return Ok(format!("{}\n", e.to_json()));
+        let mut out = serde_json::to_string(&e.report()).map_err(|e| e.to_string())?;
+        out.push('\n');
+        return Ok(out);
     }
     Ok(e.to_text())
 }
@@ -539,6 +579,7 @@ fn explain(args: &Args) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn args(value: &str, json: bool) -> Args {
         Args {

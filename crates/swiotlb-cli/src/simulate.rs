@@ -15,9 +15,9 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::{IsTerminal, Read, Write as _};
 
-use serde_json::{json, Value};
+use serde::Serialize;
 use swiotlb::sim::{MapParams, SimError, Simulator};
-use swiotlb::{Direction, Error, FailReason, Fast, NextFit, PhysAddr, Policy, PoolConfig, Stats};
+use swiotlb::{Direction, Error, Fast, NextFit, PhysAddr, Policy, PoolConfig, Stats};
 
 /// The script grammar, shown by `swiotlb simulate --help`.
 const SCRIPT_HELP: &str = "\
@@ -146,24 +146,20 @@ pub fn run(args: &Args) -> Result<(), String> {
     })?;
     // Everything is printed at once, after the run: a script that fails
     // half way prints nothing on standard output.
-    print_report(&render(
-        args.json,
-        || report.to_json(),
-        || report.to_text(),
-    )?)
+    print_report(&render(args.json, || report.report(), || report.to_text())?)
 }
 
 /// The report as pretty JSON (with `--json`) or as text.
-fn render(
+fn render<R: Serialize>(
     json: bool,
-    to_json: impl FnOnce() -> serde_json::Value,
+    report: impl FnOnce() -> R,
     to_text: impl FnOnce() -> String,
 ) -> Result<String, String> {
     if !json {
         return Ok(to_text());
     }
     let mut s =
-        serde_json::to_string_pretty(&to_json()).map_err(|e| format!("cannot write JSON: {e}"))?;
+        serde_json::to_string_pretty(&report()).map_err(|e| format!("cannot write JSON: {e}"))?;
     s.push('\n');
     Ok(s)
 }
@@ -181,11 +177,7 @@ fn print_report(out: &str) -> Result<(), String> {
 /// `swiotlb simulate --profile NAME`: the workload, then its report.
 fn run_profile(args: &Args) -> Result<(), String> {
     let report = profile::run(&args.workload)?;
-    print_report(&render(
-        args.json,
-        || report.to_json(),
-        || report.to_text(),
-    )?)?;
+    print_report(&render(args.json, || report.report(), || report.to_text())?)?;
     match report.data_errors() {
         0 => Ok(()),
         n => Err(format!(
@@ -458,7 +450,7 @@ fn hex(s: &str) -> Option<u64> {
 }
 
 /// Where a map landed.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Serialize)]
 struct Placed {
     /// First slot of the mapping, padding excluded.
     slot: u32,
@@ -587,50 +579,68 @@ fn execute<P: Policy>(pool: PoolArgs, ops: &[Line]) -> Result<Report, ScriptErro
     })
 }
 
+/// `swiotlb simulate --ops FILE --json`: every map's outcome, then the
+/// pool's statistics.
+#[derive(Serialize)]
+struct ScriptReport<'a> {
+    ops: Vec<MapReport<'a>>,
+    stats: &'a Stats,
+}
+
+/// One map of the script: where it landed, or why it did not.
+#[derive(Serialize)]
+struct MapReport<'a> {
+    line: usize,
+    id: &'a str,
+    size: usize,
+    /// `to`, `from` or `bidi`.
+    dir: &'static str,
+    #[serde(flatten)]
+    outcome: OutcomeReport<'a>,
+}
+
+/// `slot`, `start`, `nslots` and `addr` beside the map's other fields, or
+/// `error`.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum OutcomeReport<'a> {
+    Placed(&'a Placed),
+    Failed { error: EngineError },
+}
+
+/// An error of the engine: its kind (`pool_full`, `too_large`, ...) and
+/// its message.
+#[derive(Serialize)]
+struct EngineError {
+    kind: &'static str,
+    message: String,
+}
+
 impl Report {
-    fn to_json(&self) -> Value {
-        let ops: Vec<Value> = self
+    fn report(&self) -> ScriptReport<'_> {
+        let ops = self
             .maps
             .iter()
-            .map(|m| {
-                let mut o = json!({
-                    "line": m.line,
-                    "id": m.id,
-                    "size": m.size,
-                    "dir": m.dir.short_name(),
-                });
-                match &m.outcome {
-                    Ok(p) => {
-                        o["slot"] = p.slot.into();
-                        o["start"] = p.start.into();
-                        o["nslots"] = p.nslots.into();
-                        o["addr"] = p.addr.into();
-                    }
-                    Err(e) => {
-                        o["error"] = json!({ "kind": e.kind(), "message": e.to_string() });
-                    }
-                }
-                o
+            .map(|m| MapReport {
+                line: m.line,
+                id: &m.id,
+                size: m.size,
+                dir: m.dir.short_name(),
+                outcome: match &m.outcome {
+                    Ok(p) => OutcomeReport::Placed(p),
+                    Err(e) => OutcomeReport::Failed {
+                        error: EngineError {
+                            kind: e.kind(),
+                            message: e.to_string(),
+                        },
+                    },
+                },
             })
             .collect();
-        let s = &self.stats;
-        let failures: serde_json::Map<String, Value> = FailReason::ALL
-            .iter()
-            .map(|&r| (r.name().to_string(), s.failures(r).into()))
-            .collect();
-        json!({
-            "ops": ops,
-            "stats": {
-                "io_tlb_nslabs": s.io_tlb_nslabs,
-                "io_tlb_used": s.io_tlb_used,
-                "io_tlb_used_hiwater": s.io_tlb_used_hiwater,
-                "area_used": s.area_used,
-                "failures": failures,
-                "bytes_to_device": s.bytes_to_device,
-                "bytes_from_device": s.bytes_from_device,
-                "direct_maps": s.direct_maps,
-            },
-        })
+        ScriptReport {
+            ops,
+            stats: &self.stats,
+        }
     }
 
     fn to_text(&self) -> String {

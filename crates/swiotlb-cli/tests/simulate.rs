@@ -129,6 +129,25 @@ fn check_small(policy: &str) {
     );
 
     let s = &v["stats"];
+    let mut keys: Vec<&String> = s.as_object().unwrap().keys().collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "area_used",
+            "bytes_from_device",
+            "bytes_to_device",
+            "direct_maps",
+            "failures",
+            "hiwater_exact",
+            "io_tlb_nslabs",
+            "io_tlb_used",
+            "io_tlb_used_hiwater",
+        ],
+        "{policy}: stats keys"
+    );
+    // One area: its high-water mark is the pool's, exactly.
+    assert_eq!(s["hiwater_exact"], true, "{policy}");
     assert_eq!(s["io_tlb_nslabs"], 32768, "{policy}");
     assert_eq!(s["io_tlb_used"], 6, "{policy}");
     assert_eq!(s["io_tlb_used_hiwater"], 7, "{policy}");
@@ -217,6 +236,8 @@ fn areas_and_cpu_hints() {
         .collect();
     assert_eq!(slots, [0, 768, 769]);
     assert_eq!(v["stats"]["area_used"], serde_json::json!([1, 0, 0, 2]));
+    // Four areas keep a mark each: the pool's is their sum, an upper bound.
+    assert_eq!(v["stats"]["hiwater_exact"], false);
 }
 
 #[test]

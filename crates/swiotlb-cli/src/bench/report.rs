@@ -1,9 +1,11 @@
 //! Result rows, the readable table, the ratios and the JSON form.
 
-use serde_json::{json, Value};
+use serde::Serialize;
 
-/// One measured value.
-#[derive(Clone, Debug)]
+/// One measured value; a row of `--json`'s `rows` as it stands, the
+/// options left out where `None`. A value that is not finite (JSON has no
+/// NaN) is written as null, which a reader sees as "not measured".
+#[derive(Clone, Debug, Serialize)]
 pub struct Row {
     /// What was measured: `map_unmap`, `memcpy`, `alloc_free`,
     /// `alloc_free_batch`, `alloc_free_alt`, `map_unmap_1b`, ...
@@ -18,14 +20,19 @@ pub struct Row {
     pub value: f64,
     pub unit: &'static str,
     /// Pool fill (slots held over slots) the row was measured at.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub fill: Option<f64>,
     /// Interquartile range over the median, for timed rows.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub spread: Option<f64>,
     /// Anything a reader needs to read the value right.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
     /// Pools in the growing tlb the row was measured on.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub pools: Option<u64>,
     /// Devices in the device tree the row parsed.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub devices: Option<u64>,
 }
 
@@ -83,41 +90,6 @@ impl Row {
         self.note = Some(n.into());
         self
     }
-
-    fn to_json(&self) -> Value {
-        let mut v = json!({
-            "name": self.name,
-            "policy": self.policy,
-            "size": self.size,
-            "dir": self.dir,
-            "threads": self.threads,
-            "value": finite(self.value),
-            "unit": self.unit,
-        });
-        let m = v.as_object_mut().expect("a JSON object literal");
-        if let Some(f) = self.fill {
-            m.insert("fill".into(), finite(f));
-        }
-        if let Some(s) = self.spread {
-            m.insert("spread".into(), finite(s));
-        }
-        if let Some(n) = &self.note {
-            m.insert("note".into(), n.clone().into());
-        }
-        if let Some(p) = self.pools {
-            m.insert("pools".into(), p.into());
-        }
-        if let Some(d) = self.devices {
-            m.insert("devices".into(), d.into());
-        }
-        v
-    }
-}
-
-/// JSON has no NaN or infinity: a value that is not finite becomes null,
-/// which a reader sees as "not measured" rather than as a wrong number.
-fn finite(x: f64) -> Value {
-    serde_json::Number::from_f64(x).map_or(Value::Null, Value::Number)
 }
 
 /// A derived comparison, for the "ratios" section.
@@ -290,18 +262,44 @@ pub fn ratios(rows: &[Row], sizes: &[u64], fills: &[f64]) -> Vec<Ratio> {
     out
 }
 
+/// `swiotlb bench --json`.
+#[derive(Serialize)]
+struct BenchReport<'a> {
+    rows: &'a [Row],
+    ratios: Vec<RatioReport>,
+    /// Whether the command was built with optimisations.
+    optimized: bool,
+    /// The one-minute load average at the start, where the system says.
+    load: Option<f64>,
+}
+
+/// A ratio, its label's runs of spaces (table alignment) made single.
+#[derive(Serialize)]
+struct RatioReport {
+    name: String,
+    value: f64,
+}
+
 /// `{"rows": [...], "ratios": [...], "optimized": .., "load": ..}`.
-pub fn json(rows: &[Row], ratios: &[Ratio], optimized: bool, load: Option<f64>) -> String {
-    let v = json!({
-        "rows": rows.iter().map(Row::to_json).collect::<Vec<_>>(),
-        "ratios": ratios
+pub fn json(
+    rows: &[Row],
+    ratios: &[Ratio],
+    optimized: bool,
+    load: Option<f64>,
+) -> Result<String, String> {
+    let report = BenchReport {
+        rows,
+        ratios: ratios
             .iter()
-            .map(|r| json!({"name": r.label.split_whitespace().collect::<Vec<_>>().join(" "), "value": finite(r.value)}))
-            .collect::<Vec<_>>(),
-        "optimized": optimized,
-        "load": load.map_or(Value::Null, finite),
-    });
-    serde_json::to_string_pretty(&v).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+            .map(|r| RatioReport {
+                name: r.label.split_whitespace().collect::<Vec<_>>().join(" "),
+                value: r.value,
+            })
+            .collect(),
+        optimized,
+        load,
+    };
+    serde_json::to_string_pretty(&report).map_err(|e| format!("cannot write JSON: {e}"))
 }
 
 /// The readable table, then the ratios.
@@ -384,5 +382,27 @@ mod tests {
         let r = ratios(&rows, &[64], &[]);
         assert_eq!(r.len(), 1);
         assert_eq!(r[0].value, 0.5);
+    }
+
+    /// JSON has no NaN: a value that was not measured reads as null, and
+    /// an option that was not set is left out.
+    #[test]
+    fn json_writes_null_for_what_is_not_finite() {
+        let rows = [Row::new("init_6gib", "fast", 1, "none", f64::NAN, "ms").spread(f64::INFINITY)];
+        let ratios = [Ratio {
+            label: "a   b".into(),
+            value: f64::NAN,
+        }];
+        let v: serde_json::Value =
+            serde_json::from_str(&json(&rows, &ratios, true, None).unwrap()).unwrap();
+        let row = v["rows"][0].as_object().unwrap();
+        assert!(row["value"].is_null() && row["spread"].is_null(), "{v}");
+        assert!(
+            !row.contains_key("fill") && !row.contains_key("note"),
+            "{v}"
+        );
+        assert_eq!(v["ratios"][0]["name"], "a b");
+        assert!(v["ratios"][0]["value"].is_null(), "{v}");
+        assert!(v["load"].is_null(), "{v}");
     }
 }

@@ -26,7 +26,7 @@ use std::sync::{Arc, Barrier, LazyLock, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde::Serialize;
 use swiotlb::dynamic::{Clock, DynConfig, DynStats, DynTlb, ManualClock, StdClock};
 use swiotlb::provider::{HeapProvider, NoHooks};
 use swiotlb::{Attrs, Device, Direction, DmaMask, Fast, MapFailed, Mapping};
@@ -569,6 +569,49 @@ fn share(total: u64, n: u32, i: u32) -> u64 {
     }
 }
 
+/// `swiotlb simulate --profile NAME --json`: one flat object of the
+/// settings and the counters.
+#[derive(Serialize)]
+pub struct ProfileReport {
+    profile: &'static str,
+    mode: &'static str,
+    threads: u32,
+    seed: u64,
+    start_bytes: usize,
+    max_bytes: usize,
+    grow_by_bytes: usize,
+    idle_ms: u64,
+    mappings: u64,
+    failures: u64,
+    data_errors: u64,
+    peak_live_bytes: u64,
+    peak_pool_bytes: u64,
+    final_pool_bytes: u64,
+    final_pools: u64,
+    pools_added: u64,
+    pools_removed: u64,
+    grow_failures: u64,
+    transient_pools: u64,
+    deferred: u64,
+    max_wait_us: u64,
+    timeouts: u64,
+    elapsed_ms: u64,
+    skipped_ms: u64,
+    /// `steady` only.
+    #[serde(flatten)]
+    warmup: Option<WarmupReport>,
+}
+
+/// `steady`: the warm-up, and what the tlb did after it.
+#[derive(Serialize)]
+struct WarmupReport {
+    warmup_rounds: u32,
+    warmed_up: bool,
+    pools_added_after_warmup: u64,
+    pools_removed_after_warmup: u64,
+    transient_pools_after_warmup: u64,
+}
+
 /// What a run produced.
 pub struct Report {
     plan: Plan,
@@ -684,43 +727,45 @@ impl Report {
         self.data_errors
     }
 
-    pub fn to_json(&self) -> Value {
+    /// The report's JSON form.
+    pub fn report(&self) -> ProfileReport {
         let p = &self.plan;
         let s = &self.stats;
-        let mut v = json!({
-            "profile": p.profile.name(),
-            "mode": p.mode.name(),
-            "threads": p.threads,
-            "seed": p.seed,
-            "start_bytes": p.config.start,
-            "max_bytes": p.config.max,
-            "grow_by_bytes": p.config.grow_by,
-            "idle_ms": p.config.idle / 1_000_000,
-            "mappings": self.mappings,
-            "failures": self.failures,
-            "data_errors": self.data_errors,
-            "peak_live_bytes": self.peak_live,
-            "peak_pool_bytes": s.peak_bytes_held,
-            "final_pool_bytes": s.bytes_held,
-            "final_pools": self.final_pools,
-            "pools_added": s.pools_added,
-            "pools_removed": s.pools_removed,
-            "grow_failures": s.grow_failures,
-            "transient_pools": s.transient_made,
-            "deferred": s.deferred,
-            "max_wait_us": s.max_wait_ns / 1000,
-            "timeouts": self.timeouts,
-            "elapsed_ms": u64::try_from(self.elapsed.as_millis()).unwrap_or(u64::MAX),
-            "skipped_ms": self.skipped_ms,
-        });
-        if let Some((added, removed, made)) = self.after_warmup {
-            v["warmup_rounds"] = self.warmup.0.into();
-            v["warmed_up"] = self.warmup.1.into();
-            v["pools_added_after_warmup"] = added.into();
-            v["pools_removed_after_warmup"] = removed.into();
-            v["transient_pools_after_warmup"] = made.into();
+        ProfileReport {
+            profile: p.profile.name(),
+            mode: p.mode.name(),
+            threads: p.threads,
+            seed: p.seed,
+            start_bytes: p.config.start,
+            max_bytes: p.config.max,
+            grow_by_bytes: p.config.grow_by,
+            idle_ms: p.config.idle / 1_000_000,
+            mappings: self.mappings,
+            failures: self.failures,
+            data_errors: self.data_errors,
+            peak_live_bytes: self.peak_live,
+            peak_pool_bytes: s.peak_bytes_held,
+            final_pool_bytes: s.bytes_held,
+            final_pools: self.final_pools,
+            pools_added: s.pools_added,
+            pools_removed: s.pools_removed,
+            grow_failures: s.grow_failures,
+            transient_pools: s.transient_made,
+            deferred: s.deferred,
+            max_wait_us: s.max_wait_ns / 1000,
+            timeouts: self.timeouts,
+            elapsed_ms: u64::try_from(self.elapsed.as_millis()).unwrap_or(u64::MAX),
+            skipped_ms: self.skipped_ms,
+            warmup: self
+                .after_warmup
+                .map(|(added, removed, made)| WarmupReport {
+                    warmup_rounds: self.warmup.0,
+                    warmed_up: self.warmup.1,
+                    pools_added_after_warmup: added,
+                    pools_removed_after_warmup: removed,
+                    transient_pools_after_warmup: made,
+                }),
         }
-        v
     }
 
     pub fn to_text(&self) -> String {
