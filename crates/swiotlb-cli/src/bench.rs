@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use swiotlb::pool::Request;
 use swiotlb::{Device, Direction, DmaMask, Fast, NextFit, PhysAddr, Policy, Pool, PoolConfig};
 
+use crate::error::Error;
 use report::{human, Row};
 use timing::{interleave, Contender, Run, Sampling};
 use workload::{fill_to, first_failure, prefault, slot_fill, Mix, Rng, FRAG_STEPS};
@@ -94,12 +95,13 @@ pub struct Args {
 
 /// Parses `--segment`: a power of two whose segment of 2 KiB slots is at
 /// most the 8 MiB `PoolConfig` takes, so from 1 to 4096 slots.
-fn segment_slots(s: &str) -> Result<u32, String> {
-    let n: u32 = s.parse().map_err(|e| format!("{e}"))?;
-    if n.is_power_of_two() && n <= 4096 {
+fn segment_slots(s: &str) -> Result<u32, Error> {
+    const MAX: u32 = 4096;
+    let n: u32 = s.parse().map_err(Error::NotANumber)?;
+    if n.is_power_of_two() && n <= MAX {
         Ok(n)
     } else {
-        Err(format!("{n} is not a power of two from 1 to 4096"))
+        Err(Error::NotPowerOfTwo { value: n, max: MAX })
     }
 }
 
@@ -217,7 +219,7 @@ fn load_average() -> Option<f64> {
 }
 
 /// Runs `swiotlb bench`.
-pub fn run(args: &Args) -> Result<(), String> {
+pub fn run(args: &Args) -> Result<(), Error> {
     let optimized = !cfg!(debug_assertions);
     if !optimized {
         eprintln!(
@@ -298,17 +300,16 @@ fn forced() -> Device {
     Device::new(DmaMask::BITS_64).with_force_bounce(true)
 }
 
-fn heap<P: Policy>(bytes: usize, nareas: u32) -> Result<Pool<P>, String> {
+fn heap<P: Policy>(bytes: usize, nareas: u32) -> Result<Pool<P>, Error> {
     heap_with(bytes, PoolConfig::with_areas(nareas))
 }
 
 /// [`heap`] with any geometry.
-fn heap_with<P: Policy>(bytes: usize, config: PoolConfig) -> Result<Pool<P>, String> {
+fn heap_with<P: Policy>(bytes: usize, config: PoolConfig) -> Result<Pool<P>, Error> {
     Pool::<P>::new_heap(bytes, config).map_err(|e| {
-        format!(
-            "cannot build a {} pool of {}: {e}",
-            P::NAME,
-            human(bytes as u64)
+        Error::core(
+            format!("cannot build a {} pool of {}", P::NAME, human(bytes as u64)),
+            e,
         )
     })
 }
@@ -321,14 +322,12 @@ fn map_once<P: Policy>(
     dev: &Device,
     buf: Buf,
     dir: Direction,
-) -> Result<Buf, String> {
+) -> Result<Buf, Error> {
     match pool.map(dev, black_box(buf), dir) {
         Ok(m) => Ok(black_box(m.unmap())),
-        Err(f) => Err(format!(
-            "{} pool, {} bytes: {}",
-            P::NAME,
-            f.buffer.len(),
-            f.error
+        Err(f) => Err(Error::core(
+            format!("{} pool, {} bytes", P::NAME, f.buffer.len()),
+            f.error,
         )),
     }
 }
@@ -430,7 +429,7 @@ fn dir_name(d: Direction) -> &'static str {
     }
 }
 
-fn map_part(plan: &Plan, rows: &mut Vec<Row>) -> Result<(), String> {
+fn map_part(plan: &Plan, rows: &mut Vec<Row>) -> Result<(), Error> {
     let dev = forced();
     let fast = heap::<Fast>(plan.pool_bytes, 1)?;
     let next = heap::<NextFit>(plan.pool_bytes, 1)?;
@@ -479,11 +478,11 @@ fn alloc_free<P: Policy>(pool: &Pool<P>, req: Request, batch: u64) -> Run<'_> {
             let k = left.min(batch);
             left -= k;
             if black_box(pool.alloc_free_n(black_box(&req), 0, k)).is_none() {
-                return Err(format!(
+                return Err(Error::Bench(format!(
                     "{} pool: no room for {} slots",
                     P::NAME,
                     req.nslots
-                ));
+                )));
             }
         }
         Ok(t.elapsed())
@@ -499,11 +498,11 @@ fn alloc_free_alt<P: Policy>(pool: &Pool<P>, reqs: [Request; 2]) -> Run<'_> {
         for i in 0..n {
             let req = &reqs[(i & 1) as usize];
             if black_box(pool.alloc_free_n(black_box(req), 0, 1)).is_none() {
-                return Err(format!(
+                return Err(Error::Bench(format!(
                     "{} pool: no room for {} slots",
                     P::NAME,
                     req.nslots
-                ));
+                )));
             }
         }
         Ok(t.elapsed())
@@ -514,7 +513,7 @@ fn alloc_free_alt<P: Policy>(pool: &Pool<P>, reqs: [Request; 2]) -> Run<'_> {
 /// page so that no page alignment is asked for.
 const ALT_BYTES: usize = 3000;
 
-fn alloc_part(plan: &Plan, rows: &mut Vec<Row>) -> Result<(), String> {
+fn alloc_part(plan: &Plan, rows: &mut Vec<Row>) -> Result<(), Error> {
     let dev = forced();
     // A one-byte, page-aligned original: one slot, as the smallest map.
     let orig = PhysAddr(page_buf(1).as_ptr() as usize as u64);
@@ -528,22 +527,10 @@ fn alloc_part(plan: &Plan, rows: &mut Vec<Row>) -> Result<(), String> {
         let live_fast = fill_to(&fast, &dev, fill, &mut Rng::new(plan.seed))?;
         let live_next = fill_to(&next, &dev, fill, &mut Rng::new(plan.seed))?;
         let held = [slot_fill(&fast), slot_fill(&next)];
-        let req_fast = fast
-            .alloc_request(&dev, orig, 1)
-            .map_err(|e| e.to_string())?;
-        let req_next = next
-            .alloc_request(&dev, orig, 1)
-            .map_err(|e| e.to_string())?;
-        let alt_fast = [
-            req_fast,
-            fast.alloc_request(&dev, orig, ALT_BYTES)
-                .map_err(|e| e.to_string())?,
-        ];
-        let alt_next = [
-            req_next,
-            next.alloc_request(&dev, orig, ALT_BYTES)
-                .map_err(|e| e.to_string())?,
-        ];
+        let req_fast = fast.alloc_request(&dev, orig, 1)?;
+        let req_next = next.alloc_request(&dev, orig, 1)?;
+        let alt_fast = [req_fast, fast.alloc_request(&dev, orig, ALT_BYTES)?];
+        let alt_next = [req_next, next.alloc_request(&dev, orig, ALT_BYTES)?];
         // The allocator alone, and for scale the whole path of the same
         // request: a one-byte to-device map+unmap (records, the pool-wide
         // use counter, two lock holds and a one-byte copy on top).
@@ -605,7 +592,7 @@ fn alloc_part(plan: &Plan, rows: &mut Vec<Row>) -> Result<(), String> {
 /// what they sustain with all of them running.
 fn parallel<'a, F>(threads: usize, size: usize, op: F) -> Run<'a>
 where
-    F: Fn(Buf) -> Result<Buf, String> + Sync + 'a,
+    F: Fn(Buf) -> Result<Buf, Error> + Sync + 'a,
 {
     let mut bufs: Vec<Buf> = (0..threads).map(|_| page_buf(size)).collect();
     Box::new(move |n| {
@@ -625,7 +612,7 @@ where
                         }
                         let e = t.elapsed();
                         *keep = buf;
-                        Ok::<_, String>(e)
+                        Ok::<_, Error>(e)
                     })
                 })
                 .collect();
@@ -633,7 +620,7 @@ where
             for h in handles {
                 let e = h
                     .join()
-                    .map_err(|_| "a benchmark thread panicked".to_string())??;
+                    .map_err(|_| Error::Bench("a benchmark thread panicked".into()))??;
                 slowest = slowest.max(e);
             }
             Ok(slowest)
@@ -667,7 +654,7 @@ fn parallel_memcpy<'a>(size: usize, threads: usize) -> Run<'a> {
     })
 }
 
-fn thread_part(plan: &Plan, rows: &mut Vec<Row>) -> Result<(), String> {
+fn thread_part(plan: &Plan, rows: &mut Vec<Row>) -> Result<(), Error> {
     let dev = forced();
     let fast = heap::<Fast>(plan.pool_bytes, 2)?;
     let next = heap::<NextFit>(plan.pool_bytes, 2)?;
@@ -744,7 +731,7 @@ fn thousands(n: u64) -> String {
 
 /// The fragmentation rows: the protocol of `workload::first_failure`, once
 /// per size mix, for both policies.
-fn frag_part(plan: &Plan, rows: &mut Vec<Row>) -> Result<(), String> {
+fn frag_part(plan: &Plan, rows: &mut Vec<Row>) -> Result<(), Error> {
     let bytes = plan.pool_bytes;
     let config = PoolConfig {
         segment: plan.segment,
@@ -821,8 +808,8 @@ fn frag_part(plan: &Plan, rows: &mut Vec<Row>) -> Result<(), String> {
     Ok(())
 }
 
-fn metadata_part(plan: &Plan, rows: &mut Vec<Row>) -> Result<(), String> {
-    fn one<P: Policy>(bytes: usize, rows: &mut Vec<Row>) -> Result<(), String> {
+fn metadata_part(plan: &Plan, rows: &mut Vec<Row>) -> Result<(), Error> {
+    fn one<P: Policy>(bytes: usize, rows: &mut Vec<Row>) -> Result<(), Error> {
         let pool = heap::<P>(bytes, 1)?;
         let per = pool.metadata_bytes() as f64 / pool.nslabs() as f64;
         rows.push(
@@ -860,7 +847,7 @@ fn resident_kib() -> Option<u64> {
 /// seconds and would dwarf the metadata. (Memory the allocator reuses was
 /// resident already and does not show.)
 fn init_part(plan: &Plan, rows: &mut Vec<Row>) {
-    fn one<P: Policy>(bytes: usize) -> Result<(f64, Option<u64>), String> {
+    fn one<P: Policy>(bytes: usize) -> Result<(f64, Option<u64>), Error> {
         let before = resident_kib();
         let t = Instant::now();
         let pool = heap::<P>(bytes, 1)?;
@@ -868,7 +855,10 @@ fn init_part(plan: &Plan, rows: &mut Vec<Row>) {
         let after = resident_kib();
         let want = bytes >> pool.slot_size().trailing_zeros();
         if pool.nslabs() as usize != want {
-            return Err(format!("the pool has {} slots, not {want}", pool.nslabs()));
+            return Err(Error::Bench(format!(
+                "the pool has {} slots, not {want}",
+                pool.nslabs()
+            )));
         }
         drop(black_box(pool));
         Ok((ms, before.zip(after).map(|(b, a)| a.saturating_sub(b))))

@@ -1,6 +1,7 @@
 //! `swiotlb dt`: the DMA pools of a flattened device tree and the devices
 //! that use them.
 
+use crate::error::Error;
 use crate::units::human;
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -21,16 +22,18 @@ pub struct Args {
 }
 
 /// Runs `swiotlb dt`.
-pub fn run(args: &Args) -> Result<(), String> {
-    let blob = std::fs::read(&args.file)
-        .map_err(|e| format!("cannot read {}: {e}", args.file.display()))?;
+pub fn run(args: &Args) -> Result<(), Error> {
+    let blob = std::fs::read(&args.file).map_err(|source| Error::Read {
+        path: args.file.clone(),
+        source,
+    })?;
     print!("{}", report(&blob, args.json)?);
     Ok(())
 }
 
 /// The report of a blob's pools: text, or JSON with `json`.
-pub fn report(blob: &[u8], json: bool) -> Result<String, String> {
-    let dt = parse(blob).map_err(|e| e.to_string())?;
+pub fn report(blob: &[u8], json: bool) -> Result<String, Error> {
+    let dt = parse(blob).map_err(|e| Error::device_tree("", &e))?;
     if json {
         to_json(&dt)
     } else {
@@ -60,7 +63,7 @@ struct PoolReport<'a> {
     devices: &'a [String],
 }
 
-fn to_json(dt: &DtPools<'_>) -> Result<String, String> {
+fn to_json(dt: &DtPools<'_>) -> Result<String, Error> {
     let report = DtReport {
         pools: dt
             .pools
@@ -76,7 +79,7 @@ fn to_json(dt: &DtPools<'_>) -> Result<String, String> {
             })
             .collect(),
     };
-    let mut out = serde_json::to_string(&report).map_err(|e| e.to_string())?;
+    let mut out = serde_json::to_string(&report)?;
     out.push('\n');
     Ok(out)
 }
@@ -161,8 +164,11 @@ mod tests {
     #[test]
     fn bad_blob_is_an_error() {
         let e = report(&EXAMPLE[..100], false).unwrap_err();
+        // The core's message names swiotlb: the command does not add it.
+        assert!(e.names_swiotlb(), "{e:?}");
+        let e = e.to_string();
         assert!(e.starts_with("swiotlb: bad device tree blob"), "{e}");
         let e = report(b"hello, not a device tree", true).unwrap_err();
-        assert!(e.contains("bad magic"), "{e}");
+        assert!(e.to_string().contains("bad magic"), "{e}");
     }
 }

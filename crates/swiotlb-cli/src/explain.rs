@@ -8,6 +8,7 @@
 
 use std::fmt::Write as _;
 
+use crate::error::Error;
 use crate::units::human;
 use serde::Serialize;
 use swiotlb::config::{
@@ -47,7 +48,7 @@ fn force_name(f: Force) -> &'static str {
 }
 
 /// Runs `swiotlb explain`.
-pub fn run(args: &Args) -> Result<(), String> {
+pub fn run(args: &Args) -> Result<(), Error> {
     print!("{}", explain(args)?);
     Ok(())
 }
@@ -541,35 +542,34 @@ impl Explanation {
     }
 }
 
-fn explain(args: &Args) -> Result<String, String> {
+fn explain(args: &Args) -> Result<String, Error> {
     let cpus = args.cpus.unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| u32::try_from(n.get()).unwrap_or(u32::MAX))
             .unwrap_or(1)
     });
     if cpus == 0 {
-        return Err("--cpus must be at least 1".into());
+        return Err(Error::BadArgument {
+            arg: "--cpus",
+            why: "must be at least 1".into(),
+        });
     }
     let e = Explanation::new(&args.value, cpus);
     if args.strict {
-        let changed: Vec<&String> = e.adjustments[..e.value_adjustments]
+        let changes: Vec<String> = e.adjustments[..e.value_adjustments]
             .iter()
             .chain(&e.ignored)
+            .cloned()
             .collect();
-        if !changed.is_empty() {
-            let mut msg = format!(
-                "--strict: Linux changes or ignores part of swiotlb={}:",
-                e.given.escape_debug()
-            );
-            for line in changed {
-                msg.push_str("\n  ");
-                msg.push_str(line);
-            }
-            return Err(msg);
+        if !changes.is_empty() {
+            return Err(Error::Strict {
+                value: e.given,
+                changes,
+            });
         }
     }
     if args.json {
-        let mut out = serde_json::to_string(&e.report()).map_err(|e| e.to_string())?;
+        let mut out = serde_json::to_string(&e.report())?;
         out.push('\n');
         return Ok(out);
     }
@@ -687,12 +687,13 @@ mod tests {
                 ..args(value, false)
             })
         };
-        let e = strict("1000").unwrap_err();
+        let e = strict("1000").unwrap_err().to_string();
         assert!(e.contains("Linux rounds 1000 slots up to 1024"), "{e}");
         assert!(strict("65536,4,force").is_ok());
         // A boot-time step from the CPU count is not the value's doing.
         assert!(strict("256").is_ok());
-        assert!(strict("65536,").unwrap_err().contains("comma at byte 5"));
+        let e = strict("65536,").unwrap_err().to_string();
+        assert!(e.contains("comma at byte 5"), "{e}");
     }
 
     #[test]

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod dt;
+mod error;
 mod explain;
 mod simulate;
 mod units;
@@ -46,11 +47,12 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // Core errors already name swiotlb; do not say it twice.
-            if e.starts_with("swiotlb") {
+            if e.names_swiotlb() {
                 eprintln!("{e}");
             } else {
                 eprintln!("swiotlb: {e}");
             }
+            // As clap's own usage errors.
             ExitCode::from(2)
         }
     }

@@ -283,6 +283,24 @@ fn bad_lines_in_files_name_the_file() {
     );
 }
 
+/// Only the core's own messages start with `swiotlb`; every other one gets
+/// the command's prefix, even when the script's name starts with it.
+#[test]
+fn a_script_named_swiotlb_still_gets_the_prefix() {
+    let path = script_file("swiotlb", "map a\n");
+    let out = Command::new(env!("CARGO_BIN_EXE_swiotlb"))
+        .current_dir(path.parent().unwrap())
+        .args(["simulate", "--ops", "swiotlb.ops"])
+        .output()
+        .expect("the swiotlb binary runs");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.starts_with("swiotlb: swiotlb.ops line 1: map needs an ID and a SIZE"),
+        "{err}"
+    );
+}
+
 #[test]
 fn missing_script_and_bad_options_exit_2() {
     let out = simulate(&["--ops", "/nonexistent/script.ops"], None);

@@ -19,6 +19,7 @@ use swiotlb::{Attrs, Device, Direction, DmaMask, PhysAddr, PoolConfig};
 use super::report::Row;
 use super::timing::{interleave, Contender, Run, Sampling};
 use super::workload::Rng;
+use crate::error::Error;
 
 /// Pool counts measured.
 pub const POOLS: [usize; 3] = [1, 100, 10_000];
@@ -37,19 +38,19 @@ fn geometry() -> PoolConfig {
 const POOL_BYTES: usize = 64 << 9;
 
 /// A growing tlb of heap memory, its clock standing still.
-fn heap_tlb(config: DynConfig) -> Result<DynTlb<HeapProvider>, String> {
+fn heap_tlb(config: DynConfig) -> Result<DynTlb<HeapProvider>, Error> {
     DynTlb::new(
         HeapProvider::new(),
         NoHooks,
         Arc::new(ManualClock::new()),
         config,
     )
-    .map_err(|e| e.to_string())
+    .map_err(Error::from)
 }
 
 /// A tlb of `pools` pools, and the microseconds each of the last
 /// [`GROWTHS`] growths took (fewer if there were fewer).
-fn tlb(pools: usize) -> Result<(DynTlb<HeapProvider>, Vec<f64>), String> {
+fn tlb(pools: usize) -> Result<(DynTlb<HeapProvider>, Vec<f64>), Error> {
     let mut config = DynConfig::new(POOL_BYTES, POOL_BYTES * pools);
     config.grow_by = POOL_BYTES;
     config.pool = geometry();
@@ -58,8 +59,11 @@ fn tlb(pools: usize) -> Result<(DynTlb<HeapProvider>, Vec<f64>), String> {
     while tlb.pool_count() < pools {
         let timed = pools - tlb.pool_count() <= GROWTHS;
         let t = Instant::now();
-        if !tlb.add_pool().map_err(|e| e.to_string())? {
-            return Err(format!("lookup: stopped at {} pools", tlb.pool_count()));
+        if !tlb.add_pool()? {
+            return Err(Error::Bench(format!(
+                "lookup: stopped at {} pools",
+                tlb.pool_count()
+            )));
         }
         if timed {
             us.push(t.elapsed().as_secs_f64() * 1e6);
@@ -105,22 +109,22 @@ const GROWTHS: usize = 16;
 /// allocation, the pool's set-up, the insertion), median of [`GROWTHS`].
 /// The heap provider hands out memory untouched; one that zeroed or
 /// touched it here would pay a page fault per page on the growth's path.
-pub fn grow_part(rows: &mut Vec<Row>) -> Result<(), String> {
+pub fn grow_part(rows: &mut Vec<Row>) -> Result<(), Error> {
     let mut config = DynConfig::new(1 << 20, 1 << 30);
     config.grow_by = 4 << 20;
     let tlb = heap_tlb(config)?;
     let mut us: Vec<f64> = (0..GROWTHS)
         .map(|_| {
             let t = Instant::now();
-            let grew = tlb.add_pool().map_err(|e| e.to_string())?;
+            let grew = tlb.add_pool()?;
             let e = t.elapsed().as_secs_f64() * 1e6;
             if grew {
                 Ok(e)
             } else {
-                Err("grow: the tlb did not grow".to_string())
+                Err(Error::Bench("grow: the tlb did not grow".into()))
             }
         })
-        .collect::<Result<_, String>>()?;
+        .collect::<Result<_, Error>>()?;
     us.sort_by(f64::total_cmp);
     rows.push(
         Row::new("grow", "fast", 4 << 20, "none", us[GROWTHS / 2], "us")
@@ -130,7 +134,7 @@ pub fn grow_part(rows: &mut Vec<Row>) -> Result<(), String> {
 }
 
 /// Measures the three rows for each pool count.
-pub fn lookup_part(sampling: Sampling, seed: u64, rows: &mut Vec<Row>) -> Result<(), String> {
+pub fn lookup_part(sampling: Sampling, seed: u64, rows: &mut Vec<Row>) -> Result<(), Error> {
     let dev = Device::new(DmaMask::BITS_64).with_force_bounce(true);
     for &n in &POOLS {
         let (tlb, mut grew) = tlb(n)?;
@@ -160,7 +164,7 @@ pub fn lookup_part(sampling: Sampling, seed: u64, rows: &mut Vec<Row>) -> Result
                 let buf = spare.take().unwrap_or_else(|| vec![0x5au8; 64]);
                 let m = tlb_ref
                     .map(dev_ref, buf, Direction::ToDevice, Attrs::NONE)
-                    .map_err(|f| f.error.to_string())?;
+                    .map_err(|f| Error::from(f.error))?;
                 black_box(m.dma_addr());
                 spare = Some(m.unmap());
             }

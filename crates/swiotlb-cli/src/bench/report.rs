@@ -2,6 +2,8 @@
 
 use serde::Serialize;
 
+use crate::error::Error;
+
 /// One measured value; a row of `--json`'s `rows` as it stands, the
 /// options left out where `None`. A value that is not finite (JSON has no
 /// NaN) is written as null, which a reader sees as "not measured".
@@ -286,7 +288,7 @@ pub fn json(
     ratios: &[Ratio],
     optimized: bool,
     load: Option<f64>,
-) -> Result<String, String> {
+) -> Result<String, Error> {
     let report = BenchReport {
         rows,
         ratios: ratios
@@ -299,7 +301,7 @@ pub fn json(
         optimized,
         load,
     };
-    serde_json::to_string_pretty(&report).map_err(|e| format!("cannot write JSON: {e}"))
+    Ok(serde_json::to_string_pretty(&report)?)
 }
 
 /// The readable table, then the ratios.

@@ -9,9 +9,11 @@
 
 use std::time::Duration;
 
+use crate::error::Error;
+
 /// Runs `iters` operations and returns how long they took (the contender
 /// times itself, so that set-up such as spawning threads stays outside).
-pub type Run<'a> = Box<dyn FnMut(u64) -> Result<Duration, String> + 'a>;
+pub type Run<'a> = Box<dyn FnMut(u64) -> Result<Duration, Error> + 'a>;
 
 /// One thing being measured.
 pub struct Contender<'a> {
@@ -51,7 +53,7 @@ pub struct Sampling {
 /// Measures every contender `reps` times, round-robin, each sample a batch
 /// of operations lasting about `target`, long enough that the timer's own
 /// cost vanishes.
-pub fn interleave(contenders: &mut [Contender<'_>], s: Sampling) -> Result<Vec<Summary>, String> {
+pub fn interleave(contenders: &mut [Contender<'_>], s: Sampling) -> Result<Vec<Summary>, Error> {
     // Calibrating also warms each contender up (caches, page tables,
     // branch predictors) before anything is recorded.
     for c in contenders.iter_mut() {
@@ -72,7 +74,7 @@ pub fn interleave(contenders: &mut [Contender<'_>], s: Sampling) -> Result<Vec<S
 }
 
 /// The batch size that makes one sample last about `target`.
-fn calibrate(run: &mut Run<'_>, target: Duration) -> Result<u64, String> {
+fn calibrate(run: &mut Run<'_>, target: Duration) -> Result<u64, Error> {
     let mut n = 1u64;
     loop {
         let t = run(n)?;

@@ -2,7 +2,9 @@
 //! mappings of mixed sizes, churned until a map fails.
 
 use swiotlb::translate::Offset;
-use swiotlb::{Device, Direction, DmaAddr, DmaMask, Error, Mapping, Policy, Pool};
+use swiotlb::{Device, Direction, DmaAddr, DmaMask, Mapping, Policy, Pool};
+
+use crate::error::Error;
 
 /// A live mapping of a heap buffer.
 pub type Live<'p, P> = Mapping<'p, Vec<u8>, P>;
@@ -80,18 +82,17 @@ impl Mix {
 /// Writes every slot of the pool once, through mappings, so that the
 /// page faults of fresh heap memory are not charged to whichever policy
 /// first touches a page (the next-fit walk would touch all of them).
-pub fn prefault<P: Policy>(pool: &Pool<P>, dev: &Device) -> Result<(), String> {
+pub fn prefault<P: Policy>(pool: &Pool<P>, dev: &Device) -> Result<(), Error> {
     let chunk = pool.max_mapping_size(dev.min_align_mask());
     let mut live = Vec::new();
     loop {
         match pool.map(dev, vec![0u8; chunk], Direction::ToDevice) {
             Ok(m) => live.push(m),
-            Err(f) if matches!(f.error, Error::PoolFull { .. }) => break,
+            Err(f) if matches!(f.error, swiotlb::Error::PoolFull { .. }) => break,
             Err(f) => {
-                return Err(format!(
-                    "pre-faulting the {} pool: {}",
-                    pool.policy_name(),
-                    f.error
+                return Err(Error::core(
+                    format!("pre-faulting the {} pool", pool.policy_name()),
+                    f.error,
                 ))
             }
         }
@@ -117,7 +118,7 @@ pub fn fill_to<'p, P: Policy>(
     dev: &Device,
     fill: f64,
     rng: &mut Rng,
-) -> Result<Vec<Live<'p, P>>, String> {
+) -> Result<Vec<Live<'p, P>>, Error> {
     let target = (fill * pool.nslabs() as f64) as u64;
     let mut live: Vec<Live<'p, P>> = Vec::new();
     let mut used = 0u64;
@@ -132,8 +133,8 @@ pub fn fill_to<'p, P: Policy>(
                 }
                 // Full short of the target: the pool is as full as this mix
                 // gets it.
-                Err(f) if matches!(f.error, Error::PoolFull { .. }) => break,
-                Err(f) => return Err(f.error.to_string()),
+                Err(f) if matches!(f.error, swiotlb::Error::PoolFull { .. }) => break,
+                Err(f) => return Err(Error::from(f.error)),
             }
         }
         Ok(())
@@ -206,7 +207,7 @@ pub fn churn<P: Policy>(
     steps: u64,
     seed: u64,
     mix: Mix,
-) -> Result<Trial, String> {
+) -> Result<Trial, Error> {
     let dev = frag_device(pool);
     let mut rng = Rng::new(seed);
     let mut live: Vec<Live<'_, P>> = Vec::with_capacity(n.min(pool.nslabs() as usize));
@@ -225,10 +226,10 @@ pub fn churn<P: Policy>(
                 bytes += len as u64;
                 live.push(m);
             }
-            Err(f) if matches!(f.error, Error::PoolFull { .. }) => {
+            Err(f) if matches!(f.error, swiotlb::Error::PoolFull { .. }) => {
                 return Ok(failed(bytes, None, live.len()))
             }
-            Err(f) => return Err(f.error.to_string()),
+            Err(f) => return Err(f.error.into()),
         }
     }
     for step in 0..steps {
@@ -244,10 +245,10 @@ pub fn churn<P: Policy>(
                 bytes += len as u64;
                 live.push(m);
             }
-            Err(f) if matches!(f.error, Error::PoolFull { .. }) => {
+            Err(f) if matches!(f.error, swiotlb::Error::PoolFull { .. }) => {
                 return Ok(failed(bytes, Some(step), live.len()))
             }
-            Err(f) => return Err(f.error.to_string()),
+            Err(f) => return Err(f.error.into()),
         }
     }
     Ok(Trial::Survived)
@@ -289,11 +290,11 @@ pub struct FirstFailure {
 /// while filling, every `n > k` fails there too. The search runs between
 /// none (which survives) and `k + 1`.
 pub fn first_failure<P: Policy>(
-    new_pool: &dyn Fn() -> Result<Pool<P>, String>,
+    new_pool: &dyn Fn() -> Result<Pool<P>, Error>,
     steps: u64,
     seed: u64,
     mix: Mix,
-) -> Result<FirstFailure, String> {
+) -> Result<FirstFailure, Error> {
     // The pool cannot hold more mappings than it has slots.
     let pool = new_pool()?;
     let all = pool.nslabs() as usize + 1;
@@ -310,7 +311,7 @@ pub fn first_failure<P: Policy>(
             step,
             trials: 1,
         },
-        Trial::Survived => return Err("the fragmentation pool never filled".into()),
+        Trial::Survived => return Err(Error::Bench("the fragmentation pool never filled".into())),
     };
     drop(pool);
     let mut lo = 0;
@@ -375,8 +376,8 @@ mod tests {
     }
 
     /// A 1 MiB pool of the protocol's geometry: 512 slots, 2 areas.
-    fn small<P: Policy>() -> Result<Pool<P>, String> {
-        Pool::new_heap(1 << 20, PoolConfig::with_areas(FRAG_AREAS)).map_err(|e| e.to_string())
+    fn small<P: Policy>() -> Result<Pool<P>, Error> {
+        Ok(Pool::new_heap(1 << 20, PoolConfig::with_areas(FRAG_AREAS))?)
     }
 
     const STEPS: u64 = 2_000;
@@ -459,7 +460,7 @@ mod tests {
                     ids += 1;
                     bytes += len;
                 }
-                Err(SimError::Engine(Error::PoolFull { .. })) => {
+                Err(SimError::Engine(swiotlb::Error::PoolFull { .. })) => {
                     return Trial::Failed {
                         bytes: bytes as f64 / pool_bytes,
                         slots: sim.stats().io_tlb_used as f64 / f64::from(nslabs),

@@ -31,7 +31,8 @@ use swiotlb::dynamic::{Clock, DynConfig, DynStats, DynTlb, ManualClock, StdClock
 use swiotlb::provider::{HeapProvider, NoHooks};
 use swiotlb::{Attrs, Device, Direction, DmaMask, Fast, MapFailed, Mapping};
 
-use crate::units::{human, parse_size};
+use crate::error::Error;
+use crate::units::{human, parse_size, SizeError};
 
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
@@ -106,7 +107,7 @@ impl Mode {
     }
 }
 
-fn size_arg(s: &str) -> Result<u64, String> {
+fn size_arg(s: &str) -> Result<u64, SizeError> {
     parse_size(s)
 }
 
@@ -503,38 +504,53 @@ struct Plan {
     config: DynConfig,
 }
 
-fn plan(args: &ProfileArgs) -> Result<Plan, String> {
+fn plan(args: &ProfileArgs) -> Result<Plan, Error> {
     let Some(profile) = args.profile else {
-        return Err("no --profile given".into());
+        return Err(Error::BadArgument {
+            arg: "--profile",
+            why: "is needed without --ops".into(),
+        });
     };
     let start = args.start;
     let max = args.max;
     let grow_by = args.grow_by.unwrap_or(start.max(4 * MIB));
     if start < SEGMENT {
-        return Err(format!(
-            "--start {} is too small: the first pool must hold at least one segment \
-             ({}, the largest mapping)",
-            human(start),
-            human(SEGMENT)
-        ));
+        return Err(Error::BadArgument {
+            arg: "--start",
+            why: format!(
+                "{} is too small: the first pool must hold at least one segment \
+                 ({}, the largest mapping)",
+                human(start),
+                human(SEGMENT)
+            ),
+        });
     }
     if grow_by < SEGMENT {
-        return Err(format!(
-            "--grow-by {} is too small: a grown pool must hold at least one segment \
-             ({}, the largest mapping)",
-            human(grow_by),
-            human(SEGMENT)
-        ));
+        return Err(Error::BadArgument {
+            arg: "--grow-by",
+            why: format!(
+                "{} is too small: a grown pool must hold at least one segment \
+                 ({}, the largest mapping)",
+                human(grow_by),
+                human(SEGMENT)
+            ),
+        });
     }
     if max < start {
-        return Err(format!(
-            "--max {} is below --start {}: the limit counts the first pool",
-            human(max),
-            human(start)
-        ));
+        return Err(Error::BadArgument {
+            arg: "--max",
+            why: format!(
+                "{} is below --start {}: the limit counts the first pool",
+                human(max),
+                human(start)
+            ),
+        });
     }
-    let too_big = |what: &str, n: u64| {
-        usize::try_from(n).map_err(|_| format!("{what} {} does not fit this machine", human(n)))
+    let too_big = |arg: &'static str, n: u64| {
+        usize::try_from(n).map_err(|_| Error::BadArgument {
+            arg,
+            why: format!("{} does not fit this machine", human(n)),
+        })
     };
     let mut config = DynConfig::new(too_big("--start", start)?, too_big("--max", max)?);
     config.grow_by = too_big("--grow-by", grow_by)?;
@@ -634,11 +650,11 @@ pub struct Report {
 }
 
 /// Runs a profile.
-pub fn run(args: &ProfileArgs) -> Result<Report, String> {
+pub fn run(args: &ProfileArgs) -> Result<Report, Error> {
     let plan = plan(args)?;
     let clock = Arc::new(SimClock::default());
     let tlb = DynTlb::new(HeapProvider::new(), NoHooks, clock.clone(), plan.config)
-        .map_err(|e| format!("cannot build the first pool: {e}"))?;
+        .map_err(|e| Error::provider("cannot build the first pool", e))?;
     LazyLock::force(&PATTERN);
     let shared = Shared::default();
     let ctx = Ctx {
