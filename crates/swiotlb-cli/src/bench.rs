@@ -21,9 +21,10 @@ use swiotlb::pool::Request;
 use swiotlb::{Device, Direction, DmaMask, Fast, NextFit, PhysAddr, Policy, Pool, PoolConfig};
 
 use crate::error::Error;
+use crate::rng::seeded;
 use report::{human, Row};
 use timing::{interleave, Contender, Run, Sampling};
-use workload::{fill_to, first_failure, prefault, slot_fill, Mix, Rng, FRAG_STEPS};
+use workload::{fill_to, first_failure, prefault, slot_fill, Mix, FRAG_STEPS};
 
 /// Arguments of `swiotlb bench`.
 ///
@@ -524,8 +525,8 @@ fn alloc_part(plan: &Plan, rows: &mut Vec<Row>) -> Result<(), Error> {
         prefault(&next, &dev)?;
         // The same seed: both policies see the same sequence of sizes and
         // choices (their placements, and so their holes, differ).
-        let live_fast = fill_to(&fast, &dev, fill, &mut Rng::new(plan.seed))?;
-        let live_next = fill_to(&next, &dev, fill, &mut Rng::new(plan.seed))?;
+        let live_fast = fill_to(&fast, &dev, fill, &mut seeded(plan.seed))?;
+        let live_next = fill_to(&next, &dev, fill, &mut seeded(plan.seed))?;
         let held = [slot_fill(&fast), slot_fill(&next)];
         let req_fast = fast.alloc_request(&dev, orig, 1)?;
         let req_next = next.alloc_request(&dev, orig, 1)?;

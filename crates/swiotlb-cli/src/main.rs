@@ -11,6 +11,7 @@ mod bench;
 mod dt;
 mod error;
 mod explain;
+mod rng;
 mod simulate;
 mod units;
 

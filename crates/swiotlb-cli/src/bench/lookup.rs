@@ -18,8 +18,9 @@ use swiotlb::{Attrs, Device, Direction, DmaMask, PhysAddr, PoolConfig};
 
 use super::report::Row;
 use super::timing::{interleave, Contender, Run, Sampling};
-use super::workload::Rng;
 use crate::error::Error;
+use crate::rng::seeded;
+use rand::RngExt as _;
 
 /// Pool counts measured.
 pub const POOLS: [usize; 3] = [1, 100, 10_000];
@@ -74,11 +75,11 @@ fn tlb(pools: usize) -> Result<(DynTlb<HeapProvider>, Vec<f64>), Error> {
 
 /// Addresses inside the pools, uniformly over pools, seeded.
 fn addresses(starts: &[PhysAddr], seed: u64, n: usize) -> Vec<PhysAddr> {
-    let mut rng = Rng::new(seed);
+    let mut rng = seeded(seed);
     (0..n)
         .map(|_| {
-            let p = starts[rng.below(starts.len())];
-            p + rng.below(POOL_BYTES) as u64
+            let p = starts[rng.random_range(0..starts.len())];
+            p + rng.random_range(0..POOL_BYTES as u64)
         })
         .collect()
 }

@@ -5,54 +5,11 @@ use swiotlb::translate::Offset;
 use swiotlb::{Device, Direction, DmaAddr, DmaMask, Mapping, Policy, Pool};
 
 use crate::error::Error;
+use crate::rng::{log_uniform, seeded, Rng};
+use rand::RngExt as _;
 
 /// A live mapping of a heap buffer.
 pub type Live<'p, P> = Mapping<'p, Vec<u8>, P>;
-
-/// xorshift64*: small, seedable and the same on every platform, so two runs
-/// (and the two policies in one run) see the same sequence of sizes.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        // splitmix64's output function: a bijection, so every seed starts
-        // its own sequence (forcing the lowest bit of `seed ^ constant`, as
-        // this once did, made seeds 2k and 2k + 1 the same run). A zero
-        // state would stay zero; the one seed that maps to it gets 1.
-        let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        Self((z ^ (z >> 31)).max(1))
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    /// Uniform in `[0, 1)`.
-    pub fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    /// Uniform in `[0, n)`, `n > 0`.
-    pub fn below(&mut self, n: usize) -> usize {
-        // Multiply-shift: no modulo bias worth speaking of at these sizes.
-        (((self.next_u64() >> 32) * n as u64) >> 32) as usize
-    }
-
-    /// Log-uniform in `[lo, hi]`: each power of two between them is as
-    /// likely, as I/O sizes roughly are (a few big transfers, many small
-    /// ones, every octave represented).
-    pub fn log_uniform(&mut self, lo: usize, hi: usize) -> usize {
-        let (a, b) = ((lo as f64).ln(), (hi as f64).ln());
-        ((a + (b - a) * self.unit()).exp() as usize).clamp(lo, hi)
-    }
-}
 
 /// Smallest and largest size of the mixed workloads.
 pub const MIX_LO: usize = 512;
@@ -73,8 +30,8 @@ pub enum Mix {
 impl Mix {
     pub fn draw(self, rng: &mut Rng) -> usize {
         match self {
-            Mix::LogUniform => rng.log_uniform(MIX_LO, MIX_HI),
-            Mix::Uniform => MIX_LO + rng.below(MIX_HI - MIX_LO + 1),
+            Mix::LogUniform => log_uniform(rng, MIX_LO as u64, MIX_HI as u64) as usize,
+            Mix::Uniform => rng.random_range(MIX_LO..=MIX_HI),
         }
     }
 }
@@ -125,7 +82,7 @@ pub fn fill_to<'p, P: Policy>(
     let slot = pool.slot_size() as u64;
     let top_up = |live: &mut Vec<Live<'p, P>>, used: &mut u64, rng: &mut Rng| {
         while *used < target {
-            let n = rng.log_uniform(MIX_LO, MIX_HI);
+            let n = Mix::LogUniform.draw(rng);
             match pool.map(dev, vec![0u8; n], Direction::ToDevice) {
                 Ok(m) => {
                     *used += (n as u64).div_ceil(slot);
@@ -144,7 +101,7 @@ pub fn fill_to<'p, P: Policy>(
         if live.is_empty() {
             break;
         }
-        let m = live.swap_remove(rng.below(live.len()));
+        let m = live.swap_remove(rng.random_range(0..live.len()));
         used -= (m.len() as u64).div_ceil(slot);
         drop(m);
         top_up(&mut live, &mut used, rng)?;
@@ -209,7 +166,7 @@ pub fn churn<P: Policy>(
     mix: Mix,
 ) -> Result<Trial, Error> {
     let dev = frag_device(pool);
-    let mut rng = Rng::new(seed);
+    let mut rng = seeded(seed);
     let mut live: Vec<Live<'_, P>> = Vec::with_capacity(n.min(pool.nslabs() as usize));
     let mut bytes = 0u64;
     let pool_bytes = pool.len() as f64;
@@ -233,7 +190,7 @@ pub fn churn<P: Policy>(
         }
     }
     for step in 0..steps {
-        let m = live.swap_remove(rng.below(n));
+        let m = live.swap_remove(rng.random_range(0..n));
         bytes -= m.len() as u64;
         // The unmapped buffer carries the next mapping: no allocation per
         // step beyond what a larger size needs.
@@ -346,35 +303,6 @@ mod tests {
     use swiotlb::sim::{SimError, Simulator};
     use swiotlb::{Fast, NextFit, PoolConfig};
 
-    #[test]
-    fn log_uniform_stays_in_range() {
-        let mut r = Rng::new(1);
-        let mut small = 0;
-        for _ in 0..10_000 {
-            let n = r.log_uniform(MIX_LO, MIX_HI);
-            assert!((MIX_LO..=MIX_HI).contains(&n));
-            small += usize::from(n < 4096);
-        }
-        // 512..4096 is three of the seven octaves.
-        assert!((3500..5000).contains(&small), "{small}");
-    }
-
-    #[test]
-    fn every_seed_starts_its_own_sequence() {
-        let firsts: Vec<u64> = (0..64).map(|s| Rng::new(s).next_u64()).collect();
-        for (i, a) in firsts.iter().enumerate() {
-            for (j, b) in firsts.iter().enumerate().skip(i + 1) {
-                assert_ne!(a, b, "seeds {i} and {j}");
-            }
-        }
-    }
-
-    #[test]
-    fn below_stays_below() {
-        let mut r = Rng::new(7);
-        assert!((0..1000).all(|_| r.below(3) < 3));
-    }
-
     /// A 1 MiB pool of the protocol's geometry: 512 slots, 2 areas.
     fn small<P: Policy>() -> Result<Pool<P>, Error> {
         Ok(Pool::new_heap(1 << 20, PoolConfig::with_areas(FRAG_AREAS))?)
@@ -447,7 +375,7 @@ mod tests {
     /// the protocol's areas.
     fn simulated<P: Policy>(nslabs: u32, n: usize, steps: u64, seed: u64, mix: Mix) -> Trial {
         let mut sim = Simulator::<P, u64>::new(nslabs, PoolConfig::with_areas(FRAG_AREAS)).unwrap();
-        let mut rng = Rng::new(seed);
+        let mut rng = seeded(seed);
         let mut live: Vec<(u64, usize)> = Vec::new();
         let (mut ids, mut bytes) = (0u64, 0usize);
         let pool_bytes = sim.pool().len() as f64;
@@ -478,7 +406,7 @@ mod tests {
                 return Trial::Survived;
             }
             step = Some(next);
-            let (id, len) = live.swap_remove(rng.below(n));
+            let (id, len) = live.swap_remove(rng.random_range(0..n));
             sim.unmap(&id).unwrap();
             bytes -= len;
         }

@@ -32,7 +32,9 @@ use swiotlb::provider::{HeapProvider, NoHooks};
 use swiotlb::{Attrs, Device, Direction, DmaMask, Fast, MapFailed, Mapping};
 
 use crate::error::Error;
+use crate::rng::{log_uniform, seeded, Rng};
 use crate::units::{human, parse_size, SizeError};
+use rand::{Rng as _, RngExt as _, SeedableRng as _};
 
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
@@ -165,34 +167,9 @@ impl Clock for SimClock {
     }
 }
 
-/// SplitMix64: small, seeded, the same everywhere.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `[0, 1)`.
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    /// Uniform in `0..n` (`n > 0`).
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    /// A log-uniform size in `[MIN_MAP, MAX_MAP]`, whole sectors.
-    fn size(&mut self) -> u64 {
-        let ratio = (MAX_MAP / MIN_MAP) as f64;
-        let s = MIN_MAP as f64 * ratio.powf(self.unit());
-        ((s as u64) / SECTOR * SECTOR).clamp(MIN_MAP, MAX_MAP)
-    }
+/// A log-uniform size in `[MIN_MAP, MAX_MAP]`, whole sectors.
+fn map_size(rng: &mut Rng) -> u64 {
+    (log_uniform(rng, MIN_MAP, MAX_MAP) / SECTOR * SECTOR).clamp(MIN_MAP, MAX_MAP)
 }
 
 /// The bytes every buffer is cut from: mapping `k` holds
@@ -200,11 +177,8 @@ impl Rng {
 /// another mapping shows.
 const SHIFTS: usize = 4096;
 static PATTERN: LazyLock<Vec<u8>> = LazyLock::new(|| {
-    let mut rng = Rng(0x5157_4f54_4c42);
-    let mut v = Vec::with_capacity(MAX_MAP as usize + SHIFTS + 8);
-    while v.len() < MAX_MAP as usize + SHIFTS {
-        v.extend_from_slice(&rng.next().to_le_bytes());
-    }
+    let mut v = vec![0; MAX_MAP as usize + SHIFTS];
+    seeded(0x5157_4f54_4c42).fill_bytes(&mut v);
     v
 });
 
@@ -268,9 +242,9 @@ struct Worker<'t> {
 }
 
 impl<'t> Worker<'t> {
-    fn new(ctx: &'t Ctx<'t>, index: u32, seed: u64) -> Self {
-        let mut rng = Rng(seed ^ (u64::from(index) + 1).wrapping_mul(0xd1b5_4a32_d192_ed03));
-        let serial = rng.next();
+    /// A worker drawing from `rng`, a stream of its own.
+    fn new(ctx: &'t Ctx<'t>, mut rng: Rng) -> Self {
+        let serial = rng.next_u64();
         Self {
             ctx,
             dev: Device::new(DmaMask::BITS_64).with_force_bounce(true),
@@ -287,7 +261,7 @@ impl<'t> Worker<'t> {
     fn fill_to(&mut self, target: u64) -> bool {
         while self.live_bytes < target {
             let left = target - self.live_bytes;
-            let mut len = self.rng.size();
+            let mut len = map_size(&mut self.rng);
             if left < MIN_MAP {
                 // After a drain to an arbitrary level: overshoot a little
                 // rather than map less than the smallest size.
@@ -313,7 +287,7 @@ impl<'t> Worker<'t> {
     /// are at most `target`.
     fn drain_to(&mut self, target: u64) {
         while self.live_bytes > target && !self.live.is_empty() {
-            let at = self.rng.below(self.live.len());
+            let at = self.rng.random_range(0..self.live.len());
             let live = self.live.swap_remove(at);
             self.unmap_one(live);
         }
@@ -678,12 +652,16 @@ pub fn run(args: &ProfileArgs) -> Result<Report, Error> {
                 }
             }
         });
+        // One stream per worker, each forked from the one --seed names, so
+        // the workers' draws do not depend on how their threads interleave.
+        let mut seed = seeded(plan.seed);
         let workers: Vec<_> = (0..plan.threads)
             .map(|i| {
                 let ctx = &ctx;
-                let (profile, threads, seed) = (plan.profile, plan.threads, plan.seed);
+                let (profile, threads) = (plan.profile, plan.threads);
+                let rng = seed.fork();
                 s.spawn(move || {
-                    let mut w = Worker::new(ctx, i, seed);
+                    let mut w = Worker::new(ctx, rng);
                     match profile {
                         ProfileName::Burst => w.burst(i, threads),
                         ProfileName::Steady => w.steady(i, threads),
