@@ -22,7 +22,8 @@ use swiotlb::{Device, Direction, DmaMask, Fast, NextFit, PhysAddr, Policy, Pool,
 
 use crate::error::Error;
 use crate::rng::seeded;
-use report::{human, Row};
+use crate::units::human;
+use report::Row;
 use timing::{interleave, Contender, Run, Sampling};
 use workload::{fill_to, first_failure, prefault, slot_fill, Mix, FRAG_STEPS};
 
@@ -52,46 +53,46 @@ use workload::{fill_to, first_failure, prefault, slot_fill, Mix, FRAG_STEPS};
 /// `pools` pools and `devices` devices). `size` is 0
 /// where a row mixes sizes, `dir` is `none` where it has no direction.
 #[derive(clap::Args, Debug)]
-pub struct Args {
+pub(crate) struct Args {
     /// Fewer repetitions and fragmentation steps (the fragmentation rows
     /// say so): the whole run takes well under a minute.
     #[arg(long)]
-    pub quick: bool,
+    quick: bool,
     /// Print `{"rows": [...]}` (and the ratios) as JSON instead of a table.
     #[arg(long)]
-    pub json: bool,
+    json: bool,
     /// Shrink every part to a token run (small pools, a few short samples),
     /// to check the command itself in seconds even unoptimised; the
     /// numbers mean nothing.
     #[arg(long)]
-    pub smoke: bool,
+    smoke: bool,
     /// Run only these parts.
     #[arg(long, value_enum, value_delimiter = ',')]
-    pub only: Vec<Part>,
+    only: Vec<Part>,
     /// Rounds of each interleaved measurement; the median is reported.
     #[arg(long)]
-    pub reps: Option<usize>,
+    reps: Option<usize>,
     /// Replacement steps of each fragmentation trial: 200,000 by default,
     /// as the protocol says; 50,000 with --quick. Rows run with other than
     /// 200,000 say so.
     #[arg(long)]
-    pub steps: Option<u64>,
+    steps: Option<u64>,
     /// Seed of the random sizes and choices.
     #[arg(long, default_value_t = 0x5eed)]
-    pub seed: u64,
+    seed: u64,
     /// Slots per segment in the fragmentation pools: a power of two up to
     /// 4096 (8 MiB of 2 KiB slots); 128, Linux's `IO_TLB_SEGSIZE`, by
     /// default. No run crosses a segment line, so a larger segment lets
     /// runs reach further, which only a pool that is physically contiguous
     /// as a whole allows (`PoolConfig::segment`).
     #[arg(long, default_value_t = swiotlb::config::IO_TLB_SEGSIZE, value_parser = segment_slots)]
-    pub segment: u32,
+    segment: u32,
     /// Areas of the fragmentation pools: 2 by default, as the protocol
     /// says. Every map comes from one CPU, so the search starts in one area
     /// and falls back to the others. Rows run with other than 2 say so.
     #[arg(long, default_value_t = workload::FRAG_AREAS,
           value_parser = clap::value_parser!(u32).range(1..=64))]
-    pub areas: u32,
+    areas: u32,
 }
 
 /// Parses `--segment`: a power of two whose segment of 2 KiB slots is at
@@ -108,7 +109,7 @@ fn segment_slots(s: &str) -> Result<u32, Error> {
 
 /// The parts of the benchmark.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Part {
+enum Part {
     /// `map_unmap` and `memcpy` rows.
     Map,
     /// `alloc_free`, `alloc_free_batch`, `alloc_free_alt` (allocator
@@ -220,7 +221,7 @@ fn load_average() -> Option<f64> {
 }
 
 /// Runs `swiotlb bench`.
-pub fn run(args: &Args) -> Result<(), Error> {
+pub(crate) fn run(args: &Args) -> Result<(), Error> {
     let optimized = !cfg!(debug_assertions);
     if !optimized {
         eprintln!(

@@ -12,7 +12,7 @@ use swiotlb::PhysAddr;
 
 /// Arguments of `swiotlb dt`.
 #[derive(clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// A compiled device tree (`.dtb`).
     file: PathBuf,
     /// Print JSON: `{"pools": [{"name", "path", "base", "size", "end",
@@ -22,7 +22,7 @@ pub struct Args {
 }
 
 /// Runs `swiotlb dt`.
-pub fn run(args: &Args) -> Result<(), Error> {
+pub(crate) fn run(args: &Args) -> Result<(), Error> {
     let blob = std::fs::read(&args.file).map_err(|source| Error::Read {
         path: args.file.clone(),
         source,
@@ -32,7 +32,7 @@ pub fn run(args: &Args) -> Result<(), Error> {
 }
 
 /// The report of a blob's pools: text, or JSON with `json`.
-pub fn report(blob: &[u8], json: bool) -> Result<String, Error> {
+fn report(blob: &[u8], json: bool) -> Result<String, Error> {
     let dt = parse(blob).map_err(|e| Error::device_tree("", &e))?;
     if json {
         to_json(&dt)

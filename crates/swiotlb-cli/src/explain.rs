@@ -18,7 +18,7 @@ use swiotlb::config::{
 
 /// Arguments of `swiotlb explain`.
 #[derive(clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// The value, with or without the `swiotlb=` prefix:
     /// `[<nslabs>][,<nareas>][,force|noforce]`, in the kernel's own
     /// grammar: counts (not sizes) in decimal, `0x` hex or `0` octal, no
@@ -48,7 +48,7 @@ fn force_name(f: Force) -> &'static str {
 }
 
 /// Runs `swiotlb explain`.
-pub fn run(args: &Args) -> Result<(), Error> {
+pub(crate) fn run(args: &Args) -> Result<(), Error> {
     print!("{}", explain(args)?);
     Ok(())
 }

@@ -2,6 +2,8 @@
 //! and synthetic workloads through the real engine, and benchmark the
 //! allocation policies.
 #![forbid(unsafe_code)]
+// Nothing here is API for another crate: items are `pub(crate)` at most.
+#![deny(unreachable_pub)]
 
 use std::process::ExitCode;
 

@@ -63,7 +63,7 @@ Example: swiotlb simulate --profile burst --start 1MiB --max 512MiB --json";
 #[derive(clap::Args)]
 #[command(after_long_help = SCRIPT_HELP)]
 #[command(group(clap::ArgGroup::new("input").required(true).args(["ops", "profile"])))]
-pub struct Args {
+pub(crate) struct Args {
     /// The operations script; `-` reads standard input. A `# args:` line
     /// before its first operation may set --nslabs, --nareas and --policy;
     /// options given here win over it.
@@ -128,7 +128,7 @@ enum PolicyName {
 }
 
 /// Runs `swiotlb simulate`.
-pub fn run(args: &Args) -> Result<(), Error> {
+pub(crate) fn run(args: &Args) -> Result<(), Error> {
     let Some(ops) = &args.ops else {
         return run_profile(args);
     };
@@ -222,7 +222,7 @@ fn at(line: usize, problem: ScriptProblem) -> ScriptError {
 
 /// What is wrong with a script, or what went wrong running it.
 #[derive(Debug)]
-pub enum ScriptProblem {
+pub(crate) enum ScriptProblem {
     /// A line the grammar does not allow, and why (with the form it
     /// should take, where that helps).
     Syntax(String),

@@ -7,7 +7,7 @@
 /// `64 B`, `1500 B`, `4 KiB`, `6 GiB`, `1.50 GiB`: the largest binary unit
 /// that divides `n` exactly; below 1 MiB an odd size stays in bytes (as
 /// DMA sizes are quoted), above it two decimals of the largest unit.
-pub fn human(n: u64) -> String {
+pub(crate) fn human(n: u64) -> String {
     const UNITS: [(&str, u32); 4] = [("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)];
     for (u, shift) in UNITS {
         if n >= 1 << shift && n % (1 << shift) == 0 {
@@ -25,7 +25,7 @@ pub fn human(n: u64) -> String {
 }
 
 /// The size grammar in one sentence, for help texts and error messages.
-pub const SIZE_HINT: &str = "a byte count: decimal, or hex after 0x, with `_` allowed between \
+const SIZE_HINT: &str = "a byte count: decimal, or hex after 0x, with `_` allowed between \
      digits, optionally followed by a binary unit, a power of two: B (1), K or KiB (1024), \
      M or MiB (1024^2), G or GiB (1024^3), T or TiB (1024^4), in any case; \
      like 4096, 0x800, 64K, 512MiB, 1G";
@@ -33,13 +33,13 @@ pub const SIZE_HINT: &str = "a byte count: decimal, or hex after 0x, with `_` al
 /// Reads a whole number: decimal digits, or hexadecimal ones after `0x`
 /// (or `0X`), `_` allowed between digits (`1_048_576`, `0x1234_5a10`). No
 /// sign, no unit.
-pub fn parse_number(text: &str) -> Option<u64> {
+pub(crate) fn parse_number(text: &str) -> Option<u64> {
     let (digits, rest) = split_number(text)?;
     rest.is_empty().then_some(digits)
 }
 
 /// Reads digits of `radix` (no prefix), `_` allowed between them.
-pub fn parse_radix(text: &str, radix: u32) -> Option<u64> {
+pub(crate) fn parse_radix(text: &str, radix: u32) -> Option<u64> {
     let (n, end) = digits(text, radix)?;
     (end == text.len()).then_some(n)
 }
@@ -82,7 +82,7 @@ fn digits(s: &str, radix: u32) -> Option<(u64, usize)> {
 ///
 /// # Errors
 /// [`SizeError`], naming the text and what a size looks like.
-pub fn parse_size(text: &str) -> Result<u64, SizeError> {
+pub(crate) fn parse_size(text: &str) -> Result<u64, SizeError> {
     let s = text.trim();
     let bad = || SizeError::NotASize { text: text.into() };
     let (n, unit) = split_number(s).ok_or_else(bad)?;
@@ -108,7 +108,7 @@ pub fn parse_size(text: &str) -> Result<u64, SizeError> {
 
 /// Why a text is not a byte count ([`parse_size`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum SizeError {
+pub(crate) enum SizeError {
     /// Not a number with an optional unit.
     NotASize { text: String },
     /// A decimal unit (`MB`): powers of 1000 or of 1024? `write` is the

@@ -30,7 +30,7 @@ const POOL_BASE: u64 = 1 << 32;
 /// A blob of `pools` restricted pools under `/reserved-memory` and
 /// `devices` virtio devices under `/soc`, device `i` naming pool
 /// `i % pools` by phandle.
-pub fn blob(pools: usize, devices: usize) -> Result<Vec<u8>, Error> {
+fn blob(pools: usize, devices: usize) -> Result<Vec<u8>, Error> {
     build(pools, devices).map_err(Error::BuildBlob)
 }
 
@@ -117,7 +117,7 @@ fn parses(blob: &[u8]) -> Run<'_> {
 
 /// The `dt_parse` rows: milliseconds per [`swiotlb::dt::parse`] of each
 /// shape, on one thread.
-pub fn dt_part(sampling: Sampling, smoke: bool, rows: &mut Vec<Row>) -> Result<(), Error> {
+pub(crate) fn dt_part(sampling: Sampling, smoke: bool, rows: &mut Vec<Row>) -> Result<(), Error> {
     let scale = if smoke { 100 } else { 1 };
     let shapes: Vec<(usize, usize)> = SHAPES
         .iter()

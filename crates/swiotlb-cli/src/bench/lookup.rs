@@ -23,7 +23,7 @@ use crate::rng::seeded;
 use rand::RngExt as _;
 
 /// Pool counts measured.
-pub const POOLS: [usize; 3] = [1, 100, 10_000];
+const POOLS: [usize; 3] = [1, 100, 10_000];
 
 /// Slots of 512 bytes, 8 per segment, 64 per pool: 32 KiB pools, so that
 /// 10,000 of them stay small (the heap hands out untouched pages lazily).
@@ -110,7 +110,7 @@ const GROWTHS: usize = 16;
 /// allocation, the pool's set-up, the insertion), median of [`GROWTHS`].
 /// The heap provider hands out memory untouched; one that zeroed or
 /// touched it here would pay a page fault per page on the growth's path.
-pub fn grow_part(rows: &mut Vec<Row>) -> Result<(), Error> {
+pub(crate) fn grow_part(rows: &mut Vec<Row>) -> Result<(), Error> {
     let mut config = DynConfig::new(1 << 20, 1 << 30);
     config.grow_by = 4 << 20;
     let tlb = heap_tlb(config)?;
@@ -135,7 +135,7 @@ pub fn grow_part(rows: &mut Vec<Row>) -> Result<(), Error> {
 }
 
 /// Measures the three rows for each pool count.
-pub fn lookup_part(sampling: Sampling, seed: u64, rows: &mut Vec<Row>) -> Result<(), Error> {
+pub(crate) fn lookup_part(sampling: Sampling, seed: u64, rows: &mut Vec<Row>) -> Result<(), Error> {
     let dev = Device::new(DmaMask::BITS_64).with_force_bounce(true);
     for &n in &POOLS {
         let (tlb, mut grew) = tlb(n)?;

@@ -3,43 +3,44 @@
 use serde::Serialize;
 
 use crate::error::Error;
+use crate::units::human;
 
 /// One measured value; a row of `--json`'s `rows` as it stands, the
 /// options left out where `None`. A value that is not finite (JSON has no
 /// NaN) is written as null, which a reader sees as "not measured".
 #[derive(Clone, Debug, Serialize)]
-pub struct Row {
+pub(crate) struct Row {
     /// What was measured: `map_unmap`, `memcpy`, `alloc_free`,
     /// `alloc_free_batch`, `alloc_free_alt`, `map_unmap_1b`, ...
-    pub name: &'static str,
+    name: &'static str,
     /// `fast`, `nextfit` or `memcpy`.
-    pub policy: &'static str,
+    policy: &'static str,
     /// Bytes per mapping (or per copy); `0` when the row mixes sizes.
-    pub size: u64,
+    size: u64,
     /// `to`, `from`, `hot`, `walk`, or `none`.
-    pub dir: &'static str,
-    pub threads: u32,
-    pub value: f64,
-    pub unit: &'static str,
+    dir: &'static str,
+    threads: u32,
+    value: f64,
+    unit: &'static str,
     /// Pool fill (slots held over slots) the row was measured at.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub fill: Option<f64>,
+    fill: Option<f64>,
     /// Interquartile range over the median, for timed rows.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub spread: Option<f64>,
+    spread: Option<f64>,
     /// Anything a reader needs to read the value right.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub note: Option<String>,
+    note: Option<String>,
     /// Pools in the growing tlb the row was measured on.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub pools: Option<u64>,
+    pools: Option<u64>,
     /// Devices in the device tree the row parsed.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub devices: Option<u64>,
+    devices: Option<u64>,
 }
 
 impl Row {
-    pub fn new(
+    pub(crate) fn new(
         name: &'static str,
         policy: &'static str,
         size: u64,
@@ -63,41 +64,41 @@ impl Row {
         }
     }
 
-    pub fn pools(mut self, n: u64) -> Self {
+    pub(crate) fn pools(mut self, n: u64) -> Self {
         self.pools = Some(n);
         self
     }
 
-    pub fn devices(mut self, n: u64) -> Self {
+    pub(crate) fn devices(mut self, n: u64) -> Self {
         self.devices = Some(n);
         self
     }
 
-    pub fn threads(mut self, t: u32) -> Self {
+    pub(crate) fn threads(mut self, t: u32) -> Self {
         self.threads = t;
         self
     }
 
-    pub fn fill(mut self, f: f64) -> Self {
+    pub(crate) fn fill(mut self, f: f64) -> Self {
         self.fill = Some(f);
         self
     }
 
-    pub fn spread(mut self, s: f64) -> Self {
+    pub(crate) fn spread(mut self, s: f64) -> Self {
         self.spread = Some(s);
         self
     }
 
-    pub fn note(mut self, n: impl Into<String>) -> Self {
+    pub(crate) fn note(mut self, n: impl Into<String>) -> Self {
         self.note = Some(n.into());
         self
     }
 }
 
 /// A derived comparison, for the "ratios" section.
-pub struct Ratio {
-    pub label: String,
-    pub value: f64,
+pub(crate) struct Ratio {
+    label: String,
+    value: f64,
 }
 
 /// Looks rows up by their identifying fields.
@@ -133,7 +134,7 @@ impl Rows<'_> {
 }
 
 /// The comparisons the benchmark exists for.
-pub fn ratios(rows: &[Row], sizes: &[u64], fills: &[f64]) -> Vec<Ratio> {
+pub(crate) fn ratios(rows: &[Row], sizes: &[u64], fills: &[f64]) -> Vec<Ratio> {
     let r = Rows(rows);
     let mut out = Vec::new();
     let mut push = |label: String, a: Option<f64>, b: Option<f64>| {
@@ -283,7 +284,7 @@ struct RatioReport {
 }
 
 /// `{"rows": [...], "ratios": [...], "optimized": .., "load": ..}`.
-pub fn json(
+pub(crate) fn json(
     rows: &[Row],
     ratios: &[Ratio],
     optimized: bool,
@@ -305,7 +306,7 @@ pub fn json(
 }
 
 /// The readable table, then the ratios.
-pub fn table(rows: &[Row], ratios: &[Ratio]) -> String {
+pub(crate) fn table(rows: &[Row], ratios: &[Ratio]) -> String {
     use std::fmt::Write;
     let mut s = String::new();
     let _ = writeln!(
@@ -368,8 +369,6 @@ fn number(x: f64) -> String {
         format!("{x:.3}")
     }
 }
-
-pub use crate::units::human;
 
 #[cfg(test)]
 mod tests {

@@ -9,15 +9,15 @@ use crate::rng::{log_uniform, seeded, Rng};
 use rand::RngExt as _;
 
 /// A live mapping of a heap buffer.
-pub type Live<'p, P> = Mapping<'p, Vec<u8>, P>;
+type Live<'p, P> = Mapping<'p, Vec<u8>, P>;
 
 /// Smallest and largest size of the mixed workloads.
-pub const MIX_LO: usize = 512;
-pub const MIX_HI: usize = 64 * 1024;
+const MIX_LO: usize = 512;
+const MIX_HI: usize = 64 * 1024;
 
 /// How mapping sizes between [`MIX_LO`] and [`MIX_HI`] are drawn.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mix {
+pub(crate) enum Mix {
     /// Log-uniform: each octave equally likely (the workload; most
     /// mappings are small).
     LogUniform,
@@ -28,7 +28,7 @@ pub enum Mix {
 }
 
 impl Mix {
-    pub fn draw(self, rng: &mut Rng) -> usize {
+    fn draw(self, rng: &mut Rng) -> usize {
         match self {
             Mix::LogUniform => log_uniform(rng, MIX_LO as u64, MIX_HI as u64) as usize,
             Mix::Uniform => rng.random_range(MIX_LO..=MIX_HI),
@@ -39,7 +39,7 @@ impl Mix {
 /// Writes every slot of the pool once, through mappings, so that the
 /// page faults of fresh heap memory are not charged to whichever policy
 /// first touches a page (the next-fit walk would touch all of them).
-pub fn prefault<P: Policy>(pool: &Pool<P>, dev: &Device) -> Result<(), Error> {
+pub(crate) fn prefault<P: Policy>(pool: &Pool<P>, dev: &Device) -> Result<(), Error> {
     let chunk = pool.max_mapping_size(dev.min_align_mask());
     let mut live = Vec::new();
     loop {
@@ -62,7 +62,7 @@ pub fn prefault<P: Policy>(pool: &Pool<P>, dev: &Device) -> Result<(), Error> {
 }
 
 /// Slots held over slots in the pool.
-pub fn slot_fill<P: Policy>(pool: &Pool<P>) -> f64 {
+pub(crate) fn slot_fill<P: Policy>(pool: &Pool<P>) -> f64 {
     pool.stats().io_tlb_used as f64 / pool.nslabs() as f64
 }
 
@@ -70,7 +70,7 @@ pub fn slot_fill<P: Policy>(pool: &Pool<P>) -> f64 {
 /// its slots are held, then churns (frees a random one, refills to the
 /// target) so that the holes are those of a pool in use rather than one
 /// tidy run of free slots at the end.
-pub fn fill_to<'p, P: Policy>(
+pub(crate) fn fill_to<'p, P: Policy>(
     pool: &'p Pool<P>,
     dev: &Device,
     fill: f64,
@@ -119,10 +119,10 @@ pub fn fill_to<'p, P: Policy>(
 /// requests first: the areas end up sorted by size (at one failure, 2,998
 /// mappings of 8 KiB on average in the first, 569 of 45 KiB in the
 /// other), and small mappings no longer cut the runs large ones need.
-pub const FRAG_AREAS: u32 = 2;
+pub(crate) const FRAG_AREAS: u32 = 2;
 
 /// Replacement steps of one fragmentation trial.
-pub const FRAG_STEPS: u64 = 200_000;
+pub(crate) const FRAG_STEPS: u64 = 200_000;
 
 /// The device of a fragmentation trial on `pool`: it bounces everything
 /// and sees the pool at device address 0, as `simulate`'s device does.
@@ -130,7 +130,7 @@ pub const FRAG_STEPS: u64 = 200_000;
 /// put it: with identity translation a pool that straddles a 4 GiB line
 /// (Linux's default segment boundary) has one more place no mapping may
 /// cross, and runs would differ with the heap's address.
-pub fn frag_device<P: Policy>(pool: &Pool<P>) -> Device<Offset> {
+fn frag_device<P: Policy>(pool: &Pool<P>) -> Device<Offset> {
     Device::new(DmaMask::BITS_64)
         .with_force_bounce(true)
         .with_translate(Offset::new(pool.start(), DmaAddr(0)))
@@ -138,7 +138,7 @@ pub fn frag_device<P: Policy>(pool: &Pool<P>) -> Device<Offset> {
 
 /// How one fragmentation trial ended.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Trial {
+enum Trial {
     /// Every step mapped.
     Survived,
     /// The first `PoolFull`: live bytes and held slots over the pool's
@@ -158,7 +158,7 @@ pub enum Trial {
 ///
 /// Sizes and choices come from one generator seeded with `seed`, so the
 /// sizes drawn while filling are the same for every `n`.
-pub fn churn<P: Policy>(
+fn churn<P: Policy>(
     pool: &Pool<P>,
     n: usize,
     steps: u64,
@@ -213,17 +213,17 @@ pub fn churn<P: Policy>(
 
 /// What the search for the first failure found.
 #[derive(Clone, Copy, Debug)]
-pub struct FirstFailure {
+pub(crate) struct FirstFailure {
     /// The smallest live count whose trial failed.
-    pub n: usize,
+    pub(crate) n: usize,
     /// Live bytes over the pool's at that trial's failure.
-    pub bytes: f64,
+    pub(crate) bytes: f64,
     /// Held slots over the pool's then.
-    pub slots: f64,
+    pub(crate) slots: f64,
     /// The step it failed at (`None`: while filling).
-    pub step: Option<u64>,
+    pub(crate) step: Option<u64>,
     /// Trials run.
-    pub trials: u32,
+    pub(crate) trials: u32,
 }
 
 /// The fragmentation protocol: the smallest live count `n` whose trial
@@ -246,7 +246,7 @@ pub struct FirstFailure {
 /// with some `k` mappings live, and since every trial draws the same sizes
 /// while filling, every `n > k` fails there too. The search runs between
 /// none (which survives) and `k + 1`.
-pub fn first_failure<P: Policy>(
+pub(crate) fn first_failure<P: Policy>(
     new_pool: &dyn Fn() -> Result<Pool<P>, Error>,
     steps: u64,
     seed: u64,

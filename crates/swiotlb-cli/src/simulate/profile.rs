@@ -65,7 +65,7 @@ const TICK: Duration = Duration::from_millis(1);
 
 /// The workloads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum ProfileName {
+enum ProfileName {
     /// Ramp up to a 256 MiB live set, hold it, release everything, idle.
     Burst,
     /// Warm up (to 128 MiB and back to 32 MiB until a round needs no
@@ -85,7 +85,7 @@ impl ProfileName {
 
 /// How the workload's callers map.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Mode {
+enum Mode {
     /// Callers that may sleep (`MAY_SLEEP`): a full tlb is grown by the
     /// caller itself, or the caller waits (FIFO, at most --wait-ms) while
     /// another caller grows it.
@@ -115,13 +115,13 @@ fn size_arg(s: &str) -> Result<u64, SizeError> {
 
 /// The options of `swiotlb simulate --profile`.
 #[derive(clap::Args, Debug)]
-pub struct ProfileArgs {
+pub(crate) struct ProfileArgs {
     /// Run a synthetic workload on a growing tlb instead of a script:
     /// `burst` (a 256 MiB live set, then idle) or `steady` (a live set
     /// oscillating inside the grown size).
     #[arg(long, value_enum, value_name = "NAME",
           conflicts_with_all = ["nslabs", "nareas", "policy"])]
-    pub profile: Option<ProfileName>,
+    profile: Option<ProfileName>,
     /// Bytes of the first pool. Sizes here and in scripts share one
     /// grammar: bytes, decimal or 0x hex, optionally with a unit that is a
     /// power of two: B, K/KiB (1024), M/MiB (1024^2), G/GiB, T/TiB.
@@ -562,7 +562,7 @@ fn share(total: u64, n: u32, i: u32) -> u64 {
 /// `swiotlb simulate --profile NAME --json`: one flat object of the
 /// settings and the counters.
 #[derive(Serialize)]
-pub struct ProfileReport {
+pub(crate) struct ProfileReport {
     profile: &'static str,
     mode: &'static str,
     threads: u32,
@@ -603,7 +603,7 @@ struct WarmupReport {
 }
 
 /// What a run produced.
-pub struct Report {
+pub(crate) struct Report {
     plan: Plan,
     mappings: u64,
     failures: u64,
@@ -624,7 +624,7 @@ pub struct Report {
 }
 
 /// Runs a profile.
-pub fn run(args: &ProfileArgs) -> Result<Report, Error> {
+pub(crate) fn run(args: &ProfileArgs) -> Result<Report, Error> {
     let plan = plan(args)?;
     let clock = Arc::new(SimClock::default());
     let tlb = DynTlb::new(HeapProvider::new(), NoHooks, clock.clone(), plan.config)
@@ -717,12 +717,12 @@ pub fn run(args: &ProfileArgs) -> Result<Report, Error> {
 
 impl Report {
     /// Mappings whose bytes did not come back intact.
-    pub fn data_errors(&self) -> u64 {
+    pub(crate) fn data_errors(&self) -> u64 {
         self.data_errors
     }
 
     /// The report's JSON form.
-    pub fn report(&self) -> ProfileReport {
+    pub(crate) fn report(&self) -> ProfileReport {
         let p = &self.plan;
         let s = &self.stats;
         ProfileReport {
@@ -762,7 +762,7 @@ impl Report {
         }
     }
 
-    pub fn to_text(&self) -> String {
+    pub(crate) fn to_text(&self) -> String {
         let p = &self.plan;
         let s = &self.stats;
         let mut t = String::new();
