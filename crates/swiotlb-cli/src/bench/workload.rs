@@ -114,10 +114,10 @@ pub(crate) fn fill_to<'p, P: Policy>(
 ///
 /// The count matters more than it looks: `NextFit` in one area of the
 /// same 64 MiB first fails at about 0.63 of the bytes live, in two at
-/// 0.74-0.76. With every map from one CPU the search starts in the same
+/// 0.75-0.76. With every map from one CPU the search starts in the same
 /// area and moves on only when nothing fits there, which happens to large
-/// requests first: the areas end up sorted by size (at one failure, 2,998
-/// mappings of 8 KiB on average in the first, 569 of 45 KiB in the
+/// requests first: the areas end up sorted by size (at one failure, 2,992
+/// mappings of 8 KiB on average in the first, 566 of 45 KiB in the
 /// other), and small mappings no longer cut the runs large ones need.
 pub(crate) const FRAG_AREAS: u32 = 2;
 
