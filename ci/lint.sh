@@ -15,3 +15,5 @@ cargo clippy --workspace --all-targets -- -D warnings
 # use must be compiled out with them, not left dead.
 cargo clippy -p swiotlb --no-default-features -- -D warnings
 cargo clippy -p swiotlb --no-default-features --features alloc -- -D warnings
+cargo clippy -p swiotlb --no-default-features --features serde -- -D warnings
+cargo clippy -p swiotlb --no-default-features --features alloc,serde -- -D warnings

@@ -7,6 +7,9 @@ cd "$(dirname "$0")/.."
 
 cargo build -p swiotlb --no-default-features
 cargo build -p swiotlb --no-default-features --features alloc
+# `serde` derives without std, with and without a heap.
+cargo build -p swiotlb --no-default-features --features serde
+cargo build -p swiotlb --no-default-features --features alloc,serde
 
 target=x86_64-unknown-none
 installed=$(rustup target list --installed 2>/dev/null || true)
@@ -19,3 +22,4 @@ if ! grep -qx "$target" <<<"$installed"; then
     fi
 fi
 cargo build -p swiotlb --no-default-features --features alloc --target "$target"
+cargo build -p swiotlb --no-default-features --features alloc,serde --target "$target"

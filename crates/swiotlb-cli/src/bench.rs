@@ -22,9 +22,12 @@ use swiotlb::{
     Device, Direction, DmaMask, Fast, IoTlb, NextFit, PhysAddr, Policy, Pool, PoolConfig, TlbKind,
 };
 
-use report::{human, Row};
+use crate::error::Error;
+use crate::rng::seeded;
+use crate::units::human;
+use report::Row;
 use timing::{interleave, Contender, Run, Sampling};
-use workload::{fill_to, first_failure, prefault, slot_fill, Mix, Rng, FRAG_STEPS};
+use workload::{fill_to, first_failure, prefault, slot_fill, Mix, FRAG_STEPS};
 
 /// Arguments of `swiotlb bench`.
 ///
@@ -53,62 +56,63 @@ use workload::{fill_to, first_failure, prefault, slot_fill, Mix, Rng, FRAG_STEPS
 /// `pools` pools and `devices` devices). `size` is 0
 /// where a row mixes sizes, `dir` is `none` where it has no direction.
 #[derive(clap::Args, Debug)]
-pub struct Args {
+pub(crate) struct Args {
     /// Fewer repetitions and fragmentation steps (the fragmentation rows
     /// say so): the whole run takes well under a minute.
     #[arg(long)]
-    pub quick: bool,
+    quick: bool,
     /// Print `{"rows": [...]}` (and the ratios) as JSON instead of a table.
     #[arg(long)]
-    pub json: bool,
+    json: bool,
     /// Shrink every part to a token run (small pools, a few short samples),
     /// to check the command itself in seconds even unoptimised; the
     /// numbers mean nothing.
     #[arg(long)]
-    pub smoke: bool,
+    smoke: bool,
     /// Run only these parts.
     #[arg(long, value_enum, value_delimiter = ',')]
-    pub only: Vec<Part>,
+    only: Vec<Part>,
     /// Rounds of each interleaved measurement; the median is reported.
     #[arg(long)]
-    pub reps: Option<usize>,
+    reps: Option<usize>,
     /// Replacement steps of each fragmentation trial: 200,000 by default,
     /// as the protocol says; 50,000 with --quick. Rows run with other than
     /// 200,000 say so.
     #[arg(long)]
-    pub steps: Option<u64>,
+    steps: Option<u64>,
     /// Seed of the random sizes and choices.
     #[arg(long, default_value_t = 0x5eed)]
-    pub seed: u64,
+    seed: u64,
     /// Slots per segment in the fragmentation pools: a power of two up to
     /// 4096 (8 MiB of 2 KiB slots); 128, Linux's `IO_TLB_SEGSIZE`, by
     /// default. No run crosses a segment line, so a larger segment lets
     /// runs reach further, which only a pool that is physically contiguous
     /// as a whole allows (`PoolConfig::segment`).
     #[arg(long, default_value_t = swiotlb::config::IO_TLB_SEGSIZE, value_parser = segment_slots)]
-    pub segment: u32,
+    segment: u32,
     /// Areas of the fragmentation pools: 2 by default, as the protocol
     /// says. Every map comes from one CPU, so the search starts in one area
     /// and falls back to the others. Rows run with other than 2 say so.
     #[arg(long, default_value_t = workload::FRAG_AREAS,
           value_parser = clap::value_parser!(u32).range(1..=64))]
-    pub areas: u32,
+    areas: u32,
 }
 
 /// Parses `--segment`: a power of two whose segment of 2 KiB slots is at
 /// most the 8 MiB `PoolConfig` takes, so from 1 to 4096 slots.
-fn segment_slots(s: &str) -> Result<u32, String> {
-    let n: u32 = s.parse().map_err(|e| format!("{e}"))?;
-    if n.is_power_of_two() && n <= 4096 {
+fn segment_slots(s: &str) -> Result<u32, Error> {
+    const MAX: u32 = 4096;
+    let n: u32 = s.parse().map_err(Error::NotANumber)?;
+    if n.is_power_of_two() && n <= MAX {
         Ok(n)
     } else {
-        Err(format!("{n} is not a power of two from 1 to 4096"))
+        Err(Error::NotPowerOfTwo { value: n, max: MAX })
     }
 }
 
 /// The parts of the benchmark.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Part {
+enum Part {
     /// `map_unmap` and `memcpy` rows.
     Map,
     /// `alloc_free`, `alloc_free_batch`, `alloc_free_alt` (allocator
@@ -220,7 +224,7 @@ fn load_average() -> Option<f64> {
 }
 
 /// Runs `swiotlb bench`.
-pub fn run(args: &Args) -> Result<(), String> {
+pub(crate) fn run(args: &Args) -> Result<(), Error> {
     let optimized = !cfg!(debug_assertions);
     if !optimized {
         eprintln!(
@@ -281,7 +285,7 @@ pub fn run(args: &Args) -> Result<(), String> {
     let sizes: Vec<u64> = SIZES.iter().map(|&s| s as u64).collect();
     let ratios = report::ratios(&rows, &sizes, &FILLS);
     if args.json {
-        println!("{}", report::json(&rows, &ratios, optimized, load));
+        println!("{}", report::json(&rows, &ratios, optimized, load)?);
     } else {
         print!("{}", report::table(&rows, &ratios));
         if let Some(l) = load {
@@ -301,17 +305,16 @@ fn forced() -> Device {
     Device::new(DmaMask::BITS_64).with_force_bounce()
 }
 
-fn heap<P: Policy>(bytes: usize, nareas: u32) -> Result<Pool<P>, String> {
+fn heap<P: Policy>(bytes: usize, nareas: u32) -> Result<Pool<P>, Error> {
     heap_with(bytes, PoolConfig::with_areas(nareas))
 }
 
 /// [`heap`] with any geometry.
-fn heap_with<P: Policy>(bytes: usize, config: PoolConfig) -> Result<Pool<P>, String> {
+fn heap_with<P: Policy>(bytes: usize, config: PoolConfig) -> Result<Pool<P>, Error> {
     Pool::<P>::new_heap(bytes, config).map_err(|e| {
-        format!(
-            "cannot build a {} pool of {}: {e}",
-            P::NAME,
-            human(bytes as u64)
+        Error::core(
+            format!("cannot build a {} pool of {}", P::NAME, human(bytes as u64)),
+            e,
         )
     })
 }
@@ -324,14 +327,12 @@ fn map_once<P: Policy>(
     dev: &Device,
     buf: Buf,
     dir: Direction,
-) -> Result<Buf, String> {
+) -> Result<Buf, Error> {
     match pool.map(dev, black_box(buf), dir) {
         Ok(m) => Ok(black_box(m.unmap())),
-        Err(f) => Err(format!(
-            "{} pool, {} bytes: {}",
-            P::NAME,
-            f.buffer.len(),
-            f.error
+        Err(f) => Err(Error::core(
+            format!("{} pool, {} bytes", P::NAME, f.buffer.len()),
+            f.error,
         )),
     }
 }
@@ -393,7 +394,7 @@ fn map_unmap_tlb<'a>(tlb: &'a IoTlb, dev: &'a Device, size: usize, dir: Directio
         for _ in 0..n {
             buf = match tlb.map(dev, black_box(buf), dir) {
                 Ok(m) => black_box(m.unmap()),
-                Err(f) => return Err(format!("one-pool tlb, {size} bytes: {}", f.error)),
+                Err(f) => return Err(Error::core(format!("one-pool tlb, {size} bytes"), f.error)),
             };
         }
         let e = t.elapsed();
@@ -452,7 +453,7 @@ fn dir_name(d: Direction) -> &'static str {
     }
 }
 
-fn map_part(plan: &Plan, rows: &mut Vec<Row>) -> Result<(), String> {
+fn map_part(plan: &Plan, rows: &mut Vec<Row>) -> Result<(), Error> {
     let dev = forced();
     let fast = heap::<Fast>(plan.pool_bytes, 1)?;
     let next = heap::<NextFit>(plan.pool_bytes, 1)?;
@@ -512,11 +513,11 @@ fn alloc_free<P: Policy>(pool: &Pool<P>, req: Request, batch: u64) -> Run<'_> {
             let k = left.min(batch);
             left -= k;
             if black_box(pool.alloc_free_n(black_box(&req), 0, k)).is_none() {
-                return Err(format!(
+                return Err(Error::Bench(format!(
                     "{} pool: no room for {} slots",
                     P::NAME,
                     req.nslots
-                ));
+                )));
             }
         }
         Ok(t.elapsed())
@@ -532,11 +533,11 @@ fn alloc_free_alt<P: Policy>(pool: &Pool<P>, reqs: [Request; 2]) -> Run<'_> {
         for i in 0..n {
             let req = &reqs[(i & 1) as usize];
             if black_box(pool.alloc_free_n(black_box(req), 0, 1)).is_none() {
-                return Err(format!(
+                return Err(Error::Bench(format!(
                     "{} pool: no room for {} slots",
                     P::NAME,
                     req.nslots
-                ));
+                )));
             }
         }
         Ok(t.elapsed())
@@ -547,7 +548,7 @@ fn alloc_free_alt<P: Policy>(pool: &Pool<P>, reqs: [Request; 2]) -> Run<'_> {
 /// page so that no page alignment is asked for.
 const ALT_BYTES: usize = 3000;
 
-fn alloc_part(plan: &Plan, rows: &mut Vec<Row>) -> Result<(), String> {
+fn alloc_part(plan: &Plan, rows: &mut Vec<Row>) -> Result<(), Error> {
     let dev = forced();
     // A one-byte, page-aligned original: one slot, as the smallest map.
     let orig = PhysAddr(page_buf(1).as_ptr() as usize as u64);
@@ -558,25 +559,13 @@ fn alloc_part(plan: &Plan, rows: &mut Vec<Row>) -> Result<(), String> {
         prefault(&next, &dev)?;
         // The same seed: both policies see the same sequence of sizes and
         // choices (their placements, and so their holes, differ).
-        let live_fast = fill_to(&fast, &dev, fill, &mut Rng::new(plan.seed))?;
-        let live_next = fill_to(&next, &dev, fill, &mut Rng::new(plan.seed))?;
+        let live_fast = fill_to(&fast, &dev, fill, &mut seeded(plan.seed))?;
+        let live_next = fill_to(&next, &dev, fill, &mut seeded(plan.seed))?;
         let held = [slot_fill(&fast), slot_fill(&next)];
-        let req_fast = fast
-            .alloc_request(&dev, orig, 1)
-            .map_err(|e| e.to_string())?;
-        let req_next = next
-            .alloc_request(&dev, orig, 1)
-            .map_err(|e| e.to_string())?;
-        let alt_fast = [
-            req_fast,
-            fast.alloc_request(&dev, orig, ALT_BYTES)
-                .map_err(|e| e.to_string())?,
-        ];
-        let alt_next = [
-            req_next,
-            next.alloc_request(&dev, orig, ALT_BYTES)
-                .map_err(|e| e.to_string())?,
-        ];
+        let req_fast = fast.alloc_request(&dev, orig, 1)?;
+        let req_next = next.alloc_request(&dev, orig, 1)?;
+        let alt_fast = [req_fast, fast.alloc_request(&dev, orig, ALT_BYTES)?];
+        let alt_next = [req_next, next.alloc_request(&dev, orig, ALT_BYTES)?];
         // The allocator alone, and for scale the whole path of the same
         // request: a one-byte to-device map+unmap (records, the pool-wide
         // use counter, two lock holds and a one-byte copy on top).
@@ -638,7 +627,7 @@ fn alloc_part(plan: &Plan, rows: &mut Vec<Row>) -> Result<(), String> {
 /// what they sustain with all of them running.
 fn parallel<'a, F>(threads: usize, size: usize, op: F) -> Run<'a>
 where
-    F: Fn(Buf) -> Result<Buf, String> + Sync + 'a,
+    F: Fn(Buf) -> Result<Buf, Error> + Sync + 'a,
 {
     let mut bufs: Vec<Buf> = (0..threads).map(|_| page_buf(size)).collect();
     Box::new(move |n| {
@@ -658,7 +647,7 @@ where
                         }
                         let e = t.elapsed();
                         *keep = buf;
-                        Ok::<_, String>(e)
+                        Ok::<_, Error>(e)
                     })
                 })
                 .collect();
@@ -666,7 +655,7 @@ where
             for h in handles {
                 let e = h
                     .join()
-                    .map_err(|_| "a benchmark thread panicked".to_string())??;
+                    .map_err(|_| Error::Bench("a benchmark thread panicked".into()))??;
                 slowest = slowest.max(e);
             }
             Ok(slowest)
@@ -700,7 +689,7 @@ fn parallel_memcpy<'a>(size: usize, threads: usize) -> Run<'a> {
     })
 }
 
-fn thread_part(plan: &Plan, rows: &mut Vec<Row>) -> Result<(), String> {
+fn thread_part(plan: &Plan, rows: &mut Vec<Row>) -> Result<(), Error> {
     let dev = forced();
     let fast = heap::<Fast>(plan.pool_bytes, 2)?;
     let next = heap::<NextFit>(plan.pool_bytes, 2)?;
@@ -777,7 +766,7 @@ fn thousands(n: u64) -> String {
 
 /// The fragmentation rows: the protocol of `workload::first_failure`, once
 /// per size mix, for both policies.
-fn frag_part(plan: &Plan, rows: &mut Vec<Row>) -> Result<(), String> {
+fn frag_part(plan: &Plan, rows: &mut Vec<Row>) -> Result<(), Error> {
     let bytes = plan.pool_bytes;
     let config = PoolConfig {
         segment: plan.segment,
@@ -854,8 +843,8 @@ fn frag_part(plan: &Plan, rows: &mut Vec<Row>) -> Result<(), String> {
     Ok(())
 }
 
-fn metadata_part(plan: &Plan, rows: &mut Vec<Row>) -> Result<(), String> {
-    fn one<P: Policy>(bytes: usize, rows: &mut Vec<Row>) -> Result<(), String> {
+fn metadata_part(plan: &Plan, rows: &mut Vec<Row>) -> Result<(), Error> {
+    fn one<P: Policy>(bytes: usize, rows: &mut Vec<Row>) -> Result<(), Error> {
         let pool = heap::<P>(bytes, 1)?;
         let per = pool.metadata_bytes() as f64 / pool.nslabs() as f64;
         rows.push(
@@ -893,7 +882,7 @@ fn resident_kib() -> Option<u64> {
 /// seconds and would dwarf the metadata. (Memory the allocator reuses was
 /// resident already and does not show.)
 fn init_part(plan: &Plan, rows: &mut Vec<Row>) {
-    fn one<P: Policy>(bytes: usize) -> Result<(f64, Option<u64>), String> {
+    fn one<P: Policy>(bytes: usize) -> Result<(f64, Option<u64>), Error> {
         let before = resident_kib();
         let t = Instant::now();
         let pool = heap::<P>(bytes, 1)?;
@@ -901,7 +890,10 @@ fn init_part(plan: &Plan, rows: &mut Vec<Row>) {
         let after = resident_kib();
         let want = bytes >> pool.slot_size().trailing_zeros();
         if pool.nslabs() as usize != want {
-            return Err(format!("the pool has {} slots, not {want}", pool.nslabs()));
+            return Err(Error::Bench(format!(
+                "the pool has {} slots, not {want}",
+                pool.nslabs()
+            )));
         }
         drop(black_box(pool));
         Ok((ms, before.zip(after).map(|(b, a)| a.saturating_sub(b))))

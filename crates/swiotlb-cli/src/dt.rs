@@ -1,15 +1,18 @@
 //! `swiotlb dt`: the DMA pools of a flattened device tree and the devices
 //! that use them.
 
+use crate::error::Error;
 use crate::units::human;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
+use serde::Serialize;
 use swiotlb::dt::{parse, DtPools};
+use swiotlb::PhysAddr;
 
 /// Arguments of `swiotlb dt`.
 #[derive(clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// A compiled device tree (`.dtb`).
     file: PathBuf,
     /// Print JSON: `{"pools": [{"name", "path", "base", "size", "end",
@@ -19,38 +22,66 @@ pub struct Args {
 }
 
 /// Runs `swiotlb dt`.
-pub fn run(args: &Args) -> Result<(), String> {
-    let blob = std::fs::read(&args.file)
-        .map_err(|e| format!("cannot read {}: {e}", args.file.display()))?;
+pub(crate) fn run(args: &Args) -> Result<(), Error> {
+    let blob = std::fs::read(&args.file).map_err(|source| Error::Read {
+        path: args.file.clone(),
+        source,
+    })?;
     print!("{}", report(&blob, args.json)?);
     Ok(())
 }
 
 /// The report of a blob's pools: text, or JSON with `json`.
-pub fn report(blob: &[u8], json: bool) -> Result<String, String> {
-    let dt = parse(blob).map_err(|e| e.to_string())?;
-    Ok(if json { to_json(&dt) } else { to_text(&dt) })
+fn report(blob: &[u8], json: bool) -> Result<String, Error> {
+    let dt = parse(blob).map_err(|e| Error::device_tree("", &e))?;
+    if json {
+        to_json(&dt)
+    } else {
+        Ok(to_text(&dt))
+    }
 }
 
-fn to_json(dt: &DtPools<'_>) -> String {
-    let pools: Vec<_> = dt
-        .pools
-        .iter()
-        .map(|p| {
-            serde_json::json!({
-                "name": p.name,
-                "path": p.path,
-                "base": p.base.0,
-                "size": p.size,
-                "end": p.end(),
-                "kind": p.kind.name(),
-                "devices": p.devices,
+/// `swiotlb dt --json`.
+#[derive(Serialize)]
+struct DtReport<'a> {
+    pools: Vec<PoolReport<'a>>,
+}
+
+/// One pool: where it is, its kind, and the devices whose
+/// `memory-region` names it.
+#[derive(Serialize)]
+struct PoolReport<'a> {
+    name: &'a str,
+    /// The node's full path.
+    path: &'a str,
+    base: PhysAddr,
+    size: u64,
+    /// `base + size`.
+    end: u64,
+    /// `restricted` or `shared`.
+    kind: &'static str,
+    devices: &'a [String],
+}
+
+fn to_json(dt: &DtPools<'_>) -> Result<String, Error> {
+    let report = DtReport {
+        pools: dt
+            .pools
+            .iter()
+            .map(|p| PoolReport {
+                name: p.name,
+                path: &p.path,
+                base: p.base,
+                size: p.size,
+                end: p.end(),
+                kind: p.kind.name(),
+                devices: &p.devices,
             })
-        })
-        .collect();
-    let mut out = serde_json::json!({ "pools": pools }).to_string();
+            .collect(),
+    };
+    let mut out = serde_json::to_string(&report)?;
     out.push('\n');
-    out
+    Ok(out)
 }
 
 fn to_text(dt: &DtPools<'_>) -> String {
@@ -133,8 +164,11 @@ mod tests {
     #[test]
     fn bad_blob_is_an_error() {
         let e = report(&EXAMPLE[..100], false).unwrap_err();
+        // The core's message names swiotlb: the command does not add it.
+        assert!(e.names_swiotlb(), "{e:?}");
+        let e = e.to_string();
         assert!(e.starts_with("swiotlb: bad device tree blob"), "{e}");
         let e = report(b"hello, not a device tree", true).unwrap_err();
-        assert!(e.contains("bad magic"), "{e}");
+        assert!(e.to_string().contains("bad magic"), "{e}");
     }
 }

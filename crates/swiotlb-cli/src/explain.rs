@@ -8,8 +8,9 @@
 
 use std::fmt::Write as _;
 
+use crate::error::Error;
 use crate::units::human;
-use serde_json::json;
+use serde::Serialize;
 use swiotlb::config::{
     Finding, Force, ParamNumber, Reading, Resolved, SwiotlbParam, IO_TLB_SEGSIZE, IO_TLB_SHIFT,
     MAX_NAREAS, MAX_NSLABS,
@@ -17,7 +18,7 @@ use swiotlb::config::{
 
 /// Arguments of `swiotlb explain`.
 #[derive(clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// The value, with or without the `swiotlb=` prefix:
     /// `[<nslabs>][,<nareas>][,force|noforce]`, in the kernel's own
     /// grammar: counts (not sizes) in decimal, `0x` hex or `0` octal, no
@@ -47,9 +48,49 @@ fn force_name(f: Force) -> &'static str {
 }
 
 /// Runs `swiotlb explain`.
-pub fn run(args: &Args) -> Result<(), String> {
+pub(crate) fn run(args: &Args) -> Result<(), Error> {
     print!("{}", explain(args)?);
     Ok(())
+}
+
+/// `swiotlb explain --json`: the pool a value gives and every step, in
+/// words.
+#[derive(Serialize)]
+struct ExplainReport<'a> {
+    /// The value as given, without the `swiotlb=` prefix.
+    value: &'a str,
+    /// Whether Linux sets up a pool (not with `noforce`).
+    pool: bool,
+    /// Slots, areas and bytes of the pool; 0 without one.
+    nslabs: u64,
+    nareas: u32,
+    bytes: u64,
+    /// `default`, `force` or `noforce`.
+    force: &'static str,
+    slot_size: u64,
+    cpus: u32,
+    /// The value as Linux stores it; `canonical` is the same, under the
+    /// name earlier versions used.
+    stored: String,
+    canonical: String,
+    numbers: Vec<NumberReport<'a>>,
+    adjustments: &'a [String],
+    ignored: &'a [String],
+    notes: &'a [String],
+}
+
+/// One number of the value, as Linux read it.
+#[derive(Serialize)]
+struct NumberReport<'a> {
+    /// `nslabs` or `nareas`.
+    field: &'static str,
+    /// The digits as given.
+    text: &'a str,
+    /// Byte offset in the value.
+    at: usize,
+    /// 8, 10 or 16.
+    base: u32,
+    value: u64,
 }
 
 /// What Linux makes of one value, in words.
@@ -406,42 +447,40 @@ impl Explanation {
         )
     }
 
-    fn to_json(&self) -> serde_json::Value {
+    fn report(&self) -> ExplainReport<'_> {
         let r = self.resolved;
         let pool = self.has_pool();
-        let numbers: Vec<serde_json::Value> = [
+        let numbers = [
             (self.reading.nslabs, "nslabs"),
             (self.reading.nareas, "nareas"),
         ]
         .into_iter()
         .filter_map(|(n, field)| {
-            n.map(|n| {
-                json!({
-                    "field": field,
-                    "text": self.given.get(n.at..n.at + n.len).unwrap_or(""),
-                    "at": n.at,
-                    "base": n.radix,
-                    "value": n.value,
-                })
+            n.map(|n| NumberReport {
+                field,
+                text: self.given.get(n.at..n.at + n.len).unwrap_or(""),
+                at: n.at,
+                base: n.radix,
+                value: n.value,
             })
         })
         .collect();
-        json!({
-            "value": self.given,
-            "pool": pool,
-            "nslabs": if pool { r.nslabs } else { 0 },
-            "nareas": if pool { r.nareas } else { 0 },
-            "bytes": if pool { r.bytes } else { 0 },
-            "force": force_name(r.force),
-            "slot_size": 1u64 << IO_TLB_SHIFT,
-            "cpus": self.cpus,
-            "stored": self.reading.param.to_string(),
-            "canonical": self.reading.param.to_string(),
-            "numbers": numbers,
-            "adjustments": self.adjustments,
-            "ignored": self.ignored,
-            "notes": self.notes,
-        })
+        ExplainReport {
+            value: &self.given,
+            pool,
+            nslabs: if pool { r.nslabs } else { 0 },
+            nareas: if pool { r.nareas } else { 0 },
+            bytes: if pool { r.bytes } else { 0 },
+            force: force_name(r.force),
+            slot_size: 1u64 << IO_TLB_SHIFT,
+            cpus: self.cpus,
+            stored: self.reading.param.to_string(),
+            canonical: self.reading.param.to_string(),
+            numbers,
+            adjustments: &self.adjustments,
+            ignored: &self.ignored,
+            notes: &self.notes,
+        }
     }
 
     fn to_text(&self) -> String {
@@ -503,35 +542,36 @@ impl Explanation {
     }
 }
 
-fn explain(args: &Args) -> Result<String, String> {
+fn explain(args: &Args) -> Result<String, Error> {
     let cpus = args.cpus.unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| u32::try_from(n.get()).unwrap_or(u32::MAX))
             .unwrap_or(1)
     });
     if cpus == 0 {
-        return Err("--cpus must be at least 1".into());
+        return Err(Error::BadArgument {
+            arg: "--cpus",
+            why: "must be at least 1".into(),
+        });
     }
     let e = Explanation::new(&args.value, cpus);
     if args.strict {
-        let changed: Vec<&String> = e.adjustments[..e.value_adjustments]
+        let changes: Vec<String> = e.adjustments[..e.value_adjustments]
             .iter()
             .chain(&e.ignored)
+            .cloned()
             .collect();
-        if !changed.is_empty() {
-            let mut msg = format!(
-                "--strict: Linux changes or ignores part of swiotlb={}:",
-                e.given.escape_debug()
-            );
-            for line in changed {
-                msg.push_str("\n  ");
-                msg.push_str(line);
-            }
-            return Err(msg);
+        if !changes.is_empty() {
+            return Err(Error::Strict {
+                value: e.given,
+                changes,
+            });
         }
     }
     if args.json {
-        return Ok(format!("{}\n", e.to_json()));
+        let mut out = serde_json::to_string(&e.report())?;
+        out.push('\n');
+        return Ok(out);
     }
     Ok(e.to_text())
 }
@@ -539,6 +579,7 @@ fn explain(args: &Args) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn args(value: &str, json: bool) -> Args {
         Args {
@@ -646,12 +687,13 @@ mod tests {
                 ..args(value, false)
             })
         };
-        let e = strict("1000").unwrap_err();
+        let e = strict("1000").unwrap_err().to_string();
         assert!(e.contains("Linux rounds 1000 slots up to 1024"), "{e}");
         assert!(strict("65536,4,force").is_ok());
         // A boot-time step from the CPU count is not the value's doing.
         assert!(strict("256").is_ok());
-        assert!(strict("65536,").unwrap_err().contains("comma at byte 5"));
+        let e = strict("65536,").unwrap_err().to_string();
+        assert!(e.contains("comma at byte 5"), "{e}");
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! and synthetic workloads through the real engine, and benchmark the
 //! allocation policies.
 #![forbid(unsafe_code)]
+// Nothing here is API for another crate: items are `pub(crate)` at most.
+#![deny(unreachable_pub)]
 
 use std::process::ExitCode;
 
@@ -9,7 +11,9 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod dt;
+mod error;
 mod explain;
+mod rng;
 mod simulate;
 mod units;
 
@@ -46,11 +50,12 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // Core errors already name swiotlb; do not say it twice.
-            if e.starts_with("swiotlb") {
+            if e.names_swiotlb() {
                 eprintln!("{e}");
             } else {
                 eprintln!("swiotlb: {e}");
             }
+            // As clap's own usage errors.
             ExitCode::from(2)
         }
     }

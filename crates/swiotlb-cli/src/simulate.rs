@@ -10,14 +10,15 @@
 
 mod profile;
 
-use crate::units::{human, parse_number, parse_radix, parse_size};
+use crate::error::Error;
+use crate::units::{human, parse_number, parse_radix, parse_size, SizeError};
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::{IsTerminal, Read, Write as _};
 
-use serde_json::{json, Value};
+use serde::Serialize;
 use swiotlb::sim::{MapParams, SimError, Simulator};
-use swiotlb::{Direction, Error, FailReason, Fast, NextFit, PhysAddr, Policy, PoolConfig, Stats};
+use swiotlb::{Direction, Fast, NextFit, PhysAddr, Policy, PoolConfig, Stats};
 
 /// The script grammar, shown by `swiotlb simulate --help`.
 const SCRIPT_HELP: &str = "\
@@ -62,7 +63,7 @@ Example: swiotlb simulate --profile burst --start 1MiB --max 512MiB --json";
 #[derive(clap::Args)]
 #[command(after_long_help = SCRIPT_HELP)]
 #[command(group(clap::ArgGroup::new("input").required(true).args(["ops", "profile"])))]
-pub struct Args {
+pub(crate) struct Args {
     /// The operations script; `-` reads standard input. A `# args:` line
     /// before its first operation may set --nslabs, --nareas and --policy;
     /// options given here win over it.
@@ -127,12 +128,17 @@ enum PolicyName {
 }
 
 /// Runs `swiotlb simulate`.
-pub fn run(args: &Args) -> Result<(), String> {
+pub(crate) fn run(args: &Args) -> Result<(), Error> {
     let Some(ops) = &args.ops else {
         return run_profile(args);
     };
     let (source, text) = read_script(ops)?;
-    let script = parse(&text).map_err(|e| format!("{source} line {}: {}", e.line, e.msg))?;
+    let named = |e: ScriptError| Error::Script {
+        script: source.clone(),
+        line: e.line,
+        problem: e.problem,
+    };
+    let script = parse(&text).map_err(named)?;
     // Options on the command line win over the script's `# args:` line.
     let pool = args.pool.or(script.args);
     let ops = &script.ops;
@@ -140,62 +146,46 @@ pub fn run(args: &Args) -> Result<(), String> {
         PolicyName::Fast => execute::<Fast>(pool, ops),
         PolicyName::Nextfit => execute::<NextFit>(pool, ops),
     }
-    .map_err(|e| match e.line {
-        0 => format!("{source}: {}", e.msg),
-        n => format!("{source} line {n}: {}", e.msg),
-    })?;
+    .map_err(named)?;
     // Everything is printed at once, after the run: a script that fails
     // half way prints nothing on standard output.
-    print_report(&render(
-        args.json,
-        || report.to_json(),
-        || report.to_text(),
-    )?)
+    print_report(&render(args.json, || report.report(), || report.to_text())?)
 }
 
 /// The report as pretty JSON (with `--json`) or as text.
-fn render(
+fn render<R: Serialize>(
     json: bool,
-    to_json: impl FnOnce() -> serde_json::Value,
+    report: impl FnOnce() -> R,
     to_text: impl FnOnce() -> String,
-) -> Result<String, String> {
+) -> Result<String, Error> {
     if !json {
         return Ok(to_text());
     }
-    let mut s =
-        serde_json::to_string_pretty(&to_json()).map_err(|e| format!("cannot write JSON: {e}"))?;
+    let mut s = serde_json::to_string_pretty(&report())?;
     s.push('\n');
     Ok(s)
 }
 
-fn print_report(out: &str) -> Result<(), String> {
+fn print_report(out: &str) -> Result<(), Error> {
     match std::io::stdout().lock().write_all(out.as_bytes()) {
         // A reader that stops early (`| head`) is not an error of ours.
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
-            Err(format!("cannot write the report: {e}"))
-        }
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(Error::WriteReport(e)),
         _ => Ok(()),
     }
 }
 
 /// `swiotlb simulate --profile NAME`: the workload, then its report.
-fn run_profile(args: &Args) -> Result<(), String> {
+fn run_profile(args: &Args) -> Result<(), Error> {
     let report = profile::run(&args.workload)?;
-    print_report(&render(
-        args.json,
-        || report.to_json(),
-        || report.to_text(),
-    )?)?;
+    print_report(&render(args.json, || report.report(), || report.to_text())?)?;
     match report.data_errors() {
         0 => Ok(()),
-        n => Err(format!(
-            "{n} mappings did not give their bytes back intact after the unmap"
-        )),
+        mappings => Err(Error::DataErrors { mappings }),
     }
 }
 
 /// The script's name for messages, and its text.
-fn read_script(path: &str) -> Result<(String, String), String> {
+fn read_script(path: &str) -> Result<(String, String), Error> {
     if path == "-" {
         let mut text = String::new();
         let stdin = std::io::stdin();
@@ -205,27 +195,85 @@ fn read_script(path: &str) -> Result<(String, String), String> {
         stdin
             .lock()
             .read_to_string(&mut text)
-            .map_err(|e| format!("cannot read the script from standard input: {e}"))?;
+            .map_err(|source| Error::ReadStdin {
+                what: "the script",
+                source,
+            })?;
         Ok(("<stdin>".into(), text))
     } else {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+            path: path.into(),
+            source,
+        })?;
         Ok((path.into(), text))
     }
 }
 
 /// A problem with the script, at a line (0 when it is about no line).
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 struct ScriptError {
     line: usize,
-    msg: String,
+    problem: ScriptProblem,
 }
 
-fn at(line: usize, msg: impl Into<String>) -> ScriptError {
-    ScriptError {
-        line,
-        msg: msg.into(),
+fn at(line: usize, problem: ScriptProblem) -> ScriptError {
+    ScriptError { line, problem }
+}
+
+/// What is wrong with a script, or what went wrong running it.
+#[derive(Debug)]
+pub(crate) enum ScriptProblem {
+    /// A line the grammar does not allow, and why (with the form it
+    /// should take, where that helps).
+    Syntax(String),
+    /// A SIZE, OFFSET or LEN that is not a byte count.
+    Size {
+        field: &'static str,
+        error: SizeError,
+    },
+    /// An option the `# args:` line may not give, or a bad value: clap's
+    /// words.
+    ArgsLine(String),
+    /// A map of an id that is still mapped, from this line.
+    AlreadyMapped { id: String, line: usize },
+    /// An unmap or sync of an id that was never mapped, or no longer is.
+    NotMapped { op: &'static str, id: String },
+    /// The simulator refused an operation, or found its bytes wrong.
+    Sim {
+        op: &'static str,
+        id: String,
+        error: SimError,
+    },
+    /// The pool the options ask for cannot be built.
+    Pool(swiotlb::Error),
+    /// A mapping still live after the last line holds the wrong bytes.
+    Verify(SimError),
+}
+
+impl std::fmt::Display for ScriptProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ScriptProblem::Syntax(why) => f.write_str(why),
+            ScriptProblem::Size { field, error } => write!(f, "{field} {error}"),
+            ScriptProblem::ArgsLine(why) => write!(
+                f,
+                "`{ARGS_LINE}` may set only --nslabs N, --nareas N and --policy fast|nextfit: {why}"
+            ),
+            ScriptProblem::AlreadyMapped { id, line } => {
+                write!(
+                    f,
+                    "map: `{id}` is already mapped (line {line}); unmap it first"
+                )
+            }
+            ScriptProblem::NotMapped { op, id } => write!(f, "{op}: `{id}` is not mapped"),
+            ScriptProblem::Sim { op, id, error } => write!(f, "{op} `{id}`: {error}"),
+            ScriptProblem::Pool(e) => write!(f, "cannot build the pool: {e}"),
+            ScriptProblem::Verify(e) => write!(f, "after the last line: {e}"),
+        }
     }
 }
+
+impl std::error::Error for ScriptProblem {}
 
 /// One operation of the script.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -271,7 +319,7 @@ struct Script {
 const ARGS_LINE: &str = "# args:";
 
 /// Reads the options of an `# args:` line (the text after `# args:`).
-fn parse_args_line(text: &str) -> Result<PoolArgs, String> {
+fn parse_args_line(text: &str) -> Result<PoolArgs, ScriptProblem> {
     use clap::Parser as _;
     match ArgsLine::try_parse_from(text.split_whitespace()) {
         Ok(line) => Ok(line.pool),
@@ -279,9 +327,8 @@ fn parse_args_line(text: &str) -> Result<PoolArgs, String> {
             // clap's message without its "error: " and usage lines.
             let msg = e.render().to_string();
             let first = msg.lines().next().unwrap_or_default();
-            Err(format!(
-                "`{ARGS_LINE}` may set only --nslabs N, --nareas N and --policy fast|nextfit: {}",
-                first.strip_prefix("error: ").unwrap_or(first)
+            Err(ScriptProblem::ArgsLine(
+                first.strip_prefix("error: ").unwrap_or(first).into(),
             ))
         }
     }
@@ -298,13 +345,17 @@ fn parse(text: &str) -> Result<Script, ScriptError> {
             if let Some((prev, _)) = args {
                 return Err(at(
                     no,
-                    format!("a second `{ARGS_LINE}` line (the first is line {prev})"),
+                    ScriptProblem::Syntax(format!(
+                        "a second `{ARGS_LINE}` line (the first is line {prev})"
+                    )),
                 ));
             }
             if !ops.is_empty() {
                 return Err(at(
                     no,
-                    format!("`{ARGS_LINE}` must come before the first operation"),
+                    ScriptProblem::Syntax(format!(
+                        "`{ARGS_LINE}` must come before the first operation"
+                    )),
                 ));
             }
             args = Some((no, parse_args_line(rest).map_err(|msg| at(no, msg))?));
@@ -319,11 +370,11 @@ fn parse(text: &str) -> Result<Script, ScriptError> {
             "map" => parse_map(rest),
             "unmap" => parse_unmap(rest),
             "sync" => parse_sync(rest),
-            _ => Err(format!(
+            _ => Err(ScriptProblem::Syntax(format!(
                 "unknown operation `{verb}` (expected map, unmap or sync)"
-            )),
+            ))),
         }
-        .map_err(|msg| at(no, msg))?;
+        .map_err(|problem| at(no, problem))?;
         ops.push(Line { no, op });
     }
     Ok(Script {
@@ -332,34 +383,44 @@ fn parse(text: &str) -> Result<Script, ScriptError> {
     })
 }
 
+/// A line the grammar does not allow, and why.
+fn syntax(why: impl Into<String>) -> ScriptProblem {
+    ScriptProblem::Syntax(why.into())
+}
+
 const MAP_USAGE: &str =
     "map ID SIZE [orig=HEX] [min_align=HEX] [alloc_align=HEX] [cpu=N] [dir=to|from|bidi]";
 
-fn parse_map(words: &[&str]) -> Result<Op, String> {
+fn parse_map(words: &[&str]) -> Result<Op, ScriptProblem> {
     let [id, size, options @ ..] = words else {
-        return Err(format!("map needs an ID and a SIZE: {MAP_USAGE}"));
+        return Err(syntax(format!("map needs an ID and a SIZE: {MAP_USAGE}")));
     };
     let id = parse_id(id)?;
-    let size = parse_size(size).map_err(|e| format!("SIZE {e}"))?;
+    let size = parse_size(size).map_err(|error| ScriptProblem::Size {
+        field: "SIZE",
+        error,
+    })?;
     if size > MAX_SIZE {
-        return Err(format!(
+        return Err(syntax(format!(
             "SIZE {size} is larger than 1 GiB, far beyond any swiotlb mapping"
-        ));
+        )));
     }
     let mut params = MapParams::default();
     let mut dir = Direction::Bidirectional;
     let mut seen: Vec<&str> = Vec::new();
     for opt in options {
         let Some((key, value)) = opt.split_once('=') else {
-            return Err(format!(
+            return Err(syntax(format!(
                 "unexpected `{opt}` after SIZE; options take the form key=value: {MAP_USAGE}"
-            ));
+            )));
         };
         if seen.contains(&key) {
-            return Err(format!("`{key}=` is given twice"));
+            return Err(syntax(format!("`{key}=` is given twice")));
         }
-        let hex_value =
-            || hex(value).ok_or_else(|| format!("`{key}={value}`: `{value}` is not a hex number"));
+        let hex_value = || {
+            hex(value)
+                .ok_or_else(|| syntax(format!("`{key}={value}`: `{value}` is not a hex number")))
+        };
         match key {
             "orig" => params.orig = PhysAddr(hex_value()?),
             "min_align" => {
@@ -367,7 +428,9 @@ fn parse_map(words: &[&str]) -> Result<Op, String> {
                 // No device can have another kind of mask (Linux drivers
                 // pass `2^n - 1`), so this is a typo, not a case to simulate.
                 if m & m.wrapping_add(1) != 0 {
-                    return Err(format!("`min_align={value}` is not 2^n - 1 (like 0xfff)"));
+                    return Err(syntax(format!(
+                        "`min_align={value}` is not 2^n - 1 (like 0xfff)"
+                    )));
                 }
                 params.min_align_mask = m;
             }
@@ -375,20 +438,24 @@ fn parse_map(words: &[&str]) -> Result<Op, String> {
             "cpu" => {
                 params.cpu = parse_number(value)
                     .and_then(|n| usize::try_from(n).ok())
-                    .ok_or_else(|| format!("`cpu={value}`: `{value}` is not a number"))?;
+                    .ok_or_else(|| syntax(format!("`cpu={value}`: `{value}` is not a number")))?;
             }
             "dir" => {
                 dir = match value {
                     "to" => Direction::ToDevice,
                     "from" => Direction::FromDevice,
                     "bidi" => Direction::Bidirectional,
-                    _ => return Err(format!("`dir={value}`: the direction is to, from or bidi")),
+                    _ => {
+                        return Err(syntax(format!(
+                            "`dir={value}`: the direction is to, from or bidi"
+                        )))
+                    }
                 }
             }
             _ => {
-                return Err(format!(
+                return Err(syntax(format!(
                 "unknown option `{key}=` (expected orig=, min_align=, alloc_align=, cpu= or dir=)"
-            ))
+            )))
             }
         }
         seen.push(key);
@@ -401,30 +468,35 @@ fn parse_map(words: &[&str]) -> Result<Op, String> {
     })
 }
 
-fn parse_unmap(words: &[&str]) -> Result<Op, String> {
+fn parse_unmap(words: &[&str]) -> Result<Op, ScriptProblem> {
     let [id] = words else {
-        return Err("unmap takes one ID: unmap ID".into());
+        return Err(syntax("unmap takes one ID: unmap ID"));
     };
     Ok(Op::Unmap { id: parse_id(id)? })
 }
 
-fn parse_sync(words: &[&str]) -> Result<Op, String> {
+fn parse_sync(words: &[&str]) -> Result<Op, ScriptProblem> {
     let [id, offset, len, whom] = words else {
-        return Err("sync takes an ID, an OFFSET, a LEN and cpu or device: \
-                    sync ID OFFSET LEN cpu|device"
-            .into());
+        return Err(syntax(
+            "sync takes an ID, an OFFSET, a LEN and cpu or device: \
+             sync ID OFFSET LEN cpu|device",
+        ));
     };
     let id = parse_id(id)?;
-    let count = |what: &str, s: &str| {
-        let n = parse_size(s).map_err(|e| format!("{what} {e}"))?;
-        usize::try_from(n).map_err(|_| format!("{what} `{s}` is too large"))
+    let count = |what: &'static str, s: &str| {
+        let n = parse_size(s).map_err(|error| ScriptProblem::Size { field: what, error })?;
+        usize::try_from(n).map_err(|_| syntax(format!("{what} `{s}` is too large")))
     };
     let offset = count("OFFSET", offset)?;
     let len = count("LEN", len)?;
     let for_cpu = match *whom {
         "cpu" => true,
         "device" => false,
-        _ => return Err(format!("sync is for `cpu` or for `device`, not `{whom}`")),
+        _ => {
+            return Err(syntax(format!(
+                "sync is for `cpu` or for `device`, not `{whom}`"
+            )))
+        }
     };
     Ok(Op::Sync {
         id,
@@ -434,16 +506,16 @@ fn parse_sync(words: &[&str]) -> Result<Op, String> {
     })
 }
 
-fn parse_id(s: &str) -> Result<String, String> {
+fn parse_id(s: &str) -> Result<String, ScriptProblem> {
     let ok = s
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || "_-.:/".contains(c));
     if ok {
         Ok(s.into())
     } else {
-        Err(format!(
+        Err(syntax(format!(
             "ID `{s}` may hold only letters, digits and `_ - . : /`"
-        ))
+        )))
     }
 }
 
@@ -458,7 +530,7 @@ fn hex(s: &str) -> Option<u64> {
 }
 
 /// Where a map landed.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Serialize)]
 struct Placed {
     /// First slot of the mapping, padding excluded.
     slot: u32,
@@ -477,7 +549,7 @@ struct MapEntry {
     id: String,
     size: usize,
     dir: Direction,
-    outcome: Result<Placed, Error>,
+    outcome: Result<Placed, swiotlb::Error>,
 }
 
 /// What a run produced.
@@ -497,6 +569,18 @@ enum IdState {
     Failed,
 }
 
+fn sim_problem(op: &'static str, id: &str, error: SimError) -> ScriptProblem {
+    ScriptProblem::Sim {
+        op,
+        id: id.into(),
+        error,
+    }
+}
+
+fn not_mapped(op: &'static str, id: &str) -> ScriptProblem {
+    ScriptProblem::NotMapped { op, id: id.into() }
+}
+
 /// Runs the operations through a simulator over a `P` pool.
 fn execute<P: Policy>(pool: PoolArgs, ops: &[Line]) -> Result<Report, ScriptError> {
     let nslabs = pool
@@ -504,7 +588,7 @@ fn execute<P: Policy>(pool: PoolArgs, ops: &[Line]) -> Result<Report, ScriptErro
         .unwrap_or(swiotlb::config::DEFAULT_NSLABS as u32);
     let nareas = pool.nareas.unwrap_or(1);
     let mut sim = Simulator::<P, String>::new(nslabs, PoolConfig::with_areas(nareas))
-        .map_err(|e| at(0, format!("cannot build the pool: {e}")))?;
+        .map_err(|e| at(0, ScriptProblem::Pool(e)))?;
     let mut ids: HashMap<&str, IdState> = HashMap::new();
     let mut maps = Vec::new();
     for Line { no, op } in ops {
@@ -519,7 +603,10 @@ fn execute<P: Policy>(pool: PoolArgs, ops: &[Line]) -> Result<Report, ScriptErro
                 if let Some(IdState::Live(prev)) = ids.get(id.as_str()) {
                     return Err(at(
                         no,
-                        format!("map: `{id}` is already mapped (line {prev}); unmap it first"),
+                        ScriptProblem::AlreadyMapped {
+                            id: id.clone(),
+                            line: *prev,
+                        },
                     ));
                 }
                 let outcome = match sim.map_with(id.clone(), *size, *dir, *params) {
@@ -536,7 +623,7 @@ fn execute<P: Policy>(pool: PoolArgs, ops: &[Line]) -> Result<Report, ScriptErro
                         ids.insert(id, IdState::Failed);
                         Err(e)
                     }
-                    Err(e) => return Err(at(no, format!("map `{id}`: {e}"))),
+                    Err(error) => return Err(at(no, sim_problem("map", id, error))),
                 };
                 maps.push(MapEntry {
                     line: no,
@@ -549,11 +636,11 @@ fn execute<P: Policy>(pool: PoolArgs, ops: &[Line]) -> Result<Report, ScriptErro
             Op::Unmap { id } => match ids.remove(id.as_str()) {
                 Some(IdState::Live(_)) => {
                     sim.unmap(id.as_str())
-                        .map_err(|e| at(no, format!("unmap `{id}`: {e}")))?;
+                        .map_err(|error| at(no, sim_problem("unmap", id, error)))?;
                 }
                 // Its map failed: a driver does not unmap it either.
                 Some(IdState::Failed) => {}
-                None => return Err(at(no, format!("unmap: `{id}` is not mapped"))),
+                None => return Err(at(no, not_mapped("unmap", id))),
             },
             Op::Sync {
                 id,
@@ -567,17 +654,16 @@ fn execute<P: Policy>(pool: PoolArgs, ops: &[Line]) -> Result<Report, ScriptErro
                     } else {
                         sim.sync_for_device(id.as_str(), *offset, *len)
                     };
-                    r.map_err(|e| at(no, format!("sync `{id}`: {e}")))?;
+                    r.map_err(|error| at(no, sim_problem("sync", id, error)))?;
                 }
                 Some(IdState::Failed) => {}
-                None => return Err(at(no, format!("sync: `{id}` is not mapped"))),
+                None => return Err(at(no, not_mapped("sync", id))),
             },
         }
     }
     // Mappings still live at the end keep their slots (they show in the
     // statistics); their bytes must still be right.
-    sim.verify()
-        .map_err(|e| at(0, format!("after the last line: {e}")))?;
+    sim.verify().map_err(|e| at(0, ScriptProblem::Verify(e)))?;
     Ok(Report {
         policy: sim.pool().policy_name(),
         nareas: sim.pool().nareas(),
@@ -587,50 +673,68 @@ fn execute<P: Policy>(pool: PoolArgs, ops: &[Line]) -> Result<Report, ScriptErro
     })
 }
 
+/// `swiotlb simulate --ops FILE --json`: every map's outcome, then the
+/// pool's statistics.
+#[derive(Serialize)]
+struct ScriptReport<'a> {
+    ops: Vec<MapReport<'a>>,
+    stats: &'a Stats,
+}
+
+/// One map of the script: where it landed, or why it did not.
+#[derive(Serialize)]
+struct MapReport<'a> {
+    line: usize,
+    id: &'a str,
+    size: usize,
+    /// `to`, `from` or `bidi`.
+    dir: &'static str,
+    #[serde(flatten)]
+    outcome: OutcomeReport<'a>,
+}
+
+/// `slot`, `start`, `nslots` and `addr` beside the map's other fields, or
+/// `error`.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum OutcomeReport<'a> {
+    Placed(&'a Placed),
+    Failed { error: EngineError },
+}
+
+/// An error of the engine: its kind (`pool_full`, `too_large`, ...) and
+/// its message.
+#[derive(Serialize)]
+struct EngineError {
+    kind: &'static str,
+    message: String,
+}
+
 impl Report {
-    fn to_json(&self) -> Value {
-        let ops: Vec<Value> = self
+    fn report(&self) -> ScriptReport<'_> {
+        let ops = self
             .maps
             .iter()
-            .map(|m| {
-                let mut o = json!({
-                    "line": m.line,
-                    "id": m.id,
-                    "size": m.size,
-                    "dir": m.dir.short_name(),
-                });
-                match &m.outcome {
-                    Ok(p) => {
-                        o["slot"] = p.slot.into();
-                        o["start"] = p.start.into();
-                        o["nslots"] = p.nslots.into();
-                        o["addr"] = p.addr.into();
-                    }
-                    Err(e) => {
-                        o["error"] = json!({ "kind": e.kind(), "message": e.to_string() });
-                    }
-                }
-                o
+            .map(|m| MapReport {
+                line: m.line,
+                id: &m.id,
+                size: m.size,
+                dir: m.dir.short_name(),
+                outcome: match &m.outcome {
+                    Ok(p) => OutcomeReport::Placed(p),
+                    Err(e) => OutcomeReport::Failed {
+                        error: EngineError {
+                            kind: e.kind(),
+                            message: e.to_string(),
+                        },
+                    },
+                },
             })
             .collect();
-        let s = &self.stats;
-        let failures: serde_json::Map<String, Value> = FailReason::ALL
-            .iter()
-            .map(|&r| (r.name().to_string(), s.failures(r).into()))
-            .collect();
-        json!({
-            "ops": ops,
-            "stats": {
-                "io_tlb_nslabs": s.io_tlb_nslabs,
-                "io_tlb_used": s.io_tlb_used,
-                "io_tlb_used_hiwater": s.io_tlb_used_hiwater,
-                "area_used": s.area_used,
-                "failures": failures,
-                "bytes_to_device": s.bytes_to_device,
-                "bytes_from_device": s.bytes_from_device,
-                "direct_maps": s.direct_maps,
-            },
-        })
+        ScriptReport {
+            ops,
+            stats: &self.stats,
+        }
     }
 
     fn to_text(&self) -> String {
@@ -822,7 +926,8 @@ mod tests {
         ] {
             let e = err(text);
             assert_eq!(e.line, line, "{text}");
-            assert!(e.msg.contains(want), "{text}: {}", e.msg);
+            let msg = e.problem.to_string();
+            assert!(msg.contains(want), "{text}: {msg}");
         }
     }
 
@@ -830,7 +935,8 @@ mod tests {
     fn bad_lines_name_line_and_problem() {
         let e = err("map a 1\nmpa b 2\n");
         assert_eq!(e.line, 2);
-        assert!(e.msg.contains("unknown operation `mpa`"), "{}", e.msg);
+        let msg = e.problem.to_string();
+        assert!(msg.contains("unknown operation `mpa`"), "{msg}");
         for (text, want) in [
             ("map a", "needs an ID and a SIZE"),
             ("map a lots", "SIZE `lots` is not a size"),
@@ -853,7 +959,8 @@ mod tests {
         ] {
             let e = err(text);
             assert_eq!(e.line, 1, "{text}");
-            assert!(e.msg.contains(want), "{text}: {}", e.msg);
+            let msg = e.problem.to_string();
+            assert!(msg.contains(want), "{text}: {msg}");
         }
     }
 }

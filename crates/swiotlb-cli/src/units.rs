@@ -7,7 +7,7 @@
 /// `64 B`, `1500 B`, `4 KiB`, `6 GiB`, `1.50 GiB`: the largest binary unit
 /// that divides `n` exactly; below 1 MiB an odd size stays in bytes (as
 /// DMA sizes are quoted), above it two decimals of the largest unit.
-pub fn human(n: u64) -> String {
+pub(crate) fn human(n: u64) -> String {
     const UNITS: [(&str, u32); 4] = [("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)];
     for (u, shift) in UNITS {
         if n >= 1 << shift && n % (1 << shift) == 0 {
@@ -25,7 +25,7 @@ pub fn human(n: u64) -> String {
 }
 
 /// The size grammar in one sentence, for help texts and error messages.
-pub const SIZE_HINT: &str = "a byte count: decimal, or hex after 0x, with `_` allowed between \
+const SIZE_HINT: &str = "a byte count: decimal, or hex after 0x, with `_` allowed between \
      digits, optionally followed by a binary unit, a power of two: B (1), K or KiB (1024), \
      M or MiB (1024^2), G or GiB (1024^3), T or TiB (1024^4), in any case; \
      like 4096, 0x800, 64K, 512MiB, 1G";
@@ -33,13 +33,13 @@ pub const SIZE_HINT: &str = "a byte count: decimal, or hex after 0x, with `_` al
 /// Reads a whole number: decimal digits, or hexadecimal ones after `0x`
 /// (or `0X`), `_` allowed between digits (`1_048_576`, `0x1234_5a10`). No
 /// sign, no unit.
-pub fn parse_number(text: &str) -> Option<u64> {
+pub(crate) fn parse_number(text: &str) -> Option<u64> {
     let (digits, rest) = split_number(text)?;
     rest.is_empty().then_some(digits)
 }
 
 /// Reads digits of `radix` (no prefix), `_` allowed between them.
-pub fn parse_radix(text: &str, radix: u32) -> Option<u64> {
+pub(crate) fn parse_radix(text: &str, radix: u32) -> Option<u64> {
     let (n, end) = digits(text, radix)?;
     (end == text.len()).then_some(n)
 }
@@ -81,10 +81,10 @@ fn digits(s: &str, radix: u32) -> Option<(u64, usize)> {
 /// After a hex number `B` is a digit: `0x1B` is 27 bytes.
 ///
 /// # Errors
-/// A message naming the text and what a size looks like.
-pub fn parse_size(text: &str) -> Result<u64, String> {
+/// [`SizeError`], naming the text and what a size looks like.
+pub(crate) fn parse_size(text: &str) -> Result<u64, SizeError> {
     let s = text.trim();
-    let bad = || format!("`{text}` is not a size ({SIZE_HINT})");
+    let bad = || SizeError::NotASize { text: text.into() };
     let (n, unit) = split_number(s).ok_or_else(bad)?;
     let unit = unit.trim_start();
     let shift = match unit.to_ascii_lowercase().as_str() {
@@ -95,17 +95,43 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "t" | "tib" => 40,
         "kb" | "mb" | "gb" | "tb" => {
             let digits = &s[..s.len() - unit.len()];
-            return Err(format!(
-                "`{text}` is ambiguous (powers of 1000 or of 1024?): write {}{}iB",
-                digits.trim_end(),
-                &unit[..1].to_ascii_uppercase()
-            ));
+            return Err(SizeError::Ambiguous {
+                text: text.into(),
+                write: format!("{}{}iB", digits.trim_end(), &unit[..1].to_ascii_uppercase()),
+            });
         }
         _ => return Err(bad()),
     };
     n.checked_mul(1 << shift)
-        .ok_or_else(|| format!("`{text}` is too large a size"))
+        .ok_or_else(|| SizeError::TooLarge { text: text.into() })
 }
+
+/// Why a text is not a byte count ([`parse_size`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum SizeError {
+    /// Not a number with an optional unit.
+    NotASize { text: String },
+    /// A decimal unit (`MB`): powers of 1000 or of 1024? `write` is the
+    /// binary spelling of the same text (`1MiB`).
+    Ambiguous { text: String, write: String },
+    /// More bytes than 64 bits count.
+    TooLarge { text: String },
+}
+
+impl std::fmt::Display for SizeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SizeError::NotASize { text } => write!(f, "`{text}` is not a size ({SIZE_HINT})"),
+            SizeError::Ambiguous { text, write } => write!(
+                f,
+                "`{text}` is ambiguous (powers of 1000 or of 1024?): write {write}"
+            ),
+            SizeError::TooLarge { text } => write!(f, "`{text}` is too large a size"),
+        }
+    }
+}
+
+impl std::error::Error for SizeError {}
 
 #[cfg(test)]
 mod tests {
@@ -139,12 +165,13 @@ mod tests {
             "0x_1",
             "99999999999999999999",
         ] {
-            let e = parse_size(bad).unwrap_err();
+            let e = parse_size(bad).unwrap_err().to_string();
             assert!(e.contains("is not a size"), "{bad}: {e}");
         }
-        assert!(parse_size("1MB").unwrap_err().contains("write 1MiB"));
-        assert!(parse_size("2 gb").unwrap_err().contains("write 2GiB"));
-        assert!(parse_size("20000000TiB").unwrap_err().contains("too large"));
+        let e = |text: &str| parse_size(text).unwrap_err().to_string();
+        assert!(e("1MB").contains("write 1MiB"));
+        assert!(e("2 gb").contains("write 2GiB"));
+        assert!(e("20000000TiB").contains("too large"));
     }
 
     /// Scripts and options read sizes alike: what a script wrote with `K`,

@@ -129,6 +129,25 @@ fn check_small(policy: &str) {
     );
 
     let s = &v["stats"];
+    let mut keys: Vec<&String> = s.as_object().unwrap().keys().collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "area_used",
+            "bytes_from_device",
+            "bytes_to_device",
+            "direct_maps",
+            "failures",
+            "hiwater_exact",
+            "io_tlb_nslabs",
+            "io_tlb_used",
+            "io_tlb_used_hiwater",
+        ],
+        "{policy}: stats keys"
+    );
+    // One area: its high-water mark is the pool's, exactly.
+    assert_eq!(s["hiwater_exact"], true, "{policy}");
     assert_eq!(s["io_tlb_nslabs"], 32768, "{policy}");
     assert_eq!(s["io_tlb_used"], 6, "{policy}");
     assert_eq!(s["io_tlb_used_hiwater"], 7, "{policy}");
@@ -217,6 +236,8 @@ fn areas_and_cpu_hints() {
         .collect();
     assert_eq!(slots, [0, 768, 769]);
     assert_eq!(v["stats"]["area_used"], serde_json::json!([1, 0, 0, 2]));
+    // Four areas keep a mark each: the pool's is their sum, an upper bound.
+    assert_eq!(v["stats"]["hiwater_exact"], false);
 }
 
 #[test]
@@ -258,6 +279,24 @@ fn bad_lines_in_files_name_the_file() {
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(
         err.contains(&format!("{} line 3: unmap takes one ID", path.display())),
+        "{err}"
+    );
+}
+
+/// Only the core's own messages start with `swiotlb`; every other one gets
+/// the command's prefix, even when the script's name starts with it.
+#[test]
+fn a_script_named_swiotlb_still_gets_the_prefix() {
+    let path = script_file("swiotlb", "map a\n");
+    let out = Command::new(env!("CARGO_BIN_EXE_swiotlb"))
+        .current_dir(path.parent().unwrap())
+        .args(["simulate", "--ops", "swiotlb.ops"])
+        .output()
+        .expect("the swiotlb binary runs");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.starts_with("swiotlb: swiotlb.ops line 1: map needs an ID and a SIZE"),
         "{err}"
     );
 }

@@ -9,6 +9,7 @@ use core::ops::{Add, Sub};
 /// A CPU physical address: what the CPU's MMU maps and what Linux calls
 /// `phys_addr_t`.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[repr(transparent)]
 pub struct PhysAddr(pub u64);
 
@@ -16,6 +17,7 @@ pub struct PhysAddr(pub u64);
 /// Linux's `dma_addr_t`. It equals the physical address only under an
 /// identity translation.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[repr(transparent)]
 pub struct DmaAddr(pub u64);
 

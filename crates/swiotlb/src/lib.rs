@@ -82,6 +82,8 @@
 //! - `fdt` (implies `alloc`): the `dt` module, which reads bounce and
 //!   coherent pools from a flattened device tree (`/reserved-memory`,
 //!   `restricted-dma-pool`, `shared-dma-pool`, `memory-region`).
+//! - `serde` (off by default, no std needed): `serde::Serialize` for the
+//!   statistics (`Stats`, with `alloc`) and the address newtypes.
 //!
 //! # Safety and correctness
 //!

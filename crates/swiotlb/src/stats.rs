@@ -11,6 +11,7 @@ use crate::error::FailReason;
 /// `io_tlb_*` fields carry Linux's debugfs names so that kernel engineers
 /// read them without a glossary.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct Stats {
     /// Slots in the pool (`io_tlb_nslabs`).
@@ -29,6 +30,8 @@ pub struct Stats {
     /// Slots held per area.
     pub area_used: Vec<u64>,
     /// Failed operations by reason, indexed by [`FailReason`].
+    /// Serialized as a map from [`FailReason::name`] to the count.
+    #[cfg_attr(feature = "serde", serde(serialize_with = "failures_by_name"))]
     pub failures: [u64; FailReason::COUNT],
     /// Bytes copied from originals into bounce slots (map and
     /// `sync_for_device`).
@@ -50,6 +53,20 @@ impl Stats {
     pub fn total_failures(&self) -> u64 {
         self.failures.iter().sum()
     }
+}
+
+/// `failures` as `{"too_large": n, "pool_full": n, ...}`: a reader sees
+/// the reasons by the names the text form uses, not by counter index.
+#[cfg(feature = "serde")]
+fn failures_by_name<S: serde::Serializer>(
+    failures: &[u64; FailReason::COUNT],
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_map(
+        FailReason::ALL
+            .iter()
+            .map(|&r| (r.name(), failures[r as usize])),
+    )
 }
 
 impl core::fmt::Display for Stats {

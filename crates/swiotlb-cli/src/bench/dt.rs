@@ -17,6 +17,7 @@ use vm_fdt::FdtWriter;
 
 use super::report::Row;
 use super::timing::{interleave, Contender, Run, Sampling};
+use crate::error::Error;
 
 /// The blob shapes measured, as `(pools, devices)`: each blob is about
 /// 3 MiB (see the row's `size`). `--smoke` divides the counts by 100.
@@ -29,8 +30,8 @@ const POOL_BASE: u64 = 1 << 32;
 /// A blob of `pools` restricted pools under `/reserved-memory` and
 /// `devices` virtio devices under `/soc`, device `i` naming pool
 /// `i % pools` by phandle.
-pub fn blob(pools: usize, devices: usize) -> Result<Vec<u8>, String> {
-    build(pools, devices).map_err(|e| format!("dt: cannot build a blob: {e}"))
+fn blob(pools: usize, devices: usize) -> Result<Vec<u8>, Error> {
+    build(pools, devices).map_err(Error::BuildBlob)
 }
 
 fn build(pools: usize, devices: usize) -> Result<Vec<u8>, vm_fdt::Error> {
@@ -89,14 +90,15 @@ fn phandle(i: usize) -> u32 {
 
 /// Parses `blob` once and checks it holds `pools` pools and `devices`
 /// bindings.
-fn check(blob: &[u8], pools: usize, devices: usize) -> Result<(), String> {
-    let dt = parse(blob).map_err(|e| format!("dt: the bench blob does not parse: {e}"))?;
+fn check(blob: &[u8], pools: usize, devices: usize) -> Result<(), Error> {
+    let dt =
+        parse(blob).map_err(|e| Error::device_tree("dt: the bench blob does not parse", &e))?;
     let bound: usize = dt.pools.iter().map(|p| p.devices.len()).sum();
     if dt.pools.len() != pools || bound != devices {
-        return Err(format!(
+        return Err(Error::Bench(format!(
             "dt: the bench blob reads as {} pools and {bound} devices, not {pools} and {devices}",
             dt.pools.len()
-        ));
+        )));
     }
     Ok(())
 }
@@ -106,7 +108,7 @@ fn parses(blob: &[u8]) -> Run<'_> {
     Box::new(move |n| {
         let t = Instant::now();
         for _ in 0..n {
-            let dt = parse(black_box(blob)).map_err(|e| e.to_string())?;
+            let dt = parse(black_box(blob)).map_err(|e| Error::device_tree("", &e))?;
             black_box(dt);
         }
         Ok(t.elapsed())
@@ -115,7 +117,7 @@ fn parses(blob: &[u8]) -> Run<'_> {
 
 /// The `dt_parse` rows: milliseconds per [`swiotlb::dt::parse`] of each
 /// shape, on one thread.
-pub fn dt_part(sampling: Sampling, smoke: bool, rows: &mut Vec<Row>) -> Result<(), String> {
+pub(crate) fn dt_part(sampling: Sampling, smoke: bool, rows: &mut Vec<Row>) -> Result<(), Error> {
     let scale = if smoke { 100 } else { 1 };
     let shapes: Vec<(usize, usize)> = SHAPES
         .iter()
@@ -128,7 +130,7 @@ pub fn dt_part(sampling: Sampling, smoke: bool, rows: &mut Vec<Row>) -> Result<(
             check(&b, p, d)?;
             Ok(b)
         })
-        .collect::<Result<Vec<_>, String>>()?;
+        .collect::<Result<Vec<_>, Error>>()?;
     let mut cs: Vec<Contender<'_>> = blobs.iter().map(|b| Contender::new(parses(b))).collect();
     let res = interleave(&mut cs, sampling)?;
     drop(cs);

@@ -18,10 +18,12 @@ use swiotlb::{Attrs, Device, Direction, DmaMask, PhysAddr, PoolConfig};
 
 use super::report::Row;
 use super::timing::{interleave, Contender, Run, Sampling};
-use super::workload::Rng;
+use crate::error::Error;
+use crate::rng::seeded;
+use rand::RngExt as _;
 
 /// Pool counts measured.
-pub const POOLS: [usize; 3] = [1, 100, 10_000];
+const POOLS: [usize; 3] = [1, 100, 10_000];
 
 /// Slots of 512 bytes, 8 per segment, 64 per pool: 32 KiB pools, so that
 /// 10,000 of them stay small (the heap hands out untouched pages lazily).
@@ -37,15 +39,15 @@ fn geometry() -> PoolConfig {
 const POOL_BYTES: usize = 64 << 9;
 
 /// A growing tlb of heap memory, its clock standing still.
-fn heap_tlb(config: GrowConfig) -> Result<IoTlb, String> {
+fn heap_tlb(config: GrowConfig) -> Result<IoTlb, Error> {
     IoTlb::growing(TlbKind::Default, Growth::new(HeapProvider::new(), config))
         .map(|t| t.with_clock(Arc::new(ManualClock::new())))
-        .map_err(|e| e.to_string())
+        .map_err(Error::from)
 }
 
 /// A tlb of `pools` pools, and the microseconds each of the last
 /// [`GROWTHS`] growths took (fewer if there were fewer).
-fn tlb(pools: usize) -> Result<(IoTlb, Vec<f64>), String> {
+fn tlb(pools: usize) -> Result<(IoTlb, Vec<f64>), Error> {
     let mut config = GrowConfig::new(POOL_BYTES, POOL_BYTES * pools);
     config.grow_by = POOL_BYTES;
     config.pool = geometry();
@@ -54,8 +56,11 @@ fn tlb(pools: usize) -> Result<(IoTlb, Vec<f64>), String> {
     while tlb.pool_count() < pools {
         let timed = pools - tlb.pool_count() <= GROWTHS;
         let t = Instant::now();
-        if !tlb.add_pool().map_err(|e| e.to_string())? {
-            return Err(format!("lookup: stopped at {} pools", tlb.pool_count()));
+        if !tlb.add_pool()? {
+            return Err(Error::Bench(format!(
+                "lookup: stopped at {} pools",
+                tlb.pool_count()
+            )));
         }
         if timed {
             us.push(t.elapsed().as_secs_f64() * 1e6);
@@ -66,11 +71,11 @@ fn tlb(pools: usize) -> Result<(IoTlb, Vec<f64>), String> {
 
 /// Addresses inside the pools, uniformly over pools, seeded.
 fn addresses(starts: &[PhysAddr], seed: u64, n: usize) -> Vec<PhysAddr> {
-    let mut rng = Rng::new(seed);
+    let mut rng = seeded(seed);
     (0..n)
         .map(|_| {
-            let p = starts[rng.below(starts.len())];
-            p + rng.below(POOL_BYTES) as u64
+            let p = starts[rng.random_range(0..starts.len())];
+            p + rng.random_range(0..POOL_BYTES as u64)
         })
         .collect()
 }
@@ -101,22 +106,22 @@ const GROWTHS: usize = 16;
 /// allocation, the pool's set-up, the insertion), median of [`GROWTHS`].
 /// The heap provider hands out memory untouched; one that zeroed or
 /// touched it here would pay a page fault per page on the growth's path.
-pub fn grow_part(rows: &mut Vec<Row>) -> Result<(), String> {
+pub(crate) fn grow_part(rows: &mut Vec<Row>) -> Result<(), Error> {
     let mut config = GrowConfig::new(1 << 20, 1 << 30);
     config.grow_by = 4 << 20;
     let tlb = heap_tlb(config)?;
     let mut us: Vec<f64> = (0..GROWTHS)
         .map(|_| {
             let t = Instant::now();
-            let grew = tlb.add_pool().map_err(|e| e.to_string())?;
+            let grew = tlb.add_pool()?;
             let e = t.elapsed().as_secs_f64() * 1e6;
             if grew {
                 Ok(e)
             } else {
-                Err("grow: the tlb did not grow".to_string())
+                Err(Error::Bench("grow: the tlb did not grow".into()))
             }
         })
-        .collect::<Result<_, String>>()?;
+        .collect::<Result<_, Error>>()?;
     us.sort_by(f64::total_cmp);
     rows.push(
         Row::new("grow", "fast", 4 << 20, "none", us[GROWTHS / 2], "us")
@@ -126,7 +131,7 @@ pub fn grow_part(rows: &mut Vec<Row>) -> Result<(), String> {
 }
 
 /// Measures the three rows for each pool count.
-pub fn lookup_part(sampling: Sampling, seed: u64, rows: &mut Vec<Row>) -> Result<(), String> {
+pub(crate) fn lookup_part(sampling: Sampling, seed: u64, rows: &mut Vec<Row>) -> Result<(), Error> {
     let dev = Device::new(DmaMask::BITS_64).with_force_bounce();
     for &n in &POOLS {
         let (tlb, mut grew) = tlb(n)?;
@@ -156,7 +161,7 @@ pub fn lookup_part(sampling: Sampling, seed: u64, rows: &mut Vec<Row>) -> Result
                 let buf = spare.take().unwrap_or_else(|| vec![0x5au8; 64]);
                 let m = tlb_ref
                     .map_with_attrs(dev_ref, buf, Direction::ToDevice, Attrs::NONE)
-                    .map_err(|f| f.error.to_string())?;
+                    .map_err(|f| Error::from(f.error))?;
                 black_box(m.dma_addr());
                 spare = Some(m.unmap());
             }

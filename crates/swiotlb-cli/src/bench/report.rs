@@ -1,36 +1,46 @@
 //! Result rows, the readable table, the ratios and the JSON form.
 
-use serde_json::{json, Value};
+use serde::Serialize;
 
-/// One measured value.
-#[derive(Clone, Debug)]
-pub struct Row {
+use crate::error::Error;
+use crate::units::human;
+
+/// One measured value; a row of `--json`'s `rows` as it stands, the
+/// options left out where `None`. A value that is not finite (JSON has no
+/// NaN) is written as null, which a reader sees as "not measured".
+#[derive(Clone, Debug, Serialize)]
+pub(crate) struct Row {
     /// What was measured: `map_unmap`, `memcpy`, `alloc_free`,
     /// `alloc_free_batch`, `alloc_free_alt`, `map_unmap_1b`, ...
-    pub name: &'static str,
+    name: &'static str,
     /// `fast`, `nextfit` or `memcpy`.
-    pub policy: &'static str,
+    policy: &'static str,
     /// Bytes per mapping (or per copy); `0` when the row mixes sizes.
-    pub size: u64,
+    size: u64,
     /// `to`, `from`, `hot`, `walk`, or `none`.
-    pub dir: &'static str,
-    pub threads: u32,
-    pub value: f64,
-    pub unit: &'static str,
+    dir: &'static str,
+    threads: u32,
+    value: f64,
+    unit: &'static str,
     /// Pool fill (slots held over slots) the row was measured at.
-    pub fill: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fill: Option<f64>,
     /// Interquartile range over the median, for timed rows.
-    pub spread: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    spread: Option<f64>,
     /// Anything a reader needs to read the value right.
-    pub note: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    note: Option<String>,
     /// Pools in the growing tlb the row was measured on.
-    pub pools: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pools: Option<u64>,
     /// Devices in the device tree the row parsed.
-    pub devices: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    devices: Option<u64>,
 }
 
 impl Row {
-    pub fn new(
+    pub(crate) fn new(
         name: &'static str,
         policy: &'static str,
         size: u64,
@@ -54,76 +64,41 @@ impl Row {
         }
     }
 
-    pub fn pools(mut self, n: u64) -> Self {
+    pub(crate) fn pools(mut self, n: u64) -> Self {
         self.pools = Some(n);
         self
     }
 
-    pub fn devices(mut self, n: u64) -> Self {
+    pub(crate) fn devices(mut self, n: u64) -> Self {
         self.devices = Some(n);
         self
     }
 
-    pub fn threads(mut self, t: u32) -> Self {
+    pub(crate) fn threads(mut self, t: u32) -> Self {
         self.threads = t;
         self
     }
 
-    pub fn fill(mut self, f: f64) -> Self {
+    pub(crate) fn fill(mut self, f: f64) -> Self {
         self.fill = Some(f);
         self
     }
 
-    pub fn spread(mut self, s: f64) -> Self {
+    pub(crate) fn spread(mut self, s: f64) -> Self {
         self.spread = Some(s);
         self
     }
 
-    pub fn note(mut self, n: impl Into<String>) -> Self {
+    pub(crate) fn note(mut self, n: impl Into<String>) -> Self {
         self.note = Some(n.into());
         self
     }
-
-    fn to_json(&self) -> Value {
-        let mut v = json!({
-            "name": self.name,
-            "policy": self.policy,
-            "size": self.size,
-            "dir": self.dir,
-            "threads": self.threads,
-            "value": finite(self.value),
-            "unit": self.unit,
-        });
-        let m = v.as_object_mut().expect("a JSON object literal");
-        if let Some(f) = self.fill {
-            m.insert("fill".into(), finite(f));
-        }
-        if let Some(s) = self.spread {
-            m.insert("spread".into(), finite(s));
-        }
-        if let Some(n) = &self.note {
-            m.insert("note".into(), n.clone().into());
-        }
-        if let Some(p) = self.pools {
-            m.insert("pools".into(), p.into());
-        }
-        if let Some(d) = self.devices {
-            m.insert("devices".into(), d.into());
-        }
-        v
-    }
-}
-
-/// JSON has no NaN or infinity: a value that is not finite becomes null,
-/// which a reader sees as "not measured" rather than as a wrong number.
-fn finite(x: f64) -> Value {
-    serde_json::Number::from_f64(x).map_or(Value::Null, Value::Number)
 }
 
 /// A derived comparison, for the "ratios" section.
-pub struct Ratio {
-    pub label: String,
-    pub value: f64,
+pub(crate) struct Ratio {
+    label: String,
+    value: f64,
 }
 
 /// Looks rows up by their identifying fields.
@@ -159,7 +134,7 @@ impl Rows<'_> {
 }
 
 /// The comparisons the benchmark exists for.
-pub fn ratios(rows: &[Row], sizes: &[u64], fills: &[f64]) -> Vec<Ratio> {
+pub(crate) fn ratios(rows: &[Row], sizes: &[u64], fills: &[f64]) -> Vec<Ratio> {
     let r = Rows(rows);
     let mut out = Vec::new();
     let mut push = |label: String, a: Option<f64>, b: Option<f64>| {
@@ -298,22 +273,48 @@ pub fn ratios(rows: &[Row], sizes: &[u64], fills: &[f64]) -> Vec<Ratio> {
     out
 }
 
+/// `swiotlb bench --json`.
+#[derive(Serialize)]
+struct BenchReport<'a> {
+    rows: &'a [Row],
+    ratios: Vec<RatioReport>,
+    /// Whether the command was built with optimisations.
+    optimized: bool,
+    /// The one-minute load average at the start, where the system says.
+    load: Option<f64>,
+}
+
+/// A ratio, its label's runs of spaces (table alignment) made single.
+#[derive(Serialize)]
+struct RatioReport {
+    name: String,
+    value: f64,
+}
+
 /// `{"rows": [...], "ratios": [...], "optimized": .., "load": ..}`.
-pub fn json(rows: &[Row], ratios: &[Ratio], optimized: bool, load: Option<f64>) -> String {
-    let v = json!({
-        "rows": rows.iter().map(Row::to_json).collect::<Vec<_>>(),
-        "ratios": ratios
+pub(crate) fn json(
+    rows: &[Row],
+    ratios: &[Ratio],
+    optimized: bool,
+    load: Option<f64>,
+) -> Result<String, Error> {
+    let report = BenchReport {
+        rows,
+        ratios: ratios
             .iter()
-            .map(|r| json!({"name": r.label.split_whitespace().collect::<Vec<_>>().join(" "), "value": finite(r.value)}))
-            .collect::<Vec<_>>(),
-        "optimized": optimized,
-        "load": load.map_or(Value::Null, finite),
-    });
-    serde_json::to_string_pretty(&v).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+            .map(|r| RatioReport {
+                name: r.label.split_whitespace().collect::<Vec<_>>().join(" "),
+                value: r.value,
+            })
+            .collect(),
+        optimized,
+        load,
+    };
+    Ok(serde_json::to_string_pretty(&report)?)
 }
 
 /// The readable table, then the ratios.
-pub fn table(rows: &[Row], ratios: &[Ratio]) -> String {
+pub(crate) fn table(rows: &[Row], ratios: &[Ratio]) -> String {
     use std::fmt::Write;
     let mut s = String::new();
     let _ = writeln!(
@@ -377,8 +378,6 @@ fn number(x: f64) -> String {
     }
 }
 
-pub use crate::units::human;
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -392,5 +391,27 @@ mod tests {
         let r = ratios(&rows, &[64], &[]);
         assert_eq!(r.len(), 1);
         assert_eq!(r[0].value, 0.5);
+    }
+
+    /// JSON has no NaN: a value that was not measured reads as null, and
+    /// an option that was not set is left out.
+    #[test]
+    fn json_writes_null_for_what_is_not_finite() {
+        let rows = [Row::new("init_6gib", "fast", 1, "none", f64::NAN, "ms").spread(f64::INFINITY)];
+        let ratios = [Ratio {
+            label: "a   b".into(),
+            value: f64::NAN,
+        }];
+        let v: serde_json::Value =
+            serde_json::from_str(&json(&rows, &ratios, true, None).unwrap()).unwrap();
+        let row = v["rows"][0].as_object().unwrap();
+        assert!(row["value"].is_null() && row["spread"].is_null(), "{v}");
+        assert!(
+            !row.contains_key("fill") && !row.contains_key("note"),
+            "{v}"
+        );
+        assert_eq!(v["ratios"][0]["name"], "a b");
+        assert!(v["ratios"][0]["value"].is_null(), "{v}");
+        assert!(v["load"].is_null(), "{v}");
     }
 }

@@ -9,12 +9,14 @@
 
 use std::time::Duration;
 
+use crate::error::Error;
+
 /// Runs `iters` operations and returns how long they took (the contender
 /// times itself, so that set-up such as spawning threads stays outside).
-pub type Run<'a> = Box<dyn FnMut(u64) -> Result<Duration, String> + 'a>;
+pub(crate) type Run<'a> = Box<dyn FnMut(u64) -> Result<Duration, Error> + 'a>;
 
 /// One thing being measured.
-pub struct Contender<'a> {
+pub(crate) struct Contender<'a> {
     run: Run<'a>,
     iters: u64,
     /// Nanoseconds per operation, one value per sample.
@@ -22,7 +24,7 @@ pub struct Contender<'a> {
 }
 
 impl<'a> Contender<'a> {
-    pub fn new(run: Run<'a>) -> Self {
+    pub(crate) fn new(run: Run<'a>) -> Self {
         Self {
             run,
             iters: 1,
@@ -33,25 +35,28 @@ impl<'a> Contender<'a> {
 
 /// The median and the relative spread of a contender's samples.
 #[derive(Clone, Copy, Debug)]
-pub struct Summary {
+pub(crate) struct Summary {
     /// Median of the samples (nanoseconds per operation when sampled by
     /// [`interleave`]).
-    pub median: f64,
+    pub(crate) median: f64,
     /// Interquartile range over the median: how much to trust `ns`.
-    pub spread: f64,
+    pub(crate) spread: f64,
 }
 
 /// How long each sample runs and how many rounds are taken.
 #[derive(Clone, Copy, Debug)]
-pub struct Sampling {
-    pub reps: usize,
-    pub target: Duration,
+pub(crate) struct Sampling {
+    pub(crate) reps: usize,
+    pub(crate) target: Duration,
 }
 
 /// Measures every contender `reps` times, round-robin, each sample a batch
 /// of operations lasting about `target`, long enough that the timer's own
 /// cost vanishes.
-pub fn interleave(contenders: &mut [Contender<'_>], s: Sampling) -> Result<Vec<Summary>, String> {
+pub(crate) fn interleave(
+    contenders: &mut [Contender<'_>],
+    s: Sampling,
+) -> Result<Vec<Summary>, Error> {
     // Calibrating also warms each contender up (caches, page tables,
     // branch predictors) before anything is recorded.
     for c in contenders.iter_mut() {
@@ -72,7 +77,7 @@ pub fn interleave(contenders: &mut [Contender<'_>], s: Sampling) -> Result<Vec<S
 }
 
 /// The batch size that makes one sample last about `target`.
-fn calibrate(run: &mut Run<'_>, target: Duration) -> Result<u64, String> {
+fn calibrate(run: &mut Run<'_>, target: Duration) -> Result<u64, Error> {
     let mut n = 1u64;
     loop {
         let t = run(n)?;
@@ -87,7 +92,7 @@ fn calibrate(run: &mut Run<'_>, target: Duration) -> Result<u64, String> {
 }
 
 /// Median and interquartile spread of `v` (nearest-rank quartiles).
-pub fn summarize(v: &[f64]) -> Summary {
+pub(crate) fn summarize(v: &[f64]) -> Summary {
     let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
     if v.is_empty() {

@@ -2,63 +2,22 @@
 //! mappings of mixed sizes, churned until a map fails.
 
 use swiotlb::translate::Offset;
-use swiotlb::{Device, Direction, DmaAddr, DmaMask, Error, Mapping, Policy, Pool};
+use swiotlb::{Device, Direction, DmaAddr, DmaMask, Mapping, Policy, Pool};
+
+use crate::error::Error;
+use crate::rng::{log_uniform, seeded, Rng};
+use rand::RngExt as _;
 
 /// A live mapping of a heap buffer.
-pub type Live<'p, P> = Mapping<'p, Vec<u8>, P>;
-
-/// xorshift64*: small, seedable and the same on every platform, so two runs
-/// (and the two policies in one run) see the same sequence of sizes.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        // splitmix64's output function: a bijection, so every seed starts
-        // its own sequence (forcing the lowest bit of `seed ^ constant`, as
-        // this once did, made seeds 2k and 2k + 1 the same run). A zero
-        // state would stay zero; the one seed that maps to it gets 1.
-        let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        Self((z ^ (z >> 31)).max(1))
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    /// Uniform in `[0, 1)`.
-    pub fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    /// Uniform in `[0, n)`, `n > 0`.
-    pub fn below(&mut self, n: usize) -> usize {
-        // Multiply-shift: no modulo bias worth speaking of at these sizes.
-        (((self.next_u64() >> 32) * n as u64) >> 32) as usize
-    }
-
-    /// Log-uniform in `[lo, hi]`: each power of two between them is as
-    /// likely, as I/O sizes roughly are (a few big transfers, many small
-    /// ones, every octave represented).
-    pub fn log_uniform(&mut self, lo: usize, hi: usize) -> usize {
-        let (a, b) = ((lo as f64).ln(), (hi as f64).ln());
-        ((a + (b - a) * self.unit()).exp() as usize).clamp(lo, hi)
-    }
-}
+type Live<'p, P> = Mapping<'p, Vec<u8>, P>;
 
 /// Smallest and largest size of the mixed workloads.
-pub const MIX_LO: usize = 512;
-pub const MIX_HI: usize = 64 * 1024;
+const MIX_LO: usize = 512;
+const MIX_HI: usize = 64 * 1024;
 
 /// How mapping sizes between [`MIX_LO`] and [`MIX_HI`] are drawn.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mix {
+pub(crate) enum Mix {
     /// Log-uniform: each octave equally likely (the workload; most
     /// mappings are small).
     LogUniform,
@@ -69,10 +28,10 @@ pub enum Mix {
 }
 
 impl Mix {
-    pub fn draw(self, rng: &mut Rng) -> usize {
+    fn draw(self, rng: &mut Rng) -> usize {
         match self {
-            Mix::LogUniform => rng.log_uniform(MIX_LO, MIX_HI),
-            Mix::Uniform => MIX_LO + rng.below(MIX_HI - MIX_LO + 1),
+            Mix::LogUniform => log_uniform(rng, MIX_LO as u64, MIX_HI as u64) as usize,
+            Mix::Uniform => rng.random_range(MIX_LO..=MIX_HI),
         }
     }
 }
@@ -80,18 +39,17 @@ impl Mix {
 /// Writes every slot of the pool once, through mappings, so that the
 /// page faults of fresh heap memory are not charged to whichever policy
 /// first touches a page (the next-fit walk would touch all of them).
-pub fn prefault<P: Policy>(pool: &Pool<P>, dev: &Device) -> Result<(), String> {
+pub(crate) fn prefault<P: Policy>(pool: &Pool<P>, dev: &Device) -> Result<(), Error> {
     let chunk = pool.max_mapping_size(dev.min_align_mask());
     let mut live = Vec::new();
     loop {
         match pool.map(dev, vec![0u8; chunk], Direction::ToDevice) {
             Ok(m) => live.push(m),
-            Err(f) if matches!(f.error, Error::PoolFull { .. }) => break,
+            Err(f) if matches!(f.error, swiotlb::Error::PoolFull { .. }) => break,
             Err(f) => {
-                return Err(format!(
-                    "pre-faulting the {} pool: {}",
-                    pool.policy_name(),
-                    f.error
+                return Err(Error::core(
+                    format!("pre-faulting the {} pool", pool.policy_name()),
+                    f.error,
                 ))
             }
         }
@@ -104,7 +62,7 @@ pub fn prefault<P: Policy>(pool: &Pool<P>, dev: &Device) -> Result<(), String> {
 }
 
 /// Slots held over slots in the pool.
-pub fn slot_fill<P: Policy>(pool: &Pool<P>) -> f64 {
+pub(crate) fn slot_fill<P: Policy>(pool: &Pool<P>) -> f64 {
     pool.stats().io_tlb_used as f64 / pool.nslabs() as f64
 }
 
@@ -112,19 +70,19 @@ pub fn slot_fill<P: Policy>(pool: &Pool<P>) -> f64 {
 /// its slots are held, then churns (frees a random one, refills to the
 /// target) so that the holes are those of a pool in use rather than one
 /// tidy run of free slots at the end.
-pub fn fill_to<'p, P: Policy>(
+pub(crate) fn fill_to<'p, P: Policy>(
     pool: &'p Pool<P>,
     dev: &Device,
     fill: f64,
     rng: &mut Rng,
-) -> Result<Vec<Live<'p, P>>, String> {
+) -> Result<Vec<Live<'p, P>>, Error> {
     let target = (fill * pool.nslabs() as f64) as u64;
     let mut live: Vec<Live<'p, P>> = Vec::new();
     let mut used = 0u64;
     let slot = pool.slot_size() as u64;
     let top_up = |live: &mut Vec<Live<'p, P>>, used: &mut u64, rng: &mut Rng| {
         while *used < target {
-            let n = rng.log_uniform(MIX_LO, MIX_HI);
+            let n = Mix::LogUniform.draw(rng);
             match pool.map(dev, vec![0u8; n], Direction::ToDevice) {
                 Ok(m) => {
                     *used += (n as u64).div_ceil(slot);
@@ -132,8 +90,8 @@ pub fn fill_to<'p, P: Policy>(
                 }
                 // Full short of the target: the pool is as full as this mix
                 // gets it.
-                Err(f) if matches!(f.error, Error::PoolFull { .. }) => break,
-                Err(f) => return Err(f.error.to_string()),
+                Err(f) if matches!(f.error, swiotlb::Error::PoolFull { .. }) => break,
+                Err(f) => return Err(Error::from(f.error)),
             }
         }
         Ok(())
@@ -143,7 +101,7 @@ pub fn fill_to<'p, P: Policy>(
         if live.is_empty() {
             break;
         }
-        let m = live.swap_remove(rng.below(live.len()));
+        let m = live.swap_remove(rng.random_range(0..live.len()));
         used -= (m.len() as u64).div_ceil(slot);
         drop(m);
         top_up(&mut live, &mut used, rng)?;
@@ -156,15 +114,15 @@ pub fn fill_to<'p, P: Policy>(
 ///
 /// The count matters more than it looks: `NextFit` in one area of the
 /// same 64 MiB first fails at about 0.63 of the bytes live, in two at
-/// 0.74-0.76. With every map from one CPU the search starts in the same
+/// 0.75-0.76. With every map from one CPU the search starts in the same
 /// area and moves on only when nothing fits there, which happens to large
-/// requests first: the areas end up sorted by size (at one failure, 2,998
-/// mappings of 8 KiB on average in the first, 569 of 45 KiB in the
+/// requests first: the areas end up sorted by size (at one failure, 2,992
+/// mappings of 8 KiB on average in the first, 566 of 45 KiB in the
 /// other), and small mappings no longer cut the runs large ones need.
-pub const FRAG_AREAS: u32 = 2;
+pub(crate) const FRAG_AREAS: u32 = 2;
 
 /// Replacement steps of one fragmentation trial.
-pub const FRAG_STEPS: u64 = 200_000;
+pub(crate) const FRAG_STEPS: u64 = 200_000;
 
 /// The device of a fragmentation trial on `pool`: it bounces everything
 /// and sees the pool at device address 0, as `simulate`'s device does.
@@ -172,7 +130,7 @@ pub const FRAG_STEPS: u64 = 200_000;
 /// put it: with identity translation a pool that straddles a 4 GiB line
 /// (Linux's default segment boundary) has one more place no mapping may
 /// cross, and runs would differ with the heap's address.
-pub fn frag_device<P: Policy>(pool: &Pool<P>) -> Device<Offset> {
+fn frag_device<P: Policy>(pool: &Pool<P>) -> Device<Offset> {
     Device::new(DmaMask::BITS_64)
         .with_force_bounce()
         .with_translate(Offset::new(pool.start(), DmaAddr(0)))
@@ -180,7 +138,7 @@ pub fn frag_device<P: Policy>(pool: &Pool<P>) -> Device<Offset> {
 
 /// How one fragmentation trial ended.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Trial {
+enum Trial {
     /// Every step mapped.
     Survived,
     /// The first `PoolFull`: live bytes and held slots over the pool's
@@ -200,15 +158,15 @@ pub enum Trial {
 ///
 /// Sizes and choices come from one generator seeded with `seed`, so the
 /// sizes drawn while filling are the same for every `n`.
-pub fn churn<P: Policy>(
+fn churn<P: Policy>(
     pool: &Pool<P>,
     n: usize,
     steps: u64,
     seed: u64,
     mix: Mix,
-) -> Result<Trial, String> {
+) -> Result<Trial, Error> {
     let dev = frag_device(pool);
-    let mut rng = Rng::new(seed);
+    let mut rng = seeded(seed);
     let mut live: Vec<Live<'_, P>> = Vec::with_capacity(n.min(pool.nslabs() as usize));
     let mut bytes = 0u64;
     let pool_bytes = pool.len() as f64;
@@ -225,14 +183,14 @@ pub fn churn<P: Policy>(
                 bytes += len as u64;
                 live.push(m);
             }
-            Err(f) if matches!(f.error, Error::PoolFull { .. }) => {
+            Err(f) if matches!(f.error, swiotlb::Error::PoolFull { .. }) => {
                 return Ok(failed(bytes, None, live.len()))
             }
-            Err(f) => return Err(f.error.to_string()),
+            Err(f) => return Err(f.error.into()),
         }
     }
     for step in 0..steps {
-        let m = live.swap_remove(rng.below(n));
+        let m = live.swap_remove(rng.random_range(0..n));
         bytes -= m.len() as u64;
         // The unmapped buffer carries the next mapping: no allocation per
         // step beyond what a larger size needs.
@@ -244,10 +202,10 @@ pub fn churn<P: Policy>(
                 bytes += len as u64;
                 live.push(m);
             }
-            Err(f) if matches!(f.error, Error::PoolFull { .. }) => {
+            Err(f) if matches!(f.error, swiotlb::Error::PoolFull { .. }) => {
                 return Ok(failed(bytes, Some(step), live.len()))
             }
-            Err(f) => return Err(f.error.to_string()),
+            Err(f) => return Err(f.error.into()),
         }
     }
     Ok(Trial::Survived)
@@ -255,17 +213,17 @@ pub fn churn<P: Policy>(
 
 /// What the search for the first failure found.
 #[derive(Clone, Copy, Debug)]
-pub struct FirstFailure {
+pub(crate) struct FirstFailure {
     /// The smallest live count whose trial failed.
-    pub n: usize,
+    pub(crate) n: usize,
     /// Live bytes over the pool's at that trial's failure.
-    pub bytes: f64,
+    pub(crate) bytes: f64,
     /// Held slots over the pool's then.
-    pub slots: f64,
+    pub(crate) slots: f64,
     /// The step it failed at (`None`: while filling).
-    pub step: Option<u64>,
+    pub(crate) step: Option<u64>,
     /// Trials run.
-    pub trials: u32,
+    pub(crate) trials: u32,
 }
 
 /// The fragmentation protocol: the smallest live count `n` whose trial
@@ -288,12 +246,12 @@ pub struct FirstFailure {
 /// with some `k` mappings live, and since every trial draws the same sizes
 /// while filling, every `n > k` fails there too. The search runs between
 /// none (which survives) and `k + 1`.
-pub fn first_failure<P: Policy>(
-    new_pool: &dyn Fn() -> Result<Pool<P>, String>,
+pub(crate) fn first_failure<P: Policy>(
+    new_pool: &dyn Fn() -> Result<Pool<P>, Error>,
     steps: u64,
     seed: u64,
     mix: Mix,
-) -> Result<FirstFailure, String> {
+) -> Result<FirstFailure, Error> {
     // The pool cannot hold more mappings than it has slots.
     let pool = new_pool()?;
     let all = pool.nslabs() as usize + 1;
@@ -310,7 +268,7 @@ pub fn first_failure<P: Policy>(
             step,
             trials: 1,
         },
-        Trial::Survived => return Err("the fragmentation pool never filled".into()),
+        Trial::Survived => return Err(Error::Bench("the fragmentation pool never filled".into())),
     };
     drop(pool);
     let mut lo = 0;
@@ -345,38 +303,9 @@ mod tests {
     use swiotlb::sim::{SimError, Simulator};
     use swiotlb::{Fast, NextFit, PoolConfig};
 
-    #[test]
-    fn log_uniform_stays_in_range() {
-        let mut r = Rng::new(1);
-        let mut small = 0;
-        for _ in 0..10_000 {
-            let n = r.log_uniform(MIX_LO, MIX_HI);
-            assert!((MIX_LO..=MIX_HI).contains(&n));
-            small += usize::from(n < 4096);
-        }
-        // 512..4096 is three of the seven octaves.
-        assert!((3500..5000).contains(&small), "{small}");
-    }
-
-    #[test]
-    fn every_seed_starts_its_own_sequence() {
-        let firsts: Vec<u64> = (0..64).map(|s| Rng::new(s).next_u64()).collect();
-        for (i, a) in firsts.iter().enumerate() {
-            for (j, b) in firsts.iter().enumerate().skip(i + 1) {
-                assert_ne!(a, b, "seeds {i} and {j}");
-            }
-        }
-    }
-
-    #[test]
-    fn below_stays_below() {
-        let mut r = Rng::new(7);
-        assert!((0..1000).all(|_| r.below(3) < 3));
-    }
-
     /// A 1 MiB pool of the protocol's geometry: 512 slots, 2 areas.
-    fn small<P: Policy>() -> Result<Pool<P>, String> {
-        Pool::new_heap(1 << 20, PoolConfig::with_areas(FRAG_AREAS)).map_err(|e| e.to_string())
+    fn small<P: Policy>() -> Result<Pool<P>, Error> {
+        Ok(Pool::new_heap(1 << 20, PoolConfig::with_areas(FRAG_AREAS))?)
     }
 
     const STEPS: u64 = 2_000;
@@ -446,7 +375,7 @@ mod tests {
     /// the protocol's areas.
     fn simulated<P: Policy>(nslabs: u32, n: usize, steps: u64, seed: u64, mix: Mix) -> Trial {
         let mut sim = Simulator::<P, u64>::new(nslabs, PoolConfig::with_areas(FRAG_AREAS)).unwrap();
-        let mut rng = Rng::new(seed);
+        let mut rng = seeded(seed);
         let mut live: Vec<(u64, usize)> = Vec::new();
         let (mut ids, mut bytes) = (0u64, 0usize);
         let pool_bytes = sim.pool().len() as f64;
@@ -459,7 +388,7 @@ mod tests {
                     ids += 1;
                     bytes += len;
                 }
-                Err(SimError::Engine(Error::PoolFull { .. })) => {
+                Err(SimError::Engine(swiotlb::Error::PoolFull { .. })) => {
                     return Trial::Failed {
                         bytes: bytes as f64 / pool_bytes,
                         slots: sim.stats().io_tlb_used as f64 / f64::from(nslabs),
@@ -477,7 +406,7 @@ mod tests {
                 return Trial::Survived;
             }
             step = Some(next);
-            let (id, len) = live.swap_remove(rng.below(n));
+            let (id, len) = live.swap_remove(rng.random_range(0..n));
             sim.unmap(&id).unwrap();
             bytes -= len;
         }

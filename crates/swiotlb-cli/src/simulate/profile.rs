@@ -26,12 +26,15 @@ use std::sync::{Arc, Barrier, LazyLock, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde::Serialize;
 use swiotlb::provider::HeapProvider;
 use swiotlb::tlb::{Clock, GrowConfig, Growth, IoTlb, ManualClock, StdClock, TlbKind, TlbStats};
 use swiotlb::{Attrs, Device, Direction, DmaMask, Fast, MapFailed, Mapping};
 
-use crate::units::{human, parse_size};
+use crate::error::Error;
+use crate::rng::{log_uniform, seeded, Rng};
+use crate::units::{human, parse_size, SizeError};
+use rand::{Rng as _, RngExt as _, SeedableRng as _};
 
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
@@ -62,7 +65,7 @@ const TICK: Duration = Duration::from_millis(1);
 
 /// The workloads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum ProfileName {
+enum ProfileName {
     /// Ramp up to a 256 MiB live set, hold it, release everything, idle.
     Burst,
     /// Warm up (to 128 MiB and back to 32 MiB until a round needs no
@@ -82,7 +85,7 @@ impl ProfileName {
 
 /// How the workload's callers map.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Mode {
+enum Mode {
     /// Callers that may sleep (`MAY_SLEEP`): a full tlb is grown by the
     /// caller itself, or the caller waits (FIFO, at most --wait-ms) while
     /// another caller grows it.
@@ -106,19 +109,19 @@ impl Mode {
     }
 }
 
-fn size_arg(s: &str) -> Result<u64, String> {
+fn size_arg(s: &str) -> Result<u64, SizeError> {
     parse_size(s)
 }
 
 /// The options of `swiotlb simulate --profile`.
 #[derive(clap::Args, Debug)]
-pub struct ProfileArgs {
+pub(crate) struct ProfileArgs {
     /// Run a synthetic workload on a growing tlb instead of a script:
     /// `burst` (a 256 MiB live set, then idle) or `steady` (a live set
     /// oscillating inside the grown size).
     #[arg(long, value_enum, value_name = "NAME",
           conflicts_with_all = ["nslabs", "nareas", "policy"])]
-    pub profile: Option<ProfileName>,
+    profile: Option<ProfileName>,
     /// Bytes of the first pool. Sizes here and in scripts share one
     /// grammar: bytes, decimal or 0x hex, optionally with a unit that is a
     /// power of two: B, K/KiB (1024), M/MiB (1024^2), G/GiB, T/TiB.
@@ -164,34 +167,9 @@ impl Clock for SimClock {
     }
 }
 
-/// SplitMix64: small, seeded, the same everywhere.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `[0, 1)`.
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    /// Uniform in `0..n` (`n > 0`).
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    /// A log-uniform size in `[MIN_MAP, MAX_MAP]`, whole sectors.
-    fn size(&mut self) -> u64 {
-        let ratio = (MAX_MAP / MIN_MAP) as f64;
-        let s = MIN_MAP as f64 * ratio.powf(self.unit());
-        ((s as u64) / SECTOR * SECTOR).clamp(MIN_MAP, MAX_MAP)
-    }
+/// A log-uniform size in `[MIN_MAP, MAX_MAP]`, whole sectors.
+fn map_size(rng: &mut Rng) -> u64 {
+    (log_uniform(rng, MIN_MAP, MAX_MAP) / SECTOR * SECTOR).clamp(MIN_MAP, MAX_MAP)
 }
 
 /// The bytes every buffer is cut from: mapping `k` holds
@@ -199,11 +177,8 @@ impl Rng {
 /// another mapping shows.
 const SHIFTS: usize = 4096;
 static PATTERN: LazyLock<Vec<u8>> = LazyLock::new(|| {
-    let mut rng = Rng(0x5157_4f54_4c42);
-    let mut v = Vec::with_capacity(MAX_MAP as usize + SHIFTS + 8);
-    while v.len() < MAX_MAP as usize + SHIFTS {
-        v.extend_from_slice(&rng.next().to_le_bytes());
-    }
+    let mut v = vec![0; MAX_MAP as usize + SHIFTS];
+    seeded(0x5157_4f54_4c42).fill_bytes(&mut v);
     v
 });
 
@@ -267,9 +242,9 @@ struct Worker<'t> {
 }
 
 impl<'t> Worker<'t> {
-    fn new(ctx: &'t Ctx<'t>, index: u32, seed: u64) -> Self {
-        let mut rng = Rng(seed ^ (u64::from(index) + 1).wrapping_mul(0xd1b5_4a32_d192_ed03));
-        let serial = rng.next();
+    /// A worker drawing from `rng`, a stream of its own.
+    fn new(ctx: &'t Ctx<'t>, mut rng: Rng) -> Self {
+        let serial = rng.next_u64();
         Self {
             ctx,
             dev: Device::new(DmaMask::BITS_64).with_force_bounce(),
@@ -286,7 +261,7 @@ impl<'t> Worker<'t> {
     fn fill_to(&mut self, target: u64) -> bool {
         while self.live_bytes < target {
             let left = target - self.live_bytes;
-            let mut len = self.rng.size();
+            let mut len = map_size(&mut self.rng);
             if left < MIN_MAP {
                 // After a drain to an arbitrary level: overshoot a little
                 // rather than map less than the smallest size.
@@ -312,7 +287,7 @@ impl<'t> Worker<'t> {
     /// are at most `target`.
     fn drain_to(&mut self, target: u64) {
         while self.live_bytes > target && !self.live.is_empty() {
-            let at = self.rng.below(self.live.len());
+            let at = self.rng.random_range(0..self.live.len());
             let live = self.live.swap_remove(at);
             self.unmap_one(live);
         }
@@ -503,38 +478,53 @@ struct Plan {
     config: GrowConfig,
 }
 
-fn plan(args: &ProfileArgs) -> Result<Plan, String> {
+fn plan(args: &ProfileArgs) -> Result<Plan, Error> {
     let Some(profile) = args.profile else {
-        return Err("no --profile given".into());
+        return Err(Error::BadArgument {
+            arg: "--profile",
+            why: "is needed without --ops".into(),
+        });
     };
     let start = args.start;
     let max = args.max;
     let grow_by = args.grow_by.unwrap_or(start.max(4 * MIB));
     if start < SEGMENT {
-        return Err(format!(
-            "--start {} is too small: the first pool must hold at least one segment \
-             ({}, the largest mapping)",
-            human(start),
-            human(SEGMENT)
-        ));
+        return Err(Error::BadArgument {
+            arg: "--start",
+            why: format!(
+                "{} is too small: the first pool must hold at least one segment \
+                 ({}, the largest mapping)",
+                human(start),
+                human(SEGMENT)
+            ),
+        });
     }
     if grow_by < SEGMENT {
-        return Err(format!(
-            "--grow-by {} is too small: a grown pool must hold at least one segment \
-             ({}, the largest mapping)",
-            human(grow_by),
-            human(SEGMENT)
-        ));
+        return Err(Error::BadArgument {
+            arg: "--grow-by",
+            why: format!(
+                "{} is too small: a grown pool must hold at least one segment \
+                 ({}, the largest mapping)",
+                human(grow_by),
+                human(SEGMENT)
+            ),
+        });
     }
     if max < start {
-        return Err(format!(
-            "--max {} is below --start {}: the limit counts the first pool",
-            human(max),
-            human(start)
-        ));
+        return Err(Error::BadArgument {
+            arg: "--max",
+            why: format!(
+                "{} is below --start {}: the limit counts the first pool",
+                human(max),
+                human(start)
+            ),
+        });
     }
-    let too_big = |what: &str, n: u64| {
-        usize::try_from(n).map_err(|_| format!("{what} {} does not fit this machine", human(n)))
+    let too_big = |arg: &'static str, n: u64| {
+        usize::try_from(n).map_err(|_| Error::BadArgument {
+            arg,
+            why: format!("{} does not fit this machine", human(n)),
+        })
     };
     let mut config = GrowConfig::new(too_big("--start", start)?, too_big("--max", max)?);
     config.grow_by = too_big("--grow-by", grow_by)?;
@@ -569,8 +559,51 @@ fn share(total: u64, n: u32, i: u32) -> u64 {
     }
 }
 
+/// `swiotlb simulate --profile NAME --json`: one flat object of the
+/// settings and the counters.
+#[derive(Serialize)]
+pub(crate) struct ProfileReport {
+    profile: &'static str,
+    mode: &'static str,
+    threads: u32,
+    seed: u64,
+    start_bytes: usize,
+    max_bytes: usize,
+    grow_by_bytes: usize,
+    idle_ms: u64,
+    mappings: u64,
+    failures: u64,
+    data_errors: u64,
+    peak_live_bytes: u64,
+    peak_pool_bytes: u64,
+    final_pool_bytes: u64,
+    final_pools: u64,
+    pools_added: u64,
+    pools_removed: u64,
+    grow_failures: u64,
+    transient_pools: u64,
+    deferred: u64,
+    max_wait_us: u64,
+    timeouts: u64,
+    elapsed_ms: u64,
+    skipped_ms: u64,
+    /// `steady` only.
+    #[serde(flatten)]
+    warmup: Option<WarmupReport>,
+}
+
+/// `steady`: the warm-up, and what the tlb did after it.
+#[derive(Serialize)]
+struct WarmupReport {
+    warmup_rounds: u32,
+    warmed_up: bool,
+    pools_added_after_warmup: u64,
+    pools_removed_after_warmup: u64,
+    transient_pools_after_warmup: u64,
+}
+
 /// What a run produced.
-pub struct Report {
+pub(crate) struct Report {
     plan: Plan,
     mappings: u64,
     failures: u64,
@@ -591,7 +624,7 @@ pub struct Report {
 }
 
 /// Runs a profile.
-pub fn run(args: &ProfileArgs) -> Result<Report, String> {
+pub(crate) fn run(args: &ProfileArgs) -> Result<Report, Error> {
     let plan = plan(args)?;
     let clock = Arc::new(SimClock::default());
     let tlb = IoTlb::growing(
@@ -599,7 +632,7 @@ pub fn run(args: &ProfileArgs) -> Result<Report, String> {
         Growth::new(HeapProvider::new(), plan.config),
     )
     .map(|t| t.with_clock(clock.clone()))
-    .map_err(|e| format!("cannot build the first pool: {e}"))?;
+    .map_err(|e| Error::provider("cannot build the first pool", e))?;
     LazyLock::force(&PATTERN);
     let shared = Shared::default();
     let ctx = Ctx {
@@ -623,12 +656,16 @@ pub fn run(args: &ProfileArgs) -> Result<Report, String> {
                 }
             }
         });
+        // One stream per worker, each forked from the one --seed names, so
+        // the workers' draws do not depend on how their threads interleave.
+        let mut seed = seeded(plan.seed);
         let workers: Vec<_> = (0..plan.threads)
             .map(|i| {
                 let ctx = &ctx;
-                let (profile, threads, seed) = (plan.profile, plan.threads, plan.seed);
+                let (profile, threads) = (plan.profile, plan.threads);
+                let rng = seed.fork();
                 s.spawn(move || {
-                    let mut w = Worker::new(ctx, i, seed);
+                    let mut w = Worker::new(ctx, rng);
                     match profile {
                         ProfileName::Burst => w.burst(i, threads),
                         ProfileName::Steady => w.steady(i, threads),
@@ -684,50 +721,52 @@ pub fn run(args: &ProfileArgs) -> Result<Report, String> {
 
 impl Report {
     /// Mappings whose bytes did not come back intact.
-    pub fn data_errors(&self) -> u64 {
+    pub(crate) fn data_errors(&self) -> u64 {
         self.data_errors
     }
 
-    pub fn to_json(&self) -> Value {
+    /// The report's JSON form.
+    pub(crate) fn report(&self) -> ProfileReport {
         let p = &self.plan;
         let s = &self.stats;
-        let mut v = json!({
-            "profile": p.profile.name(),
-            "mode": p.mode.name(),
-            "threads": p.threads,
-            "seed": p.seed,
-            "start_bytes": p.config.start,
-            "max_bytes": p.config.max,
-            "grow_by_bytes": p.config.grow_by,
-            "idle_ms": p.config.idle / 1_000_000,
-            "mappings": self.mappings,
-            "failures": self.failures,
-            "data_errors": self.data_errors,
-            "peak_live_bytes": self.peak_live,
-            "peak_pool_bytes": s.peak_bytes_held,
-            "final_pool_bytes": s.bytes_held,
-            "final_pools": self.final_pools,
-            "pools_added": s.pools_added,
-            "pools_removed": s.pools_removed,
-            "grow_failures": s.grow_failures,
-            "transient_pools": s.transient_made,
-            "deferred": s.deferred,
-            "max_wait_us": s.max_wait_ns / 1000,
-            "timeouts": self.timeouts,
-            "elapsed_ms": u64::try_from(self.elapsed.as_millis()).unwrap_or(u64::MAX),
-            "skipped_ms": self.skipped_ms,
-        });
-        if let Some((added, removed, made)) = self.after_warmup {
-            v["warmup_rounds"] = self.warmup.0.into();
-            v["warmed_up"] = self.warmup.1.into();
-            v["pools_added_after_warmup"] = added.into();
-            v["pools_removed_after_warmup"] = removed.into();
-            v["transient_pools_after_warmup"] = made.into();
+        ProfileReport {
+            profile: p.profile.name(),
+            mode: p.mode.name(),
+            threads: p.threads,
+            seed: p.seed,
+            start_bytes: p.config.start,
+            max_bytes: p.config.max,
+            grow_by_bytes: p.config.grow_by,
+            idle_ms: p.config.idle / 1_000_000,
+            mappings: self.mappings,
+            failures: self.failures,
+            data_errors: self.data_errors,
+            peak_live_bytes: self.peak_live,
+            peak_pool_bytes: s.peak_bytes_held,
+            final_pool_bytes: s.bytes_held,
+            final_pools: self.final_pools,
+            pools_added: s.pools_added,
+            pools_removed: s.pools_removed,
+            grow_failures: s.grow_failures,
+            transient_pools: s.transient_made,
+            deferred: s.deferred,
+            max_wait_us: s.max_wait_ns / 1000,
+            timeouts: self.timeouts,
+            elapsed_ms: u64::try_from(self.elapsed.as_millis()).unwrap_or(u64::MAX),
+            skipped_ms: self.skipped_ms,
+            warmup: self
+                .after_warmup
+                .map(|(added, removed, made)| WarmupReport {
+                    warmup_rounds: self.warmup.0,
+                    warmed_up: self.warmup.1,
+                    pools_added_after_warmup: added,
+                    pools_removed_after_warmup: removed,
+                    transient_pools_after_warmup: made,
+                }),
         }
-        v
     }
 
-    pub fn to_text(&self) -> String {
+    pub(crate) fn to_text(&self) -> String {
         let p = &self.plan;
         let s = &self.stats;
         let mut t = String::new();
