@@ -1088,7 +1088,7 @@ mod tests {
             (&[9, 4, 7, 6, 5][..], 16),
             (&[9, 8, 7, 6, 4][..], 3 * 16),
         ] {
-            let mut area = Fast::new_area(&geom);
+            let mut area = Fast::new_area(&geom).unwrap();
             set_range(&mut area.held, 0, geom.nslabs);
             for (j, &n) in runs.iter().enumerate() {
                 clear_range(&mut area.held, j as u32 * 16, n);
