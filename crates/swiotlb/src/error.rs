@@ -33,8 +33,9 @@ pub enum AllocWhat {
     Metadata,
 }
 
-/// What is wrong with a growing tlb's configuration
-/// ([`DynConfig`](crate::DynConfig)).
+/// What is wrong with a configuration: a growing tlb's (`DynConfig`, with
+/// the `alloc` feature) or the metadata memory given to a heapless pool
+/// ([`Pool::new_with_metadata`](crate::Pool::new_with_metadata)).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ConfigProblem {
     /// `start` is smaller than one segment, the largest mapping.
@@ -57,6 +58,25 @@ pub enum ConfigProblem {
         start: usize,
         /// `max`, in bytes.
         max: usize,
+    },
+    /// The metadata memory given to a heapless pool is shorter than the
+    /// pool needs.
+    MetadataTooSmall {
+        /// Bytes given.
+        given: usize,
+        /// Bytes enough wherever they lie
+        /// ([`Pool::metadata_len`](crate::Pool::metadata_len)).
+        needed: usize,
+    },
+    /// The metadata memory given to a heapless pool would be long enough
+    /// at an address aligned to `align`, but not at its own: aligning it
+    /// takes `skip` bytes from its start.
+    MetadataMisaligned {
+        /// The alignment the pool uses its metadata from
+        /// ([`Pool::METADATA_ALIGN`](crate::Pool::METADATA_ALIGN)).
+        align: usize,
+        /// Bytes lost to alignment at this address.
+        skip: usize,
     },
 }
 
@@ -184,7 +204,8 @@ pub enum Error {
         /// Bytes asked for.
         bytes: usize,
     },
-    /// A growing tlb's configuration cannot work.
+    /// A configuration cannot work: a growing tlb's, or the metadata memory
+    /// given to a heapless pool.
     BadConfig {
         /// What is wrong.
         problem: ConfigProblem,
@@ -324,15 +345,23 @@ impl fmt::Display for ConfigProblem {
         match *self {
             ConfigProblem::StartBelowSegment { start, segment } => write!(
                 f,
-                "the first pool ({start} bytes) is smaller than one segment ({segment} bytes)"
+                "growing tlb: the first pool ({start} bytes) is smaller than one segment ({segment} bytes)"
             ),
             ConfigProblem::GrowBelowSegment { grow_by, segment } => write!(
                 f,
-                "the growth step ({grow_by} bytes) is smaller than one segment ({segment} bytes)"
+                "growing tlb: the growth step ({grow_by} bytes) is smaller than one segment ({segment} bytes)"
             ),
             ConfigProblem::MaxBelowStart { start, max } => write!(
                 f,
-                "the limit ({max} bytes) is below the first pool ({start} bytes)"
+                "growing tlb: the limit ({max} bytes) is below the first pool ({start} bytes)"
+            ),
+            ConfigProblem::MetadataTooSmall { given, needed } => write!(
+                f,
+                "pool metadata: {given} bytes given, {needed} needed (Pool::metadata_len)"
+            ),
+            ConfigProblem::MetadataMisaligned { align, skip } => write!(
+                f,
+                "pool metadata: long enough only if aligned to {align} bytes; at its address aligning it takes {skip} bytes (Pool::metadata_len counts them)"
             ),
         }
     }
@@ -427,7 +456,7 @@ impl fmt::Display for Error {
                 write!(f, "swiotlb: out of memory: {bytes} bytes of {what}")
             }
             Error::BadConfig { problem } => {
-                write!(f, "swiotlb: growing tlb configuration: {problem}")
+                write!(f, "swiotlb: bad configuration: {problem}")
             }
             Error::PaddingTooLarge {
                 size,
