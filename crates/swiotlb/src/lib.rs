@@ -57,9 +57,15 @@
 //!
 //! # Features
 //!
-//! - `alloc` (in `std`): pools and everything that keeps per-slot
-//!   metadata. Without it the crate gives the address types, [`Device`],
-//!   the translation trait, the `swiotlb=` grammar and the error type.
+//! - `alloc` (in `std`): what needs a heap: [`Pool::new`] and
+//!   [`Pool::new_heap`] (metadata on the heap), statistics, [`Pool::map_sg`]
+//!   of buffers, `Vec` and `Box` as [`DmaBuffer`]s, platforms and their
+//!   tlbs, provided and growing pools. Without it the crate still gives
+//!   pools over metadata memory the caller provides
+//!   ([`Pool::new_with_metadata`]) with the raw API, coherent allocations
+//!   and safe mappings of `&'static mut [u8]`, besides the address types,
+//!   [`Device`], the translation trait, the `swiotlb=` grammar and the
+//!   error type.
 //! - `std` (default): `std::error::Error` for [`Error`], a per-thread area
 //!   hint.
 //! - `fdt` (implies `alloc`): the `dt` module, which reads bounce and
@@ -124,15 +130,12 @@ pub mod dt;
 pub mod error;
 pub mod translate;
 
-#[cfg(feature = "alloc")]
 mod copy;
 #[cfg(feature = "alloc")]
 pub mod dynamic;
 #[cfg(feature = "alloc")]
 mod granules;
-#[cfg(feature = "alloc")]
 pub mod map;
-#[cfg(feature = "alloc")]
 pub mod pool;
 #[cfg(feature = "alloc")]
 pub mod provider;
@@ -140,7 +143,6 @@ pub mod provider;
 pub mod sim;
 #[cfg(feature = "alloc")]
 pub mod stats;
-#[cfg(feature = "alloc")]
 mod sync;
 #[cfg(feature = "alloc")]
 pub mod tlb;
@@ -155,9 +157,7 @@ pub use translate::Translate;
 pub use device::RestrictedPool;
 #[cfg(feature = "alloc")]
 pub use dynamic::{DynConfig, DynStats, DynTlb};
-#[cfg(feature = "alloc")]
 pub use map::{DmaBuffer, MapFailed, MapOptions, Mapping, SgEntry};
-#[cfg(feature = "alloc")]
 pub use pool::{Bounce, Fast, NextFit, Policy, Pool, PoolConfig};
 #[cfg(feature = "alloc")]
 pub use stats::Stats;

@@ -25,6 +25,7 @@
 //! - the bounce address must itself be reachable by the device, or the map
 //!   fails and nothing stays mapped.
 
+#[cfg(feature = "alloc")]
 use alloc::vec::Vec;
 use core::mem::ManuallyDrop;
 use core::ptr::NonNull;
@@ -129,6 +130,10 @@ pub(crate) fn map_sg_by(
 
 /// Whether a raw map may hand the device the original's own address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(
+    not(feature = "alloc"),
+    expect(dead_code, reason = "only a restricted tlb (alloc) always bounces")
+)]
 pub(crate) enum Bouncing {
     /// Directly when the device reaches the original and is not forced to
     /// bounce (Linux's dma-direct).
@@ -685,6 +690,7 @@ pub unsafe trait DmaBuffer: Sized {
     unsafe fn from_raw_parts(ptr: NonNull<u8>, len: usize, rest: Self::Rest) -> Self;
 }
 
+#[cfg(feature = "alloc")]
 // SAFETY:
 // - the pointer is taken from the `Vec` behind `ManuallyDrop`, so it is
 //   the heap buffer's own pointer, valid for `len` bytes, and no `Vec`
@@ -709,6 +715,7 @@ unsafe impl DmaBuffer for Vec<u8> {
     }
 }
 
+#[cfg(feature = "alloc")]
 // SAFETY:
 // - `Box::into_raw` gives up the box: the pointer it returns is the only
 //   one to the bytes, valid for their length, and no box moves any more;
@@ -842,6 +849,13 @@ impl<B: DmaBuffer> MapFailed<B> {
 /// How long the pool of a bounced mapping lives, which decides how its
 /// slots are given back.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(
+    not(feature = "alloc"),
+    expect(
+        dead_code,
+        reason = "only a growing tlb (alloc) holds grown or transient pools"
+    )
+)]
 pub(crate) enum Held {
     /// The pool outlives the mapping's borrow: a fixed pool, or the first
     /// pool of a growing tlb.
@@ -971,6 +985,7 @@ impl<P: Policy> Pool<P> {
     /// # Errors
     /// [`Error::SegmentTooLong`] or the first mapping error, with every
     /// buffer given back in order; nothing stays mapped.
+    #[cfg(feature = "alloc")]
     pub fn map_sg<B: DmaBuffer, T: Translate>(
         &self,
         dev: &Device<T>,
@@ -981,6 +996,7 @@ impl<P: Policy> Pool<P> {
     }
 
     /// [`Pool::map_sg`], each buffer mapped as `bouncing` says.
+    #[cfg(feature = "alloc")]
     pub(crate) fn map_sg_buffers<B: DmaBuffer, T: Translate>(
         &self,
         dev: &Device<T>,
@@ -1011,6 +1027,7 @@ impl<P: Policy> Pool<P> {
 /// mapped are unmapped without copying back, and every buffer comes back
 /// in order. The one walk behind the pool's, the tlb's and the platform's
 /// `map_sg`.
+#[cfg(feature = "alloc")]
 pub(crate) fn map_sg_buffers_by<'p, B: DmaBuffer, P: Policy>(
     buffers: Vec<B>,
     max_segment: usize,
