@@ -158,11 +158,11 @@ pub use device::RestrictedPool;
 #[cfg(feature = "alloc")]
 pub use dynamic::{DynConfig, DynStats, DynTlb};
 pub use map::{DmaBuffer, MapFailed, MapOptions, Mapping, SgEntry};
-pub use pool::{Bounce, Fast, NextFit, Policy, Pool, PoolConfig};
+pub use pool::{Bounce, Coherent, Fast, NextFit, Policy, Pool, PoolConfig};
 #[cfg(feature = "alloc")]
 pub use stats::Stats;
 #[cfg(feature = "alloc")]
-pub use tlb::{Coherent, IoTlb, Platform, TlbKind};
+pub use tlb::{IoTlb, Platform, TlbKind};
 
 /// The README's Rust examples, compiled and run as doctests so that they
 /// work when pasted.
