@@ -545,14 +545,14 @@ impl<P: Policy> Pool<P> {
     /// static mut META: [MaybeUninit<u8>; META_LEN] = [MaybeUninit::uninit(); META_LEN];
     ///
     /// let vaddr = NonNull::new(addr_of_mut!(SLOTS).cast::<u8>()).unwrap();
-    /// // SAFETY: this is the only use of `META`.
-    /// let meta = unsafe { &mut *addr_of_mut!(META) };
+    /// let phys = PhysAddr(vaddr.as_ptr().addr() as u64); // identity mapped
+    /// let meta = addr_of_mut!(META);
+    /// // SAFETY: the only reference ever made to `META`.
+    /// let meta = unsafe { &mut *meta };
     /// // SAFETY: `SLOTS` is reached only through the pool from here on, and
-    /// // its physical address is its CPU address (an identity mapping).
-    /// let pool: Pool<Fast> = unsafe {
-    ///     Pool::new_with_metadata(vaddr, PhysAddr(vaddr.as_ptr().addr() as u64), LEN, PoolConfig::DEFAULT, meta)
-    /// }
-    /// .unwrap();
+    /// // lies at physical address `phys`.
+    /// let pool: Pool<Fast> =
+    ///     unsafe { Pool::new_with_metadata(vaddr, phys, LEN, PoolConfig::DEFAULT, meta) }.unwrap();
     /// assert_eq!(pool.nslabs(), 32);
     /// ```
     ///
