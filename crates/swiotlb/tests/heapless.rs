@@ -61,7 +61,8 @@ macro_rules! heapless {
         // SAFETY: the first and only reference to `META`: this expansion
         // runs once (`TAKEN`) and nothing else names it.
         let meta = unsafe { &mut *addr_of_mut!(META) };
-        // SAFETY: the first and only reference to `BUFFER`, as for `META`.
+        // SAFETY: the first and only reference to `BUFFER`: this expansion
+        // runs once (`TAKEN`) and nothing else names it.
         let buffer: &'static mut [u8] = unsafe { &mut *addr_of_mut!(BUFFER) };
         // SAFETY:
         // - `SLOTS_MEM` is valid for reads and writes of `LEN` bytes for
@@ -155,7 +156,9 @@ fn raw_api_bounces_both_ways<P: Policy>(pool: Pool<P>, _: &'static mut [u8]) {
         let from_cpu = bytes(200 + i as u64, 700);
         orig.write(200, &from_cpu);
         want[200..900].copy_from_slice(&from_cpu);
-        // SAFETY: as above.
+        // SAFETY: the mapping is live, and `orig` is still valid and
+        // reached only through its raw pointer (its `write` above copied
+        // through it and returned).
         unsafe { pool.sync_for_device_raw(&dev, dma + 200, 700, dir) }.unwrap();
         let slots = device_read(&pool, off, len);
         let expect = if dir == Direction::FromDevice {
@@ -169,7 +172,8 @@ fn raw_api_bounces_both_ways<P: Policy>(pool: Pool<P>, _: &'static mut [u8]) {
         let tail = bytes(300 + i as u64, 500);
         device_write(&pool, off + 2500, &tail);
         let slots = device_read(&pool, off, len);
-        // SAFETY: as above; the device is done.
+        // SAFETY: `orig` is still valid and reached only through its raw
+        // pointer, and the device (this test) is done with the mapping.
         unsafe { pool.unmap_raw(&dev, dma, len, dir, Attrs::NONE) }.unwrap();
         let back = if dir == Direction::ToDevice {
             want.clone()
@@ -249,7 +253,8 @@ fn runs_out_and_recovers<P: Policy>(pool: Pool<P>, _: &'static mut [u8]) {
     }
     assert_eq!(pool.used_slots(), SLOTS);
     let extra = RawBuf::new(&bytes(99, len));
-    // SAFETY: as above; the map fails and keeps nothing.
+    // SAFETY: `extra` is valid for `len` bytes and reached only through
+    // its raw pointer; the map fails and keeps nothing of it.
     let full = unsafe { pool.map_raw(&dev, phys(&extra), extra.ptr(), len, Direction::ToDevice) };
     assert_eq!(
         full,
@@ -270,7 +275,8 @@ fn runs_out_and_recovers<P: Policy>(pool: Pool<P>, _: &'static mut [u8]) {
     // SAFETY: the mapping is live and the device is done with it.
     unsafe { pool.unmap_raw(&dev, dma, len, Direction::ToDevice, Attrs::NONE) }.unwrap();
     drop(orig);
-    // SAFETY: as above.
+    // SAFETY: `extra` is valid for `len` bytes and reached only through
+    // its raw pointer until its unmap: it goes into `live` until then.
     let again =
         unsafe { pool.map_raw(&dev, phys(&extra), extra.ptr(), len, Direction::ToDevice) }.unwrap();
     assert_eq!(again, dma, "the one free slot");
@@ -295,11 +301,13 @@ fn runs_out_and_recovers<P: Policy>(pool: Pool<P>, _: &'static mut [u8]) {
     let max = pool.max_mapping_size(0);
     assert_eq!(max, 8 << 11, "a segment");
     let big = RawBuf::new(&bytes(5, max));
-    // SAFETY: as above.
+    // SAFETY: `big` is valid for `max` bytes and reached only through its
+    // raw pointer until the unmap below.
     let dma =
         unsafe { pool.map_raw(&dev, phys(&big), big.ptr(), max, Direction::ToDevice) }.unwrap();
     assert_eq!(device_read(&pool, pool_off(&pool, dma), max), bytes(5, max));
-    // SAFETY: as above.
+    // SAFETY: the mapping is live, `big` still valid and unreferenced, and
+    // the device is done with it.
     unsafe { pool.unmap_raw(&dev, dma, max, Direction::ToDevice, Attrs::NONE) }.unwrap();
     assert_eq!(pool.used_slots(), 0);
 }

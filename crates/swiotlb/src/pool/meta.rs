@@ -566,7 +566,8 @@ mod tests {
                 self.0.set(self.0.get() + 1);
             }
         }
-        // SAFETY: as above; the arrays carved before are gone.
+        // SAFETY: `block` outlives this carver and its arrays, the arrays
+        // carved from it before are dropped, and nothing else reaches it.
         let mut carver = unsafe { Carver::new(base, 64, false) };
         let mut fill = carver.filling::<Counted>(4).unwrap();
         for _ in 0..2 {
@@ -577,6 +578,18 @@ mod tests {
         let all = carver.filled(3, |_| Counted(&dropped)).unwrap();
         drop(all);
         assert_eq!(dropped.get(), 5);
+        // A value past the room comes back, unwritten.
+        let mut one = carver.filling::<Counted>(1).unwrap();
+        assert!(one.push(Counted(&dropped)).is_ok());
+        let extra = one.push(Counted(&dropped));
+        assert!(extra.is_err(), "no room for a second value");
+        drop(extra);
+        assert_eq!(dropped.get(), 6);
+        let one = one.finish().unwrap();
+        assert_eq!(one.len(), 1);
+        drop(one);
+        assert_eq!(dropped.get(), 7);
+        assert_eq!(carver.used(), 64);
     }
 
     /// A policy gets the arrays it declared, in order, and nothing else.

@@ -508,8 +508,10 @@ impl<P: Policy> Pool<P> {
         let layout = core::alloc::Layout::from_size_align(bytes, 16).map_err(|_| oom)?;
         let block = Owned::zeroed(layout, oom)?;
         // SAFETY:
-        // - `vaddr`, `phys` and `len` carry this function's own
-        //   obligations, which are `build`'s;
+        // - `vaddr` is valid for reads and writes of `len` bytes until the
+        //   pool is dropped, nothing else on the CPU side reaches them, and
+        //   `phys` is their contiguous physical address: the caller
+        //   guarantees each of these to this function, in the same words;
         // - `block.ptr` is valid for reads and writes of `bytes` bytes until
         //   `block` is dropped: by the pool, after its arrays (`meta_block`
         //   is its last field), or here, after `build` has dropped what it
@@ -580,8 +582,10 @@ impl<P: Policy> Pool<P> {
         let given = meta.len();
         let block = NonNull::from(meta).cast::<u8>();
         // SAFETY:
-        // - `vaddr`, `phys` and `len` carry this function's own
-        //   obligations, which are `build`'s;
+        // - `vaddr` is valid for reads and writes of `len` bytes until the
+        //   pool is dropped, nothing else on the CPU side reaches them, and
+        //   `phys` is their contiguous physical address: the caller
+        //   guarantees each of these to this function, in the same words;
         // - `block` is valid for reads and writes of `given` bytes for ever,
         //   and nothing else reaches them: it comes from a `&'static mut`,
         //   given up here;
