@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 # Integration tests run under miri (names of crates/swiotlb/tests/*.rs).
 # Miri is ~100x slower than native: list targets whose cases are few or
 # small. A listed target that does not exist (yet) is skipped with a note.
-TESTS=(smoke data oracle nextfit_golden provider xen dynamic ownership guards edges)
+TESTS=(smoke data oracle nextfit_golden provider xen dynamic ownership guards edges heapless)
 
 # Tests left out, by exact name: long fixed-seed or exhaustive runs of
 # plain arithmetic (no unsafe code to check), each minutes under miri. The
@@ -99,10 +99,12 @@ cargo +nightly miri test --no-fail-fast "${args[@]}" -- "${harness[@]}" || statu
 
 # The safe API with every `DmaBuffer` implementation under Tree Borrows
 # too: the two models disagree on what a moved `Box` or `&mut` does to
-# pointers derived from it before the move (tests/ownership.rs).
-echo "miri: Tree Borrows over the safe API's buffer types"
+# pointers derived from it before the move (tests/ownership.rs). The
+# heapless pool too: its metadata arrays are carved from a `&'static mut`
+# given up, and its slots reached through a static (tests/heapless.rs).
+echo "miri: Tree Borrows over the safe API's buffer types and the heapless pool"
 MIRIFLAGS="$MIRIFLAGS -Zmiri-tree-borrows" \
-    cargo +nightly miri test -p swiotlb --test ownership || status=1
+    cargo +nightly miri test -p swiotlb --test ownership --test heapless || status=1
 
 # Releases racing the shrink that frees their pool, across many scheduling
 # seeds: with the default seed alone the race can hide (before the grace

@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # The core without std: with no features (address types, device, grammar,
-# error), with `alloc` (pools), and for a real target that has no std at
-# all, so a stray `std::` use cannot hide behind the host's std.
+# error, and pools over caller-provided metadata with the raw API), with
+# `alloc` (heap pools, tlbs, growing pools), and for a real target that has
+# no std at all, so a stray `std::` use cannot hide behind the host's std.
+# `swiotlb-nostd` is a firmware-style user of the heapless pool: statics
+# sized at compile time, no allocator; building it for that target proves
+# the heapless pool needs neither std nor alloc.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,6 +14,8 @@ cargo build -p swiotlb --no-default-features --features alloc
 # `serde` derives without std, with and without a heap.
 cargo build -p swiotlb --no-default-features --features serde
 cargo build -p swiotlb --no-default-features --features alloc,serde
+# Alone, so that no other package turns the core's features on.
+cargo build -p swiotlb-nostd
 
 target=x86_64-unknown-none
 installed=$(rustup target list --installed 2>/dev/null || true)
@@ -21,5 +27,7 @@ if ! grep -qx "$target" <<<"$installed"; then
         exit 0
     fi
 fi
+cargo build -p swiotlb --no-default-features --target "$target"
 cargo build -p swiotlb --no-default-features --features alloc --target "$target"
 cargo build -p swiotlb --no-default-features --features alloc,serde --target "$target"
+cargo build -p swiotlb-nostd --target "$target"

@@ -317,7 +317,6 @@ impl<T: Translate> Device<T> {
     /// bounce and reaches them. If not, the address was never handed to
     /// this device (or belonged to a transient pool already given back):
     /// [`crate::Error::NotMapped`].
-    #[cfg(feature = "alloc")]
     #[inline]
     pub(crate) fn may_be_direct(&self, phys: PhysAddr, size: usize) -> bool {
         !self.force_bounce && self.can_reach(phys, size)
@@ -332,7 +331,6 @@ impl<T: Translate> Device<T> {
     /// The physical address of `len` bytes at `cpu`, and whether they are
     /// mapped directly: the device reaches them and is not forced to
     /// bounce (Linux `dma_direct_map_page` before `swiotlb_map`).
-    #[cfg(feature = "alloc")]
     #[inline]
     pub(crate) fn direct(&self, cpu: *const u8, len: usize) -> (PhysAddr, bool) {
         let phys = self.translate.virt_to_phys(cpu);
@@ -342,7 +340,6 @@ impl<T: Translate> Device<T> {
     /// Whether `len` bytes at physical `phys` are mapped directly: the one
     /// rule behind every map, safe or raw, of a pool, a tlb or a platform
     /// (a restricted tlb adds that it never maps directly).
-    #[cfg(feature = "alloc")]
     #[inline]
     pub(crate) fn maps_directly(&self, phys: PhysAddr, len: usize) -> bool {
         !self.force_bounce && len != 0 && self.can_reach(phys, len)

@@ -36,8 +36,10 @@ pub enum AllocWhat {
     Metadata,
 }
 
-/// What is wrong with a growing tlb's configuration
-/// ([`GrowConfig`](crate::GrowConfig)).
+/// What is wrong with a configuration: a growing tlb's
+/// ([`GrowConfig`](crate::GrowConfig), with the `alloc` feature), the
+/// memory of a device tree's pools, or the metadata memory given to a
+/// heapless pool ([`Pool::new_with_metadata`](crate::Pool::new_with_metadata)).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ConfigProblem {
@@ -69,6 +71,25 @@ pub enum ConfigProblem {
         phys: crate::addr::PhysAddr,
         /// Bytes in the region.
         len: u64,
+    },
+    /// The metadata memory given to a heapless pool is shorter than the
+    /// pool needs.
+    MetadataTooSmall {
+        /// Bytes given.
+        given: usize,
+        /// Bytes enough wherever they lie
+        /// ([`Pool::metadata_len`](crate::Pool::metadata_len)).
+        needed: usize,
+    },
+    /// The metadata memory given to a heapless pool would be long enough
+    /// at an address aligned to `align`, but not at its own: aligning it
+    /// takes `skip` bytes from its start.
+    MetadataMisaligned {
+        /// The alignment the pool uses its metadata from
+        /// ([`Pool::METADATA_ALIGN`](crate::Pool::METADATA_ALIGN)).
+        align: usize,
+        /// Bytes lost to alignment at this address.
+        skip: usize,
     },
 }
 
@@ -198,7 +219,8 @@ pub enum Error {
         /// Bytes asked for.
         bytes: usize,
     },
-    /// A growing tlb's configuration cannot work.
+    /// A configuration cannot work: a growing tlb's, or the metadata memory
+    /// given to a heapless pool.
     BadConfig {
         /// What is wrong.
         problem: ConfigProblem,
@@ -338,15 +360,23 @@ impl fmt::Display for ConfigProblem {
         match *self {
             ConfigProblem::StartBelowSegment { start, segment } => write!(
                 f,
-                "the first pool ({start} bytes) is smaller than one segment ({segment} bytes)"
+                "growing tlb: the first pool ({start} bytes) is smaller than one segment ({segment} bytes)"
             ),
             ConfigProblem::GrowBelowSegment { grow_by, segment } => write!(
                 f,
-                "the growth step ({grow_by} bytes) is smaller than one segment ({segment} bytes)"
+                "growing tlb: the growth step ({grow_by} bytes) is smaller than one segment ({segment} bytes)"
             ),
             ConfigProblem::MaxBelowStart { start, max } => write!(
                 f,
-                "the limit ({max} bytes) is below the first pool ({start} bytes)"
+                "growing tlb: the limit ({max} bytes) is below the first pool ({start} bytes)"
+            ),
+            ConfigProblem::MetadataTooSmall { given, needed } => write!(
+                f,
+                "pool metadata: {given} bytes given, {needed} needed (Pool::metadata_len)"
+            ),
+            ConfigProblem::MetadataMisaligned { align, skip } => write!(
+                f,
+                "pool metadata: long enough only if aligned to {align} bytes; at its address aligning it takes {skip} bytes (Pool::metadata_len counts them)"
             ),
             ConfigProblem::UnmappedRegion { phys, len } => {
                 write!(f, "the region of {len} bytes at {phys} has no CPU mapping")
@@ -444,7 +474,7 @@ impl fmt::Display for Error {
                 write!(f, "swiotlb: out of memory: {bytes} bytes of {what}")
             }
             Error::BadConfig { problem } => {
-                write!(f, "swiotlb: growing tlb configuration: {problem}")
+                write!(f, "swiotlb: bad configuration: {problem}")
             }
             Error::PaddingTooLarge {
                 size,

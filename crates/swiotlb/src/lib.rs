@@ -70,11 +70,69 @@
 //! `map_sg`, the raw API, coherent allocations, waiting and deferral, and
 //! `stats` (see [`tlb`]).
 //!
+//! ## Without a heap
+//!
+//! Firmware and early boot have no allocator yet. A pool can keep its
+//! bookkeeping in memory it is given for good, a `static` whose size
+//! [`Pool::metadata_len`] works out at compile time
+//! ([`Pool::new_with_metadata`]); with the `alloc` feature off, this pool
+//! and the raw API are what there is:
+//!
+//! ```
+//! use core::mem::MaybeUninit;
+//! use core::ptr::{addr_of_mut, NonNull};
+//! use swiotlb::{Attrs, Device, Direction, DmaMask, Fast, PhysAddr, Pool, PoolConfig};
+//!
+//! const LEN: usize = 256 << 10;
+//! const CONFIG: PoolConfig = PoolConfig::DEFAULT;
+//! const META_LEN: usize = Pool::<Fast>::metadata_len(LEN, CONFIG);
+//!
+//! #[repr(C, align(4096))]
+//! struct Slots([u8; LEN]);
+//! static mut SLOTS: Slots = Slots([0; LEN]);
+//! static mut META: [MaybeUninit<u8>; META_LEN] = [MaybeUninit::uninit(); META_LEN];
+//!
+//! let vaddr = NonNull::new(addr_of_mut!(SLOTS).cast::<u8>()).unwrap();
+//! let phys = PhysAddr(vaddr.as_ptr().addr() as u64); // identity mapped
+//! let meta = addr_of_mut!(META);
+//! // SAFETY: the only reference ever made to `META`.
+//! let meta = unsafe { &mut *meta };
+//! // SAFETY: `SLOTS` is valid for good, reached only through the pool, and
+//! // lies at physical address `phys`.
+//! let pool: Pool<Fast> =
+//!     unsafe { Pool::new_with_metadata(vaddr, phys, LEN, CONFIG, meta) }.unwrap();
+//!
+//! // A device that must bounce (a confidential VM's), and a buffer.
+//! let dev = Device::new(DmaMask::BITS_64).with_force_bounce();
+//! let mut buf = [7u8; 512];
+//! let cpu = buf.as_mut_ptr();
+//! let dir = Direction::Bidirectional;
+//! // SAFETY: `buf` is reached only through `cpu` until the unmap.
+//! let dma = unsafe { pool.map_raw(&dev, PhysAddr(cpu.addr() as u64), cpu, 512, dir) }.unwrap();
+//!
+//! // The device answers in the bounce slots (the CPU plays it here).
+//! let off = (dma.as_u64() - pool.start().as_u64()) as usize;
+//! let slots = pool.vaddr().as_ptr().wrapping_add(off);
+//! // SAFETY: the mapping's 512 bounce bytes, the device's until the unmap.
+//! unsafe { slots.write_bytes(9, 512) };
+//!
+//! // SAFETY: the device is done; `buf` is still reached only through `cpu`.
+//! unsafe { pool.unmap_raw(&dev, dma, 512, dir, Attrs::NONE) }.unwrap();
+//! assert_eq!(buf, [9u8; 512]);
+//! assert_eq!(pool.used_slots(), 0);
+//! ```
+//!
 //! # Features
 //!
-//! - `alloc` (in `std`): pools and everything that keeps per-slot
-//!   metadata. Without it the crate gives the address types, [`Device`],
-//!   the translation trait, the `swiotlb=` grammar and the error type.
+//! - `alloc` (in `std`): what needs a heap: [`Pool::new`] and
+//!   [`Pool::new_heap`] (metadata on the heap), statistics, [`Pool::map_sg`]
+//!   of buffers, `Vec` and `Box` as [`DmaBuffer`]s, platforms and their
+//!   tlbs, provided and growing pools. Without it the crate still gives
+//!   pools over metadata memory the caller provides
+//!   ([`Pool::new_with_metadata`]) with the raw API, coherent allocations
+//!   and safe mappings of `&'static mut [u8]`, besides the address types,
+//!   [`Device`], the translation trait, the `swiotlb=` grammar and the
+//!   error type.
 //! - `std` (default): `std::error::Error` for [`Error`], a per-thread area
 //!   hint.
 //! - `sim` (implies `alloc`): the `sim` module, a simulator that drives a
@@ -87,10 +145,16 @@
 //!
 //! # Safety and correctness
 //!
-//! Unsafe code is confined to seven places, each with its reasoning at the
+//! Unsafe code is confined to eight places, each with its reasoning at the
 //! `unsafe` block:
-//! - [`Pool::new`] trusts its caller for the region (valid, contiguous, not
-//!   otherwise touched by the CPU);
+//! - [`Pool::new`] and [`Pool::new_with_metadata`] trust their caller for
+//!   the region (valid, contiguous, not otherwise touched by the CPU);
+//! - a pool carves its bookkeeping out of one metadata block (the
+//!   `pool::meta` module): on the heap, or lent for good as a
+//!   `&'static mut`. Every array is checked against the block's end as it
+//!   is carved, handed out once, and dropped before a heap block is freed;
+//!   a policy keeps the arrays it is given inside its area state (a point
+//!   of the [`Policy`] contract);
 //! - the [`Policy`] trait is `unsafe` to implement: the pool relies on a
 //!   policy never handing out a slot twice. Both shipped policies are
 //!   checked against a shadow oracle by property tests and by loom;
@@ -143,13 +207,10 @@ pub mod dt;
 pub mod error;
 pub mod translate;
 
-#[cfg(feature = "alloc")]
 mod copy;
 #[cfg(feature = "alloc")]
 mod granules;
-#[cfg(feature = "alloc")]
 pub mod map;
-#[cfg(feature = "alloc")]
 pub mod pool;
 #[cfg(feature = "alloc")]
 pub mod provider;
@@ -157,7 +218,6 @@ pub mod provider;
 pub mod sim;
 #[cfg(feature = "alloc")]
 pub mod stats;
-#[cfg(feature = "alloc")]
 mod sync;
 #[cfg(feature = "alloc")]
 pub mod tlb;
@@ -170,14 +230,12 @@ pub use error::{Error, FailReason, Result};
 pub use translate::Translate;
 
 pub use device::RestrictedTlb;
-#[cfg(feature = "alloc")]
 pub use map::{DmaBuffer, MapFailed, MapOptions, Mapping, SgEntry};
-#[cfg(feature = "alloc")]
-pub use pool::{Bounce, Fast, Hiwater, NextFit, Policy, Pool, PoolConfig};
+pub use pool::{Bounce, Coherent, Fast, Hiwater, NextFit, Policy, Pool, PoolConfig};
 #[cfg(feature = "alloc")]
 pub use stats::Stats;
 #[cfg(feature = "alloc")]
-pub use tlb::{Coherent, GrowConfig, Growth, IoTlb, Platform, TlbKind, TlbStats};
+pub use tlb::{GrowConfig, Growth, IoTlb, Platform, TlbKind, TlbStats};
 
 /// The README's Rust examples, compiled and run as doctests so that they
 /// work when pasted.

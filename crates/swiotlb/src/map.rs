@@ -25,6 +25,7 @@
 //! - the bounce address must itself be reachable by the device, or the map
 //!   fails and nothing stays mapped.
 
+#[cfg(feature = "alloc")]
 use alloc::vec::Vec;
 use core::mem::ManuallyDrop;
 use core::ptr::NonNull;
@@ -36,6 +37,7 @@ use crate::device::Device;
 use crate::direction::Direction;
 use crate::error::{Error, Result};
 use crate::pool::{Bounce, Policy, Pool};
+#[cfg(feature = "alloc")]
 use crate::tlb::IoTlb;
 use crate::translate::Translate;
 
@@ -130,6 +132,10 @@ pub(crate) fn map_sg_by(
 
 /// Whether a raw map may hand the device the original's own address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(
+    not(feature = "alloc"),
+    expect(dead_code, reason = "only a restricted tlb (alloc) always bounces")
+)]
 pub(crate) enum Bouncing {
     /// Directly when the device reaches the original and is not forced to
     /// bounce (Linux's dma-direct).
@@ -700,6 +706,7 @@ pub unsafe trait DmaBuffer: Sized {
     unsafe fn from_raw_parts(ptr: NonNull<u8>, len: usize, rest: Self::Rest) -> Self;
 }
 
+#[cfg(feature = "alloc")]
 // SAFETY:
 // - the pointer is taken from the `Vec` behind `ManuallyDrop`, so it is
 //   the heap buffer's own pointer, valid for `len` bytes, and no `Vec`
@@ -724,6 +731,7 @@ unsafe impl DmaBuffer for Vec<u8> {
     }
 }
 
+#[cfg(feature = "alloc")]
 // SAFETY:
 // - `Box::into_raw` gives up the box: the pointer it returns is the only
 //   one to the bytes, valid for their length, and no box moves any more;
@@ -857,6 +865,13 @@ impl<B: DmaBuffer> MapFailed<B> {
 /// How long the pool of a bounced mapping lives, which decides how its
 /// slots are given back.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(
+    not(feature = "alloc"),
+    expect(
+        dead_code,
+        reason = "only a growing tlb (alloc) holds grown or transient pools"
+    )
+)]
 pub(crate) enum Held {
     /// The pool outlives the mapping's borrow: a fixed pool, or the first
     /// pool of a growing tlb.
@@ -899,12 +914,14 @@ impl<P: Policy> Copy for BounceRef<P> {}
 pub(crate) enum Owner<'p, P: Policy> {
     /// Nothing: a direct mapping of a platform that has no default or
     /// high tlb.
+    #[cfg(feature = "alloc")]
     Nothing,
     /// A bare pool ([`Pool::map`]).
     Pool(&'p Pool<P>),
     /// A tlb, which is told of every release (to give back a transient
     /// pool, and to serve its queue) and guards the release of a grown
     /// pool's slots.
+    #[cfg(feature = "alloc")]
     Tlb(&'p IoTlb<P>),
 }
 
@@ -921,8 +938,10 @@ impl<'p, P: Policy> Owner<'p, P> {
     #[inline]
     pub(crate) fn home(self) -> Option<&'p Pool<P>> {
         match self {
+            #[cfg(feature = "alloc")]
             Owner::Nothing => None,
             Owner::Pool(pool) => Some(pool),
+            #[cfg(feature = "alloc")]
             Owner::Tlb(tlb) => Some(tlb.first_pool()),
         }
     }
@@ -1035,6 +1054,7 @@ impl<P: Policy> Pool<P> {
     /// # Errors
     /// [`Error::SegmentTooLong`] or the first mapping error, with every
     /// buffer given back in order; nothing stays mapped.
+    #[cfg(feature = "alloc")]
     pub fn map_sg<B: DmaBuffer, T: Translate>(
         &self,
         dev: &Device<T>,
@@ -1045,6 +1065,7 @@ impl<P: Policy> Pool<P> {
     }
 
     /// [`Pool::map_sg`], each buffer mapped as `bouncing` says.
+    #[cfg(feature = "alloc")]
     pub(crate) fn map_sg_buffers<B: DmaBuffer, T: Translate>(
         &self,
         dev: &Device<T>,
@@ -1080,6 +1101,7 @@ impl<P: Policy> Pool<P> {
 /// mapped are unmapped without copying back, and every buffer comes back
 /// in order. The one walk behind the pool's, the tlb's and the platform's
 /// `map_sg`.
+#[cfg(feature = "alloc")]
 pub(crate) fn map_sg_buffers_by<'p, B: DmaBuffer, P: Policy>(
     buffers: Vec<B>,
     max_segment: usize,
@@ -1380,19 +1402,23 @@ impl<B: DmaBuffer, P: Policy> Mapping<'_, B, P> {
         let copied = if copy_back { len } else { 0 };
         let pool_start = pool.start();
         let dma = self.dma;
-        let mut give_back = || {
+        let give_back = || {
             let r = pool.release(b.start, b.nslots, dma, copied, 0);
             // A safe mapping owns its allocation, so it is live.
             debug_assert!(r.is_ok(), "safe mapping was not live: {r:?}");
         };
         match (self.owner, b.held) {
-            (Owner::Tlb(tlb), Held::Grown) => tlb.guard_release(&mut give_back),
+            #[cfg(feature = "alloc")]
+            (Owner::Tlb(tlb), Held::Grown) => tlb.guard_release(&give_back),
             _ => give_back(),
         }
         // From here on the pool may be gone: only its address is used.
+        #[cfg(feature = "alloc")]
         if let Owner::Tlb(tlb) = self.owner {
             tlb.after_release(pool_start, b.held);
         }
+        #[cfg(not(feature = "alloc"))]
+        let _ = pool_start;
     }
 }
 

@@ -14,13 +14,17 @@
 
 #[cfg(not(swiotlb_loom))]
 mod imp {
-    pub(crate) use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+    #[cfg(feature = "alloc")]
+    pub(crate) use core::sync::atomic::AtomicBool;
+    pub(crate) use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
     /// A reader-writer lock: a spin lock, for the pool set of a growing
     /// tlb (read on every map and unmap, written when a pool is added or
     /// removed).
+    #[cfg(feature = "alloc")]
     pub(crate) struct RwLock<T>(spin::RwLock<T>);
 
+    #[cfg(feature = "alloc")]
     impl<T> RwLock<T> {
         pub(crate) const fn new(value: T) -> Self {
             Self(spin::RwLock::new(value))
@@ -54,11 +58,15 @@ mod imp {
 
 #[cfg(swiotlb_loom)]
 mod imp {
-    pub(crate) use loom::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+    #[cfg(feature = "alloc")]
+    pub(crate) use loom::sync::atomic::AtomicBool;
+    pub(crate) use loom::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
     /// A reader-writer lock: loom's.
+    #[cfg(feature = "alloc")]
     pub(crate) struct RwLock<T>(loom::sync::RwLock<T>);
 
+    #[cfg(feature = "alloc")]
     impl<T> RwLock<T> {
         pub(crate) fn new(value: T) -> Self {
             Self(loom::sync::RwLock::new(value))

@@ -40,10 +40,9 @@
 //!   `NextFit`. Runs stop at segment lines, as in Linux, so no mapping is
 //!   ever larger or placed differently in kind.
 
-use alloc::boxed::Box;
-
 use super::bitmap::{clear_range, next_one, next_zero, prev_one, set_range, word_mask};
-use super::policy::{boxed, AreaGeom, Policy, Request};
+use super::meta::{AreaMemory, MetaArray, MetaCount, MetaSlice};
+use super::policy::{AreaGeom, Policy, Request};
 
 /// How many fitting segments a search compares before taking the tightest.
 /// Measured under the earlier one-area fragmentation protocol (64 MiB
@@ -61,18 +60,18 @@ pub struct FastArea {
     /// One bit per slot of the area, set when the slot is held. Zero means
     /// free so that a new area is zeroed memory: for a large pool no page
     /// is touched until it is used.
-    held: Box<[u64]>,
+    held: MetaSlice<u64>,
     /// The longest free run of each segment the area touches (area-relative
     /// segment index): never below the truth, exact after every free and
     /// after every search it misled.
-    longest: Box<[u16]>,
+    longest: MetaSlice<u16>,
     /// One bit per segment, set when its `longest` is known to be exact
     /// (not merely high). An exact summary lets a free update it from the
     /// run it merges into, without a rescan, and lets a search count a
     /// segment as fitting without looking at its bits. The segment of
     /// `last_free` while an exact reuse holds it is the exception (see
     /// [`FastArea::forget_reuse`]).
-    exact: Box<[u64]>,
+    exact: MetaSlice<u64>,
     /// The area-relative start and length of the run the last search
     /// took, and whether its segment's summary was exact before (length 0:
     /// none, or something else has been freed since). Freeing that run
@@ -587,15 +586,27 @@ impl FastArea {
 unsafe impl Policy for Fast {
     type Area = FastArea;
     const NAME: &'static str = "fast";
+    /// The held bits, the segments' longest runs, their exact marks.
+    const METADATA: &'static [MetaArray] = &[
+        MetaArray::of::<u64>(MetaCount::SlotBits),
+        MetaArray::of::<u16>(MetaCount::Segments),
+        MetaArray::of::<u64>(MetaCount::SegmentBits),
+    ];
 
-    fn new_area(geom: &AreaGeom) -> Option<FastArea> {
-        let nsegs = FastArea::segment_of(geom, geom.nslabs - 1) + 1;
+    fn new_area(geom: &AreaGeom, mem: &mut AreaMemory<'_>) -> Option<FastArea> {
+        // Zero means free: the held bits are used as they come, so a new
+        // area of a heap pool touches none of their pages.
+        let held = mem.take::<u64>()?;
+        let longest = mem.take::<u16>()?;
+        let mut exact = mem.take::<u64>()?;
+        exact.fill(!0);
+        let nsegs = longest.len();
         let mut area = FastArea {
             // Bits past the area's end stay clear (free) but are never
             // reached: every scan stops at `geom.nslabs`.
-            held: boxed(0u64, geom.nslabs.div_ceil(64) as usize)?,
-            longest: boxed(0u16, nsegs)?,
-            exact: boxed(!0u64, nsegs.div_ceil(64))?,
+            held,
+            longest,
+            exact,
             last_search: (0, 0, false),
             last_free: (0, 0),
             last_word: (0, 0),
@@ -656,19 +667,12 @@ unsafe impl Policy for Fast {
         let i = slot - geom.first;
         area.held[(i / 64) as usize] >> (i % 64) & 1 == 0
     }
-
-    fn metadata_bytes(geom: &AreaGeom) -> usize {
-        let nsegs = (geom.end() - 1) / geom.segment - geom.first / geom.segment + 1;
-        geom.nslabs.div_ceil(64) as usize * 8
-            + nsegs as usize * 2
-            + (nsegs as usize).div_ceil(64) * 8
-            + core::mem::size_of::<FastArea>()
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pool::meta::TestArea;
 
     /// A request for `nslots` slots with no alignment beyond the slot.
     fn req(nslots: u32) -> Request {
@@ -711,7 +715,7 @@ mod tests {
             segment: 128,
             slot_shift: 11,
         };
-        let mut area = Fast::new_area(&geom).unwrap();
+        let mut area = TestArea::<Fast>::new(&geom);
         let mut live: alloc::vec::Vec<(u32, u32)> = alloc::vec::Vec::new();
         let mut x = 0x2545_f491_4f6c_dd1du64;
         let mut undone = 0;
@@ -759,12 +763,12 @@ mod tests {
             // Retake and give back the run just freed, as a driver mapping
             // one size does; the summaries must come out the same.
             if freed.is_some() && x % 5 == 0 {
-                let before = area.longest.clone();
+                let before = area.longest.to_vec();
                 let (start, len) = area.last_free;
                 if let Some(s) = Fast::alloc(&mut area, &geom, &req(len)) {
                     if s == geom.first + start {
                         Fast::free(&mut area, &geom, s, len);
-                        assert_eq!(area.longest, before, "step {step}");
+                        assert_eq!(area.longest[..], before[..], "step {step}");
                         undone += 1;
                     } else {
                         live.push((s, len));
@@ -798,7 +802,7 @@ mod tests {
                 segment: seg,
                 slot_shift: 11,
             };
-            let mut area = Fast::new_area(&geom).unwrap();
+            let mut area = TestArea::<Fast>::new(&geom);
             for w in area.held.iter_mut() {
                 let a = rnd();
                 *w = match case % 5 {
@@ -970,7 +974,7 @@ mod tests {
     /// the marks around it; `refresh` sets that mark and no other.
     #[test]
     fn exact_marks_are_one_bit_per_segment() {
-        let mut area = Fast::new_area(&WIDE).unwrap();
+        let mut area = TestArea::<Fast>::new(&WIDE);
         let words = [
             0,
             !0,
@@ -982,7 +986,7 @@ mod tests {
         ];
         for &a in &words {
             for &b in &words {
-                area.exact = [a, b].into();
+                area.exact.copy_from_slice(&[a, b]);
                 for j in 0..128 {
                     let word = if j < 64 { a } else { b };
                     let set = word & (1u64 << (j % 64)) != 0;
@@ -991,12 +995,12 @@ mod tests {
             }
         }
         for j in [0, 1, 62, 63, 64, 65, 127] {
-            area.exact = [0, 0].into();
+            area.exact.copy_from_slice(&[0, 0]);
             area.refresh(&WIDE, j);
             for k in 0..128 {
                 assert_eq!(area.is_exact(k), k == j, "refresh of {j}, segment {k}");
             }
-            area.exact = [!0, !0].into();
+            area.exact.copy_from_slice(&[!0, !0]);
             area.clear_exact(j);
             area.refresh(&WIDE, j);
             assert!((0..128).all(|k| area.is_exact(k)), "refresh of {j}");
@@ -1044,7 +1048,7 @@ mod tests {
     /// Segment 0 is held whole first, so that the run is in segment 1.
     #[test]
     fn forget_reuse_unmarks_only_a_retaken_run() {
-        let mut area = Fast::new_area(&WIDE).unwrap();
+        let mut area = TestArea::<Fast>::new(&WIDE);
         assert!((0..128).all(|k| area.is_exact(k)), "a new area");
         area.forget_reuse(&WIDE);
         assert!((0..128).all(|k| area.is_exact(k)), "nothing freed yet");
@@ -1088,7 +1092,7 @@ mod tests {
             (&[9, 4, 7, 6, 5][..], 16),
             (&[9, 8, 7, 6, 4][..], 3 * 16),
         ] {
-            let mut area = Fast::new_area(&geom).unwrap();
+            let mut area = TestArea::<Fast>::new(&geom);
             set_range(&mut area.held, 0, geom.nslabs);
             for (j, &n) in runs.iter().enumerate() {
                 clear_range(&mut area.held, j as u32 * 16, n);

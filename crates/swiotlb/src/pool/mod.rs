@@ -12,26 +12,33 @@
 //!
 //! Areas each have a lock and the policy's state, cache padded so that two
 //! CPUs mapping in their own areas never share a cache line.
+//!
+//! All of it lives in one metadata block (`meta`): on the heap for
+//! [`Pool::new`], in memory the caller lends for good for
+//! [`Pool::new_with_metadata`], which needs no heap at all.
 
 mod bitmap;
 mod fast;
+mod meta;
 mod nextfit;
 mod policy;
 
-use alloc::boxed::Box;
-use alloc::vec::Vec;
+use core::mem::MaybeUninit;
 use core::ptr::NonNull;
 
 pub use fast::{Fast, FastArea};
+pub use meta::{AreaMemory, MetaArray, MetaCount, MetaSlice, MetaWord};
 pub use nextfit::{NextFit, NextFitArea};
 pub use policy::{AreaGeom, Policy, Request};
 
 use crate::addr::{DmaAddr, PhysAddr};
 use crate::device::Device;
-use crate::error::{AllocWhat, Error, FailReason, PoolProblem, Result};
+use crate::error::{AllocWhat, ConfigProblem, Error, FailReason, PoolProblem, Result};
+#[cfg(feature = "alloc")]
 use crate::stats::Stats;
 use crate::sync::{AtomicPtr, AtomicU64, AtomicUsize, CachePadded, Mutex, Ordering};
 use crate::translate::Translate;
+use meta::Carver;
 
 /// How a pool keeps its high-water mark (see [`Pool::with_hiwater`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -69,35 +76,74 @@ pub struct PoolConfig {
 
 impl Default for PoolConfig {
     fn default() -> Self {
-        Self {
-            slot_shift: crate::config::IO_TLB_SHIFT,
-            segment: crate::config::IO_TLB_SEGSIZE,
-            nareas: 1,
-            page_shift: 12,
-        }
+        Self::DEFAULT
     }
 }
 
 impl PoolConfig {
+    /// The default geometry, for `const` contexts (a heapless pool's
+    /// metadata size, [`Pool::metadata_len`]).
+    pub const DEFAULT: Self = Self {
+        slot_shift: crate::config::IO_TLB_SHIFT,
+        segment: crate::config::IO_TLB_SEGSIZE,
+        nareas: 1,
+        page_shift: 12,
+    };
+
     /// The default geometry with `nareas` areas.
-    pub fn with_areas(nareas: u32) -> Self {
+    pub const fn with_areas(nareas: u32) -> Self {
         Self {
             nareas,
-            ..Self::default()
+            ..Self::DEFAULT
         }
     }
 
-    fn check(&self) -> core::result::Result<(), PoolProblem> {
-        let ok = (9..=16).contains(&self.slot_shift)
+    /// Whether every field is in range.
+    const fn is_valid(&self) -> bool {
+        self.slot_shift >= 9
+            && self.slot_shift <= 16
             && self.segment.is_power_of_two()
             && self.segment <= 1 << 15
             && (self.segment as u64) << self.slot_shift <= 1 << 23
-            && (9..=30).contains(&self.page_shift);
-        if ok {
+            && self.page_shift >= 9
+            && self.page_shift <= 30
+    }
+
+    fn check(&self) -> core::result::Result<(), PoolProblem> {
+        if self.is_valid() {
             Ok(())
         } else {
             Err(PoolProblem::BadGeometry)
         }
+    }
+
+    /// The pool's slot count for `len` bytes, `None` if it is zero or more
+    /// than the records can index. The geometry must be valid.
+    const fn slot_count(&self, len: usize) -> Option<u32> {
+        let n = (len as u64) >> self.slot_shift;
+        if n == 0 || n >= (u32::MAX - 64) as u64 {
+            None
+        } else {
+            Some(n as u32)
+        }
+    }
+}
+
+/// Where area `i` of a pool of `nslabs` slots in `nareas` areas lies: each
+/// area has `nslabs / nareas` slots, and the last one also takes the
+/// remainder, so no slot is lost (Linux leaves it unused).
+const fn area_geom(config: &PoolConfig, nslabs: u32, nareas: u32, i: u32) -> AreaGeom {
+    let area_nslabs = nslabs / nareas;
+    let first = i * area_nslabs;
+    AreaGeom {
+        first,
+        nslabs: if i == nareas - 1 {
+            nslabs - first
+        } else {
+            area_nslabs
+        },
+        segment: config.segment,
+        slot_shift: config.slot_shift,
     }
 }
 
@@ -175,10 +221,48 @@ struct Area<A> {
     bytes_from_device: AtomicU64,
 }
 
-/// Heap memory a pool owns and frees when dropped.
+/// One area as it is laid out in the metadata block.
+type AreaSlot<P> = CachePadded<Area<<P as Policy>::Area>>;
+
+/// Heap memory a pool owns: its slots ([`Pool::new_heap`]) or its metadata
+/// block ([`Pool::new`]), freed when this is dropped.
+///
+/// # Invariants
+/// `ptr` was allocated by the global allocator with `layout`, and nothing
+/// else frees it.
+#[cfg(feature = "alloc")]
 struct Owned {
     ptr: NonNull<u8>,
     layout: core::alloc::Layout,
+}
+
+#[cfg(feature = "alloc")]
+impl Owned {
+    /// `layout.size()` zeroed bytes from the global allocator.
+    ///
+    /// # Errors
+    /// `oom` if the size is zero or the allocation fails: a pool too large
+    /// for the machine is an error, never an abort.
+    fn zeroed(layout: core::alloc::Layout, oom: Error) -> Result<Self> {
+        if layout.size() == 0 {
+            return Err(oom);
+        }
+        // SAFETY: the layout has a non-zero size (checked just above).
+        let raw = unsafe { alloc::alloc::alloc_zeroed(layout) };
+        let ptr = NonNull::new(raw).ok_or(oom)?;
+        // INVARIANT: just allocated with `layout`, by nobody else.
+        Ok(Self { ptr, layout })
+    }
+}
+
+#[cfg(feature = "alloc")]
+impl Drop for Owned {
+    fn drop(&mut self) {
+        // SAFETY: `ptr` was allocated with `layout` by the global allocator
+        // and is freed once, here (type invariant); whoever owns this drops
+        // it only after the last use of the memory.
+        unsafe { alloc::alloc::dealloc(self.ptr.as_ptr(), self.layout) }
+    }
 }
 
 /// A bounce pool over one region of memory.
@@ -186,7 +270,9 @@ struct Owned {
 /// Generic over its allocation [`Policy`]: [`Fast`] (the default) or
 /// [`NextFit`] (Linux's). Build one over memory you provide with
 /// [`Pool::new`] (a reserved region, an SRAM window, memory shared with a
-/// device VM) or, for tests and simulations, over heap memory with
+/// device VM), with [`Pool::new_with_metadata`] where there is no heap yet
+/// (firmware, early boot: the pool's bookkeeping goes in memory you lend
+/// it too), or, for tests and simulations, over heap memory with
 /// [`Pool::new_heap`].
 ///
 /// # Invariants
@@ -196,7 +282,11 @@ struct Owned {
 ///   implementation-safety contract), and its bytes are accessed by the CPU
 ///   only on behalf of that allocation;
 /// - `start_bits` has a bit set exactly at the first slot of each live
-///   allocation, and `orig`/`shape` at that slot describe it.
+///   allocation, and `orig`/`shape` at that slot describe it;
+/// - `areas`, `orig`, `shape` and `start_bits` (and the policy's arrays
+///   inside the areas) live in one metadata block that outlives them: lent
+///   for good, or owned by `meta_block`, which is declared last so that it
+///   is dropped after them.
 pub struct Pool<P: Policy = Fast> {
     vaddr: NonNull<u8>,
     start: PhysAddr,
@@ -205,10 +295,10 @@ pub struct Pool<P: Policy = Fast> {
     segment: u32,
     page_shift: u32,
     area_nslabs: u32,
-    areas: Box<[CachePadded<Area<P::Area>>]>,
-    orig: Box<[AtomicPtr<u8>]>,
-    shape: Box<[AtomicU64]>,
-    start_bits: Box<[AtomicU64]>,
+    areas: MetaSlice<AreaSlot<P>>,
+    orig: MetaSlice<AtomicPtr<u8>>,
+    shape: MetaSlice<AtomicU64>,
+    start_bits: MetaSlice<AtomicU64>,
     /// Whether every word of `start_bits` covers slots of one area only
     /// (areas are whole multiples of 64 slots), so that the area lock alone
     /// guards writes to it.
@@ -220,12 +310,19 @@ pub struct Pool<P: Policy = Fast> {
     exact_hiwater: bool,
     failures: [AtomicU64; FailReason::COUNT],
     direct: AtomicU64,
+    /// The slots, for a pool over heap memory ([`Pool::new_heap`]).
+    #[cfg(feature = "alloc")]
     owned: Option<Owned>,
     /// Releases running in the pool now, for the loom models only: a pool
     /// dropped while one runs is the use after free the grace rule of a
     /// growing tlb prevents (`AfterRelease::guard_release`).
     #[cfg(swiotlb_loom)]
     releasing: AtomicUsize,
+    /// The metadata block, for a pool that keeps it on the heap
+    /// ([`Pool::new`]). Last: fields drop in declaration order, and the
+    /// arrays above live in this block.
+    #[cfg(feature = "alloc")]
+    meta_block: Option<Owned>,
 }
 
 // SAFETY: the pool's raw pointer is to memory the pool manages (see the
@@ -247,12 +344,9 @@ impl<P: Policy> Drop for Pool<P> {
             0,
             "a pool was freed while a release was still running in it"
         );
-        if let Some(owned) = self.owned.take() {
-            // SAFETY: `owned` was allocated by `new_heap` with this layout and
-            // is freed once, here; no mapping can outlive the pool because
-            // safe mappings borrow it.
-            unsafe { alloc::alloc::dealloc(owned.ptr.as_ptr(), owned.layout) }
-        }
+        // The fields drop after this, in order: the arrays in place, then
+        // the heap memory (`owned`, `meta_block`), if any. No mapping can
+        // outlive the pool: safe mappings borrow it.
     }
 }
 
@@ -267,97 +361,128 @@ impl<P: Policy> core::fmt::Debug for Pool<P> {
     }
 }
 
-/// `len` zeroed words. Outside loom the memory comes from the allocator
-/// already zeroed (`calloc`, which for large sizes maps fresh zero pages),
-/// so a pool's metadata costs no time until it is touched: a 6 GiB pool
-/// has 3 million slots.
-fn zeroed_words(len: usize) -> Result<Box<[AtomicU64]>> {
+/// `n` zeroed words from `carver`. Outside loom a heap pool's block is
+/// zeroed by the allocator (`calloc`, which for large sizes maps fresh
+/// zero pages), so a pool's records cost no time until they are touched:
+/// a 6 GiB pool has 3 million slots.
+fn zeroed_words(carver: &mut Carver, n: usize) -> Option<MetaSlice<AtomicU64>> {
     #[cfg(not(swiotlb_loom))]
     {
-        zeroed_slice(len)
+        carver.zeroed(n)
     }
     #[cfg(swiotlb_loom)]
     {
-        Ok((0..len).map(|_| AtomicU64::new(0)).collect())
+        carver.filled(n, |_| AtomicU64::new(0))
     }
 }
 
-/// `len` null pointers, as [`zeroed_words`].
-fn zeroed_ptrs(len: usize) -> Result<Box<[AtomicPtr<u8>]>> {
+/// `n` null pointers, as [`zeroed_words`].
+fn zeroed_ptrs(carver: &mut Carver, n: usize) -> Option<MetaSlice<AtomicPtr<u8>>> {
     #[cfg(not(swiotlb_loom))]
     {
-        zeroed_slice(len)
+        carver.zeroed(n)
     }
     #[cfg(swiotlb_loom)]
     {
-        Ok((0..len)
-            .map(|_| AtomicPtr::new(core::ptr::null_mut()))
-            .collect())
+        carver.filled(n, |_| AtomicPtr::new(core::ptr::null_mut()))
     }
 }
 
-/// A boxed slice of `len` values whose all-zero bit pattern is a valid
-/// value, allocated zeroed.
-///
-/// # Errors
-/// [`Error::OutOfMemory`] if the size overflows `isize` or the allocation
-/// fails: a pool too large for the machine is an error, never an abort.
-#[cfg(not(swiotlb_loom))]
-fn zeroed_slice<T: ZeroValid>(len: usize) -> Result<Box<[T]>> {
-    let oom = Error::OutOfMemory {
-        what: AllocWhat::Metadata,
-        bytes: len.saturating_mul(core::mem::size_of::<T>()),
+/// The region checks of every constructor: the pool's slot count and area
+/// count for `len` bytes at `phys`.
+fn geometry(phys: PhysAddr, len: usize, config: &PoolConfig) -> Result<(u32, u32)> {
+    let bad = |problem| Error::InvalidPool {
+        base: phys,
+        problem,
     };
-    let layout = core::alloc::Layout::array::<T>(len).map_err(|_| oom)?;
-    if layout.size() == 0 {
-        return Ok((0..len).map(|_| T::zero()).collect());
+    config.check().map_err(bad)?;
+    let slot = 1u64 << config.slot_shift;
+    if phys.0 & (slot - 1) != 0 {
+        return Err(bad(PoolProblem::Unaligned));
     }
-    // SAFETY: the layout has a non-zero size.
-    let ptr = unsafe { alloc::alloc::alloc_zeroed(layout) }.cast::<T>();
-    if ptr.is_null() {
-        return Err(oom);
+    if phys.0.checked_add(len as u64).is_none() {
+        return Err(bad(PoolProblem::Wraps));
     }
-    // SAFETY:
-    // - `ptr` was allocated by the global allocator with the layout of
-    //   `[T; len]`, which is what `Box<[T]>` frees with;
-    // - every element is initialised: the memory is zeroed and all-zero is
-    //   a valid `T` (`ZeroValid`'s contract);
-    // - nothing else owns the allocation.
-    Ok(unsafe { Box::from_raw(core::ptr::slice_from_raw_parts_mut(ptr, len)) })
-}
-
-/// Types whose all-zero bit pattern is a valid value.
-///
-/// # Implementation safety
-/// All-zero bytes must be a valid, initialised value of the type.
-#[cfg(not(swiotlb_loom))]
-unsafe trait ZeroValid: Sized {
-    fn zero() -> Self;
-}
-
-// SAFETY: `AtomicU64` has the same in-memory representation as `u64`, for
-// which zero is valid.
-#[cfg(not(swiotlb_loom))]
-unsafe impl ZeroValid for AtomicU64 {
-    fn zero() -> Self {
-        AtomicU64::new(0)
+    if (len as u64) >> config.slot_shift == 0 {
+        return Err(bad(PoolProblem::TooSmall));
     }
-}
-
-// SAFETY: `AtomicPtr<u8>` has the same in-memory representation as
-// `*mut u8`, for which all-zero is the null pointer, a valid value.
-#[cfg(not(swiotlb_loom))]
-unsafe impl ZeroValid for AtomicPtr<u8> {
-    fn zero() -> Self {
-        AtomicPtr::new(core::ptr::null_mut())
-    }
+    let nslabs = config
+        .slot_count(len)
+        .ok_or(bad(PoolProblem::TooManySlots))?;
+    Ok((nslabs, area_count(config.nareas, nslabs, config.segment)))
 }
 
 impl<P: Policy> Pool<P> {
+    /// The alignment a pool uses its metadata block from (that of its
+    /// cache-padded areas). [`Pool::metadata_len`] counts the
+    /// `METADATA_ALIGN - 1` bytes it may take to reach it from an
+    /// arbitrary address; memory already aligned to it needs that much
+    /// less.
+    pub const METADATA_ALIGN: usize = core::mem::align_of::<AreaSlot<P>>();
+
+    /// Bytes of metadata a pool of `len` bytes with `config` keeps,
+    /// enough wherever they lie: what [`Pool::new_with_metadata`] must be
+    /// given, and what [`Pool::new`] allocates.
+    ///
+    /// A `const fn`, so that firmware sizes a `static` at compile time:
+    ///
+    /// ```
+    /// use core::mem::MaybeUninit;
+    /// use swiotlb::{Fast, Pool, PoolConfig};
+    ///
+    /// const POOL_LEN: usize = 1 << 20;
+    /// const META_LEN: usize = Pool::<Fast>::metadata_len(POOL_LEN, PoolConfig::DEFAULT);
+    /// static mut META: [MaybeUninit<u8>; META_LEN] = [MaybeUninit::uninit(); META_LEN];
+    /// # assert!(META_LEN < POOL_LEN / 64);
+    /// ```
+    ///
+    /// It is the pool's records (16 bytes a slot and a start bit), the
+    /// policy's arrays as [`Policy::METADATA`] declares them for each area
+    /// ([`Fast`]: a bit a slot and 2 bytes a segment; [`NextFit`]: 4 bytes
+    /// a slot), a cache-padded lock, counters and policy state per area,
+    /// the alignment padding between them, and `METADATA_ALIGN - 1` bytes
+    /// to align the block. 0 for a length or geometry that every
+    /// constructor refuses ([`Error::InvalidPool`]); `usize::MAX` if the
+    /// metadata would not fit the address space.
+    pub const fn metadata_len(len: usize, config: PoolConfig) -> usize {
+        if !config.is_valid() {
+            return 0;
+        }
+        let Some(nslabs) = config.slot_count(len) else {
+            return 0;
+        };
+        let nareas = area_count(config.nareas, nslabs, config.segment);
+        match Self::carved_len(&config, nslabs, nareas) {
+            Some(n) => n.saturating_add(Self::METADATA_ALIGN - 1),
+            None => usize::MAX,
+        }
+    }
+
+    /// Bytes of a metadata block from its aligned start to the end of its
+    /// last array, `None` on overflow. The arrays in the order
+    /// [`Pool::build`] carves them: the areas, the start bits, the
+    /// originals, the shapes, then each area's policy arrays.
+    const fn carved_len(config: &PoolConfig, nslabs: u32, nareas: u32) -> Option<usize> {
+        let n = nslabs as usize;
+        let mut at = meta::after::<AreaSlot<P>>(Some(0), nareas as usize);
+        at = meta::after::<AtomicU64>(at, n.div_ceil(64));
+        at = meta::after::<AtomicPtr<u8>>(at, n);
+        at = meta::after::<AtomicU64>(at, n);
+        let mut i = 0;
+        while i < nareas {
+            let geom = area_geom(config, nslabs, nareas, i);
+            at = meta::after_declared(at, P::METADATA, &geom);
+            i += 1;
+        }
+        at
+    }
+
     /// A pool over `len` bytes at CPU address `vaddr`, physical address
     /// `phys`. This is the pool at a pre-defined address: a reserved
     /// region, an SRAM window, a region shared with a device or a device VM.
-    /// Whole slots are used; a tail shorter than a slot is left alone.
+    /// Whole slots are used; a tail shorter than a slot is left alone. The
+    /// pool's metadata ([`Pool::metadata_len`] bytes) is allocated on the
+    /// heap; [`Pool::new_with_metadata`] takes memory for it instead.
     ///
     /// # Errors
     /// [`Error::InvalidPool`] if the region is smaller than a slot, `phys`
@@ -372,73 +497,203 @@ impl<P: Policy> Pool<P> {
     ///   pool lives (devices may: that is the point);
     /// - `phys` is the physical address of `vaddr` and the region is
     ///   physically contiguous.
+    #[cfg(feature = "alloc")]
     pub unsafe fn new(
         vaddr: NonNull<u8>,
         phys: PhysAddr,
         len: usize,
         config: PoolConfig,
     ) -> Result<Self> {
-        let bad = |problem| Error::InvalidPool {
-            base: phys,
-            problem,
+        // The region first: nothing is allocated for a pool that cannot be.
+        geometry(phys, len, &config)?;
+        let bytes = Self::metadata_len(len, config);
+        let oom = Error::OutOfMemory {
+            what: AllocWhat::Metadata,
+            bytes,
         };
-        config.check().map_err(bad)?;
-        let slot = 1u64 << config.slot_shift;
-        if phys.0 & (slot - 1) != 0 {
-            return Err(bad(PoolProblem::Unaligned));
+        // Aligned no more than the allocator aligns anyway, so that the
+        // zeroed allocation is `calloc` (fresh zero pages for large sizes,
+        // untouched until used) and not an aligned one zeroed by hand; the
+        // block is aligned inside, within the bytes `metadata_len` counts
+        // for it.
+        let layout = core::alloc::Layout::from_size_align(bytes, 16).map_err(|_| oom)?;
+        let block = Owned::zeroed(layout, oom)?;
+        // SAFETY:
+        // - `vaddr` is valid for reads and writes of `len` bytes until the
+        //   pool is dropped, nothing else on the CPU side reaches them, and
+        //   `phys` is their contiguous physical address: the caller
+        //   guarantees each of these to this function, in the same words;
+        // - `block.ptr` is valid for reads and writes of `bytes` bytes until
+        //   `block` is dropped: by the pool, after its arrays (`meta_block`
+        //   is its last field), or here, after `build` has dropped what it
+        //   carved; nothing else reaches them, the allocation is fresh;
+        // - they are all zero: `Owned::zeroed`.
+        let mut pool = unsafe { Self::build(vaddr, phys, len, config, block.ptr, bytes, true) }?;
+        pool.meta_block = Some(block);
+        Ok(pool)
+    }
+
+    /// A pool over `len` bytes at CPU address `vaddr`, physical address
+    /// `phys`, as [`Pool::new`], that keeps its metadata in `meta` rather
+    /// than on the heap: for firmware and early boot, before there is a
+    /// heap, and for builds without the `alloc` feature.
+    ///
+    /// `meta` must hold [`Pool::metadata_len`]`(len, config)` bytes, which
+    /// is enough wherever it lies (memory aligned to
+    /// [`Pool::METADATA_ALIGN`] needs `METADATA_ALIGN - 1` fewer). What it
+    /// holds does not matter: the pool initialises what it uses. The pool
+    /// keeps it for good, even when it refuses to be built; dropping the
+    /// pool drops what was built there and leaves the memory unused.
+    ///
+    /// ```
+    /// use core::mem::MaybeUninit;
+    /// use core::ptr::{addr_of_mut, NonNull};
+    /// use swiotlb::{Fast, PhysAddr, Pool, PoolConfig};
+    ///
+    /// const LEN: usize = 64 << 10;
+    /// const META_LEN: usize = Pool::<Fast>::metadata_len(LEN, PoolConfig::DEFAULT);
+    /// #[repr(align(4096))]
+    /// struct Slots([u8; LEN]);
+    /// static mut SLOTS: Slots = Slots([0; LEN]);
+    /// static mut META: [MaybeUninit<u8>; META_LEN] = [MaybeUninit::uninit(); META_LEN];
+    ///
+    /// let vaddr = NonNull::new(addr_of_mut!(SLOTS).cast::<u8>()).unwrap();
+    /// let phys = PhysAddr(vaddr.as_ptr().addr() as u64); // identity mapped
+    /// let meta = addr_of_mut!(META);
+    /// // SAFETY: the only reference ever made to `META`.
+    /// let meta = unsafe { &mut *meta };
+    /// // SAFETY: `SLOTS` is reached only through the pool from here on, and
+    /// // lies at physical address `phys`.
+    /// let pool: Pool<Fast> =
+    ///     unsafe { Pool::new_with_metadata(vaddr, phys, LEN, PoolConfig::DEFAULT, meta) }.unwrap();
+    /// assert_eq!(pool.nslabs(), 32);
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::InvalidPool`] as [`Pool::new`]; [`Error::BadConfig`] with
+    /// [`ConfigProblem::MetadataTooSmall`] if `meta` is shorter than the
+    /// pool needs, or [`ConfigProblem::MetadataMisaligned`] if it would be
+    /// long enough only at an address aligned to
+    /// [`Pool::METADATA_ALIGN`]. Nothing is allocated.
+    ///
+    /// # Safety
+    /// - `vaddr` is valid for reads and writes of `len` bytes until the pool
+    ///   is dropped;
+    /// - nothing else on the CPU side reads or writes those bytes while the
+    ///   pool lives (devices may: that is the point);
+    /// - `phys` is the physical address of `vaddr` and the region is
+    ///   physically contiguous.
+    pub unsafe fn new_with_metadata(
+        vaddr: NonNull<u8>,
+        phys: PhysAddr,
+        len: usize,
+        config: PoolConfig,
+        meta: &'static mut [MaybeUninit<u8>],
+    ) -> Result<Self> {
+        let given = meta.len();
+        let block = NonNull::from(meta).cast::<u8>();
+        // SAFETY:
+        // - `vaddr` is valid for reads and writes of `len` bytes until the
+        //   pool is dropped, nothing else on the CPU side reaches them, and
+        //   `phys` is their contiguous physical address: the caller
+        //   guarantees each of these to this function, in the same words;
+        // - `block` is valid for reads and writes of `given` bytes for ever,
+        //   and nothing else reaches them: it comes from a `&'static mut`,
+        //   given up here;
+        // - `zeroed` is false: nothing is assumed of what the bytes hold.
+        unsafe { Self::build(vaddr, phys, len, config, block, given, false) }
+    }
+
+    /// Builds a pool over the `given` bytes of metadata block at `block`.
+    ///
+    /// # Errors
+    /// As [`Pool::new_with_metadata`]; [`Error::OutOfMemory`] if the policy
+    /// cannot build its state in the memory it declared.
+    ///
+    /// # Safety
+    /// - `vaddr` is valid for reads and writes of `len` bytes until the pool
+    ///   is dropped, nothing else on the CPU side reaches them meanwhile,
+    ///   and `phys` is their physical address, contiguous;
+    /// - `block` is valid for reads and writes of `given` bytes until the
+    ///   pool's arrays are dropped (at the latest when the pool is), and
+    ///   nothing else reaches them meanwhile;
+    /// - if `zeroed`, those bytes are all zero.
+    unsafe fn build(
+        vaddr: NonNull<u8>,
+        phys: PhysAddr,
+        len: usize,
+        config: PoolConfig,
+        block: NonNull<u8>,
+        given: usize,
+        zeroed: bool,
+    ) -> Result<Self> {
+        let (nslabs, nareas) = geometry(phys, len, &config)?;
+        let too_small = Error::BadConfig {
+            problem: ConfigProblem::MetadataTooSmall {
+                given,
+                needed: Self::metadata_len(len, config),
+            },
+        };
+        let carved = Self::carved_len(&config, nslabs, nareas).ok_or(too_small)?;
+        let skip = block.as_ptr().addr().wrapping_neg() & (Self::METADATA_ALIGN - 1);
+        if given < skip.saturating_add(carved) {
+            return Err(if given >= carved {
+                Error::BadConfig {
+                    problem: ConfigProblem::MetadataMisaligned {
+                        align: Self::METADATA_ALIGN,
+                        skip,
+                    },
+                }
+            } else {
+                too_small
+            });
         }
-        if phys.0.checked_add(len as u64).is_none() {
-            return Err(bad(PoolProblem::Wraps));
-        }
-        let nslabs = (len as u64) >> config.slot_shift;
-        if nslabs == 0 {
-            return Err(bad(PoolProblem::TooSmall));
-        }
-        let nslabs = u32::try_from(nslabs)
-            .ok()
-            .filter(|&n| n < u32::MAX - 64)
-            .ok_or(bad(PoolProblem::TooManySlots))?;
-        let nareas = area_count(config.nareas, nslabs, config.segment);
-        let area_nslabs = nslabs / nareas;
-        let areas = (0..nareas)
-            .map(|i| {
-                let first = i * area_nslabs;
-                // The last area takes the remainder, so no slot is lost
-                // (Linux leaves it unused).
-                let n = if i == nareas - 1 {
-                    nslabs - first
-                } else {
-                    area_nslabs
-                };
-                let geom = AreaGeom {
-                    first,
-                    nslabs: n,
-                    segment: config.segment,
-                    slot_shift: config.slot_shift,
-                };
-                Some(CachePadded(Area {
-                    geom,
-                    state: Mutex::new(AreaState {
-                        policy: P::new_area(&geom)?,
-                        used: 0,
-                        hiwater: 0,
-                        mapped_to_device: 0,
-                        unmapped_from_device: 0,
-                    }),
-                    bytes_to_device: AtomicU64::new(0),
-                    bytes_from_device: AtomicU64::new(0),
-                }))
-            })
-            .collect::<Option<Box<[_]>>>()
-            .ok_or(Error::OutOfMemory {
-                what: AllocWhat::Metadata,
-                bytes: P::metadata_bytes(&AreaGeom {
-                    first: 0,
-                    nslabs,
-                    segment: config.segment,
-                    slot_shift: config.slot_shift,
+        // SAFETY: `skip + carved <= given` (checked just above), so the
+        // result is inside the block.
+        let base = unsafe { block.as_ptr().add(skip) };
+        let base = NonNull::new(base).ok_or(too_small)?;
+        // SAFETY:
+        // - the block from `skip` on is valid for reads and writes of its
+        //   `given - skip` bytes until the pool's arrays, all carved from
+        //   it, are dropped, and nothing else reaches them (this
+        //   function's second obligation);
+        // - if `zeroed`, they are all zero (its third).
+        let mut carver = unsafe { Carver::new(base, given - skip, zeroed) };
+        let failed = Error::OutOfMemory {
+            what: AllocWhat::Metadata,
+            bytes: carved,
+        };
+        let mut areas = carver
+            .filling::<AreaSlot<P>>(nareas as usize)
+            .ok_or(failed)?;
+        let start_bits = zeroed_words(&mut carver, (nslabs as usize).div_ceil(64)).ok_or(failed)?;
+        let orig = zeroed_ptrs(&mut carver, nslabs as usize).ok_or(failed)?;
+        let shape = zeroed_words(&mut carver, nslabs as usize).ok_or(failed)?;
+        for i in 0..nareas {
+            let geom = area_geom(&config, nslabs, nareas, i);
+            let mut mem = AreaMemory::new(&mut carver, P::METADATA, geom);
+            let policy = P::new_area(&geom, &mut mem).ok_or(failed)?;
+            let area = CachePadded(Area {
+                geom,
+                state: Mutex::new(AreaState {
+                    policy,
+                    used: 0,
+                    hiwater: 0,
+                    mapped_to_device: 0,
+                    unmapped_from_device: 0,
                 }),
-            })?;
+                bytes_to_device: AtomicU64::new(0),
+                bytes_from_device: AtomicU64::new(0),
+            });
+            areas.push(area).map_err(|_| failed)?;
+        }
+        let areas = areas.finish().ok_or(failed)?;
+        debug_assert_eq!(
+            carver.used(),
+            carved,
+            "metadata_len disagrees with the carving"
+        );
+        let area_nslabs = nslabs / nareas;
         Ok(Self {
             vaddr,
             start: phys,
@@ -448,18 +703,21 @@ impl<P: Policy> Pool<P> {
             page_shift: config.page_shift,
             area_nslabs,
             areas,
-            orig: zeroed_ptrs(nslabs as usize)?,
-            shape: zeroed_words(nslabs as usize)?,
-            start_bits: zeroed_words(nslabs.div_ceil(64) as usize)?,
+            orig,
+            shape,
+            start_bits,
             start_words_private: area_nslabs % 64 == 0,
             used: CachePadded(AtomicUsize::new(0)),
             hiwater: CachePadded(AtomicUsize::new(0)),
             exact_hiwater: false,
             failures: core::array::from_fn(|_| AtomicU64::new(0)),
             direct: AtomicU64::new(0),
+            #[cfg(feature = "alloc")]
             owned: None,
             #[cfg(swiotlb_loom)]
             releasing: AtomicUsize::new(0),
+            #[cfg(feature = "alloc")]
+            meta_block: None,
         })
     }
 
@@ -472,6 +730,7 @@ impl<P: Policy> Pool<P> {
     /// # Errors
     /// As [`Pool::new`]; also [`Error::OutOfMemory`] if the pool's memory
     /// cannot be allocated.
+    #[cfg(feature = "alloc")]
     pub fn new_heap(len: usize, config: PoolConfig) -> Result<Self> {
         let oom = Error::OutOfMemory {
             what: AllocWhat::PoolMemory,
@@ -495,10 +754,8 @@ impl<P: Policy> Pool<P> {
         let align = 1usize << align_shift;
         let layout = core::alloc::Layout::from_size_align(len.max(1).saturating_add(align), 16)
             .map_err(|_| oom)?;
-        // SAFETY: the layout has a non-zero size (`len.max(1) + align`).
-        let raw = unsafe { alloc::alloc::alloc_zeroed(layout) };
-        let base = NonNull::new(raw).ok_or(oom)?;
-        let owned = Owned { ptr: base, layout };
+        let owned = Owned::zeroed(layout, oom)?;
+        let base = owned.ptr;
         let skip = base.as_ptr().align_offset(align);
         // SAFETY: `skip < align`, and the allocation is `len + align` bytes,
         // so `base + skip` and the `len` bytes after it are inside it.
@@ -509,21 +766,13 @@ impl<P: Policy> Pool<P> {
         let phys = PhysAddr(ptr.as_ptr() as usize as u64);
         // SAFETY:
         // - `ptr` is valid for reads and writes of `len` bytes: inside the
-        //   allocation just made, freed only when the pool drops;
+        //   allocation just made, freed only when `owned` drops, which the
+        //   pool does when it drops (or this function, if `new` fails);
         // - nothing else has the pointer;
         // - identity: the physical address is defined as the CPU address.
-        match unsafe { Self::new(ptr, phys, len, config) } {
-            Ok(mut pool) => {
-                pool.owned = Some(owned);
-                Ok(pool)
-            }
-            Err(e) => {
-                // SAFETY: allocated above with `layout`, not yet owned by a
-                // pool, freed once.
-                unsafe { alloc::alloc::dealloc(owned.ptr.as_ptr(), owned.layout) };
-                Err(e)
-            }
-        }
+        let mut pool = unsafe { Self::new(ptr, phys, len, config) }?;
+        pool.owned = Some(owned);
+        Ok(pool)
     }
 
     /// The physical address of the pool's first slot.
@@ -611,14 +860,18 @@ impl<P: Policy> Pool<P> {
     }
 
     /// Metadata bytes the pool keeps, all areas included (not the slot
-    /// memory itself).
+    /// memory itself, nor the alignment padding of the metadata block that
+    /// [`Pool::metadata_len`] counts).
     pub fn metadata_bytes(&self) -> usize {
         let per_slot = core::mem::size_of::<AtomicPtr<u8>>() + core::mem::size_of::<AtomicU64>();
         let bits = self.start_bits.len() * 8;
         let areas: usize = self
             .areas
             .iter()
-            .map(|a| P::metadata_bytes(&a.geom) + core::mem::size_of_val(&**a))
+            .map(|a| {
+                let arrays: usize = P::METADATA.iter().map(|m| m.bytes(&a.geom)).sum();
+                arrays + core::mem::size_of_val(&**a)
+            })
             .sum();
         self.nslabs as usize * per_slot + bits + areas + core::mem::size_of::<Self>()
     }
@@ -1004,8 +1257,9 @@ impl<P: Policy> Pool<P> {
     }
 
     /// The pool's statistics, named like Linux's debugfs files.
+    #[cfg(feature = "alloc")]
     pub fn stats(&self) -> Stats {
-        let mut area_used = Vec::with_capacity(self.areas.len());
+        let mut area_used = alloc::vec::Vec::with_capacity(self.areas.len());
         let mut to = 0;
         let mut from = 0;
         let mut area_marks = 0;
@@ -1267,8 +1521,12 @@ impl<P: Policy> Pool<P> {
 /// Linux's area count: the wanted count rounded up to a power of two, then
 /// halved until each area holds a segment (`limit_nareas`, kept a power of
 /// two). A pool smaller than one segment has one area.
-fn area_count(wanted: u32, nslabs: u32, segment: u32) -> u32 {
-    let mut n = wanted.max(1).checked_next_power_of_two().unwrap_or(1 << 31);
+const fn area_count(wanted: u32, nslabs: u32, segment: u32) -> u32 {
+    let wanted = if wanted == 0 { 1 } else { wanted };
+    let mut n = match wanted.checked_next_power_of_two() {
+        Some(n) => n,
+        None => 1 << 31,
+    };
     while n > 1 && nslabs / n < segment {
         n /= 2;
     }
@@ -1302,23 +1560,62 @@ mod tests {
     use super::*;
 
     #[test]
-    #[cfg(not(swiotlb_loom))]
+    #[cfg(feature = "alloc")]
     // Miri reports a huge allocation as resource exhaustion instead of
     // returning null.
     #[cfg_attr(miri, ignore)]
     fn metadata_that_cannot_be_allocated_is_an_error_not_an_abort() {
-        let oom = |len: usize| Error::OutOfMemory {
+        use core::alloc::Layout;
+        let oom = Error::OutOfMemory {
             what: AllocWhat::Metadata,
-            bytes: len.saturating_mul(8),
+            bytes: 1 << 50,
         };
-        // Past `isize::MAX` bytes: no layout at all.
-        assert_eq!(
-            zeroed_slice::<AtomicU64>(usize::MAX / 4).err(),
-            Some(oom(usize::MAX / 4))
-        );
-        // A layout, but more memory than the machine has.
-        assert_eq!(zeroed_slice::<AtomicU64>(1 << 50).err(), Some(oom(1 << 50)));
-        assert_eq!(zeroed_slice::<AtomicU64>(3).unwrap().len(), 3);
+        // More memory than the machine has.
+        let huge = Layout::from_size_align(1 << 50, 16).unwrap();
+        assert_eq!(Owned::zeroed(huge, oom).err(), Some(oom));
+        // Nothing to allocate is refused, not undefined.
+        let empty = Layout::from_size_align(0, 16).unwrap();
+        assert_eq!(Owned::zeroed(empty, oom).err(), Some(oom));
+        let small = Owned::zeroed(Layout::from_size_align(24, 16).unwrap(), oom).unwrap();
+        // SAFETY: `small` owns 24 zeroed bytes, read here as bytes.
+        let bytes = unsafe { core::slice::from_raw_parts(small.ptr.as_ptr(), 24) };
+        assert!(bytes.iter().all(|&b| b == 0));
+    }
+
+    /// The layout `metadata_len` states is the carving's, for pools of
+    /// one to eight areas, areas off segment lines, and a remainder.
+    #[test]
+    #[cfg(feature = "alloc")]
+    fn metadata_len_is_the_carved_length_and_the_alignment() {
+        fn check<P: Policy>() {
+            for (nslabs, segment, wanted) in
+                [(1, 128, 1), (300, 128, 2), (1030, 128, 8), (777, 32, 3)]
+            {
+                let config = PoolConfig {
+                    segment,
+                    nareas: wanted,
+                    ..PoolConfig::DEFAULT
+                };
+                let len = (nslabs as usize) << config.slot_shift;
+                let nareas = area_count(wanted, nslabs, segment);
+                let carved = Pool::<P>::carved_len(&config, nslabs, nareas).unwrap();
+                let want = carved + Pool::<P>::METADATA_ALIGN - 1;
+                assert_eq!(Pool::<P>::metadata_len(len, config), want);
+                // `new` allocates that, and the carving checks it takes
+                // exactly `carved` (a debug assertion in `build`).
+                let pool = Pool::<P>::new_heap(len, config).unwrap();
+                assert_eq!(pool.nareas(), nareas);
+            }
+            let config = PoolConfig::DEFAULT;
+            assert_eq!(Pool::<P>::metadata_len(100, config), 0, "less than a slot");
+            let bad = PoolConfig {
+                segment: 3,
+                ..config
+            };
+            assert_eq!(Pool::<P>::metadata_len(1 << 20, bad), 0, "bad geometry");
+        }
+        check::<Fast>();
+        check::<NextFit>();
     }
 
     #[test]

@@ -24,9 +24,8 @@
 //! a multiple of the segment), and an allocation always starts slot-aligned
 //! (CVE-2024-35814).
 
-use alloc::boxed::Box;
-
-use super::policy::{boxed, AreaGeom, Policy, Request};
+use super::meta::{AreaMemory, MetaArray, MetaCount, MetaSlice};
+use super::policy::{AreaGeom, Policy, Request};
 
 /// Linux's next-fit policy. See the module documentation.
 #[derive(Clone, Copy, Debug, Default)]
@@ -35,7 +34,7 @@ pub struct NextFit;
 /// Per-area state of [`NextFit`].
 pub struct NextFitArea {
     /// Free-run count per slot of the area (Linux `slots[i].list`).
-    list: Box<[u32]>,
+    list: MetaSlice<u32>,
     /// Where the next search starts, relative to the area (Linux
     /// `area->index`).
     index: u32,
@@ -86,9 +85,10 @@ fn merge_back(area: &mut NextFitArea, geom: &AreaGeom, index: u32, mut count: u3
 unsafe impl Policy for NextFit {
     type Area = NextFitArea;
     const NAME: &'static str = "nextfit";
+    const METADATA: &'static [MetaArray] = &[MetaArray::of::<u32>(MetaCount::Slots)];
 
-    fn new_area(geom: &AreaGeom) -> Option<NextFitArea> {
-        let mut list = boxed(0u32, geom.nslabs as usize)?;
+    fn new_area(geom: &AreaGeom, mem: &mut AreaMemory<'_>) -> Option<NextFitArea> {
+        let mut list = mem.take::<u32>()?;
         for (i, count) in list.iter_mut().enumerate() {
             let slot = geom.first + i as u32;
             // Linux (after the CVE-2023-52790 fix): min(SEGSIZE - offset,
@@ -153,9 +153,5 @@ unsafe impl Policy for NextFit {
 
     fn is_free(area: &NextFitArea, geom: &AreaGeom, slot: u32) -> bool {
         area.list[(slot - geom.first) as usize] != 0
-    }
-
-    fn metadata_bytes(geom: &AreaGeom) -> usize {
-        geom.nslabs as usize * core::mem::size_of::<u32>() + core::mem::size_of::<NextFitArea>()
     }
 }

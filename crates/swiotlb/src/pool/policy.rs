@@ -1,7 +1,6 @@
 //! The allocation-policy trait and the request both policies answer.
 
-use alloc::boxed::Box;
-
+use super::meta::{AreaMemory, MetaArray};
 use super::Pool;
 use crate::addr::PhysAddr;
 use crate::device::Device;
@@ -36,6 +35,17 @@ impl AreaGeom {
         let seg_end = (slot | (self.segment - 1)) as u64 + 1;
         let end = self.end() as u64;
         (if seg_end < end { seg_end } else { end }) as u32
+    }
+
+    /// How many segments the area touches: segment lines are counted from
+    /// the pool's first slot, so an area that does not start on one
+    /// touches one more than its size alone would say.
+    #[inline]
+    pub const fn segments(&self) -> u32 {
+        if self.nslabs == 0 {
+            return 0;
+        }
+        (self.end() - 1) / self.segment - self.first / self.segment + 1
     }
 }
 
@@ -116,10 +126,15 @@ impl Request {
 ///   inside the area, within one segment ([`AreaGeom::run_limit`]), and no
 ///   slot of it is held by an allocation not yet given back to
 ///   [`Policy::free`];
-/// - it returns only starts for which [`Request::acceptable`] holds.
+/// - it returns only starts for which [`Request::acceptable`] holds;
+/// - every [`MetaSlice`](super::MetaSlice) [`Policy::new_area`] takes from
+///   its [`AreaMemory`] stays in the area state it returns, or is dropped:
+///   none is kept anywhere else, since the pool gives the memory behind
+///   them back (frees it, for a heap pool) once it has dropped the states.
 ///
-/// The pool relies on the first point for memory safety: two live
-/// allocations that shared a slot would race on its bytes.
+/// The pool relies on the first and last points for memory safety: two
+/// live allocations that shared a slot would race on its bytes, and an
+/// array kept past its pool would point into freed memory.
 pub unsafe trait Policy: Send + Sync + 'static {
     /// The per-area state.
     type Area: Send;
@@ -127,9 +142,17 @@ pub unsafe trait Policy: Send + Sync + 'static {
     /// A short name (`fast`, `nextfit`).
     const NAME: &'static str;
 
-    /// The state of an empty area; `None` if its memory cannot be
-    /// allocated (the pool then reports [`crate::Error::OutOfMemory`]).
-    fn new_area(geom: &AreaGeom) -> Option<Self::Area>;
+    /// The arrays of per-area metadata the policy keeps, in the order
+    /// [`Policy::new_area`] takes them: what sizes a pool's metadata
+    /// ([`Pool::metadata_len`]), in a `const fn`, so that a pool without a
+    /// heap can keep it in a `static`.
+    const METADATA: &'static [MetaArray];
+
+    /// The state of an empty area, over the arrays `mem` hands out (zeroed,
+    /// as [`Policy::METADATA`] declares them); `None` if it cannot be
+    /// built (the pool then reports [`crate::Error::OutOfMemory`]), which
+    /// happens only to a policy that takes an array it did not declare.
+    fn new_area(geom: &AreaGeom, mem: &mut AreaMemory<'_>) -> Option<Self::Area>;
 
     /// Finds and takes `req.nslots` free slots; the pool-wide index of the
     /// first, or `None`.
@@ -145,18 +168,6 @@ pub unsafe trait Policy: Send + Sync + 'static {
 
     /// Whether slot `slot` is free (for the shadow checks of tests).
     fn is_free(area: &Self::Area, geom: &AreaGeom, slot: u32) -> bool;
-
-    /// Bytes of per-area metadata the policy keeps for an area of this
-    /// geometry.
-    fn metadata_bytes(geom: &AreaGeom) -> usize;
-}
-
-/// A zeroed boxed slice (the metadata arrays of both policies).
-pub(crate) fn boxed<T: Clone>(value: T, len: usize) -> Option<Box<[T]>> {
-    let mut v = alloc::vec::Vec::new();
-    v.try_reserve_exact(len).ok()?;
-    v.resize(len, value);
-    Some(v.into_boxed_slice())
 }
 
 /// The allocator alone, without the mapping layers: for the benchmark's

@@ -622,7 +622,7 @@ impl<P: Policy> IoTlb<P> {
     /// no slot anyone could still be giving back. This is the grace
     /// period: `Pool::release` touches the pool after the unlock that may
     /// make it idle, and its `&self` must stay valid until it returns.
-    pub(crate) fn guard_release(&self, release: &mut dyn FnMut()) {
+    pub(crate) fn guard_release(&self, release: &dyn Fn()) {
         let _pools = self.grower().map(|g| g.pools.read());
         release();
     }
