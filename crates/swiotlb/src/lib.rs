@@ -142,6 +142,9 @@
 //!   `restricted-dma-pool`, `shared-dma-pool`, `memory-region`).
 //! - `serde` (off by default, no std needed): `serde::Serialize` for the
 //!   statistics (`Stats`, with `alloc`) and the address newtypes.
+//! - `unstable-internals`: entry points for this crate's own tests and
+//!   benchmark (the allocator alone, a policy's view of its slots and
+//!   areas). Not a stable API: they may change in any release.
 //!
 //! # Safety and correctness
 //!
@@ -155,8 +158,9 @@
 //!   is carved, handed out once, and dropped before a heap block is freed;
 //!   a policy keeps the arrays it is given inside its area state (a point
 //!   of the [`Policy`] contract);
-//! - the [`Policy`] trait is `unsafe` to implement: the pool relies on a
-//!   policy never handing out a slot twice. Both shipped policies are
+//! - the [`Policy`] trait is sealed and `unsafe`: the pool relies on a
+//!   policy never handing out a slot twice, and only this crate's two
+//!   policies implement it. Both shipped policies are
 //!   checked against a shadow oracle by property tests and by loom;
 //! - the one copy routine (`copy::bounce_copy`) documents why a plain byte
 //!   copy is right for memory a device may write concurrently: no decision

@@ -572,6 +572,8 @@ impl FastArea {
     }
 }
 
+impl super::policy::sealed::Sealed for Fast {}
+
 // SAFETY:
 // - `alloc` returns `s` either from `exact_reuse`, which checks that the
 //   `nslots` bits of `last_free` are all clear (free) and sets them (that

@@ -26,10 +26,24 @@ mod policy;
 use core::mem::MaybeUninit;
 use core::ptr::NonNull;
 
-pub use fast::{Fast, FastArea};
+pub use fast::Fast;
+pub use nextfit::NextFit;
+pub use policy::Policy;
+
+// What a policy is made of: sealed with the trait, shown to this crate's
+// own tests and benchmark only.
+#[cfg(feature = "unstable-internals")]
+pub use fast::FastArea;
+#[cfg(feature = "unstable-internals")]
 pub use meta::{AreaMemory, MetaArray, MetaCount, MetaSlice, MetaWord};
-pub use nextfit::{NextFit, NextFitArea};
-pub use policy::{AreaGeom, Policy, Request};
+#[cfg(not(feature = "unstable-internals"))]
+use meta::{AreaMemory, MetaSlice};
+#[cfg(feature = "unstable-internals")]
+pub use nextfit::NextFitArea;
+#[cfg(feature = "unstable-internals")]
+pub use policy::{AreaGeom, Request};
+#[cfg(not(feature = "unstable-internals"))]
+use policy::{AreaGeom, Request};
 
 use crate::addr::{DmaAddr, PhysAddr};
 use crate::device::Device;
@@ -1342,6 +1356,7 @@ impl<P: Policy> Pool<P> {
             .store(self.used.load(Ordering::Relaxed), Ordering::Relaxed);
     }
 
+    #[cfg(feature = "unstable-internals")]
     /// Whether pool slot `slot` is free, as the policy sees it (for shadow
     /// checks in tests).
     pub fn slot_is_free(&self, slot: u32) -> bool {
@@ -1350,6 +1365,7 @@ impl<P: Policy> Pool<P> {
         P::is_free(&st.policy, &area.geom, slot)
     }
 
+    #[cfg(feature = "unstable-internals")]
     /// Runs `f` on the policy state of area `i` under its lock (for golden
     /// tests that inspect Linux's rotating index).
     pub fn with_area<R>(&self, i: usize, f: impl FnOnce(&P::Area, &AreaGeom) -> R) -> R {

@@ -75,6 +75,8 @@ fn merge_back(area: &mut NextFitArea, geom: &AreaGeom, index: u32, mut count: u3
     }
 }
 
+impl super::policy::sealed::Sealed for NextFit {}
+
 // SAFETY:
 // - `alloc` returns `s` only when `list[s - first] >= nslots`; a count says
 //   how many free slots follow without crossing a segment line or the

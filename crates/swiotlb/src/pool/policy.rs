@@ -1,10 +1,15 @@
 //! The allocation-policy trait and the request both policies answer.
 
 use super::meta::{AreaMemory, MetaArray};
+#[cfg(feature = "unstable-internals")]
 use super::Pool;
+#[cfg(feature = "unstable-internals")]
 use crate::addr::PhysAddr;
+#[cfg(feature = "unstable-internals")]
 use crate::device::Device;
+#[cfg(feature = "unstable-internals")]
 use crate::error::Result;
+#[cfg(feature = "unstable-internals")]
 use crate::translate::Translate;
 
 /// Where one area lies in its pool and how the pool is cut into segments.
@@ -112,8 +117,18 @@ impl Request {
     }
 }
 
+/// The seal of [`Policy`]: only this crate's policies implement it.
+pub(crate) mod sealed {
+    /// Implemented by [`Fast`](crate::Fast) and [`NextFit`](crate::NextFit)
+    /// alone.
+    pub trait Sealed {}
+}
+
 /// An allocation policy: how free slots of one area are found and given
-/// back.
+/// back. Sealed: the shipped policies are [`Fast`](super::Fast) (the
+/// default) and [`NextFit`](super::NextFit) (Linux's); the pool's memory
+/// safety rests on a policy never handing out a slot twice, which both
+/// are checked for (a shadow oracle under proptest, loom).
 ///
 /// The pool keeps everything else (locks, mapping records, statistics), so
 /// a policy is only the search. [`NextFit`](super::NextFit) is Linux's;
@@ -135,7 +150,7 @@ impl Request {
 /// The pool relies on the first and last points for memory safety: two
 /// live allocations that shared a slot would race on its bytes, and an
 /// array kept past its pool would point into freed memory.
-pub unsafe trait Policy: Send + Sync + 'static {
+pub unsafe trait Policy: sealed::Sealed + Send + Sync + 'static {
     /// The per-area state.
     type Area: Send;
 
@@ -173,6 +188,7 @@ pub unsafe trait Policy: Send + Sync + 'static {
 /// The allocator alone, without the mapping layers: for the benchmark's
 /// `alloc_free` rows. Kept next to the trait it drives; the pool's fields
 /// are visible here because this module is inside `pool`.
+#[cfg(feature = "unstable-internals")]
 impl<P: Policy> Pool<P> {
     /// The slot request a bounce of `size` bytes of the original at `orig`
     /// for `dev` makes (no `alloc_align_mask`), normalised exactly as a map
@@ -182,7 +198,6 @@ impl<P: Policy> Pool<P> {
     /// As a map: [`Error::ZeroSize`](crate::Error::ZeroSize),
     /// [`Error::TooLarge`](crate::Error::TooLarge),
     /// [`Error::AlignmentImpossible`](crate::Error::AlignmentImpossible).
-    #[doc(hidden)]
     pub fn alloc_request<T: Translate>(
         &self,
         dev: &Device<T>,
@@ -192,6 +207,7 @@ impl<P: Policy> Pool<P> {
         Ok(self.request(dev, orig.0, size, 0)?.0)
     }
 
+    #[cfg(feature = "unstable-internals")]
     /// The allocator alone, for benchmarks: under one hold of an area lock,
     /// the policy finds slots for `req` ([`Policy::alloc`], the search and
     /// slot bookkeeping a map runs) and gives them straight back
@@ -205,7 +221,6 @@ impl<P: Policy> Pool<P> {
     ///
     /// `n = 1` is one request with its own lock hold; a larger `n`
     /// spreads one hold over `n` requests, leaving the policy's own cost.
-    #[doc(hidden)]
     #[inline]
     pub fn alloc_free_n(&self, req: &Request, hint: usize, n: u64) -> Option<u32> {
         self.in_areas(hint, req.nslots, |geom, st| {
