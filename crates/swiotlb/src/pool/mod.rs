@@ -17,16 +17,23 @@
 //! [`Pool::new`], in memory the caller lends for good for
 //! [`Pool::new_with_metadata`], which needs no heap at all.
 
+mod area;
 mod bitmap;
+mod coherent;
 mod fast;
+mod geometry;
 mod meta;
 mod nextfit;
 mod policy;
+mod record;
+mod request;
 
 use core::mem::MaybeUninit;
 use core::ptr::NonNull;
 
+pub use coherent::Coherent;
 pub use fast::Fast;
+pub use geometry::PoolConfig;
 pub use nextfit::NextFit;
 pub use policy::Policy;
 
@@ -42,17 +49,16 @@ use meta::{AreaMemory, MetaSlice};
 pub use nextfit::NextFitArea;
 #[cfg(feature = "unstable-internals")]
 pub use policy::{AreaGeom, Request};
-#[cfg(not(feature = "unstable-internals"))]
-use policy::{AreaGeom, Request};
 
-use crate::addr::{DmaAddr, PhysAddr};
-use crate::device::Device;
-use crate::error::{AllocWhat, ConfigProblem, Error, FailReason, PoolProblem, Result};
+use crate::addr::PhysAddr;
+use crate::error::{AllocWhat, ConfigProblem, Error, FailReason, Result};
 #[cfg(feature = "alloc")]
 use crate::stats::Stats;
 use crate::sync::{AtomicPtr, AtomicU64, AtomicUsize, CachePadded, Mutex, Ordering};
-use crate::translate::Translate;
+use area::{Area, AreaState};
+use geometry::{area_count, area_geom, geometry};
 use meta::Carver;
+use record::Shape;
 
 /// How a pool keeps its high-water mark (see [`Pool::with_hiwater`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -63,102 +69,6 @@ pub enum Hiwater {
     PerArea,
     /// Linux's one pool-wide counter, exact, shared by every CPU.
     Exact,
-}
-
-/// Runtime geometry of a pool.
-///
-/// The defaults are Linux's: 2 KiB slots (`IO_TLB_SHIFT` 11), 128-slot
-/// segments (`IO_TLB_SEGSIZE`, so one mapping is at most 256 KiB), 4 KiB
-/// pages, one area.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PoolConfig {
-    /// log2 of the slot size, `9..=16`. Smaller slots waste less on small
-    /// mappings and cost more metadata per byte of pool.
-    pub slot_shift: u32,
-    /// Slots per segment, a power of two; a mapping never crosses a segment
-    /// line, so `slot size * segment` is the largest mapping. At most
-    /// 32768 slots and 8 MiB.
-    pub segment: u32,
-    /// Areas wanted: rounded up to a power of two, then halved until each
-    /// area holds at least one segment (Linux `limit_nareas`). One area per
-    /// CPU spreads lock contention.
-    pub nareas: u32,
-    /// log2 of the page size: mappings of a page or more start page aligned
-    /// when no mask says otherwise.
-    pub page_shift: u32,
-}
-
-impl Default for PoolConfig {
-    fn default() -> Self {
-        Self::DEFAULT
-    }
-}
-
-impl PoolConfig {
-    /// The default geometry, for `const` contexts (a heapless pool's
-    /// metadata size, [`Pool::metadata_len`]).
-    pub const DEFAULT: Self = Self {
-        slot_shift: crate::config::IO_TLB_SHIFT,
-        segment: crate::config::IO_TLB_SEGSIZE,
-        nareas: 1,
-        page_shift: 12,
-    };
-
-    /// The default geometry with `nareas` areas.
-    pub const fn with_areas(nareas: u32) -> Self {
-        Self {
-            nareas,
-            ..Self::DEFAULT
-        }
-    }
-
-    /// Whether every field is in range.
-    const fn is_valid(&self) -> bool {
-        self.slot_shift >= 9
-            && self.slot_shift <= 16
-            && self.segment.is_power_of_two()
-            && self.segment <= 1 << 15
-            && (self.segment as u64) << self.slot_shift <= 1 << 23
-            && self.page_shift >= 9
-            && self.page_shift <= 30
-    }
-
-    fn check(&self) -> core::result::Result<(), PoolProblem> {
-        if self.is_valid() {
-            Ok(())
-        } else {
-            Err(PoolProblem::BadGeometry)
-        }
-    }
-
-    /// The pool's slot count for `len` bytes, `None` if it is zero or more
-    /// than the records can index. The geometry must be valid.
-    const fn slot_count(&self, len: usize) -> Option<u32> {
-        let n = (len as u64) >> self.slot_shift;
-        if n == 0 || n >= (u32::MAX - 64) as u64 {
-            None
-        } else {
-            Some(n as u32)
-        }
-    }
-}
-
-/// Where area `i` of a pool of `nslabs` slots in `nareas` areas lies: each
-/// area has `nslabs / nareas` slots, and the last one also takes the
-/// remainder, so no slot is lost (Linux leaves it unused).
-const fn area_geom(config: &PoolConfig, nslabs: u32, nareas: u32, i: u32) -> AreaGeom {
-    let area_nslabs = nslabs / nareas;
-    let first = i * area_nslabs;
-    AreaGeom {
-        first,
-        nslabs: if i == nareas - 1 {
-            nslabs - first
-        } else {
-            area_nslabs
-        },
-        segment: config.segment,
-        slot_shift: config.slot_shift,
-    }
 }
 
 /// How a bounced mapping sits in its pool.
@@ -176,63 +86,6 @@ pub struct Bounce {
     pub start: u32,
     /// Slots the allocation holds.
     pub nslots: u32,
-}
-
-/// A live mapping found from an address inside it.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Located {
-    /// First slot of the allocation.
-    pub start: u32,
-    /// CPU address of the original buffer's first byte.
-    pub orig: *mut u8,
-    /// Bytes of the mapping.
-    pub len: usize,
-    /// Bytes from the allocation's start to the bounce address.
-    pub pad: usize,
-    /// Slots held.
-    pub nslots: u32,
-    /// Byte offset of the looked-up address from the bounce address
-    /// (negative inside the padding).
-    pub offset: i64,
-}
-
-/// The packed shape of a mapping: length (24 bits), padding (24 bits),
-/// slots (16 bits). `PoolConfig::check` keeps every field in range: a
-/// mapping is at most 8 MiB and a segment at most 32768 slots.
-#[derive(Clone, Copy)]
-struct Shape(u64);
-
-impl Shape {
-    const fn new(len: usize, pad: usize, nslots: u32) -> Self {
-        Shape(len as u64 | (pad as u64) << 24 | (nslots as u64) << 48)
-    }
-    const fn len(self) -> usize {
-        (self.0 & 0xff_ffff) as usize
-    }
-    const fn pad(self) -> usize {
-        (self.0 >> 24 & 0xff_ffff) as usize
-    }
-    const fn nslots(self) -> u32 {
-        (self.0 >> 48) as u32
-    }
-}
-
-struct AreaState<A> {
-    policy: A,
-    used: u32,
-    /// The most slots this area held at once since the last reset.
-    hiwater: u32,
-    /// Bytes copied in at map time and back at unmap, counted under the
-    /// lock the map and unmap take anyway (syncs use the area's atomics).
-    mapped_to_device: u64,
-    unmapped_from_device: u64,
-}
-
-struct Area<A> {
-    geom: AreaGeom,
-    state: Mutex<AreaState<A>>,
-    bytes_to_device: AtomicU64,
-    bytes_from_device: AtomicU64,
 }
 
 /// One area as it is laid out in the metadata block.
@@ -400,30 +253,6 @@ fn zeroed_ptrs(carver: &mut Carver, n: usize) -> Option<MetaSlice<AtomicPtr<u8>>
     {
         carver.filled(n, |_| AtomicPtr::new(core::ptr::null_mut()))
     }
-}
-
-/// The region checks of every constructor: the pool's slot count and area
-/// count for `len` bytes at `phys`.
-fn geometry(phys: PhysAddr, len: usize, config: &PoolConfig) -> Result<(u32, u32)> {
-    let bad = |problem| Error::InvalidPool {
-        base: phys,
-        problem,
-    };
-    config.check().map_err(bad)?;
-    let slot = 1u64 << config.slot_shift;
-    if phys.0 & (slot - 1) != 0 {
-        return Err(bad(PoolProblem::Unaligned));
-    }
-    if phys.0.checked_add(len as u64).is_none() {
-        return Err(bad(PoolProblem::Wraps));
-    }
-    if (len as u64) >> config.slot_shift == 0 {
-        return Err(bad(PoolProblem::TooSmall));
-    }
-    let nslabs = config
-        .slot_count(len)
-        .ok_or(bad(PoolProblem::TooManySlots))?;
-    Ok((nslabs, area_count(config.nareas, nslabs, config.segment)))
 }
 
 impl<P: Policy> Pool<P> {
@@ -890,341 +719,6 @@ impl<P: Policy> Pool<P> {
         self.nslabs as usize * per_slot + bits + areas + core::mem::size_of::<Self>()
     }
 
-    /// Builds the slot request for a bounce of `size` bytes of the original
-    /// at `orig`, as Linux's `swiotlb_tbl_map_single` and
-    /// `swiotlb_search_pool_area` normalise it. Returns the request and the
-    /// offset of the bounce address from the allocation's first slot.
-    pub(crate) fn request<T: Translate>(
-        &self,
-        dev: &Device<T>,
-        orig: u64,
-        size: usize,
-        alloc_align_mask: u64,
-    ) -> Result<(Request, usize)> {
-        let tbl_dma = dev.phys_to_dma(self.start).0;
-        let boundary_mask = dev.seg_boundary_mask();
-        let min_align_mask = dev.min_align_mask();
-        let shift = self.slot_shift;
-        let slot_mask = (1u64 << shift) - 1;
-        let impossible = Error::AlignmentImpossible {
-            align_mask: alloc_align_mask,
-            min_align_mask,
-        };
-        if alloc_align_mask & alloc_align_mask.wrapping_add(1) != 0 {
-            return Err(impossible);
-        }
-        if size == 0 {
-            return Err(Error::ZeroSize);
-        }
-        // Like Linux, `max_mapping_size` is the size every request up to it
-        // can get, not a cap: a larger mapping whose actual offset leaves
-        // room in a segment is served (`swiotlb_tbl_map_single` enforces
-        // nothing more). Only a request no segment can hold is too large.
-        if size > self.segment_bytes() {
-            return Err(Error::TooLarge {
-                size,
-                max: self.max_mapping_size(min_align_mask),
-            });
-        }
-        // swiotlb_align_offset(dev, alloc_align_mask, orig): the bits of
-        // the original the bounce address keeps, padding slots included.
-        let offset = orig & min_align_mask & (alloc_align_mask | slot_mask);
-        // ALIGN(mapping_size + offset, alloc_align_mask + 1), then slots;
-        // the mask is `2^n - 1` (checked above), so shifts and masks do it.
-        let total = (size as u64 + offset)
-            .checked_add(alloc_align_mask)
-            .ok_or(impossible)?
-            & !alloc_align_mask;
-        let nslots = (total + slot_mask) >> shift;
-        let limit = self.segment.min(self.area_nslabs) as u64;
-        if nslots > limit {
-            let max = self.max_mapping_size(min_align_mask);
-            if size > max {
-                return Err(Error::TooLarge { size, max });
-            }
-            // The size fits; the alignment padding does not.
-            return Err(Error::PaddingTooLarge {
-                size,
-                padded: total,
-                align_mask: alloc_align_mask,
-                segment: self.segment_bytes(),
-            });
-        }
-        // Historically mappings of a page or more are page aligned when no
-        // mask says otherwise; drivers rely on it.
-        let mut align = alloc_align_mask;
-        let page = 1u64 << self.page_shift;
-        if align == 0 && min_align_mask == 0 && total >= page {
-            align = page - 1;
-        }
-        align |= slot_mask;
-        let iotlb = min_align_mask & !align;
-        let stride = ((align.max(iotlb) >> shift) + 1).min(1 << 31) as u32;
-        let boundary_slots = (boundary_mask >> shift) + 1;
-        if nslots > boundary_slots {
-            return Err(impossible);
-        }
-        // Linux tests every slot's device address against the alignment
-        // mask, which always holds the slot mask: a table whose device
-        // address is not slot aligned (an odd bus offset) has no
-        // acceptable slot at all.
-        if tbl_dma & boundary_mask & slot_mask != 0 {
-            return Err(impossible);
-        }
-        let req = Request {
-            nslots: nslots as u32,
-            align_mask: align,
-            iotlb_mask: iotlb,
-            orig,
-            tbl_dma: tbl_dma & boundary_mask,
-            // Linux `nr_slots(tbl_dma_addr)`: DIV_ROUND_UP in unsigned
-            // arithmetic, which wraps for a table in the last slot of the
-            // device address space.
-            tbl_slot: (tbl_dma & boundary_mask).wrapping_add(slot_mask) >> shift,
-            boundary_slots,
-            stride,
-        };
-        Ok((req, offset as usize))
-    }
-
-    /// Finds slots for `req`, starting in area `hint % nareas` and falling
-    /// back to the others in turn (Linux `swiotlb_find_slots`), and records
-    /// the mapping at the allocation's first slot.
-    pub(crate) fn alloc(
-        &self,
-        req: &Request,
-        hint: usize,
-        orig: *mut u8,
-        len: usize,
-        pad: usize,
-    ) -> Option<u32> {
-        // A streaming map copies `len` bytes in right after this.
-        self.alloc_counted(req, hint, orig, len, pad, len)
-    }
-
-    /// [`Pool::alloc`], counting `copied` bytes as bounced to the device
-    /// (`len` for a streaming map, 0 for a coherent allocation, which is
-    /// never copied).
-    fn alloc_counted(
-        &self,
-        req: &Request,
-        hint: usize,
-        orig: *mut u8,
-        len: usize,
-        pad: usize,
-        copied: usize,
-    ) -> Option<u32> {
-        let s = self.in_areas(hint, req.nslots, |geom, st| {
-            let s = P::alloc(&mut st.policy, geom, req)?;
-            st.used += req.nslots;
-            st.hiwater = st.hiwater.max(st.used);
-            st.mapped_to_device += copied as u64;
-            // INVARIANT: the record is written before the start bit that
-            // publishes it (Release), under the area lock.
-            self.orig[s as usize].store(orig, Ordering::Relaxed);
-            self.shape[s as usize].store(Shape::new(len, pad, req.nslots).0, Ordering::Relaxed);
-            self.set_start_bit(s);
-            Some(s)
-        })?;
-        if self.exact_hiwater {
-            let used =
-                self.used.fetch_add(req.nslots as usize, Ordering::Relaxed) + req.nslots as usize;
-            // Read before writing: once warm, the high-water mark rarely
-            // moves, and a plain load keeps its cache line shared between
-            // CPUs instead of bouncing it.
-            if used > self.hiwater.load(Ordering::Relaxed) {
-                self.hiwater.fetch_max(used, Ordering::Relaxed);
-            }
-        }
-        Some(s)
-    }
-
-    /// Runs `f` under each area's lock in turn, from area `hint % nareas`
-    /// on, skipping areas with fewer than `nslots` free slots, until it
-    /// gives `Some` (Linux `swiotlb_find_slots` walking the areas).
-    #[inline(always)]
-    fn in_areas<R>(
-        &self,
-        hint: usize,
-        nslots: u32,
-        mut f: impl FnMut(&AreaGeom, &mut AreaState<P::Area>) -> Option<R>,
-    ) -> Option<R> {
-        let nareas = self.areas.len();
-        let first = hint & (nareas - 1);
-        let mut i = first;
-        loop {
-            let area = &self.areas[i];
-            let mut st = area.state.lock();
-            if nslots <= area.geom.nslabs - st.used {
-                if let Some(r) = f(&area.geom, &mut st) {
-                    return Some(r);
-                }
-            }
-            drop(st);
-            i = (i + 1) & (nareas - 1);
-            if i == first {
-                return None;
-            }
-        }
-    }
-
-    /// Why `req` failed: full, or impossible in this pool.
-    pub(crate) fn full_error(&self, req: &Request, min_align_mask: u64) -> Error {
-        let mut largest = 0;
-        let mut used = 0;
-        for area in self.areas.iter() {
-            let st = area.state.lock();
-            largest = largest.max(P::largest_free_run(&st.policy, &area.geom));
-            used += st.used;
-        }
-        let possible = self.areas.iter().any(|a| fits_empty(&a.geom, req));
-        if !possible {
-            return Error::AlignmentImpossible {
-                align_mask: req.align_mask,
-                min_align_mask,
-            };
-        }
-        Error::PoolFull {
-            requested: req.nslots,
-            free: self.nslabs - used,
-            largest_run: largest,
-        }
-    }
-
-    /// Publishes the record at slot `s`: sets its start bit. Called under
-    /// the area lock, after the record words are written.
-    #[inline]
-    fn set_start_bit(&self, s: u32) {
-        let word = &self.start_bits[(s / 64) as usize];
-        let bit = 1u64 << (s % 64);
-        if self.start_words_private {
-            // Every slot of this word is in the area whose lock is held, so
-            // no one else writes it: a plain load and store do, without a
-            // locked instruction. Readers only load.
-            word.store(word.load(Ordering::Relaxed) | bit, Ordering::Release);
-        } else {
-            word.fetch_or(bit, Ordering::Release);
-        }
-    }
-
-    /// Clears the start bit of slot `s` under the area lock; whether it was
-    /// set.
-    #[inline]
-    fn clear_start_bit(&self, s: u32) -> bool {
-        let word = &self.start_bits[(s / 64) as usize];
-        let bit = 1u64 << (s % 64);
-        let old = if self.start_words_private {
-            // As in `set_start_bit`. Release, not Relaxed: a reader's
-            // Acquire load that sees this store must still see the records
-            // of the other start bits in the word, published by earlier
-            // Release stores that this plain store would otherwise cut
-            // from the release sequence (found by the loom model
-            // `sync_from_other_thread_private_words`).
-            let old = word.load(Ordering::Relaxed);
-            word.store(old & !bit, Ordering::Release);
-            old
-        } else {
-            word.fetch_and(!bit, Ordering::Release)
-        };
-        old & bit != 0
-    }
-
-    /// Gives back the allocation starting at slot `start`, which must be
-    /// live, counting `copied_back` bytes copied from the slots at unmap
-    /// and taking back `uncopied` bytes counted at map time but never
-    /// copied (a map that failed after allocating). Returns
-    /// `Err(NotMapped)` if it is not live (a double unmap).
-    pub(crate) fn release(
-        &self,
-        start: u32,
-        nslots: u32,
-        dma: crate::addr::DmaAddr,
-        copied_back: usize,
-        uncopied: usize,
-    ) -> Result {
-        #[cfg(swiotlb_loom)]
-        self.releasing.fetch_add(1, Ordering::SeqCst);
-        let r = self.release_slots(start, nslots, dma, copied_back, uncopied);
-        // Still inside the pool after the unlock that may have left it
-        // idle: the loom models check that no pool is freed here.
-        #[cfg(swiotlb_loom)]
-        self.releasing.fetch_sub(1, Ordering::SeqCst);
-        r
-    }
-
-    /// The body of [`Pool::release`].
-    #[inline(always)]
-    fn release_slots(
-        &self,
-        start: u32,
-        nslots: u32,
-        dma: crate::addr::DmaAddr,
-        copied_back: usize,
-        uncopied: usize,
-    ) -> Result {
-        let area = self.area_of(start);
-        let mut st = area.state.lock();
-        if !self.clear_start_bit(start) {
-            return Err(Error::NotMapped { dma });
-        }
-        P::free(&mut st.policy, &area.geom, start, nslots);
-        st.used -= nslots;
-        st.unmapped_from_device += copied_back as u64;
-        st.mapped_to_device -= uncopied as u64;
-        if self.exact_hiwater {
-            self.used.fetch_sub(nslots as usize, Ordering::Relaxed);
-        }
-        // The unlock is the last touch of the pool: it may leave the pool
-        // idle, and a growing tlb may free an idle pool (after waiting for
-        // the releases in flight: `AfterRelease::guard_release`).
-        drop(st);
-        Ok(())
-    }
-
-    fn area_of(&self, slot: u32) -> &Area<P::Area> {
-        let i = ((slot / self.area_nslabs) as usize).min(self.areas.len() - 1);
-        &self.areas[i]
-    }
-
-    /// Finds the live mapping that holds physical address `phys`.
-    pub(crate) fn locate(&self, phys: PhysAddr) -> Option<Located> {
-        if !self.contains(phys) {
-            return None;
-        }
-        let off = phys.0 - self.start.0;
-        let slot = (off >> self.slot_shift) as u32;
-        let start = self.prev_start(slot)?;
-        let shape = Shape(self.shape[start as usize].load(Ordering::Relaxed));
-        if slot >= start + shape.nslots() {
-            return None;
-        }
-        let bounce = ((start as u64) << self.slot_shift) + shape.pad() as u64;
-        Some(Located {
-            start,
-            orig: self.orig[start as usize].load(Ordering::Relaxed),
-            len: shape.len(),
-            pad: shape.pad(),
-            nslots: shape.nslots(),
-            offset: off as i64 - bounce as i64,
-        })
-    }
-
-    /// The nearest slot at or below `slot` whose start bit is set.
-    fn prev_start(&self, slot: u32) -> Option<u32> {
-        let mut w = (slot / 64) as usize;
-        let mut bits = self.start_bits[w].load(Ordering::Acquire) & (u64::MAX >> (63 - slot % 64));
-        loop {
-            if bits != 0 {
-                return Some(w as u32 * 64 + 63 - bits.leading_zeros());
-            }
-            if w == 0 {
-                return None;
-            }
-            w -= 1;
-            bits = self.start_bits[w].load(Ordering::Acquire);
-        }
-    }
-
     /// The CPU address of byte `off` of the pool.
     #[inline]
     pub(crate) fn slot_ptr(&self, off: usize) -> *mut u8 {
@@ -1375,205 +869,10 @@ impl<P: Policy> Pool<P> {
     }
 }
 
-/// A coherent allocation from a pool (Linux `swiotlb_alloc`): memory the
-/// CPU and the device share for as long as it lives, with no copies. The
-/// CPU reaches it through `cpu`, the device through `dma`.
-///
-/// It is a plain description, not an owner: it is given back with
-/// [`Pool::free_coherent`] by its device address, as Linux's
-/// `swiotlb_free` takes a page, and reading or writing through `cpu` is
-/// the caller's `unsafe` business, valid only until the free.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Coherent {
-    /// The CPU address of the first byte.
-    pub cpu: NonNull<u8>,
-    /// The physical address of the first byte.
-    pub phys: PhysAddr,
-    /// The address the device uses.
-    pub dma: DmaAddr,
-    /// Bytes asked for; the slots holding them are all zeroed and all
-    /// belong to the allocation.
-    pub size: usize,
-}
-
-impl<P: Policy> Pool<P> {
-    /// Allocates `size` bytes shared with `dev`, zeroed, page aligned and
-    /// aligned to the size's power-of-two order in device address space:
-    /// Linux's `swiotlb_alloc`, which asks `swiotlb_find_slots` for
-    /// `align = (1 << (get_order(size) + PAGE_SHIFT)) - 1` with no original
-    /// address, and `dma_direct_alloc`, which zeroes what it hands out.
-    ///
-    /// The record of the allocation has a null original: nothing is ever
-    /// copied into or out of it, a streaming unmap or sync of its address is
-    /// [`Error::NotMapped`], and only [`Pool::free_coherent`] frees it. Its
-    /// slots come from the same policy as streaming mappings, so they are
-    /// never handed out twice (CVE-2024-35814 was a coherent allocation
-    /// overlapping another in Linux).
-    ///
-    /// # Errors
-    /// [`Error::ZeroSize`], [`Error::TooLarge`] (more than a segment),
-    /// [`Error::PoolFull`], [`Error::AlignmentImpossible`] (no page-aligned
-    /// start, as Linux's "Cannot allocate pages from non page-aligned
-    /// swiotlb addr"), [`Error::Unreachable`]; each is counted.
-    pub fn alloc_coherent<T: Translate>(&self, dev: &Device<T>, size: usize) -> Result<Coherent> {
-        let r = self.alloc_coherent_inner(dev, size);
-        if let Err(e) = &r {
-            self.count_failure(e);
-        }
-        r
-    }
-
-    fn alloc_coherent_inner<T: Translate>(&self, dev: &Device<T>, size: usize) -> Result<Coherent> {
-        if size == 0 {
-            return Err(Error::ZeroSize);
-        }
-        let page = 1u64 << self.page_shift;
-        // 1 << (get_order(size) + PAGE_SHIFT): the size in pages rounded
-        // up to a power of two. Saturates for absurd sizes, which
-        // `request` then rejects as too large.
-        let order_bytes = (size as u64)
-            .div_ceil(page)
-            .checked_next_power_of_two()
-            .and_then(|pages| pages.checked_mul(page))
-            .unwrap_or(1 << 63);
-        let align = order_bytes - 1;
-        let min_align = dev.min_align_mask();
-        let (mut req, _) = self.request(dev, 0, size, align)?;
-        // Linux hands `size` itself to `swiotlb_find_slots`, not `size`
-        // rounded up to the alignment as a streaming map does: a 12 KiB
-        // allocation holds 6 slots at a 16 KiB-aligned start.
-        let slot_mask = (1u64 << self.slot_shift) - 1;
-        req.nslots = ((size as u64 + slot_mask) >> self.slot_shift) as u32;
-        // Coherent allocations are rare (rings, descriptor tables): they
-        // start in area 0 rather than a per-CPU area.
-        let start = self
-            .alloc_counted(&req, 0, core::ptr::null_mut(), size, 0, 0)
-            .ok_or_else(|| self.full_error(&req, min_align))?;
-        let off = self.slot_offset(start);
-        let phys = self.start + off as u64;
-        let dma = dev.phys_to_dma(phys);
-        if phys.0 & (page - 1) != 0 {
-            // The alignment holds in device address space; a translation
-            // that is not page aligned breaks it in physical space, where
-            // Linux refuses too (`swiotlb_alloc`'s PAGE_ALIGNED check).
-            self.release(start, req.nslots, dma, 0, 0)?;
-            return Err(Error::AlignmentImpossible {
-                align_mask: align,
-                min_align_mask: min_align,
-            });
-        }
-        if !dev.translate().dma_capable(&dev.limits(), phys, dma, size) {
-            self.release(start, req.nslots, dma, 0, 0)?;
-            return Err(Error::Unreachable { dma, size });
-        }
-        let bytes = (req.nslots as usize) << self.slot_shift;
-        let cpu = self.slot_ptr(off);
-        // SAFETY:
-        // - `cpu` is valid for writes of `bytes`: the allocation's slots,
-        //   inside the pool (type invariant on `vaddr`);
-        // - the slots belong to this new allocation alone (the `Policy`
-        //   contract), and the CPU touches them only on its behalf; no
-        //   device has been given their address yet.
-        unsafe { core::ptr::write_bytes(cpu, 0, bytes) };
-        // SAFETY: `cpu` is `vaddr` (non-null) plus an offset inside the
-        // pool, which does not wrap the address space, so it is non-null.
-        let cpu = unsafe { NonNull::new_unchecked(cpu) };
-        Ok(Coherent {
-            cpu,
-            phys,
-            dma,
-            size,
-        })
-    }
-
-    /// Frees a coherent allocation by its device address (Linux
-    /// `swiotlb_free`).
-    ///
-    /// # Errors
-    /// [`Error::NotMapped`] if `dma` is not the start of a live coherent
-    /// allocation of this pool: outside the pool, inside an allocation, a
-    /// streaming mapping, or already freed. Nothing changes then.
-    pub fn free_coherent<T: Translate>(&self, dev: &Device<T>, dma: DmaAddr) -> Result {
-        let phys = dev.translate().dma_to_phys(dma);
-        let r = self.free_coherent_at(phys, dma);
-        if let Err(e) = &r {
-            self.count_failure(e);
-        }
-        r
-    }
-
-    fn free_coherent_at(&self, phys: PhysAddr, dma: DmaAddr) -> Result {
-        let not_mapped = Error::NotMapped { dma };
-        if !self.contains(phys) {
-            return Err(not_mapped);
-        }
-        let off = phys.0 - self.start.0;
-        if off & ((1 << self.slot_shift) - 1) != 0 {
-            return Err(not_mapped);
-        }
-        let s = (off >> self.slot_shift) as u32;
-        let area = self.area_of(s);
-        // Checks and free under one hold of the area lock (an allocation
-        // never leaves its area): a second free racing this one finds the
-        // start bit clear, and cannot free an allocation made in between.
-        let mut st = area.state.lock();
-        let bit = 1u64 << (s % 64);
-        let live = self.start_bits[(s / 64) as usize].load(Ordering::Acquire) & bit != 0;
-        if !live || !self.orig[s as usize].load(Ordering::Relaxed).is_null() {
-            return Err(not_mapped);
-        }
-        let nslots = Shape(self.shape[s as usize].load(Ordering::Relaxed)).nslots();
-        self.clear_start_bit(s);
-        P::free(&mut st.policy, &area.geom, s, nslots);
-        st.used -= nslots;
-        drop(st);
-        if self.exact_hiwater {
-            self.used.fetch_sub(nslots as usize, Ordering::Relaxed);
-        }
-        Ok(())
-    }
-}
-
-/// Linux's area count: the wanted count rounded up to a power of two, then
-/// halved until each area holds a segment (`limit_nareas`, kept a power of
-/// two). A pool smaller than one segment has one area.
-const fn area_count(wanted: u32, nslabs: u32, segment: u32) -> u32 {
-    let wanted = if wanted == 0 { 1 } else { wanted };
-    let mut n = match wanted.checked_next_power_of_two() {
-        Some(n) => n,
-        None => 1 << 31,
-    };
-    while n > 1 && nslabs / n < segment {
-        n /= 2;
-    }
-    n
-}
-
-/// Whether `req` could be met in an empty area of this geometry.
-fn fits_empty(geom: &AreaGeom, req: &Request) -> bool {
-    let mut s = geom.first;
-    // Find the first aligned slot, then stride; the pattern of segment
-    // lines and boundaries repeats, so a bounded number of candidates
-    // decides it.
-    let end = geom.end();
-    let mut tries = 0u32;
-    while s < end && tries < 1 << 16 {
-        if req.aligned(s, geom.slot_shift) {
-            if !req.crosses_boundary(s, geom.slot_shift) && s + req.nslots <= geom.run_limit(s) {
-                return true;
-            }
-            s = s.saturating_add(req.stride);
-        } else {
-            s += 1;
-        }
-        tries += 1;
-    }
-    false
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::PoolProblem;
 
     #[test]
     #[cfg(feature = "alloc")]

@@ -1,0 +1,143 @@
+//! A pool's geometry: slot size, segment, page size and areas, checked
+//! once, and how areas are cut.
+
+#![forbid(unsafe_code)]
+
+use super::policy::AreaGeom;
+use crate::addr::PhysAddr;
+use crate::error::{Error, PoolProblem, Result};
+
+/// Runtime geometry of a pool.
+///
+/// The defaults are Linux's: 2 KiB slots (`IO_TLB_SHIFT` 11), 128-slot
+/// segments (`IO_TLB_SEGSIZE`, so one mapping is at most 256 KiB), 4 KiB
+/// pages, one area.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolConfig {
+    /// log2 of the slot size, `9..=16`. Smaller slots waste less on small
+    /// mappings and cost more metadata per byte of pool.
+    pub slot_shift: u32,
+    /// Slots per segment, a power of two; a mapping never crosses a segment
+    /// line, so `slot size * segment` is the largest mapping. At most
+    /// 32768 slots and 8 MiB.
+    pub segment: u32,
+    /// Areas wanted: rounded up to a power of two, then halved until each
+    /// area holds at least one segment (Linux `limit_nareas`). One area per
+    /// CPU spreads lock contention.
+    pub nareas: u32,
+    /// log2 of the page size: mappings of a page or more start page aligned
+    /// when no mask says otherwise.
+    pub page_shift: u32,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+impl PoolConfig {
+    /// The default geometry, for `const` contexts (a heapless pool's
+    /// metadata size, [`Pool::metadata_len`]).
+    pub const DEFAULT: Self = Self {
+        slot_shift: crate::config::IO_TLB_SHIFT,
+        segment: crate::config::IO_TLB_SEGSIZE,
+        nareas: 1,
+        page_shift: 12,
+    };
+
+    /// The default geometry with `nareas` areas.
+    pub const fn with_areas(nareas: u32) -> Self {
+        Self {
+            nareas,
+            ..Self::DEFAULT
+        }
+    }
+
+    /// Whether every field is in range.
+    pub(super) const fn is_valid(&self) -> bool {
+        self.slot_shift >= 9
+            && self.slot_shift <= 16
+            && self.segment.is_power_of_two()
+            && self.segment <= 1 << 15
+            && (self.segment as u64) << self.slot_shift <= 1 << 23
+            && self.page_shift >= 9
+            && self.page_shift <= 30
+    }
+
+    pub(super) fn check(&self) -> core::result::Result<(), PoolProblem> {
+        if self.is_valid() {
+            Ok(())
+        } else {
+            Err(PoolProblem::BadGeometry)
+        }
+    }
+
+    /// The pool's slot count for `len` bytes, `None` if it is zero or more
+    /// than the records can index. The geometry must be valid.
+    pub(super) const fn slot_count(&self, len: usize) -> Option<u32> {
+        let n = (len as u64) >> self.slot_shift;
+        if n == 0 || n >= (u32::MAX - 64) as u64 {
+            None
+        } else {
+            Some(n as u32)
+        }
+    }
+}
+
+/// Where area `i` of a pool of `nslabs` slots in `nareas` areas lies: each
+/// area has `nslabs / nareas` slots, and the last one also takes the
+/// remainder, so no slot is lost (Linux leaves it unused).
+pub(super) const fn area_geom(config: &PoolConfig, nslabs: u32, nareas: u32, i: u32) -> AreaGeom {
+    let area_nslabs = nslabs / nareas;
+    let first = i * area_nslabs;
+    AreaGeom {
+        first,
+        nslabs: if i == nareas - 1 {
+            nslabs - first
+        } else {
+            area_nslabs
+        },
+        segment: config.segment,
+        slot_shift: config.slot_shift,
+    }
+}
+
+/// The region checks of every constructor: the pool's slot count and area
+/// count for `len` bytes at `phys`.
+pub(super) fn geometry(phys: PhysAddr, len: usize, config: &PoolConfig) -> Result<(u32, u32)> {
+    let bad = |problem| Error::InvalidPool {
+        base: phys,
+        problem,
+    };
+    config.check().map_err(bad)?;
+    let slot = 1u64 << config.slot_shift;
+    if phys.0 & (slot - 1) != 0 {
+        return Err(bad(PoolProblem::Unaligned));
+    }
+    if phys.0.checked_add(len as u64).is_none() {
+        return Err(bad(PoolProblem::Wraps));
+    }
+    if (len as u64) >> config.slot_shift == 0 {
+        return Err(bad(PoolProblem::TooSmall));
+    }
+    let nslabs = config
+        .slot_count(len)
+        .ok_or(bad(PoolProblem::TooManySlots))?;
+    Ok((nslabs, area_count(config.nareas, nslabs, config.segment)))
+}
+
+/// Linux's area count: the wanted count rounded up to a power of two, then
+/// halved until each area holds a segment (`limit_nareas`, kept a power of
+/// two). A pool smaller than one segment has one area.
+pub(super) const fn area_count(wanted: u32, nslabs: u32, segment: u32) -> u32 {
+    let wanted = if wanted == 0 { 1 } else { wanted };
+    let mut n = match wanted.checked_next_power_of_two() {
+        Some(n) => n,
+        None => 1 << 31,
+    };
+    while n > 1 && nslabs / n < segment {
+        n /= 2;
+    }
+    n
+}
