@@ -636,24 +636,18 @@ fn first_difference(a: &[u8], b: &[u8]) -> Option<usize> {
         .or((a.len() != b.len()).then(|| a.len().min(b.len())))
 }
 
-/// `len` bytes of a pattern unlike any other this simulator made (an
-/// xorshift stream seeded from a counter), so that a copy from the wrong
-/// place, of the wrong age or in the wrong direction shows.
+/// `len` bytes of a pattern unlike any other this simulator made (the
+/// workspace's seeded generator, `rand`'s xoshiro256++, seeded from a
+/// counter), so that a copy from the wrong place, of the wrong age or in
+/// the wrong direction shows.
 fn fresh(counter: &mut u64, len: usize) -> Result<Vec<u8>, SimError> {
     let mut v = Vec::new();
     v.try_reserve_exact(len)
         .map_err(|_| SimError::NoMemory { size: len })?;
+    v.resize(len, 0);
     *counter += 1;
-    // Odd multiples of the golden ratio: distinct non-zero seeds.
-    let mut x = counter.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    while v.len() < len {
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        let word = x.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes();
-        let n = (len - v.len()).min(word.len());
-        v.extend_from_slice(&word[..n]);
-    }
+    let mut rng: rand::rngs::Xoshiro256PlusPlus = rand::SeedableRng::seed_from_u64(*counter);
+    rand::Rng::fill_bytes(&mut rng, &mut v);
     Ok(v)
 }
 

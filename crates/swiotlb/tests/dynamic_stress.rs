@@ -26,20 +26,17 @@ fn forced() -> Device {
     Device::new(DmaMask::BITS_64).with_force_bounce()
 }
 
-/// splitmix64: a seeded generator, no crate needed.
-struct Rng(u64);
+/// The workspace's seeded generator (`rand`'s xoshiro256++), with the
+/// draws these workers make.
+struct Rng(rand::rngs::Xoshiro256PlusPlus);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+    fn seeded(seed: u64) -> Self {
+        Rng(rand::SeedableRng::seed_from_u64(seed))
     }
 
     fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
+        rand::RngExt::random_range(&mut self.0, 0..n)
     }
 
     /// A size in `[lo, hi]`, log-uniform by octave (`lo` and `hi` powers
@@ -146,7 +143,7 @@ fn burst_of_256_mib_from_1_mib_with_sleeping_callers_then_shrinks_back() {
                 let (t, peak) = (&t, &peak);
                 s.spawn(move || {
                     let dev = forced();
-                    let mut rng = Rng(0x5eed + w as u64);
+                    let mut rng = Rng::seeded(0x5eed + w as u64);
                     let mut maps = Vec::new();
                     let mut live = 0;
                     while live < LIVE / THREADS {
@@ -283,7 +280,7 @@ fn two_threads_of_random_mappings_never_overlap_and_round_trip() {
                 let (t, shadow, clock) = (&t, &shadow, &clock);
                 s.spawn(move || {
                     let dev = forced();
-                    let mut rng = Rng(0xd1ce ^ w << 40);
+                    let mut rng = Rng::seeded(0xd1ce ^ w << 40);
                     let mut maps: Vec<(Mapping<'_, Vec<u8>>, u64, u64)> = Vec::new();
                     let (mut ops, mut nowait_full, mut made) = (0, 0, 0);
                     while ops < OPS && began.elapsed() < budget {

@@ -16,20 +16,13 @@ pub fn forced() -> Device {
 }
 
 /// `len` pseudo-random bytes from `seed`: a block of [`BLOCK`] bytes from
-/// splitmix64, repeated. The block length is a prime, so a copy that lands
+/// the workspace's seeded generator (`rand`'s xoshiro256++), repeated. The block length is a prime, so a copy that lands
 /// at a wrong offset (a slot, a page, a padding off) reads different bytes;
 /// repeating keeps large buffers cheap in a debug build.
 pub fn bytes(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed;
+    let mut rng: rand::rngs::Xoshiro256PlusPlus = rand::SeedableRng::seed_from_u64(seed);
     let mut block = vec![0; BLOCK.min(len)];
-    for chunk in block.chunks_mut(8) {
-        x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = x;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        let z = (z ^ (z >> 31)).to_le_bytes();
-        chunk.copy_from_slice(&z[..chunk.len()]);
-    }
+    rand::Rng::fill_bytes(&mut rng, &mut block);
     let mut out = block.repeat(len.div_ceil(BLOCK.max(1)));
     out.truncate(len);
     out
