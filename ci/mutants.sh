@@ -3,9 +3,10 @@
 # the test suite notice when the code is broken on purpose?
 #
 # Two parts, one score:
-# 1. cargo-mutants over crates/swiotlb/src/map.rs, copy.rs, pool/policy.rs,
-#    pool/nextfit.rs and pool/fast.rs: it rewrites one operator, condition
-#    or function body at a time and runs the core's tests against each.
+# 1. cargo-mutants over crates/swiotlb/src/map/*.rs, copy.rs,
+#    pool/policy.rs, pool/nextfit.rs and pool/fast.rs: it rewrites one
+#    operator, condition or function body at a time and runs the core's
+#    tests against each.
 # 2. The hand-written mutants in ci/mutants/*.patch. cargo-mutants leaves
 #    the bodies of `unsafe fn` alone, and that is where the copies between
 #    originals and slots are (`bounce_copy`, the map-time copy, unmap's
@@ -43,7 +44,11 @@ cd "$(dirname "$0")/.."
 root=$PWD
 
 files=(
-    crates/swiotlb/src/map.rs
+    crates/swiotlb/src/map/mod.rs
+    crates/swiotlb/src/map/raw.rs
+    crates/swiotlb/src/map/sg.rs
+    crates/swiotlb/src/map/buffer.rs
+    crates/swiotlb/src/map/mapping.rs
     crates/swiotlb/src/copy.rs
     crates/swiotlb/src/pool/policy.rs
     crates/swiotlb/src/pool/nextfit.rs

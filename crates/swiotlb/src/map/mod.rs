@@ -1,0 +1,139 @@
+//! Map, unmap and sync: the streaming DMA API, at two levels.
+//!
+//! - The **safe level** ([`Pool::map`]) takes ownership of a buffer and
+//!   returns a [`Mapping`] that holds a raw pointer and a length, never a
+//!   live `&mut`, while the device owns the memory (the Tock DMA soundness
+//!   lesson); [`Mapping::unmap`] gives the buffer back.
+//! - The **raw level** ([`Pool::map_raw`] and friends) takes physical
+//!   addresses and CPU pointers, for kernels that manage their own memory.
+//!   It is `unsafe`, with its contract written on each function.
+//!
+//! Both follow Linux's semantics (`dma_direct_map_page`, `swiotlb_map`,
+//! `swiotlb_tbl_map_single`, `swiotlb_tbl_unmap_single`,
+//! `swiotlb_sync_single_for_{cpu,device}`):
+//! - a buffer the device reaches (judged on both addresses) and that is not
+//!   forced to bounce is mapped directly;
+//! - otherwise it is bounced, and the map copies the original into the
+//!   slots **for every direction**, so a device that writes only part of a
+//!   from-device buffer never leaves stale slot bytes of an earlier mapping
+//!   in the original (CVE-2022-0854);
+//! - `sync_for_device` copies only for to-device and bidirectional
+//!   mappings; unmap and `sync_for_cpu` copy back only for from-device and
+//!   bidirectional ones, and `SKIP_CPU_SYNC` skips the unmap copy-back;
+//! - a sync may cover any sub-range of a mapping; one that runs past it is
+//!   an error and copies nothing;
+//! - the bounce address must itself be reachable by the device, or the map
+//!   fails and nothing stays mapped.
+
+// The files: `raw.rs`, the raw API on `Pool`; `sg.rs`, scatter-gather
+// lists, raw and safe, with the two walks every pool, tlb and platform
+// shares; `buffer.rs`, `DmaBuffer` and the taken-apart `RawBuffer`;
+// `mapping.rs`, the safe `Mapping` and `Pool::map`. This file has no
+// unsafe code but no `forbid(unsafe_code)` either: the lint would reach
+// the submodules, which have.
+mod buffer;
+mod mapping;
+mod raw;
+mod sg;
+
+pub(crate) use buffer::RawBuffer;
+pub use buffer::{DmaBuffer, MapFailed};
+pub use mapping::Mapping;
+#[cfg(feature = "alloc")]
+pub(crate) use mapping::{Held, Owner};
+#[cfg(feature = "alloc")]
+pub(crate) use sg::map_sg_buffers_by;
+#[cfg(feature = "alloc")]
+pub(crate) use sg::map_sg_by;
+
+use crate::addr::{DmaAddr, PhysAddr};
+use crate::device::Device;
+use crate::error::{Error, Result};
+#[cfg(doc)]
+use crate::pool::Pool;
+use crate::translate::Translate;
+
+/// Options of one bounce beyond its attributes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MapOptions {
+    /// Start alignment of the allocation (Linux's `alloc_align_mask`
+    /// argument of `swiotlb_tbl_map_single`): `2^n - 1`, or `0` for none.
+    pub alloc_align_mask: u64,
+    /// The area to search first; `None` uses the calling thread's hint
+    /// (one per thread under `std`, area 0 without it), as Linux starts at
+    /// the CPU's own area.
+    pub area_hint: Option<usize>,
+}
+
+/// The area the calling thread starts its searches in.
+#[cfg(feature = "std")]
+fn thread_hint() -> usize {
+    use core::sync::atomic::{AtomicUsize, Ordering};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    std::thread_local! {
+        // Const-initialised, with no destructor: reading it is one load,
+        // where a lazily initialised thread-local checks its state first.
+        static HINT: core::cell::Cell<usize> = const { core::cell::Cell::new(usize::MAX) };
+    }
+    HINT.with(|h| {
+        let mut v = h.get();
+        if v == usize::MAX {
+            // Areas are a power of two in number, so any value works; MAX
+            // is only the "not yet" mark.
+            v = NEXT.fetch_add(1, Ordering::Relaxed) & (usize::MAX >> 1);
+            h.set(v);
+        }
+        v
+    })
+}
+
+/// The area the calling thread starts its searches in.
+#[cfg(not(feature = "std"))]
+fn thread_hint() -> usize {
+    0
+}
+
+/// An unmap or sync of device address `dma` (physical `phys`) that no pool
+/// holds: nothing to do for a direct mapping (Linux's dma-direct does
+/// nothing either), [`Error::NotMapped`] for an address the device could
+/// only have been given by a bounce, such as a second unmap of a mapping
+/// whose transient pool is gone.
+pub(crate) fn outside<T: Translate>(
+    dev: &Device<T>,
+    dma: DmaAddr,
+    phys: PhysAddr,
+    size: usize,
+) -> Result {
+    if dev.may_be_direct(phys, size) {
+        Ok(())
+    } else {
+        Err(Error::NotMapped { dma })
+    }
+}
+
+/// Whether a raw map may hand the device the original's own address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(
+    not(feature = "alloc"),
+    expect(dead_code, reason = "only a restricted tlb (alloc) always bounces")
+)]
+pub(crate) enum Bouncing {
+    /// Directly when the device reaches the original and is not forced to
+    /// bounce (Linux's dma-direct).
+    IfNeeded,
+    /// Always through the pool: a restricted tlb's devices.
+    Always,
+}
+
+/// One entry of a raw scatter-gather list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SgEntry {
+    /// Physical address of the segment.
+    pub phys: PhysAddr,
+    /// CPU address of the segment.
+    pub cpu: *mut u8,
+    /// Length in bytes.
+    pub len: usize,
+    /// Set by [`Pool::map_sg_raw`]: the device address of the segment.
+    pub dma: DmaAddr,
+}
