@@ -715,3 +715,46 @@ fn direct_mapping_uses_own_address<P: Policy>() {
     assert_eq!(st.bytes_to_device + st.bytes_from_device, 0, "no copy");
     assert_empty(&pool);
 }
+
+/// The raw syncs and unmap of a device whose bus sees memory at another
+/// base: each translates the device address back before looking for the
+/// mapping, so device writes reach the original on every path.
+fn raw_paths_translate_device_addresses<P: Policy>() {
+    use swiotlb::translate::Offset;
+    let pool = Pool::<P>::new_heap(1 << 20, PoolConfig::default()).unwrap();
+    // The pool's first byte appears on the bus at 0x8000_0000.
+    let bus = Offset::new(pool.start(), DmaAddr(0x8000_0000));
+    let dev = forced().with_translate(bus);
+    let orig = bytes(91, 3000);
+    let buf = RawBuf::new(&orig);
+    let dir = Direction::Bidirectional;
+    // SAFETY: `buf` outlives the mapping and is reached only through its
+    // pointer while mapped.
+    let dma = unsafe { pool.map_raw(&dev, PhysAddr(0x10_0000), buf.ptr(), 3000, dir) }.unwrap();
+    let at = usize::try_from(dma.as_u64() - 0x8000_0000).unwrap();
+    assert!(at < pool.len(), "the bounce is on the pool's bus window");
+    assert_eq!(device_read(&pool, at, 3000), orig, "the map copied in");
+    let answer = bytes(92, 100);
+    device_write(&pool, at + 500, &answer);
+    // SAFETY: the mapping is live and `buf` valid and untouched.
+    unsafe { pool.sync_for_cpu_raw(&dev, dma + 500, 100, dir) }.unwrap();
+    let mut want = orig.clone();
+    want[500..600].copy_from_slice(&answer);
+    assert_eq!(buf.to_vec(), want, "sync_for_cpu found the mapping");
+    buf.write(0, &answer);
+    // SAFETY: as above.
+    unsafe { pool.sync_for_device_raw(&dev, dma, 100, dir) }.unwrap();
+    assert_eq!(
+        device_read(&pool, at, 100),
+        answer,
+        "sync_for_device found it"
+    );
+    let last = bytes(93, 10);
+    device_write(&pool, at + 2990, &last);
+    // SAFETY: as above; the device is done.
+    unsafe { pool.unmap_raw(&dev, dma, 3000, dir, Attrs::NONE) }.unwrap();
+    assert_eq!(&buf.to_vec()[2990..], &last[..], "unmap copied back");
+    assert_eq!(pool.used_slots(), 0);
+}
+
+both_policies!(raw_paths_translate_device_addresses);
