@@ -719,13 +719,13 @@ impl<P: Policy> Pool<P> {
         self.nslabs as usize * per_slot + bits + areas + core::mem::size_of::<Self>()
     }
 
-    /// The CPU address of byte `off` of the pool.
+    /// The CPU address of byte `off` of the pool, with the pool's
+    /// provenance. Computing it is safe for any `off` (a wrapping offset);
+    /// it points into the pool only for `off < len()`, which every caller
+    /// that reads or writes through it argues at its own `unsafe` block.
     #[inline]
     pub(crate) fn slot_ptr(&self, off: usize) -> *mut u8 {
-        // SAFETY: callers pass offsets inside the pool (of a live
-        // allocation), and `vaddr` is valid for the pool's length (type
-        // invariant), so the result stays in bounds of that allocation.
-        unsafe { self.vaddr.as_ptr().add(off) }
+        self.vaddr.as_ptr().wrapping_add(off)
     }
 
     /// log2 of the slot size.
