@@ -768,10 +768,7 @@ fn thousands(n: u64) -> String {
 /// per size mix, for both policies.
 fn frag_part(plan: &Plan, rows: &mut Vec<Row>) -> Result<(), Error> {
     let bytes = plan.pool_bytes;
-    let config = PoolConfig {
-        segment: plan.segment,
-        ..PoolConfig::with_areas(plan.frag_areas)
-    };
+    let config = PoolConfig::with_areas(plan.frag_areas).with_segment(plan.segment);
     let areas = heap_with::<Fast>(bytes, config)?.nareas();
     let geometry = if plan.segment == swiotlb::config::IO_TLB_SEGSIZE {
         String::new()

@@ -133,10 +133,7 @@ fn from_device_never_exposes_earlier_mapping<P: Policy>() {
     let pool = pool::<P>(4);
     let dev = forced();
     let secret = bytes(0x5ec2e7, 8192);
-    let opts = MapOptions {
-        alloc_align_mask: 0,
-        area_hint: Some(0),
-    };
+    let opts = MapOptions::new().with_alloc_align_mask(0).with_area_hint(0);
 
     // Raw API.
     let buf = RawBuf::new(&secret);
@@ -337,10 +334,9 @@ fn partial_sync_inside_multi_slot_mapping<P: Policy>() {
     let (a, c, d) = (bytes(30, 7000), bytes(31, 7000), bytes(32, 7000));
     for (alloc_align_mask, pad, nslots) in [(0, 0x1a0, 4), (0xfff, 0x9a0, 6)] {
         let buf = RawBuf::new(&a);
-        let opts = MapOptions {
-            alloc_align_mask,
-            area_hint: Some(0),
-        };
+        let opts = MapOptions::new()
+            .with_alloc_align_mask(alloc_align_mask)
+            .with_area_hint(0);
         // SAFETY: `buf` outlives the mapping and is reached only through
         // its pointer; the physical address only steers the alignment.
         let b = unsafe {

@@ -91,10 +91,7 @@ fn a_table_at_the_top_of_the_bus_maps_below_the_wrap() {
 fn an_empty_pool_with_large_pages_takes_its_max_mapping_size() {
     // 64 KiB pages: a 256 KiB mapping must start page aligned, which
     // needs the heap region aligned to the page, not just to 4 KiB.
-    let config = PoolConfig {
-        page_shift: 16,
-        ..PoolConfig::default()
-    };
+    let config = PoolConfig::default().with_page_shift(16);
     let dev = Device::new(DmaMask::BITS_64).with_force_bounce();
     let mut buf = vec![1u8; 256 << 10];
     for _ in 0..16 {
@@ -122,7 +119,7 @@ proptest! {
         let segment = 1u32 << seg_log;
         let seg_bytes = (segment as usize) << slot_shift;
         prop_assume!(seg_bytes <= 1 << 21);
-        let config = PoolConfig { slot_shift, segment, nareas, page_shift };
+        let config = PoolConfig::DEFAULT.with_slot_shift(slot_shift).with_segment(segment).with_nareas(nareas).with_page_shift(page_shift);
         let pool: Pool = Pool::new_heap(seg_bytes * segments * nareas as usize, config).unwrap();
         let mask = (1u64 << mask_bits) - 1;
         let max = pool.max_mapping_size(mask);
@@ -209,10 +206,7 @@ fn alignment_padding_past_a_segment_names_the_padding() {
     let dev = Device::new(DmaMask::BITS_64).with_force_bounce();
     let mut buf = vec![0u8; 2048];
     let cpu = buf.as_mut_ptr();
-    let opts = MapOptions {
-        alloc_align_mask: 0x7ffff,
-        ..MapOptions::default()
-    };
+    let opts = MapOptions::default().with_alloc_align_mask(0x7ffff);
     // SAFETY: `buf` is valid for 2048 bytes; the map fails and keeps
     // nothing.
     let e = unsafe { pool.bounce_raw(&dev, PhysAddr(cpu as u64), cpu, 2048, Attrs::NONE, opts) }

@@ -463,12 +463,10 @@ fn metadata_bytes_matches_count_from_geometry<P: Policy>() {
     ];
     let mut area_fixed = None;
     for (nslabs, slot_shift, segment, wanted, nareas) in geometries {
-        let config = PoolConfig {
-            slot_shift,
-            segment,
-            nareas: wanted,
-            ..PoolConfig::default()
-        };
+        let config = PoolConfig::default()
+            .with_slot_shift(slot_shift)
+            .with_segment(segment)
+            .with_nareas(wanted);
         let pool = Pool::<P>::new_heap((nslabs as usize) << slot_shift, config).unwrap();
         assert_eq!(pool.nslabs(), nslabs);
         assert_eq!(

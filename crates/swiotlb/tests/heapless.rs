@@ -31,11 +31,7 @@ const LEN: usize = SLOTS << 11;
 /// Two areas of 12 slots in segments of 8, so the second area starts off
 /// a segment line: every per-area array of both policies is carved twice,
 /// in two shapes.
-const CONFIG: PoolConfig = PoolConfig {
-    segment: 8,
-    nareas: 2,
-    ..PoolConfig::DEFAULT
-};
+const CONFIG: PoolConfig = PoolConfig::DEFAULT.with_segment(8).with_nareas(2);
 
 /// Slot memory, page aligned as a reserved region is.
 #[repr(C, align(4096))]
@@ -447,12 +443,10 @@ fn metadata_len_is_exact_in_every_geometry() {
             (64, 16, 16, 4),
         ];
         for (nslabs, slot_shift, segment, nareas) in geometries {
-            let config = PoolConfig {
-                slot_shift,
-                segment,
-                nareas,
-                ..PoolConfig::DEFAULT
-            };
+            let config = PoolConfig::DEFAULT
+                .with_slot_shift(slot_shift)
+                .with_segment(segment)
+                .with_nareas(nareas);
             let len = nslabs << slot_shift;
             let need = Pool::<P>::metadata_len(len, config);
             let exact = need - (Pool::<P>::METADATA_ALIGN - 1);

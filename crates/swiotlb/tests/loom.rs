@@ -39,12 +39,11 @@ const NSLOTS: u32 = 8;
 
 /// 2 areas x 4 slots of 2 KiB, one segment per area.
 fn tiny_pool<P: Policy>() -> Pool<P> {
-    let cfg = PoolConfig {
-        segment: 4,
-        nareas: 2,
-        slot_shift: 11,
-        page_shift: 12,
-    };
+    let cfg = PoolConfig::DEFAULT
+        .with_segment(4)
+        .with_nareas(2)
+        .with_slot_shift(11)
+        .with_page_shift(12);
     let pool = Pool::<P>::new_heap(NSLOTS as usize * SLOT, cfg).unwrap();
     assert_eq!(pool.nareas(), 2);
     assert_eq!(pool.area_nslabs(), 4);
@@ -128,10 +127,7 @@ fn bounce<P: Policy>(
 ) -> Live {
     let mut orig = pattern(tag, len);
     let cpu = orig.as_mut_ptr();
-    let opts = MapOptions {
-        area_hint: Some(hint),
-        ..MapOptions::default()
-    };
+    let opts = MapOptions::default().with_area_hint(hint);
     // SAFETY: `orig` is a heap buffer that stays put (it moves only as a
     // `Vec`), lives until after the unmap in `unmap`, and is not read or
     // written through a reference while mapped.
@@ -438,12 +434,11 @@ fn sync_vs_unmap_nextfit() {
 fn sync_from_other_thread<P: Policy>(private_words: bool) {
     model(move || {
         let pool = if private_words {
-            let cfg = PoolConfig {
-                segment: 4,
-                nareas: 1,
-                slot_shift: 11,
-                page_shift: 12,
-            };
+            let cfg = PoolConfig::DEFAULT
+                .with_segment(4)
+                .with_nareas(1)
+                .with_slot_shift(11)
+                .with_page_shift(12);
             Pool::<P>::new_heap(64 * SLOT, cfg).unwrap()
         } else {
             tiny_pool::<P>()

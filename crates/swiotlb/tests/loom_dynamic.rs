@@ -181,12 +181,11 @@ unsafe impl Provider for Arena {
 fn tiny_tlb<P: Policy>(clock: std::sync::Arc<ManualClock>, max: usize) -> Tlb<P> {
     let mut config = GrowConfig::new(POOL, max);
     config.grow_by = POOL;
-    config.pool = PoolConfig {
-        slot_shift: 11,
-        segment: 2,
-        nareas: 1,
-        page_shift: 12,
-    };
+    config.pool = PoolConfig::DEFAULT
+        .with_slot_shift(11)
+        .with_segment(2)
+        .with_nareas(1)
+        .with_page_shift(12);
     config.idle = IDLE;
     let tlb = Tlb::<P>::growing_with_policy(TlbKind::Default, Growth::new(Arena::new(), config))
         .unwrap()

@@ -125,10 +125,9 @@ impl Fixture {
         hint: usize,
     ) -> Result<Mapped, Error> {
         assert!(size <= MAX_MAP);
-        let opts = MapOptions {
-            alloc_align_mask,
-            area_hint: Some(hint),
-        };
+        let opts = MapOptions::new()
+            .with_alloc_align_mask(alloc_align_mask)
+            .with_area_hint(hint);
         // SAFETY: `src` points into `_src`, valid for `MAX_MAP >= size`
         // bytes for the fixture's life, which outlives every mapping; no
         // reference to `_src` is ever made after construction. Several
@@ -981,11 +980,7 @@ impl Model {
 /// start, first slot, slots held, bounce address, and afterwards every
 /// area's index; every 64 operations, every slot's free state.
 fn cross_check(seed: u64, nslabs: u32, nareas: u32, seg: u32, base: u64, ops: usize) {
-    let config = PoolConfig {
-        segment: seg,
-        nareas,
-        ..PoolConfig::default()
-    };
+    let config = PoolConfig::default().with_segment(seg).with_nareas(nareas);
     let fx = Fixture::with_config(nslabs, base, config);
     assert_eq!(fx.pool.nareas(), nareas);
     let mut model = Model::new(nslabs, nareas, seg, base);

@@ -473,10 +473,9 @@ impl<'p, P: Searched> Model<'p, P> {
         let data = bytes(seed, r.size);
         let buf = RawBuf::new(&data);
         let plan = self.geo.plan(&r);
-        let opts = MapOptions {
-            alloc_align_mask: r.alloc_align,
-            area_hint: Some(hint),
-        };
+        let opts = MapOptions::new()
+            .with_alloc_align_mask(r.alloc_align)
+            .with_area_hint(hint);
         // SAFETY:
         // - `buf` is valid for reads and writes of `r.size` bytes; it moves
         //   into `self.live` (its heap bytes stay put) and is reached only
@@ -1162,12 +1161,11 @@ fn geometry() -> impl Strategy<Value = (PoolConfig, usize)> {
     let nslabs = prop_oneof![1 => 1usize..=8, 2 => 1usize..=140, 2 => 100usize..=400];
     let tail = prop_oneof![3 => Just(0usize), 1 => 1usize..512];
     (shift, segment, 1u32..=4, nslabs, tail).prop_map(|(slot_shift, segment, nareas, n, tail)| {
-        let cfg = PoolConfig {
-            slot_shift,
-            segment,
-            nareas,
-            page_shift: 12,
-        };
+        let cfg = PoolConfig::DEFAULT
+            .with_slot_shift(slot_shift)
+            .with_segment(segment)
+            .with_nareas(nareas)
+            .with_page_shift(12);
         (cfg, (n << slot_shift) + tail)
     })
 }

@@ -27,12 +27,11 @@ fn forced() -> Device {
 /// A pool of 128 slots of 512 bytes in one area, with `segment` slots per
 /// segment.
 fn pool<P: Policy>(segment: u32) -> Pool<P> {
-    let config = PoolConfig {
-        slot_shift: 9,
-        segment,
-        nareas: 1,
-        page_shift: 12,
-    };
+    let config = PoolConfig::DEFAULT
+        .with_slot_shift(9)
+        .with_segment(segment)
+        .with_nareas(1)
+        .with_page_shift(12);
     Pool::new_heap(NSLOTS as usize * SLOT, config).unwrap()
 }
 

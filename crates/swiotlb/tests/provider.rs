@@ -490,10 +490,7 @@ fn pool_refusing_the_region_undoes_everything() {
     let log = Log::default();
     let p = provider(&log);
     let h = FakeHooks::new(&log);
-    let config = PoolConfig {
-        slot_shift: 20,
-        ..PoolConfig::default()
-    };
+    let config = PoolConfig::default().with_slot_shift(20);
     let err = pool_from_provider::<Fast, _, _>(&p, &h, LEN, NO_LIMIT, config, 32, 32).unwrap_err();
     assert!(
         matches!(err, ProviderError::Pool(Error::InvalidPool { .. })),

@@ -136,10 +136,7 @@ fn area_marks<P: Policy>() {
     let mut bufs: Vec<Vec<u8>> = (0..20).map(|i| vec![i as u8; 8192]).collect();
     let map = |p: &Pool<P>, b: &mut Vec<u8>, area: usize| {
         let cpu = b.as_mut_ptr();
-        let opts = MapOptions {
-            area_hint: Some(area),
-            ..MapOptions::default()
-        };
+        let opts = MapOptions::default().with_area_hint(area);
         // SAFETY: the buffer outlives the mapping and is not touched while
         // mapped.
         unsafe { p.bounce_raw(&dev, PhysAddr(cpu as u64), cpu, 8192, Attrs::NONE, opts) }.unwrap()

@@ -28,12 +28,11 @@ const POOLS: [usize; 3] = [1, 100, 10_000];
 /// Slots of 512 bytes, 8 per segment, 64 per pool: 32 KiB pools, so that
 /// 10,000 of them stay small (the heap hands out untouched pages lazily).
 fn geometry() -> PoolConfig {
-    PoolConfig {
-        slot_shift: 9,
-        segment: 8,
-        nareas: 1,
-        page_shift: 12,
-    }
+    PoolConfig::DEFAULT
+        .with_slot_shift(9)
+        .with_segment(8)
+        .with_nareas(1)
+        .with_page_shift(12)
 }
 
 const POOL_BYTES: usize = 64 << 9;

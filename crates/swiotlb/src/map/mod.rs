@@ -55,6 +55,7 @@ use crate::translate::Translate;
 
 /// Options of one bounce beyond its attributes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct MapOptions {
     /// Start alignment of the allocation (Linux's `alloc_align_mask`
     /// argument of `swiotlb_tbl_map_single`): `2^n - 1`, or `0` for none.
@@ -63,6 +64,28 @@ pub struct MapOptions {
     /// (one per thread under `std`, area 0 without it), as Linux starts at
     /// the CPU's own area.
     pub area_hint: Option<usize>,
+}
+
+impl MapOptions {
+    /// No alignment beyond the device's, the calling thread's area first.
+    pub const fn new() -> Self {
+        Self {
+            alloc_align_mask: 0,
+            area_hint: None,
+        }
+    }
+
+    /// These options with allocation alignment `mask` (`2^n - 1`).
+    pub const fn with_alloc_align_mask(mut self, mask: u64) -> Self {
+        self.alloc_align_mask = mask;
+        self
+    }
+
+    /// These options searching area `area` first.
+    pub const fn with_area_hint(mut self, area: usize) -> Self {
+        self.area_hint = Some(area);
+        self
+    }
 }
 
 /// The area the calling thread starts its searches in.

@@ -13,6 +13,7 @@ use crate::error::{Error, PoolProblem, Result};
 /// segments (`IO_TLB_SEGSIZE`, so one mapping is at most 256 KiB), 4 KiB
 /// pages, one area.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PoolConfig {
     /// log2 of the slot size, `9..=16`. Smaller slots waste less on small
     /// mappings and cost more metadata per byte of pool.
@@ -52,6 +53,30 @@ impl PoolConfig {
             nareas,
             ..Self::DEFAULT
         }
+    }
+
+    /// This geometry with slots of `2^shift` bytes.
+    pub const fn with_slot_shift(mut self, shift: u32) -> Self {
+        self.slot_shift = shift;
+        self
+    }
+
+    /// This geometry with segments of `slots` slots (the largest mapping).
+    pub const fn with_segment(mut self, slots: u32) -> Self {
+        self.segment = slots;
+        self
+    }
+
+    /// This geometry with `nareas` areas wanted.
+    pub const fn with_nareas(mut self, nareas: u32) -> Self {
+        self.nareas = nareas;
+        self
+    }
+
+    /// This geometry with pages of `2^shift` bytes.
+    pub const fn with_page_shift(mut self, shift: u32) -> Self {
+        self.page_shift = shift;
+        self
     }
 
     /// Whether every field is in range.
