@@ -129,6 +129,7 @@ impl<P: Policy> Pool<P> {
     ///
     /// # Errors
     /// A [`MapFailed`] with the reason and the buffer.
+    #[inline]
     pub fn map<B: DmaBuffer, T: Translate>(
         &self,
         dev: &Device<T>,
@@ -142,6 +143,7 @@ impl<P: Policy> Pool<P> {
     ///
     /// # Errors
     /// As [`Pool::map`].
+    #[inline]
     pub fn map_with_attrs<B: DmaBuffer, T: Translate>(
         &self,
         dev: &Device<T>,
@@ -161,6 +163,7 @@ impl<P: Policy> Pool<P> {
 
     /// The bounce half of a safe map: `buffer` (physical address `phys`)
     /// through this pool, whatever the device could reach.
+    #[inline]
     pub(crate) fn bounce_buffer<B: DmaBuffer, T: Translate>(
         &self,
         dev: &Device<T>,

@@ -622,6 +622,7 @@ impl<P: Policy> IoTlb<P> {
     /// no slot anyone could still be giving back. This is the grace
     /// period: `Pool::release` touches the pool after the unlock that may
     /// make it idle, and its `&self` must stay valid until it returns.
+    #[inline(never)]
     pub(crate) fn guard_release(&self, release: &dyn Fn()) {
         let _pools = self.grower().map(|g| g.pools.read());
         release();
@@ -630,7 +631,7 @@ impl<P: Policy> IoTlb<P> {
     /// The slots of a mapping in the pool starting at `pool_start`, held
     /// as `held` says, were just given back. The pool may be gone by the
     /// time this returns.
-    #[inline]
+    #[inline(never)]
     pub(crate) fn after_release(&self, pool_start: PhysAddr, held: Held) {
         if held == Held::Transient {
             if let Some(g) = self.grower() {
