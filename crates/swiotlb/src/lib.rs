@@ -234,7 +234,7 @@ pub use error::{Error, FailReason, Result};
 pub use translate::Translate;
 
 pub use device::RestrictedTlb;
-pub use map::{DmaBuffer, MapFailed, MapOptions, Mapping, SgEntry};
+pub use map::{set_cpu_hint, CpuHint, DmaBuffer, MapFailed, MapOptions, Mapping, SgEntry};
 pub use pool::{Bounce, Coherent, Fast, Hiwater, NextFit, Policy, Pool, PoolConfig};
 #[cfg(feature = "alloc")]
 pub use stats::Stats;

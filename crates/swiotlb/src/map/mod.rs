@@ -88,9 +88,47 @@ impl MapOptions {
     }
 }
 
-/// The area the calling thread starts its searches in.
-#[cfg(feature = "std")]
+/// The CPU a map runs on, to pick the area it searches first: Linux starts
+/// at the CPU's own area (`raw_smp_processor_id()`), so CPUs mapping at
+/// once take different locks. A kernel or paravisor installs its own with
+/// [`set_cpu_hint`]. Without one, under `std` each thread gets an area of
+/// its own in turn; without `std`, every map starts at area 0.
+pub trait CpuHint: Send + Sync {
+    /// The running CPU's number (any value: it is taken modulo the area
+    /// count, a power of two).
+    fn cpu(&self) -> usize;
+}
+
+/// The installed [`CpuHint`], if any.
+static CPU_HINT: spin::Once<&'static dyn CpuHint> = spin::Once::new();
+
+/// Installs the hint every map without an explicit
+/// [`MapOptions::area_hint`] uses from now on. It can be set once, before
+/// or after pools exist; returns `false` (and changes nothing) if one was
+/// already installed.
+pub fn set_cpu_hint(hint: &'static dyn CpuHint) -> bool {
+    let mut set = false;
+    CPU_HINT.call_once(|| {
+        set = true;
+        hint
+    });
+    set
+}
+
+/// The area the calling thread starts its searches in: the installed
+/// [`CpuHint`], else the default of [`default_hint`].
+#[inline]
 fn thread_hint() -> usize {
+    match CPU_HINT.get() {
+        Some(hint) => hint.cpu(),
+        None => default_hint(),
+    }
+}
+
+/// Each thread its own area in turn.
+#[cfg(feature = "std")]
+#[inline]
+fn default_hint() -> usize {
     use core::sync::atomic::{AtomicUsize, Ordering};
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     std::thread_local! {
@@ -110,9 +148,10 @@ fn thread_hint() -> usize {
     })
 }
 
-/// The area the calling thread starts its searches in.
+/// Area 0: with no scheduler to ask and no hint installed.
 #[cfg(not(feature = "std"))]
-fn thread_hint() -> usize {
+#[inline]
+fn default_hint() -> usize {
     0
 }
 
