@@ -160,7 +160,7 @@ impl<P: Policy> Pool<P> {
         }
         // The unlock is the last touch of the pool: it may leave the pool
         // idle, and a growing tlb may free an idle pool (after waiting for
-        // the releases in flight: `AfterRelease::guard_release`).
+        // the releases in flight: `IoTlb::guard_release`).
         drop(st);
         Ok(())
     }

@@ -182,7 +182,7 @@ pub struct Pool<P: Policy = Fast> {
     owned: Option<Owned>,
     /// Releases running in the pool now, for the loom models only: a pool
     /// dropped while one runs is the use after free the grace rule of a
-    /// growing tlb prevents (`AfterRelease::guard_release`).
+    /// growing tlb prevents (`IoTlb::guard_release`).
     #[cfg(swiotlb_loom)]
     releasing: AtomicUsize,
     /// The metadata block, for a pool that keeps it on the heap
