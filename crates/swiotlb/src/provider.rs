@@ -596,12 +596,22 @@ pub fn pool_from_provider<P: Policy, V: Provider, H: MemoryHooks>(
         below,
         config,
         (dma_bits_start, dma_bits_max),
-        false,
+        Sleep::Allowed,
     )
 }
 
-/// [`pool_from_provider`], or with `nowait` its variant for paths that
-/// must not sleep: memory from [`Provider::alloc_nowait`], and refused
+/// Whether building a pool may sleep.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Sleep {
+    /// It may: [`Provider::alloc`], and hooks that may sleep.
+    Allowed,
+    /// It must not: [`Provider::alloc_nowait`], and only hooks that say
+    /// they do not sleep ([`MemoryHooks::nowait`]).
+    Forbidden,
+}
+
+/// [`pool_from_provider`], or with [`Sleep::Forbidden`] its variant for
+/// paths that must not sleep: memory from [`Provider::alloc_nowait`], and refused
 /// with [`ProviderError::WouldSleep`] up front unless
 /// [`MemoryHooks::nowait`].
 pub(crate) fn build<P: Policy, V: Provider, H: MemoryHooks>(
@@ -611,7 +621,7 @@ pub(crate) fn build<P: Policy, V: Provider, H: MemoryHooks>(
     below: PhysAddr,
     config: PoolConfig,
     (dma_bits_start, dma_bits_max): (u32, u32),
-    nowait: bool,
+    sleep: Sleep,
 ) -> Result<ProvidedPool<V, H, P>, ProviderError> {
     if dma_bits_start > dma_bits_max || dma_bits_max > 64 {
         return Err(ProviderError::BadDmaBits {
@@ -619,7 +629,7 @@ pub(crate) fn build<P: Policy, V: Provider, H: MemoryHooks>(
             max: dma_bits_max,
         });
     }
-    let region = if nowait {
+    let region = if sleep == Sleep::Forbidden {
         if !hooks.nowait() {
             return Err(ProviderError::WouldSleep { len });
         }

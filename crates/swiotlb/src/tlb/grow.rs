@@ -34,7 +34,7 @@ use crate::device::{Device, Tracked};
 use crate::error::{ConfigProblem, Error};
 use crate::map::{Held, MapOptions};
 use crate::pool::{Policy, Pool, PoolConfig};
-use crate::provider::{self, MemoryHooks, NoHooks, ProvidedPool, Provider, ProviderError};
+use crate::provider::{self, MemoryHooks, NoHooks, ProvidedPool, Provider, ProviderError, Sleep};
 use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, Mutex, Ordering, RwLock};
 use crate::translate::Translate;
 
@@ -278,13 +278,13 @@ impl<P: Policy> Grower<P> {
         self.held.fetch_sub(len, Ordering::Relaxed);
     }
 
-    /// Builds a pool of `len` bytes (`nowait`: on a path that may not
-    /// sleep) with geometry `config`.
+    /// Builds a pool of `len` bytes with geometry `config`, sleeping or
+    /// not as `sleep` says.
     fn build(
         &self,
         len: usize,
         config: PoolConfig,
-        nowait: bool,
+        sleep: Sleep,
     ) -> Result<ProvidedPool<DynProvider, DynHooks, P>, ProviderError> {
         let c = self.config();
         provider::build(
@@ -294,7 +294,7 @@ impl<P: Policy> Grower<P> {
             c.below,
             config,
             c.dma_bits,
-            nowait,
+            sleep,
         )
     }
 
@@ -387,7 +387,7 @@ impl<P: Policy> IoTlb<P> {
         let r = if !g.reserve(len) {
             Grow::Limit
         } else {
-            match g.build(len, g.config().pool, false) {
+            match g.build(len, g.config().pool, Sleep::Allowed) {
                 Ok(pool) => {
                     let now = self.clock.now_ns();
                     let m = Arc::new(Member {
@@ -464,7 +464,7 @@ impl<P: Policy> IoTlb<P> {
         if !g.reserve(len) {
             return None;
         }
-        let Ok(pool) = g.build(len, config, true) else {
+        let Ok(pool) = g.build(len, config, Sleep::Forbidden) else {
             g.unreserve(len);
             return None;
         };

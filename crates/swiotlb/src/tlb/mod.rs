@@ -297,7 +297,7 @@ impl<P: Policy> IoTlb<P> {
             c.below,
             c.pool,
             c.dma_bits,
-            false,
+            crate::provider::Sleep::Allowed,
         )?;
         let (pool, backing) = provided.into_parts();
         let mut tlb = Self::new(kind, pool);
