@@ -44,7 +44,7 @@ pub(crate) use mapping::{Held, Owner};
 #[cfg(feature = "alloc")]
 pub(crate) use sg::map_sg_buffers_by;
 #[cfg(feature = "alloc")]
-pub(crate) use sg::map_sg_by;
+pub(crate) use sg::{map_sg_by, unmap_sg_by};
 
 use crate::addr::{DmaAddr, PhysAddr};
 use crate::device::Device;

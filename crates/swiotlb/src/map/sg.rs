@@ -17,6 +17,21 @@ use super::{Bouncing, SgEntry};
 #[cfg(feature = "alloc")]
 use super::{DmaBuffer, MapFailed, Mapping, Owner, RawBuffer};
 
+/// Unmaps every entry of a raw scatter-gather list with `unmap`, in list
+/// order, all of them even after one fails; the first error is returned.
+/// The one walk behind the pool's, the tlb's and the platform's
+/// `unmap_sg_raw`.
+pub(crate) fn unmap_sg_by(sg: &[SgEntry], mut unmap: impl FnMut(&SgEntry) -> Result) -> Result {
+    let mut first = Ok(());
+    for e in sg {
+        let r = unmap(e);
+        if first.is_ok() {
+            first = r;
+        }
+    }
+    first
+}
+
 /// Maps every entry of a raw scatter-gather list with `map`, all or
 /// nothing: an entry longer than `max_segment` fails the list before any
 /// is mapped ([`Error::SegmentTooLong`]); if one entry fails, the ones
@@ -128,17 +143,12 @@ impl<P: Policy> Pool<P> {
         dir: Direction,
         attrs: Attrs,
     ) -> Result {
-        let mut first = Ok(());
-        for e in sg {
+        unmap_sg_by(sg, |e| {
             // SAFETY: this entry's original is valid for writes and
             // unreferenced, and the device is done with it (this
             // function's contract, per entry).
-            let r = unsafe { self.unmap_raw(dev, e.dma, e.len, dir, attrs) };
-            if first.is_ok() {
-                first = r;
-            }
-        }
-        first
+            unsafe { self.unmap_raw(dev, e.dma, e.len, dir, attrs) }
+        })
     }
 }
 

@@ -1072,12 +1072,6 @@ impl<P: Policy> IoTlb<P> {
         ))
     }
 
-    /// Whether a pool of this tlb (for `dev`'s transient pools, one of
-    /// them) holds physical address `phys`.
-    pub(crate) fn holds<T>(&self, dev: &Device<T>, phys: PhysAddr) -> bool {
-        self.with_pool_of(dev, phys, |_| ()).is_some()
-    }
-
     /// Unmaps a raw mapping of `dev` by its device address (as
     /// [`Pool::unmap_raw`]); a transient pool whose mapping this was is
     /// given back. An address in no pool of the tlb is a direct mapping,
@@ -1102,23 +1096,41 @@ impl<P: Policy> IoTlb<P> {
         attrs: Attrs,
     ) -> Result {
         let phys = dev.translate().dma_to_phys(dma);
-        let found = self.with_pool_of(dev, phys, |pool| {
+        // SAFETY: the mapping's original is still valid for writes and
+        // unreferenced, and the device is done with it (this function's
+        // contract); `phys` is `dma` translated for `dev`.
+        let held = unsafe { self.unmap_held(dev, dma, phys, size, dir, attrs) };
+        held.unwrap_or_else(|| crate::map::outside(dev, dma, phys, size))
+    }
+
+    /// [`IoTlb::unmap_raw`] of `dma`, already translated to `phys`, if a
+    /// pool of this tlb holds it; `None` (nothing done) if none does. The
+    /// pool is looked up once.
+    ///
+    /// # Safety
+    /// As [`Pool::unmap_raw`], with `phys` the physical address of `dma`
+    /// for `dev`.
+    pub(crate) unsafe fn unmap_held<T>(
+        &self,
+        dev: &Device<T>,
+        dma: DmaAddr,
+        phys: PhysAddr,
+        size: usize,
+        dir: Direction,
+        attrs: Attrs,
+    ) -> Option<Result> {
+        let ((r, start), held) = self.with_pool_of(dev, phys, |pool| {
             // SAFETY: the mapping's original is still valid for writes and
             // unreferenced, and the device is done with it (this
             // function's contract, `Pool::unmap_raw`'s); `phys` is `dma`
             // translated for this device.
             let r = unsafe { pool.unmap_at(dma, phys, size, dir, attrs) };
             (r, pool.start())
-        });
-        match found {
-            None => crate::map::outside(dev, dma, phys, size),
-            Some(((r, start), held)) => {
-                if r.is_ok() {
-                    self.after_release(start, held);
-                }
-                r
-            }
+        })?;
+        if r.is_ok() {
+            self.after_release(start, held);
         }
+        Some(r)
     }
 
     /// Copies device writes to the CPU (as [`Pool::sync_for_cpu_raw`]).
@@ -1172,6 +1184,28 @@ impl<P: Policy> IoTlb<P> {
         copy: bool,
     ) -> Result {
         let phys = dev.translate().dma_to_phys(dma);
+        // SAFETY: the mapping's original is valid and unreferenced for the
+        // synced range (this function's contract); `phys` is `dma`
+        // translated for `dev`.
+        let held = unsafe { self.sync_held(dev, dma, phys, size, to, copy) };
+        held.unwrap_or_else(|| crate::map::outside(dev, dma, phys, size))
+    }
+
+    /// A sync of `dma`, already translated to `phys`, if a pool of this
+    /// tlb holds it; `None` (nothing done) if none does.
+    ///
+    /// # Safety
+    /// As [`Pool::sync_for_cpu_raw`], with `phys` the physical address of
+    /// `dma` for `dev`.
+    pub(crate) unsafe fn sync_held<T>(
+        &self,
+        dev: &Device<T>,
+        dma: DmaAddr,
+        phys: PhysAddr,
+        size: usize,
+        to: SyncTo,
+        copy: bool,
+    ) -> Option<Result> {
         self.with_pool_of(dev, phys, |pool| {
             // SAFETY: the mapping's original is valid and unreferenced for
             // the synced range (this function's contract,
@@ -1179,7 +1213,7 @@ impl<P: Policy> IoTlb<P> {
             // this device.
             unsafe { pool.sync_at(dma, phys, size, to == SyncTo::Device, copy) }
         })
-        .map_or_else(|| crate::map::outside(dev, dma, phys, size), |(r, _)| r)
+        .map(|(r, _)| r)
     }
 
     /// Maps a raw scatter-gather list for `dev`, all or nothing, each
@@ -1238,17 +1272,12 @@ impl<P: Policy> IoTlb<P> {
         dir: Direction,
         attrs: Attrs,
     ) -> Result {
-        let mut first = Ok(());
-        for e in sg {
+        crate::map::unmap_sg_by(sg, |e| {
             // SAFETY: each entry's original is valid and unreferenced and
             // the device is done with it (this function's contract, per
             // entry).
-            let r = unsafe { self.unmap_raw(dev, e.dma, e.len, dir, attrs) };
-            if first.is_ok() {
-                first = r;
-            }
-        }
-        first
+            unsafe { self.unmap_raw(dev, e.dma, e.len, dir, attrs) }
+        })
     }
 
     /// A zeroed coherent allocation for `dev` from the first pool (Linux
@@ -1276,7 +1305,7 @@ impl<P: Policy> IoTlb<P> {
 
 /// Which way a sync copies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum SyncTo {
+pub(crate) enum SyncTo {
     Cpu,
     Device,
 }

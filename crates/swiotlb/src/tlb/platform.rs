@@ -36,7 +36,7 @@
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use super::{Coherent, IoTlb, TlbKind, TlbStats};
+use super::{Coherent, IoTlb, SyncTo, TlbKind, TlbStats};
 use crate::attrs::Attrs;
 use crate::device::{Device, RestrictedTlb};
 use crate::direction::Direction;
@@ -338,30 +338,20 @@ impl<P: Policy> Platform<P> {
         Ok(b.dma)
     }
 
-    /// The tlb holding device address `dma` of `dev`: its restricted tlb,
-    /// else the default or high tlb one of whose pools holds it; `None`
-    /// if none does (a direct mapping, or no mapping at all).
-    fn holder<T: Translate>(&self, dev: &Device<T>, dma: DmaAddr) -> Result<Option<&IoTlb<P>>> {
-        if dev.restricted_tlb().is_some() {
-            return self.restricted_of(dev).map(Some);
-        }
-        let phys = dev.translate().dma_to_phys(dma);
-        Ok([self.default.as_ref(), self.high.as_ref()]
-            .into_iter()
-            .flatten()
-            .find(|t| t.holds(dev, phys)))
-    }
-
-    /// An unmap or sync of `dma` that no tlb holds.
-    fn outside<T: Translate>(dev: &Device<T>, dma: DmaAddr, size: usize) -> Result {
-        let phys = dev.translate().dma_to_phys(dma);
-        crate::map::outside(dev, dma, phys, size)
+    /// The tlbs that may hold a mapping of `dev`: its restricted tlb alone,
+    /// else the default and the high one.
+    fn holders<T: Translate>(&self, dev: &Device<T>) -> Result<[Option<&IoTlb<P>>; 2]> {
+        Ok(if dev.restricted_tlb().is_some() {
+            [Some(self.restricted_of(dev)?), None]
+        } else {
+            [self.default.as_ref(), self.high.as_ref()]
+        })
     }
 
     /// Unmaps a raw mapping of `dev` by its device address: in the tlb
-    /// that holds it; an address no tlb holds is a direct mapping if the
-    /// device could have been given it directly, else
-    /// [`Error::NotMapped`].
+    /// that holds it (the address translated once, each pool looked up
+    /// once); an address no tlb holds is a direct mapping if the device
+    /// could have been given it directly, else [`Error::NotMapped`].
     ///
     /// # Errors
     /// [`Error::NoPool`] for a device bound to a restricted tlb the
@@ -377,13 +367,16 @@ impl<P: Policy> Platform<P> {
         dir: Direction,
         attrs: Attrs,
     ) -> Result {
-        match self.holder(dev, dma)? {
-            None => Self::outside(dev, dma, size),
+        let phys = dev.translate().dma_to_phys(dma);
+        for tlb in self.holders(dev)?.into_iter().flatten() {
             // SAFETY: the mapping's original is still valid for writes and
             // unreferenced, and the device is done with it (this
-            // function's contract, which is `IoTlb::unmap_raw`'s).
-            Some(tlb) => unsafe { tlb.unmap_raw(dev, dma, size, dir, attrs) },
+            // function's contract); `phys` is `dma` translated for `dev`.
+            if let Some(r) = unsafe { tlb.unmap_held(dev, dma, phys, size, dir, attrs) } {
+                return r;
+            }
         }
+        crate::map::outside(dev, dma, phys, size)
     }
 
     /// Copies device writes to the CPU for a raw mapping of `dev` (as
@@ -401,13 +394,9 @@ impl<P: Policy> Platform<P> {
         size: usize,
         dir: Direction,
     ) -> Result {
-        match self.holder(dev, dma)? {
-            None => Self::outside(dev, dma, size),
-            // SAFETY: the mapping's original is valid and unreferenced for
-            // the synced range (this function's contract, which is
-            // `IoTlb::sync_for_cpu_raw`'s).
-            Some(tlb) => unsafe { tlb.sync_for_cpu_raw(dev, dma, size, dir) },
-        }
+        // SAFETY: the mapping's original is valid for writes of the synced
+        // range and unreferenced (this function's contract).
+        unsafe { self.sync_raw(dev, dma, size, SyncTo::Cpu, dir.copies_to_cpu()) }
     }
 
     /// Copies CPU writes to the device for a raw mapping of `dev` (as
@@ -425,13 +414,33 @@ impl<P: Policy> Platform<P> {
         size: usize,
         dir: Direction,
     ) -> Result {
-        match self.holder(dev, dma)? {
-            None => Self::outside(dev, dma, size),
+        // SAFETY: the mapping's original is valid for reads of the synced
+        // range and unreferenced (this function's contract).
+        unsafe { self.sync_raw(dev, dma, size, SyncTo::Device, dir.copies_to_device()) }
+    }
+
+    /// Both syncs, in the tlb that holds `dma`.
+    ///
+    /// # Safety
+    /// As [`Pool::sync_for_cpu_raw`](crate::Pool::sync_for_cpu_raw).
+    unsafe fn sync_raw<T: Translate>(
+        &self,
+        dev: &Device<T>,
+        dma: DmaAddr,
+        size: usize,
+        to: SyncTo,
+        copy: bool,
+    ) -> Result {
+        let phys = dev.translate().dma_to_phys(dma);
+        for tlb in self.holders(dev)?.into_iter().flatten() {
             // SAFETY: the mapping's original is valid and unreferenced for
-            // the synced range (this function's contract, which is
-            // `IoTlb::sync_for_device_raw`'s).
-            Some(tlb) => unsafe { tlb.sync_for_device_raw(dev, dma, size, dir) },
+            // the synced range (this function's contract); `phys` is `dma`
+            // translated for `dev`.
+            if let Some(r) = unsafe { tlb.sync_held(dev, dma, phys, size, to, copy) } {
+                return r;
+            }
         }
+        crate::map::outside(dev, dma, phys, size)
     }
 
     /// Maps a raw scatter-gather list for `dev`, all or nothing, each
@@ -486,17 +495,12 @@ impl<P: Policy> Platform<P> {
         dir: Direction,
         attrs: Attrs,
     ) -> Result {
-        let mut first = Ok(());
-        for e in sg {
+        crate::map::unmap_sg_by(sg, |e| {
             // SAFETY: each entry's original is valid and unreferenced and
             // the device is done with it (this function's contract, per
             // entry).
-            let r = unsafe { self.unmap_raw(dev, e.dma, e.len, dir, attrs) };
-            if first.is_ok() {
-                first = r;
-            }
-        }
-        first
+            unsafe { self.unmap_raw(dev, e.dma, e.len, dir, attrs) }
+        })
     }
 
     /// A zeroed coherent allocation for `dev` from its restricted tlb
