@@ -192,3 +192,71 @@ impl VhostUserBackend for BlkBackend {
 
 /// The backend as the daemon holds it.
 pub(crate) type SharedBackend = Arc<BlkBackend>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::Disk;
+    use crate::Faults;
+
+    fn backend(sectors: u64, readonly: bool) -> (tempfile::NamedTempFile, BlkBackend) {
+        let img = tempfile::NamedTempFile::new().unwrap();
+        img.as_file().set_len(sectors * SECTOR_SIZE + 100).unwrap();
+        let disk = Disk::open(img.path(), readonly).unwrap();
+        let device = Device::new(disk, "cfg", Faults::none());
+        let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
+        (img, BlkBackend::new(device, mem, None))
+    }
+
+    #[test]
+    fn config_space_has_capacity_seg_max_and_blk_size() {
+        let (_img, b) = backend(2048, false);
+        let c = b.get_config(0, 36);
+        assert_eq!(c.len(), 36);
+        assert_eq!(u64::from_le_bytes(c[0..8].try_into().unwrap()), 2048);
+        assert_eq!(u32::from_le_bytes(c[12..16].try_into().unwrap()), SEG_MAX);
+        assert_eq!(u32::from_le_bytes(c[20..24].try_into().unwrap()), 512);
+        assert_eq!(u16::from_le_bytes(c[34..36].try_into().unwrap()), 1);
+    }
+
+    #[test]
+    fn config_space_honours_offset_and_size_and_never_panics() {
+        let (_img, b) = backend(0x0102, false);
+        // One byte in the middle of capacity.
+        assert_eq!(b.get_config(1, 1), vec![0x01]);
+        // Straddling the end of the fields we fill: zero-padded.
+        let tail = b.get_config(30, 60);
+        assert_eq!(tail.len(), 60);
+        assert_eq!(&tail[4..6], &1u16.to_le_bytes());
+        assert!(tail[6..].iter().all(|&x| x == 0));
+        // Past every field, still the size asked for.
+        assert_eq!(b.get_config(200, 8), vec![0; 8]);
+        // Nothing, or too much, or an overflowing end: an empty answer.
+        assert!(b.get_config(0, 0).is_empty());
+        assert!(b.get_config(0, 0x1001).is_empty());
+        assert!(b.get_config(u32::MAX, 2).is_empty());
+        assert!(b.get_config(0x1000, 1).is_empty());
+    }
+
+    #[test]
+    fn features_offered() {
+        let (_img, b) = backend(8, false);
+        let f = b.features();
+        for bit in [
+            VIRTIO_F_VERSION_1,
+            VIRTIO_BLK_F_SEG_MAX,
+            VIRTIO_BLK_F_BLK_SIZE,
+            VIRTIO_BLK_F_FLUSH,
+            VIRTIO_RING_F_EVENT_IDX,
+        ] {
+            assert_ne!(f & 1 << bit, 0, "feature bit {bit}");
+        }
+        assert_eq!(f & 1 << VIRTIO_BLK_F_RO, 0);
+        assert_ne!(f & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits(), 0);
+        let (_img, ro) = backend(8, true);
+        assert_ne!(ro.features() & 1 << VIRTIO_BLK_F_RO, 0);
+        assert!(b
+            .protocol_features()
+            .contains(VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS | VhostUserProtocolFeatures::CONFIG));
+    }
+}
