@@ -41,7 +41,13 @@ pub struct BlkArgs {
     #[arg(long, value_name = "MS", default_value_t = 0, hide = true)]
     pub fault_rewrite_delay_ms: u64,
     /// Fault: add N (may be negative) to every used length
-    #[arg(long, value_name = "N", default_value_t = 0, allow_negative_numbers = true, hide = true)]
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 0,
+        allow_negative_numbers = true,
+        hide = true
+    )]
     pub fault_used_len_delta: i64,
     /// Fault: flip the bits of the first byte of every read
     #[arg(long, hide = true)]

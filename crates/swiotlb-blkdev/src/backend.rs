@@ -13,7 +13,9 @@ use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::event::{new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier};
+use vmm_sys_util::event::{
+    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
+};
 
 use crate::device::{Device, SECTOR_SIZE};
 use crate::fault::DIED_EXIT_CODE;
@@ -156,7 +158,13 @@ impl VhostUserBackend for BlkBackend {
         }
         let config = self.config();
         (offset..end)
-            .map(|i| usize::try_from(i).ok().and_then(|i| config.get(i)).copied().unwrap_or(0))
+            .map(|i| {
+                usize::try_from(i)
+                    .ok()
+                    .and_then(|i| config.get(i))
+                    .copied()
+                    .unwrap_or(0)
+            })
             .collect()
     }
 
@@ -255,8 +263,8 @@ mod tests {
         assert_ne!(f & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits(), 0);
         let (_img, ro) = backend(8, true);
         assert_ne!(ro.features() & 1 << VIRTIO_BLK_F_RO, 0);
-        assert!(b
-            .protocol_features()
-            .contains(VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS | VhostUserProtocolFeatures::CONFIG));
+        assert!(b.protocol_features().contains(
+            VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS | VhostUserProtocolFeatures::CONFIG
+        ));
     }
 }

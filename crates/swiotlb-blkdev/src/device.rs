@@ -55,7 +55,10 @@ fn split_spans(spans: &[Span], at: u64) -> (Vec<Span>, Vec<Span>) {
         } else if left == 0 {
             tail.push(*s);
         } else {
-            head.push(Span { addr: s.addr, len: left });
+            head.push(Span {
+                addr: s.addr,
+                len: left,
+            });
             tail.push(Span {
                 addr: GuestAddress(s.addr.0 + left),
                 len: s.len - left,
@@ -216,10 +219,12 @@ impl Device {
                 }
                 queue.add_used(&*mem, head, len)?;
                 if self.faults.rewrite {
-                    batch.late_writes.extend(done.returned.iter().map(|s| LateWrite {
-                        addr: s.addr,
-                        len: s.len,
-                    }));
+                    batch
+                        .late_writes
+                        .extend(done.returned.iter().map(|s| LateWrite {
+                            addr: s.addr,
+                            len: s.len,
+                        }));
                 }
             }
             if !event_idx || !queue.enable_notification(&*mem)? {
@@ -316,7 +321,10 @@ impl Device {
         match kind {
             VIRTIO_BLK_T_IN => {
                 let len = total(&in_data);
-                let Some(offset) = self.disk.range(sector, len).filter(|_| len % SECTOR_SIZE == 0)
+                let Some(offset) = self
+                    .disk
+                    .range(sector, len)
+                    .filter(|_| len % SECTOR_SIZE == 0)
                 else {
                     return fail(VIRTIO_BLK_S_IOERR);
                 };
@@ -336,7 +344,10 @@ impl Device {
             }
             VIRTIO_BLK_T_OUT => {
                 let len = total(&out_data);
-                let Some(offset) = self.disk.range(sector, len).filter(|_| len % SECTOR_SIZE == 0)
+                let Some(offset) = self
+                    .disk
+                    .range(sector, len)
+                    .filter(|_| len % SECTOR_SIZE == 0)
                 else {
                     return fail(VIRTIO_BLK_S_IOERR);
                 };
@@ -391,7 +402,12 @@ impl Device {
 
     /// Copy the disk from `offset` into `spans`; returns the bytes written
     /// into guest memory and whether all of them were.
-    fn read_disk<M: GuestMemory + ?Sized>(&self, mem: &M, spans: &[Span], offset: u64) -> (u64, bool) {
+    fn read_disk<M: GuestMemory + ?Sized>(
+        &self,
+        mem: &M,
+        spans: &[Span],
+        offset: u64,
+    ) -> (u64, bool) {
         let mut buf = vec![0u8; CHUNK];
         let mut done = 0u64;
         for s in spans {
@@ -449,14 +465,24 @@ impl Device {
         let Some(end) = last.addr.0.checked_add(last.len) else {
             return;
         };
-        if fill(mem, GuestAddress(end), u64::from(self.faults.overrun), FAULT_BYTE) {
+        if fill(
+            mem,
+            GuestAddress(end),
+            u64::from(self.faults.overrun),
+            FAULT_BYTE,
+        ) {
             Counters::add(&self.counters.faults, 1);
         }
     }
 }
 
 /// Whether `len` bytes at `addr` are all guest memory open for `access`.
-fn inside<M: GuestMemory + ?Sized>(mem: &M, addr: GuestAddress, len: u64, access: Permissions) -> bool {
+fn inside<M: GuestMemory + ?Sized>(
+    mem: &M,
+    addr: GuestAddress,
+    len: u64,
+    access: Permissions,
+) -> bool {
     usize::try_from(len).is_ok_and(|len| mem.check_range(addr, len, access))
 }
 
@@ -510,7 +536,10 @@ fn fill<M: GuestMemory + ?Sized>(mem: &M, addr: GuestAddress, len: u64, byte: u8
     let mut at = 0;
     while at < len {
         let n = (len - at).min(CHUNK as u64) as usize;
-        if mem.write_slice(&buf[..n], GuestAddress(addr.0 + at)).is_err() {
+        if mem
+            .write_slice(&buf[..n], GuestAddress(addr.0 + at))
+            .is_err()
+        {
             return false;
         }
         at += n as u64;

@@ -117,14 +117,26 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Image { path, source } => {
-                write!(f, "swiotlb-blkdev: cannot open image {}: {source}", path.display())
+                write!(
+                    f,
+                    "swiotlb-blkdev: cannot open image {}: {source}",
+                    path.display()
+                )
             }
             Self::Listen { path, source } => {
-                write!(f, "swiotlb-blkdev: cannot listen on {}: {source}", path.display())
+                write!(
+                    f,
+                    "swiotlb-blkdev: cannot listen on {}: {source}",
+                    path.display()
+                )
             }
             Self::Daemon(e) => write!(f, "swiotlb-blkdev: vhost-user connection failed: {e}"),
             Self::Stats { path, source } => {
-                write!(f, "swiotlb-blkdev: cannot write stats to {}: {source}", path.display())
+                write!(
+                    f,
+                    "swiotlb-blkdev: cannot write stats to {}: {source}",
+                    path.display()
+                )
             }
             Self::Signal(e) => write!(f, "swiotlb-blkdev: cannot handle SIGTERM: {e}"),
         }

@@ -96,7 +96,9 @@ pub struct Server {
 
 impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Server").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("Server")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
@@ -167,7 +169,9 @@ impl Server {
     }
 
     fn serve_one(&mut self, daemon: &mut VhostUserDaemon<SharedBackend>) -> Result<(), Error> {
-        daemon.start(&mut self.listener).map_err(|e| Error::Daemon(e.to_string()))?;
+        daemon
+            .start(&mut self.listener)
+            .map_err(|e| Error::Daemon(e.to_string()))?;
         if let Some(handle) = daemon.shutdown_handle() {
             let mut state = self.stop.lock();
             if state.stopped {
@@ -206,7 +210,9 @@ pub struct Stopper {
 
 impl std::fmt::Debug for Stopper {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Stopper").field("socket", &self.socket).finish_non_exhaustive()
+        f.debug_struct("Stopper")
+            .field("socket", &self.socket)
+            .finish_non_exhaustive()
     }
 }
 

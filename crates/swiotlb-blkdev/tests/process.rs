@@ -49,9 +49,7 @@ impl DeviceProcess {
     /// `s` filled with byte `s % 256`) and wait for its socket.
     fn start(extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let image: Vec<u8> = (0..IMAGE_SECTORS)
-            .flat_map(|s| [s as u8; SECTOR])
-            .collect();
+        let image: Vec<u8> = (0..IMAGE_SECTORS).flat_map(|s| [s as u8; SECTOR]).collect();
         std::fs::write(dir.path().join("disk.img"), image).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_swiotlb-blkdev"))
             .arg("--socket")
@@ -193,7 +191,8 @@ impl Shared {
 fn negotiate(fe: &mut Frontend) -> (u64, VhostUserProtocolFeatures) {
     fe.set_owner().unwrap();
     let features = fe.get_features().unwrap();
-    fe.set_features(features & !(1 << VIRTIO_RING_F_EVENT_IDX)).unwrap();
+    fe.set_features(features & !(1 << VIRTIO_RING_F_EVENT_IDX))
+        .unwrap();
     let proto = fe.get_protocol_features().unwrap();
     fe.set_protocol_features(proto).unwrap();
     // With REPLY_ACK every message waits for the device's answer, as QEMU's
@@ -232,7 +231,9 @@ fn frontend_negotiates_reads_config_and_stops_on_sigterm() {
     assert_eq!(capacity, IMAGE_SECTORS);
     assert_eq!(u32::from_le_bytes(config[20..24].try_into().unwrap()), 512);
 
-    let status = dev.terminate(STOP).expect("swiotlb-blkdev exits on SIGTERM in time");
+    let status = dev
+        .terminate(STOP)
+        .expect("swiotlb-blkdev exits on SIGTERM in time");
     assert!(status.success(), "exit status {status}");
     assert!(!dev.socket().exists(), "the socket is removed");
     assert_eq!(dev.stats()["requests"], 0);
@@ -241,7 +242,9 @@ fn frontend_negotiates_reads_config_and_stops_on_sigterm() {
 #[test]
 fn sigterm_before_any_frontend_exits_cleanly() {
     let mut dev = DeviceProcess::start(&[]);
-    let status = dev.terminate(STOP).expect("swiotlb-blkdev exits on SIGTERM in time");
+    let status = dev
+        .terminate(STOP)
+        .expect("swiotlb-blkdev exits on SIGTERM in time");
     assert!(status.success(), "exit status {status}");
 }
 
@@ -319,7 +322,12 @@ impl<'a> Ring<'a> {
                 if i + 1 < n {
                     flags |= VRING_DESC_F_NEXT as u16;
                 }
-                RawDescriptor::from(SplitDescriptor::new(addr, len, flags, self.next_desc + i + 1))
+                RawDescriptor::from(SplitDescriptor::new(
+                    addr,
+                    len,
+                    flags,
+                    self.next_desc + i + 1,
+                ))
             })
             .collect();
         self.mock.add_desc_chains(&raw, self.next_desc).unwrap();
@@ -380,7 +388,11 @@ fn io_through_the_process_and_a_region_added_and_removed_while_running() {
 
     // A read into the first region.
     ring.header(HDR, VIRTIO_BLK_T_IN, 5);
-    ring.post(&[(HDR, 16, false), (DATA, SECTOR as u32, true), (STATUS, 1, true)]);
+    ring.post(&[
+        (HDR, 16, false),
+        (DATA, SECTOR as u32, true),
+        (STATUS, 1, true),
+    ]);
     assert_eq!(ring.complete(), SECTOR as u32 + 1);
     let mut byte = [0u8; 1];
     low.mem.read_slice(&mut byte, GuestAddress(STATUS)).unwrap();
@@ -392,9 +404,15 @@ fn io_through_the_process_and_a_region_added_and_removed_while_running() {
     // A region added while running (ADD_MEM_REG) serves as a write's source.
     let hot = Shared::new(dev.dir.path(), "hot.mem", HOT, 0x10_0000);
     fe.add_mem_region(&hot.region()).unwrap();
-    hot.mem.write_slice(&[0x42; SECTOR], GuestAddress(HOT)).unwrap();
+    hot.mem
+        .write_slice(&[0x42; SECTOR], GuestAddress(HOT))
+        .unwrap();
     ring.header(HDR, VIRTIO_BLK_T_OUT, 9);
-    ring.post(&[(HDR, 16, false), (HOT, SECTOR as u32, false), (STATUS, 1, true)]);
+    ring.post(&[
+        (HDR, 16, false),
+        (HOT, SECTOR as u32, false),
+        (STATUS, 1, true),
+    ]);
     assert_eq!(ring.complete(), 1);
     low.mem.read_slice(&mut byte, GuestAddress(STATUS)).unwrap();
     assert_eq!(u32::from(byte[0]), VIRTIO_BLK_S_OK);
@@ -405,12 +423,18 @@ fn io_through_the_process_and_a_region_added_and_removed_while_running() {
     // same request is an I/O error, not a crash.
     fe.remove_mem_region(&hot.region()).unwrap();
     ring.header(HDR, VIRTIO_BLK_T_OUT, 10);
-    ring.post(&[(HDR, 16, false), (HOT, SECTOR as u32, false), (STATUS, 1, true)]);
+    ring.post(&[
+        (HDR, 16, false),
+        (HOT, SECTOR as u32, false),
+        (STATUS, 1, true),
+    ]);
     assert_eq!(ring.complete(), 1);
     low.mem.read_slice(&mut byte, GuestAddress(STATUS)).unwrap();
     assert_eq!(u32::from(byte[0]), VIRTIO_BLK_S_IOERR);
 
-    let status = dev.terminate(STOP).expect("swiotlb-blkdev exits on SIGTERM in time");
+    let status = dev
+        .terminate(STOP)
+        .expect("swiotlb-blkdev exits on SIGTERM in time");
     assert!(status.success(), "exit status {status}");
     let stats = dev.stats();
     assert_eq!(stats["requests"], 3);
@@ -429,9 +453,17 @@ fn fault_die_after_kills_the_process() {
     fe.set_mem_table(&[low.region()]).unwrap();
     let mut ring = Ring::setup(&mut fe, &low.mem);
     ring.header(HDR, VIRTIO_BLK_T_IN, 0);
-    ring.post(&[(HDR, 16, false), (DATA, SECTOR as u32, true), (STATUS, 1, true)]);
+    ring.post(&[
+        (HDR, 16, false),
+        (DATA, SECTOR as u32, true),
+        (STATUS, 1, true),
+    ]);
     assert_eq!(ring.complete(), SECTOR as u32 + 1);
-    ring.post(&[(HDR, 16, false), (DATA, SECTOR as u32, true), (STATUS, 1, true)]);
+    ring.post(&[
+        (HDR, 16, false),
+        (DATA, SECTOR as u32, true),
+        (STATUS, 1, true),
+    ]);
     let status = dev.wait_exit(STOP).expect("the device dies in time");
     assert_eq!(status.code(), Some(swiotlb_blkdev::DIED_EXIT_CODE));
     assert_eq!(dev.stats()["requests"], 1);

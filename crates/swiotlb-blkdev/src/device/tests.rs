@@ -35,7 +35,11 @@ fn image() -> tempfile::NamedTempFile {
 }
 
 fn device(image: &tempfile::NamedTempFile, faults: Faults) -> Device {
-    Device::new(Disk::open(image.path(), false).unwrap(), "test-serial", faults)
+    Device::new(
+        Disk::open(image.path(), false).unwrap(),
+        "test-serial",
+        faults,
+    )
 }
 
 /// The driver side: places chains and reads the used ring.
@@ -73,7 +77,12 @@ impl<'a> Driver<'a> {
                 if i + 1 < n {
                     flags |= VRING_DESC_F_NEXT as u16;
                 }
-                RawDescriptor::from(SplitDescriptor::new(addr, len, flags, self.next_desc + i + 1))
+                RawDescriptor::from(SplitDescriptor::new(
+                    addr,
+                    len,
+                    flags,
+                    self.next_desc + i + 1,
+                ))
             })
             .collect();
         self.mock.add_desc_chains(&raw, self.next_desc).unwrap();
@@ -92,7 +101,13 @@ impl<'a> Driver<'a> {
 
     /// The used length of the `i`th completion.
     fn used_len(&self, i: u16) -> u32 {
-        self.mock.used().ring().ref_at(usize::from(i)).unwrap().load().len()
+        self.mock
+            .used()
+            .ring()
+            .ref_at(usize::from(i))
+            .unwrap()
+            .load()
+            .len()
     }
 
     fn status(&self) -> u8 {
@@ -121,7 +136,10 @@ impl<'a> Driver<'a> {
     /// A read of `len` bytes at `sector` in one data buffer.
     fn read_req(&mut self, device: &Device, sector: u64, len: u32) -> Batch {
         self.header(VIRTIO_BLK_T_IN, sector);
-        self.submit(device, &[(HDR, 16, false), (DATA, len, true), (STATUS, 1, true)])
+        self.submit(
+            device,
+            &[(HDR, 16, false), (DATA, len, true), (STATUS, 1, true)],
+        )
     }
 }
 
@@ -190,7 +208,10 @@ fn write_then_read_back_across_split_buffers() {
     assert_eq!(drv.read(DATA + 0x4000, S), payload[..S]);
     assert_eq!(drv.read(DATA + 0x6000, S), payload[S..]);
     let st = dev.stats();
-    assert_eq!((st.writes, st.bytes_written, st.reads), (1, 2 * S as u64, 1));
+    assert_eq!(
+        (st.writes, st.bytes_written, st.reads),
+        (1, 2 * S as u64, 1)
+    );
 }
 
 #[test]
@@ -205,7 +226,10 @@ fn flush_and_get_id() {
     assert_eq!(drv.used_len(0), 1);
 
     drv.header(VIRTIO_BLK_T_GET_ID, 0);
-    let _ = drv.submit(&dev, &[(HDR, 16, false), (DATA, 20, true), (STATUS, 1, true)]);
+    let _ = drv.submit(
+        &dev,
+        &[(HDR, 16, false), (DATA, 20, true), (STATUS, 1, true)],
+    );
     assert_eq!(drv.status(), VIRTIO_BLK_S_OK as u8);
     assert_eq!(drv.used_len(1), 21);
     let id = drv.read(DATA, 20);
@@ -261,12 +285,20 @@ fn descriptor_outside_memory_is_ioerr_not_a_crash() {
     // Data starting inside and running past the end of guest memory.
     let _ = drv.read_req_at(&dev, MEM - 0x100, S as u32);
     assert_eq!(drv.status(), VIRTIO_BLK_S_IOERR as u8);
-    assert_eq!(drv.read(MEM - 0x100, 0x100), vec![0; 0x100], "nothing written");
+    assert_eq!(
+        drv.read(MEM - 0x100, 0x100),
+        vec![0; 0x100],
+        "nothing written"
+    );
     // A write whose source lies at the top of the address space.
     drv.header(VIRTIO_BLK_T_OUT, 0);
     let _ = drv.submit(
         &dev,
-        &[(HDR, 16, false), (u64::MAX - 0x100, S as u32, false), (STATUS, 1, true)],
+        &[
+            (HDR, 16, false),
+            (u64::MAX - 0x100, S as u32, false),
+            (STATUS, 1, true),
+        ],
     );
     assert_eq!(drv.status(), VIRTIO_BLK_S_IOERR as u8);
     // The status itself outside: nothing to say, used length 0.
@@ -288,7 +320,10 @@ fn readonly_device_refuses_writes() {
     let mem = memory();
     let mut drv = Driver::new(&mem);
     drv.header(VIRTIO_BLK_T_OUT, 0);
-    let _ = drv.submit(&dev, &[(HDR, 16, false), (DATA, S as u32, false), (STATUS, 1, true)]);
+    let _ = drv.submit(
+        &dev,
+        &[(HDR, 16, false), (DATA, S as u32, false), (STATUS, 1, true)],
+    );
     assert_eq!(drv.status(), VIRTIO_BLK_S_IOERR as u8);
     assert_eq!(dev.stats().bytes_written, 0);
 }
@@ -296,7 +331,10 @@ fn readonly_device_refuses_writes() {
 impl Driver<'_> {
     fn read_req_at(&mut self, device: &Device, data: u64, len: u32) -> Batch {
         self.header(VIRTIO_BLK_T_IN, 0);
-        self.submit(device, &[(HDR, 16, false), (data, len, true), (STATUS, 1, true)])
+        self.submit(
+            device,
+            &[(HDR, 16, false), (data, len, true), (STATUS, 1, true)],
+        )
     }
 }
 
@@ -308,7 +346,11 @@ fn fault_overrun_writes_past_the_buffer() {
     let mut drv = Driver::new(&mem);
     let _ = drv.read_req(&dev, 1, S as u32);
     assert_eq!(drv.status(), VIRTIO_BLK_S_OK as u8);
-    assert_eq!(drv.used_len(0), S as u32 + 1, "the used length does not admit it");
+    assert_eq!(
+        drv.used_len(0),
+        S as u32 + 1,
+        "the used length does not admit it"
+    );
     assert_eq!(drv.read(DATA + S as u64, 8), vec![FAULT_BYTE; 8]);
     assert_eq!(drv.read(DATA + S as u64 + 8, 1), vec![0]);
     assert_eq!(dev.stats().faults, 1);
@@ -332,7 +374,11 @@ fn fault_rewrite_overwrites_after_completion() {
     // ...then the buffer changes under the driver.
     dev.late_writes(&mem, &batch.late_writes);
     assert_eq!(drv.read(DATA, S), vec![FAULT_BYTE; S]);
-    assert_eq!(drv.status(), VIRTIO_BLK_S_OK as u8, "only the data is rewritten");
+    assert_eq!(
+        drv.status(),
+        VIRTIO_BLK_S_OK as u8,
+        "only the data is rewritten"
+    );
     assert_eq!(dev.stats().faults, 1);
 }
 
@@ -420,9 +466,18 @@ fn split_spans_splits_inside_and_between() {
         len: l,
     };
     let spans = [sp(0, 10), sp(100, 10)];
-    assert_eq!(split_spans(&spans, 10), (vec![sp(0, 10)], vec![sp(100, 10)]));
-    assert_eq!(split_spans(&spans, 4), (vec![sp(0, 4)], vec![sp(4, 6), sp(100, 10)]));
-    assert_eq!(split_spans(&spans, 15), (vec![sp(0, 10), sp(100, 5)], vec![sp(105, 5)]));
+    assert_eq!(
+        split_spans(&spans, 10),
+        (vec![sp(0, 10)], vec![sp(100, 10)])
+    );
+    assert_eq!(
+        split_spans(&spans, 4),
+        (vec![sp(0, 4)], vec![sp(4, 6), sp(100, 10)])
+    );
+    assert_eq!(
+        split_spans(&spans, 15),
+        (vec![sp(0, 10), sp(100, 5)], vec![sp(105, 5)])
+    );
     assert_eq!(split_spans(&spans, 0), (vec![], spans.to_vec()));
     assert_eq!(split_spans(&spans, 99), (spans.to_vec(), vec![]));
 }
