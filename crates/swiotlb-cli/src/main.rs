@@ -36,6 +36,10 @@ enum Command {
     Bench(bench::Args),
     /// List the DMA pools of a device tree blob and the devices that use them.
     Dt(dt::Args),
+    /// Serve the builtin vhost-user-blk device on a socket: the device
+    /// `demo --device builtin` starts as a process of its own.
+    #[command(hide = true)]
+    Blkdev(swiotlb_blkdev::BlkArgs),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +49,8 @@ fn main() -> ExitCode {
         Command::Simulate(a) => simulate::run(&a),
         Command::Bench(a) => bench::run(&a),
         Command::Dt(a) => dt::run(&a),
+        // The device process: its own messages and exit status.
+        Command::Blkdev(a) => return swiotlb_blkdev::main_with_args(&a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
