@@ -105,6 +105,23 @@ impl SharedMemory {
         }
     }
 
+    /// Keeps the memory mapped, and its memfd open, for the rest of the
+    /// process, and gives its bytes as a plain slice: for buffers a
+    /// program shares with a device for good (the device is told of the
+    /// region with the `RegionInfo`, at identity).
+    pub fn leak(self) -> (&'static mut [u8], RegionInfo) {
+        let info = self.info(self.ptr.as_ptr() as usize as u64);
+        let this = std::mem::ManuallyDrop::new(self);
+        // SAFETY: the mapping is `len` readable and writable bytes (the
+        // invariant) that nothing unmaps any more (`drop` never runs) and
+        // that no other Rust reference points into (this value only ever
+        // handed out the address), so an exclusive `'static` slice over it
+        // is sound. The device process may write it: like every DMA buffer,
+        // its bytes are whatever was last written.
+        let bytes = unsafe { std::slice::from_raw_parts_mut(this.ptr.as_ptr(), this.len) };
+        (bytes, info)
+    }
+
     /// What a device must be told to map this memory, the device seeing it
     /// at `dma`.
     pub fn info(&self, dma: u64) -> RegionInfo {
@@ -269,11 +286,28 @@ impl MemfdProvider {
     /// The first error of [`RegionListener::region_added`] for a live
     /// region.
     pub fn subscribe(&self, listener: &Arc<dyn RegionListener>) -> io::Result<()> {
+        self.subscribe_knowing(listener, &[])
+    }
+
+    /// As [`subscribe`](Self::subscribe) for a listener that already holds
+    /// the regions `known` (a device given them in its first memory
+    /// table, from [`regions`](Self::regions)): it is told now only of
+    /// live regions not among them, so nothing added in between is
+    /// missed and nothing is added twice.
+    ///
+    /// # Errors
+    /// As [`subscribe`](Self::subscribe).
+    pub fn subscribe_knowing(
+        &self,
+        listener: &Arc<dyn RegionListener>,
+        known: &[RegionInfo],
+    ) -> io::Result<()> {
         let mut st = self.state();
         let infos: Vec<_> = st
             .live
             .values()
             .map(|m| m.info(m.region().phys.0))
+            .filter(|i| !known.contains(i))
             .collect();
         for (i, info) in infos.iter().enumerate() {
             if let Err(e) = listener.region_added(info) {
@@ -367,6 +401,21 @@ mod tests {
     }
 
     #[test]
+    fn leaked_memory_stays_mapped_with_its_fd_open() {
+        let m = SharedMemory::new("swiotlb-test", 4096).unwrap();
+        let fd = m.fd().as_raw_fd();
+        let (bytes, info) = m.leak();
+        bytes[4095] = 7;
+        assert_eq!(info.fd, fd);
+        assert_eq!(info.cpu, bytes.as_ptr() as u64);
+        assert_eq!(info.dma, info.cpu);
+        // The descriptor is still open: fstat works.
+        // SAFETY: `fd` is open (leaked above) for the life of the process.
+        let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+        assert_eq!(rustix::fs::fstat(borrowed).unwrap().st_size, 4096);
+    }
+
+    #[test]
     fn a_zero_length_is_refused() {
         let e = SharedMemory::new("swiotlb-test", 0).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
@@ -400,8 +449,14 @@ mod tests {
         let l: Arc<dyn RegionListener> = c.clone();
         p.subscribe(&l).unwrap();
         assert_eq!(c.added.load(Ordering::SeqCst), 1);
+        // One that knows the live region hears only of new ones.
+        let k = Arc::new(Counting::default());
+        let lk: Arc<dyn RegionListener> = k.clone();
+        p.subscribe_knowing(&lk, &p.regions()).unwrap();
+        assert_eq!(k.added.load(Ordering::SeqCst), 0);
         let r2 = p.alloc(8192, PhysAddr(u64::MAX)).unwrap();
         assert_eq!(c.added.load(Ordering::SeqCst), 2);
+        assert_eq!(k.added.load(Ordering::SeqCst), 1);
         assert_eq!(p.regions().len(), 2);
         assert_eq!(p.bytes_live(), r1.len + r2.len);
         // SAFETY: both from `alloc` above, unused, freed once.
@@ -409,6 +464,7 @@ mod tests {
         // SAFETY: as for `r1`.
         unsafe { p.free(r2) };
         assert_eq!(c.removed.load(Ordering::SeqCst), 2);
+        assert_eq!(k.removed.load(Ordering::SeqCst), 2);
         assert!(p.regions().is_empty());
     }
 
