@@ -19,13 +19,14 @@ use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
-use swiotlb::provider::{HeapProvider, MemoryHooks, NoHooks, Provider, ProviderError, Region};
-use swiotlb::tlb::{Deferral, GrowConfig, IoTlb, ManualClock, StdClock, Ticket};
+use swiotlb::provider::{MemoryHooks, NoHooks, Provider, ProviderError, Region};
+use swiotlb::tlb::{Deferral, GrowConfig, IoTlb, ManualClock, Ticket};
 use swiotlb::Growth;
 use swiotlb::TlbKind;
 use swiotlb::{
     Attrs, Bounce, Device, Direction, DmaMask, Error, MapOptions, Mapping, PhysAddr, Policy,
 };
+use swiotlb_host::{HeapProvider, Maintainer, StdClock};
 
 const MIB: usize = 1 << 20;
 const KIB: usize = 1 << 10;
@@ -1100,7 +1101,7 @@ fn the_maintainer_grows_for_callers_that_could_not() {
     );
     // A period far longer than the test: only the wake-up can explain a
     // growth within it.
-    let m = t.spawn_maintainer(Duration::from_secs(3600), |e| panic!("{e}"));
+    let m = Maintainer::spawn(&t, Duration::from_secs(3600), |e| panic!("{e}"));
     let dev = forced();
     let held: Vec<_> = (0..4)
         .map(|i| {
