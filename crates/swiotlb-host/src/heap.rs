@@ -32,7 +32,7 @@ use swiotlb::PhysAddr;
 /// # Invariants
 /// Every entry of `bases` maps the aligned address of a live region to
 /// the base of the allocation behind it, made with
-/// [`layout`](HeapProvider::layout) of the region's length, and not yet
+/// `HeapProvider::layout` of the region's length, and not yet
 /// deallocated; `live` is the number of entries.
 #[derive(Debug)]
 pub struct HeapProvider {
