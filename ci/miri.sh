@@ -2,8 +2,14 @@
 # Miri over the core's unit tests and a named subset of its integration
 # tests, with strict provenance, to catch undefined behaviour in the unsafe
 # code (slot copies, raw originals, the pool's own allocation); the safe
-# API's buffer types again under Tree Borrows; and the release-versus-shrink
-# race across many scheduling seeds (MIRI_SEEDS, default 32).
+# API's buffer types again under Tree Borrows; the release-versus-shrink
+# race across many scheduling seeds (MIRI_SEEDS, default 32); and the host
+# crate's heap provider under both borrow models (its memfd, mmap and
+# sched_getcpu tests are ignored under miri, which cannot run them).
+#
+# The core's heap-backed integration tests get their memory from
+# `swiotlb_host::HeapProvider`, so they run the host crate's heap module
+# under miri too.
 #
 # Miri needs nightly with the miri and rust-src components. Where they cannot
 # be installed (no network, no nightly) this prints "miri skipped: <reason>"
@@ -105,6 +111,13 @@ cargo +nightly miri test --no-fail-fast "${args[@]}" -- "${harness[@]}" || statu
 echo "miri: Tree Borrows over the safe API's buffer types and the heapless pool"
 MIRIFLAGS="$MIRIFLAGS -Zmiri-tree-borrows" \
     cargo +nightly miri test -p swiotlb --test ownership --test heapless || status=1
+
+# The host crate's heap provider (allocation, alignment inside, free) and
+# the rest of its unit tests miri can run, under both borrow models.
+echo "miri: swiotlb-host's heap provider, Stacked and Tree Borrows"
+cargo +nightly miri test -p swiotlb-host --lib || status=1
+MIRIFLAGS="$MIRIFLAGS -Zmiri-tree-borrows" \
+    cargo +nightly miri test -p swiotlb-host --lib || status=1
 
 # Releases racing the shrink that frees their pool, across many scheduling
 # seeds: with the default seed alone the race can hide (before the grace

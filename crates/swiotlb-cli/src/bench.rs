@@ -670,9 +670,9 @@ fn parallel_map<'a, P: Policy>(
     size: usize,
     threads: usize,
 ) -> Run<'a> {
-    // Each new thread takes the next area hint on its first map, so two
-    // threads start in two areas: one stream per area, as one CPU per area
-    // in Linux.
+    // Each new thread takes the next area hint on its first map (the
+    // `ThreadHint` that `main` installs), so two threads start in two
+    // areas: one stream per area, as one CPU per area in Linux.
     parallel(threads, size, move |b| {
         map_once(pool, dev, b, Direction::ToDevice)
     })

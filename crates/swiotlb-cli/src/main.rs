@@ -44,6 +44,12 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Each thread maps in an area of its own, in turn: the benchmark's
+    // parallel rows run one stream per area (as one CPU per area in
+    // Linux), and the simulator's workers spread as they would on
+    // different CPUs. The core alone starts every map at area 0. The
+    // first hint installed is the one; nothing installed one before.
+    swiotlb::set_cpu_hint(&swiotlb_host::ThreadHint);
     let r = match cli.command {
         Command::Explain(a) => explain::run(&a),
         Command::Simulate(a) => simulate::run(&a),

@@ -9,6 +9,24 @@
 //!   too; [`RegionListener`]s (a vhost-user transport) are told of each
 //!   region before any address in it is handed out, and of its removal
 //!   before its memory goes.
+//! - [`HeapProvider`]: a growth provider of zeroed heap memory at
+//!   identity, for tests, simulations and user-space stacks.
+//! - [`StdClock`]: the standard library's monotonic clock as a tlb's
+//!   [`Clock`](swiotlb::tlb::Clock).
+//! - [`Maintainer`]: a thread calling [`IoTlb::maintain`](swiotlb::IoTlb::maintain)
+//!   periodically, and at once when a request asks for growth.
+//! - [`RunningCpu`] and [`ThreadHint`]: [`CpuHint`](swiotlb::CpuHint)s
+//!   for [`swiotlb::set_cpu_hint`], so that maps on different CPUs (or
+//!   threads) start in different areas of a pool.
+//!
+//! Why a crate of its own: the core (`swiotlb`) is `no_std` at heart and
+//! keeps only the traits ([`Provider`](swiotlb::provider::Provider),
+//! [`Clock`](swiotlb::tlb::Clock), [`CpuHint`](swiotlb::CpuHint)) and the
+//! hooks a background maintainer needs
+//! ([`IoTlb::growth_wanted`](swiotlb::IoTlb::growth_wanted),
+//! [`IoTlb::set_growth_waker`](swiotlb::IoTlb::set_growth_waker)); what
+//! needs threads, the heap allocator's API or the operating system lives
+//! here.
 //!
 //! The process's own virtual addresses stand for physical addresses: a
 //! region's "physical" and device address is the address it is mapped at
@@ -35,8 +53,30 @@
 //! m.unmap();
 //! ```
 
+//!
+//! # Safety and correctness
+//!
+//! Unsafe code is confined to the two memory modules, each block argued
+//! at the block:
+//! - `memfd`: mapping and unmapping a sealed memfd, and the provider over
+//!   it;
+//! - `heap`: allocating, aligning inside and freeing heap regions.
+//!
+//! The other modules forbid unsafe code. miri runs the heap module's
+//! tests (and the core's heap-backed integration tests through it,
+//! `ci/miri.sh`); it cannot run memfd, mmap or `sched_getcpu`, whose tests
+//! it skips.
+
 #![deny(missing_docs)]
 
+mod clock;
+mod heap;
+mod hint;
+mod maintainer;
 mod memfd;
 
+pub use clock::StdClock;
+pub use heap::HeapProvider;
+pub use hint::{RunningCpu, ThreadHint};
+pub use maintainer::Maintainer;
 pub use memfd::{MemfdProvider, RegionInfo, RegionListener, SharedMemory};

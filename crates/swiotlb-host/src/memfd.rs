@@ -382,6 +382,7 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     #[test]
+    #[cfg_attr(miri, ignore = "miri cannot run memfd_create or mmap")]
     fn shared_memory_is_zeroed_sealed_and_seen_through_its_fd() {
         let m = SharedMemory::new("swiotlb-test", 5000).unwrap();
         assert_eq!(m.len() % rustix::param::page_size(), 0);
@@ -401,6 +402,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "miri cannot run memfd_create or mmap")]
     fn leaked_memory_stays_mapped_with_its_fd_open() {
         let m = SharedMemory::new("swiotlb-test", 4096).unwrap();
         let fd = m.fd().as_raw_fd();
@@ -416,6 +418,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "miri cannot run memfd_create or mmap")]
     fn a_zero_length_is_refused() {
         let e = SharedMemory::new("swiotlb-test", 0).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
@@ -442,6 +445,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "miri cannot run memfd_create or mmap")]
     fn listeners_hear_of_live_regions_new_ones_and_removals() {
         let p = MemfdProvider::new("swiotlb-test");
         let r1 = p.alloc(4096, PhysAddr(u64::MAX)).unwrap();
@@ -469,6 +473,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "miri cannot run memfd_create or mmap")]
     fn a_refusing_listener_fails_the_allocation_and_nothing_is_kept() {
         let p = MemfdProvider::new("swiotlb-test");
         let c = Arc::new(Counting {
@@ -493,6 +498,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "miri cannot run memfd_create or mmap")]
     fn a_region_above_the_limit_is_refused() {
         let p = MemfdProvider::new("swiotlb-test");
         let e = p.alloc(4096, PhysAddr(4096)).unwrap_err();

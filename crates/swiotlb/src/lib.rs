@@ -133,8 +133,12 @@
 //!   and safe mappings of `&'static mut [u8]`, besides the address types,
 //!   [`Device`], the translation trait, the `swiotlb=` grammar and the
 //!   error type.
-//! - `std` (default): `std::error::Error` for [`Error`], a per-thread area
-//!   hint.
+//! - `std` (default): `std::error::Error` for [`Error`]; waiting for
+//!   slots (a caller that may sleep parks its thread); a tlb given no
+//!   clock reads the standard library's monotonic one. The rest of what a
+//!   hosted program wants (a heap provider, a clock by name, a maintainer
+//!   thread, CPU hints) is in the `swiotlb-host` crate, so that this one
+//!   stays `no_std` at heart.
 //! - `sim` (implies `alloc`): the `sim` module, a simulator that drives a
 //!   pool through the raw API from scripts and checks every byte.
 //! - `fdt` (implies `alloc`): the `dt` module, which reads bounce and

@@ -20,11 +20,19 @@
 //! [`ProvidedPool`] owns the result and, when released, drops the pool,
 //! then unshares, unremaps and frees the memory.
 //!
+//! The core ships the traits and no provider: where memory comes from is
+//! the platform's business. A hosted (`std`) program finds two in the
+//! `swiotlb-host` crate: `swiotlb_host::HeapProvider` (zeroed heap memory
+//! whose "physical" address is its CPU address, for tests, simulations and
+//! user-space stacks) and `swiotlb_host::MemfdProvider` (memory another
+//! process can map).
+//!
 //! # Usage
 //!
 //! ```
-//! use swiotlb::provider::{pool_from_provider, HeapProvider, NoHooks, XEN_DMA_BITS};
+//! use swiotlb::provider::{pool_from_provider, NoHooks, XEN_DMA_BITS};
 //! use swiotlb::{Device, Direction, DmaMask, Fast, PhysAddr, PoolConfig};
+//! use swiotlb_host::HeapProvider;
 //!
 //! // 512 KiB anywhere (no physical limit), nothing to prepare.
 //! let pool = pool_from_provider::<Fast, _, _>(
@@ -895,149 +903,5 @@ impl<P: Policy, V: Provider, H: MemoryHooks> fmt::Debug for ProvidedPool<V, H, P
             .field("pool", &self.pool)
             .field("region", &self.prep.region)
             .finish_non_exhaustive()
-    }
-}
-
-#[cfg(feature = "std")]
-pub use heap::HeapProvider;
-
-#[cfg(feature = "std")]
-mod heap {
-    use core::alloc::Layout;
-    use core::ptr::NonNull;
-    use core::sync::atomic::{AtomicUsize, Ordering};
-    use std::collections::BTreeMap;
-    use std::sync::Mutex;
-
-    use super::{Provider, ProviderError, Region};
-    use crate::addr::PhysAddr;
-
-    /// A provider of zeroed heap memory whose "physical" address is its CPU
-    /// address (identity), for tests, simulations and user-space stacks. It
-    /// refuses with [`ProviderError::NoMemory`] when the memory the heap
-    /// gave does not lie below the limit, as a real provider with no low
-    /// memory left would.
-    ///
-    /// Regions cost no time until touched: an aligned zeroed allocation
-    /// from the global allocator is a `memalign` plus a `memset` of every
-    /// page (milliseconds for a few MiB), so the provider asks for an
-    /// unaligned zeroed one (`calloc`, which maps fresh zero pages for
-    /// large sizes), a little larger, and aligns inside it.
-    #[derive(Debug)]
-    pub struct HeapProvider {
-        align: usize,
-        live: AtomicUsize,
-        /// Aligned address of each live region -> its allocation's base.
-        bases: Mutex<BTreeMap<usize, NonNull<u8>>>,
-    }
-
-    // SAFETY: the map only records addresses of allocations the provider
-    // owns; they are dereferenced by nothing but `dealloc`, under the
-    // caller's `free` contract, whichever thread calls it.
-    unsafe impl Send for HeapProvider {}
-    // SAFETY: as for `Send`; the map is behind a mutex.
-    unsafe impl Sync for HeapProvider {}
-
-    impl Default for HeapProvider {
-        fn default() -> Self {
-            Self::new()
-        }
-    }
-
-    impl HeapProvider {
-        /// Page-aligned (4 KiB) regions, enough for any slot size up to a
-        /// page.
-        pub const fn new() -> Self {
-            Self::with_align(4096)
-        }
-
-        /// Regions aligned to `align` bytes (rounded up to a power of two),
-        /// for slots larger than a page.
-        pub const fn with_align(align: usize) -> Self {
-            let align = match align.checked_next_power_of_two() {
-                Some(a) => a,
-                None => 4096,
-            };
-            Self {
-                align,
-                live: AtomicUsize::new(0),
-                bases: Mutex::new(BTreeMap::new()),
-            }
-        }
-
-        /// Regions handed out and not yet freed.
-        pub fn live(&self) -> usize {
-            self.live.load(Ordering::Relaxed)
-        }
-
-        /// The layout of the allocation behind a region of `len` bytes.
-        fn layout(&self, len: usize) -> Option<Layout> {
-            Layout::from_size_align(len.checked_add(self.align)?, 16).ok()
-        }
-    }
-
-    // SAFETY: a region is a fresh allocation of at least `len` bytes from
-    // the global allocator, aligned inside it: valid until deallocated in
-    // `free`, contiguous in the identity "physical" space (one allocation
-    // is one range of addresses), below the limit (checked before it is
-    // returned), and reachable from nowhere else.
-    unsafe impl Provider for HeapProvider {
-        /// Heap memory needs no sleeping in the sense of a kernel path that
-        /// must not sleep, so the no-wait variant is the same allocation.
-        fn alloc_nowait(&self, len: usize, below: PhysAddr) -> Result<Region, ProviderError> {
-            self.alloc(len, below)
-        }
-
-        fn alloc(&self, len: usize, below: PhysAddr) -> Result<Region, ProviderError> {
-            let no_memory = ProviderError::NoMemory { len, below };
-            if len == 0 {
-                return Err(no_memory);
-            }
-            let layout = self.layout(len).ok_or(no_memory)?;
-            // SAFETY: the layout has a non-zero size.
-            let base =
-                NonNull::new(unsafe { std::alloc::alloc_zeroed(layout) }).ok_or(no_memory)?;
-            let skip = base.as_ptr().align_offset(self.align);
-            // SAFETY: `skip < align` (an address can always be aligned by
-            // moving forward less than the alignment), and the allocation
-            // holds `len + align` bytes, so `len` bytes from `base + skip`
-            // stay inside it.
-            let cpu = unsafe { base.add(skip) };
-            let region = Region {
-                cpu,
-                phys: PhysAddr(cpu.as_ptr() as usize as u64),
-                len,
-            };
-            if !region.is_below(below) {
-                // SAFETY: allocated just above with `layout`, freed once.
-                unsafe { std::alloc::dealloc(base.as_ptr(), layout) };
-                return Err(no_memory);
-            }
-            self.bases
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(cpu.as_ptr() as usize, base);
-            self.live.fetch_add(1, Ordering::Relaxed);
-            Ok(region)
-        }
-
-        unsafe fn free(&self, region: Region) {
-            let base = self
-                .bases
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&(region.cpu.as_ptr() as usize))
-                .expect("a region from `alloc` is recorded until freed");
-            // The layout `alloc` used: the length is the one it returned.
-            let layout = self
-                .layout(region.len)
-                .expect("a region from `alloc` has a valid layout");
-            self.live.fetch_sub(1, Ordering::Relaxed);
-            // SAFETY:
-            // - the caller guarantees `region` came from `alloc` unchanged,
-            //   so `base` is the start of an allocation made with `layout`;
-            // - the caller guarantees it is freed once and no longer used.
-            unsafe { std::alloc::dealloc(base.as_ptr(), layout) };
-        }
     }
 }

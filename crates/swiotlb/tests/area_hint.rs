@@ -1,13 +1,15 @@
 //! Where a map starts its search when the caller names no area: in the
-//! calling thread's own area, as Linux starts in the CPU's own area. Each
-//! thread is given the next area in turn the first time it maps, and keeps
-//! it.
+//! area the installed CPU hint names, as Linux starts in the CPU's own
+//! area. With `swiotlb_host::ThreadHint` installed, each thread is given
+//! the next area in turn the first time it maps, and keeps it.
 //!
-//! The per-thread hints come from one counter per process, so this target
-//! holds one test only: under `cargo test` every test of a binary shares
-//! the process, and another test's threads would take hints in between.
+//! The hint is process-wide and set once, and the per-thread numbers come
+//! from one counter per process, so this target holds one test only: under
+//! `cargo test` every test of a binary shares the process, and another
+//! test's threads would take numbers in between.
 
-use swiotlb::{Device, Direction, DmaMask, Fast, Mapping, Pool, PoolConfig};
+use swiotlb::{set_cpu_hint, Device, Direction, DmaMask, Fast, Mapping, Pool, PoolConfig};
+use swiotlb_host::ThreadHint;
 
 /// Each of eight fresh threads, one after the other, maps twice: both of
 /// its mappings land in the same area, and each thread's area is the one
@@ -16,6 +18,7 @@ use swiotlb::{Device, Direction, DmaMask, Fast, Mapping, Pool, PoolConfig};
 /// mapped before in the process; none here.)
 #[test]
 fn threads_start_in_their_own_areas_in_turn() {
+    assert!(set_cpu_hint(&ThreadHint), "the first hint is installed");
     const AREAS: u32 = 4;
     let pool =
         Pool::<Fast>::new_heap(AREAS as usize * 128 * 2048, PoolConfig::with_areas(AREAS)).unwrap();

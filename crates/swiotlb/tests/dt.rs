@@ -944,11 +944,11 @@ fn names_holding_a_slash() {
 #[test]
 fn a_platform_from_a_device_tree_grows_its_default_tlb_and_restricts_virtio() {
     use std::ptr::NonNull;
-    use swiotlb::provider::HeapProvider;
     use swiotlb::{
         Attrs, Device, Direction, DmaMask, Error, GrowConfig, Growth, IoTlb, Platform, PoolConfig,
         TlbKind,
     };
+    use swiotlb_host::HeapProvider;
 
     // One 1 MiB restricted pool at 0x5000_0000, used by one virtio device;
     // a second device names no pool.

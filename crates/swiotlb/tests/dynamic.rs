@@ -19,13 +19,14 @@ use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
-use swiotlb::provider::{HeapProvider, MemoryHooks, NoHooks, Provider, ProviderError, Region};
-use swiotlb::tlb::{Deferral, GrowConfig, IoTlb, ManualClock, StdClock, Ticket};
+use swiotlb::provider::{MemoryHooks, NoHooks, Provider, ProviderError, Region};
+use swiotlb::tlb::{Deferral, GrowConfig, IoTlb, ManualClock, Ticket};
 use swiotlb::Growth;
 use swiotlb::TlbKind;
 use swiotlb::{
     Attrs, Bounce, Device, Direction, DmaMask, Error, MapOptions, Mapping, PhysAddr, Policy,
 };
+use swiotlb_host::{HeapProvider, Maintainer, StdClock};
 
 const MIB: usize = 1 << 20;
 const KIB: usize = 1 << 10;
@@ -1100,7 +1101,7 @@ fn the_maintainer_grows_for_callers_that_could_not() {
     );
     // A period far longer than the test: only the wake-up can explain a
     // growth within it.
-    let m = t.spawn_maintainer(Duration::from_secs(3600), |e| panic!("{e}"));
+    let m = Maintainer::spawn(&t, Duration::from_secs(3600), |e| panic!("{e}"));
     let dev = forced();
     let held: Vec<_> = (0..4)
         .map(|i| {
@@ -1275,4 +1276,72 @@ fn dropping_a_tlb_runs_every_queued_callback_once_with_tlb_gone() {
         "each ran once, in order, told the tlb is gone"
     );
     drop(origs);
+}
+
+/// The hook a background maintainer is built on: a caller that may not
+/// sleep and finds no room asks for growth, `growth_wanted` turns true and
+/// the growth waker is woken, once however many callers ask, until
+/// `maintain` grows and clears the request. A fixed tlb never wants
+/// growth.
+#[test]
+fn a_request_for_growth_wakes_the_growth_waker_once_until_maintain() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::{Wake, Waker};
+
+    struct Count(AtomicUsize);
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    let mut config = GrowConfig::new(MIB, 4 * MIB);
+    config.grow_by = MIB;
+    let t = IoTlb::growing(
+        TlbKind::Default,
+        Growth::new(HeapProvider::new(), config).with_hooks(SleepyHooks),
+    )
+    .map(|t| t.with_clock(Arc::new(ManualClock::new())))
+    .unwrap();
+    let woken = Arc::new(Count(AtomicUsize::new(0)));
+    t.set_growth_waker(Waker::from(woken.clone()));
+    assert!(!t.growth_wanted());
+    let dev = forced();
+    let held: Vec<_> = (0..4)
+        .map(|i| {
+            t.map_with_attrs(
+                &dev,
+                pattern(i, 256 * KIB),
+                Direction::ToDevice,
+                Attrs::NONE,
+            )
+            .unwrap()
+        })
+        .collect();
+    assert_eq!(woken.0.load(Ordering::Relaxed), 0, "nothing asked yet");
+    for i in 0..2 {
+        let f = t
+            .map_with_attrs(&dev, pattern(9, 4 * KIB), Direction::ToDevice, Attrs::NONE)
+            .unwrap_err();
+        assert!(
+            matches!(f.error, Error::PoolFull { .. }),
+            "{i}: {:?}",
+            f.error
+        );
+    }
+    assert!(t.growth_wanted());
+    assert_eq!(woken.0.load(Ordering::Relaxed), 1, "woken once for both");
+    assert_eq!(t.maintain().unwrap(), (true, false));
+    assert!(!t.growth_wanted(), "maintain clears the request");
+    let m = t
+        .map_with_attrs(&dev, pattern(9, 4 * KIB), Direction::ToDevice, Attrs::NONE)
+        .unwrap();
+    drop((m, held));
+
+    let fixed: IoTlb = IoTlb::new(
+        TlbKind::Default,
+        swiotlb::Pool::new_heap(MIB, swiotlb::PoolConfig::default()).unwrap(),
+    );
+    fixed.set_growth_waker(Waker::from(woken.clone()));
+    assert!(!fixed.growth_wanted());
 }

@@ -8,16 +8,20 @@
 //! with its own byte and its samples get distinct values, the device side
 //! must show them after the map, and what the device writes there must be
 //! in the buffer after the unmap.
+//!
+//! Each thread maps in an area of its own (`swiotlb_host::ThreadHint`), as
+//! a hosted program's threads would with a hint installed; the tests of
+//! `dynamic.rs` run with none (every map starts at area 0).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
-use swiotlb::provider::HeapProvider;
 use swiotlb::tlb::{GrowConfig, IoTlb, ManualClock};
 use swiotlb::Growth;
 use swiotlb::TlbKind;
 use swiotlb::{Attrs, Device, Direction, DmaMask, Error, Mapping, Policy};
+use swiotlb_host::HeapProvider;
 
 const KIB: usize = 1 << 10;
 const MIB: usize = 1 << 20;
@@ -125,8 +129,15 @@ fn check_answer(buf: &[u8], id: u64) {
     }
 }
 
+/// Installs the per-thread hint (once per process: a second call changes
+/// nothing).
+fn spread_threads() {
+    swiotlb::set_cpu_hint(&swiotlb_host::ThreadHint);
+}
+
 #[test]
 fn burst_of_256_mib_from_1_mib_with_sleeping_callers_then_shrinks_back() {
+    spread_threads();
     const THREADS: usize = 2;
     const LIVE: usize = 256 * MIB;
     let clock = Arc::new(ManualClock::new());
@@ -256,6 +267,7 @@ fn shadow_remove(shadow: &Shadow, start: u64, id: u64) {
 
 #[test]
 fn two_threads_of_random_mappings_never_overlap_and_round_trip() {
+    spread_threads();
     // Ends after `OPS` operations per thread or `budget`, whichever first.
     // With at most 32 mappings of at most 256 KiB live (8 MiB) and a limit
     // of 16 MiB, a sleeping caller always finds a free segment or room to

@@ -152,8 +152,9 @@ fn a_pool_too_large_for_the_machine_is_out_of_memory_not_too_small() {
 #[test]
 fn each_growing_tlb_configuration_problem_has_its_own_error() {
     use swiotlb::error::ConfigProblem;
-    use swiotlb::provider::{HeapProvider, ProviderError};
+    use swiotlb::provider::ProviderError;
     use swiotlb::tlb::{GrowConfig, IoTlb, ManualClock};
+    use swiotlb_host::HeapProvider;
     let seg = 256 << 10;
     let build = |start: usize, grow_by: usize, max: usize| {
         let mut config = GrowConfig::new(start, max);

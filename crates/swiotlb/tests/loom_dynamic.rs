@@ -14,10 +14,11 @@
 //! Every pool is tiny: 2 slots of 2 KiB in one area, one segment (4 KiB,
 //! the largest mapping), so a single mapping fills it and growth adds
 //! another such pool. Memory comes from an [`Arena`] provider, whose
-//! "physical" address is the CPU address (as `HeapProvider`'s): the models
-//! read and write the slots through a bounce's `phys` as the device would.
-//! Not `HeapProvider` itself: the tlb keeps its pools sorted by address
-//! and searches them in that order, so with heap addresses the modelled
+//! "physical" address is the CPU address (as
+//! `swiotlb_host::HeapProvider`'s): the models read and write the slots
+//! through a bounce's `phys` as the device would. Not that provider
+//! itself: the tlb keeps its pools sorted by address and searches them in
+//! that order, so with heap addresses the modelled
 //! operations would depend on where the allocator put each pool, which
 //! differs from one run of the model to the next, and loom requires a
 //! deterministic model. The arena hands out fixed chunks of one block in a

@@ -11,7 +11,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 
-use swiotlb::provider::HeapProvider;
 use swiotlb::tlb::{GrowConfig, ManualClock};
 use swiotlb::Growth;
 use swiotlb::TlbKind;
@@ -19,6 +18,7 @@ use swiotlb::{
     Attrs, Device, Direction, DmaBuffer, DmaMask, IoTlb, Mapping, Platform, Policy, Pool,
     PoolConfig,
 };
+use swiotlb_host::HeapProvider;
 
 const LEN: usize = 3000;
 

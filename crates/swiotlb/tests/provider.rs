@@ -7,10 +7,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use swiotlb::provider::{
-    pool_from_provider, HeapProvider, Hook, MemoryHooks, NoHooks, ProvidedPool, Provider,
-    ProviderError, Region,
+    pool_from_provider, Hook, MemoryHooks, NoHooks, ProvidedPool, Provider, ProviderError, Region,
 };
 use swiotlb::{Device, Direction, DmaMask, Error, Fast, PhysAddr, PoolConfig};
+use swiotlb_host::HeapProvider;
 
 /// Two 256 KiB segments of the default geometry.
 const LEN: usize = 512 << 10;

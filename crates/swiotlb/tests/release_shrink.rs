@@ -11,11 +11,11 @@
 
 use std::sync::Arc;
 
-use swiotlb::provider::HeapProvider;
 use swiotlb::tlb::{GrowConfig, IoTlb, ManualClock};
 use swiotlb::Growth;
 use swiotlb::TlbKind;
 use swiotlb::{Attrs, Device, Direction, DmaMask, PoolConfig};
+use swiotlb_host::HeapProvider;
 
 /// One segment of 2 KiB slots: the pool size, and the largest mapping.
 const POOL: usize = 128 * 2048;

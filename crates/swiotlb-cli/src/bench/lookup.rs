@@ -12,9 +12,9 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Instant;
 
-use swiotlb::provider::HeapProvider;
 use swiotlb::tlb::{GrowConfig, Growth, IoTlb, ManualClock, TlbKind};
 use swiotlb::{Attrs, Device, Direction, DmaMask, PhysAddr, PoolConfig};
+use swiotlb_host::HeapProvider;
 
 use super::report::Row;
 use super::timing::{interleave, Contender, Run, Sampling};

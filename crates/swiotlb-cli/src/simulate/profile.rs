@@ -27,9 +27,9 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use swiotlb::provider::HeapProvider;
-use swiotlb::tlb::{Clock, GrowConfig, Growth, IoTlb, ManualClock, StdClock, TlbKind, TlbStats};
+use swiotlb::tlb::{Clock, GrowConfig, Growth, IoTlb, ManualClock, TlbKind, TlbStats};
 use swiotlb::{Attrs, Device, Direction, DmaMask, Fast, MapFailed, Mapping};
+use swiotlb_host::{HeapProvider, StdClock};
 
 use crate::error::Error;
 use crate::rng::{log_uniform, seeded, Rng};

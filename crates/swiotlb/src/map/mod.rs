@@ -60,9 +60,8 @@ pub struct MapOptions {
     /// Start alignment of the allocation (Linux's `alloc_align_mask`
     /// argument of `swiotlb_tbl_map_single`): `2^n - 1`, or `0` for none.
     pub alloc_align_mask: u64,
-    /// The area to search first; `None` uses the calling thread's hint
-    /// (one per thread under `std`, area 0 without it), as Linux starts at
-    /// the CPU's own area.
+    /// The area to search first; `None` uses the installed [`CpuHint`]
+    /// (area 0 if none), as Linux starts at the CPU's own area.
     pub area_hint: Option<usize>,
 }
 
@@ -91,8 +90,11 @@ impl MapOptions {
 /// The CPU a map runs on, to pick the area it searches first: Linux starts
 /// at the CPU's own area (`raw_smp_processor_id()`), so CPUs mapping at
 /// once take different locks. A kernel or paravisor installs its own with
-/// [`set_cpu_hint`]. Without one, under `std` each thread gets an area of
-/// its own in turn; without `std`, every map starts at area 0.
+/// [`set_cpu_hint`]; a hosted program installs one of `swiotlb-host`'s:
+/// `swiotlb_host::RunningCpu` (the CPU the thread runs on, as Linux) or
+/// `swiotlb_host::ThreadHint` (each thread its own area in turn). Without
+/// one, every map starts at area 0: concurrent maps then contend for the
+/// first area's lock before they spread to the next ones.
 pub trait CpuHint: Send + Sync {
     /// The running CPU's number (any value: it is taken modulo the area
     /// count, a power of two).
@@ -116,43 +118,13 @@ pub fn set_cpu_hint(hint: &'static dyn CpuHint) -> bool {
 }
 
 /// The area the calling thread starts its searches in: the installed
-/// [`CpuHint`], else the default of [`default_hint`].
+/// [`CpuHint`], else area 0.
 #[inline]
 fn thread_hint() -> usize {
     match CPU_HINT.get() {
         Some(hint) => hint.cpu(),
-        None => default_hint(),
+        None => 0,
     }
-}
-
-/// Each thread its own area in turn.
-#[cfg(feature = "std")]
-#[inline]
-fn default_hint() -> usize {
-    use core::sync::atomic::{AtomicUsize, Ordering};
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    std::thread_local! {
-        // Const-initialised, with no destructor: reading it is one load,
-        // where a lazily initialised thread-local checks its state first.
-        static HINT: core::cell::Cell<usize> = const { core::cell::Cell::new(usize::MAX) };
-    }
-    HINT.with(|h| {
-        let mut v = h.get();
-        if v == usize::MAX {
-            // Areas are a power of two in number, so any value works; MAX
-            // is only the "not yet" mark.
-            v = NEXT.fetch_add(1, Ordering::Relaxed) & (usize::MAX >> 1);
-            h.set(v);
-        }
-        v
-    })
-}
-
-/// Area 0: with no scheduler to ask and no hint installed.
-#[cfg(not(feature = "std"))]
-#[inline]
-fn default_hint() -> usize {
-    0
 }
 
 /// An unmap or sync of device address `dma` (physical `phys`) that no pool

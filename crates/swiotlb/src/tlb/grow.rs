@@ -26,6 +26,7 @@
 //!   and no pool is given back while one mapping lives in it.
 
 use alloc::sync::Arc;
+use core::task::Waker;
 
 use super::set::{Draft, Set};
 use super::{IoTlb, Placed};
@@ -219,10 +220,10 @@ pub(crate) struct Grower<P: Policy> {
     pub(crate) pools_removed: AtomicU64,
     pub(crate) grow_failures: AtomicU64,
     pub(crate) transient_made: AtomicU64,
-    /// The thread of a [`Maintainer`](super::Maintainer), woken when
-    /// growth is asked for.
-    #[cfg(all(feature = "std", not(swiotlb_loom)))]
-    pub(crate) maintainer: Mutex<Option<std::thread::Thread>>,
+    /// Woken when growth is asked for: set with
+    /// [`IoTlb::set_growth_waker`] by whoever runs [`IoTlb::maintain`] in
+    /// the background (`swiotlb_host::Maintainer`, a kernel's worker).
+    pub(crate) waker: Mutex<Option<Waker>>,
 }
 
 impl<P: Policy> Grower<P> {
@@ -244,8 +245,7 @@ impl<P: Policy> Grower<P> {
             pools_removed: AtomicU64::new(0),
             grow_failures: AtomicU64::new(0),
             transient_made: AtomicU64::new(0),
-            #[cfg(all(feature = "std", not(swiotlb_loom)))]
-            maintainer: Mutex::new(None),
+            waker: Mutex::new(None),
         }
     }
 
@@ -423,11 +423,48 @@ impl<P: Policy> IoTlb<P> {
     pub(crate) fn want_growth(&self) {
         let Some(g) = self.grower() else { return };
         if !g.grow_wanted.swap(true, Ordering::Relaxed) {
-            // Waking a thread does not sleep.
-            #[cfg(all(feature = "std", not(swiotlb_loom)))]
-            if let Some(t) = g.maintainer.lock().as_ref() {
-                t.unpark();
+            // Only the first request since the last `maintain` wakes. The
+            // waker is cloned out and woken after the lock is dropped, so
+            // it may do anything but sleep (a waker must not). The loom
+            // models install none, and taking the lock would only add
+            // interleavings for them to explore.
+            #[cfg(not(swiotlb_loom))]
+            {
+                let waker = g.waker.lock().clone();
+                if let Some(w) = waker {
+                    w.wake();
+                }
             }
+        }
+    }
+
+    /// Whether a request asked for growth it could not do itself (a caller
+    /// that may not sleep found every pool full) since the last
+    /// [`maintain`](IoTlb::maintain), which grows and clears it. `false`
+    /// for a tlb that does not grow.
+    ///
+    /// For whoever runs `maintain` in the background: woken by the waker
+    /// of [`set_growth_waker`](IoTlb::set_growth_waker), it calls
+    /// `maintain` at once when this is `true`, rather than at its next
+    /// period.
+    pub fn growth_wanted(&self) -> bool {
+        self.grower()
+            .is_some_and(|g| g.grow_wanted.load(Ordering::Relaxed))
+    }
+
+    /// Sets the waker woken when a request asks for growth (when
+    /// [`growth_wanted`](IoTlb::growth_wanted) turns `true`), replacing
+    /// any earlier one; a tlb that does not grow never wakes it. A
+    /// background maintainer registers itself here so that growth does
+    /// not wait for its next period (`swiotlb_host::Maintainer` unparks
+    /// its thread; a kernel would queue its worker).
+    ///
+    /// The waker is woken on the mapping path, possibly where sleeping is
+    /// not allowed, with no lock of this crate held: waking must not
+    /// sleep, as a [`Waker`] never should.
+    pub fn set_growth_waker(&self, waker: Waker) {
+        if let Some(g) = self.grower() {
+            *g.waker.lock() = Some(waker);
         }
     }
 

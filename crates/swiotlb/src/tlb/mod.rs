@@ -60,19 +60,13 @@ use crate::translate::Translate;
 mod clock;
 mod future;
 mod grow;
-#[cfg(all(feature = "std", not(swiotlb_loom)))]
-mod maintainer;
 pub mod platform;
 mod queue;
 mod set;
 
-#[cfg(feature = "std")]
-pub use clock::StdClock;
 pub use clock::{Clock, ManualClock};
 pub use future::MapFuture;
 pub use grow::{GrowConfig, Growth};
-#[cfg(all(feature = "std", not(swiotlb_loom)))]
-pub use maintainer::Maintainer;
 pub use platform::Platform;
 pub use queue::{Deferral, Ticket};
 
@@ -330,9 +324,15 @@ impl<P: Policy> IoTlb<P> {
         self
     }
 
-    /// The clock for idle times, waits and deferral times (the standard
-    /// library's under `std`, else one that stands still). Set it before
+    /// The clock for idle times, waits and deferral times. Set it before
     /// the tlb is shared.
+    ///
+    /// A tlb given none reads the standard library's monotonic clock under
+    /// `std` (a private fallback, so that idle-time shrinking works with no
+    /// set-up; `swiotlb_host::StdClock` is the same clock by name), and
+    /// without `std` one that stands still: idle times and deferral times
+    /// then read zero and no grown pool is ever given back, so a kernel
+    /// passes its own clock here.
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
         if let Some(g) = &self.grower {
             let now = clock.now_ns();
