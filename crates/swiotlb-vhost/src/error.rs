@@ -32,6 +32,16 @@ pub enum TransportError {
         /// What the vhost-user frontend reported.
         source: vhost::Error,
     },
+    /// The device did not answer a request in time; the transport shut
+    /// the socket down, so the device is failed.
+    Timeout {
+        /// The device's socket.
+        socket: PathBuf,
+        /// The request awaited.
+        step: &'static str,
+        /// How long it was awaited.
+        waited: Duration,
+    },
     /// The device failed earlier (the first failure is latched) and is
     /// shown to the driver as `DEVICE_NEEDS_RESET`; nothing more is sent.
     Failed {
@@ -91,6 +101,7 @@ impl TransportError {
         match self {
             Self::Connect { socket, .. }
             | Self::Protocol { socket, .. }
+            | Self::Timeout { socket, .. }
             | Self::Failed { socket, .. }
             | Self::MissingFeature { socket, .. }
             | Self::OutsideRegions { socket, .. }
@@ -113,7 +124,10 @@ impl TransportError {
                         | U::InvalidParam
                 )
             ),
-            Self::Connect { .. } | Self::Failed { .. } | Self::OutsideRegions { .. } => true,
+            Self::Connect { .. }
+            | Self::Timeout { .. }
+            | Self::Failed { .. }
+            | Self::OutsideRegions { .. } => true,
             Self::MissingFeature { .. } | Self::MemoryTable { .. } | Self::Io { .. } => false,
         }
     }
@@ -139,6 +153,15 @@ impl fmt::Display for TransportError {
             } => write!(
                 f,
                 "vhost-user device at {}: {step} failed: {source}",
+                socket.display()
+            ),
+            Self::Timeout {
+                socket,
+                step,
+                waited,
+            } => write!(
+                f,
+                "vhost-user device at {}: no answer to {step} within {waited:?}; the connection was shut down",
                 socket.display()
             ),
             Self::Failed {
@@ -207,6 +230,7 @@ impl From<TransportError> for io::Error {
             TransportError::MissingFeature { .. } => io::ErrorKind::Unsupported,
             TransportError::MemoryTable { .. } => io::ErrorKind::OutOfMemory,
             TransportError::Connect { .. } => io::ErrorKind::NotConnected,
+            TransportError::Timeout { .. } => io::ErrorKind::TimedOut,
             _ => io::ErrorKind::Other,
         };
         io::Error::new(kind, e)

@@ -120,7 +120,8 @@ impl DeviceHandle {
     }
 
     /// Adds `region` to the device's memory table (`ADD_MEM_REG`) and to
-    /// the transport's, so rings and buffers may lie in it.
+    /// the transport's, so rings and buffers may lie in it. A region
+    /// already in the table is taken as it is.
     ///
     /// # Errors
     /// [`TransportError::MissingFeature`] for a device without
@@ -139,7 +140,13 @@ impl DeviceHandle {
                 feature: "VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS (its memory table is fixed, so its tlb cannot grow)",
             });
         };
-        let held = self.regions().len();
+        let table = self.regions();
+        if table.contains(region) {
+            // Already in the table (given to `connect`, then subscribed to
+            // the provider that holds it): nothing to send.
+            return Ok(());
+        }
+        let held = table.len();
         if held as u64 >= slots {
             return Err(TransportError::MemoryTable {
                 socket: sh.socket.clone(),

@@ -6,7 +6,8 @@ use std::io;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use swiotlb_host::RegionInfo;
@@ -119,6 +120,11 @@ pub(crate) struct Shared {
     frontend: Frontend,
     /// A second descriptor of the socket, to see the device hang up.
     watch: UnixStream,
+    /// Bounds every request (see [`Watchdog`]).
+    watchdog: Arc<Watchdog>,
+    watchdog_thread: Mutex<Option<JoinHandle<()>>>,
+    /// How long a request may take.
+    timeout: Duration,
     /// Serialises requests, and the hang-up check with them (a reply
     /// waiting to be read must not look like the device talking out of
     /// turn).
@@ -138,6 +144,93 @@ pub(crate) struct Shared {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Bounds every request in time. rust-vmm's frontend blocks in
+/// `recvmsg(2)` for a reply, and retries `EAGAIN` in a loop, so a socket
+/// timeout would turn a wedged device into a busy loop; instead a request
+/// arms this watchdog, whose thread shuts the socket down when the
+/// deadline passes, which ends the blocked call with an error. The device
+/// is then failed: its socket is gone.
+struct Watchdog {
+    state: Mutex<WatchState>,
+    cv: Condvar,
+}
+
+#[derive(Default)]
+struct WatchState {
+    /// The deadline of the request in flight, and its name.
+    armed: Option<(Instant, &'static str)>,
+    /// The request the watchdog cut short.
+    fired: Option<&'static str>,
+    /// The transport is gone; the thread ends.
+    closed: bool,
+}
+
+impl Watchdog {
+    fn spawn(socket: UnixStream) -> io::Result<(Arc<Self>, JoinHandle<()>)> {
+        let dog = Arc::new(Self {
+            state: Mutex::new(WatchState::default()),
+            cv: Condvar::new(),
+        });
+        let d = dog.clone();
+        let thread = std::thread::Builder::new()
+            .name("vhost-user-watchdog".into())
+            .spawn(move || d.run(&socket))?;
+        Ok((dog, thread))
+    }
+
+    fn run(&self, socket: &UnixStream) {
+        let mut st = lock(&self.state);
+        loop {
+            if st.closed {
+                return;
+            }
+            st = match st.armed {
+                None => self.cv.wait(st).unwrap_or_else(PoisonError::into_inner),
+                Some((deadline, step)) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        st.fired = Some(step);
+                        st.armed = None;
+                        let _ = socket.shutdown(std::net::Shutdown::Both);
+                        st
+                    } else {
+                        self.cv
+                            .wait_timeout(st, deadline - now)
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .0
+                    }
+                }
+            };
+        }
+    }
+
+    fn arm(&self, step: &'static str, timeout: Duration) {
+        lock(&self.state).armed = Some((Instant::now() + timeout, step));
+        self.cv.notify_one();
+    }
+
+    /// Disarms; returns the request the watchdog cut short, if any.
+    fn disarm(&self) -> Option<&'static str> {
+        let mut st = lock(&self.state);
+        st.armed = None;
+        st.fired
+    }
+
+    fn close(&self) {
+        lock(&self.state).closed = true;
+        self.cv.notify_one();
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.watchdog.close();
+        if let Some(t) = lock(&self.watchdog_thread).take() {
+            let _ = t.join();
+        }
+    }
 }
 
 impl Shared {
@@ -179,15 +272,23 @@ impl Shared {
             return Err(e);
         }
         let mut fe = self.frontend.clone();
-        f(&mut fe).map_err(|source| {
-            self.latch(
-                step,
-                TransportError::Protocol {
+        self.watchdog.arm(step, self.timeout);
+        let r = f(&mut fe);
+        let fired = self.watchdog.disarm();
+        r.map_err(|source| {
+            let e = match fired {
+                Some(_) => TransportError::Timeout {
+                    socket: self.socket.clone(),
+                    step,
+                    waited: self.timeout,
+                },
+                None => TransportError::Protocol {
                     socket: self.socket.clone(),
                     step,
                     source,
                 },
-            )
+            };
+            self.latch(step, e)
         })
     }
 
@@ -310,8 +411,10 @@ struct Ring {
 ///   wrong bytes would pass every check).
 /// - The first socket error (or a hang-up) is latched: the driver sees
 ///   `DEVICE_NEEDS_RESET` in [`get_status`](Transport::get_status), and
-///   every later call is a no-op or an error. Every reply is awaited at
-///   most the `timeout` given to `connect`.
+///   every later call is a no-op or an error. Every request takes at most
+///   the `timeout` given to `connect`: a watchdog thread shuts the socket
+///   down when it passes (rust-vmm's frontend would spin on a socket
+///   timeout), which fails the device.
 pub struct VhostUserTransport {
     shared: Arc<Shared>,
     device_type: DeviceType,
@@ -332,7 +435,10 @@ impl std::fmt::Debug for VhostUserTransport {
             .field("socket", &self.shared.socket)
             .field("device_type", &self.device_type)
             .field("queue_size", &self.queue_size)
-            .field("device_features", &format_args!("{:#x}", self.device_features))
+            .field(
+                "device_features",
+                &format_args!("{:#x}", self.device_features),
+            )
             .field("protocol", &self.protocol)
             .field("status", &self.status)
             .field("rings", &self.rings.keys().collect::<Vec<_>>())
@@ -420,17 +526,15 @@ impl VhostUserTransport {
             });
         }
         let stream = connect_socket(socket, timeout)?;
-        // Every reply is awaited at most `timeout`: a wedged device fails
-        // the transport instead of hanging the driver.
-        stream
-            .set_read_timeout(Some(timeout))
-            .map_err(|e| io_err("setting the socket's read timeout", e))?;
-        stream
-            .set_write_timeout(Some(timeout))
-            .map_err(|e| io_err("setting the socket's write timeout", e))?;
         let watch = stream
             .try_clone()
             .map_err(|e| io_err("duplicating the socket", e))?;
+        // Every request is bounded by `timeout`: a wedged device fails the
+        // transport instead of hanging the driver.
+        let (watchdog, thread) = stream
+            .try_clone()
+            .and_then(Watchdog::spawn)
+            .map_err(|e| io_err("starting the request watchdog", e))?;
         // Queue indices are checked against `num_queues` here, not by the
         // frontend, which learns the real count only with `MQ`.
         let frontend = Frontend::from_stream(stream, u64::from(u16::MAX));
@@ -438,6 +542,9 @@ impl VhostUserTransport {
             socket: socket.to_owned(),
             frontend,
             watch,
+            watchdog,
+            watchdog_thread: Mutex::new(Some(thread)),
+            timeout,
             io: Mutex::new(()),
             failure: Mutex::new(None),
             regions: Mutex::new(Vec::new()),
