@@ -50,7 +50,8 @@ impl DeviceHandle {
     /// Blocks until the device signals a used buffer on `queue` (its call
     /// eventfd), the device hangs up, or `timeout` passes. True if it
     /// signalled. A driver loop checks `peek_used` first, then waits:
-    /// one signal may stand for several used buffers.
+    /// one signal may stand for several used buffers. False at once for a
+    /// queue that is not set up.
     pub fn wait_used(&self, queue: u16, timeout: Duration) -> bool {
         let Some(call) = self
             .shared

@@ -153,7 +153,13 @@ fn config_read_at_an_offset_gives_that_field() {
     let _one = serial();
     let setup = Setup::start();
     let region = TestHal::reset(1 << 20);
-    let t = setup.connect(&[region]);
+    let mut t = setup.connect(&[region]);
+    // qemu-storage-daemon offers VHOST_USER_F_PROTOCOL_FEATURES and
+    // VHOST_F_LOG_ALL; the driver sees neither.
+    let vhost_bits = (1u64 << 30) | (1 << 26);
+    assert_eq!(t.raw_device_features() & vhost_bits, vhost_bits);
+    assert_eq!(t.read_device_features() & vhost_bits, 0);
+    assert_eq!(t.mem_slots(), Some(509));
     let head: BlkConfigHead = t.read_config_space(0).unwrap();
     assert_eq!(head.capacity, IMAGE_LEN / SECTOR_SIZE as u64);
     assert_eq!(head.blk_size, 512, "{head:?}");
@@ -268,30 +274,45 @@ fn reset_stops_the_ring_and_the_driver_starts_again() {
     let h = transport.handle();
     let mut blk = VirtIOBlk::<TestHal, _>::new(transport).expect("VirtIOBlk::new");
     write(&mut blk, &h, 64, &patterned(5, 64, 8192)).unwrap();
-    // Dropping the driver unsets its queue (GET_VRING_BASE); a transport
-    // is not reusable by a second VirtIOBlk (it was moved), so connect
-    // anew after the first connection closes.
+    // Dropping the driver unsets its queue (GET_VRING_BASE).
     drop(blk);
     assert_eq!(h.counters().rings_stopped, 1);
     // The handle holds the connection too; the daemon serves the next
     // frontend once it closes.
     drop(h);
+
+    // A ring running on a transport, then a reset (status 0) stops it,
+    // and a driver starts again on the same transport.
     let region2 = TestHal::reset(4 << 20);
-    let mut t = VhostUserTransport::connect(
-        setup.daemon.socket(),
-        DeviceType::Block,
-        common::QUEUE_SIZE,
-        &[region2],
-        DEVICE_TIMEOUT,
-    )
-    .unwrap();
-    // begin_init resets first (set_status(0)); then a full start.
-    t.set_status(DeviceStatus::empty());
+    let mut t = setup.connect(&[region2]);
     let h2 = t.handle();
-    let mut blk = VirtIOBlk::<TestHal, _>::new(t).expect("VirtIOBlk::new again");
+    let (ring, _) =
+        <TestHal as virtio_drivers::Hal>::dma_alloc(2, virtio_drivers::BufferDirection::Both);
+    t.write_driver_features(1 << 32);
+    t.queue_set(0, 16, ring, ring + 256, ring + 4096);
+    assert!(t.queue_used(0));
+    assert_eq!(h2.counters().rings_started, 1);
+    t.set_status(DeviceStatus::empty());
+    assert!(!t.queue_used(0));
+    assert_eq!(h2.counters().rings_stopped, 1);
+    assert!(t.get_status().is_empty(), "{:?}", t.get_status());
+    let mut blk = VirtIOBlk::<TestHal, _>::new(t).expect("VirtIOBlk::new after a reset");
     let mut buf = vec![0u8; 8192];
     read(&mut blk, &h2, 64, &mut buf).unwrap();
     assert_eq!(first_diff(&buf, &patterned(5, 64, 8192)), None);
+    assert_eq!(h2.counters().rings_started, 2);
+    drop(blk);
+    drop(h2);
+
+    // A ring outside every region of the table fails the device.
+    let mut t = setup.connect(&[region2]);
+    t.write_driver_features(1 << 32);
+    let outside = region2.dma + region2.len;
+    t.queue_set(0, 16, outside, outside + 256, outside + 4096);
+    assert!(!t.queue_used(0));
+    assert!(t.get_status().contains(DeviceStatus::DEVICE_NEEDS_RESET));
+    let failure = t.handle().failure().unwrap().to_string();
+    assert!(failure.contains("lies in no region"), "{failure}");
 }
 
 #[test]
