@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Miri over the core's unit tests and a named subset of its integration
-# tests, with strict provenance, to catch undefined behaviour in the unsafe
+# tests, and over swiotlb-virtio's tests, with strict provenance, to catch undefined behaviour in the unsafe
 # code (slot copies, raw originals, the pool's own allocation); the safe
 # API's buffer types again under Tree Borrows; and the release-versus-shrink
 # race across many scheduling seeds (MIRI_SEEDS, default 32).
@@ -105,6 +105,14 @@ cargo +nightly miri test --no-fail-fast "${args[@]}" -- "${harness[@]}" || statu
 echo "miri: Tree Borrows over the safe API's buffer types and the heapless pool"
 MIRIFLAGS="$MIRIFLAGS -Zmiri-tree-borrows" \
     cargo +nightly miri test -p swiotlb --test ownership --test heapless || status=1
+
+# The virtio Hal over heap pools: its tests and the real VirtIOBlk driven
+# through it, under both borrow models. Its waits are short (50 ms
+# deadlines, one 50 ms sleep), so the whole crate runs.
+echo "miri: swiotlb-virtio"
+cargo +nightly miri test -p swiotlb-virtio || status=1
+MIRIFLAGS="$MIRIFLAGS -Zmiri-tree-borrows" \
+    cargo +nightly miri test -p swiotlb-virtio || status=1
 
 # Releases racing the shrink that frees their pool, across many scheduling
 # seeds: with the default seed alone the race can hide (before the grace

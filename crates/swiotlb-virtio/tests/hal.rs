@@ -172,20 +172,16 @@ fn dma_alloc_is_zeroed_page_aligned_and_in_the_restricted_pool() {
     // A wrong CPU address is refused, and changes nothing.
     let wrong = NonNull::new(vaddr.as_ptr().wrapping_add(PAGE_SIZE)).unwrap();
     // SAFETY: refused before anything is freed (what is tested).
-    assert_eq!(
-        unsafe { H::dma_dealloc(paddr, wrong, 3) },
-        DEALLOC_NOT_ALLOCATED
-    );
+    let r = unsafe { H::dma_dealloc(paddr, wrong, 3) };
+    assert_eq!(r, DEALLOC_NOT_ALLOCATED);
     assert!(used(platform) > 0);
     // SAFETY: `paddr` and `vaddr` are the allocation of 3 pages above.
     assert_eq!(unsafe { H::dma_dealloc(paddr, vaddr, 3) }, 0);
     assert_eq!(used(platform), 0);
     // Twice is refused.
     // SAFETY: refused: the allocation is gone (what is tested).
-    assert_eq!(
-        unsafe { H::dma_dealloc(paddr, vaddr, 3) },
-        DEALLOC_NOT_ALLOCATED
-    );
+    let r = unsafe { H::dma_dealloc(paddr, vaddr, 3) };
+    assert_eq!(r, DEALLOC_NOT_ALLOCATED);
 }
 
 /// Counts the page source's hook calls.
