@@ -314,8 +314,10 @@ fn a_pool_at_device_address_zero_hands_out_nothing() {
 #[test]
 fn a_growing_tlb_grows_during_share() {
     swiotlb_virtio::hal!(struct H);
-    let mut config = GrowConfig::new(256 << 10, 2 << 20);
-    config.grow_by = 256 << 10;
+    // Small pools (16-slot segments), so that miri copies little.
+    let mut config = GrowConfig::new(32 << 10, 256 << 10);
+    config.grow_by = 32 << 10;
+    config.pool = PoolConfig::default().with_segment(16);
     let tlb = IoTlb::growing(
         TlbKind::Restricted,
         Growth::new(HeapProvider::new(), config),
@@ -324,7 +326,7 @@ fn a_growing_tlb_grows_during_share() {
     .with_name("blk");
     let platform = restricted_tlb(tlb);
     H::bind(platform, blk_device(), HalOptions::new()).unwrap();
-    let mut bufs: Vec<Vec<u8>> = (0..3).map(|i| pattern(128 << 10, i)).collect();
+    let mut bufs: Vec<Vec<u8>> = (0..3).map(|i| pattern(16 << 10, i)).collect();
     let mut shared = Vec::new();
     for buf in &mut bufs {
         let b = raw(buf);
@@ -339,7 +341,7 @@ fn a_growing_tlb_grows_during_share() {
         unsafe { H::unshare(dma, b, BufferDirection::Both) };
     }
     for (i, buf) in bufs.iter().enumerate() {
-        assert_eq!(*buf, pattern(128 << 10, i as u8));
+        assert_eq!(*buf, pattern(16 << 10, i as u8));
     }
     assert_eq!(platform.restricted()[0].stats().pool.io_tlb_used, 0);
 }
@@ -350,10 +352,11 @@ struct Shared(u64, NonNull<[u8]>, Vec<u8>);
 // nothing else.
 unsafe impl Send for Shared {}
 
-/// A fixed tlb of one segment (256 KiB), waiting up to `wait`.
+/// A fixed tlb of 32 KiB (16 slots; small, so that miri copies little),
+/// waiting up to `wait`.
 fn fixed_full_tlb(wait: Duration) -> &'static Platform {
     restricted_tlb(
-        IoTlb::restricted("blk", heap(256 << 10)).with_wait_timeout(wait.as_nanos() as u64),
+        IoTlb::restricted("blk", heap(32 << 10)).with_wait_timeout(wait.as_nanos() as u64),
     )
 }
 
@@ -362,14 +365,21 @@ fn a_full_fixed_tlb_waits_for_another_thread_to_unshare() {
     swiotlb_virtio::hal!(struct H);
     let platform = fixed_full_tlb(Duration::from_secs(30));
     H::bind(platform, blk_device(), HalOptions::new()).unwrap();
-    let mut first = vec![1u8; 256 << 10];
+    let mut first = vec![1u8; 32 << 10];
     let b = raw(&mut first);
     // SAFETY: `first` is reached only through `b` until the unshare.
     let dma = unsafe { H::share(b, BufferDirection::DeviceToDriver) };
     let held = Shared(dma, b, first);
     let other = std::thread::spawn(move || {
         let held = held;
-        std::thread::sleep(Duration::from_millis(50));
+        // Unshare only once the main thread waits for slots (bounded:
+        // a share that never waits fails the test, it does not hang it).
+        let tlb = &platform.restricted()[0];
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while tlb.stats().waiters == 0 {
+            assert!(Instant::now() < deadline, "the share never waited");
+            std::thread::sleep(Duration::from_millis(1));
+        }
         // SAFETY: `held.0` is `held.1`'s share, into `held.2`; done.
         unsafe { H::unshare(held.0, held.1, BufferDirection::DeviceToDriver) };
         held.2
@@ -398,7 +408,7 @@ fn a_full_fixed_tlb_with_no_other_thread_panics_after_its_deadline() {
         HalOptions::new().with_name("virtio-blk0"),
     )
     .unwrap();
-    let mut first = vec![1u8; 256 << 10];
+    let mut first = vec![1u8; 32 << 10];
     let b = raw(&mut first);
     // SAFETY: `first` is reached only through `b` until the unshare.
     let dma = unsafe { H::share(b, BufferDirection::DeviceToDriver) };
@@ -416,7 +426,7 @@ fn a_full_fixed_tlb_with_no_other_thread_panics_after_its_deadline() {
         "virtio-blk0",
         "tlb 'blk'",
         "requested 2048 bytes",
-        "free 0 of 262144 bytes",
+        "free 0 of 32768 bytes",
         "wait timeout",
     ] {
         assert!(msg.contains(want), "{want:?} missing from: {msg}");
@@ -436,7 +446,7 @@ fn a_full_fixed_tlb_that_may_not_sleep_panics_at_once() {
         HalOptions::new().with_attrs(Attrs::NONE),
     )
     .unwrap();
-    let mut first = vec![1u8; 256 << 10];
+    let mut first = vec![1u8; 32 << 10];
     let b = raw(&mut first);
     // SAFETY: `first` is reached only through `b` until the unshare.
     let dma = unsafe { H::share(b, BufferDirection::DeviceToDriver) };
