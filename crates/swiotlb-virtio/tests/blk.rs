@@ -130,7 +130,7 @@ impl FakeBlk {
                     // VIRTIO_BLK_T_IN: the device writes the data.
                     0 => {
                         assert!(w);
-                        self.copy_in(addr, &self.disk[at..at + len].to_vec());
+                        self.copy_in(addr, &self.disk[at..at + len]);
                         written += len;
                     }
                     // VIRTIO_BLK_T_OUT: the device reads it.
