@@ -206,19 +206,18 @@ impl<P: Policy + 'static, T: Translate + Clone + Send + Sync + 'static> Engine<P
     ///   unless `dir` is [`BufferDirection::DriverToDevice`] (this engine
     ///   never writes a to-device buffer);
     /// - from now until the [`Engine::unshare`] of the returned address,
-    ///   the buffer is not moved or freed, and nothing writes it (nor, for
-    ///   a buffer the device writes, reads it): unshare copies back into
-    ///   the memory given here.
+    ///   the buffer is not moved or freed: unshare copies back into the
+    ///   same memory (through the pointer it is given then).
     pub unsafe fn share(&self, buffer: NonNull<[u8]>, dir: BufferDirection) -> u64 {
         let len = buffer.len();
         let cpu = buffer.cast::<u8>().as_ptr();
         let phys = self.device.translate().virt_to_phys(cpu);
         // SAFETY:
-        // - `cpu` is valid for reads of `len` bytes, and for writes unless
-        //   the direction is to-device, whose mapping swiotlb never writes
-        //   (an unmap or sync of a to-device mapping copies nothing back);
-        // - it stays valid and unreferenced until the unmap in `unshare`
-        //   (this function's contract);
+        // - `cpu` is valid for reads of `len` bytes, read here only (the
+        //   map-time copy): nothing is ever written through it, as
+        //   `unshare` copies back through the pointer it is given then;
+        // - the memory stays valid until the unmap in `unshare` (this
+        //   function's contract);
         // - `phys` is its physical address, by the device's translation
         //   (the binding's promise, see the crate documentation).
         let r = unsafe {
@@ -297,24 +296,39 @@ impl<P: Policy + 'static, T: Translate + Clone + Send + Sync + 'static> Engine<P
     /// much the device wrote), for [`BufferDirection::DriverToDevice`]
     /// nothing is; then the slots are given back.
     ///
+    /// The copy goes through `buffer` as given here, not through the
+    /// pointer given to `share`: virtio-drivers derives the buffer's
+    /// pointer anew for `unshare`, and writing through the old one would
+    /// be undefined behaviour (Stacked Borrows). It must be the same
+    /// memory ([`Platform::unmap_raw_into`](swiotlb::Platform::unmap_raw_into)
+    /// checks the address).
+    ///
     /// # Panics
-    /// If `paddr` and the buffer's length are not a live share of this
-    /// engine's device (a bug in the caller): swiotlb's error says which.
+    /// If `paddr`, the buffer's address and its length are not a live
+    /// share of this engine's device (a bug in the caller): swiotlb's
+    /// error says which.
     ///
     /// # Safety
-    /// `paddr` was returned by [`Engine::share`] of the same buffer and
-    /// direction and not unshared since; the buffer is as `share`'s
-    /// contract left it, and the device is done with it.
+    /// - `paddr` was returned by [`Engine::share`] of the same memory and
+    ///   direction and not unshared since, and the device is done with it;
+    /// - `buffer` is valid for writes of its length unless `dir` is
+    ///   [`BufferDirection::DriverToDevice`] (nothing is written then), and
+    ///   unreferenced for the call.
     pub unsafe fn unshare(&self, paddr: u64, buffer: NonNull<[u8]>, dir: BufferDirection) {
         let len = buffer.len();
-        // SAFETY: the original recorded at the share is this buffer, still
-        // valid (for writes too when it is copied back: `share`'s
-        // contract) and unreferenced, and the device is done with it (this
-        // function's contract).
+        let cpu = buffer.cast::<u8>().as_ptr();
+        // SAFETY:
+        // - `cpu` is valid for writes of `len` bytes and unreferenced when
+        //   it is copied into (a device-to-driver or bidirectional
+        //   buffer); a to-device mapping is never copied back, so a
+        //   read-only buffer is not written;
+        // - the device is done with the mapping (this function's
+        //   contract).
         let r = unsafe {
-            self.platform.unmap_raw(
+            self.platform.unmap_raw_into(
                 &self.device,
                 DmaAddr(paddr),
+                cpu,
                 len,
                 direction(dir),
                 Attrs::NONE,

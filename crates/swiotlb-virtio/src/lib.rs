@@ -110,9 +110,13 @@
 //! virtio-drivers shares stays valid and untouched until its unshare (the
 //! queue holds it until the device used it), so the core may copy into it
 //! at unmap. A `DriverToDevice` buffer may be read-only memory: swiotlb
-//! never writes a to-device mapping's original. `unshare` copies back into
-//! the memory recorded at `share`, which virtio-drivers passes again (the
-//! same buffer). The [`PageSource`] zeroes memory a [`Provider`] gave it,
+//! never writes a to-device mapping's original. `unshare` copies back
+//! through the pointer virtio-drivers gives it then, not the one it gave
+//! to `share`: the queue derives the buffer's pointer anew for `unshare`,
+//! which makes the older one stale under Stacked Borrows (the core's
+//! `Platform::unmap_raw_into` checks that both have the same address).
+//! miri runs the real `VirtIOBlk` through this `Hal` (`tests/blk.rs`).
+//! The [`PageSource`] zeroes memory a [`Provider`] gave it,
 //! under that trait's contract. Everything else is safe code over the
 //! core.
 //!

@@ -496,3 +496,32 @@ fn mmio_phys_to_virt_is_never_used() {
     // SAFETY: it panics before any address is used (what is tested).
     let _ = unsafe { H::mmio_phys_to_virt(0x1000_0000, 4096) };
 }
+
+#[test]
+fn unshare_of_other_memory_panics_and_keeps_the_share() {
+    swiotlb_virtio::hal!(struct H);
+    let platform = restricted(1 << 20);
+    H::bind(platform, blk_device(), HalOptions::new()).unwrap();
+    let mut buf = vec![0u8; 300];
+    let b = raw(&mut buf);
+    // SAFETY: `buf` is reached only through `b` until the unshare.
+    let dma = unsafe { H::share(b, BufferDirection::DeviceToDriver) };
+    let mut other = vec![0u8; 300];
+    let o = raw(&mut other);
+    // SAFETY: `o` is valid; the unshare refuses it (what is tested).
+    let p = catch_unwind(AssertUnwindSafe(|| unsafe {
+        H::unshare(dma, o, BufferDirection::DeviceToDriver)
+    }));
+    let msg = message(p.unwrap_err());
+    assert!(
+        msg.contains("unshare of 300 bytes") && msg.contains("not a live"),
+        "{msg}"
+    );
+    assert!(used(platform) > 0, "the share is still live");
+    device_write(platform, dma, &[4; 300]);
+    // SAFETY: `dma` is `b`'s share; the device is done.
+    unsafe { H::unshare(dma, b, BufferDirection::DeviceToDriver) };
+    assert_eq!(buf, vec![4; 300]);
+    assert_eq!(other, vec![0; 300]);
+    assert_eq!(used(platform), 0);
+}
