@@ -17,3 +17,5 @@ cargo clippy -p swiotlb --no-default-features -- -D warnings
 cargo clippy -p swiotlb --no-default-features --features alloc -- -D warnings
 cargo clippy -p swiotlb --no-default-features --features serde -- -D warnings
 cargo clippy -p swiotlb --no-default-features --features alloc,serde -- -D warnings
+# The virtio Hal without std (its `std` feature only turns waiting on).
+cargo clippy -p swiotlb-virtio --no-default-features -- -D warnings

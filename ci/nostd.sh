@@ -5,7 +5,8 @@
 # no std at all, so a stray `std::` use cannot hide behind the host's std.
 # `swiotlb-nostd` is a firmware-style user of the heapless pool: statics
 # sized at compile time, no allocator; building it for that target proves
-# the heapless pool needs neither std nor alloc.
+# the heapless pool needs neither std nor alloc. `swiotlb-virtio` without
+# its `std` feature is virtio-drivers' Hal for a kernel with a heap.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,6 +17,8 @@ cargo build -p swiotlb --no-default-features --features serde
 cargo build -p swiotlb --no-default-features --features alloc,serde
 # Alone, so that no other package turns the core's features on.
 cargo build -p swiotlb-nostd
+# The virtio Hal without std: no waiting for slots, otherwise whole.
+cargo build -p swiotlb-virtio --no-default-features
 
 target=x86_64-unknown-none
 installed=$(rustup target list --installed 2>/dev/null || true)
@@ -31,3 +34,4 @@ cargo build -p swiotlb --no-default-features --target "$target"
 cargo build -p swiotlb --no-default-features --features alloc --target "$target"
 cargo build -p swiotlb --no-default-features --features alloc,serde --target "$target"
 cargo build -p swiotlb-nostd --target "$target"
+cargo build -p swiotlb-virtio --no-default-features --target "$target"

@@ -6,7 +6,8 @@
 //! The pool is a heap pool driven by [`swiotlb::sim::Simulator`]: every
 //! mapping has a real original buffer, every copy the engine makes is
 //! checked against Linux's semantics, and placements are those of a real
-//! kernel pool at device address 0 (the same on every run and machine).
+//! kernel pool at a fixed device address, 4 GiB (`swiotlb::sim::SIM_DMA_BASE`,
+//! the same on every run and machine; offsets into the pool are reported).
 
 mod profile;
 

@@ -168,6 +168,21 @@ pub enum Error {
     },
     /// The device cannot reach the buffer and has no bounce pool to use.
     NoPool,
+    /// The pool, as this device sees it (its first device address and
+    /// length), covers device address 0, or wraps past the top of the bus
+    /// onto it. No slot of such a pool is handed out, for bounces and
+    /// coherent allocations alike: address 0 is what many drivers and
+    /// transports take for a failed mapping (virtio-drivers' `Hal`, the
+    /// `DMA_MAPPING_ERROR`-less APIs of firmware), so a pool that could
+    /// hand it out is refused as a whole, before any slot is chosen.
+    /// Counted as [`FailReason::Unreachable`]. Move the pool, or the bus
+    /// window of the device's translation, off device address 0.
+    DmaZeroInPool {
+        /// The device address of the pool's first byte.
+        start: DmaAddr,
+        /// Bytes in the pool.
+        len: usize,
+    },
     /// A caller that may sleep waited for slots in a full growing tlb that
     /// could not grow, and its timeout passed first. Counted as
     /// [`FailReason::PoolFull`].
@@ -301,7 +316,9 @@ impl Error {
             Error::AlignmentImpossible { .. } | Error::PaddingTooLarge { .. } => {
                 FailReason::Alignment
             }
-            Error::Unreachable { .. } | Error::NoPool => FailReason::Unreachable,
+            Error::Unreachable { .. } | Error::NoPool | Error::DmaZeroInPool { .. } => {
+                FailReason::Unreachable
+            }
             Error::NotMapped { .. }
             | Error::OutOfBounds { .. }
             | Error::InvalidPool { .. }
@@ -320,6 +337,7 @@ impl Error {
             Error::AlignmentImpossible { .. } => "alignment_impossible",
             Error::Unreachable { .. } => "unreachable",
             Error::NoPool => "no_pool",
+            Error::DmaZeroInPool { .. } => "dma_zero_in_pool",
             Error::TimedOut { .. } => "timed_out",
             Error::TlbGone => "tlb_gone",
             Error::NotMapped { .. } => "not_mapped",
@@ -443,6 +461,10 @@ impl fmt::Display for Error {
             Error::NoPool => write!(
                 f,
                 "swiotlb: device cannot reach the buffer and has no bounce pool"
+            ),
+            Error::DmaZeroInPool { start, len } => write!(
+                f,
+                "swiotlb: the pool at device address {start} ({len} bytes) covers device address 0, which drivers take for a failed mapping; no slot of it is handed out"
             ),
             Error::TimedOut { waited_us } => write!(
                 f,

@@ -21,11 +21,15 @@
 //! [`SimError::Mismatch`]: a bug in the engine, never in the script.
 //!
 //! # Placement
-//! The simulated device sees the pool at device address 0 (an
-//! [`Offset`] translation). Alignment and segment boundaries are judged in
-//! device address space, and a heap pool lands at a different address on
-//! every run; at device address 0 a script gives the same slots on every
-//! run and machine, and a bounce address is simply its offset in the pool.
+//! The simulated device sees the pool at device address [`SIM_DMA_BASE`],
+//! 4 GiB (an [`Offset`] translation). Alignment and segment boundaries are
+//! judged in device address space, and a heap pool lands at a different
+//! address on every run; at a fixed base a script gives the same slots on
+//! every run and machine, and a bounce address is that base plus its
+//! offset in the pool ([`Simulator::offset_of`]). The base is not 0
+//! because no pool hands out device address 0 ([`Error::DmaZeroInPool`]);
+//! it is a multiple of 4 GiB, so every mask below 4 GiB (alignment, the
+//! default segment boundary) judges each slot exactly as at base 0.
 //!
 //! ```
 //! use swiotlb::sim::{MapParams, Simulator};
@@ -61,6 +65,11 @@ use crate::map::MapOptions;
 use crate::pool::{Bounce, Fast, Policy, Pool, PoolConfig};
 use crate::stats::Stats;
 use crate::translate::Offset;
+
+/// The device address at which the simulated device sees the pool: 4 GiB,
+/// a multiple of every alignment and the default segment boundary, and not
+/// 0 (see the [module documentation](self)).
+pub const SIM_DMA_BASE: u64 = 1 << 32;
 
 /// Where and how one simulated mapping asks to be placed, beyond its size
 /// and direction. The default is Linux's plainest case: no original
@@ -218,7 +227,7 @@ impl<P: Policy, K: Ord> Simulator<P, K> {
         let len = u64::from(nslabs).checked_mul(slot).ok_or(too_many)?;
         let len = usize::try_from(len).map_err(|_| too_many)?;
         let pool = Pool::new_heap(len, config)?;
-        let translate = Offset::new(pool.start(), DmaAddr(0));
+        let translate = Offset::new(pool.start(), DmaAddr(SIM_DMA_BASE));
         Ok(Self {
             pool,
             translate,
@@ -251,8 +260,8 @@ impl<P: Policy, K: Ord> Simulator<P, K> {
         self.live.get(id).map(|l| l.bounce)
     }
 
-    /// The bounce address of `bounce` as a byte offset into the pool, which
-    /// is also its device address (the device sees the pool at 0).
+    /// The bounce address of `bounce` as a byte offset into the pool: its
+    /// device address less [`SIM_DMA_BASE`], the same on every run.
     pub fn offset_of(&self, bounce: &Bounce) -> u64 {
         bounce.phys - self.pool.start()
     }
@@ -487,7 +496,7 @@ impl<P: Policy, K: Ord> Simulator<P, K> {
             live.cpu_writes(offset..offset + len, data);
         }
         // `offset < size`, and the mapping lies inside the pool, which sits
-        // at device address 0: no overflow.
+        // at device address `SIM_DMA_BASE`, far below the top: no overflow.
         let dma = live.dma + offset as u64;
         let r = if to_device {
             // SAFETY:

@@ -754,3 +754,46 @@ fn raw_paths_translate_device_addresses<P: Policy>() {
 }
 
 both_policies!(raw_paths_translate_device_addresses);
+
+/// `Platform::unmap_raw_into` copies back through the pointer it is given
+/// (a caller that derived its original's pointer anew since the map, as
+/// virtio-drivers does at `unshare`), and refuses one at another address
+/// without copying or freeing anything.
+#[test]
+fn unmap_raw_into_copies_through_the_pointer_given_at_the_same_address() {
+    use swiotlb::{IoTlb, Platform};
+    let platform = Platform::new().with_restricted(IoTlb::restricted(
+        "r",
+        Pool::new_heap(1 << 20, PoolConfig::default()).unwrap(),
+    ));
+    let dev = Device::new(DmaMask::BITS_64).with_restricted_tlb("r");
+    let mut buf = vec![1u8; 1000];
+    let cpu = buf.as_mut_ptr();
+    let phys = PhysAddr(cpu as usize as u64);
+    // SAFETY: `buf` is reached only through `cpu` (and the pointer derived
+    // anew below, at the same address) until the unmap.
+    let dma = unsafe { platform.map_raw(&dev, phys, cpu, 1000, Direction::FromDevice) }.unwrap();
+    let tlb = &platform.restricted()[0];
+    let pool = tlb.first_pool();
+    let slots = pool
+        .vaddr()
+        .as_ptr()
+        .wrapping_add((dma.0 - pool.start().0) as usize);
+    // SAFETY: the mapping's 1000 bounce bytes; the CPU plays the device.
+    unsafe { slots.write_bytes(9, 1000) };
+    let other = cpu.wrapping_add(1);
+    // SAFETY: refused before anything is copied (what is tested).
+    let r = unsafe {
+        platform.unmap_raw_into(&dev, dma, other, 999, Direction::FromDevice, Attrs::NONE)
+    };
+    assert_eq!(r, Err(Error::NotMapped { dma }));
+    assert!(tlb.stats().pool.io_tlb_used > 0, "nothing freed");
+    let again = buf.as_mut_ptr();
+    assert_eq!(again, cpu);
+    // SAFETY: `again` is `buf`'s address, as at the map, and the device is
+    // done.
+    unsafe { platform.unmap_raw_into(&dev, dma, again, 1000, Direction::FromDevice, Attrs::NONE) }
+        .unwrap();
+    assert_eq!(buf, vec![9u8; 1000]);
+    assert_eq!(tlb.stats().pool.io_tlb_used, 0);
+}

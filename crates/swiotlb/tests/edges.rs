@@ -57,34 +57,116 @@ fn a_table_in_the_last_slot_of_the_bus_gives_the_same_answer_in_every_build() {
 }
 
 #[test]
-fn a_table_at_the_top_of_the_bus_maps_below_the_wrap() {
-    // Slot aligned, four slots below the top: the first slots are
-    // reachable, and the boundary arithmetic (table slot `2^53 - 4` under
-    // an all-ones boundary) stays exact.
+fn a_table_at_the_top_of_the_bus_maps_up_to_the_last_byte() {
+    // A pool whose last byte is the last device address: the boundary
+    // arithmetic (table slot `2^53 - 512` under an all-ones boundary)
+    // stays exact, and every slot up to the very top is handed out.
     let pool = heap_pool(1 << 20);
-    let top = Offset::new(pool.start(), DmaAddr(0u64.wrapping_sub(4 * 2048)));
+    let base = 0u64.wrapping_sub(1 << 20);
+    let top = Offset::new(pool.start(), DmaAddr(base));
     let dev = Device::new(DmaMask::BITS_64)
         .with_seg_boundary_mask(u64::MAX)
         .with_force_bounce()
         .with_translate(top);
     let mut buf = vec![5u8; 8192];
     let dma = bounce_and_back(&pool, &dev, &mut buf, 0, 2048).unwrap();
-    assert_eq!(dma.as_u64(), 0u64.wrapping_sub(4 * 2048));
+    assert_eq!(dma.as_u64(), base);
     // A page at the same place: the table is page aligned too.
     let dma = bounce_and_back(&pool, &dev, &mut buf, 0, 4096).unwrap();
-    assert_eq!(dma.as_u64(), 0u64.wrapping_sub(4 * 2048));
-    // A mapping too large for the slots below the top either lands past
-    // the wrap, at device address 0 and up (Linux's `slot_addr` wraps the
-    // same way), or, placed at the top, is refused as unreachable, as
-    // `swiotlb_map` refuses it; it never spans the wrap, and nothing stays
-    // mapped.
-    let mut big = vec![6u8; 16 << 10];
-    match bounce_and_back(&pool, &dev, &mut big, 0, 16 << 10) {
-        Ok(d) => assert!(d.as_u64().checked_add((16 << 10) - 1).is_some(), "{d:?}"),
-        Err(Error::Unreachable { .. }) => {}
-        Err(e) => panic!("{e:?}"),
+    assert_eq!(dma.as_u64(), base);
+    // Fill every slot: the last one ends on the last device address.
+    let mut slots = vec![7u8; 1 << 20];
+    let mut dmas = Vec::new();
+    for chunk in slots.chunks_mut(2048) {
+        let cpu = chunk.as_mut_ptr();
+        // SAFETY: `cpu` points at the 2048 bytes of `chunk`, not otherwise
+        // used until the unmaps below.
+        let b = unsafe {
+            pool.bounce_raw(
+                &dev,
+                PhysAddr(cpu as usize as u64),
+                cpu,
+                2048,
+                Attrs::NONE,
+                MapOptions::default(),
+            )
+        }
+        .unwrap();
+        dmas.push(b.dma);
+    }
+    let last = dmas.iter().map(|d| d.as_u64()).max().unwrap();
+    assert_eq!(last + 2047, u64::MAX);
+    for d in dmas {
+        // SAFETY: each mapping is live and its chunk still valid; no device.
+        unsafe { pool.unmap_raw(&dev, d, 2048, Direction::ToDevice, Attrs::NONE) }.unwrap();
     }
     assert_eq!(pool.stats().io_tlb_used, 0);
+}
+
+/// Regression: a table whose device range holds address 0 (it starts
+/// there, or runs past the top of the bus onto it) handed out device
+/// address 0, which virtio-drivers and other transports take for a failed
+/// mapping. Such a pool now refuses every bounce and coherent allocation
+/// for that device, with a typed error, and holds nothing afterwards.
+#[test]
+fn no_pool_hands_out_device_address_zero() {
+    let pool = heap_pool(1 << 20);
+    let len = pool.len();
+    for base in [
+        0u64,
+        0u64.wrapping_sub(4 * 2048),
+        0u64.wrapping_sub(len as u64) + 2048,
+    ] {
+        let dev = Device::new(DmaMask::BITS_64)
+            .with_seg_boundary_mask(u64::MAX)
+            .with_force_bounce()
+            .with_translate(Offset::new(pool.start(), DmaAddr(base)));
+        let mut buf = vec![5u8; 16 << 10];
+        for size in [1, 2048, 4096, 16 << 10] {
+            let r = bounce_and_back(&pool, &dev, &mut buf, 0, size);
+            assert_eq!(
+                r,
+                Err(Error::DmaZeroInPool {
+                    start: DmaAddr(base),
+                    len
+                }),
+                "base {base:#x}, {size} bytes"
+            );
+        }
+        let r = pool.alloc_coherent(&dev, 4096);
+        assert_eq!(
+            r,
+            Err(Error::DmaZeroInPool {
+                start: DmaAddr(base),
+                len
+            })
+        );
+        let msg = r.unwrap_err().to_string();
+        assert!(
+            msg.starts_with("swiotlb:") && msg.contains("device address 0"),
+            "{msg}"
+        );
+    }
+    // The same pool one page above 0, or ending exactly at the top, is fine.
+    for base in [4096u64, 0u64.wrapping_sub(len as u64)] {
+        let dev = Device::new(DmaMask::BITS_64)
+            .with_seg_boundary_mask(u64::MAX)
+            .with_force_bounce()
+            .with_translate(Offset::new(pool.start(), DmaAddr(base)));
+        let mut buf = vec![5u8; 4096];
+        assert_eq!(
+            bounce_and_back(&pool, &dev, &mut buf, 0, 4096),
+            Ok(DmaAddr(base))
+        );
+        let c = pool.alloc_coherent(&dev, 4096).unwrap();
+        assert_ne!(c.dma.as_u64(), 0);
+        pool.free_coherent(&dev, c.dma).unwrap();
+    }
+    assert_eq!(pool.stats().io_tlb_used, 0);
+    assert_eq!(
+        pool.stats().failures[swiotlb::FailReason::Unreachable as usize],
+        15
+    );
 }
 
 #[test]

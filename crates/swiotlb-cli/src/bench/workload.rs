@@ -1,6 +1,7 @@
 //! Pool states the measurements start from: pre-faulted, filled with live
 //! mappings of mixed sizes, churned until a map fails.
 
+use swiotlb::sim::SIM_DMA_BASE;
 use swiotlb::translate::Offset;
 use swiotlb::{Device, Direction, DmaAddr, DmaMask, Mapping, Policy, Pool};
 
@@ -125,7 +126,8 @@ pub(crate) const FRAG_AREAS: u32 = 2;
 pub(crate) const FRAG_STEPS: u64 = 200_000;
 
 /// The device of a fragmentation trial on `pool`: it bounces everything
-/// and sees the pool at device address 0, as `simulate`'s device does.
+/// and sees the pool at device address [`SIM_DMA_BASE`] (4 GiB; not 0, which
+/// no pool hands out), as `simulate`'s device does.
 /// Placement then depends on the pool's slots alone, not on where the heap
 /// put it: with identity translation a pool that straddles a 4 GiB line
 /// (Linux's default segment boundary) has one more place no mapping may
@@ -133,7 +135,7 @@ pub(crate) const FRAG_STEPS: u64 = 200_000;
 fn frag_device<P: Policy>(pool: &Pool<P>) -> Device<Offset> {
     Device::new(DmaMask::BITS_64)
         .with_force_bounce()
-        .with_translate(Offset::new(pool.start(), DmaAddr(0)))
+        .with_translate(Offset::new(pool.start(), DmaAddr(SIM_DMA_BASE)))
 }
 
 /// How one fragmentation trial ended.
@@ -236,7 +238,7 @@ pub(crate) struct FirstFailure {
 /// thing: a 64 MiB pool (Linux's default) of [`FRAG_AREAS`] areas, mapped
 /// from one CPU (the search starts in one area and falls back to the
 /// other, as with `simulate`'s default `cpu=0`), the device seeing the
-/// pool at device address 0 with no `min_align_mask` (so an original's
+/// pool at device address [`SIM_DMA_BASE`] with no `min_align_mask` (so an original's
 /// address decides nothing); `n` live mappings of sizes drawn from a
 /// [`Mix`], replaced at random (a random live one unmapped, a new one
 /// mapped) for [`FRAG_STEPS`] steps; reported, the bytes live at the first
@@ -310,9 +312,9 @@ mod tests {
 
     const STEPS: u64 = 2_000;
 
-    /// The device sees the pool at 0, wherever the heap put it.
+    /// The device sees the pool at `SIM_DMA_BASE`, wherever the heap put it.
     #[test]
-    fn the_device_sees_the_pool_at_zero() {
+    fn the_device_sees_the_pool_at_the_sim_base() {
         let pool = small::<Fast>().unwrap();
         assert_eq!(pool.nareas(), FRAG_AREAS);
         let dev = frag_device(&pool);
@@ -320,7 +322,8 @@ mod tests {
             .map(&dev, vec![1u8; 3000], Direction::ToDevice)
             .unwrap();
         assert!(m.is_bounced());
-        assert!(m.dma_addr().0 < pool.len() as u64, "{:?}", m.dma_addr());
+        let off = m.dma_addr().0.wrapping_sub(SIM_DMA_BASE);
+        assert!(off < pool.len() as u64, "{:?}", m.dma_addr());
     }
 
     /// Every trial fills with the same sizes, so a count above the one

@@ -237,15 +237,19 @@ impl<P: Policy> Pool<P> {
         // SAFETY: the mapping's original is valid for writes and
         // unreferenced, and the device is done with the mapping (this
         // function's contract); `phys` is `dma` translated for `dev`.
-        unsafe { self.unmap_at(dma, phys, size, dir, attrs) }
+        unsafe { self.unmap_at(dma, phys, size, dir, attrs, None) }
     }
 
     /// [`Pool::unmap_raw`] of device address `dma`, already translated to
-    /// `phys` (a growing tlb translates once to find the pool).
+    /// `phys` (a growing tlb translates once to find the pool). With
+    /// `into`, the copy back goes through that pointer, which must have
+    /// the original's address (else [`Error::NotMapped`], nothing done):
+    /// the same memory, reached with the caller's current provenance.
     ///
     /// # Safety
     /// As [`Pool::unmap_raw`], with `phys` the CPU physical address of
-    /// `dma` for the device.
+    /// `dma` for the device; `into`, if given, is valid for writes of
+    /// `size` bytes and unreferenced.
     pub(crate) unsafe fn unmap_at(
         &self,
         dma: DmaAddr,
@@ -253,6 +257,7 @@ impl<P: Policy> Pool<P> {
         size: usize,
         dir: Direction,
         attrs: Attrs,
+        into: Option<*mut u8>,
     ) -> Result {
         if !self.contains(phys) {
             return Ok(());
@@ -262,6 +267,9 @@ impl<P: Policy> Pool<P> {
             // A null original marks a coherent allocation: it is freed by
             // `free_coherent`, never unmapped, and nothing is copied to it.
             if loc.offset != 0 || loc.orig.is_null() {
+                return Err(Error::NotMapped { dma });
+            }
+            if into.is_some_and(|p| p.addr() != loc.orig.addr()) {
                 return Err(Error::NotMapped { dma });
             }
             if size > loc.len {
@@ -281,7 +289,9 @@ impl<P: Policy> Pool<P> {
                 // - pool and original do not overlap;
                 // - the mapping is live and owned by the caller, who holds no
                 //   reference to the original.
-                unsafe { bounce_copy(loc.orig, src, size) };
+                // With `into`, the same address (checked above), valid for
+                // those writes and unreferenced (this function's contract).
+                unsafe { bounce_copy(into.unwrap_or(loc.orig), src, size) };
             }
             let copied = if copy_back { size } else { 0 };
             self.release(loc.start, loc.nslots, dma, copied, 0)

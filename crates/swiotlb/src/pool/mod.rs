@@ -142,6 +142,19 @@ impl Drop for Owned {
 /// it too), or, for tests and simulations, over heap memory with
 /// [`Pool::new_heap`].
 ///
+/// # Device address 0
+/// No pool ever hands out device address 0, to a bounce or to a coherent
+/// allocation: many drivers and transports read 0 as a failed mapping
+/// (virtio-drivers' `Hal`). A pool learns its device address only from
+/// the device it serves (the device's translation of [`Pool::start`], at
+/// each map), so the rule is applied there: for a device that sees the
+/// pool's range `[start, start + len)` covering address 0 (starting at 0,
+/// or running past the top of the bus onto it), every map and coherent
+/// allocation fails with [`Error::DmaZeroInPool`], whatever its size,
+/// before any slot is chosen. Refusing the pool whole rather than the one
+/// slot at 0 keeps the allocation policies, and their agreement with
+/// Linux's slot choices, untouched.
+///
 /// # Invariants
 /// - `vaddr` is valid for reads and writes of `nslabs << slot_shift` bytes
 ///   for the pool's life, and the CPU touches it only through this pool;

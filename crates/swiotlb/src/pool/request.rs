@@ -93,6 +93,22 @@ impl<P: Policy> Pool<P> {
         if tbl_dma & boundary_mask & slot_mask != 0 {
             return Err(impossible);
         }
+        // No slot at device address 0, ever: drivers and transports take 0
+        // for a failed mapping (virtio-drivers' `Hal::dma_alloc` says so in
+        // its contract). The table's device address is known only here,
+        // per device (it is the device's translation of the pool's base),
+        // so a table whose device range holds 0 (it starts there, or runs
+        // past the top of the bus onto it) is refused whole, for every
+        // size, before any slot is chosen. The check comes after the
+        // alignment ones so that a table that is refused anyway gives the
+        // same answer as before.
+        let len = self.len() as u64;
+        if tbl_dma == 0 || tbl_dma.checked_add(len - 1).is_none() {
+            return Err(Error::DmaZeroInPool {
+                start: crate::addr::DmaAddr(tbl_dma),
+                len: self.len(),
+            });
+        }
         let req = Request {
             nslots: nslots as u32,
             align_mask: align,

@@ -1099,7 +1099,7 @@ impl<P: Policy> IoTlb<P> {
         // SAFETY: the mapping's original is still valid for writes and
         // unreferenced, and the device is done with it (this function's
         // contract); `phys` is `dma` translated for `dev`.
-        let held = unsafe { self.unmap_held(dev, dma, phys, size, dir, attrs) };
+        let held = unsafe { self.unmap_held(dev, dma, phys, size, dir, attrs, None) };
         held.unwrap_or_else(|| crate::map::outside(dev, dma, phys, size))
     }
 
@@ -1107,9 +1107,14 @@ impl<P: Policy> IoTlb<P> {
     /// pool of this tlb holds it; `None` (nothing done) if none does. The
     /// pool is looked up once.
     ///
+    /// With `into`, the copy back goes through that pointer, which must
+    /// have the original's address (`Pool::unmap_at`).
+    ///
     /// # Safety
     /// As [`Pool::unmap_raw`], with `phys` the physical address of `dma`
-    /// for `dev`.
+    /// for `dev`; `into`, if given, is valid for writes of `size` bytes
+    /// and unreferenced.
+    #[expect(clippy::too_many_arguments, reason = "one unmap, already translated")]
     pub(crate) unsafe fn unmap_held<T>(
         &self,
         dev: &Device<T>,
@@ -1118,13 +1123,14 @@ impl<P: Policy> IoTlb<P> {
         size: usize,
         dir: Direction,
         attrs: Attrs,
+        into: Option<*mut u8>,
     ) -> Option<Result> {
         let ((r, start), held) = self.with_pool_of(dev, phys, |pool| {
-            // SAFETY: the mapping's original is still valid for writes and
-            // unreferenced, and the device is done with it (this
-            // function's contract, `Pool::unmap_raw`'s); `phys` is `dma`
-            // translated for this device.
-            let r = unsafe { pool.unmap_at(dma, phys, size, dir, attrs) };
+            // SAFETY: the mapping's original (and `into`, if given) is
+            // still valid for writes and unreferenced, and the device is
+            // done with it (this function's contract, `Pool::unmap_raw`'s);
+            // `phys` is `dma` translated for this device.
+            let r = unsafe { pool.unmap_at(dma, phys, size, dir, attrs, into) };
             (r, pool.start())
         })?;
         if r.is_ok() {

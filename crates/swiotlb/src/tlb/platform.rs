@@ -367,12 +367,67 @@ impl<P: Policy> Platform<P> {
         dir: Direction,
         attrs: Attrs,
     ) -> Result {
+        // SAFETY: the mapping's original is still valid for writes and
+        // unreferenced, and the device is done with it (this function's
+        // contract); no other destination.
+        unsafe { self.unmap_raw_to(dev, dma, size, dir, attrs, None) }
+    }
+
+    /// [`Platform::unmap_raw`] that copies back through `cpu`, the
+    /// original's CPU address given again, rather than through the pointer
+    /// recorded at map time: for callers that hold the original under a
+    /// pointer derived anew since the map, as virtio-drivers' queues hand
+    /// a `Hal` the buffer again at `unshare`. Writing through the pointer
+    /// recorded at map time would then use a stale provenance (undefined
+    /// behaviour under Stacked Borrows). The address must be the
+    /// original's: the same memory.
+    ///
+    /// # Errors
+    /// [`Error::NotMapped`] if `cpu` is not the address the mapping was
+    /// made with (nothing is copied or freed), or as
+    /// [`Platform::unmap_raw`].
+    ///
+    /// # Safety
+    /// As [`Pool::unmap_raw`](crate::Pool::unmap_raw), with `cpu` valid
+    /// for writes of `size` bytes and unreferenced (in place of the
+    /// pointer given at map time).
+    pub unsafe fn unmap_raw_into<T: Translate>(
+        &self,
+        dev: &Device<T>,
+        dma: DmaAddr,
+        cpu: *mut u8,
+        size: usize,
+        dir: Direction,
+        attrs: Attrs,
+    ) -> Result {
+        // SAFETY: `cpu` is valid for writes of `size` bytes and
+        // unreferenced, and the device is done with the mapping (this
+        // function's contract).
+        unsafe { self.unmap_raw_to(dev, dma, size, dir, attrs, Some(cpu)) }
+    }
+
+    /// Both unmaps: in the tlb that holds `dma`, copying back through
+    /// `into` if given, else through the original recorded at map time.
+    ///
+    /// # Safety
+    /// As [`Pool::unmap_raw`](crate::Pool::unmap_raw); `into`, if given,
+    /// is valid for writes of `size` bytes and unreferenced.
+    unsafe fn unmap_raw_to<T: Translate>(
+        &self,
+        dev: &Device<T>,
+        dma: DmaAddr,
+        size: usize,
+        dir: Direction,
+        attrs: Attrs,
+        into: Option<*mut u8>,
+    ) -> Result {
         let phys = dev.translate().dma_to_phys(dma);
         for tlb in self.holders(dev)?.into_iter().flatten() {
-            // SAFETY: the mapping's original is still valid for writes and
-            // unreferenced, and the device is done with it (this
-            // function's contract); `phys` is `dma` translated for `dev`.
-            if let Some(r) = unsafe { tlb.unmap_held(dev, dma, phys, size, dir, attrs) } {
+            // SAFETY: the mapping's original (or `into`) is still valid
+            // for writes and unreferenced, and the device is done with it
+            // (this function's contract); `phys` is `dma` translated for
+            // `dev`.
+            if let Some(r) = unsafe { tlb.unmap_held(dev, dma, phys, size, dir, attrs, into) } {
                 return r;
             }
         }
