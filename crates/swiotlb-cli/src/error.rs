@@ -73,6 +73,9 @@ pub(crate) enum Error {
     /// never filled, a tlb that did not grow, a thread that panicked): a
     /// fault of the command, not of its input.
     Bench(String),
+    /// `demo`: the device, the transport, the driver or the data failed;
+    /// the message says which and names the device.
+    Demo(String),
 }
 
 impl Error {
@@ -157,6 +160,7 @@ impl fmt::Display for Error {
             ),
             Error::BuildBlob(e) => write!(f, "dt: cannot build a blob: {e}"),
             Error::Bench(why) => f.write_str(why),
+            Error::Demo(why) => write!(f, "demo: {why}"),
         }
     }
 }

@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod demo;
 mod dt;
 mod error;
 mod explain;
@@ -27,6 +28,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Real block I/O through a bounce pool: the unmodified virtio-drivers
+    /// block driver writes and reads back patterned data, every byte
+    /// checked, to a vhost-user-blk device that sees nothing but the pool.
+    Demo(demo::Args),
     /// Parse a `swiotlb=` kernel parameter as Linux does and say what pool it gives.
     Explain(explain::Args),
     /// Run an operations script through the real engine and report placements,
@@ -51,6 +56,7 @@ fn main() -> ExitCode {
     // first hint installed is the one; nothing installed one before.
     swiotlb::set_cpu_hint(&swiotlb_host::ThreadHint);
     let r = match cli.command {
+        Command::Demo(a) => demo::run(&a),
         Command::Explain(a) => explain::run(&a),
         Command::Simulate(a) => simulate::run(&a),
         Command::Bench(a) => bench::run(&a),

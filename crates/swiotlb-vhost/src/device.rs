@@ -1,5 +1,6 @@
-//! A vhost-user-blk device to drive: qemu-storage-daemon exporting a raw
-//! image, owned by a guard that stops it.
+//! Devices to drive, each a process of its own owned by a guard that
+//! stops it: qemu-storage-daemon exporting a raw image, or any program
+//! that serves a vhost-user socket (the builtin device of `swiotlb-blkdev`).
 
 use std::fmt;
 use std::fs::File;
@@ -14,24 +15,32 @@ pub const QSD_PROGRAM: &str = "qemu-storage-daemon";
 /// How long `Drop` waits after SIGTERM before SIGKILL.
 const TERM_GRACE: Duration = Duration::from_secs(5);
 
-/// Why the daemon did not start.
+/// Why a device process did not start.
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum DeviceError {
     /// The program is not installed.
     NotInstalled {
+        /// The device, as messages name it.
+        device: String,
         /// The program looked for.
         program: PathBuf,
+        /// The package that installs it, if known.
+        package: Option<&'static str>,
     },
     /// Preparing or spawning failed.
     Spawn {
+        /// The device.
+        device: String,
         /// The program.
         program: PathBuf,
         /// The error.
         source: io::Error,
     },
-    /// The daemon exited before its socket appeared.
+    /// The process exited before its socket appeared.
     Exited {
+        /// The device.
+        device: String,
         /// Its exit status.
         status: ExitStatus,
         /// The end of its output.
@@ -39,11 +48,13 @@ pub enum DeviceError {
     },
     /// The socket did not appear in time.
     Timeout {
+        /// The device.
+        device: String,
         /// The socket awaited.
         socket: PathBuf,
         /// How long.
         waited: Duration,
-        /// The end of the daemon's output.
+        /// The end of the process's output.
         log: String,
     },
 }
@@ -51,27 +62,38 @@ pub enum DeviceError {
 impl fmt::Display for DeviceError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::NotInstalled { program } => write!(
+            Self::NotInstalled {
+                device,
+                program,
+                package,
+            } => {
+                write!(f, "{device}: {} not found", program.display())?;
+                if let Some(p) = package {
+                    write!(f, ": install the package {p} (apt-get install {p})")?;
+                }
+                Ok(())
+            }
+            Self::Spawn {
+                device,
+                program,
+                source,
+            } => write!(f, "{device}: cannot start {}: {source}", program.display()),
+            Self::Exited {
+                device,
+                status,
+                log,
+            } => write!(
                 f,
-                "qemu-storage-daemon: {} not found: install the package qemu-utils (apt-get install qemu-utils)",
-                program.display()
-            ),
-            Self::Spawn { program, source } => write!(
-                f,
-                "qemu-storage-daemon: cannot start {}: {source}",
-                program.display()
-            ),
-            Self::Exited { status, log } => write!(
-                f,
-                "qemu-storage-daemon exited ({status}) before its vhost-user socket appeared: {log}"
+                "{device} exited ({status}) before its vhost-user socket appeared: {log}"
             ),
             Self::Timeout {
+                device,
                 socket,
                 waited,
                 log,
             } => write!(
                 f,
-                "qemu-storage-daemon: vhost-user socket {} did not appear within {waited:?}: {log}",
+                "{device}: vhost-user socket {} did not appear within {waited:?}: {log}",
                 socket.display()
             ),
         }
@@ -87,12 +109,12 @@ impl std::error::Error for DeviceError {
     }
 }
 
-/// A running qemu-storage-daemon exporting one raw image as a
-/// vhost-user-blk device on a unix socket. Dropping it sends SIGTERM,
-/// waits up to 5 s, then sends SIGKILL, so a failing test cannot leave a
-/// daemon behind.
+/// A device process serving a vhost-user socket. Dropping it sends
+/// SIGTERM, waits up to 5 s, then sends SIGKILL, so a failing test cannot
+/// leave a device behind.
 #[derive(Debug)]
-pub struct QemuStorageDaemon {
+pub struct DeviceProcess {
+    device: String,
     child: Option<Child>,
     socket: PathBuf,
     log: PathBuf,
@@ -114,6 +136,163 @@ fn tail(path: &Path) -> String {
         "(no output)".into()
     } else {
         t.to_owned()
+    }
+}
+
+impl DeviceProcess {
+    /// Runs `cmd`, its output going to `log`, and waits up to `timeout`
+    /// for it to create the unix socket `socket`. `device` names it in
+    /// messages; `package`, if given, is what installs the program.
+    ///
+    /// # Errors
+    /// [`DeviceError::NotInstalled`] if the program is missing;
+    /// [`DeviceError::Exited`] or [`DeviceError::Timeout`] with the
+    /// process's output if it did not come up.
+    pub fn start(
+        device: &str,
+        package: Option<&'static str>,
+        mut cmd: Command,
+        socket: &Path,
+        log: &Path,
+        timeout: Duration,
+    ) -> Result<Self, DeviceError> {
+        let program = PathBuf::from(cmd.get_program());
+        let spawn_err = |source| DeviceError::Spawn {
+            device: device.into(),
+            program: program.clone(),
+            source,
+        };
+        let out = File::create(log).map_err(spawn_err)?;
+        let err = out.try_clone().map_err(spawn_err)?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .map_err(|e| {
+                if e.kind() == io::ErrorKind::NotFound {
+                    DeviceError::NotInstalled {
+                        device: device.into(),
+                        program: program.clone(),
+                        package,
+                    }
+                } else {
+                    spawn_err(e)
+                }
+            })?;
+        // INVARIANT: from here the guard owns the child, so every early
+        // return below stops it.
+        let mut me = Self {
+            device: device.into(),
+            child: Some(child),
+            socket: socket.to_owned(),
+            log: log.to_owned(),
+        };
+        let start = Instant::now();
+        loop {
+            if let Some(child) = me.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    me.child = None;
+                    return Err(DeviceError::Exited {
+                        device: me.device.clone(),
+                        status,
+                        log: tail(&me.log),
+                    });
+                }
+            }
+            // The socket file appears at bind(2), just before listen(2);
+            // the transport's own connect retries a refusal in between. No
+            // probe connection: a device may serve one frontend only.
+            if std::fs::symlink_metadata(&me.socket)
+                .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
+            {
+                return Ok(me);
+            }
+            if start.elapsed() >= timeout {
+                return Err(DeviceError::Timeout {
+                    device: me.device.clone(),
+                    socket: me.socket.clone(),
+                    waited: start.elapsed(),
+                    log: tail(&me.log),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The device, as messages name it.
+    pub fn name(&self) -> &str {
+        &self.device
+    }
+
+    /// The vhost-user socket.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The end of the process's output.
+    pub fn log_tail(&self) -> String {
+        tail(&self.log)
+    }
+
+    /// Kills the process at once (SIGKILL) and reaps it: a device dying
+    /// mid-way.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops the process: SIGTERM, up to `grace` for it to exit, then
+    /// SIGKILL. Returns its exit status, or `None` if it had to be
+    /// killed or was already gone.
+    pub fn stop(&mut self, grace: Duration) -> Option<ExitStatus> {
+        let mut child = self.child.take()?;
+        let pid = rustix::process::Pid::from_child(&child);
+        if rustix::process::kill_process(pid, rustix::process::Signal::TERM).is_ok() {
+            let deadline = Instant::now() + grace;
+            while Instant::now() < deadline {
+                match child.try_wait() {
+                    Ok(Some(status)) => return Some(status),
+                    Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+                    Err(_) => break,
+                }
+            }
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+}
+
+impl Drop for DeviceProcess {
+    fn drop(&mut self) {
+        self.stop(TERM_GRACE);
+    }
+}
+
+/// A running qemu-storage-daemon exporting one raw image as a
+/// vhost-user-blk device on a unix socket: a [`DeviceProcess`] (its
+/// methods through `Deref`), stopped when dropped.
+#[derive(Debug)]
+pub struct QemuStorageDaemon(DeviceProcess);
+
+impl std::ops::Deref for QemuStorageDaemon {
+    type Target = DeviceProcess;
+    fn deref(&self) -> &DeviceProcess {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for QemuStorageDaemon {
+    fn deref_mut(&mut self) -> &mut DeviceProcess {
+        &mut self.0
     }
 }
 
@@ -148,111 +327,14 @@ impl QemuStorageDaemon {
     pub fn start(dir: &Path, image: &Path, timeout: Duration) -> Result<Self, DeviceError> {
         let socket = dir.join("vhost-user-blk.sock");
         let log = dir.join("qemu-storage-daemon.log");
-        let spawn_err = |source| DeviceError::Spawn {
-            program: QSD_PROGRAM.into(),
-            source,
-        };
-        let out = File::create(&log).map_err(spawn_err)?;
-        let err = out.try_clone().map_err(spawn_err)?;
-        let child = Self::command(image, &socket)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .map_err(|e| {
-                if e.kind() == io::ErrorKind::NotFound {
-                    DeviceError::NotInstalled {
-                        program: QSD_PROGRAM.into(),
-                    }
-                } else {
-                    spawn_err(e)
-                }
-            })?;
-        // INVARIANT: from here the guard owns the child, so every early
-        // return below stops it.
-        let mut me = Self {
-            child: Some(child),
-            socket,
-            log,
-        };
-        let start = Instant::now();
-        loop {
-            if let Some(child) = me.child.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    me.child = None;
-                    return Err(DeviceError::Exited {
-                        status,
-                        log: tail(&me.log),
-                    });
-                }
-            }
-            // The socket file appears at bind(2), just before listen(2);
-            // the transport's own connect retries a refusal in between. No
-            // probe connection: the daemon serves one frontend at a time.
-            if std::fs::symlink_metadata(&me.socket)
-                .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
-            {
-                return Ok(me);
-            }
-            if start.elapsed() >= timeout {
-                return Err(DeviceError::Timeout {
-                    socket: me.socket.clone(),
-                    waited: start.elapsed(),
-                    log: tail(&me.log),
-                });
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// The vhost-user socket.
-    pub fn socket(&self) -> &Path {
-        &self.socket
-    }
-
-    /// The daemon's process id, while it runs.
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
-    }
-
-    /// The end of the daemon's output.
-    pub fn log_tail(&self) -> String {
-        tail(&self.log)
-    }
-
-    /// Kills the daemon at once (SIGKILL) and reaps it: a device dying
-    /// mid-way.
-    pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Stops the daemon: SIGTERM, up to `grace` for it to exit, then
-    /// SIGKILL. Returns its exit status, or `None` if it had to be
-    /// killed or was already gone.
-    pub fn stop(&mut self, grace: Duration) -> Option<ExitStatus> {
-        let mut child = self.child.take()?;
-        let pid = rustix::process::Pid::from_child(&child);
-        if rustix::process::kill_process(pid, rustix::process::Signal::TERM).is_ok() {
-            let deadline = Instant::now() + grace;
-            while Instant::now() < deadline {
-                match child.try_wait() {
-                    Ok(Some(status)) => return Some(status),
-                    Ok(None) => std::thread::sleep(Duration::from_millis(10)),
-                    Err(_) => break,
-                }
-            }
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        None
-    }
-}
-
-impl Drop for QemuStorageDaemon {
-    fn drop(&mut self) {
-        self.stop(TERM_GRACE);
+        DeviceProcess::start(
+            QSD_PROGRAM,
+            Some("qemu-utils"),
+            Self::command(image, &socket),
+            &socket,
+            &log,
+            timeout,
+        )
+        .map(Self)
     }
 }

@@ -66,6 +66,7 @@
     missing_docs
 )]
 
+pub mod blk;
 pub mod device;
 mod error;
 mod handle;

@@ -542,7 +542,7 @@ fn plan(args: &ProfileArgs) -> Result<Plan, Error> {
 /// A size for the table: exact below 1 MiB or in whole MiB, else MiB
 /// with two decimals.
 fn size(n: u64) -> String {
-    if n < MIB || n % MIB == 0 {
+    if n < MIB || n.is_multiple_of(MIB) {
         human(n)
     } else {
         format!("{:.2} MiB", n as f64 / MIB as f64)
