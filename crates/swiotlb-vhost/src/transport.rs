@@ -592,6 +592,10 @@ impl VhostUserTransport {
                 slots,
             });
         }
+        // In address order: rust-vmm's backends (vm-memory) refuse a
+        // table whose regions are not sorted; QEMU sends them sorted too.
+        let mut regions = regions.to_vec();
+        regions.sort_by_key(|r| r.dma);
         let (first, rest) = regions.split_at(regions.len().min(MEM_TABLE_REGIONS));
         let table: Vec<_> = first.iter().map(region_message).collect();
         shared.request("SET_MEM_TABLE", |fe| fe.set_mem_table(&table).map(drop))?;
@@ -601,7 +605,7 @@ impl VhostUserTransport {
             })?;
         }
         shared.memory_barrier("SET_MEM_TABLE")?;
-        *lock(&shared.regions) = regions.to_vec();
+        *lock(&shared.regions) = regions;
 
         Ok(Self {
             shared: Arc::new(shared),

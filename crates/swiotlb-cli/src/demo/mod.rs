@@ -148,6 +148,12 @@ pub(crate) fn run(args: &Args) -> Result<(), Error> {
         });
     }
     let choice = DeviceChoice::parse(&args.device);
+    if args.compare && matches!(choice, DeviceChoice::Socket(_)) {
+        return Err(Error::BadArgument {
+            arg: "--compare",
+            why: "starts a fresh device for every run: use it with --device qemu or builtin".into(),
+        });
+    }
     let patience = Duration::from_secs(args.timeout.max(1));
     let dir =
         tempfile::tempdir().map_err(|e| Error::Demo(format!("a temporary directory: {e}")))?;
@@ -260,6 +266,28 @@ impl Session<'_> {
         bar: &progress::Bar,
     ) -> Result<Done, Error> {
         let device = RunningDevice::start(self.choice, self.dir, self.size, self.patience)?;
+        let done = self.drive::<H, S>(&device, regions, provider, writes, reads, bufs, bar);
+        // What the device said, when it failed, to the message.
+        let done = done.map_err(|e| match (e, device.log_tail()) {
+            (Error::Demo(m), Some(log)) => Error::Demo(format!("{m}; {} said: {log}", device.name())),
+            (e, _) => e,
+        });
+        drop(device);
+        done
+    }
+
+    /// [`run`](Self::run) on a device that is up.
+    #[expect(clippy::too_many_arguments, reason = "one call site per mode, each naming every part")]
+    fn drive<H: virtio_drivers::Hal, S: Buffers>(
+        &self,
+        device: &RunningDevice,
+        regions: &[RegionInfo],
+        provider: &MemfdProvider,
+        writes: &[Req],
+        reads: &[Req],
+        bufs: &S,
+        bar: &progress::Bar,
+    ) -> Result<Done, Error> {
         let mut table = regions.to_vec();
         table.extend(provider.regions());
         let transport = VhostUserTransport::connect(
@@ -296,22 +324,13 @@ impl Session<'_> {
             patience: self.patience,
             handle: &handle,
         };
-        let with_log = |e: Error| match (e, device.log_tail()) {
-            (Error::Demo(m), Some(log)) => {
-                Error::Demo(format!("{m}; {} said: {log}", device.name()))
-            }
-            (e, _) => e,
-        };
         bar.phase("write");
-        let write = io.write(&mut disk, writes, bufs, bar).map_err(with_log)?;
+        let write = io.write(&mut disk, writes, bufs, bar)?;
         bar.phase("verify");
-        let read = io
-            .read_and_check(&mut disk, reads, bufs, bar)
-            .map_err(with_log)?;
+        let read = io.read_and_check(&mut disk, reads, bufs, bar)?;
         let regions = handle.regions();
         // The driver gives its rings back before the device goes.
         drop(disk);
-        drop(device);
         Ok(Done {
             write,
             read,
