@@ -122,6 +122,26 @@ impl SharedMemory {
         (bytes, info)
     }
 
+    /// [`leak`](Self::leak)s the memory and cuts it into buffers of
+    /// `size` bytes (the last one shorter if `size` does not divide the
+    /// length; none for a `size` of 0), each a [`SharedBuffer`] a driver
+    /// can hand to the safe mapping API: for drivers whose buffers live in
+    /// memory the device is given too.
+    pub fn into_buffers(self, size: usize) -> (Vec<SharedBuffer>, RegionInfo) {
+        let (bytes, info) = self.leak();
+        if size == 0 {
+            return (Vec::new(), info);
+        }
+        let bufs = bytes
+            .chunks_mut(size)
+            .map(|chunk| SharedBuffer {
+                len: chunk.len(),
+                chunk,
+            })
+            .collect();
+        (bufs, info)
+    }
+
     /// What a device must be told to map this memory, the device seeing it
     /// at `dma`.
     pub fn info(&self, dma: u64) -> RegionInfo {
@@ -157,6 +177,79 @@ impl std::fmt::Debug for SharedMemory {
             .field("addr", &self.ptr)
             .field("len", &self.len)
             .finish()
+    }
+}
+
+/// A buffer in leaked shared memory ([`SharedMemory::into_buffers`]): a
+/// fixed chunk of which the first [`len`](SharedBuffer::len) bytes are the
+/// buffer, like a `Vec` that never reallocates. Its bytes do not move when
+/// the value moves, so it is a [`DmaBuffer`](swiotlb::DmaBuffer).
+#[derive(Debug)]
+pub struct SharedBuffer {
+    chunk: &'static mut [u8],
+    len: usize,
+}
+
+impl SharedBuffer {
+    /// Bytes in the chunk.
+    pub fn capacity(&self) -> usize {
+        self.chunk.len()
+    }
+
+    /// Makes the buffer `len` bytes long, keeping what its chunk holds.
+    ///
+    /// # Panics
+    /// If `len` exceeds the [`capacity`](Self::capacity).
+    pub fn set_len(&mut self, len: usize) {
+        assert!(
+            len <= self.chunk.len(),
+            "swiotlb: a shared buffer of {} bytes cannot be {len} long",
+            self.chunk.len()
+        );
+        self.len = len;
+    }
+}
+
+impl std::ops::Deref for SharedBuffer {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.chunk[..self.len]
+    }
+}
+
+impl std::ops::DerefMut for SharedBuffer {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        &mut self.chunk[..self.len]
+    }
+}
+
+impl AsMut<[u8]> for SharedBuffer {
+    fn as_mut(&mut self) -> &mut [u8] {
+        self
+    }
+}
+
+// SAFETY: the parts are the chunk's address and the buffer's length, with
+// the chunk's length as the rest: the `len` bytes at the address stay valid
+// and in place while the buffer is taken apart (the chunk is leaked shared
+// memory, never unmapped, and a `&'static mut` no one else holds), and the
+// rest owns none of them.
+unsafe impl swiotlb::DmaBuffer for SharedBuffer {
+    type Rest = usize;
+
+    fn into_raw_parts(self) -> (NonNull<u8>, usize, usize) {
+        let cap = self.chunk.len();
+        let ptr = NonNull::from(&mut *self.chunk).cast::<u8>();
+        (ptr, self.len, cap)
+    }
+
+    unsafe fn from_raw_parts(ptr: NonNull<u8>, len: usize, cap: usize) -> Self {
+        // SAFETY: `ptr` and `cap` are the address and length of the
+        // `&'static mut` chunk taken apart by `into_raw_parts` (the
+        // caller's obligation), and nothing uses it through `ptr` any more,
+        // so the exclusive slice may be made again.
+        let chunk = unsafe { std::slice::from_raw_parts_mut(ptr.as_ptr(), cap) };
+        Self { chunk, len }
     }
 }
 
@@ -415,6 +508,47 @@ mod tests {
         // SAFETY: `fd` is open (leaked above) for the life of the process.
         let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
         assert_eq!(rustix::fs::fstat(borrowed).unwrap().st_size, 4096);
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "miri cannot run memfd_create or mmap")]
+    fn shared_buffers_cut_the_memory_and_survive_being_taken_apart() {
+        use swiotlb::DmaBuffer as _;
+        let m = SharedMemory::new("swiotlb-test", 3 * 4096).unwrap();
+        let (mut bufs, info) = m.into_buffers(5000);
+        assert_eq!(bufs.len(), 3);
+        assert_eq!(bufs[0].capacity(), 5000);
+        assert_eq!(bufs[2].capacity(), 3 * 4096 - 2 * 5000);
+        let mut b = bufs.swap_remove(1);
+        assert_eq!(b.as_ptr() as u64, info.cpu + 5000);
+        b.set_len(10);
+        b.copy_from_slice(b"0123456789");
+        let (ptr, len, rest) = b.into_raw_parts();
+        assert_eq!(
+            (ptr.as_ptr() as u64, len, rest),
+            (info.cpu + 5000, 10, 5000)
+        );
+        // SAFETY: the parts of one `into_raw_parts`, used once.
+        let mut b = unsafe { SharedBuffer::from_raw_parts(ptr, len, rest) };
+        assert_eq!(&b[..], b"0123456789");
+        b.set_len(5000);
+        assert_eq!(b.len(), 5000);
+    }
+
+    #[test]
+    #[should_panic(expected = "cannot be 5001 long")]
+    #[cfg_attr(miri, ignore = "miri cannot run memfd_create or mmap")]
+    fn a_shared_buffer_does_not_grow_past_its_chunk() {
+        let (mut bufs, _) = SharedMemory::new("swiotlb-test", 4096)
+            .unwrap()
+            .into_buffers(5000);
+        bufs[0].set_len(4096);
+        let mut b = SharedMemory::new("swiotlb-test", 5000)
+            .unwrap()
+            .into_buffers(5000)
+            .0
+            .remove(0);
+        b.set_len(5001);
     }
 
     #[test]

@@ -2,14 +2,23 @@
 //! driver: many requests in flight through its non-blocking calls, every
 //! wait bounded, so a dead or silent device ends in an error instead of the
 //! spin of the driver's blocking calls.
+//!
+//! A buffer in flight is taken apart ([`DmaBuffer::into_raw_parts`]) when
+//! its request is submitted and put back together only when the device has
+//! completed it: its bytes stay where the driver (and, for a buffer the
+//! device reaches directly, the device) was told they are, whatever the
+//! caller's buffer type, and a buffer the device never gives back is leaked,
+//! never handed back while the device may still write it.
 
+use std::ptr::NonNull;
 use std::time::{Duration, Instant};
 
+use swiotlb::DmaBuffer;
 use virtio_drivers::device::blk::{BlkReq, BlkResp, RespStatus, VirtIOBlk, SECTOR_SIZE};
 use virtio_drivers::transport::Transport;
 use virtio_drivers::Hal;
 
-/// One block request: `buf.len()` bytes (a non-zero multiple of
+/// One block request: the buffer's bytes (a non-zero multiple of
 /// [`SECTOR_SIZE`]) at `sector`, written to the device or read from it.
 #[derive(Debug)]
 pub struct BlockOp<B> {
@@ -27,7 +36,8 @@ pub struct BlockOp<B> {
 pub enum BlkIoError {
     /// The driver refused or failed a request.
     Driver {
-        /// The request's first sector.
+        /// The request's first sector (`u64::MAX` when the device completed
+        /// a request it was never given).
         sector: u64,
         /// What the driver said.
         error: virtio_drivers::Error,
@@ -86,23 +96,54 @@ impl std::fmt::Display for BlkIoError {
 
 impl std::error::Error for BlkIoError {}
 
-/// One request in flight: the driver's header, status and buffer stay here,
-/// unmoved, from submission to completion.
-struct Slot<B> {
+/// A buffer taken apart while its request is in flight.
+struct Parts<B: DmaBuffer> {
+    ptr: NonNull<u8>,
+    len: usize,
+    rest: B::Rest,
+}
+
+impl<B: DmaBuffer> Parts<B> {
+    /// The buffer's bytes.
+    ///
+    /// # Safety
+    /// The parts are still taken apart (not yet put back together), and no
+    /// other reference to the bytes is live.
+    unsafe fn bytes(&mut self) -> &mut [u8] {
+        // SAFETY: `DmaBuffer`'s implementation-safety contract keeps the
+        // `len` bytes at `ptr` valid and unmoved while the buffer is taken
+        // apart, and the caller guarantees no other reference to them.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+/// One request in flight: the driver's header, status and buffer stay
+/// here, unmoved, from submission to completion.
+struct Slot<B: DmaBuffer> {
     req: BlkReq,
     resp: BlkResp,
-    op: Option<(u16, BlockOp<B>)>,
+    op: Option<InFlight<B>>,
+}
+
+struct InFlight<B: DmaBuffer> {
+    token: u16,
+    sector: u64,
+    write: bool,
+    parts: Parts<B>,
 }
 
 /// Runs `ops` through `blk`, at most `depth` in flight (at least one; the
 /// driver's own queue bounds it too). `wait` blocks until the device may
 /// have completed something, or the time given passes (the transport's
-/// call-eventfd wait; a spin with a sleep is enough). `done` gets each
-/// completed request, with its buffer, in completion order. Gives up when
-/// nothing completes for `patience`.
+/// call-eventfd wait, [`DeviceHandle::wait_used`](crate::DeviceHandle::wait_used);
+/// a sleep is enough). `done` gets each completed request, with its
+/// buffer, in completion order. Gives up when nothing completes for
+/// `patience`.
 ///
 /// # Errors
-/// The first failure; requests still in flight then are not completed.
+/// The first failure. The buffers of requests still in flight then are
+/// leaked (the device may still write them), and the driver should be
+/// dropped and the device reset.
 pub fn run<H, T, B, I>(
     blk: &mut VirtIOBlk<H, T>,
     ops: I,
@@ -114,12 +155,12 @@ pub fn run<H, T, B, I>(
 where
     H: Hal,
     T: Transport,
-    B: AsMut<[u8]>,
+    B: DmaBuffer,
     I: IntoIterator<Item = BlockOp<B>>,
 {
     let mut ops = ops.into_iter();
     // A request the driver's queue had no room for, tried again first.
-    let mut pending: Option<BlockOp<B>> = None;
+    let mut pending: Option<(u64, bool, Parts<B>)> = None;
     let mut slots: Box<[Slot<B>]> = (0..depth.max(1))
         .map(|_| Slot {
             req: BlkReq::default(),
@@ -129,111 +170,119 @@ where
         .collect();
     let mut in_flight = 0usize;
     let mut last_progress = Instant::now();
-    let result = loop {
+    loop {
         // Fill free slots while the driver's queue takes them.
         let mut queue_full = false;
         while in_flight < slots.len() && !queue_full {
-            let Some(mut op) = pending.take().or_else(|| ops.next()) else {
-                break;
+            let (sector, write, mut parts) = match pending.take() {
+                Some(p) => p,
+                None => match ops.next() {
+                    Some(op) => {
+                        let (ptr, len, rest) = op.buf.into_raw_parts();
+                        (op.sector, op.write, Parts { ptr, len, rest })
+                    }
+                    None => break,
+                },
             };
+            if parts.len == 0 || parts.len % SECTOR_SIZE != 0 {
+                let len = parts.len;
+                give_back(parts);
+                leak_in_flight(&mut slots);
+                return Err(BlkIoError::BadLength { sector, len });
+            }
             let free = slots
                 .iter()
                 .position(|s| s.op.is_none())
                 .expect("fewer in flight than slots");
-            let len = op.buf.as_mut().len();
-            if len == 0 || len % SECTOR_SIZE != 0 {
-                break_with_leak(&mut slots);
-                return Err(BlkIoError::BadLength {
-                    sector: op.sector,
-                    len,
-                });
-            }
             let slot = &mut slots[free];
-            let sector = usize::try_from(op.sector).unwrap_or(usize::MAX);
-            let submitted = if op.write {
-                // SAFETY: `req`, `resp` and the buffer stay in this slot,
-                // unmoved and untouched (the slot array is never
-                // reallocated; the buffer's bytes, on the heap or in shared
-                // memory, do not move with `op`), until
+            let block = usize::try_from(sector).unwrap_or(usize::MAX);
+            // SAFETY: the parts were taken apart above or kept so since a
+            // full queue refused them, and nothing else refers to the bytes.
+            let buf = unsafe { parts.bytes() };
+            let submitted = if write {
+                // SAFETY: `req`, `resp` and the buffer's bytes stay in
+                // place and untouched (the slot array is never reallocated;
+                // the buffer stays taken apart) until
                 // `complete_write_blocks` below, or are leaked if the device
                 // never completes them.
-                unsafe {
-                    blk.write_blocks_nb(sector, &mut slot.req, op.buf.as_mut(), &mut slot.resp)
-                }
+                unsafe { blk.write_blocks_nb(block, &mut slot.req, buf, &mut slot.resp) }
             } else {
-                // SAFETY: as for the write: the same slot, the same
-                // buffer, untouched until `complete_read_blocks` or leaked.
-                unsafe {
-                    blk.read_blocks_nb(sector, &mut slot.req, op.buf.as_mut(), &mut slot.resp)
-                }
+                // SAFETY: as for the write: the same slot, the same bytes,
+                // untouched until `complete_read_blocks` or leaked.
+                unsafe { blk.read_blocks_nb(block, &mut slot.req, buf, &mut slot.resp) }
             };
             match submitted {
                 Ok(token) => {
-                    slot.op = Some((token, op));
+                    slot.op = Some(InFlight {
+                        token,
+                        sector,
+                        write,
+                        parts,
+                    });
                     in_flight += 1;
                 }
                 Err(virtio_drivers::Error::QueueFull) if in_flight > 0 => {
                     // Tried again after the next completion frees room.
-                    pending = Some(op);
+                    pending = Some((sector, write, parts));
                     queue_full = true;
                 }
                 Err(error) => {
-                    break_with_leak(&mut slots);
-                    return Err(BlkIoError::Driver {
-                        sector: op.sector,
-                        error,
-                    });
+                    give_back(parts);
+                    leak_in_flight(&mut slots);
+                    return Err(BlkIoError::Driver { sector, error });
                 }
             }
         }
         if in_flight == 0 && pending.is_none() {
             // Nothing in flight and the loop above took no more: all done.
-            break Ok(());
+            return Ok(());
         }
         // Complete whatever the device has finished.
         let mut completed = false;
         while let Some(token) = blk.peek_used() {
             let Some(slot) = slots
                 .iter_mut()
-                .find(|s| s.op.as_ref().is_some_and(|(t, _)| *t == token))
+                .find(|s| s.op.as_ref().is_some_and(|f| f.token == token))
             else {
-                break_with_leak(&mut slots);
+                leak_in_flight(&mut slots);
                 return Err(BlkIoError::Driver {
                     sector: u64::MAX,
                     error: virtio_drivers::Error::WrongToken,
                 });
             };
-            let (_, mut op) = slot.op.take().expect("found by its op");
+            let mut f = slot.op.take().expect("found by its request");
             in_flight -= 1;
-            let r = if op.write {
-                // SAFETY: the same request header, buffer and status as
+            // SAFETY: still taken apart; the driver's own reference to the
+            // bytes ended with the submission call.
+            let buf = unsafe { f.parts.bytes() };
+            let r = if f.write {
+                // SAFETY: the same request header, bytes and status as
                 // were given to `write_blocks_nb` for this token.
-                unsafe {
-                    blk.complete_write_blocks(token, &slot.req, op.buf.as_mut(), &mut slot.resp)
-                }
+                unsafe { blk.complete_write_blocks(token, &slot.req, buf, &mut slot.resp) }
             } else {
-                // SAFETY: the same request header, buffer and status as
+                // SAFETY: the same request header, bytes and status as
                 // were given to `read_blocks_nb` for this token.
-                unsafe {
-                    blk.complete_read_blocks(token, &slot.req, op.buf.as_mut(), &mut slot.resp)
-                }
+                unsafe { blk.complete_read_blocks(token, &slot.req, buf, &mut slot.resp) }
             };
+            let status = slot.resp.status();
+            let sector = f.sector;
+            let buf = give_back(f.parts);
             if let Err(error) = r {
-                let status = slot.resp.status();
-                break_with_leak(&mut slots);
+                leak_in_flight(&mut slots);
                 return Err(if status == RespStatus::OK {
-                    BlkIoError::Driver {
-                        sector: op.sector,
-                        error,
-                    }
+                    BlkIoError::Driver { sector, error }
                 } else {
                     BlkIoError::Status {
-                        sector: op.sector,
+                        sector,
                         status: status_byte(status),
                     }
                 });
             }
-            done(op);
+            done(BlockOp {
+                sector,
+                buf,
+                write: f.write,
+            });
             completed = true;
         }
         if completed {
@@ -242,14 +291,19 @@ where
         }
         let waited = last_progress.elapsed();
         if waited >= patience {
-            break Err(BlkIoError::Timeout { waited, in_flight });
+            leak_in_flight(&mut slots);
+            return Err(BlkIoError::Timeout { waited, in_flight });
         }
         wait((patience - waited).min(Duration::from_millis(100)));
-    };
-    if result.is_err() {
-        break_with_leak(&mut slots);
     }
-    result
+}
+
+/// Puts a buffer that is no longer in flight back together.
+fn give_back<B: DmaBuffer>(p: Parts<B>) -> B {
+    // SAFETY: the parts of one `into_raw_parts`, each used once (the
+    // `Parts` is consumed), and the driver and device are done with the
+    // bytes: the request was completed, or never submitted.
+    unsafe { B::from_raw_parts(p.ptr, p.len, p.rest) }
 }
 
 /// The status byte of a response.
@@ -257,11 +311,10 @@ fn status_byte(s: RespStatus) -> u8 {
     zerocopy::IntoBytes::as_bytes(&s)[0]
 }
 
-/// Leaks every slot still in flight: the device may write its header,
-/// status and buffer at any time after we give up on it.
-fn break_with_leak<B>(slots: &mut Box<[Slot<B>]>) {
+/// Leaks every slot with a request in flight, header, status and buffer:
+/// the device may write them at any time after we give up on it.
+fn leak_in_flight<B: DmaBuffer>(slots: &mut Box<[Slot<B>]>) {
     if slots.iter().any(|s| s.op.is_some()) {
-        let leaked = std::mem::take(slots);
-        std::mem::forget(leaked);
+        std::mem::forget(std::mem::take(slots));
     }
 }

@@ -17,7 +17,7 @@ use serde::Serialize;
 use swiotlb::translate::{Limits, Translate};
 use swiotlb::{Device, DmaMask, GrowConfig, Growth, IoTlb, Platform, TlbKind};
 use swiotlb::{DmaAddr, PhysAddr};
-use swiotlb_host::{MemfdProvider, SharedMemory};
+use swiotlb_host::{MemfdProvider, SharedBuffer, SharedMemory};
 use swiotlb_virtio::{HalOptions, PageSource};
 
 use super::workload::{plan, plan_rng};
@@ -98,28 +98,24 @@ fn sizes(largest: usize) -> Vec<usize> {
     v
 }
 
-/// Driver buffers carved out of one shared memory: `chunk` bytes each,
-/// enough of them for every request in flight.
+/// Driver buffers carved out of one shared memory, one per request in
+/// flight, each as large as the largest request.
 struct SharedBuffers {
-    free: RefCell<Vec<&'static mut [u8]>>,
+    free: RefCell<Vec<SharedBuffer>>,
 }
 
 impl Buffers for SharedBuffers {
-    type B = &'static mut [u8];
-    fn take(&self, len: usize) -> &'static mut [u8] {
-        let b = self
+    type B = SharedBuffer;
+    fn take(&self, len: usize) -> SharedBuffer {
+        let mut b = self
             .free
             .borrow_mut()
             .pop()
             .expect("no more requests in flight than buffers");
-        assert!(
-            b.len() >= len,
-            "a {len}-byte request in a {}-byte buffer",
-            b.len()
-        );
+        b.set_len(len);
         b
     }
-    fn give(&self, b: &'static mut [u8]) {
+    fn give(&self, b: SharedBuffer) {
         self.free.borrow_mut().push(b);
     }
 }
@@ -134,9 +130,9 @@ pub(crate) fn run(
     // a small default tlb for the rest, coherent pages (the rings) from
     // memfds the device is told of, like the tlb's pool.
     let depth = session.depth + 1;
-    let (memory, buffers_region) = SharedMemory::new("swiotlb-demo-buffers", depth * largest)
+    let (buffers, buffers_region) = SharedMemory::new("swiotlb-demo-buffers", depth * largest)
         .map_err(|e| Error::Demo(format!("the unbounced buffers' memfd: {e}")))?
-        .leak();
+        .into_buffers(largest);
     let pages = Arc::new(MemfdProvider::new("swiotlb-demo-direct"));
     let small = IoTlb::growing(
         TlbKind::Default,
@@ -158,7 +154,7 @@ pub(crate) fn run(
     )
     .map_err(|e| Error::Demo(e.to_string()))?;
     let shared = SharedBuffers {
-        free: RefCell::new(memory.chunks_mut(largest).collect()),
+        free: RefCell::new(buffers),
     };
 
     let sizes = sizes(largest);

@@ -269,7 +269,9 @@ impl Session<'_> {
         let done = self.drive::<H, S>(&device, regions, provider, writes, reads, bufs, bar);
         // What the device said, when it failed, to the message.
         let done = done.map_err(|e| match (e, device.log_tail()) {
-            (Error::Demo(m), Some(log)) => Error::Demo(format!("{m}; {} said: {log}", device.name())),
+            (Error::Demo(m), Some(log)) => {
+                Error::Demo(format!("{m}; {} said: {log}", device.name()))
+            }
             (e, _) => e,
         });
         drop(device);
@@ -277,7 +279,10 @@ impl Session<'_> {
     }
 
     /// [`run`](Self::run) on a device that is up.
-    #[expect(clippy::too_many_arguments, reason = "one call site per mode, each naming every part")]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one call site per mode, each naming every part"
+    )]
     fn drive<H: virtio_drivers::Hal, S: Buffers>(
         &self,
         device: &RunningDevice,
@@ -360,7 +365,7 @@ impl Io<'_> {
     ) -> Result<Duration, Error> {
         let seed = self.seed;
         let ops = plan.iter().map(|r| {
-            let mut buf = Prefix(bufs.take(r.len), r.len);
+            let mut buf = bufs.take(r.len);
             fill(seed, r.offset, buf.as_mut());
             BlockOp {
                 sector: r.sector(),
@@ -369,9 +374,9 @@ impl Io<'_> {
             }
         });
         let t = Instant::now();
-        self.run(disk, ops, |op| {
-            bar.add(op.buf.1 as u64);
-            bufs.give(op.buf.0);
+        self.run(disk, ops, |mut op| {
+            bar.add(op.buf.as_mut().len() as u64);
+            bufs.give(op.buf);
         })?;
         Ok(t.elapsed())
     }
@@ -387,7 +392,7 @@ impl Io<'_> {
     ) -> Result<Duration, Error> {
         let seed = self.seed;
         let ops = plan.iter().map(|r| {
-            let mut buf = Prefix(bufs.take(r.len), r.len);
+            let mut buf = bufs.take(r.len);
             // A stale byte must not pass for a read one.
             buf.as_mut().fill(0x5a);
             BlockOp {
@@ -402,8 +407,8 @@ impl Io<'_> {
             if bad.is_none() {
                 bad = first_mismatch(seed, op.sector * SECTOR, op.buf.as_mut());
             }
-            bar.add(op.buf.1 as u64);
-            bufs.give(op.buf.0);
+            bar.add(op.buf.as_mut().len() as u64);
+            bufs.give(op.buf);
         })?;
         let elapsed = t.elapsed();
         if let Some((at, got, want)) = bad {
@@ -414,11 +419,11 @@ impl Io<'_> {
         Ok(elapsed)
     }
 
-    fn run<B: AsMut<[u8]>, H: virtio_drivers::Hal>(
+    fn run<B: swiotlb::DmaBuffer, H: virtio_drivers::Hal>(
         &self,
         disk: &mut VirtIOBlk<H, VhostUserTransport>,
-        ops: impl Iterator<Item = BlockOp<Prefix<B>>>,
-        done: impl FnMut(BlockOp<Prefix<B>>),
+        ops: impl Iterator<Item = BlockOp<B>>,
+        done: impl FnMut(BlockOp<B>),
     ) -> Result<(), Error> {
         let handle = self.handle;
         blk::run(
@@ -439,7 +444,7 @@ impl Io<'_> {
 /// Where the driver's buffers come from: at most `depth` are out at once
 /// (the I/O loop takes a request only when a slot is free).
 pub(crate) trait Buffers {
-    type B: AsMut<[u8]>;
+    type B: swiotlb::DmaBuffer + AsMut<[u8]>;
     /// A buffer of at least `len` bytes.
     fn take(&self, len: usize) -> Self::B;
     /// A buffer back, its request complete.
@@ -456,21 +461,12 @@ impl Buffers for HeapBuffers {
     type B = Vec<u8>;
     fn take(&self, len: usize) -> Vec<u8> {
         let mut b = self.0.borrow_mut().pop().unwrap_or_default();
+        // Exactly the request's length: the driver shares the whole buffer.
         b.resize(len, 0);
         b
     }
     fn give(&self, b: Vec<u8>) {
         self.0.borrow_mut().push(b);
-    }
-}
-
-/// The first `.1` bytes of a buffer: a request's own length out of a
-/// buffer that may be larger (a chunk of shared memory).
-struct Prefix<B>(B, usize);
-
-impl<B: AsMut<[u8]>> AsMut<[u8]> for Prefix<B> {
-    fn as_mut(&mut self) -> &mut [u8] {
-        &mut self.0.as_mut()[..self.1]
     }
 }
 
