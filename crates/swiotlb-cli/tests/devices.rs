@@ -419,10 +419,7 @@ fn scan(pid: u32, needles: &[&[u8]]) -> Scan {
         )
     });
     let overlap = needles.iter().map(|n| n.len()).max().unwrap_or(1) - 1;
-    let finders: Vec<_> = needles
-        .iter()
-        .map(|n| memchr::memmem::Finder::new(n))
-        .collect();
+    let finders: Vec<_> = needles.iter().map(memchr::memmem::Finder::new).collect();
     let mut found = vec![Vec::new(); needles.len()];
     let mut bytes = 0u64;
     let mut mappings = 0;
