@@ -424,6 +424,10 @@ fn scan(pid: u32, needles: &[&[u8]]) -> Scan {
     let mut bytes = 0u64;
     let mut mappings = 0;
     let mut chunk = vec![0u8; MIB + overlap];
+    // Bytes at the head of `chunk` carried over from the last read, and
+    // the address they end at.
+    let mut kept = 0;
+    let mut carried_end = 0;
     for line in maps.lines() {
         let mut fields = line.split_whitespace();
         let (Some(range), Some(perms)) = (fields.next(), fields.next()) else {
@@ -444,7 +448,11 @@ fn scan(pid: u32, needles: &[&[u8]]) -> Scan {
         }
         mappings += 1;
         let mut at = start;
-        let mut kept = 0; // bytes carried over from the previous chunk
+        // A needle may straddle two mappings that touch: the last bytes
+        // of the one before carry over, as between chunks.
+        if start != carried_end {
+            kept = 0;
+        }
         while at < end {
             let want = (end - at).min(MIB as u64) as usize;
             let buf = &mut chunk[kept..kept + want];
@@ -467,6 +475,7 @@ fn scan(pid: u32, needles: &[&[u8]]) -> Scan {
             let tail = window.len() - kept;
             chunk.copy_within(tail..tail + kept, 0);
             at += want as u64;
+            carried_end = at;
         }
     }
     Scan {
