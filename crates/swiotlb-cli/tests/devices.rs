@@ -290,6 +290,28 @@ impl AsMut<[u8]> for Buf {
     }
 }
 
+// SAFETY: the parts are the vector's heap address, the shared prefix's
+// length, and the vector's own length and capacity as the rest: the heap
+// bytes stay valid and in place while the buffer is taken apart (nothing
+// owns them but the parts), and the rest owns none of them.
+unsafe impl swiotlb::DmaBuffer for Buf {
+    type Rest = (usize, usize);
+
+    fn into_raw_parts(self) -> (std::ptr::NonNull<u8>, usize, (usize, usize)) {
+        let mut v = std::mem::ManuallyDrop::new(self.bytes);
+        let ptr = std::ptr::NonNull::new(v.as_mut_ptr()).expect("a vector's pointer is not null");
+        (ptr, self.len, (v.len(), v.capacity()))
+    }
+
+    unsafe fn from_raw_parts(ptr: std::ptr::NonNull<u8>, len: usize, rest: (usize, usize)) -> Self {
+        // SAFETY: `ptr` and `rest` are a vector's pointer, length and
+        // capacity taken apart by `into_raw_parts`, used once (the
+        // caller's obligation).
+        let bytes = unsafe { Vec::from_raw_parts(ptr.as_ptr(), rest.0, rest.1) };
+        Self { bytes, len }
+    }
+}
+
 /// Runs `ops` with `depth` in flight, every wait bounded; the completed
 /// requests, in completion order.
 fn run_io<H: Hal>(
@@ -305,7 +327,7 @@ fn run_io<H: Hal>(
         ops,
         depth,
         IO_TIMEOUT,
-        |t| handle.wait_used(0, t),
+        |t| handle.wait(0, t),
         |op| done.push(op),
     )
     .unwrap_or_else(|e| {

@@ -65,7 +65,7 @@ fn run() -> Vec<String> {
     out.push(format!("a disk of {} sectors", disk.capacity()));
 
     // One sector out and back, with a deadline on every wait.
-    let wait = |t| handle.wait_used(0, t);
+    let wait = |t| handle.wait(0, t);
     let mut back = None;
     let ops = [
         BlockOp {

@@ -30,6 +30,17 @@ pub struct BlockOp<B> {
     pub write: bool,
 }
 
+/// What a wait for the device ended with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Waited {
+    /// The device signalled (something may have completed).
+    Signalled,
+    /// The time given passed without a signal.
+    TimedOut,
+    /// The device is gone (hung up, failed): nothing more will complete.
+    Gone,
+}
+
 /// Why block I/O stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -56,6 +67,12 @@ pub enum BlkIoError {
         /// How long nothing completed.
         waited: Duration,
         /// Requests in flight when it gave up.
+        in_flight: usize,
+    },
+    /// The device went away (closed its socket, failed) with requests in
+    /// flight; their buffers were leaked.
+    DeviceGone {
+        /// Requests in flight when it went.
         in_flight: usize,
     },
     /// A buffer whose length is zero or not a multiple of the sector size.
@@ -85,6 +102,10 @@ impl std::fmt::Display for BlkIoError {
             Self::Timeout { waited, in_flight } => write!(
                 f,
                 "virtio-blk: no request completed for {waited:?} with {in_flight} in flight: the device is not answering"
+            ),
+            Self::DeviceGone { in_flight } => write!(
+                f,
+                "virtio-blk: the device went away with {in_flight} requests in flight"
             ),
             Self::BadLength { sector, len } => write!(
                 f,
@@ -134,11 +155,11 @@ struct InFlight<B: DmaBuffer> {
 
 /// Runs `ops` through `blk`, at most `depth` in flight (at least one; the
 /// driver's own queue bounds it too). `wait` blocks until the device may
-/// have completed something, or the time given passes (the transport's
-/// call-eventfd wait, [`DeviceHandle::wait_used`](crate::DeviceHandle::wait_used);
-/// a sleep is enough). `done` gets each completed request, with its
-/// buffer, in completion order. Gives up when nothing completes for
-/// `patience`.
+/// have completed something, or the time given passes, and says which, or
+/// that the device is gone ([`DeviceHandle::wait`](crate::DeviceHandle::wait);
+/// a sleep that answers [`Waited::TimedOut`] is enough). `done` gets each
+/// completed request, with its buffer, in completion order. Gives up when
+/// nothing completes for `patience`, or at once when the device is gone.
 ///
 /// # Errors
 /// The first failure. The buffers of requests still in flight then are
@@ -149,7 +170,7 @@ pub fn run<H, T, B, I>(
     ops: I,
     depth: usize,
     patience: Duration,
-    mut wait: impl FnMut(Duration) -> bool,
+    mut wait: impl FnMut(Duration) -> Waited,
     mut done: impl FnMut(BlockOp<B>),
 ) -> Result<(), BlkIoError>
 where
@@ -170,6 +191,7 @@ where
         .collect();
     let mut in_flight = 0usize;
     let mut last_progress = Instant::now();
+    let mut gone = false;
     loop {
         // Fill free slots while the driver's queue takes them.
         let mut queue_full = false;
@@ -289,12 +311,17 @@ where
             last_progress = Instant::now();
             continue;
         }
+        if gone {
+            // Whatever it completed before it went was taken above.
+            leak_in_flight(&mut slots);
+            return Err(BlkIoError::DeviceGone { in_flight });
+        }
         let waited = last_progress.elapsed();
         if waited >= patience {
             leak_in_flight(&mut slots);
             return Err(BlkIoError::Timeout { waited, in_flight });
         }
-        wait((patience - waited).min(Duration::from_millis(100)));
+        gone = wait((patience - waited).min(Duration::from_millis(100))) == Waited::Gone;
     }
 }
 

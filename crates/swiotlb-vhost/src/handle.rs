@@ -94,6 +94,19 @@ impl DeviceHandle {
         }
     }
 
+    /// [`wait_used`](Self::wait_used), saying why it returned: for
+    /// [`blk::run`](crate::blk::run), which must tell a device that went
+    /// away from one that is only slow.
+    pub fn wait(&self, queue: u16, timeout: Duration) -> crate::blk::Waited {
+        if self.wait_used(queue, timeout) {
+            crate::blk::Waited::Signalled
+        } else if self.shared.check_hangup() {
+            crate::blk::Waited::Gone
+        } else {
+            crate::blk::Waited::TimedOut
+        }
+    }
+
     /// The memory table the device holds, in the order it was given.
     pub fn regions(&self) -> Vec<RegionInfo> {
         self.shared

@@ -431,7 +431,7 @@ impl Io<'_> {
             ops,
             self.depth,
             self.patience,
-            |t| handle.wait_used(0, t),
+            |t| handle.wait(0, t),
             done,
         )
         .map_err(|e| match handle.failure() {
