@@ -32,7 +32,7 @@ use swiotlb::tlb::ManualClock;
 use swiotlb::translate::Translate;
 use swiotlb::{Device, DmaMask, GrowConfig, Growth, IoTlb, Platform, TlbKind};
 use swiotlb::{DmaAddr, PhysAddr};
-use swiotlb_host::{MemfdProvider, RegionInfo, RegionListener};
+use swiotlb_host::{MemfdProvider, RegionInfo, Subscription};
 use swiotlb_vhost::blk::{self, BlockOp};
 use swiotlb_vhost::device::{DeviceProcess, QemuStorageDaemon};
 use swiotlb_vhost::{DeviceHandle, VhostUserTransport};
@@ -221,16 +221,16 @@ impl Rig {
     /// Connects to `dev` with the provider's regions (the pool) as the
     /// table, subscribes the device to regions to come, and starts
     /// recording against its table.
-    fn attach(&self, dev: &Dev) -> (VhostUserTransport, DeviceHandle, Arc<dyn RegionListener>) {
+    fn attach(&self, dev: &Dev) -> (VhostUserTransport, DeviceHandle, Subscription) {
         let table = self.provider.regions();
         let transport = dev.connect(&table);
         let handle = transport.handle();
-        let listener: Arc<dyn RegionListener> = Arc::new(handle.clone());
-        self.provider
-            .subscribe_knowing(&listener, &table)
+        let subscription = self
+            .provider
+            .subscribe_knowing(Arc::new(handle.clone()), &table)
             .expect("the device takes the pool");
         self.recorder.watch(&handle);
-        (transport, handle, listener)
+        (transport, handle, subscription)
     }
 }
 
@@ -682,7 +682,7 @@ fn growth<H: Hal>(kind: Kind, rig: &Rig) {
     let grown: Vec<RegionInfo> = pools
         .iter()
         .filter(|r| !first.contains(r))
-        .copied()
+        .cloned()
         .collect();
     let seen = rig.recorder.seen();
     let in_grown = seen

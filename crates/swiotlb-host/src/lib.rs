@@ -79,4 +79,6 @@ pub use clock::StdClock;
 pub use heap::HeapProvider;
 pub use hint::{RunningCpu, ThreadHint};
 pub use maintainer::Maintainer;
-pub use memfd::{MemfdProvider, RegionInfo, RegionListener, SharedBuffer, SharedMemory};
+pub use memfd::{
+    MemfdProvider, RegionInfo, RegionListener, SharedBuffer, SharedMemory, Subscription,
+};

@@ -5,9 +5,9 @@
 
 use std::collections::BTreeMap;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use rustix::fs::{MemfdFlags, SealFlags};
 use rustix::mm::{MapFlags, ProtFlags};
@@ -26,7 +26,7 @@ use swiotlb::PhysAddr;
 /// the first `len` bytes of `fd`, which is `len` bytes long and sealed
 /// against shrinking; the mapping lives until `drop` unmaps it.
 pub struct SharedMemory {
-    fd: OwnedFd,
+    fd: Arc<OwnedFd>,
     ptr: NonNull<u8>,
     len: usize,
 }
@@ -72,7 +72,11 @@ impl SharedMemory {
         let ptr = NonNull::new(addr.cast::<u8>())
             .ok_or_else(|| io::Error::other("swiotlb: mmap returned a null mapping"))?;
         // INVARIANT: mapped above, shared and writable, `len` bytes of `fd`.
-        Ok(Self { fd, ptr, len })
+        Ok(Self {
+            fd: Arc::new(fd),
+            ptr,
+            len,
+        })
     }
 
     /// The memfd, to hand to another process.
@@ -149,7 +153,7 @@ impl SharedMemory {
             dma,
             cpu: self.ptr.as_ptr() as usize as u64,
             len: self.len as u64,
-            fd: self.fd.as_raw_fd(),
+            fd: self.fd.clone(),
             fd_offset: 0,
         }
     }
@@ -184,10 +188,21 @@ impl std::fmt::Debug for SharedMemory {
 /// fixed chunk of which the first [`len`](SharedBuffer::len) bytes are the
 /// buffer, like a `Vec` that never reallocates. Its bytes do not move when
 /// the value moves, so it is a [`DmaBuffer`](swiotlb::DmaBuffer).
-#[derive(Debug)]
 pub struct SharedBuffer {
     chunk: &'static mut [u8],
     len: usize,
+}
+
+/// The address, length and capacity: not the bytes (a chunk may be
+/// megabytes, and past `len` it holds whatever was there before).
+impl std::fmt::Debug for SharedBuffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedBuffer")
+            .field("addr", &self.chunk.as_ptr())
+            .field("len", &self.len)
+            .field("capacity", &self.chunk.len())
+            .finish()
+    }
 }
 
 impl SharedBuffer {
@@ -256,9 +271,10 @@ unsafe impl swiotlb::DmaBuffer for SharedBuffer {
 /// What a device in another process must be told of one region of shared
 /// memory: the vhost-user memory-table entry (`VhostUserMemoryRegion`).
 ///
-/// `fd` is borrowed from whoever owns the memory ([`SharedMemory`], a
-/// [`MemfdProvider`]) and is valid only while the region is live.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// It holds the memfd itself (shared), not a descriptor number: a
+/// `RegionInfo` kept after its memory was freed still names that memory's
+/// file, never whatever file reuses the number.
+#[derive(Clone, Debug)]
 pub struct RegionInfo {
     /// The device address of the region's first byte.
     pub dma: u64,
@@ -267,10 +283,24 @@ pub struct RegionInfo {
     /// Length in bytes.
     pub len: u64,
     /// The memfd holding it.
-    pub fd: RawFd,
+    pub fd: Arc<OwnedFd>,
     /// Offset of the region's first byte in `fd`.
     pub fd_offset: u64,
 }
+
+/// Two descriptions are equal when they name the same bytes of the same
+/// open file at the same addresses.
+impl PartialEq for RegionInfo {
+    fn eq(&self, other: &Self) -> bool {
+        self.dma == other.dma
+            && self.cpu == other.cpu
+            && self.len == other.len
+            && self.fd_offset == other.fd_offset
+            && self.fd.as_raw_fd() == other.fd.as_raw_fd()
+    }
+}
+
+impl Eq for RegionInfo {}
 
 impl RegionInfo {
     /// Whether `len` bytes at device address `dma` lie inside the region.
@@ -280,12 +310,22 @@ impl RegionInfo {
                 .checked_add(len)
                 .is_some_and(|end| end <= self.dma.saturating_add(self.len))
     }
+
+    /// The device addresses it covers, `dma..dma + len`, or `None` if
+    /// that wraps past the top of the address space.
+    pub fn range(&self) -> Option<std::ops::Range<u64>> {
+        Some(self.dma..self.dma.checked_add(self.len)?)
+    }
 }
 
 /// Someone who must know every region a [`MemfdProvider`] hands out before
 /// it is used, and every removal before the memory goes: a vhost-user
 /// transport adds the region to its device's memory table
 /// (`ADD_MEM_REG`) and removes it (`REM_MEM_REG`).
+///
+/// A listener may read the provider ([`MemfdProvider::regions`],
+/// [`MemfdProvider::bytes_live`]) but must not make it allocate, free or
+/// subscribe: the provider tells its listeners one change at a time.
 pub trait RegionListener: Send + Sync {
     /// A region is about to be used. An error refuses it: the provider
     /// frees it and the growth that asked for it fails.
@@ -307,45 +347,54 @@ pub trait RegionListener: Send + Sync {
 ///
 /// Listeners ([`subscribe`](MemfdProvider::subscribe)) hear of each region
 /// before [`Provider::alloc`] returns it, so before any address in it is
-/// handed to a device, and of its removal before it is unmapped.
+/// handed to a device, and of its removal before it is unmapped, for as
+/// long as their [`Subscription`] lives.
 #[derive(Debug)]
 pub struct MemfdProvider {
     name: String,
-    state: Mutex<State>,
+    /// Held while listeners are told of a change, and while one
+    /// subscribes: one change at a time, each heard by every listener.
+    /// `state` is never held while a listener runs, so listeners may read
+    /// the provider.
+    changes: Mutex<()>,
+    state: Mutex<BTreeMap<usize, SharedMemory>>,
+    listeners: Arc<Mutex<Listeners>>,
 }
 
 #[derive(Default)]
-struct State {
-    /// Live regions by their address in this process.
-    live: BTreeMap<usize, SharedMemory>,
-    listeners: Vec<Weak<dyn RegionListener>>,
+struct Listeners {
+    next_id: u64,
+    all: Vec<(u64, Arc<dyn RegionListener>)>,
 }
 
-impl std::fmt::Debug for State {
+impl std::fmt::Debug for Listeners {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("State")
-            .field("live", &self.live.len())
-            .field("listeners", &self.listeners.len())
+        f.debug_struct("Listeners")
+            .field("count", &self.all.len())
             .finish()
     }
 }
 
-impl State {
-    /// Tells every live listener of a new region; on a refusal, takes it
-    /// back from those that took it.
-    fn announce(&mut self, info: &RegionInfo) -> io::Result<()> {
-        self.listeners.retain(|l| l.strong_count() > 0);
-        let live: Vec<_> = self.listeners.iter().filter_map(Weak::upgrade).collect();
-        for (i, l) in live.iter().enumerate() {
-            if let Err(e) = l.region_added(info) {
-                for taken in &live[..i] {
-                    taken.region_removed(info);
-                }
-                return Err(e);
-            }
+/// A listener's place among a [`MemfdProvider`]'s listeners: it hears of
+/// changes while this lives, and is let go (dropped by the provider) when
+/// this is dropped.
+#[must_use = "the listener stops hearing of new regions when the subscription is dropped"]
+#[derive(Debug)]
+pub struct Subscription {
+    listeners: std::sync::Weak<Mutex<Listeners>>,
+    id: u64,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        if let Some(l) = self.listeners.upgrade() {
+            lock(&l).all.retain(|(id, _)| *id != self.id);
         }
-        Ok(())
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl MemfdProvider {
@@ -353,32 +402,38 @@ impl MemfdProvider {
     pub fn new(name: impl Into<String>) -> Self {
         Self {
             name: name.into(),
-            state: Mutex::new(State::default()),
+            changes: Mutex::new(()),
+            state: Mutex::new(BTreeMap::new()),
+            listeners: Arc::new(Mutex::new(Listeners::default())),
         }
-    }
-
-    fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The live regions, in address order (identity: device address =
     /// address here).
     pub fn regions(&self) -> Vec<RegionInfo> {
-        let st = self.state();
-        st.live
+        lock(&self.state)
             .values()
             .map(|m| m.info(m.region().phys.0))
             .collect()
     }
 
+    /// The listeners now, to tell of a change without holding their list.
+    fn listeners(&self) -> Vec<Arc<dyn RegionListener>> {
+        lock(&self.listeners)
+            .all
+            .iter()
+            .map(|(_, l)| l.clone())
+            .collect()
+    }
+
     /// Adds a listener: it is told of every live region now (a refusal
     /// leaves it unsubscribed and is returned), then of every region added
-    /// or removed later, until it is dropped.
+    /// or removed later, while the [`Subscription`] lives.
     ///
     /// # Errors
     /// The first error of [`RegionListener::region_added`] for a live
     /// region.
-    pub fn subscribe(&self, listener: &Arc<dyn RegionListener>) -> io::Result<()> {
+    pub fn subscribe(&self, listener: Arc<dyn RegionListener>) -> io::Result<Subscription> {
         self.subscribe_knowing(listener, &[])
     }
 
@@ -386,37 +441,43 @@ impl MemfdProvider {
     /// the regions `known` (a device given them in its first memory
     /// table, from [`regions`](Self::regions)): it is told now only of
     /// live regions not among them, so nothing added in between is
-    /// missed and nothing is added twice.
+    /// missed and nothing is added twice; and of regions among them that
+    /// are gone since, as removed.
     ///
     /// # Errors
     /// As [`subscribe`](Self::subscribe).
     pub fn subscribe_knowing(
         &self,
-        listener: &Arc<dyn RegionListener>,
+        listener: Arc<dyn RegionListener>,
         known: &[RegionInfo],
-    ) -> io::Result<()> {
-        let mut st = self.state();
-        let infos: Vec<_> = st
-            .live
-            .values()
-            .map(|m| m.info(m.region().phys.0))
-            .filter(|i| !known.contains(i))
-            .collect();
-        for (i, info) in infos.iter().enumerate() {
+    ) -> io::Result<Subscription> {
+        let _one = lock(&self.changes);
+        let live = self.regions();
+        for gone in known.iter().filter(|k| !live.contains(k)) {
+            listener.region_removed(gone);
+        }
+        let new: Vec<_> = live.into_iter().filter(|i| !known.contains(i)).collect();
+        for (i, info) in new.iter().enumerate() {
             if let Err(e) = listener.region_added(info) {
-                for taken in &infos[..i] {
+                for taken in &new[..i] {
                     listener.region_removed(taken);
                 }
                 return Err(e);
             }
         }
-        st.listeners.push(Arc::downgrade(listener));
-        Ok(())
+        let mut l = lock(&self.listeners);
+        let id = l.next_id;
+        l.next_id += 1;
+        l.all.push((id, listener));
+        Ok(Subscription {
+            listeners: Arc::downgrade(&self.listeners),
+            id,
+        })
     }
 
     /// Bytes held in live regions.
     pub fn bytes_live(&self) -> usize {
-        self.state().live.values().map(SharedMemory::len).sum()
+        lock(&self.state).values().map(SharedMemory::len).sum()
     }
 }
 
@@ -445,26 +506,32 @@ unsafe impl Provider for MemfdProvider {
             return Err(no_memory);
         }
         let info = mem.info(region.phys.0);
-        let mut st = self.state();
-        st.announce(&info)
-            .map_err(|e| ProviderError::hook(Hook::Share, &region, errno(&e)))?;
-        st.live.insert(region.cpu.as_ptr() as usize, mem);
+        let _one = lock(&self.changes);
+        let listeners = self.listeners();
+        for (i, l) in listeners.iter().enumerate() {
+            if let Err(e) = l.region_added(&info) {
+                for taken in &listeners[..i] {
+                    taken.region_removed(&info);
+                }
+                return Err(ProviderError::hook(Hook::Share, &region, errno(&e)));
+            }
+        }
+        lock(&self.state).insert(region.cpu.as_ptr() as usize, mem);
         Ok(region)
     }
 
     unsafe fn free(&self, region: Region) {
-        let mut st = self.state();
-        let Some(mem) = st.live.remove(&(region.cpu.as_ptr() as usize)) else {
+        let _one = lock(&self.changes);
+        let Some(mem) = lock(&self.state).remove(&(region.cpu.as_ptr() as usize)) else {
             debug_assert!(false, "swiotlb: a region freed twice or not ours");
             return;
         };
         let info = mem.info(region.phys.0);
-        st.listeners.retain(|l| l.strong_count() > 0);
-        for l in st.listeners.iter().filter_map(Weak::upgrade) {
+        for l in self.listeners() {
             l.region_removed(&info);
         }
-        drop(st);
-        // Unmapped and closed here: the caller guarantees nothing uses it.
+        // Unmapped here (the memfd closes with the last `RegionInfo`): the
+        // caller guarantees nothing uses it.
         drop(mem);
     }
 }
@@ -501,7 +568,7 @@ mod tests {
         let fd = m.fd().as_raw_fd();
         let (bytes, info) = m.leak();
         bytes[4095] = 7;
-        assert_eq!(info.fd, fd);
+        assert_eq!(info.fd.as_raw_fd(), fd);
         assert_eq!(info.cpu, bytes.as_ptr() as u64);
         assert_eq!(info.dma, info.cpu);
         // The descriptor is still open: fstat works.
@@ -584,13 +651,11 @@ mod tests {
         let p = MemfdProvider::new("swiotlb-test");
         let r1 = p.alloc(4096, PhysAddr(u64::MAX)).unwrap();
         let c = Arc::new(Counting::default());
-        let l: Arc<dyn RegionListener> = c.clone();
-        p.subscribe(&l).unwrap();
+        let _sc = p.subscribe(c.clone()).unwrap();
         assert_eq!(c.added.load(Ordering::SeqCst), 1);
         // One that knows the live region hears only of new ones.
         let k = Arc::new(Counting::default());
-        let lk: Arc<dyn RegionListener> = k.clone();
-        p.subscribe_knowing(&lk, &p.regions()).unwrap();
+        let _sk = p.subscribe_knowing(k.clone(), &p.regions()).unwrap();
         assert_eq!(k.added.load(Ordering::SeqCst), 0);
         let r2 = p.alloc(8192, PhysAddr(u64::MAX)).unwrap();
         assert_eq!(c.added.load(Ordering::SeqCst), 2);
@@ -608,14 +673,112 @@ mod tests {
 
     #[test]
     #[cfg_attr(miri, ignore = "miri cannot run memfd_create or mmap")]
+    fn a_listener_hears_while_its_subscription_lives_and_not_after() {
+        let p = MemfdProvider::new("swiotlb-test");
+        let c = Arc::new(Counting::default());
+        let sub = p.subscribe(c.clone()).unwrap();
+        let r1 = p.alloc(4096, PhysAddr(u64::MAX)).unwrap();
+        assert_eq!(c.added.load(Ordering::SeqCst), 1);
+        // The provider holds the listener: dropping our own handle to it
+        // changes nothing.
+        let weak = Arc::downgrade(&c);
+        drop(c);
+        let r2 = p.alloc(4096, PhysAddr(u64::MAX)).unwrap();
+        let c = weak.upgrade().expect("held by the subscription");
+        assert_eq!(c.added.load(Ordering::SeqCst), 2);
+        drop(sub);
+        let r3 = p.alloc(4096, PhysAddr(u64::MAX)).unwrap();
+        assert_eq!(c.added.load(Ordering::SeqCst), 2, "unsubscribed");
+        for r in [r1, r2, r3] {
+            // SAFETY: from `alloc` above, unused, freed once.
+            unsafe { p.free(r) };
+        }
+        assert_eq!(c.removed.load(Ordering::SeqCst), 0);
+    }
+
+    /// A listener that reads the provider while it is told of a change.
+    struct Reading(Arc<MemfdProvider>, AtomicUsize);
+
+    impl RegionListener for Reading {
+        fn region_added(&self, _: &RegionInfo) -> io::Result<()> {
+            self.1.store(self.0.regions().len(), Ordering::SeqCst);
+            Ok(())
+        }
+        fn region_removed(&self, _: &RegionInfo) {
+            self.1.store(self.0.bytes_live(), Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "miri cannot run memfd_create or mmap")]
+    fn a_listener_may_read_the_provider_it_listens_to() {
+        let p = Arc::new(MemfdProvider::new("swiotlb-test"));
+        let l = Arc::new(Reading(p.clone(), AtomicUsize::new(99)));
+        let _s = p.subscribe(l.clone()).unwrap();
+        let r = p.alloc(4096, PhysAddr(u64::MAX)).unwrap();
+        // Told before the region is live: none yet.
+        assert_eq!(l.1.load(Ordering::SeqCst), 0);
+        // SAFETY: from `alloc` above, unused, freed once.
+        unsafe { p.free(r) };
+        assert_eq!(l.1.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "miri cannot run memfd_create or mmap")]
+    fn a_region_kept_after_its_memory_is_freed_still_names_its_own_file() {
+        let p = MemfdProvider::new("swiotlb-test");
+        let r = p.alloc(4096, PhysAddr(u64::MAX)).unwrap();
+        let kept = p.regions().remove(0);
+        // SAFETY: from `alloc` above, unused, freed once.
+        unsafe { p.free(r) };
+        // A new file may take any free descriptor number; the kept
+        // description still holds the memfd, 4096 bytes and sealed.
+        let _other = tempfile_like();
+        let st = rustix::fs::fstat(&*kept.fd).unwrap();
+        assert_eq!(st.st_size, 4096);
+        let seals = rustix::fs::fcntl_get_seals(&*kept.fd).unwrap();
+        assert!(seals.contains(SealFlags::GROW));
+    }
+
+    /// A fresh descriptor, as an unrelated part of the program would open.
+    fn tempfile_like() -> OwnedFd {
+        rustix::fs::memfd_create("swiotlb-test-other", MemfdFlags::CLOEXEC).unwrap()
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "miri cannot run memfd_create or mmap")]
+    fn subscribing_knowing_a_region_that_is_gone_tells_of_its_removal() {
+        let p = MemfdProvider::new("swiotlb-test");
+        let r = p.alloc(4096, PhysAddr(u64::MAX)).unwrap();
+        let known = p.regions();
+        // SAFETY: from `alloc` above, unused, freed once.
+        unsafe { p.free(r) };
+        let c = Arc::new(Counting::default());
+        let _s = p.subscribe_knowing(c.clone(), &known).unwrap();
+        assert_eq!(c.removed.load(Ordering::SeqCst), 1);
+        assert_eq!(c.added.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "miri cannot run memfd_create or mmap")]
+    fn a_shared_buffer_debug_shows_no_bytes() {
+        let (bufs, _) = SharedMemory::new("swiotlb-test", 1 << 20)
+            .unwrap()
+            .into_buffers(1 << 20);
+        let text = format!("{:?}", bufs[0]);
+        assert!(text.len() < 200, "{text}");
+        assert!(text.contains("capacity: 1048576"), "{text}");
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "miri cannot run memfd_create or mmap")]
     fn a_refusing_listener_fails_the_allocation_and_nothing_is_kept() {
         let p = MemfdProvider::new("swiotlb-test");
         let c = Arc::new(Counting {
             refuse: true,
             ..Counting::default()
         });
-        let l: Arc<dyn RegionListener> = c.clone();
-        p.subscribe(&l).unwrap();
+        let _s = p.subscribe(c.clone()).unwrap();
         let e = p.alloc(4096, PhysAddr(u64::MAX)).unwrap_err();
         assert!(
             matches!(

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use swiotlb::{Device, DmaMask, GrowConfig, Growth, IoTlb, Platform, TlbKind};
-use swiotlb_host::{MemfdProvider, RegionListener};
+use swiotlb_host::MemfdProvider;
 use swiotlb_vhost::blk::{self, BlockOp};
 use swiotlb_vhost::device::QemuStorageDaemon;
 use swiotlb_vhost::VhostUserTransport;
@@ -59,8 +59,10 @@ fn run() -> Vec<String> {
     )
     .unwrap();
     let handle = transport.handle();
-    let listener: Arc<dyn RegionListener> = Arc::new(handle.clone());
-    provider.subscribe_knowing(&listener, &regions).unwrap();
+    // Held as long as the device: it hears of nothing after.
+    let _subscription = provider
+        .subscribe_knowing(Arc::new(handle.clone()), &regions)
+        .unwrap();
     let mut disk = VirtIOBlk::<BlkHal, _>::new(transport).unwrap();
     out.push(format!("a disk of {} sectors", disk.capacity()));
 

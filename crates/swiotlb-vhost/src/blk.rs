@@ -161,6 +161,10 @@ struct InFlight<B: DmaBuffer> {
 /// completed request, with its buffer, in completion order. Gives up when
 /// nothing completes for `patience`, or at once when the device is gone.
 ///
+/// A request larger than the `Hal` can share panics there (virtio-drivers'
+/// `share` has no error return): keep requests within the largest mapping
+/// of the device's tlb (`Pool::max_mapping_size`).
+///
 /// # Errors
 /// The first failure. The buffers of requests still in flight then are
 /// leaked (the device may still write them), and the driver should be
@@ -182,7 +186,8 @@ where
     let mut ops = ops.into_iter();
     // A request the driver's queue had no room for, tried again first.
     let mut pending: Option<(u64, bool, Parts<B>)> = None;
-    let mut slots: Box<[Slot<B>]> = (0..depth.max(1))
+    // Never more in flight than a virtqueue has entries.
+    let mut slots: Box<[Slot<B>]> = (0..depth.clamp(1, usize::from(u16::MAX)))
         .map(|_| Slot {
             req: BlkReq::default(),
             resp: BlkResp::default(),

@@ -162,6 +162,12 @@ impl DeviceProcess {
             program: program.clone(),
             source,
         };
+        // A socket file left by a device that was killed would pass for
+        // this one's before it even started.
+        match std::fs::remove_file(socket) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(spawn_err(e)),
+            _ => {}
+        }
         let out = File::create(log).map_err(spawn_err)?;
         let err = out.try_clone().map_err(spawn_err)?;
         let child = cmd
@@ -256,8 +262,8 @@ impl DeviceProcess {
         let mut child = self.child.take()?;
         let pid = rustix::process::Pid::from_child(&child);
         if rustix::process::kill_process(pid, rustix::process::Signal::TERM).is_ok() {
-            let deadline = Instant::now() + grace;
-            while Instant::now() < deadline {
+            let deadline = Instant::now().checked_add(grace);
+            while deadline.is_none_or(|d| Instant::now() < d) {
                 match child.try_wait() {
                     Ok(Some(status)) => return Some(status),
                     Ok(None) => std::thread::sleep(Duration::from_millis(10)),

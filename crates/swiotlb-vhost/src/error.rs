@@ -84,6 +84,21 @@ pub enum TransportError {
         /// Slots the device offers.
         slots: u64,
     },
+    /// A region that cannot be added or removed as given: empty, wrapping
+    /// past the top of the address space, overlapping one the device
+    /// holds, or (for a removal) not in the table. Nothing was sent.
+    BadRegion {
+        /// The device's socket.
+        socket: PathBuf,
+        /// The request it was meant for (`ADD_MEM_REG`, `REM_MEM_REG`).
+        step: &'static str,
+        /// Its device address.
+        dma: u64,
+        /// Its length.
+        len: u64,
+        /// What is wrong with it.
+        why: &'static str,
+    },
     /// A local resource (an eventfd, `poll(2)`) failed.
     Io {
         /// The device's socket.
@@ -106,6 +121,7 @@ impl TransportError {
             | Self::MissingFeature { socket, .. }
             | Self::OutsideRegions { socket, .. }
             | Self::MemoryTable { socket, .. }
+            | Self::BadRegion { socket, .. }
             | Self::Io { socket, .. } => socket,
         }
     }
@@ -128,7 +144,10 @@ impl TransportError {
             | Self::Timeout { .. }
             | Self::Failed { .. }
             | Self::OutsideRegions { .. } => true,
-            Self::MissingFeature { .. } | Self::MemoryTable { .. } | Self::Io { .. } => false,
+            Self::MissingFeature { .. }
+            | Self::MemoryTable { .. }
+            | Self::BadRegion { .. }
+            | Self::Io { .. } => false,
         }
     }
 }
@@ -162,6 +181,17 @@ impl fmt::Display for TransportError {
             } => write!(
                 f,
                 "vhost-user device at {}: no answer to {step} within {waited:?}; the connection was shut down",
+                socket.display()
+            ),
+            Self::BadRegion {
+                socket,
+                step,
+                dma,
+                len,
+                why,
+            } => write!(
+                f,
+                "vhost-user device at {}: {step} of {len} bytes at {dma:#x} not sent: {why}",
                 socket.display()
             ),
             Self::Failed {

@@ -63,7 +63,8 @@ impl DeviceHandle {
         else {
             return false;
         };
-        let deadline = Instant::now() + timeout;
+        // A timeout too long to add is no deadline at all.
+        let deadline = Instant::now().checked_add(timeout);
         loop {
             if call.read().is_ok() {
                 bump(&self.shared.counters.calls);
@@ -72,7 +73,9 @@ impl DeviceHandle {
             if self.shared.check_hangup() {
                 return false;
             }
-            let left = deadline.saturating_duration_since(Instant::now());
+            let left = deadline.map_or(Duration::MAX, |d| {
+                d.saturating_duration_since(Instant::now())
+            });
             if left.is_zero() {
                 return false;
             }
@@ -97,7 +100,18 @@ impl DeviceHandle {
     /// [`wait_used`](Self::wait_used), saying why it returned: for
     /// [`blk::run`](crate::blk::run), which must tell a device that went
     /// away from one that is only slow.
+    /// A queue that is not set up answers [`Gone`](crate::blk::Waited::Gone)
+    /// at once: nothing will ever be signalled on it.
     pub fn wait(&self, queue: u16, timeout: Duration) -> crate::blk::Waited {
+        let known = self
+            .shared
+            .calls
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(&queue);
+        if !known {
+            return crate::blk::Waited::Gone;
+        }
         if self.wait_used(queue, timeout) {
             crate::blk::Waited::Signalled
         } else if self.shared.check_hangup() {
@@ -160,6 +174,27 @@ impl DeviceHandle {
             // the provider that holds it): nothing to send.
             return Ok(());
         }
+        let bad = |why| TransportError::BadRegion {
+            socket: sh.socket.clone(),
+            step: "ADD_MEM_REG",
+            dma: region.dma,
+            len: region.len,
+            why,
+        };
+        let Some(range) = region.range().filter(|r| !r.is_empty()) else {
+            return Err(bad(if region.len == 0 {
+                "it is empty"
+            } else {
+                "it wraps past the top of the address space"
+            }));
+        };
+        if table
+            .iter()
+            .filter_map(RegionInfo::range)
+            .any(|t| t.start < range.end && range.start < t.end)
+        {
+            return Err(bad("it overlaps a region the device holds"));
+        }
         let held = table.len();
         if held as u64 >= slots {
             return Err(TransportError::MemoryTable {
@@ -174,7 +209,7 @@ impl DeviceHandle {
         sh.regions
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .push(*region);
+            .push(region.clone());
         bump(&sh.counters.regions_added);
         Ok(())
     }
@@ -183,14 +218,26 @@ impl DeviceHandle {
     /// and from the transport's. Nothing of it may be in use.
     ///
     /// # Errors
-    /// As [`add_region`](Self::add_region); the region is forgotten here
-    /// even then, as its memory is about to go.
+    /// [`TransportError::BadRegion`] for a region not in the table
+    /// (nothing is sent); otherwise as [`add_region`](Self::add_region),
+    /// and the region is forgotten here even then, as its memory is about
+    /// to go.
     pub fn remove_region(&self, region: &RegionInfo) -> Result<(), TransportError> {
         let sh = &self.shared;
-        sh.regions
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .retain(|r| r != region);
+        {
+            let mut table = sh.regions.lock().unwrap_or_else(PoisonError::into_inner);
+            let before = table.len();
+            table.retain(|r| r != region);
+            if table.len() == before {
+                return Err(TransportError::BadRegion {
+                    socket: sh.socket.clone(),
+                    step: "REM_MEM_REG",
+                    dma: region.dma,
+                    len: region.len,
+                    why: "the device does not hold it",
+                });
+            }
+        }
         if let Some(e) = sh.failed_error() {
             return Err(e);
         }

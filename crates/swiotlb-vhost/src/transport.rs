@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::io;
+use std::os::fd::AsRawFd as _;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -206,8 +207,10 @@ impl Watchdog {
         }
     }
 
+    /// Arms the watchdog for `step`; a timeout too long to add to now is
+    /// no deadline at all.
     fn arm(&self, step: &'static str, timeout: Duration) {
-        lock(&self.state).armed = Some((Instant::now() + timeout, step));
+        lock(&self.state).armed = Instant::now().checked_add(timeout).map(|d| (d, step));
         self.cv.notify_one();
     }
 
@@ -369,7 +372,7 @@ pub(crate) fn region_message(r: &RegionInfo) -> VhostUserMemoryRegionInfo {
         memory_size: r.len,
         userspace_addr: r.cpu,
         mmap_offset: r.fd_offset,
-        mmap_handle: r.fd,
+        mmap_handle: r.fd.as_raw_fd(),
     }
 }
 

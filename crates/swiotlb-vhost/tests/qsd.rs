@@ -35,9 +35,9 @@ fn blk_io_round_trip_lands_at_the_right_sectors() {
     let t0 = Instant::now();
     let setup = Setup::start();
     let region = TestHal::reset(8 << 20);
-    let transport = setup.connect(&[region]);
+    let transport = setup.connect(std::slice::from_ref(&region));
     let h = transport.handle();
-    assert_eq!(h.regions(), vec![region]);
+    assert_eq!(h.regions(), vec![region.clone()]);
     let mut blk = VirtIOBlk::<TestHal, _>::new(transport).expect("VirtIOBlk::new");
     assert_eq!(blk.capacity(), IMAGE_LEN / SECTOR_SIZE as u64);
 
@@ -100,7 +100,7 @@ fn add_mem_reg_during_io() {
     let _one = serial();
     let setup = Setup::start();
     let region = TestHal::reset(4 << 20);
-    let transport = setup.connect(&[region]);
+    let transport = setup.connect(std::slice::from_ref(&region));
     assert!(
         transport.mem_slots().is_some_and(|s| s >= 2),
         "qemu-storage-daemon offers CONFIGURE_MEM_SLOTS: {:?}",
@@ -113,7 +113,7 @@ fn add_mem_reg_during_io() {
     // A second memory after the device runs; bounce I/O into it.
     let (i, second) = TestHal::add_arena(4 << 20);
     h.region_added(&second).expect("ADD_MEM_REG");
-    assert_eq!(h.regions(), vec![region, second]);
+    assert_eq!(h.regions(), vec![region.clone(), second.clone()]);
     TestHal::bounce_to(i);
     let before = TestHal::shares_in(i);
     for (s, len) in [(128usize, 1 << 20), (4096, 512), (8192, 3 << 20)] {
@@ -131,7 +131,7 @@ fn add_mem_reg_during_io() {
     TestHal::bounce_to(0);
     h.region_removed(&second);
     TestHal::remove_last_arena();
-    assert_eq!(h.regions(), vec![region]);
+    assert_eq!(h.regions(), vec![region.clone()]);
     let c = h.counters();
     assert_eq!((c.regions_added, c.regions_removed), (1, 1), "{c:?}");
     assert!(h.failure().is_none(), "{:?}", h.failure());
@@ -153,7 +153,7 @@ fn config_read_at_an_offset_gives_that_field() {
     let _one = serial();
     let setup = Setup::start();
     let region = TestHal::reset(1 << 20);
-    let mut t = setup.connect(&[region]);
+    let mut t = setup.connect(std::slice::from_ref(&region));
     // qemu-storage-daemon offers VHOST_USER_F_PROTOCOL_FEATURES and
     // VHOST_F_LOG_ALL; the driver sees neither.
     let vhost_bits = (1u64 << 30) | (1 << 26);
@@ -218,7 +218,7 @@ fn daemon_killed_mid_way_fails_the_device() {
     let region = TestHal::reset(4 << 20);
 
     // A driver at work when the daemon dies.
-    let transport = setup.connect(&[region]);
+    let transport = setup.connect(std::slice::from_ref(&region));
     let h = transport.handle();
     let mut blk = VirtIOBlk::<TestHal, _>::new(transport).expect("VirtIOBlk::new");
     write(&mut blk, &h, 0, &patterned(4, 0, 4096)).unwrap();
@@ -238,7 +238,7 @@ fn daemon_killed_mid_way_fails_the_device() {
     // A bare transport: status, config, rings, after the daemon dies.
     let setup2 = Setup::start();
     let region2 = TestHal::reset(1 << 20);
-    let mut t = setup2.connect(&[region2]);
+    let mut t = setup2.connect(std::slice::from_ref(&region2));
     let _ = t.read_device_features();
     assert!(t.read_config_space::<u64>(0).is_ok());
     let mut setup2 = setup2;
@@ -270,7 +270,7 @@ fn reset_stops_the_ring_and_the_driver_starts_again() {
     let _one = serial();
     let setup = Setup::start();
     let region = TestHal::reset(4 << 20);
-    let transport = setup.connect(&[region]);
+    let transport = setup.connect(std::slice::from_ref(&region));
     let h = transport.handle();
     let mut blk = VirtIOBlk::<TestHal, _>::new(transport).expect("VirtIOBlk::new");
     write(&mut blk, &h, 64, &patterned(5, 64, 8192)).unwrap();
@@ -284,7 +284,7 @@ fn reset_stops_the_ring_and_the_driver_starts_again() {
     // A ring running on a transport, then a reset (status 0) stops it,
     // and a driver starts again on the same transport.
     let region2 = TestHal::reset(4 << 20);
-    let mut t = setup.connect(&[region2]);
+    let mut t = setup.connect(std::slice::from_ref(&region2));
     let h2 = t.handle();
     let (ring, _) =
         <TestHal as virtio_drivers::Hal>::dma_alloc(2, virtio_drivers::BufferDirection::Both);
@@ -305,7 +305,7 @@ fn reset_stops_the_ring_and_the_driver_starts_again() {
     drop(h2);
 
     // A ring outside every region of the table fails the device.
-    let mut t = setup.connect(&[region2]);
+    let mut t = setup.connect(std::slice::from_ref(&region2));
     t.write_driver_features(1 << 32);
     let outside = region2.dma + region2.len;
     t.queue_set(0, 16, outside, outside + 256, outside + 4096);
@@ -320,7 +320,7 @@ fn a_growing_tlb_adds_its_pools_to_the_device_before_use() {
     let _one = serial();
     let setup = Setup::start();
     let arena = TestHal::reset(1 << 20);
-    let t = setup.connect(&[arena]);
+    let t = setup.connect(std::slice::from_ref(&arena));
     let h = t.handle();
 
     let provider = Arc::new(MemfdProvider::new("swiotlb-vhost-grow"));
@@ -329,7 +329,7 @@ fn a_growing_tlb_adds_its_pools_to_the_device_before_use() {
     let tlb: IoTlb = IoTlb::growing(TlbKind::Default, Growth::new(provider.clone(), cfg)).unwrap();
     // Subscribing tells the device of the first pool (ADD_MEM_REG).
     let listener: Arc<dyn RegionListener> = Arc::new(h.clone());
-    provider.subscribe(&listener).unwrap();
+    let _subscription = provider.subscribe(listener.clone()).unwrap();
     assert_eq!(h.regions().len(), 2);
 
     // Fill the first pool and more: the tlb grows, and each new pool is in

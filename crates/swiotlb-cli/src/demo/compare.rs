@@ -171,7 +171,7 @@ pub(crate) fn run(
             let b = session.run::<BouncedHal, _>(&[], provider, &writes, &reads, &heap, &bar)?;
             bounced = bounced.max(mb(&b));
             let u = session.run::<DirectHal, _>(
-                &[buffers_region],
+                std::slice::from_ref(&buffers_region),
                 &pages,
                 &writes,
                 &reads,

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use swiotlb::{Device, DmaMask, GrowConfig, Growth, IoTlb, Platform, TlbKind};
-use swiotlb_host::{MemfdProvider, RegionInfo, RegionListener};
+use swiotlb_host::{MemfdProvider, RegionInfo};
 use swiotlb_vhost::blk::{self, BlockOp};
 use swiotlb_vhost::{DeviceHandle, VhostUserTransport};
 use swiotlb_virtio::HalOptions;
@@ -306,9 +306,9 @@ impl Session<'_> {
         let handle = transport.handle();
         // Regions the provider adds from now on (a growing tlb's pools,
         // coherent pages) reach the device before they are used.
-        let listener: Arc<dyn RegionListener> = Arc::new(handle.clone());
-        provider
-            .subscribe_knowing(&listener, &table)
+        // Held to the end of the run; the device hears of nothing after.
+        let _subscription = provider
+            .subscribe_knowing(Arc::new(handle.clone()), &table)
             .map_err(|e| Error::Demo(format!("the device refused a region: {e}")))?;
         let mut disk = VirtIOBlk::<H, _>::new(transport)
             .map_err(|e| Error::Demo(format!("virtio-blk on {}: {e}", device.name())))?;
