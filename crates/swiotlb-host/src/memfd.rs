@@ -441,8 +441,11 @@ impl MemfdProvider {
     /// the regions `known` (a device given them in its first memory
     /// table, from [`regions`](Self::regions)): it is told now only of
     /// live regions not among them, so nothing added in between is
-    /// missed and nothing is added twice; and of regions among them that
-    /// are gone since, as removed.
+    /// missed and nothing is added twice. `known` may hold regions of
+    /// other sources too (a device's table has them): only this
+    /// provider's live regions are compared with it. A known region of
+    /// this provider freed in between is not reported (the device keeps
+    /// it in its table, the memfd its `RegionInfo` holds staying open).
     ///
     /// # Errors
     /// As [`subscribe`](Self::subscribe).
@@ -452,11 +455,11 @@ impl MemfdProvider {
         known: &[RegionInfo],
     ) -> io::Result<Subscription> {
         let _one = lock(&self.changes);
-        let live = self.regions();
-        for gone in known.iter().filter(|k| !live.contains(k)) {
-            listener.region_removed(gone);
-        }
-        let new: Vec<_> = live.into_iter().filter(|i| !known.contains(i)).collect();
+        let new: Vec<_> = self
+            .regions()
+            .into_iter()
+            .filter(|i| !known.contains(i))
+            .collect();
         for (i, info) in new.iter().enumerate() {
             if let Err(e) = listener.region_added(info) {
                 for taken in &new[..i] {
@@ -747,16 +750,19 @@ mod tests {
 
     #[test]
     #[cfg_attr(miri, ignore = "miri cannot run memfd_create or mmap")]
-    fn subscribing_knowing_a_region_that_is_gone_tells_of_its_removal() {
+    fn subscribing_knowing_regions_of_other_sources_tells_only_of_its_own() {
         let p = MemfdProvider::new("swiotlb-test");
         let r = p.alloc(4096, PhysAddr(u64::MAX)).unwrap();
-        let known = p.regions();
-        // SAFETY: from `alloc` above, unused, freed once.
-        unsafe { p.free(r) };
+        let mut known = p.regions();
+        let other = SharedMemory::new("swiotlb-test-other", 4096).unwrap();
+        known.push(other.info(other.as_ptr().as_ptr() as u64));
         let c = Arc::new(Counting::default());
         let _s = p.subscribe_knowing(c.clone(), &known).unwrap();
-        assert_eq!(c.removed.load(Ordering::SeqCst), 1);
         assert_eq!(c.added.load(Ordering::SeqCst), 0);
+        assert_eq!(c.removed.load(Ordering::SeqCst), 0);
+        // SAFETY: from `alloc` above, unused, freed once.
+        unsafe { p.free(r) };
+        assert_eq!(c.removed.load(Ordering::SeqCst), 1);
     }
 
     #[test]
