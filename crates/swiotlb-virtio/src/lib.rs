@@ -162,6 +162,9 @@ impl core::error::Error for AlreadyBound {}
 #[doc(hidden)]
 pub mod __private {
     pub use spin::Once;
+    // The expansion names the core through here, so that a crate that
+    // renames its `swiotlb` dependency, or has none, can use the macro.
+    pub use swiotlb;
     pub use virtio_drivers;
 
     /// The panic of a generated `Hal`'s `mmio_phys_to_virt`.
@@ -192,6 +195,18 @@ pub mod __private {
 /// swiotlb_virtio::hal!(struct LegacyHal<swiotlb::NextFit, swiotlb::translate::Offset>);
 /// ```
 ///
+/// The expansion names swiotlb through this crate, never as `::swiotlb`,
+/// so a crate with no `swiotlb` dependency of that name can use the
+/// macro; here `swiotlb` is another crate altogether:
+///
+/// ```
+/// extern crate core as swiotlb;
+/// swiotlb_virtio::hal!(pub struct BlkHal);
+/// swiotlb_virtio::hal!(struct OtherHal<swiotlb_virtio_core::Fast, swiotlb_virtio_core::translate::Identity>);
+/// # use swiotlb_virtio::__private::swiotlb as swiotlb_virtio_core;
+/// assert!(BlkHal::try_engine().is_none() && OtherHal::try_engine().is_none());
+/// ```
+///
 /// The type gets:
 /// - `bind(platform, device, options) -> Result<(), AlreadyBound>`: the
 ///   first call wins; a `HalOptions` with no name takes the type's name;
@@ -202,7 +217,7 @@ pub mod __private {
 #[macro_export]
 macro_rules! hal {
     ($(#[$meta:meta])* $vis:vis struct $name:ident) => {
-        $crate::hal!($(#[$meta])* $vis struct $name<::swiotlb::Fast, ::swiotlb::translate::Identity>);
+        $crate::hal!($(#[$meta])* $vis struct $name<$crate::__private::swiotlb::Fast, $crate::__private::swiotlb::translate::Identity>);
     };
     ($(#[$meta:meta])* $vis:vis struct $name:ident<$policy:ty, $translate:ty>) => {
         $(#[$meta])*
@@ -226,8 +241,8 @@ macro_rules! hal {
             /// before; the first binding stays.
             #[allow(dead_code)]
             $vis fn bind(
-                platform: &'static ::swiotlb::Platform<$policy>,
-                device: ::swiotlb::Device<$translate>,
+                platform: &'static $crate::__private::swiotlb::Platform<$policy>,
+                device: $crate::__private::swiotlb::Device<$translate>,
                 mut options: $crate::HalOptions,
             ) -> ::core::result::Result<(), $crate::AlreadyBound> {
                 if options.name.is_empty() {
@@ -281,7 +296,10 @@ macro_rules! hal {
                 vaddr: ::core::ptr::NonNull<u8>,
                 pages: usize,
             ) -> i32 {
-                Self::engine().dma_dealloc(paddr, vaddr, pages)
+                // SAFETY: virtio-drivers' contract for `dma_dealloc` (the
+                // pages came from `dma_alloc` and it is done with them)
+                // is `Engine::dma_dealloc`'s.
+                unsafe { Self::engine().dma_dealloc(paddr, vaddr, pages) }
             }
 
             unsafe fn mmio_phys_to_virt(paddr: u64, size: usize) -> ::core::ptr::NonNull<u8> {
