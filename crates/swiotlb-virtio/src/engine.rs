@@ -223,7 +223,10 @@ impl<P: Policy + 'static, T: Translate + Clone + Send + Sync + 'static> Engine<P
         // a live coherent allocation it is the one at `vaddr`, whose
         // memory is no longer used (this function's contract); the pool
         // frees it only if `size` is its size too.
-        match unsafe { self.platform.free_coherent(&self.device, DmaAddr(paddr), size) } {
+        match unsafe {
+            self.platform
+                .free_coherent(&self.device, DmaAddr(paddr), size)
+        } {
             Ok(()) => 0,
             Err(_) => DEALLOC_NOT_ALLOCATED,
         }

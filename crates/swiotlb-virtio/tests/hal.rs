@@ -689,7 +689,11 @@ fn a_region_whose_share_failed_is_unshared_before_it_is_freed() {
         assert_eq!(hooks.shares.load(Ordering::Relaxed), 1);
         assert_eq!(hooks.unshares.load(Ordering::Relaxed), 1, "{unshare_fails}");
         let expect_freed = if unshare_fails { 0 } else { 1 };
-        assert_eq!(freed.load(Ordering::Relaxed), expect_freed, "{unshare_fails}");
+        assert_eq!(
+            freed.load(Ordering::Relaxed),
+            expect_freed,
+            "{unshare_fails}"
+        );
         assert_eq!(engine.options().pages.as_ref().unwrap().live(), 0);
     }
 }
