@@ -30,7 +30,9 @@
 //!   expects; no pool ever hands out device address 0 (the core refuses a
 //!   pool a device would see there, `Error::DmaZeroInPool`).
 //! - `dma_dealloc` returns 0, or [`DEALLOC_NOT_ALLOCATED`] /
-//!   [`DEALLOC_UNSHARE_FAILED`].
+//!   [`DEALLOC_UNSHARE_FAILED`]. It frees only a live allocation of
+//!   exactly the pages given: any other address, pointer or page count is
+//!   [`DEALLOC_NOT_ALLOCATED`] and frees nothing.
 //! - `mmio_phys_to_virt` panics: this `Hal` is for transports that use no
 //!   MMIO (vhost-user, in-process fakes); a PCI or MMIO transport needs a
 //!   `Hal` that knows the machine's BARs.
@@ -106,7 +108,11 @@
 //! # Safety and correctness
 //!
 //! The unsafe code is the `Hal` implementation's contract passed on to the
-//! core's raw API, in [`Engine::share`] and [`Engine::unshare`]: the buffer
+//! core: `dma_dealloc`'s to the core's `free_coherent` in
+//! [`Engine::dma_dealloc`] (the pages are no longer used; both are
+//! `unsafe`, so the public [`Engine`] a generated type hands out lets no
+//! safe code free a driver's rings), and `share`'s and `unshare`'s to the
+//! core's raw API in [`Engine::share`] and [`Engine::unshare`]: the buffer
 //! virtio-drivers shares stays valid and untouched until its unshare (the
 //! queue holds it until the device used it), so the core may copy into it
 //! at unmap. A `DriverToDevice` buffer may be read-only memory: swiotlb
