@@ -109,7 +109,8 @@ pub fn loopback(pool: &Pool<Fast>, buf: &mut [u8]) -> Result<(), Error> {
 pub fn ring_round_trip(pool: &Pool<Fast>, size: usize) -> Result<(), Error> {
     let dev = Device::new(DmaMask::BITS_64);
     let ring = pool.alloc_coherent(&dev, size)?;
-    pool.free_coherent(&dev, ring.dma)
+    // SAFETY: nothing has used the ring.
+    unsafe { pool.free_coherent(&dev, ring.dma, ring.size) }
 }
 
 #[cfg(test)]

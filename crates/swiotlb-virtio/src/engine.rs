@@ -106,7 +106,9 @@ impl<P: Policy + 'static, T: Translate + Clone + Send + Sync + 'static> Engine<P
         }
     }
 
-    /// The platform.
+    /// The platform (the one given to [`Engine::new`]). Freeing through
+    /// it is `unsafe` (`Platform::free_coherent`), so handing it out lets
+    /// no safe code take a driver's pages.
     pub fn platform(&self) -> &'static Platform<P> {
         self.platform
     }
@@ -147,21 +149,58 @@ impl<P: Policy + 'static, T: Translate + Clone + Send + Sync + 'static> Engine<P
         // page aligned, which virtio-drivers needs and is checked here.
         // Device address 0 never comes from a pool (swiotlb's rule).
         if c.cpu.as_ptr().addr() % PAGE_SIZE != 0 || c.dma.0 == 0 {
-            let undo = self.platform.free_coherent(&self.device, c.dma);
+            // SAFETY: the allocation was just made and is handed to no
+            // one: nothing points into it.
+            let undo = unsafe { self.platform.free_coherent(&self.device, c.dma, c.size) };
             debug_assert!(undo.is_ok(), "freeing a fresh allocation failed");
             return failed();
         }
         (c.dma.0, c.cpu)
     }
 
-    /// Gives back an allocation of [`Engine::dma_alloc`]: 0 on success,
-    /// [`DEALLOC_NOT_ALLOCATED`] if `paddr`, `vaddr` and `pages` are not a
-    /// live allocation of this engine (nothing changes then), or
-    /// [`DEALLOC_UNSHARE_FAILED`].
-    pub fn dma_dealloc(&self, paddr: u64, vaddr: NonNull<u8>, pages: usize) -> i32 {
+    /// Gives back an allocation of [`Engine::dma_alloc`], as
+    /// [`Hal::dma_dealloc`](virtio_drivers::Hal::dma_dealloc): 0 on
+    /// success, [`DEALLOC_NOT_ALLOCATED`] if `paddr`, `vaddr` and `pages`
+    /// are not a live allocation of this engine of exactly `pages` pages
+    /// (nothing changes then), or [`DEALLOC_UNSHARE_FAILED`].
+    ///
+    /// It is `unsafe` because the pages go back to be handed out (zeroed)
+    /// again: safe code must not be able to free pages a virtio driver
+    /// still uses, which a generated `Hal`'s public `engine()` would
+    /// otherwise allow:
+    ///
+    /// ```compile_fail,E0133
+    /// # use virtio_drivers::{BufferDirection, Hal};
+    /// swiotlb_virtio::hal!(struct H);
+    /// // A driver's ring...
+    /// let (paddr, vaddr) = H::dma_alloc(1, BufferDirection::Both);
+    /// // ...cannot be freed from under it by safe code.
+    /// H::engine().dma_dealloc(paddr, vaddr, 1);
+    /// ```
+    ///
+    /// Nor through the platform:
+    ///
+    /// ```compile_fail,E0133
+    /// # use virtio_drivers::{BufferDirection, Hal};
+    /// swiotlb_virtio::hal!(struct H);
+    /// let (paddr, vaddr) = H::dma_alloc(1, BufferDirection::Both);
+    /// let e = H::engine();
+    /// let _ = e.platform().free_coherent(e.device(), swiotlb::DmaAddr(paddr), 4096);
+    /// ```
+    ///
+    /// # Safety
+    /// If `paddr`, `vaddr` and `pages` are a live allocation of this
+    /// engine, its memory is no longer used through any pointer (virtio-drivers'
+    /// contract for `Hal::dma_dealloc`: the pages were its own, and it is
+    /// done with them). Given anything else, the call only returns
+    /// [`DEALLOC_NOT_ALLOCATED`].
+    pub unsafe fn dma_dealloc(&self, paddr: u64, vaddr: NonNull<u8>, pages: usize) -> i32 {
+        let Some(size) = pages.checked_mul(PAGE_SIZE) else {
+            return DEALLOC_NOT_ALLOCATED;
+        };
         let Some(id) = self.device.restricted_tlb() else {
             return match &self.options.pages {
-                Some(src) => match src.free(paddr, vaddr, pages) {
+                Some(src) => match src.free(paddr, vaddr, size) {
                     Ok(()) => 0,
                     Err(FreeError::NotAllocated) => DEALLOC_NOT_ALLOCATED,
                     Err(FreeError::Unshare) => DEALLOC_UNSHARE_FAILED,
@@ -180,7 +219,14 @@ impl<P: Policy + 'static, T: Translate + Clone + Send + Sync + 'static> Engine<P
         if !pool.contains(phys) || pool.vaddr().as_ptr().wrapping_add(at) != vaddr.as_ptr() {
             return DEALLOC_NOT_ALLOCATED;
         }
-        match self.platform.free_coherent(&self.device, DmaAddr(paddr)) {
+        // SAFETY: `paddr` is where `vaddr` lies in the pool, so if this is
+        // a live coherent allocation it is the one at `vaddr`, whose
+        // memory is no longer used (this function's contract); the pool
+        // frees it only if `size` is its size too.
+        match unsafe {
+            self.platform
+                .free_coherent(&self.device, DmaAddr(paddr), size)
+        } {
             Ok(()) => 0,
             Err(_) => DEALLOC_NOT_ALLOCATED,
         }

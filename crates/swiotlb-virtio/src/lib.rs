@@ -30,7 +30,9 @@
 //!   expects; no pool ever hands out device address 0 (the core refuses a
 //!   pool a device would see there, `Error::DmaZeroInPool`).
 //! - `dma_dealloc` returns 0, or [`DEALLOC_NOT_ALLOCATED`] /
-//!   [`DEALLOC_UNSHARE_FAILED`].
+//!   [`DEALLOC_UNSHARE_FAILED`]. It frees only a live allocation of
+//!   exactly the pages given: any other address, pointer or page count is
+//!   [`DEALLOC_NOT_ALLOCATED`] and frees nothing.
 //! - `mmio_phys_to_virt` panics: this `Hal` is for transports that use no
 //!   MMIO (vhost-user, in-process fakes); a PCI or MMIO transport needs a
 //!   `Hal` that knows the machine's BARs.
@@ -106,7 +108,11 @@
 //! # Safety and correctness
 //!
 //! The unsafe code is the `Hal` implementation's contract passed on to the
-//! core's raw API, in [`Engine::share`] and [`Engine::unshare`]: the buffer
+//! core: `dma_dealloc`'s to the core's `free_coherent` in
+//! [`Engine::dma_dealloc`] (the pages are no longer used; both are
+//! `unsafe`, so the public [`Engine`] a generated type hands out lets no
+//! safe code free a driver's rings), and `share`'s and `unshare`'s to the
+//! core's raw API in [`Engine::share`] and [`Engine::unshare`]: the buffer
 //! virtio-drivers shares stays valid and untouched until its unshare (the
 //! queue holds it until the device used it), so the core may copy into it
 //! at unmap. A `DriverToDevice` buffer may be read-only memory: swiotlb
@@ -162,6 +168,9 @@ impl core::error::Error for AlreadyBound {}
 #[doc(hidden)]
 pub mod __private {
     pub use spin::Once;
+    // The expansion names the core through here, so that a crate that
+    // renames its `swiotlb` dependency, or has none, can use the macro.
+    pub use swiotlb;
     pub use virtio_drivers;
 
     /// The panic of a generated `Hal`'s `mmio_phys_to_virt`.
@@ -192,6 +201,18 @@ pub mod __private {
 /// swiotlb_virtio::hal!(struct LegacyHal<swiotlb::NextFit, swiotlb::translate::Offset>);
 /// ```
 ///
+/// The expansion names swiotlb through this crate, never as `::swiotlb`,
+/// so a crate with no `swiotlb` dependency of that name can use the
+/// macro; here `swiotlb` is another crate altogether:
+///
+/// ```
+/// extern crate core as swiotlb;
+/// swiotlb_virtio::hal!(pub struct BlkHal);
+/// swiotlb_virtio::hal!(struct OtherHal<swiotlb_virtio_core::Fast, swiotlb_virtio_core::translate::Identity>);
+/// # use swiotlb_virtio::__private::swiotlb as swiotlb_virtio_core;
+/// assert!(BlkHal::try_engine().is_none() && OtherHal::try_engine().is_none());
+/// ```
+///
 /// The type gets:
 /// - `bind(platform, device, options) -> Result<(), AlreadyBound>`: the
 ///   first call wins; a `HalOptions` with no name takes the type's name;
@@ -202,7 +223,7 @@ pub mod __private {
 #[macro_export]
 macro_rules! hal {
     ($(#[$meta:meta])* $vis:vis struct $name:ident) => {
-        $crate::hal!($(#[$meta])* $vis struct $name<::swiotlb::Fast, ::swiotlb::translate::Identity>);
+        $crate::hal!($(#[$meta])* $vis struct $name<$crate::__private::swiotlb::Fast, $crate::__private::swiotlb::translate::Identity>);
     };
     ($(#[$meta:meta])* $vis:vis struct $name:ident<$policy:ty, $translate:ty>) => {
         $(#[$meta])*
@@ -226,8 +247,8 @@ macro_rules! hal {
             /// before; the first binding stays.
             #[allow(dead_code)]
             $vis fn bind(
-                platform: &'static ::swiotlb::Platform<$policy>,
-                device: ::swiotlb::Device<$translate>,
+                platform: &'static $crate::__private::swiotlb::Platform<$policy>,
+                device: $crate::__private::swiotlb::Device<$translate>,
                 mut options: $crate::HalOptions,
             ) -> ::core::result::Result<(), $crate::AlreadyBound> {
                 if options.name.is_empty() {
@@ -281,7 +302,10 @@ macro_rules! hal {
                 vaddr: ::core::ptr::NonNull<u8>,
                 pages: usize,
             ) -> i32 {
-                Self::engine().dma_dealloc(paddr, vaddr, pages)
+                // SAFETY: virtio-drivers' contract for `dma_dealloc` (the
+                // pages came from `dma_alloc` and it is done with them)
+                // is `Engine::dma_dealloc`'s.
+                unsafe { Self::engine().dma_dealloc(paddr, vaddr, pages) }
             }
 
             unsafe fn mmio_phys_to_virt(paddr: u64, size: usize) -> ::core::ptr::NonNull<u8> {

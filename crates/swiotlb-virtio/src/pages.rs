@@ -36,8 +36,9 @@ pub struct PageSource {
     provider: Arc<dyn Provider>,
     hooks: Arc<dyn MemoryHooks>,
     below: PhysAddr,
-    /// Live allocations, by device address.
-    live: spin::Mutex<BTreeMap<u64, Region>>,
+    /// Live allocations, by device address: the provider's region and the
+    /// bytes handed out (the pages asked for; the region may be larger).
+    live: spin::Mutex<BTreeMap<u64, (Region, usize)>>,
 }
 
 impl core::fmt::Debug for PageSource {
@@ -108,8 +109,19 @@ impl PageSource {
             && dev
                 .translate()
                 .dma_capable(&dev.limits(), region.phys, dma, len);
-        if !usable || self.hooks.share(&region).is_err() {
-            self.give_back(region, usable);
+        if !usable {
+            // Never shared: nothing to undo.
+            self.give_back(region);
+            return None;
+        }
+        if self.hooks.share(&region).is_err() {
+            // A failed share may have shared part of the region (a TDX
+            // conversion stopped halfway; `MemoryHooks::share`: "unshare
+            // is called before the region is freed"), so it is unshared
+            // and freed only if that worked, else leaked: Linux's
+            // `alloc_dma_pages` re-encrypts after a failed
+            // `set_memory_decrypted` and frees only if that succeeds.
+            let _ = self.unshare_and_give_back(region);
             return None;
         }
         // SAFETY:
@@ -120,39 +132,45 @@ impl PageSource {
         // - it is this source's alone until freed (the same contract), and
         //   no device has its address yet.
         unsafe { region.cpu.as_ptr().write_bytes(0, len) };
-        self.live.lock().insert(dma.0, region);
+        self.live.lock().insert(dma.0, (region, len));
         Some((dma, region.cpu))
     }
 
     /// Gives back the allocation at device address `dma`, CPU address
-    /// `cpu`, of `pages` pages.
-    pub(crate) fn free(&self, dma: u64, cpu: NonNull<u8>, pages: usize) -> Result<(), FreeError> {
+    /// `cpu`, of exactly `len` bytes (its pages times [`PAGE_SIZE`]).
+    pub(crate) fn free(&self, dma: u64, cpu: NonNull<u8>, len: usize) -> Result<(), FreeError> {
         let region = {
             let mut live = self.live.lock();
             match live.get(&dma) {
-                Some(r) if r.cpu == cpu && pages.checked_mul(PAGE_SIZE) <= Some(r.len) => {}
+                Some(&(r, given)) if r.cpu == cpu && given == len => {}
                 _ => return Err(FreeError::NotAllocated),
             }
-            live.remove(&dma).ok_or(FreeError::NotAllocated)?
+            live.remove(&dma).ok_or(FreeError::NotAllocated)?.0
         };
+        self.unshare_and_give_back(region)
+    }
+
+    /// Unshares `region`, on which the share hook ran (whether it
+    /// succeeded or not), then frees it to the provider; if the unshare
+    /// fails the region is leaked: memory the host may still see must
+    /// never be reused.
+    fn unshare_and_give_back(&self, region: Region) -> Result<(), FreeError> {
         if self.hooks.unshare(&region).is_err() {
-            // Memory the host may still see must never be reused: leaked.
             return Err(FreeError::Unshare);
         }
-        self.give_back(region, false);
+        self.give_back(region);
         Ok(())
     }
 
-    /// Frees `region` to the provider, unsharing it first if `shared`.
-    fn give_back(&self, region: Region, shared: bool) {
-        if shared && self.hooks.unshare(&region).is_err() {
-            return;
-        }
+    /// Frees `region` to the provider: one the share hook never ran on, or
+    /// one it ran on that was unshared since.
+    fn give_back(&self, region: Region) {
         // SAFETY:
         // - `region` came from this provider's `alloc`, unchanged, and is
         //   freed once: it is out of the live table (or was never in it);
         // - nothing uses it any more (the caller gave it back, or it was
-        //   never handed out), and the share hook, if it ran, was undone.
+        //   never handed out), and the share hook never ran on it or was
+        //   undone by a successful unshare (the callers).
         unsafe { self.provider.free(region) };
     }
 }

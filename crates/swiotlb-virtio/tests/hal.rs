@@ -11,13 +11,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use swiotlb::provider::{MemoryHooks, ProviderError, Region};
+use swiotlb::provider::{MemoryHooks, Provider, ProviderError, Region};
 use swiotlb::translate::Offset;
 use swiotlb::{
     Attrs, Device, DmaAddr, DmaMask, GrowConfig, Growth, IoTlb, Platform, Pool, PoolConfig, TlbKind,
 };
 use swiotlb_host::HeapProvider;
-use swiotlb_virtio::{AlreadyBound, HalOptions, PageSource, DEALLOC_NOT_ALLOCATED, PAGE_SIZE};
+use swiotlb_virtio::{
+    AlreadyBound, Engine, HalOptions, PageSource, DEALLOC_NOT_ALLOCATED, PAGE_SIZE,
+};
 use virtio_drivers::{BufferDirection, Hal};
 
 /// A platform with one fixed restricted tlb named `blk` of `len` bytes,
@@ -525,4 +527,199 @@ fn unshare_of_other_memory_panics_and_keeps_the_share() {
     assert_eq!(buf, vec![4; 300]);
     assert_eq!(other, vec![0; 300]);
     assert_eq!(used(platform), 0);
+}
+
+/// The probe's sequence, done right: a driver holds a `&mut` to its ring
+/// across the dealloc of another allocation and a fresh `dma_alloc`; the
+/// fresh allocation zeroes only its own pages, so the ring's reference
+/// stays valid (miri checks it), and a ring given back and allocated
+/// again comes back zeroed. The unsound version of this sequence (safe
+/// code freeing the live ring through `engine()` or `platform()`) no
+/// longer compiles: see the `compile_fail` examples on
+/// `Engine::dma_dealloc`.
+#[test]
+fn alloc_dealloc_alloc_keeps_a_live_ring_valid() {
+    swiotlb_virtio::hal!(struct H);
+    let platform = restricted(256 << 10);
+    H::bind(platform, blk_device(), HalOptions::new()).unwrap();
+    let (ring_pa, ring_va) = H::dma_alloc(1, BufferDirection::Both);
+    assert_ne!(ring_pa, 0);
+    // SAFETY: the page is the driver's alone until its dealloc, which
+    // comes after the last use of `ring`.
+    let ring = unsafe { &mut *ring_va.as_ptr().cast::<[u8; PAGE_SIZE]>() };
+    ring[..4].copy_from_slice(&[1, 2, 3, 4]);
+    let (other_pa, other_va) = H::dma_alloc(2, BufferDirection::Both);
+    assert_ne!(other_pa, 0);
+    // SAFETY: `other_*` is the allocation of 2 pages above, unused.
+    assert_eq!(unsafe { H::dma_dealloc(other_pa, other_va, 2) }, 0);
+    let (again_pa, again_va) = H::dma_alloc(2, BufferDirection::Both);
+    assert_ne!(again_pa, 0);
+    // The ring was neither freed nor zeroed under its reference.
+    ring[4] = 5;
+    assert_eq!(ring[..5], [1, 2, 3, 4, 5]);
+    // SAFETY: the allocation's two pages, ours until the dealloc.
+    let again = unsafe { std::slice::from_raw_parts(again_va.as_ptr(), 2 * PAGE_SIZE) };
+    assert!(again.iter().all(|&b| b == 0));
+    // SAFETY: `again_*` is the allocation of 2 pages above, unused.
+    assert_eq!(unsafe { H::dma_dealloc(again_pa, again_va, 2) }, 0);
+    // SAFETY: `ring` is dead: the driver is done with its page.
+    assert_eq!(unsafe { H::dma_dealloc(ring_pa, ring_va, 1) }, 0);
+    // Its page comes back zeroed to the next allocation.
+    let (pa, va) = H::dma_alloc(1, BufferDirection::Both);
+    assert_eq!(pa, ring_pa, "the first fit again");
+    // SAFETY: the allocation's page, ours until the dealloc.
+    let page = unsafe { std::slice::from_raw_parts(va.as_ptr(), PAGE_SIZE) };
+    assert!(page.iter().all(|&b| b == 0));
+    // SAFETY: the allocation of 1 page above, unused.
+    assert_eq!(unsafe { H::dma_dealloc(pa, va, 1) }, 0);
+    assert_eq!(used(platform), 0);
+}
+
+/// Regression: with a restricted tlb `pages` was never checked, so a
+/// one-page allocation freed as 1000 pages (or 0, or `usize::MAX`) was
+/// freed. Only the allocation's own size frees it.
+#[test]
+fn dma_dealloc_of_the_wrong_page_count_frees_nothing_in_the_restricted_pool() {
+    swiotlb_virtio::hal!(struct H);
+    let platform = restricted(1 << 20);
+    H::bind(platform, blk_device(), HalOptions::new()).unwrap();
+    let (paddr, vaddr) = H::dma_alloc(1, BufferDirection::Both);
+    assert_ne!(paddr, 0);
+    let held = used(platform);
+    for pages in [0, 2, 1000, usize::MAX / PAGE_SIZE + 1, usize::MAX] {
+        // SAFETY: refused before anything is freed (what is tested).
+        let r = unsafe { H::dma_dealloc(paddr, vaddr, pages) };
+        assert_eq!(r, DEALLOC_NOT_ALLOCATED, "{pages} pages");
+        assert_eq!(used(platform), held, "{pages} pages");
+    }
+    // SAFETY: the allocation of 1 page above.
+    assert_eq!(unsafe { H::dma_dealloc(paddr, vaddr, 1) }, 0);
+    assert_eq!(used(platform), 0);
+}
+
+/// Regression: a page source checked `pages * PAGE_SIZE <= len` with
+/// `checked_mul`, which `None` (overflow) and 0 pass: `usize::MAX` and 0
+/// pages freed the region. Only the allocation's own page count frees it.
+#[test]
+fn dma_dealloc_of_the_wrong_page_count_frees_nothing_from_the_page_source() {
+    swiotlb_virtio::hal!(struct H);
+    let platform: &'static Platform =
+        Box::leak(Box::new(Platform::new().with_default(heap(256 << 10))));
+    let hooks = Arc::new(Counting::default());
+    let options = HalOptions::new()
+        .with_pages(PageSource::new(HeapProvider::new()).with_hooks(CountingHooks(hooks.clone())));
+    H::bind(platform, Device::new(DmaMask::BITS_64), options).unwrap();
+    let (paddr, vaddr) = H::dma_alloc(2, BufferDirection::Both);
+    assert_ne!(paddr, 0);
+    let pages = H::engine().options().pages.as_ref().unwrap();
+    for n in [0, 1, 3, 1000, usize::MAX / PAGE_SIZE + 1, usize::MAX] {
+        // SAFETY: refused before anything is freed (what is tested).
+        let r = unsafe { H::dma_dealloc(paddr, vaddr, n) };
+        assert_eq!(r, DEALLOC_NOT_ALLOCATED, "{n} pages");
+        assert_eq!(pages.live(), 1, "{n} pages");
+        assert_eq!(hooks.unshares.load(Ordering::Relaxed), 0, "{n} pages");
+    }
+    // SAFETY: the allocation of 2 pages above.
+    assert_eq!(unsafe { H::dma_dealloc(paddr, vaddr, 2) }, 0);
+    assert_eq!(pages.live(), 0);
+    assert_eq!(hooks.unshares.load(Ordering::Relaxed), 1);
+}
+
+/// Hooks whose share always fails (having perhaps shared part of the
+/// region), counting both hooks' calls; the unshare fails too if asked.
+struct FailingShare(Arc<Counting>, bool);
+
+// SAFETY: the hooks touch no memory at all.
+unsafe impl MemoryHooks for FailingShare {
+    fn share(&self, r: &Region) -> Result<(), ProviderError> {
+        self.0.shares.fetch_add(1, Ordering::Relaxed);
+        Err(ProviderError::NoMemory {
+            len: r.len,
+            below: swiotlb::PhysAddr(u64::MAX),
+        })
+    }
+    fn unshare(&self, r: &Region) -> Result<(), ProviderError> {
+        self.0.unshares.fetch_add(1, Ordering::Relaxed);
+        if self.1 {
+            return Err(ProviderError::NoMemory {
+                len: r.len,
+                below: swiotlb::PhysAddr(u64::MAX),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A heap provider that counts the regions given back to it, and keeps
+/// every region it gave out reachable, so that one leaked on purpose is
+/// not a leak to miri.
+struct CountingProvider {
+    heap: HeapProvider,
+    freed: Arc<AtomicUsize>,
+    given: std::sync::Mutex<Vec<Region>>,
+}
+
+// SAFETY: forwards to the heap provider, which upholds the contract.
+unsafe impl Provider for CountingProvider {
+    fn alloc(&self, len: usize, below: swiotlb::PhysAddr) -> Result<Region, ProviderError> {
+        let r = self.heap.alloc(len, below)?;
+        self.given.lock().unwrap().push(r);
+        Ok(r)
+    }
+    unsafe fn free(&self, region: Region) {
+        self.freed.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: the caller's contract for `free`, passed on.
+        unsafe { self.heap.free(region) }
+    }
+}
+
+/// A share hook that fails may have shared part of the region (a TDX
+/// conversion stopped halfway), so the page source unshares it before it
+/// goes back, as `MemoryHooks::share` documents and Linux's
+/// `alloc_dma_pages` does (re-encrypt, free only if that worked); when the
+/// unshare fails too, the region is leaked, never reused.
+#[test]
+fn a_region_whose_share_failed_is_unshared_before_it_is_freed() {
+    swiotlb_virtio::hal!(struct UnshareWorks);
+    swiotlb_virtio::hal!(struct UnshareFails);
+    let engines = [
+        (
+            UnshareWorks::bind as fn(_, _, _) -> _,
+            UnshareWorks::engine as fn() -> _,
+            false,
+        ),
+        (UnshareFails::bind, UnshareFails::engine, true),
+    ];
+    for (bind, engine, unshare_fails) in engines {
+        let hooks = Arc::new(Counting::default());
+        let freed = Arc::new(AtomicUsize::new(0));
+        let provider = CountingProvider {
+            heap: HeapProvider::new(),
+            freed: freed.clone(),
+            given: Default::default(),
+        };
+        let src = PageSource::new(provider).with_hooks(FailingShare(hooks.clone(), unshare_fails));
+        let platform: &'static Platform =
+            Box::leak(Box::new(Platform::new().with_default(heap(64 << 10))));
+        bind(
+            platform,
+            Device::new(DmaMask::BITS_64),
+            HalOptions::new().with_pages(src),
+        )
+        .unwrap();
+        let engine: &Engine = engine();
+        assert_eq!(
+            engine.dma_alloc(1, BufferDirection::Both),
+            (0, NonNull::dangling())
+        );
+        assert_eq!(hooks.shares.load(Ordering::Relaxed), 1);
+        assert_eq!(hooks.unshares.load(Ordering::Relaxed), 1, "{unshare_fails}");
+        let expect_freed = if unshare_fails { 0 } else { 1 };
+        assert_eq!(
+            freed.load(Ordering::Relaxed),
+            expect_freed,
+            "{unshare_fails}"
+        );
+        assert_eq!(engine.options().pages.as_ref().unwrap().live(), 0);
+    }
 }

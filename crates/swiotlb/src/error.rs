@@ -199,6 +199,16 @@ pub enum Error {
         /// The device address given.
         dma: DmaAddr,
     },
+    /// A coherent allocation freed with a size other than the one it was
+    /// allocated with: nothing is freed.
+    WrongSize {
+        /// The device address given.
+        dma: DmaAddr,
+        /// The size given.
+        size: usize,
+        /// The allocation's size.
+        allocated: usize,
+    },
     /// A sync or unmap that runs past the end of its mapping: nothing is
     /// copied.
     OutOfBounds {
@@ -320,6 +330,7 @@ impl Error {
                 FailReason::Unreachable
             }
             Error::NotMapped { .. }
+            | Error::WrongSize { .. }
             | Error::OutOfBounds { .. }
             | Error::InvalidPool { .. }
             | Error::OutOfMemory { .. }
@@ -341,6 +352,7 @@ impl Error {
             Error::TimedOut { .. } => "timed_out",
             Error::TlbGone => "tlb_gone",
             Error::NotMapped { .. } => "not_mapped",
+            Error::WrongSize { .. } => "wrong_size",
             Error::OutOfBounds { .. } => "out_of_bounds",
             Error::SegmentTooLong { .. } => "segment_too_long",
             Error::InvalidPool { .. } => "invalid_pool",
@@ -477,6 +489,14 @@ impl fmt::Display for Error {
             Error::NotMapped { dma } => {
                 write!(f, "swiotlb: {dma} is not a live bounce mapping")
             }
+            Error::WrongSize {
+                dma,
+                size,
+                allocated,
+            } => write!(
+                f,
+                "swiotlb: coherent allocation at {dma} freed as {size} bytes, but it holds {allocated}; nothing freed"
+            ),
             Error::OutOfBounds {
                 offset,
                 len,

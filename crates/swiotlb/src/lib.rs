@@ -171,7 +171,10 @@
 //!   is ever made from bounce memory, and every length is checked against
 //!   metadata the device cannot reach;
 //! - the raw API ([`Pool::map_raw`] and friends) trusts its caller for the
-//!   original buffer, as the kernel's DMA API does;
+//!   original buffer, as the kernel's DMA API does, and
+//!   [`Pool::free_coherent`] (and the tlb's and platform's) trusts its
+//!   caller that nothing uses a coherent allocation any more, as `dealloc`
+//!   does: the next allocation zeroes the same slots;
 //! - the `provider` module's `Provider` and `MemoryHooks` are `unsafe` to
 //!   implement: a pool built from provided memory trusts the region it is
 //!   given and that the hooks leave it valid;

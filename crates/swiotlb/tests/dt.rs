@@ -1013,7 +1013,8 @@ fn a_platform_from_a_device_tree_grows_its_default_tlb_and_restricts_virtio() {
     // Its coherent ring comes from the restricted pool too.
     let ring = platform.alloc_coherent(&virtio, 16 << 10).unwrap();
     assert!((0x5000_0000..0x5010_0000).contains(&ring.dma.as_u64()));
-    platform.free_coherent(&virtio, ring.dma).unwrap();
+    // SAFETY: nothing uses the ring.
+    unsafe { platform.free_coherent(&virtio, ring.dma, ring.size) }.unwrap();
 
     // The other device: 3 MiB live in the growing default tlb, which
     // starts at 1 MiB; every buffer reads back what was written.

@@ -160,7 +160,8 @@ fn no_pool_hands_out_device_address_zero() {
         );
         let c = pool.alloc_coherent(&dev, 4096).unwrap();
         assert_ne!(c.dma.as_u64(), 0);
-        pool.free_coherent(&dev, c.dma).unwrap();
+        // SAFETY: nothing uses the allocation.
+        unsafe { pool.free_coherent(&dev, c.dma, c.size) }.unwrap();
     }
     assert_eq!(pool.stats().io_tlb_used, 0);
     assert_eq!(

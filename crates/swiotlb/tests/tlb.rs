@@ -265,13 +265,15 @@ fn coherent_alignment_follows_the_order() {
         assert_eq!(c.dma.as_u64() % align, 0, "size {size}");
         assert_eq!(c.phys.0 % 4096, 0);
         assert_eq!(c.size, size);
-        p.free_coherent(&d, c.dma).unwrap();
+        // SAFETY: nothing uses the allocation.
+        unsafe { p.free_coherent(&d, c.dma, size) }.unwrap();
         drop(pad);
     }
     // Linux takes slots for the size, not the alignment: 12 KiB holds 6.
     let c = p.alloc_coherent(&d, 12 << 10).unwrap();
     assert_eq!(p.restricted()[0].stats().pool.io_tlb_used, 6);
-    p.free_coherent(&d, c.dma).unwrap();
+    // SAFETY: nothing uses the allocation.
+    unsafe { p.free_coherent(&d, c.dma, 12 << 10) }.unwrap();
     assert_eq!(p.restricted()[0].stats().pool.io_tlb_used, 0);
     // Nothing is copied for a coherent allocation.
     assert_eq!(p.restricted()[0].stats().pool.bytes_to_device, 100 * 5);
@@ -297,7 +299,8 @@ fn coherent_memory_is_zeroed() {
         // Dirty it in turn, for the next round.
         // SAFETY: as above.
         unsafe { std::ptr::write_bytes(c.cpu.as_ptr(), 0x77, size) };
-        p.free_coherent(&d, c.dma).unwrap();
+        // SAFETY: `bytes` is dead; nothing uses the allocation any more.
+        unsafe { p.free_coherent(&d, c.dma, size) }.unwrap();
     }
 }
 
@@ -308,17 +311,22 @@ fn bad_frees_are_not_mapped() {
     let nm = |dma: DmaAddr| Err(Error::NotMapped { dma });
     // Interior address.
     let inside = DmaAddr(c.dma.as_u64() + 2048);
-    assert_eq!(p.free_coherent(&d, inside), nm(inside));
+    // SAFETY: not the start of a live coherent allocation: refused.
+    assert_eq!(unsafe { p.free_coherent(&d, inside, 8192) }, nm(inside));
     // Never allocated.
     let free = DmaAddr(RESTRICTED + (512 << 10));
-    assert_eq!(p.free_coherent(&d, free), nm(free));
+    // SAFETY: not a live coherent allocation: refused.
+    assert_eq!(unsafe { p.free_coherent(&d, free, 8192) }, nm(free));
     // Outside the pool.
     let out = DmaAddr(LOW);
-    assert_eq!(p.free_coherent(&d, out), nm(out));
+    // SAFETY: not a live coherent allocation: refused.
+    assert_eq!(unsafe { p.free_coherent(&d, out, 8192) }, nm(out));
     // A streaming mapping is not a coherent allocation, and a coherent
     // allocation is not a streaming mapping.
     let m = p.map(&d, vec![0u8; 3000], Direction::ToDevice).unwrap();
-    assert_eq!(p.free_coherent(&d, m.dma_addr()), nm(m.dma_addr()));
+    // SAFETY: a streaming mapping, not a coherent allocation: refused.
+    let r = unsafe { p.free_coherent(&d, m.dma_addr(), 3000) };
+    assert_eq!(r, nm(m.dma_addr()));
     let tlb = &p.restricted()[0];
     // SAFETY: the address is not a streaming mapping, so nothing is
     // copied; the call must refuse it.
@@ -335,8 +343,10 @@ fn bad_frees_are_not_mapped() {
     assert_eq!(r, nm(c.dma));
     drop(m);
     // Once, then never again.
-    p.free_coherent(&d, c.dma).unwrap();
-    assert_eq!(p.free_coherent(&d, c.dma), nm(c.dma));
+    // SAFETY: nothing uses the allocation.
+    unsafe { p.free_coherent(&d, c.dma, 8192) }.unwrap();
+    // SAFETY: no longer a live coherent allocation: refused.
+    assert_eq!(unsafe { p.free_coherent(&d, c.dma, 8192) }, nm(c.dma));
     assert_eq!(tlb.stats().pool.io_tlb_used, 0);
     // A device with no restricted tlb gets no coherent memory here.
     assert_eq!(p.alloc_coherent(&dev(64), 4096), Err(Error::NoPool));
@@ -345,6 +355,38 @@ fn bad_frees_are_not_mapped() {
         p.alloc_coherent(&d, 512 << 10),
         Err(Error::TooLarge { .. })
     ));
+}
+
+/// A coherent allocation freed with a size other than its own is refused
+/// and stays allocated: a caller's wrong size must not free slots the
+/// allocation does not hold, nor leave some of its own in use.
+#[test]
+fn coherent_free_of_the_wrong_size_frees_nothing() {
+    let (p, d) = restricted_only();
+    let tlb = &p.restricted()[0];
+    let c = p.alloc_coherent(&d, 4096).unwrap();
+    let used = tlb.stats().pool.io_tlb_used;
+    assert_eq!(used, 2);
+    for size in [0, 1, 4095, 4097, 8192, 1000 * 4096, usize::MAX] {
+        let wrong = Err(Error::WrongSize {
+            dma: c.dma,
+            size,
+            allocated: 4096,
+        });
+        // SAFETY: the size is wrong, so the call only returns an error.
+        assert_eq!(unsafe { p.free_coherent(&d, c.dma, size) }, wrong, "{size}");
+        assert_eq!(tlb.stats().pool.io_tlb_used, used, "{size}");
+    }
+    let msg = Error::WrongSize {
+        dma: c.dma,
+        size: 8192,
+        allocated: 4096,
+    }
+    .to_string();
+    assert!(msg.starts_with("swiotlb:") && msg.contains("8192"), "{msg}");
+    // SAFETY: nothing uses the allocation.
+    unsafe { p.free_coherent(&d, c.dma, 4096) }.unwrap();
+    assert_eq!(tlb.stats().pool.io_tlb_used, 0);
 }
 
 #[test]
@@ -460,7 +502,9 @@ proptest! {
                 }
                 Op::Free(i) if !coherent.is_empty() => {
                     let c = coherent.swap_remove(i % coherent.len());
-                    prop_assert_eq!(p.free_coherent(&d, c.dma), Ok(()));
+                    // SAFETY: nothing uses the allocation any more.
+                    let r = unsafe { p.free_coherent(&d, c.dma, c.size) };
+                    prop_assert_eq!(r, Ok(()));
                     live.remove(&c.phys.0);
                 }
                 Op::Map(len) => {
@@ -481,7 +525,9 @@ proptest! {
             }
         }
         for c in coherent {
-            prop_assert_eq!(p.free_coherent(&d, c.dma), Ok(()));
+            // SAFETY: nothing uses the allocation any more.
+            let r = unsafe { p.free_coherent(&d, c.dma, c.size) };
+            prop_assert_eq!(r, Ok(()));
         }
         drop(maps);
         prop_assert_eq!(tlb.stats().pool.io_tlb_used, 0);

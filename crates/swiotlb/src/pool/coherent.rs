@@ -15,9 +15,13 @@ use crate::translate::Translate;
 /// CPU reaches it through `cpu`, the device through `dma`.
 ///
 /// It is a plain description, not an owner: it is given back with
-/// [`Pool::free_coherent`] by its device address, as Linux's
-/// `swiotlb_free` takes a page, and reading or writing through `cpu` is
-/// the caller's `unsafe` business, valid only until the free.
+/// [`Pool::free_coherent`] by its device address and size, as Linux's
+/// `dma_free_coherent` takes them, and reading or writing through `cpu` is
+/// the caller's `unsafe` business, valid only until the free. Freeing is
+/// `unsafe` for the same reason `dealloc` is: once the slots are free the
+/// pool hands them out again (zeroing them first), so any pointer still
+/// into the allocation, a `&mut` a driver holds to its ring for instance,
+/// would then alias someone else's memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Coherent {
     /// The CPU address of the first byte.
@@ -121,23 +125,41 @@ impl<P: Policy> Pool<P> {
         })
     }
 
-    /// Frees a coherent allocation by its device address (Linux
-    /// `swiotlb_free`).
+    /// Frees the coherent allocation of `size` bytes at device address
+    /// `dma` (Linux `dma_free_coherent`, which takes the size too, and
+    /// `swiotlb_free`). `size` must be the size it was allocated with
+    /// ([`Coherent::size`]); unlike Linux, which trusts it, the pool
+    /// checks it against its record and frees nothing on a mismatch.
     ///
     /// # Errors
     /// [`Error::NotMapped`] if `dma` is not the start of a live coherent
     /// allocation of this pool: outside the pool, inside an allocation, a
-    /// streaming mapping, or already freed. Nothing changes then.
-    pub fn free_coherent<T: Translate>(&self, dev: &Device<T>, dma: DmaAddr) -> Result {
+    /// streaming mapping, or already freed. [`Error::WrongSize`] if it is
+    /// one, of another size. Nothing changes then.
+    ///
+    /// # Safety
+    /// If `dma` and `size` are a live coherent allocation of this pool,
+    /// the memory of that allocation is no longer used through any
+    /// pointer: no reference into it lives on, and nothing reads or writes
+    /// it through [`Coherent::cpu`] (or a pointer derived from it) from
+    /// now on. The device must be done with it too. Its slots go back to
+    /// the pool, which hands them out (zeroed) to the next allocation or
+    /// mapping. Given anything else, the call only returns an error.
+    pub unsafe fn free_coherent<T: Translate>(
+        &self,
+        dev: &Device<T>,
+        dma: DmaAddr,
+        size: usize,
+    ) -> Result {
         let phys = dev.translate().dma_to_phys(dma);
-        let r = self.free_coherent_at(phys, dma);
+        let r = self.free_coherent_at(phys, dma, size);
         if let Err(e) = &r {
             self.count_failure(e);
         }
         r
     }
 
-    fn free_coherent_at(&self, phys: PhysAddr, dma: DmaAddr) -> Result {
+    fn free_coherent_at(&self, phys: PhysAddr, dma: DmaAddr, size: usize) -> Result {
         let not_mapped = Error::NotMapped { dma };
         if !self.contains(phys) {
             return Err(not_mapped);
@@ -157,7 +179,15 @@ impl<P: Policy> Pool<P> {
         if !live || !self.orig[s as usize].load(Ordering::Relaxed).is_null() {
             return Err(not_mapped);
         }
-        let nslots = Shape(self.shape[s as usize].load(Ordering::Relaxed)).nslots();
+        let shape = Shape(self.shape[s as usize].load(Ordering::Relaxed));
+        if shape.len() != size {
+            return Err(Error::WrongSize {
+                dma,
+                size,
+                allocated: shape.len(),
+            });
+        }
+        let nslots = shape.nslots();
         self.clear_start_bit(s);
         P::free(&mut st.policy, &area.geom, s, nslots);
         st.used -= nslots;

@@ -1295,13 +1295,25 @@ impl<P: Policy> IoTlb<P> {
         self.first.alloc_coherent(dev, size)
     }
 
-    /// Frees a coherent allocation by its device address
+    /// Frees the coherent allocation of `size` bytes at `dma`
     /// ([`Pool::free_coherent`]).
     ///
     /// # Errors
     /// As [`Pool::free_coherent`].
-    pub fn free_coherent<T: Translate>(&self, dev: &Device<T>, dma: DmaAddr) -> Result {
-        let r = self.first.free_coherent(dev, dma);
+    ///
+    /// # Safety
+    /// As [`Pool::free_coherent`]: the memory of this coherent allocation
+    /// is no longer used through any pointer.
+    pub unsafe fn free_coherent<T: Translate>(
+        &self,
+        dev: &Device<T>,
+        dma: DmaAddr,
+        size: usize,
+    ) -> Result {
+        // SAFETY: the memory of the allocation at `dma`, if there is one,
+        // is no longer used through any pointer (this function's
+        // contract).
+        let r = unsafe { self.first.free_coherent(dev, dma, size) };
         if r.is_ok() {
             self.serve_if_queued();
         }

@@ -570,14 +570,27 @@ impl<P: Policy> Platform<P> {
         self.restricted_of(dev)?.alloc_coherent(dev, size)
     }
 
-    /// Frees a coherent allocation of `dev` by its device address (Linux
-    /// `swiotlb_free`).
+    /// Frees the coherent allocation of `size` bytes of `dev` at device
+    /// address `dma` (Linux `dma_free_coherent`, then `swiotlb_free`).
     ///
     /// # Errors
     /// [`Error::NoPool`] if the device has no restricted tlb, or as
     /// [`Pool::free_coherent`](crate::Pool::free_coherent).
-    pub fn free_coherent<T: Translate>(&self, dev: &Device<T>, dma: DmaAddr) -> Result {
-        self.restricted_of(dev)?.free_coherent(dev, dma)
+    ///
+    /// # Safety
+    /// As [`Pool::free_coherent`](crate::Pool::free_coherent): the memory
+    /// of this coherent allocation is no longer used through any pointer.
+    pub unsafe fn free_coherent<T: Translate>(
+        &self,
+        dev: &Device<T>,
+        dma: DmaAddr,
+        size: usize,
+    ) -> Result {
+        let tlb = self.restricted_of(dev)?;
+        // SAFETY: the memory of the allocation at `dma`, if there is one,
+        // is no longer used through any pointer (this function's
+        // contract).
+        unsafe { tlb.free_coherent(dev, dma, size) }
     }
 
     fn restricted_of<T: Translate>(&self, dev: &Device<T>) -> Result<&IoTlb<P>> {
