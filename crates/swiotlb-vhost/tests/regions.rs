@@ -153,3 +153,31 @@ fn a_subscription_keeps_the_device_listening() {
     assert_eq!(sub.1.regions().len(), 2, "unsubscribed: not told");
     let _ = (grown, later);
 }
+
+/// Any depth is taken: more than a virtqueue holds is clamped, not an
+/// allocation of `usize::MAX` slots.
+#[test]
+fn blk_run_takes_any_depth() {
+    let _one = serial();
+    let setup = Setup::start();
+    let region = common::TestHal::reset(4 << 20);
+    let t = setup.connect(std::slice::from_ref(&region));
+    let h = t.handle();
+    let mut disk = common::Blk::new(t).unwrap_or_else(|e| panic!("{e}"));
+    let ops = (0..4u8).map(|i| swiotlb_vhost::blk::BlockOp {
+        sector: u64::from(i) * 8,
+        buf: vec![i; 4096],
+        write: true,
+    });
+    let mut done = 0;
+    swiotlb_vhost::blk::run(
+        &mut disk,
+        ops,
+        usize::MAX,
+        common::IO_TIMEOUT,
+        |t| h.wait(0, t),
+        |_| done += 1,
+    )
+    .unwrap();
+    assert_eq!(done, 4);
+}
