@@ -592,7 +592,7 @@ fn scan(value: &str) -> Reading {
 /// as a digit, so `"0x"` alone reads 0 and stops at the `x`), anything else
 /// is decimal. Reading stops at the first character that is not a digit of
 /// the base, as in `_parse_integer()`; it never fails.
-fn strtoul(s: &[u8], start: usize) -> ParamNumber {
+pub(crate) fn strtoul(s: &[u8], start: usize) -> ParamNumber {
     let at = |i: usize| s.get(i).copied().unwrap_or(0);
     let (base, mut i) = if at(start) != b'0' {
         (10, start)
@@ -633,7 +633,7 @@ fn align_to_segment(n: u64) -> u64 {
 
 /// The area count `swiotlb_adjust_nareas()` stores: 0 becomes 1, anything
 /// else is rounded up to a power of two; saturated at [`MAX_NAREAS`].
-fn adjust_nareas(n: u64) -> u32 {
+pub(crate) fn adjust_nareas(n: u64) -> u32 {
     let n = u32::try_from(n.clamp(1, u64::from(MAX_NAREAS))).unwrap_or(MAX_NAREAS);
     // MAX_NAREAS is a power of two, so rounding up cannot pass it.
     n.next_power_of_two()
@@ -654,7 +654,7 @@ fn round_up_nslabs(nslabs: u64, nareas: u32) -> u64 {
 /// Linux's `limit_nareas()`: no more areas than whole segments, but kept a
 /// power of two (rounded down, at least 1), where Linux returns
 /// `nslabs / 128` as it is.
-fn limit_nareas(nareas: u32, nslabs: u64) -> u32 {
+pub(crate) fn limit_nareas(nareas: u32, nslabs: u64) -> u32 {
     if nslabs >= u64::from(nareas) * SEG {
         return nareas;
     }

@@ -119,6 +119,66 @@ pub enum ParamProblem {
     SlotsRaised,
 }
 
+/// Why a `swiotlb.region=<size>@<address>[,force]` value is refused
+/// ([`RegionParam`](crate::cmdline::RegionParam)). Every problem but
+/// [`Unaligned`](RegionProblem::Unaligned) is refused by the lenient parser
+/// too: there is no sensible pool to fall back to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RegionProblem {
+    /// Not `<size>@<address>[,force]`: a missing number or `@`, a unit
+    /// that `memparse` does not know, or text after the value.
+    Garbage,
+    /// The size is 2^64 bytes or more, suffix included.
+    SizeOverflow,
+    /// The address is 2^64 or more, suffix included.
+    AddressOverflow,
+    /// The region runs past the end of the 64-bit address space.
+    EndOverflow,
+    /// The region, once cut to whole slots, holds less than one segment
+    /// (128 slots of 2 KiB), the largest mapping.
+    TooSmall {
+        /// Bytes of whole slots in the region.
+        size: u64,
+        /// Bytes in a segment.
+        segment: u64,
+    },
+    /// The base or the size is not a multiple of the slot size (strict
+    /// parser only; the lenient one shrinks the region to whole slots).
+    Unaligned,
+}
+
+/// A key of the kernel command line that this crate reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum CmdlineKey {
+    /// `swiotlb=`, Linux's own.
+    Swiotlb,
+    /// `swiotlb.high=`, the size of the high pool.
+    High,
+    /// `swiotlb.region=`, the default pool at a given address.
+    Region,
+}
+
+/// What the strict command-line parser
+/// ([`Cmdline::parse_strict`](crate::cmdline::Cmdline::parse_strict))
+/// refuses in how the keys combine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum CmdlineProblem {
+    /// A key given twice (the lenient parser takes the last, as Linux does).
+    Repeated {
+        /// The key.
+        key: CmdlineKey,
+        /// Byte offset of its first occurrence (`at` is the second's).
+        first: usize,
+    },
+    /// `swiotlb=` gives a slot count, but `swiotlb.region=` sets the size.
+    SlotsOverridden,
+    /// `swiotlb=noforce` asks for no pool, `swiotlb.region=` for one.
+    NoForceWithRegion,
+}
+
 /// Everything that can go wrong in the core.
 ///
 /// Every variant is cheap to copy and carries the context a user needs to
@@ -270,6 +330,44 @@ pub enum Error {
         /// What is wrong.
         problem: ParamProblem,
     },
+    /// A `swiotlb.region=` value that cannot give a pool.
+    BadRegion {
+        /// Byte offset of the problem (in the value, or in the line when
+        /// the whole command line was parsed).
+        at: usize,
+        /// What is wrong.
+        problem: RegionProblem,
+    },
+    /// Keys of a kernel command line that the strict parser refuses
+    /// together.
+    BadCmdline {
+        /// Byte offset in the line of the key at fault.
+        at: usize,
+        /// What is wrong.
+        problem: CmdlineProblem,
+    },
+    /// Two pools of one platform would share memory: the command-line
+    /// region and a device-tree pool, or the region and the high pool.
+    RegionOverlap {
+        /// Physical base of the command-line region.
+        base: PhysAddr,
+        /// Bytes in the region.
+        size: u64,
+        /// Physical base of the other pool.
+        other: PhysAddr,
+        /// Bytes in the other pool.
+        other_size: u64,
+    },
+    /// A device attached to a platform reaches none of the pools that
+    /// could serve it (its DMA mask or bus limit stops short of the
+    /// command-line region): it is refused when attached rather than at its
+    /// first map.
+    RegionUnreachable {
+        /// The device address of the pool's first byte, for this device.
+        dma: DmaAddr,
+        /// Bytes in the pool.
+        size: u64,
+    },
 }
 
 /// The failure reasons a pool counts, one counter each (see
@@ -326,16 +424,20 @@ impl Error {
             Error::AlignmentImpossible { .. } | Error::PaddingTooLarge { .. } => {
                 FailReason::Alignment
             }
-            Error::Unreachable { .. } | Error::NoPool | Error::DmaZeroInPool { .. } => {
-                FailReason::Unreachable
-            }
+            Error::Unreachable { .. }
+            | Error::NoPool
+            | Error::DmaZeroInPool { .. }
+            | Error::RegionUnreachable { .. } => FailReason::Unreachable,
             Error::NotMapped { .. }
             | Error::WrongSize { .. }
             | Error::OutOfBounds { .. }
             | Error::InvalidPool { .. }
             | Error::OutOfMemory { .. }
             | Error::BadConfig { .. }
-            | Error::BadParam { .. } => FailReason::Misuse,
+            | Error::BadParam { .. }
+            | Error::BadRegion { .. }
+            | Error::BadCmdline { .. }
+            | Error::RegionOverlap { .. } => FailReason::Misuse,
         }
     }
 
@@ -360,6 +462,10 @@ impl Error {
             Error::BadConfig { .. } => "bad_config",
             Error::PaddingTooLarge { .. } => "padding_too_large",
             Error::BadParam { .. } => "bad_param",
+            Error::BadRegion { .. } => "bad_region",
+            Error::BadCmdline { .. } => "bad_cmdline",
+            Error::RegionOverlap { .. } => "region_overlap",
+            Error::RegionUnreachable { .. } => "region_unreachable",
         }
     }
 }
@@ -410,6 +516,57 @@ impl fmt::Display for ConfigProblem {
             ),
             ConfigProblem::UnmappedRegion { phys, len } => {
                 write!(f, "the region of {len} bytes at {phys} has no CPU mapping")
+            }
+        }
+    }
+}
+
+impl fmt::Display for RegionProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RegionProblem::Garbage => f.write_str(
+                "not <size>@<address>[,force] (numbers with an optional K/M/G/T/P/E suffix)",
+            ),
+            RegionProblem::SizeOverflow => f.write_str("size of 2^64 bytes or more"),
+            RegionProblem::AddressOverflow => f.write_str("address of 2^64 or more"),
+            RegionProblem::EndOverflow => {
+                f.write_str("region runs past the end of the address space")
+            }
+            RegionProblem::TooSmall { size, segment } => write!(
+                f,
+                "region of {size} bytes (whole slots) is smaller than one {segment}-byte segment"
+            ),
+            RegionProblem::Unaligned => {
+                f.write_str("base or size not a multiple of the 2 KiB slot")
+            }
+        }
+    }
+}
+
+impl fmt::Display for CmdlineKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CmdlineKey::Swiotlb => "swiotlb=",
+            CmdlineKey::High => "swiotlb.high=",
+            CmdlineKey::Region => "swiotlb.region=",
+        })
+    }
+}
+
+impl fmt::Display for CmdlineProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CmdlineProblem::Repeated { key, first } => {
+                write!(
+                    f,
+                    "{key} given again (first at byte {first}); Linux takes the last"
+                )
+            }
+            CmdlineProblem::SlotsOverridden => {
+                f.write_str("swiotlb= slot count ignored: swiotlb.region= sets the size")
+            }
+            CmdlineProblem::NoForceWithRegion => {
+                f.write_str("swiotlb=noforce asks for no pool, swiotlb.region= for one")
             }
         }
     }
@@ -530,6 +687,25 @@ impl fmt::Display for Error {
             Error::BadParam { at, problem } => {
                 write!(f, "swiotlb: the strict swiotlb= check stops at byte {at}: {problem}")
             }
+            Error::BadRegion { at, problem } => {
+                write!(f, "swiotlb: swiotlb.region= refused at byte {at}: {problem}")
+            }
+            Error::BadCmdline { at, problem } => {
+                write!(f, "swiotlb: the strict command-line check stops at byte {at}: {problem}")
+            }
+            Error::RegionOverlap {
+                base,
+                size,
+                other,
+                other_size,
+            } => write!(
+                f,
+                "swiotlb: the swiotlb.region= pool ({size} bytes at {base}) overlaps another pool ({other_size} bytes at {other})"
+            ),
+            Error::RegionUnreachable { dma, size } => write!(
+                f,
+                "swiotlb: the device cannot reach the bounce pool ({size} bytes at device address {dma}): its DMA mask or bus limit stops short"
+            ),
         }
     }
 }

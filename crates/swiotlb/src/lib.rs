@@ -210,6 +210,7 @@ extern crate alloc;
 
 pub mod addr;
 pub mod attrs;
+pub mod cmdline;
 pub mod config;
 pub mod device;
 pub mod direction;
