@@ -67,7 +67,7 @@ mod set;
 pub use clock::{Clock, ManualClock};
 pub use future::MapFuture;
 pub use grow::{GrowConfig, Growth};
-pub use platform::Platform;
+pub use platform::{MapRegion, Platform};
 pub use queue::{Deferral, Ticket};
 
 pub use crate::pool::Coherent;

@@ -55,6 +55,8 @@ pub struct Platform<P: Policy = Fast> {
     restricted: Vec<IoTlb<P>>,
     /// Device tree nodes (full paths) bound to a restricted tlb, by index.
     bindings: Vec<(String, usize)>,
+    /// Whether [`Platform::attach`] makes every device bounce.
+    force: bool,
 }
 
 impl<P: Policy> Default for Platform<P> {
@@ -65,6 +67,7 @@ impl<P: Policy> Default for Platform<P> {
             high: None,
             restricted: Vec::new(),
             bindings: Vec::new(),
+            force: false,
         }
     }
 }
@@ -75,6 +78,48 @@ impl Platform {
     /// [`Platform::default`].
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A platform whose default tlb is the `swiotlb.region=` of a kernel
+    /// command line (`/proc/cmdline` form; other parameters are ignored),
+    /// for a machine described by its command line alone (an x86 MicroVM).
+    ///
+    /// The line is read leniently ([`Cmdline::read`]; check it first with
+    /// [`Cmdline::parse_strict`] to refuse what that adjusts). The pool
+    /// takes the region in whole slots of 2 KiB, segments of 128 slots
+    /// (Linux's geometry, which the grammar is in), and the area count of
+    /// `swiotlb=` if given, else one area.
+    /// `map(base, size)` is the caller's way to reach the region's memory:
+    /// a guest maps that physical range, a test hands out a heap block
+    /// and pretends it lies there. It must return at least `size` bytes
+    /// that are the memory at `base`: the pool hands `base` to devices.
+    ///
+    /// With `force` (on the region or as `swiotlb=force`), every device
+    /// [`Platform::attach`] attaches bounces through the region; without
+    /// it, only the buffers a device cannot reach. A device VM whose
+    /// devices see only the window needs `force`: nothing else tells the
+    /// platform that the rest of memory is out of their reach.
+    ///
+    /// A line with no region gives a platform with no default tlb (and
+    /// forced bouncing if `swiotlb=force`); the high pool of
+    /// `swiotlb.high=` has no address on the line: add it with
+    /// [`Platform::try_with_high`], which refuses one overlapping the
+    /// region.
+    ///
+    /// The pool is a [`Fast`] one, as [`Platform::new`]'s.
+    ///
+    /// # Errors
+    /// As [`Cmdline::read`]; [`Error::BadConfig`] with
+    /// [`ConfigProblem::UnmappedRegion`] when `map` gives no memory or
+    /// less than the region; as [`Pool::new`] otherwise.
+    ///
+    /// [`Cmdline::read`]: crate::cmdline::Cmdline::read
+    /// [`Cmdline::parse_strict`]: crate::cmdline::Cmdline::parse_strict
+    /// [`ConfigProblem::UnmappedRegion`]: crate::error::ConfigProblem::UnmappedRegion
+    /// [`Pool::new`]: crate::Pool::new
+    pub fn from_cmdline(line: &str, map: &mut MapRegion<'_>) -> Result<Self> {
+        let cmdline = crate::cmdline::Cmdline::read(line)?.cmdline;
+        Self::default().with_cmdline(&cmdline, map)
     }
 }
 
@@ -109,6 +154,78 @@ impl<P: Policy> Platform<P> {
     pub fn with_restricted(mut self, tlb: IoTlb<P>) -> Self {
         self.restricted.push(as_kind(tlb, TlbKind::Restricted));
         self
+    }
+
+    /// Sets the high tlb as [`Platform::with_high`] does, refusing one
+    /// that shares memory with the default tlb (a `swiotlb.high=` pool
+    /// beside a `swiotlb.region=` one).
+    ///
+    /// # Errors
+    /// [`Error::RegionOverlap`], with the platform dropped.
+    pub fn try_with_high(self, tlb: impl Into<IoTlb<P>>) -> Result<Self> {
+        let tlb = tlb.into();
+        if let Some(low) = &self.default {
+            let (a, b) = (low.first_pool(), tlb.first_pool());
+            check_overlap(a.start(), a.len() as u64, b.start(), b.len() as u64)?;
+        }
+        Ok(self.with_high(tlb))
+    }
+
+    /// Makes every device [`Platform::attach`] attaches bounce
+    /// (`swiotlb=force`).
+    pub fn with_force_bounce(mut self) -> Self {
+        self.force = true;
+        self
+    }
+
+    /// Whether every attached device bounces.
+    pub fn forces_bounce(&self) -> bool {
+        self.force
+    }
+
+    /// Makes `dev` ready for its first map on this platform: forced to
+    /// bounce if the platform forces bouncing ([`Platform::from_cmdline`]
+    /// with `force`), and checked against the pools that could serve it.
+    ///
+    /// Without a restricted tlb, a device must reach all of the high tlb
+    /// or all of the default one (when the platform has either): one that
+    /// reaches neither is refused here, not at its first map, where a
+    /// buffer it cannot reach would have nowhere to bounce.
+    ///
+    /// # Errors
+    /// [`Error::RegionUnreachable`] for a device that reaches no pool of
+    /// the platform; [`Error::NoPool`] for a device bound to a restricted
+    /// tlb the platform does not have.
+    pub fn attach<T: Translate>(&self, dev: Device<T>) -> Result<Device<T>> {
+        if let Some(id) = dev.restricted_tlb() {
+            self.restricted_tlb(id).ok_or(Error::NoPool)?;
+            return Ok(dev);
+        }
+        let reaches = |tlb: &IoTlb<P>| {
+            let pool = tlb.first_pool();
+            dev.can_reach(pool.start(), pool.len())
+        };
+        let candidates = [self.high.as_ref(), self.default.as_ref()];
+        let mut any = false;
+        for tlb in candidates.into_iter().flatten() {
+            if reaches(tlb) {
+                any = true;
+            }
+        }
+        if !any {
+            if let Some(tlb) = self.default.as_ref().or(self.high.as_ref()) {
+                let pool = tlb.first_pool();
+                return Err(Error::RegionUnreachable {
+                    dma: dev.phys_to_dma(pool.start()),
+                    size: pool.len() as u64,
+                });
+            }
+        }
+        Ok(if self.force {
+            dev.with_force_bounce()
+        } else {
+            dev
+        })
     }
 
     /// The default tlb.
@@ -691,6 +808,97 @@ impl<P: Policy> Platform<P> {
             platform = platform.with_restricted(IoTlb::restricted(p.name, pool));
         }
         Ok(platform)
+    }
+}
+
+/// Refuses two ranges that share a byte.
+fn check_overlap(base: PhysAddr, size: u64, other: PhysAddr, other_size: u64) -> Result {
+    let (a, b) = (u128::from(base.as_u64()), u128::from(other.as_u64()));
+    if a < b + u128::from(other_size) && b < a + u128::from(size) {
+        return Err(Error::RegionOverlap {
+            base,
+            size,
+            other,
+            other_size,
+        });
+    }
+    Ok(())
+}
+
+/// Where a caller maps a physical range for [`Platform::from_cmdline`]:
+/// the CPU memory of `size` bytes at physical address `base`, or `None`.
+pub type MapRegion<'a> =
+    dyn FnMut(PhysAddr, u64) -> Option<&'static mut [core::mem::MaybeUninit<u8>]> + 'a;
+
+impl<P: Policy> Platform<P> {
+    /// This platform with the default tlb and the force setting of
+    /// `cmdline`.
+    fn with_cmdline(
+        mut self,
+        cmdline: &crate::cmdline::Cmdline,
+        map: &mut MapRegion<'_>,
+    ) -> Result<Self> {
+        self.force |= cmdline.force() == crate::config::Force::Force;
+        let Some(region) = cmdline.region_pool(1) else {
+            return Ok(self);
+        };
+        let unmapped = Error::BadConfig {
+            problem: crate::error::ConfigProblem::UnmappedRegion {
+                phys: region.base,
+                len: region.size,
+            },
+        };
+        let len = usize::try_from(region.size).map_err(|_| unmapped)?;
+        let memory = map(region.base, region.size).ok_or(unmapped)?;
+        if memory.len() < len {
+            return Err(unmapped);
+        }
+        let cpu = core::ptr::NonNull::from(memory).cast::<u8>();
+        let config = crate::pool::PoolConfig {
+            nareas: region.nareas,
+            ..crate::pool::PoolConfig::DEFAULT
+        };
+        // SAFETY: `cpu` comes from a `&'static mut` of at least `len`
+        // bytes, given up here: valid for reads and writes for ever and
+        // reached by nothing but the pool; `region.base` is its physical
+        // address, which `map` promises (and which only devices use: the
+        // pool never reaches memory through it).
+        let pool = unsafe { crate::pool::Pool::new(cpu, region.base, len, config) }?;
+        Ok(self.with_default(pool))
+    }
+}
+
+#[cfg(feature = "fdt")]
+impl<P: Policy> Platform<P> {
+    /// [`Platform::from_dt`] and [`Platform::from_cmdline`] in one: the
+    /// restricted tlbs of the device tree and the default tlb of the
+    /// command line's region, which must not overlap any pool of the
+    /// device tree (restricted, shared or coherent). `config` is the
+    /// geometry of the device-tree pools, as for [`Platform::from_dt`].
+    ///
+    /// # Errors
+    /// [`Error::RegionOverlap`] for a region that shares memory with a
+    /// device-tree pool (checked before anything is mapped), or as the two
+    /// constructors.
+    ///
+    /// # Safety
+    /// As [`Platform::from_dt`], for `memory`.
+    pub unsafe fn from_cmdline_and_dt(
+        line: &str,
+        dt: &crate::dt::DtPools<'_>,
+        config: crate::pool::PoolConfig,
+        memory: &mut dyn FnMut(PhysAddr, usize) -> Option<core::ptr::NonNull<u8>>,
+        map: &mut MapRegion<'_>,
+    ) -> Result<Self> {
+        let cmdline = crate::cmdline::Cmdline::read(line)?.cmdline;
+        if let Some(r) = cmdline.region {
+            for p in &dt.pools {
+                check_overlap(r.base, r.size, p.base, p.size)?;
+            }
+        }
+        // SAFETY: `memory` meets `from_dt`'s contract (this function's).
+        let platform = unsafe { Self::from_dt(dt, config, memory) }?;
+        platform.with_cmdline(&cmdline, map)
     }
 }
 
