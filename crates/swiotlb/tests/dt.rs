@@ -1057,3 +1057,73 @@ fn a_platform_from_a_device_tree_grows_its_default_tlb_and_restricts_virtio() {
         .unwrap();
     assert!(m.is_bounced());
 }
+
+/// A command-line region beside the pools of a device tree: refused where
+/// it overlaps one, before anything is mapped; the default tlb otherwise.
+#[test]
+fn a_command_line_region_must_not_overlap_a_device_tree_pool() {
+    use std::mem::MaybeUninit;
+    use std::ptr::NonNull;
+    use swiotlb::{Error, Platform, PoolConfig};
+
+    let blob = Tree::new((2, 2))
+        .pool(pool(
+            "restricted@50000000",
+            "restricted-dma-pool",
+            &[0, 0x5000_0000, 0, 0x10_0000],
+            1,
+        ))
+        .dev(dev("virtio@a000000", &[1]))
+        .blob();
+    let dt = parse(&blob).unwrap();
+    let mut memory = |_: PhysAddr, len: usize| {
+        NonNull::new(Box::leak(vec![0u8; len].into_boxed_slice()).as_mut_ptr())
+    };
+    let mut mapped = 0;
+    let mut map = |_: PhysAddr, size: u64| {
+        mapped += 1;
+        let len = usize::try_from(size).ok()?;
+        Some(Box::leak(
+            vec![MaybeUninit::new(0u8); len].into_boxed_slice(),
+        ))
+    };
+    // SAFETY: `memory` hands out leaked heap blocks, valid for ever and
+    // touched only by their pool; the physical bases are ours to define.
+    let e = unsafe {
+        Platform::<swiotlb::Fast>::from_cmdline_and_dt(
+            "swiotlb.region=2M@0x4ff00000,force",
+            &dt,
+            PoolConfig::default(),
+            &mut memory,
+            &mut map,
+        )
+    }
+    .unwrap_err();
+    assert_eq!(
+        e,
+        Error::RegionOverlap {
+            base: PhysAddr(0x4ff0_0000),
+            size: 2 << 20,
+            other: PhysAddr(0x5000_0000),
+            other_size: 1 << 20
+        }
+    );
+    // SAFETY: as above.
+    let platform = unsafe {
+        Platform::<swiotlb::Fast>::from_cmdline_and_dt(
+            "swiotlb.region=2M@0x10000000,force",
+            &dt,
+            PoolConfig::default(),
+            &mut memory,
+            &mut map,
+        )
+    }
+    .unwrap();
+    assert_eq!(mapped, 1);
+    assert_eq!(platform.restricted().len(), 1);
+    assert_eq!(
+        platform.default_tlb().unwrap().first_pool().start(),
+        PhysAddr(0x1000_0000)
+    );
+    assert!(platform.forces_bounce());
+}
