@@ -1,5 +1,11 @@
-//! `swiotlb explain`: what pool a `swiotlb=` kernel parameter gives, and
-//! every step Linux takes to get there, in plain words.
+//! `swiotlb explain`: what pool a `swiotlb=` kernel parameter, or a whole
+//! kernel command line, gives, and every step Linux takes to get there, in
+//! plain words.
+//!
+//! A whole command line is read with [`Cmdline::read`]: its `swiotlb=`
+//! value is explained as a lone one is, and a `swiotlb.region=` (the pool
+//! at an address, for a machine described by its command line alone) is
+//! shown with its base, end, slots, areas and force setting.
 //!
 //! The reading is the core's ([`SwiotlbParam::read`], which follows
 //! `setup_io_tlb_npages()` in Linux's kernel/dma/swiotlb.c); the boot-time
@@ -11,6 +17,7 @@ use std::fmt::Write as _;
 use crate::error::Error;
 use crate::units::human;
 use serde::Serialize;
+use swiotlb::cmdline::{Cmdline, LineFinding, MemNumber, RegionPool, RegionReading};
 use swiotlb::config::{
     Finding, Force, ParamNumber, Reading, Resolved, SwiotlbParam, IO_TLB_SEGSIZE, IO_TLB_SHIFT,
     MAX_NAREAS, MAX_NSLABS,
@@ -22,7 +29,9 @@ pub(crate) struct Args {
     /// The value, with or without the `swiotlb=` prefix:
     /// `[<nslabs>][,<nareas>][,force|noforce]`, in the kernel's own
     /// grammar: counts (not sizes) in decimal, `0x` hex or `0` octal, no
-    /// units.
+    /// units. Or a whole kernel command line (as /proc/cmdline), whose
+    /// `swiotlb=`, `swiotlb.high=` and `swiotlb.region=<size>@<address>[,force]`
+    /// are read and the rest ignored.
     value: String,
     /// Possible CPUs of the machine (Linux uses one area per CPU when no
     /// area count is given). Default: this machine's.
@@ -34,7 +43,8 @@ pub(crate) struct Args {
     #[arg(long)]
     strict: bool,
     /// Print JSON: `nslabs`, `nareas`, `bytes`, `pool`, `force`, `stored`,
-    /// `numbers`, and the `adjustments`, `ignored` and `notes` arrays.
+    /// `numbers`, `region_base` and `region_size` (null without a region),
+    /// and the `adjustments`, `ignored` and `notes` arrays.
     #[arg(long)]
     json: bool,
 }
@@ -74,6 +84,10 @@ struct ExplainReport<'a> {
     stored: String,
     canonical: String,
     numbers: Vec<NumberReport<'a>>,
+    /// The `swiotlb.region=` pool's physical base and bytes, in whole
+    /// slots; null without a region.
+    region_base: Option<u64>,
+    region_size: Option<u64>,
     adjustments: &'a [String],
     ignored: &'a [String],
     notes: &'a [String],
@@ -110,10 +124,106 @@ struct Explanation {
     /// How many of `adjustments` come from the value itself (the rest are
     /// boot-time steps that depend on the CPU count).
     value_adjustments: usize,
+    /// The `swiotlb.region=` of a whole command line: its value, how it
+    /// was read, and the pool it gives.
+    region: Option<Region>,
+}
+
+/// A command line's `swiotlb.region=`, for the explanation.
+struct Region {
+    /// The value as given, without the key.
+    given: String,
+    reading: RegionReading,
+    pool: RegionPool,
+}
+
+/// Whether `text` is a whole command line rather than a lone `swiotlb=`
+/// value: it has a key of ours other than `swiotlb=`, or several words one
+/// of which is a `key=value`.
+fn is_line(text: &str) -> bool {
+    let mut words = text.split_ascii_whitespace();
+    let ours = |w: &str| w.starts_with("swiotlb.region") || w.starts_with("swiotlb.high=");
+    if text.split_ascii_whitespace().any(ours) {
+        return true;
+    }
+    words.clone().count() > 1 && words.any(|w| w.contains('='))
+}
+
+/// `n` in words when its base is not decimal.
+fn base_note(text: &str, what: &str, radix: u32, value: u64) -> Option<String> {
+    match radix {
+        16 => Some(format!(
+            "{text} ({what}) is read as hexadecimal, because it starts with 0x: {value}."
+        )),
+        8 if text.len() > 1 && text.as_bytes()[1].is_ascii_digit() => Some(format!(
+            "{text} ({what}) is read as octal, because it starts with 0: {value}."
+        )),
+        _ => None,
+    }
 }
 
 impl Explanation {
+    /// The explanation of a whole command line.
+    fn from_line(line: &str, cpus: u32) -> Result<Explanation, Error> {
+        let reading = Cmdline::read(line)?;
+        // A value runs from its offset to the next space.
+        let word = |at: usize| {
+            let end = line[at..]
+                .find(|c: char| c.is_ascii_whitespace())
+                .map_or(line.len(), |n| at + n);
+            &line[at..end]
+        };
+        let value = reading.swiotlb.map_or("", |(at, _)| word(at));
+        let region = reading.region.and_then(|(at, r)| {
+            Some(Region {
+                given: word(at).to_string(),
+                reading: r,
+                pool: reading.cmdline.region_pool(cpus)?,
+            })
+        });
+        let mut e = Explanation::build(value, cpus, region.is_none());
+        if reading.swiotlb.is_none() {
+            // No swiotlb= at all: nothing of its own to say.
+            e.adjustments.clear();
+            e.ignored.clear();
+            e.notes.clear();
+            e.value_adjustments = 0;
+            if region.is_none() {
+                e.notes.push(
+                    "The line has neither swiotlb= nor swiotlb.region=: Linux keeps its \
+                     defaults."
+                        .into(),
+                );
+                e.boot_steps();
+            }
+        }
+        e.region = region;
+        for f in reading.findings() {
+            e.describe_line(*f);
+        }
+        e.value_adjustments = if e.region.is_some() {
+            e.adjustments.len()
+        } else {
+            e.value_adjustments
+        };
+        if let Some(high) = reading.cmdline.high {
+            e.notes.push(format!(
+                "swiotlb.high={high} asks for a high pool of {} next to the default one; it has \
+                 no address on the command line, and must not overlap the region.",
+                human(high.bytes())
+            ));
+        }
+        e.region_notes();
+        Ok(e)
+    }
+
     fn new(value: &str, cpus: u32) -> Explanation {
+        Self::build(value, cpus, true)
+    }
+
+    /// The explanation of a `swiotlb=` value; with `boot`, the boot-time
+    /// steps and what the value means (not when a region sets the pool).
+    fn build(value: &str, cpus: u32, boot: bool) -> Explanation {
         let given = value.strip_prefix("swiotlb=").unwrap_or(value).to_string();
         let reading = SwiotlbParam::read(&given);
         let mut e = Explanation {
@@ -125,6 +235,7 @@ impl Explanation {
             ignored: Vec::new(),
             notes: Vec::new(),
             value_adjustments: 0,
+            region: None,
         };
         e.number_notes();
         let findings: Vec<Finding> = e.reading.findings().copied().collect();
@@ -132,9 +243,74 @@ impl Explanation {
             e.describe(f);
         }
         e.value_adjustments = e.adjustments.len();
-        e.boot_steps();
-        e.meaning_notes();
+        if boot {
+            e.boot_steps();
+            e.meaning_notes();
+        }
         e
+    }
+
+    /// One finding of the line reader, in words.
+    fn describe_line(&mut self, f: LineFinding) {
+        match f {
+            LineFinding::Repeated { key, first, last } => self.ignored.push(format!(
+                "{key} is given more than once (first at byte {first}): Linux takes the last, \
+                 at byte {last}, and ignores the others."
+            )),
+            LineFinding::RegionShrunk {
+                from_base,
+                from_size,
+                ..
+            } => {
+                let (base, size) = self
+                    .region
+                    .as_ref()
+                    .map_or((0, 0), |r| (r.pool.base.0, r.pool.size));
+                self.adjustments.push(format!(
+                    "The region {from_size:#x} bytes at {from_base:#x} is not made of whole \
+                     {}-byte slots: it is shrunk inward to {size:#x} bytes at {base:#x}.",
+                    1u64 << IO_TLB_SHIFT
+                ));
+            }
+            LineFinding::SlotsIgnored { nslabs, .. } => self.ignored.push(format!(
+                "The slot count of swiotlb= ({nslabs} slots) is ignored: swiotlb.region= sets \
+                 the size of the pool."
+            )),
+            LineFinding::NoForceIgnored { .. } => self.ignored.push(
+                "swiotlb=noforce asks for no pool, but swiotlb.region= asks for one: the \
+                 region is set up and noforce is ignored."
+                    .into(),
+            ),
+            other => self.ignored.push(format!("{other:?}")),
+        }
+    }
+
+    /// How the region's numbers were read, and what the region means.
+    fn region_notes(&mut self) {
+        let Some(r) = &self.region else { return };
+        let text = |n: &MemNumber| r.given.get(n.at..n.at + n.len).unwrap_or("").to_string();
+        let mut notes = Vec::new();
+        for (n, what) in [
+            (&r.reading.size, "the region's size"),
+            (&r.reading.address, "the region's address"),
+        ] {
+            let t = text(n);
+            let digits = t.trim_end_matches(|c: char| c.is_ascii_alphabetic() && c != 'x');
+            if let Some(note) = base_note(&format!("`{t}`"), what, n.radix, n.value) {
+                if n.radix != 8 || digits.len() > 1 {
+                    notes.push(note);
+                }
+            }
+        }
+        if !r.pool.force && self.reading.param.force != Force::Force {
+            notes.push(
+                "Without force, only buffers a device cannot reach bounce through the region. \
+                 A device VM whose devices see only this window needs force: nothing else \
+                 tells the platform that the rest of memory is out of their reach."
+                    .into(),
+            );
+        }
+        self.notes.extend(notes);
     }
 
     /// Whether Linux sets up a pool for this value at all.
@@ -465,6 +641,27 @@ impl Explanation {
             })
         })
         .collect();
+        if let Some(region) = &self.region {
+            let p = region.pool;
+            return ExplainReport {
+                value: &self.given,
+                pool: true,
+                nslabs: p.nslabs,
+                nareas: p.nareas,
+                bytes: p.size,
+                force: if p.force { "force" } else { "default" },
+                slot_size: 1u64 << IO_TLB_SHIFT,
+                cpus: self.cpus,
+                stored: self.reading.param.to_string(),
+                canonical: self.reading.param.to_string(),
+                numbers,
+                region_base: Some(p.base.0),
+                region_size: Some(p.size),
+                adjustments: &self.adjustments,
+                ignored: &self.ignored,
+                notes: &self.notes,
+            };
+        }
         ExplainReport {
             value: &self.given,
             pool,
@@ -477,16 +674,66 @@ impl Explanation {
             stored: self.reading.param.to_string(),
             canonical: self.reading.param.to_string(),
             numbers,
+            region_base: None,
+            region_size: None,
             adjustments: &self.adjustments,
             ignored: &self.ignored,
             notes: &self.notes,
         }
     }
 
+    /// The region's part of the text.
+    fn region_text(&self, out: &mut String, region: &Region) {
+        let p = region.pool;
+        let end = u128::from(p.base.0) + u128::from(p.size);
+        if !self.given.is_empty() {
+            let _ = writeln!(out, "swiotlb={}", self.given.escape_debug());
+        }
+        let _ = writeln!(out, "swiotlb.region={}", region.given.escape_debug());
+        let _ = writeln!(
+            out,
+            "  region:  {:#x}..{end:#x} ({}, {} bytes)",
+            p.base.0,
+            human(p.size),
+            p.size
+        );
+        let _ = writeln!(out, "  base:    {:#x}", p.base.0);
+        let _ = writeln!(out, "  end:     {end:#x}");
+        let _ = writeln!(
+            out,
+            "  slots:   {} of {} bytes",
+            p.nslabs,
+            1u64 << IO_TLB_SHIFT
+        );
+        let area_src = if self.reading.param.nareas.is_some() {
+            "from swiotlb=".to_string()
+        } else {
+            format!("one per CPU, {} CPUs", self.cpus)
+        };
+        let _ = writeln!(
+            out,
+            "  areas:   {} ({area_src}), {} slots each",
+            p.nareas,
+            p.nslabs / u64::from(p.nareas)
+        );
+        let mode = if p.force {
+            "force: every device bounces through the region"
+        } else {
+            "bounce only what a device cannot reach, through the region"
+        };
+        let _ = writeln!(out, "  force:   {}", if p.force { "yes" } else { "no" });
+        let _ = writeln!(out, "  mode:    {mode}");
+    }
+
     fn to_text(&self) -> String {
         let r = self.resolved;
         let param = self.reading.param;
         let mut out = String::new();
+        if let Some(region) = &self.region {
+            self.region_text(&mut out, region);
+            self.findings_text(&mut out);
+            return out;
+        }
         // Writing to a String cannot fail.
         let _ = writeln!(out, "swiotlb={}", self.given.escape_debug());
         if param == SwiotlbParam::default() {
@@ -528,6 +775,12 @@ impl Explanation {
             }
         };
         let _ = writeln!(out, "  mode:    {mode}");
+        self.findings_text(&mut out);
+        out
+    }
+
+    /// The adjustments, ignored text and notes, one line each.
+    fn findings_text(&self, out: &mut String) {
         for (label, lines) in [
             ("adjusts:", &self.adjustments),
             ("ignores:", &self.ignored),
@@ -538,7 +791,6 @@ impl Explanation {
                 let _ = writeln!(out, "  {label:<8} {line}");
             }
         }
-        out
     }
 }
 
@@ -554,7 +806,12 @@ fn explain(args: &Args) -> Result<String, Error> {
             why: "must be at least 1".into(),
         });
     }
-    let e = Explanation::new(&args.value, cpus);
+    let line = is_line(&args.value);
+    let e = if line {
+        Explanation::from_line(&args.value, cpus)?
+    } else {
+        Explanation::new(&args.value, cpus)
+    };
     if args.strict {
         let changes: Vec<String> = e.adjustments[..e.value_adjustments]
             .iter()
@@ -563,7 +820,7 @@ fn explain(args: &Args) -> Result<String, Error> {
             .collect();
         if !changes.is_empty() {
             return Err(Error::Strict {
-                value: e.given,
+                value: if line { args.value.clone() } else { e.given },
                 changes,
             });
         }
@@ -811,5 +1068,89 @@ mod tests {
             notes[0].contains("`swiotlb=65536 swiotlb.high=131072`"),
             "{notes:?}"
         );
+    }
+
+    const MICROVM: &str = "console=ttyS0 reboot=k panic=1 pci=off \
+        virtio_mmio.device=4K@0xd0000000:5 swiotlb.region=4M@0x10000000,force";
+
+    #[test]
+    fn explain_shows_the_region_of_a_microvm_line() {
+        let text = explain(&args(MICROVM, false)).unwrap();
+        for want in [
+            "swiotlb.region=4M@0x10000000,force",
+            "region:  0x10000000..0x10400000 (4 MiB, 4194304 bytes)",
+            "base:    0x10000000",
+            "end:     0x10400000",
+            "slots:   2048 of 2048 bytes",
+            "areas:   4 (one per CPU, 4 CPUs), 512 slots each",
+            "force:   yes",
+            "is read as hexadecimal",
+        ] {
+            assert!(text.contains(want), "{want:?} in {text}");
+        }
+        let v = json(MICROVM);
+        assert_eq!(v["region_base"], 0x1000_0000u64);
+        assert_eq!(v["region_size"], 4u64 << 20);
+        assert_eq!(v["nslabs"], 2048);
+        assert_eq!(v["force"], "force");
+        assert_eq!(v["pool"], true);
+        // A lone value has no region.
+        assert_eq!(json("65536")["region_base"], serde_json::Value::Null);
+        assert!(explain(&Args {
+            strict: true,
+            ..args(MICROVM, false)
+        })
+        .is_ok());
+    }
+
+    #[test]
+    fn explain_says_what_the_line_ignores_and_adjusts() {
+        let line =
+            "swiotlb=65536,2,noforce swiotlb.region=1M@0x100001 swiotlb.region=4M@01000000000";
+        let v = json(line);
+        assert_eq!(v["nareas"], 2);
+        assert_eq!(v["region_base"], 0o1000000000u64);
+        let ign = strings(&v["ignored"]);
+        assert!(
+            ign[0].contains("given more than once (first at byte 24)"),
+            "{ign:?}"
+        );
+        assert!(
+            ign[1].contains("slot count of swiotlb= (65536 slots) is ignored"),
+            "{ign:?}"
+        );
+        assert!(ign[2].contains("noforce is ignored"), "{ign:?}");
+        let notes = strings(&v["notes"]);
+        assert!(
+            notes
+                .iter()
+                .any(|n| n.contains("`01000000000` (the region's address) is read as octal")),
+            "{notes:?}"
+        );
+        assert!(notes.iter().any(|n| n.contains("needs force")), "{notes:?}");
+        // A shrunk region is an adjustment, which --strict refuses.
+        let line = "quiet swiotlb.region=1M@0x100001";
+        let adj = strings(&json(line)["adjustments"]);
+        assert!(
+            adj[0].contains("shrunk inward to 0xff800 bytes at 0x100800"),
+            "{adj:?}"
+        );
+        let strict = |value: &str| {
+            explain(&Args {
+                strict: true,
+                ..args(value, false)
+            })
+        };
+        assert!(strict(line).is_err());
+        // A region no parser accepts is an error in both modes.
+        let e = explain(&args("quiet swiotlb.region=128K@1M", false)).unwrap_err();
+        assert!(e.to_string().contains("smaller than one"), "{e}");
+        // A line without the keys keeps Linux's defaults.
+        let v = json("console=ttyS0 quiet=1");
+        assert_eq!(v["nslabs"], 32768);
+        // The swiotlb= of a line without a region is explained as alone.
+        let v = json("quiet swiotlb=100 x=1");
+        assert_eq!(v["nslabs"], 512);
+        assert_eq!(v["value"], "100");
     }
 }
