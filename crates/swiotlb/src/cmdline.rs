@@ -45,8 +45,8 @@
 //!   and drops `noforce`, and says so;
 //! - `swiotlb.high=` stays an independent pool. It has no address on the
 //!   command line; the platform refuses a high pool that overlaps the
-//!   region when it is added
-//!   ([`Platform::try_with_high`](crate::Platform::try_with_high)).
+//!   region when it is added (`Platform::try_with_high`, with the
+//!   `alloc` feature).
 
 #![forbid(unsafe_code)]
 

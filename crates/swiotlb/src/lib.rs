@@ -65,6 +65,7 @@
 //! | a restricted device (`restricted-dma-pool`) | [`IoTlb::restricted`] in a [`Platform`], [`Device::with_restricted_tlb`] |
 //! | a high (64-bit) pool beside the default one | [`IoTlb::new`]`(TlbKind::High, pool)` in a [`Platform`]     |
 //! | a device tree                               | `Platform::from_dt` (feature `fdt`), [`Platform::bind`]    |
+//! | only a kernel command line (a MicroVM)      | `Platform::from_cmdline` ([`cmdline`]), `Platform::attach` |
 //!
 //! Every tlb and the platform have the same verbs: `map`, `map_with_attrs`,
 //! `map_sg`, the raw API, coherent allocations, waiting and deferral, and
