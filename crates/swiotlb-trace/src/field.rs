@@ -78,16 +78,17 @@ pub(crate) fn timestamp(s: &[u8]) -> Option<u64> {
         .checked_add(dec(frac)? * scale)
 }
 
-/// `{0x1,0x2}` (`__print_array`), into `out`.
+/// `{0x1,0x2}` (`__print_array`).
 pub(crate) fn list<T>(s: &[u8], wrap: fn(u64) -> T) -> Option<Vec<T>> {
     let inner = s.strip_prefix(b"{")?.strip_suffix(b"}")?;
     if inner.is_empty() {
         return Some(Vec::new());
     }
-    inner
-        .split(|&c| c == b',')
-        .map(|e| hex(e).map(wrap))
-        .collect()
+    let mut v = Vec::with_capacity(memchr::memchr_iter(b',', inner).count() + 1);
+    for e in inner.split(|&c| c == b',') {
+        v.push(wrap(hex(e)?));
+    }
+    Some(v)
 }
 
 /// `S/N`.
@@ -152,6 +153,7 @@ pub(crate) enum Key {
     DevAddr,
 }
 
+/// Each key's name, in the order of [`Key`].
 const KEYS: [(&str, Key); 15] = [
     ("dir", Key::Dir),
     ("dma_addr", Key::DmaAddr),
@@ -177,10 +179,26 @@ impl Key {
 
     fn of(token: &[u8]) -> Option<(Key, &[u8])> {
         let eq = memchr::memchr(b'=', token)?;
-        let k = &token[..eq];
-        KEYS.iter()
-            .find(|(n, _)| n.as_bytes() == k)
-            .map(|&(_, key)| (key, &token[eq + 1..]))
+        let key = match &token[..eq] {
+            b"dir" => Key::Dir,
+            b"dma_addr" => Key::DmaAddr,
+            b"dma_addrs" => Key::DmaAddrs,
+            b"size" => Key::Size,
+            b"sizes" => Key::Sizes,
+            b"phys_addr" => Key::PhysAddr,
+            b"phys_addrs" => Key::PhysAddrs,
+            b"attrs" => Key::Attrs,
+            b"nents" => Key::Nents,
+            b"ents" => Key::Ents,
+            b"err" => Key::Err,
+            b"virt_addr" => Key::VirtAddr,
+            b"flags" => Key::Flags,
+            b"dma_mask" => Key::DmaMask,
+            b"dev_addr" => Key::DevAddr,
+            _ => return None,
+        };
+        debug_assert_eq!(key.name().as_bytes(), &token[..eq]);
+        Some((key, &token[eq + 1..]))
     }
 }
 

@@ -8,17 +8,22 @@ use std::sync::Arc;
 /// each record gets a fresh name, so memory stays bounded.
 const MAX_NAMES: usize = 4096;
 
+/// The names most recently used, looked at before the hash set: a
+/// trace's events interleave a handful of devices.
+const RECENT: usize = 8;
+
 #[derive(Default)]
 pub(crate) struct Intern {
-    last: Option<Arc<str>>,
+    recent: [Option<Arc<str>>; RECENT],
+    next: usize,
     names: HashSet<Arc<str>>,
 }
 
 impl Intern {
     pub(crate) fn get(&mut self, name: &str) -> Arc<str> {
-        if let Some(last) = &self.last {
-            if &**last == name {
-                return last.clone();
+        for a in self.recent.iter().flatten() {
+            if &**a == name {
+                return a.clone();
             }
         }
         let arc = match self.names.get(name) {
@@ -31,7 +36,8 @@ impl Intern {
                 a
             }
         };
-        self.last = Some(arc.clone());
+        self.recent[self.next] = Some(arc.clone());
+        self.next = (self.next + 1) % RECENT;
         arc
     }
 }
