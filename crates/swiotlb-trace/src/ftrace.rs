@@ -74,10 +74,17 @@ fn word(s: &[u8]) -> (&[u8], &[u8]) {
     (&s[..n], &s[n..])
 }
 
+/// How far into a line `[CPU]` may start: a task name is at most 15
+/// bytes (`TASK_COMM_LEN`) padded to 16, a PID at most 7 digits, a TGID
+/// column a few more. Bounding the search keeps a hostile line of many `[`
+/// linear.
+const CPU_WITHIN: usize = 256;
+
 pub(crate) fn header(line: &[u8]) -> Result<Header<'_>, ErrorKind> {
+    let head = &line[..line.len().min(CPU_WITHIN)];
     let mut from = 0;
     let (pid, cpu, after) = loop {
-        let open = from + memchr::memchr(b'[', &line[from..]).ok_or(ErrorKind::Header)?;
+        let open = from + memchr::memchr(b'[', &head[from..]).ok_or(ErrorKind::Header)?;
         if let (Some((cpu, after)), Some(pid)) = (cpu_at(line, open), pid_before(line, open)) {
             break (pid, cpu, after);
         }

@@ -522,6 +522,19 @@ fn errors_carry_their_line_and_parsing_goes_on() {
 }
 
 #[test]
+fn a_line_of_many_brackets_is_read_in_linear_time() {
+    let line = ")(-1 [".repeat(150_000);
+    let (v, _) = records(&line);
+    assert_eq!(
+        v,
+        [Err(ParseError {
+            line: 1,
+            kind: ErrorKind::Header
+        })]
+    );
+}
+
+#[test]
 fn gzip_input_is_detected() {
     let plain = std::fs::read(concat!(
         env!("CARGO_MANIFEST_DIR"),
