@@ -677,3 +677,19 @@ fn dmesg_prefixes_and_old_forms() {
         ]
     );
 }
+
+#[test]
+fn crlf_line_ends() {
+    let text = format!("# c\r\n{HEAD}dma_unmap_page: d dir=TO_DEVICE dma_addr=1 size=1 attrs=NO_WARN\r\n{HEAD}tracing_mark_write: hi\r\n");
+    let mut p = Parser::new(text.as_bytes());
+    let v: Vec<_> = p.by_ref().map(|r| r.unwrap()).collect();
+    assert_eq!(p.line(), 3);
+    let [Record::Event(u), Record::Event(m)] = &v[..] else {
+        panic!("{v:?}")
+    };
+    let EventKind::Unmap(u) = &u.kind else {
+        panic!()
+    };
+    assert_eq!(u.attrs.bits(), Attrs::NO_WARN);
+    assert_eq!(m.kind, EventKind::Marker("hi".into()));
+}
