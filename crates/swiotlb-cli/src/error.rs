@@ -123,11 +123,23 @@ impl fmt::Display for Error {
             }
             Error::NotANumber(e) => e.fmt(f),
             Error::Strict { value, changes } => {
-                write!(
-                    f,
-                    "--strict: Linux changes or ignores part of swiotlb={}:",
-                    value.escape_debug()
-                )?;
+                // A whole command line is shown as it is; a lone value
+                // with its key.
+                let whole = value.split_ascii_whitespace().nth(1).is_some()
+                    || value.starts_with("swiotlb.");
+                if whole {
+                    write!(
+                        f,
+                        "--strict: Linux changes or ignores part of the command line `{}`:",
+                        value.escape_debug()
+                    )?;
+                } else {
+                    write!(
+                        f,
+                        "--strict: Linux changes or ignores part of swiotlb={}:",
+                        value.escape_debug()
+                    )?;
+                }
                 for line in changes {
                     write!(f, "\n  {line}")?;
                 }
@@ -200,6 +212,25 @@ impl From<serde_json::Error> for Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A whole command line is named as one, a lone value with its key.
+    #[test]
+    fn strict_names_a_command_line_as_one() {
+        let line = Error::Strict {
+            value: "console=ttyS0 swiotlb.region=4M@0x1000".into(),
+            changes: vec!["x".into()],
+        };
+        assert!(line
+            .to_string()
+            .starts_with("--strict: Linux changes or ignores part of the command line `console=ttyS0 swiotlb.region=4M@0x1000`:"));
+        let value = Error::Strict {
+            value: "65536,x".into(),
+            changes: vec!["x".into()],
+        };
+        assert!(value
+            .to_string()
+            .starts_with("--strict: Linux changes or ignores part of swiotlb=65536,x:"));
+    }
 
     /// `main` adds `swiotlb: ` unless the message is the core's own.
     #[test]
