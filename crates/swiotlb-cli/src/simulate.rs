@@ -8,6 +8,8 @@
 //! checked against Linux's semantics, and placements are those of a real
 //! kernel pool at a fixed device address, 4 GiB (`swiotlb::sim::SIM_DMA_BASE`,
 //! the same on every run and machine; offsets into the pool are reported).
+//! Its `io_tlb_used_hiwater` is Linux's exact pool-wide mark on any number
+//! of areas (the simulator keeps `swiotlb::Hiwater::Exact`).
 
 mod profile;
 

@@ -236,8 +236,81 @@ fn areas_and_cpu_hints() {
         .collect();
     assert_eq!(slots, [0, 768, 769]);
     assert_eq!(v["stats"]["area_used"], serde_json::json!([1, 0, 0, 2]));
-    // Four areas keep a mark each: the pool's is their sum, an upper bound.
-    assert_eq!(v["stats"]["hiwater_exact"], false);
+    // Four areas, and still Linux's one pool-wide mark.
+    assert_eq!(v["stats"]["hiwater_exact"], true);
+    assert_eq!(v["stats"]["io_tlb_used_hiwater"], 3);
+}
+
+/// Maps from CPUs 0-3 on four areas, each unmapped before its area's
+/// next map, so that the areas peak at different times.
+const STAGGERED: &str = "\
+map a 5000 cpu=0
+map b 3000 cpu=1
+unmap a
+map c 9000 cpu=2
+unmap b
+map d 2048 cpu=3
+map e 7000 cpu=4
+unmap c
+map f 12000 cpu=5
+unmap d
+unmap e
+map g 4097 cpu=6
+unmap f
+map h 10000 cpu=7
+unmap g
+";
+
+/// The most slots the script holds at once, counted from its sizes alone
+/// (ceil(size / 2048) a map, none of its maps has alignment options), and
+/// the sum of each area's own peak, the area being `cpu % nareas` (every
+/// map fits there).
+fn script_peaks(script: &str, nareas: usize) -> (u64, u64) {
+    let mut live = std::collections::HashMap::new();
+    let (mut used, mut peak) = (0, 0);
+    let mut area_used = vec![0; nareas];
+    let mut area_peak = vec![0; nareas];
+    for line in script.lines() {
+        let w: Vec<&str> = line.split_whitespace().collect();
+        match w[..] {
+            ["map", id, size, cpu] => {
+                let n = size.parse::<u64>().unwrap().div_ceil(2048);
+                let a = cpu.strip_prefix("cpu=").unwrap().parse::<usize>().unwrap() % nareas;
+                live.insert(id, (a, n));
+                used += n;
+                area_used[a] += n;
+                peak = peak.max(used);
+                area_peak[a] = area_peak[a].max(area_used[a]);
+            }
+            ["unmap", id] => {
+                let (a, n) = live.remove(id).unwrap();
+                used -= n;
+                area_used[a] -= n;
+            }
+            _ => panic!("{line}"),
+        }
+    }
+    (peak, area_peak.iter().sum())
+}
+
+/// `io_tlb_used_hiwater` is Linux's: the most slots held at once, for
+/// every policy and area count, not the sum of the areas' peaks.
+#[test]
+fn the_high_water_mark_is_linuxs_on_several_areas() {
+    let (peak, summed) = script_peaks(STAGGERED, 4);
+    assert_eq!((peak, summed), (11, 20), "the script tells the two apart");
+    for policy in ["fast", "nextfit"] {
+        for nareas in ["1", "2", "4"] {
+            let args = ["--nareas", nareas, "--nslabs", "1024", "--policy", policy];
+            let v = json_run("staggered", STAGGERED, &args);
+            let s = &v["stats"];
+            let what = format!("{policy}, {nareas} areas");
+            assert_eq!(s["io_tlb_used_hiwater"], peak, "{what}");
+            assert_eq!(s["hiwater_exact"], true, "{what}");
+            // `h` is still live.
+            assert_eq!(s["io_tlb_used"], 5, "{what}");
+        }
+    }
 }
 
 #[test]

@@ -20,6 +20,9 @@
 //! mappings, partial syncs touching only their range. A difference is a
 //! [`SimError::Mismatch`]: a bug in the engine, never in the script.
 //!
+//! Its statistics are Linux's too: `io_tlb_used_hiwater` is the exact
+//! pool-wide mark ([`Hiwater::Exact`]) on any number of areas.
+//!
 //! # Placement
 //! The simulated device sees the pool at device address [`SIM_DMA_BASE`],
 //! 4 GiB (an [`Offset`] translation). Alignment and segment boundaries are
@@ -62,7 +65,7 @@ use crate::device::Device;
 use crate::direction::Direction;
 use crate::error::{Error, PoolProblem};
 use crate::map::MapOptions;
-use crate::pool::{Bounce, Fast, Policy, Pool, PoolConfig};
+use crate::pool::{Bounce, Fast, Hiwater, Policy, Pool, PoolConfig};
 use crate::stats::Stats;
 use crate::translate::Offset;
 
@@ -208,7 +211,12 @@ pub struct Simulator<P: Policy = Fast, K = u64> {
 
 impl<P: Policy, K: Ord> Simulator<P, K> {
     /// A simulator over a heap pool of `nslabs` slots of `config`'s
-    /// geometry.
+    /// geometry, keeping Linux's exact pool-wide high-water mark
+    /// ([`Hiwater::Exact`]) whatever the number of areas: its
+    /// `io_tlb_used_hiwater` is the most slots held at once, as Linux
+    /// reports for the same operations, never a sum of per-area marks.
+    /// The shared counter costs nothing here, since one caller makes every
+    /// map and unmap (`&mut self`).
     ///
     /// # Errors
     /// [`Error::InvalidPool`] as [`Pool::new_heap`] gives it: no slots, a
@@ -226,7 +234,7 @@ impl<P: Policy, K: Ord> Simulator<P, K> {
             })?;
         let len = u64::from(nslabs).checked_mul(slot).ok_or(too_many)?;
         let len = usize::try_from(len).map_err(|_| too_many)?;
-        let pool = Pool::new_heap(len, config)?;
+        let pool = Pool::new_heap(len, config)?.with_hiwater(Hiwater::Exact);
         let translate = Offset::new(pool.start(), DmaAddr(SIM_DMA_BASE));
         Ok(Self {
             pool,
@@ -1065,6 +1073,78 @@ mod tests {
             };
             assert_eq!(early, SimError::Engine(engine.unwrap_err()), "{size}");
         }
+    }
+
+    /// A script on four areas whose areas peak at different times: maps
+    /// from CPUs 0-3 of sizes that need 1-6 slots, each unmapped before
+    /// its area's next map. `None` is an unmap of the id.
+    const STAGGERED: &[(u32, Option<(usize, usize)>)] = &[
+        (0, Some((0, 5000))),
+        (1, Some((1, 3000))),
+        (0, None),
+        (2, Some((2, 9000))),
+        (1, None),
+        (3, Some((3, 2048))),
+        (4, Some((0, 7000))),
+        (2, None),
+        (5, Some((1, 12000))),
+        (3, None),
+        (4, None),
+        (6, Some((2, 4097))),
+        (5, None),
+        (7, Some((3, 10000))),
+        (6, None),
+        (7, None),
+    ];
+
+    /// `io_tlb_used_hiwater` is Linux's pool-wide mark whatever the number
+    /// of areas: the most slots held at once over the script, counted here
+    /// from the sizes alone (ceil(size / 2048) each), not the sum of the
+    /// areas' own peaks, which is larger for this script.
+    #[test]
+    fn the_high_water_mark_is_pool_wide_on_several_areas() {
+        both(|new| {
+            let nareas = 4;
+            // 256 slots an area: Linux keeps an area at least a segment.
+            let mut s = new(1024, PoolConfig::with_areas(nareas));
+            let area_nslabs = 1024 / nareas;
+            let mut sizes = BTreeMap::new();
+            let (mut used, mut peak) = (0, 0);
+            let mut area_used = [0; 4];
+            let mut area_peak = [0; 4];
+            for &(id, op) in STAGGERED {
+                match op {
+                    Some((cpu, size)) => {
+                        let p = MapParams {
+                            cpu,
+                            ..MapParams::default()
+                        };
+                        let (b, _) = s.map_with(id, size, BIDI, p).unwrap();
+                        let n = size.div_ceil(2048) as u64;
+                        assert_eq!(u64::from(b.nslots), n, "{id}");
+                        let a = (b.slot / area_nslabs) as usize;
+                        assert_eq!(a, cpu, "{id} lands in its CPU's area");
+                        sizes.insert(id, (a, n));
+                        used += n;
+                        area_used[a] += n;
+                        area_peak[a] = area_peak[a].max(area_used[a]);
+                        peak = peak.max(used);
+                    }
+                    None => {
+                        s.unmap(id).unwrap();
+                        let (a, n) = sizes.remove(&id).unwrap();
+                        used -= n;
+                        area_used[a] -= n;
+                    }
+                }
+                assert_eq!(s.stats().io_tlb_used, used);
+                assert_eq!(s.stats().io_tlb_used_hiwater, peak);
+            }
+            // The script tells the two apart: 20 slots summed, 11 at once.
+            assert_eq!((area_peak.iter().sum::<u64>(), peak), (20, 11));
+            let st = s.stats();
+            assert_eq!((st.io_tlb_used_hiwater, st.hiwater_exact), (11, true));
+        });
     }
 
     #[test]
