@@ -21,7 +21,7 @@ use swiotlb_host::{MemfdProvider, SharedBuffer, SharedMemory};
 use swiotlb_virtio::{HalOptions, PageSource};
 
 use super::workload::{plan, plan_rng};
-use super::{progress, BouncedHal, Buffers, HeapBuffers, Session};
+use super::{progress, BouncedHal, Buffers, DeviceRun, HeapBuffers};
 use crate::error::Error;
 use crate::units::human;
 
@@ -121,7 +121,7 @@ impl Buffers for SharedBuffers {
 }
 
 pub(crate) fn run(
-    session: &Session<'_>,
+    runner: &DeviceRun<'_>,
     provider: &MemfdProvider,
     largest: usize,
     quiet: bool,
@@ -129,7 +129,7 @@ pub(crate) fn run(
     // The unbounced platform: a device that reaches the buffers' memfd,
     // a small default tlb for the rest, coherent pages (the rings) from
     // memfds the device is told of, like the tlb's pool.
-    let depth = session.depth + 1;
+    let depth = runner.depth + 1;
     let (buffers, buffers_region) = SharedMemory::new("swiotlb-demo-buffers", depth * largest)
         .map_err(|e| Error::Demo(format!("the unbounced buffers' memfd: {e}")))?
         .into_buffers(largest);
@@ -158,19 +158,19 @@ pub(crate) fn run(
     };
 
     let sizes = sizes(largest);
-    let per = PER_SIZE.min(session.size);
+    let per = PER_SIZE.min(runner.size);
     let bar = progress::Bar::new(4 * per * (ROUNDS * sizes.len()) as u64, quiet);
     let mut rows = Vec::new();
     for &size in &sizes {
-        let writes = plan(per, &[size], &mut plan_rng(session.seed, 3));
-        let reads = plan(per, &[size], &mut plan_rng(session.seed, 4));
+        let writes = plan(per, &[size], &mut plan_rng(runner.seed, 3));
+        let reads = plan(per, &[size], &mut plan_rng(runner.seed, 4));
         let (mut bounced, mut unbounced) = (0f64, 0f64);
         let mb = |d: &super::Done| 2.0 * per as f64 / (d.write + d.read).as_secs_f64() / 1e6;
         let heap = HeapBuffers::default();
         for _ in 0..ROUNDS {
-            let b = session.run::<BouncedHal, _>(&[], provider, &writes, &reads, &heap, &bar)?;
+            let b = runner.run::<BouncedHal, _>(&[], provider, &writes, &reads, &heap, &bar)?;
             bounced = bounced.max(mb(&b));
-            let u = session.run::<DirectHal, _>(
+            let u = runner.run::<DirectHal, _>(
                 std::slice::from_ref(&buffers_region),
                 &pages,
                 &writes,

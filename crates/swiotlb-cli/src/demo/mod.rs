@@ -177,7 +177,7 @@ pub(crate) fn run(args: &Args) -> Result<(), Error> {
     let writes = plan(size, &sizes, &mut plan_rng(args.seed, 1));
     let reads = plan(size, &sizes, &mut plan_rng(args.seed, 2));
     let bar = progress::Bar::new(2 * size, args.json);
-    let session = Session {
+    let runner = DeviceRun {
         choice: &choice,
         dir: dir.path(),
         size,
@@ -185,7 +185,7 @@ pub(crate) fn run(args: &Args) -> Result<(), Error> {
         depth: args.depth,
         patience,
     };
-    let done = session.run::<BouncedHal, _>(
+    let done = runner.run::<BouncedHal, _>(
         &[],
         &provider,
         &writes,
@@ -219,7 +219,7 @@ pub(crate) fn run(args: &Args) -> Result<(), Error> {
         compare: Vec::new(),
     };
     if args.compare {
-        report.compare = compare::run(&session, &provider, largest, args.json)?;
+        report.compare = compare::run(&runner, &provider, largest, args.json)?;
     }
     print(&report, args.json)
 }
@@ -233,7 +233,7 @@ fn parse_arg_size(arg: &'static str, text: &str) -> Result<u64, Error> {
 
 /// One device started, driven and stopped: what to start, where, and how
 /// to drive it.
-pub(crate) struct Session<'a> {
+pub(crate) struct DeviceRun<'a> {
     choice: &'a DeviceChoice,
     dir: &'a std::path::Path,
     /// Bytes the device must hold.
@@ -243,7 +243,7 @@ pub(crate) struct Session<'a> {
     patience: Duration,
 }
 
-/// What a session measured and saw.
+/// What a run measured and saw.
 pub(crate) struct Done {
     write: Duration,
     read: Duration,
@@ -251,7 +251,7 @@ pub(crate) struct Done {
     regions: Vec<RegionInfo>,
 }
 
-impl Session<'_> {
+impl DeviceRun<'_> {
     /// Starts the device, gives it `regions` and every region of
     /// `provider` (now and as they come), drives the unmodified driver
     /// through the `Hal` `H` with `writes` then `reads` (checked), and
