@@ -417,6 +417,23 @@ impl MemfdProvider {
             .collect()
     }
 
+    /// Whether `len` bytes at address `addr` (identity: device address =
+    /// address here) lie in one live region: a look-up in the region map,
+    /// with nothing allocated, for a device's `dma_capable`.
+    pub fn holds(&self, addr: u64, len: u64) -> bool {
+        let Ok(key) = usize::try_from(addr) else {
+            return false;
+        };
+        lock(&self.state)
+            .range(..=key)
+            .next_back()
+            .is_some_and(|(&start, m)| {
+                let start = start as u64;
+                addr.checked_add(len)
+                    .is_some_and(|end| end <= start + m.len() as u64)
+            })
+    }
+
     /// The listeners now, to tell of a change without holding their list.
     fn listeners(&self) -> Vec<Arc<dyn RegionListener>> {
         lock(&self.listeners)
@@ -672,6 +689,22 @@ mod tests {
         assert_eq!(c.removed.load(Ordering::SeqCst), 2);
         assert_eq!(k.removed.load(Ordering::SeqCst), 2);
         assert!(p.regions().is_empty());
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "miri cannot run memfd_create or mmap")]
+    fn holds_answers_for_live_regions_only() {
+        let p = MemfdProvider::new("swiotlb-test");
+        let r = p.alloc(8192, PhysAddr(u64::MAX)).unwrap();
+        let base = r.phys.0;
+        assert!(p.holds(base, 8192));
+        assert!(p.holds(base + 4096, 4096));
+        assert!(!p.holds(base + 4096, 4097));
+        assert!(!p.holds(base - 1, 2));
+        assert!(!p.holds(u64::MAX, 2));
+        // SAFETY: from `alloc` above, unused, freed once.
+        unsafe { p.free(r) };
+        assert!(!p.holds(base, 1));
     }
 
     #[test]

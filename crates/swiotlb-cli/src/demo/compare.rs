@@ -51,14 +51,10 @@ impl Translate for Window {
     }
 
     /// The buffers' memfd first: the data of every request is there, so
-    /// the provider's table is read only for what bounces anyway.
+    /// the provider's map is looked up only for what bounces anyway.
     fn dma_capable(&self, _: &Limits, _: PhysAddr, dma: DmaAddr, size: usize) -> bool {
         (dma.0 >= self.start && dma.0.saturating_add(size as u64) <= self.end)
-            || self
-                .pages
-                .regions()
-                .iter()
-                .any(|r| r.contains(dma.0, size as u64))
+            || self.pages.holds(dma.0, size as u64)
     }
 }
 
