@@ -330,9 +330,9 @@ impl DeviceRun<'_> {
             handle: &handle,
         };
         bar.phase("write");
-        let write = io.write(&mut disk, writes, bufs, bar)?;
+        let write = io.pass(&mut disk, writes, true, bufs, bar)?;
         bar.phase("verify");
-        let read = io.read_and_check(&mut disk, reads, bufs, bar)?;
+        let read = io.pass(&mut disk, reads, false, bufs, bar)?;
         let regions = handle.regions();
         // The driver gives its rings back before the device goes.
         drop(disk);
@@ -354,57 +354,36 @@ struct Io<'a> {
 }
 
 impl Io<'_> {
-    /// Writes the pattern with the requests of `plan`, in buffers from
-    /// `bufs`; the time it took.
-    fn write<H: virtio_drivers::Hal, S: Buffers>(
+    /// Writes the pattern with the requests of `plan` (`write`), or reads
+    /// them and checks every byte against it, in buffers from `bufs`; the
+    /// time it took.
+    fn pass<H: virtio_drivers::Hal, S: Buffers>(
         &self,
         disk: &mut VirtIOBlk<H, VhostUserTransport>,
         plan: &[Req],
+        write: bool,
         bufs: &S,
         bar: &progress::Bar,
     ) -> Result<Duration, Error> {
         let seed = self.seed;
         let ops = plan.iter().map(|r| {
             let mut buf = bufs.take(r.len);
-            fill(seed, r.offset, buf.as_mut());
-            BlockOp {
-                sector: r.sector(),
-                buf,
-                write: true,
+            if write {
+                fill(seed, r.offset, buf.as_mut());
+            } else {
+                // A stale byte must not pass for a read one.
+                buf.as_mut().fill(0x5a);
             }
-        });
-        let t = Instant::now();
-        self.run(disk, ops, |mut op| {
-            bar.add(op.buf.as_mut().len() as u64);
-            bufs.give(op.buf);
-        })?;
-        Ok(t.elapsed())
-    }
-
-    /// Reads the requests of `plan` into buffers from `bufs` and checks
-    /// every byte against the pattern; the time it took.
-    fn read_and_check<H: virtio_drivers::Hal, S: Buffers>(
-        &self,
-        disk: &mut VirtIOBlk<H, VhostUserTransport>,
-        plan: &[Req],
-        bufs: &S,
-        bar: &progress::Bar,
-    ) -> Result<Duration, Error> {
-        let seed = self.seed;
-        let ops = plan.iter().map(|r| {
-            let mut buf = bufs.take(r.len);
-            // A stale byte must not pass for a read one.
-            buf.as_mut().fill(0x5a);
             BlockOp {
                 sector: r.sector(),
                 buf,
-                write: false,
+                write,
             }
         });
         let mut bad = None;
         let t = Instant::now();
         self.run(disk, ops, |mut op| {
-            if bad.is_none() {
+            if !write && bad.is_none() {
                 bad = first_mismatch(seed, op.sector * SECTOR, op.buf.as_mut());
             }
             bar.add(op.buf.as_mut().len() as u64);
