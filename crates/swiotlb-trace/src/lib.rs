@@ -63,6 +63,7 @@ mod field;
 mod ftrace;
 mod intern;
 mod parser;
+pub mod replay;
 
 pub use addr::{DmaAddr, PhysAddr};
 pub use error::{ErrorKind, ParseError};

@@ -69,6 +69,9 @@ use crate::pool::{Bounce, Fast, Hiwater, Policy, Pool, PoolConfig};
 use crate::stats::Stats;
 use crate::translate::Offset;
 
+mod slots;
+pub use slots::{Placed, SlotPool};
+
 /// The device address at which the simulated device sees the pool: 4 GiB,
 /// a multiple of every alignment and the default segment boundary, and not
 /// 0 (see the [module documentation](self)).
