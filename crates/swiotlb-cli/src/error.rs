@@ -73,6 +73,9 @@ pub(crate) enum Error {
     /// never filled, a tlb that did not grow, a thread that panicked): a
     /// fault of the command, not of its input.
     Bench(String),
+    /// `replay` / `size`: a trace or kernel log that could not be read, or
+    /// a replay that could not run: the file and the reason.
+    Trace { path: PathBuf, message: String },
     /// `demo`: the device, the transport, the driver or the data failed;
     /// the message says which and names the device.
     Demo(String),
@@ -173,6 +176,7 @@ impl fmt::Display for Error {
             Error::BuildBlob(e) => write!(f, "dt: cannot build a blob: {e}"),
             Error::Bench(why) => f.write_str(why),
             Error::Demo(why) => write!(f, "demo: {why}"),
+            Error::Trace { path, message } => write!(f, "{}: {message}", path.display()),
         }
     }
 }

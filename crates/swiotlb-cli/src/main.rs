@@ -14,6 +14,8 @@ mod demo;
 mod dt;
 mod error;
 mod explain;
+//TMP mod plot_trace;
+mod replay;
 mod rng;
 mod simulate;
 mod units;
@@ -34,6 +36,14 @@ enum Command {
     Demo(demo::Args),
     /// Parse a `swiotlb=` kernel parameter as Linux does and say what pool it gives.
     Explain(explain::Args),
+    /// Replay a kernel's DMA trace (ftrace or trace-cmd text, plain or
+    /// gzip) through the real allocator with Linux's policy: the pool's
+    /// high-water mark, failures beside the kernel's, markers, devices.
+    Replay(replay::ReplayArgs),
+    /// The smallest `swiotlb=` with which a kernel's DMA trace replays
+    /// without a failure, with a margin; what our fast policy and our
+    /// growing tlb would need instead.
+    Size(replay::SizeArgs),
     /// Run an operations script through the real engine and report placements,
     /// or a synthetic workload on a growing tlb (--profile burst|steady).
     Simulate(simulate::Args),
@@ -58,6 +68,8 @@ fn main() -> ExitCode {
     let r = match cli.command {
         Command::Demo(a) => demo::run(&a),
         Command::Explain(a) => explain::run(&a),
+        Command::Replay(a) => replay::run_replay(&a),
+        Command::Size(a) => replay::run_size(&a),
         Command::Simulate(a) => simulate::run(&a),
         Command::Bench(a) => bench::run(&a),
         Command::Dt(a) => dt::run(&a),

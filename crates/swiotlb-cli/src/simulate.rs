@@ -169,7 +169,7 @@ fn render<R: Serialize>(
     Ok(s)
 }
 
-fn print_report(out: &str) -> Result<(), Error> {
+pub(crate) fn print_report(out: &str) -> Result<(), Error> {
     match std::io::stdout().lock().write_all(out.as_bytes()) {
         // A reader that stops early (`| head`) is not an error of ours.
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(Error::WriteReport(e)),

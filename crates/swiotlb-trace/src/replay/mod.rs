@@ -459,6 +459,8 @@ fn report<P: swiotlb::Policy>(
                 kernel_failures: c.kernel_failures,
             }
         })
+        // Devices that mapped but never bounced are not the pool's.
+        .filter(|d: &DeviceReport| d.mappings > 0 || d.kernel_failures > 0)
         .collect();
     let known = p.era != Era::BouncedOnly;
     Report {

@@ -220,7 +220,7 @@ pub struct Report {
     pub placed_exactly: Option<Placement>,
     /// One entry per `tracing_mark_write` line.
     pub markers: Vec<Marker>,
-    /// Per device.
+    /// Per device that bounced (or whose bounce the kernel failed).
     pub per_device: Vec<DeviceReport>,
     /// What did not pair.
     pub unpaired: Unpaired,
