@@ -14,6 +14,7 @@ mod demo;
 mod dt;
 mod error;
 mod explain;
+mod plot;
 mod rng;
 mod simulate;
 mod units;
