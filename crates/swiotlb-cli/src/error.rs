@@ -35,6 +35,9 @@ pub(crate) enum Error {
     },
     /// The report could not be written to standard output.
     WriteReport(io::Error),
+    /// A picture (`--plot`) that could not be drawn or written: the file,
+    /// and why.
+    Plot { path: PathBuf, source: io::Error },
     /// A report could not be written as JSON.
     Json(serde_json::Error),
     /// A device tree blob that is not a well-formed one, or whose pools are
@@ -155,6 +158,9 @@ impl fmt::Display for Error {
                 write!(f, "cannot read {what} from standard input: {source}")
             }
             Error::WriteReport(e) => write!(f, "cannot write the report: {e}"),
+            Error::Plot { path, source } => {
+                write!(f, "cannot write the plot {}: {source}", path.display())
+            }
             Error::Json(e) => write!(f, "cannot write JSON: {e}"),
             Error::DeviceTree { context, message } => with_context(f, context, message),
             Error::Script {

@@ -187,7 +187,7 @@ pub(crate) fn run_replay(args: &ReplayArgs) -> Result<(), Error> {
     let r = replay::replay(&file, &o).map_err(|e| trace_error(&t.trace, e))?;
     file.bar.finish_and_clear();
     if let (Some(path), Some(tl)) = (&t.plot, &r.timeline) {
-        //TMP crate::plot_trace::write(path, &t.trace, &r, tl)?;
+        crate::plot_trace::write(path, &t.trace, &r, tl)?;
     }
     let out = if t.json {
         let mut s = serde_json::to_string_pretty(&ReplayJson {
@@ -365,7 +365,7 @@ pub(crate) fn run_size(args: &SizeArgs) -> Result<(), Error> {
     let r = replay::size(&file, &o).map_err(|e| trace_error(&t.trace, e))?;
     file.bar.finish_and_clear();
     if let (Some(path), Some(tl)) = (&t.plot, &r.timeline) {
-        //TMP crate::plot_trace::write_size(path, &t.trace, &r, tl)?;
+        crate::plot_trace::write_size(path, &t.trace, &r, tl)?;
     }
     let out = if t.json {
         let mut s = serde_json::to_string_pretty(&SizeJson {

@@ -14,10 +14,12 @@
 mod profile;
 
 use crate::error::Error;
+use crate::plot::{self, Recorder, Timeline};
 use crate::units::{human, parse_number, parse_radix, parse_size, SizeError};
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::{IsTerminal, Read, Write as _};
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 use swiotlb::sim::{MapParams, SimError, Simulator};
@@ -80,6 +82,13 @@ pub(crate) struct Args {
     /// {...}}` for a script, flat counters for a profile.
     #[arg(long)]
     json: bool,
+    /// Also draw the run as an SVG picture: slots held over the run with
+    /// the pool's size, its high-water mark and the failed maps; for a
+    /// script, the pool's occupancy at the peak below (x: the script's
+    /// line); for a profile, phases as markers (x: seconds on the tlb's
+    /// clock).
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<PathBuf>,
 }
 
 /// The pool a script runs on: options of `swiotlb simulate`, and the only
@@ -145,13 +154,29 @@ pub(crate) fn run(args: &Args) -> Result<(), Error> {
     // Options on the command line win over the script's `# args:` line.
     let pool = args.pool.or(script.args);
     let ops = &script.ops;
-    let report = match pool.policy.unwrap_or(PolicyName::Fast) {
-        PolicyName::Fast => execute::<Fast>(pool, ops),
-        PolicyName::Nextfit => execute::<NextFit>(pool, ops),
+    let plot = args.plot.is_some();
+    let mut report = match pool.policy.unwrap_or(PolicyName::Fast) {
+        PolicyName::Fast => execute::<Fast>(pool, ops, plot),
+        PolicyName::Nextfit => execute::<NextFit>(pool, ops, plot),
     }
     .map_err(named)?;
-    // Everything is printed at once, after the run: a script that fails
-    // half way prints nothing on standard output.
+    // Everything is written at once, after the run: a script that fails
+    // half way prints nothing on standard output and draws nothing. The
+    // picture comes first, so that a run whose picture cannot be written
+    // fails as a whole.
+    if let (Some(path), Some(timeline)) = (&args.plot, &mut report.timeline) {
+        timeline.title = format!(
+            "simulate --ops {}: {}, {} slots x {} {}",
+            Path::new(&source)
+                .file_name()
+                .map_or(source.as_str().into(), |n| n.to_string_lossy()),
+            report.policy,
+            report.stats.io_tlb_nslabs,
+            report.nareas,
+            if report.nareas == 1 { "area" } else { "areas" }
+        );
+        plot::write_svg(path, timeline)?;
+    }
     print_report(&render(args.json, || report.report(), || report.to_text())?)
 }
 
@@ -179,7 +204,10 @@ pub(crate) fn print_report(out: &str) -> Result<(), Error> {
 
 /// `swiotlb simulate --profile NAME`: the workload, then its report.
 fn run_profile(args: &Args) -> Result<(), Error> {
-    let report = profile::run(&args.workload)?;
+    let report = profile::run(&args.workload, args.plot.is_some())?;
+    if let (Some(path), Some(timeline)) = (&args.plot, report.timeline()) {
+        plot::write_svg(path, timeline)?;
+    }
     print_report(&render(args.json, || report.report(), || report.to_text())?)?;
     match report.data_errors() {
         0 => Ok(()),
@@ -562,6 +590,10 @@ struct Report {
     slot_size: usize,
     maps: Vec<MapEntry>,
     stats: Stats,
+    /// With `--plot`: `io_tlb_used` after each line that changed it, the
+    /// lines of failed maps, the occupancy at the peak (titled by the
+    /// caller).
+    timeline: Option<Timeline>,
 }
 
 /// What the script has done with an id so far.
@@ -584,8 +616,9 @@ fn not_mapped(op: &'static str, id: &str) -> ScriptProblem {
     ScriptProblem::NotMapped { op, id: id.into() }
 }
 
-/// Runs the operations through a simulator over a `P` pool.
-fn execute<P: Policy>(pool: PoolArgs, ops: &[Line]) -> Result<Report, ScriptError> {
+/// Runs the operations through a simulator over a `P` pool; with `plot`,
+/// records the run for a picture.
+fn execute<P: Policy>(pool: PoolArgs, ops: &[Line], plot: bool) -> Result<Report, ScriptError> {
     let nslabs = pool
         .nslabs
         .unwrap_or(swiotlb::config::DEFAULT_NSLABS as u32);
@@ -594,6 +627,12 @@ fn execute<P: Policy>(pool: PoolArgs, ops: &[Line]) -> Result<Report, ScriptErro
         .map_err(|e| at(0, ScriptProblem::Pool(e)))?;
     let mut ids: HashMap<&str, IdState> = HashMap::new();
     let mut maps = Vec::new();
+    let mut rec = plot.then(|| {
+        let p = sim.pool();
+        let mut t = Timeline::new(String::new(), "script line", p.nslabs().into());
+        t.points.push((0.0, 0));
+        Recorder::new(t, p.nslabs(), p.nareas())
+    });
     for Line { no, op } in ops {
         let no = *no;
         match op {
@@ -615,6 +654,9 @@ fn execute<P: Policy>(pool: PoolArgs, ops: &[Line]) -> Result<Report, ScriptErro
                 let outcome = match sim.map_with(id.clone(), *size, *dir, *params) {
                     Ok(b) => {
                         ids.insert(id, IdState::Live(no));
+                        if let Some(rec) = &mut rec {
+                            rec.held(no as f64, &b);
+                        }
                         Ok(Placed {
                             slot: b.slot,
                             start: b.start,
@@ -624,6 +666,9 @@ fn execute<P: Policy>(pool: PoolArgs, ops: &[Line]) -> Result<Report, ScriptErro
                     }
                     Err(SimError::Engine(e)) => {
                         ids.insert(id, IdState::Failed);
+                        if let Some(rec) = &mut rec {
+                            rec.timeline.failures.push(no as f64);
+                        }
                         Err(e)
                     }
                     Err(error) => return Err(at(no, sim_problem("map", id, error))),
@@ -638,6 +683,9 @@ fn execute<P: Policy>(pool: PoolArgs, ops: &[Line]) -> Result<Report, ScriptErro
             }
             Op::Unmap { id } => match ids.remove(id.as_str()) {
                 Some(IdState::Live(_)) => {
+                    if let (Some(rec), Some(b)) = (&mut rec, sim.bounce(id.as_str())) {
+                        rec.freed(no as f64, &b);
+                    }
                     sim.unmap(id.as_str())
                         .map_err(|error| at(no, sim_problem("unmap", id, error)))?;
                 }
@@ -673,6 +721,13 @@ fn execute<P: Policy>(pool: PoolArgs, ops: &[Line]) -> Result<Report, ScriptErro
         slot_size: sim.pool().slot_size(),
         maps,
         stats: sim.stats(),
+        timeline: rec.map(|rec| {
+            debug_assert!(
+                rec.agrees_with(sim.pool()),
+                "the picture's slots are the pool's"
+            );
+            rec.finish()
+        }),
     })
 }
 

@@ -17,12 +17,19 @@
 //! as such (`max_wait_us`); idle phases skip the clock forward one idle
 //! time at a time, calling `maintain()` after each skip, so they take no
 //! real time and their outcome does not depend on the machine's speed.
+//!
+//! With `--plot`, the background thread also notes the tlb's slots held
+//! and slots in all its pools after each of its calls, the workers note
+//! their failed maps, and the phases (warmed up, release, idle) become
+//! markers, all against the tlb's clock. At each release the workers wait
+//! until its sample is taken, so the picture holds the live set's peak.
+//! A growing tlb's pools come and go, so the picture has no occupancy map.
 
 use std::fmt::Write as _;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Barrier, LazyLock, Mutex};
+use std::sync::{Arc, Barrier, LazyLock, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
@@ -32,6 +39,7 @@ use swiotlb::{Attrs, Device, Direction, DmaMask, Fast, MapFailed, Mapping};
 use swiotlb_host::{HeapProvider, StdClock};
 
 use crate::error::Error;
+use crate::plot::Timeline;
 use crate::rng::{log_uniform, seeded, Rng};
 use crate::units::{human, parse_size, SizeError};
 use rand::{Rng as _, RngExt as _, SeedableRng as _};
@@ -221,6 +229,76 @@ struct Ctx<'t> {
     /// `steady`: the counters at the end of the warm-up, then their
     /// growth since.
     after_warmup: Mutex<Option<Counts>>,
+    /// With `--plot`: what the picture shows.
+    plot: Option<Plotting>,
+}
+
+impl Ctx<'_> {
+    /// With `--plot`: notes the tlb's use now.
+    fn sample(&self) {
+        if let Some(t) = &self.plot {
+            t.sample(self.tlb, self.clock);
+        }
+    }
+
+    /// With `--plot`: a marker, and the tlb's use, now.
+    fn mark(&self, label: &str) {
+        if let Some(t) = &self.plot {
+            t.sample(self.tlb, self.clock);
+            let mut s = t.lock();
+            let x = t.x(self.clock);
+            s.markers.push((x, label.into()));
+        }
+    }
+
+    /// With `--plot`: a failed map now.
+    fn failed(&self) {
+        if let Some(t) = &self.plot {
+            let mut s = t.lock();
+            let x = t.x(self.clock);
+            s.failures.push(x);
+        }
+    }
+}
+
+/// The notes of a run with `--plot`, against the tlb's clock.
+struct Plotting {
+    /// The clock's reading at the start, in nanoseconds.
+    began: u64,
+    notes: Mutex<Notes>,
+}
+
+/// Samples are kept only when they differ from the one before; `x` is
+/// read under the lock, so each list is in time order.
+#[derive(Default)]
+struct Notes {
+    used: Vec<(f64, u64)>,
+    pool: Vec<(f64, u64)>,
+    markers: Vec<(f64, String)>,
+    failures: Vec<f64>,
+}
+
+impl Plotting {
+    fn lock(&self) -> MutexGuard<'_, Notes> {
+        self.notes.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Seconds since the start on the tlb's clock.
+    fn x(&self, clock: &SimClock) -> f64 {
+        clock.now_ns().saturating_sub(self.began) as f64 / 1e9
+    }
+
+    fn sample(&self, tlb: &IoTlb, clock: &SimClock) {
+        let mut s = self.lock();
+        let st = tlb.stats().pool;
+        let x = self.x(clock);
+        if s.used.last().map(|p| p.1) != Some(st.io_tlb_used) {
+            s.used.push((x, st.io_tlb_used));
+        }
+        if s.pool.last().map(|p| p.1) != Some(st.io_tlb_nslabs) {
+            s.pool.push((x, st.io_tlb_nslabs));
+        }
+    }
 }
 
 /// `steady`: pools added, pools removed, transient pools made.
@@ -314,6 +392,7 @@ impl<'t> Worker<'t> {
                         // The request was cancelled when its future was dropped.
                         s.gave_up.fetch_add(1, Ordering::Relaxed);
                         s.failures.fetch_add(1, Ordering::Relaxed);
+                        self.ctx.failed();
                         return false;
                     }
                 }
@@ -332,6 +411,7 @@ impl<'t> Worker<'t> {
             }
             Err(MapFailed { .. }) => {
                 s.failures.fetch_add(1, Ordering::Relaxed);
+                self.ctx.failed();
                 false
             }
         }
@@ -371,7 +451,13 @@ impl<'t> Worker<'t> {
     /// then everything released.
     fn burst(&mut self, i: u32, threads: u32) {
         self.fill_to(share(BURST_PEAK, threads, i));
-        self.sync();
+        if self.sync() {
+            self.ctx.mark("release");
+        }
+        if self.ctx.plot.is_some() {
+            // The picture's peak: nobody drains before the mark's sample.
+            self.sync();
+        }
         self.drain_to(0);
     }
 
@@ -413,6 +499,7 @@ impl<'t> Worker<'t> {
         }
         if self.sync() {
             *ctx.after_warmup.lock().unwrap() = Some(now());
+            ctx.mark("warmed up");
         }
         self.sync();
         let quarter = ctx.idle_ns / 4;
@@ -434,6 +521,7 @@ impl<'t> Worker<'t> {
                 let (na, nr, nm) = now();
                 *a = Some((na - added, nr - removed, nm - made));
             }
+            ctx.mark("release");
         }
         self.sync();
         self.drain_to(0);
@@ -621,10 +709,12 @@ pub(crate) struct Report {
     after_warmup: Option<Counts>,
     /// `steady`: warm-up rounds run, and whether the last was quiet.
     warmup: (u32, bool),
+    /// With `--plot`: the run against the tlb's clock.
+    timeline: Option<Timeline>,
 }
 
-/// Runs a profile.
-pub(crate) fn run(args: &ProfileArgs) -> Result<Report, Error> {
+/// Runs a profile; with `plot`, notes what a picture of it needs.
+pub(crate) fn run(args: &ProfileArgs, plot: bool) -> Result<Report, Error> {
     let plan = plan(args)?;
     let clock = Arc::new(SimClock::default());
     let tlb = IoTlb::growing(
@@ -644,13 +734,20 @@ pub(crate) fn run(args: &ProfileArgs) -> Result<Report, Error> {
         idle_ns: plan.config.idle,
         barrier: Barrier::new(plan.threads as usize),
         after_warmup: Mutex::new(None),
+        plot: plot.then(|| Plotting {
+            began: clock.now_ns(),
+            notes: Mutex::default(),
+        }),
     };
+    ctx.sample();
     let began = Instant::now();
     let stop = AtomicBool::new(false);
     std::thread::scope(|s| {
         let background = s.spawn(|| {
             while !stop.load(Ordering::Relaxed) {
-                match tlb.maintain() {
+                let r = tlb.maintain();
+                ctx.sample();
+                match r {
                     Ok((true, _)) => {}
                     _ => std::thread::sleep(TICK),
                 }
@@ -683,11 +780,14 @@ pub(crate) fn run(args: &ProfileArgs) -> Result<Report, Error> {
     });
     // Idle: skip one idle time per step and let the tlb give pools back,
     // until nothing more goes back.
+    ctx.mark("idle");
     let step = plan.config.idle.max(1);
     let mut quiet_steps = 0;
     while quiet_steps < 3 {
         clock.skipped.advance(step);
-        match tlb.maintain() {
+        let r = tlb.maintain();
+        ctx.sample();
+        match r {
             Ok((_, true)) => quiet_steps = 0,
             _ => quiet_steps += 1,
         }
@@ -696,6 +796,23 @@ pub(crate) fn run(args: &ProfileArgs) -> Result<Report, Error> {
     let stats = tlb.stats();
     let ld = |a: &AtomicU64| a.load(Ordering::Relaxed);
     let after_warmup = ctx.after_warmup.into_inner().unwrap_or(None);
+    let timeline = ctx.plot.map(|t| {
+        let end = t.x(&clock);
+        let mut notes = t.notes.into_inner().unwrap_or_else(PoisonError::into_inner);
+        // The last value holds to the end of the run.
+        if let Some(&(_, used)) = notes.used.last() {
+            notes.used.push((end, used));
+        }
+        Timeline {
+            title: title(&plan),
+            x_label: "seconds on the tlb's clock (idle time skipped ahead)",
+            pool_slots: notes.pool,
+            points: notes.used,
+            markers: notes.markers,
+            failures: notes.failures,
+            peak: None,
+        }
+    });
     Ok(Report {
         mappings: ld(&shared.mappings),
         failures: ld(&shared.failures),
@@ -716,13 +833,33 @@ pub(crate) fn run(args: &ProfileArgs) -> Result<Report, Error> {
         ),
         stats,
         plan,
+        timeline,
     })
+}
+
+/// The picture's title: the profile and the tlb.
+fn title(p: &Plan) -> String {
+    let threads = if p.threads == 1 { "thread" } else { "threads" };
+    format!(
+        "simulate --profile {}: {} callers, {} {threads}, tlb of {} growing by {} up to {}",
+        p.profile.name(),
+        p.mode.name(),
+        p.threads,
+        human(p.config.start as u64),
+        human(p.config.grow_by as u64),
+        human(p.config.max as u64),
+    )
 }
 
 impl Report {
     /// Mappings whose bytes did not come back intact.
     pub(crate) fn data_errors(&self) -> u64 {
         self.data_errors
+    }
+
+    /// With `--plot`: the picture's timeline.
+    pub(crate) fn timeline(&self) -> Option<&Timeline> {
+        self.timeline.as_ref()
     }
 
     /// The report's JSON form.
