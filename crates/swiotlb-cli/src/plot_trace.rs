@@ -14,12 +14,20 @@ fn seconds(ns: u64) -> f64 {
 
 fn convert(title: String, nareas: u32, tl: &TraceTimeline) -> Timeline {
     let mut t = Timeline::new(title, "seconds", tl.pool_slots.first().map_or(0, |p| p.1));
-    t.pool_slots = tl.pool_slots.iter().map(|&(x, n)| (seconds(x), n)).collect();
+    t.pool_slots = tl
+        .pool_slots
+        .iter()
+        .map(|&(x, n)| (seconds(x), n))
+        .collect();
     // The pool starts empty at the first event.
     t.points = std::iter::once((0.0, 0))
         .chain(tl.points.iter().map(|&(x, n)| (seconds(x), n)))
         .collect();
-    t.markers = tl.markers.iter().map(|(x, m)| (seconds(*x), m.clone())).collect();
+    t.markers = tl
+        .markers
+        .iter()
+        .map(|(x, m)| (seconds(*x), m.clone()))
+        .collect();
     t.failures = tl.failures.iter().map(|&x| seconds(x)).collect();
     t.peak = tl.peak.as_ref().map(|(x, used, slots)| Occupancy {
         x: seconds(*x),
@@ -31,12 +39,19 @@ fn convert(title: String, nareas: u32, tl: &TraceTimeline) -> Timeline {
 }
 
 fn name(path: &Path) -> String {
-    path.file_name()
-        .map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned())
+    path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
 }
 
 /// `replay --plot`.
-pub(crate) fn write(path: &Path, trace: &Path, r: &Report, tl: &TraceTimeline) -> Result<(), Error> {
+pub(crate) fn write(
+    path: &Path,
+    trace: &Path,
+    r: &Report,
+    tl: &TraceTimeline,
+) -> Result<(), Error> {
     let title = format!(
         "replay of {}: {}, {} slots x {} areas",
         name(trace),

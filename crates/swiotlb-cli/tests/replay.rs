@@ -253,3 +253,68 @@ fn bad_input_is_refused_plainly() {
     );
     assert_eq!(v["mappings"], 2);
 }
+
+#[test]
+fn replay_and_size_draw_the_pool_over_trace_time() {
+    // 100 bounces of 3 slots in 256 slots: 64 fit, 36 fail (see above).
+    let path = file("ramp-plot.trace", &ramp(100, 5000, 5));
+    let svg = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("ramp.svg");
+    let out = swiotlb(&[
+        "replay",
+        path.to_str().unwrap(),
+        "--nslabs",
+        "256",
+        "--nareas",
+        "1",
+        "--plot",
+        svg.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&svg).unwrap();
+    let doc = roxmltree::Document::parse(&text).expect("well-formed SVG");
+    let texts: Vec<&str> = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("text"))
+        .filter_map(|n| n.text())
+        .map(str::trim)
+        .collect();
+    assert!(
+        texts.contains(&"replay of ramp-plot.trace: nextfit, 256 slots x 1 areas"),
+        "{texts:?}"
+    );
+    assert!(
+        texts.contains(&"ramp") && texts.contains(&"full"),
+        "{texts:?}"
+    );
+    assert!(texts.contains(&"36 failed maps"), "{texts:?}");
+    assert!(
+        texts
+            .iter()
+            .any(|t| t.starts_with("Occupancy at the peak: 192 of 256 slots held")),
+        "{texts:?}"
+    );
+    // size --plot draws the recommended pool's replay.
+    let svg = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("ramp-size.svg");
+    let out = swiotlb(&[
+        "size",
+        path.to_str().unwrap(),
+        "--nareas",
+        "1",
+        "--plot",
+        svg.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert!(
+        text.contains("replayed on swiotlb=512,1"),
+        "size picks 512 slots for 300 live"
+    );
+}

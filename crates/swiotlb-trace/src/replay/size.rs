@@ -343,6 +343,15 @@ pub fn size(input: &(impl Input + ?Sized), opts: &SizeOptions) -> Result<SizeRep
             kernel_failures += 1;
         }
     }
+    let mut notes = p.notes.clone();
+    if kernel_failures > 0 {
+        notes.push(format!(
+            "the kernel failed {kernel_failures} bounced map(s): a larger pool would have held \
+             each for as long as its I/O took, which the trace cannot show (no unmap follows a \
+             failed map); the sizes here hold them only while the kernel tried, so leave \
+             room above the answer"
+        ));
+    }
     let search = format!(
         "the trace's live bounces held at most {demand} slots at once (replayed on a pool too \
          large to fail), so no smaller pool can work; every pool Linux can build with {nareas} \
@@ -370,7 +379,7 @@ pub fn size(input: &(impl Input + ?Sized), opts: &SizeOptions) -> Result<SizeRep
         fast,
         dynamic,
         search,
-        notes: p.notes.clone(),
+        notes,
         timeline,
     })
 }
