@@ -470,3 +470,25 @@ fn size_finds_the_smallest_pool_and_checks_it() {
     assert!(!s.search.is_empty());
     assert_eq!(s.dynamic.failures, 0);
 }
+
+#[test]
+fn interrupts_on_two_cpus_pair_by_cpu_under_the_idle_task() {
+    // PID 0 is every CPU's idle task: receive refills in interrupts on
+    // CPUs 0 and 1 interleave, same device, same size. Paired by CPU, the
+    // offset is the encryption bit; paired by PID alone, every vote would
+    // cross the two.
+    let c_bit = 1u64 << 47;
+    let mut t = Trace::default();
+    for i in 0..6u64 {
+        let (a, b) = (0x1_0000_0000 + (i << 24), 0x2_0000_0000 + (i << 24));
+        t.bounced(0, 0, NET, a | c_bit, 1536)
+            .bounced(0, 1, NET, b | c_bit, 1536);
+        t.map(0, 1, NET, 0xbbe0_0000 + (i << 13), 1536, b);
+        t.map(0, 0, NET, 0xbbe0_1000 + (i << 13), 1536, a);
+    }
+    let r = replay(t.text().as_str(), &one_area(1024)).unwrap();
+    assert_eq!(r.per_device[0].dev_addr_offset, Some(c_bit));
+    assert_eq!(r.unpaired.loose_pairs, 0);
+    assert_eq!(r.unpaired.bounces, 0);
+    assert_eq!(r.io_tlb_used_at_end, 12);
+}

@@ -33,7 +33,8 @@ struct Held<P: swiotlb::Policy> {
 struct Live {
     placed: Option<(u32, Placed)>,
     dev: u16,
-    failed: bool,
+    /// When the replay failed to place it, if it did.
+    failed: Option<u64>,
 }
 
 /// Per-device counts.
@@ -260,15 +261,14 @@ impl<P: swiotlb::Policy> Exec<P> {
             placed = self.grow(size_us, params, line);
         }
         let Some((pool, p)) = placed else {
-            if let Some(tl) = &mut self.timeline {
-                tl.failures.push(self.now);
-            }
+            // Drawn once per failed map, when it is settled (a list's
+            // entries fail as one map).
             self.live.insert(
                 id,
                 Live {
                     placed: None,
                     dev,
-                    failed: true,
+                    failed: Some(self.now),
                 },
             );
             return;
@@ -297,7 +297,7 @@ impl<P: swiotlb::Policy> Exec<P> {
             Live {
                 placed: Some((pool, p)),
                 dev,
-                failed: false,
+                failed: None,
             },
         );
     }
@@ -397,18 +397,24 @@ impl<P: swiotlb::Policy> Exec<P> {
     }
 
     fn resolve(&mut self, ids: &[(u32, u64)], ok: bool) {
-        let mut failed = false;
+        let mut failed_at: Option<u64> = None;
         let mut dev = None;
         for (id, _) in ids {
             if let Some(l) = self.live.get(id) {
-                failed |= l.failed;
+                if let Some(t) = l.failed {
+                    failed_at = Some(failed_at.map_or(t, |f| f.min(t)));
+                }
                 dev = Some(l.dev);
             }
         }
         let Some(dev) = dev else { return };
-        if failed {
+        let failed = failed_at.is_some();
+        if let Some(t) = failed_at {
             self.failures += 1;
             self.dev(dev).failures += 1;
+            if let Some(tl) = &mut self.timeline {
+                tl.failures.push(t);
+            }
         }
         if !ok {
             self.kernel_failures += 1;
@@ -454,17 +460,22 @@ impl<P: swiotlb::Policy> Exec<P> {
         if let Some(m) = self.markers.last_mut() {
             m.io_tlb_used_hiwater = self.mark_hiwater;
         }
-        let unsettled: Vec<u16> = self
+        let unsettled: Vec<(u16, u64)> = self
             .live
             .values()
-            .filter(|l| l.failed)
-            .map(|l| l.dev)
+            .filter_map(|l| Some((l.dev, l.failed?)))
             .collect();
-        for dev in unsettled {
+        for (dev, t) in unsettled {
             self.failures += 1;
             self.dev(dev).failures += 1;
+            if let Some(tl) = &mut self.timeline {
+                tl.failures.push(t);
+            }
         }
-        self.live.retain(|_, l| !l.failed);
+        self.live.retain(|_, l| l.failed.is_none());
+        if let Some(tl) = &mut self.timeline {
+            tl.failures.sort_unstable();
+        }
         let mut tl = self.timeline.take()?;
         if let Some((t, used, words)) = self.peak.take() {
             let bits = (0..self.pools[0].slots)

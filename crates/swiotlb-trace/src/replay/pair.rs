@@ -69,6 +69,19 @@ pub struct Unpaired {
     pub lost_notes: u64,
 }
 
+/// Who made a map, as the pairing of its events sees it: the task, not
+/// the CPU (a task may move between its bounce and its map event), except
+/// for PID 0, which is every CPU's idle task, and under which interrupt
+/// handlers on different CPUs map at the same time: there the CPU tells
+/// them apart (an interrupt does not move).
+pub(crate) fn task(e: &Event) -> u64 {
+    if e.pid == 0 {
+        1 << 32 | u64::from(e.cpu)
+    } else {
+        u64::from(e.pid)
+    }
+}
+
 /// The bounces of one mapped list.
 type Bounces = Box<[u32]>;
 
@@ -87,7 +100,7 @@ pub(crate) struct Pairer {
     /// When the trace has no `swiotlb_bounced` events but the pool is
     /// known: maps whose address falls in it bounced.
     fallback: Option<(u64, u64)>,
-    pending: HashMap<(u32, u16), VecDeque<Pending>>,
+    pending: HashMap<(u64, u16), VecDeque<Pending>>,
     single: HashMap<(u16, u64), u32>,
     direct: HashMap<(u16, u64), u32>,
     /// Lists live by device and original addresses, each with its
@@ -146,7 +159,7 @@ impl Pairer {
 
     /// Takes the pending bounce of `key` with this size and original, or,
     /// failing that, the first with this size.
-    fn take(&mut self, key: (u32, u16), size: Option<u64>, orig: u64) -> Option<Pending> {
+    fn take(&mut self, key: (u64, u16), size: Option<u64>, orig: u64) -> Option<Pending> {
         let q = self.pending.get_mut(&key)?;
         let exact = q
             .iter()
@@ -189,7 +202,7 @@ impl Pairer {
             return;
         };
         let (dev, learned) = self.device(name);
-        let key = (e.pid, dev);
+        let key = (task(&e), dev);
         match e.kind {
             EventKind::Bounced(b) => {
                 let id = self.new_id();

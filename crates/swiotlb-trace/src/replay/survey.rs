@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use super::input::{each_record, Input, Malformed, ReadError};
+use super::pair::task;
 use crate::event::{Device, EventKind, Record};
 use crate::parser::Format;
 
@@ -121,12 +122,13 @@ struct Pending {
 /// Reads the whole trace once.
 pub(crate) fn survey(input: &(impl Input + ?Sized)) -> Result<Survey, ReadError> {
     let mut s = Survey::default();
-    let mut pending: HashMap<(u32, Device), VecDeque<Pending>> = HashMap::new();
+    let mut pending: HashMap<(u64, Device), VecDeque<Pending>> = HashMap::new();
     let mut malformed = Malformed::default();
     let lines = each_record(input, Format::Trace, Some(&mut malformed), |rec| {
         let Record::Event(e) = rec else { return };
         s.events += 1;
         s.cpus = s.cpus.max(e.cpu.saturating_add(1));
+        let who = task(&e);
         let Some(dev) = e.device else {
             if matches!(e.kind, EventKind::Marker(_)) {
                 s.markers += 1;
@@ -136,8 +138,8 @@ pub(crate) fn survey(input: &(impl Input + ?Sized)) -> Result<Survey, ReadError>
         // The first pass pairs by task, device and size alone (the
         // offset is what it is learning); a mismatch now and then only
         // adds a vote for a wrong offset, which the majority outweighs.
-        let take = |pending: &mut HashMap<(u32, Device), VecDeque<Pending>>, size: u64| {
-            let q = pending.get_mut(&(e.pid, dev.clone()))?;
+        let take = |pending: &mut HashMap<(u64, Device), VecDeque<Pending>>, size: u64| {
+            let q = pending.get_mut(&(who, dev.clone()))?;
             let i = q.iter().position(|p| p.size == size)?;
             q.remove(i)
         };
@@ -145,7 +147,7 @@ pub(crate) fn survey(input: &(impl Input + ?Sized)) -> Result<Survey, ReadError>
             EventKind::Bounced(b) => {
                 s.bounced += 1;
                 s.devices.entry(dev.clone()).or_default();
-                pending.entry((e.pid, dev)).or_default().push_back(Pending {
+                pending.entry((who, dev)).or_default().push_back(Pending {
                     size: b.size,
                     dev_addr: b.dev_addr.0,
                 });
@@ -178,9 +180,20 @@ pub(crate) fn survey(input: &(impl Input + ?Sized)) -> Result<Survey, ReadError>
             }
             EventKind::MapSgErr(m) => {
                 s.dma_events += 1;
-                if let Some(q) = pending.get_mut(&(e.pid, dev)) {
-                    let n = m.phys_addrs.len().min(q.len());
-                    q.drain(..n);
+                // The failed list's bounces: those whose original is one
+                // of its entries, under the offset most pairs gave so far
+                // (none yet: no offset). Other pending bounces stay.
+                let delta = s
+                    .devices
+                    .get(&dev)
+                    .and_then(|d| d.learned().delta)
+                    .unwrap_or(0);
+                if let Some(q) = pending.get_mut(&(who, dev)) {
+                    q.retain(|p| {
+                        !m.phys_addrs
+                            .iter()
+                            .any(|phys| p.dev_addr.wrapping_sub(delta) == phys.0)
+                    });
                 }
             }
             EventKind::Unmap(_) | EventKind::UnmapSg(_) => s.dma_events += 1,
