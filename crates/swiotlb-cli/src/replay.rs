@@ -407,11 +407,15 @@ fn sizing_text(s: &mut String, z: &Sizing, margin: u32) {
             "  a pool larger than the smallest FAILED: that size works by luck of placement"
         );
     }
+    let check = if z.exhaustive {
+        "every size between the demand and it fails".to_string()
+    } else {
+        format!("the {} sizes just below it fail", z.checked_below)
+    };
     let _ = writeln!(
         s,
-        "  any multiple of 128 slots (our library builds any): {} (the {} sizes just below fail)",
+        "  any multiple of 128 slots (our library builds any): {} ({check})",
         slots(z.smallest_any.nslabs),
-        z.checked_below
     );
 }
 

@@ -91,6 +91,9 @@ pub struct Sizing {
     pub smallest_any: Candidate,
     /// Sizes just below `smallest_any` replayed, all failing.
     pub checked_below: u32,
+    /// Whether every size from the demand up to `smallest_any` was
+    /// replayed (so no smaller multiple of 128 works).
+    pub exhaustive: bool,
 }
 
 /// What our growing tlb would do with the trace.
@@ -269,15 +272,13 @@ fn sizing<P: swiotlb::Policy>(
         }
     }
     // Not monotone in general: walk down while one of the next eight
-    // smaller sizes passes.
+    // smaller sizes passes, or to the demand.
     let floor = demand.div_ceil(seg).max(1);
-    let mut checked = 0;
     let mut n = best.nslabs / seg;
     let mut misses = 0;
     while n > floor && misses < 8 {
         n -= 1;
         let c = run(n * seg)?;
-        checked += 1;
         if c.failures == 0 {
             best = c;
             misses = 0;
@@ -294,10 +295,7 @@ fn sizing<P: swiotlb::Policy>(
         non_monotone,
         smallest_any: best,
         checked_below: misses,
-    })
-    .map(|mut s| {
-        s.checked_below = s.checked_below.min(checked);
-        s
+        exhaustive: n <= floor,
     })
 }
 
