@@ -144,6 +144,23 @@ fn only_limits_the_parts_and_the_table_has_ratios() {
     assert!(table.contains("fast/nextfit"), "{table}");
 }
 
+/// The map rows come with `NextFit`'s target ratios, one per size that
+/// has a target, named with the target.
+#[test]
+fn map_rows_have_the_nextfit_target_ratios() {
+    let (out, _) = bench(&["--smoke", "--json", "--only", "map"]);
+    let v: Value = serde_json::from_str(&out).expect("bench --json prints JSON");
+    let ratios = v["ratios"].as_array().expect("a ratios array");
+    for (size, target) in [("64 B", "5.3"), ("512 B", "6.9"), ("4 KiB", "10")] {
+        let name = format!("map_unmap to {size} nextfit/fast (target <= {target})");
+        let r = ratios.iter().find(|r| r["name"] == name.as_str());
+        assert!(
+            r.is_some_and(|r| r["value"].as_f64().is_some_and(|x| x > 0.0)),
+            "no ratio {name:?} in {out}"
+        );
+    }
+}
+
 #[test]
 fn unoptimised_builds_say_so() {
     let (_, err) = bench(&["--smoke", "--json", "--only", "metadata"]);

@@ -42,6 +42,18 @@ impl AreaGeom {
         (if seg_end < end { seg_end } else { end }) as u32
     }
 
+    /// The pool-wide index where the segment holding pool slot `slot`
+    /// starts, capped at the area's start: free runs start no earlier.
+    #[inline]
+    pub const fn run_start(&self, slot: u32) -> u32 {
+        let seg_start = slot & !(self.segment - 1);
+        if seg_start > self.first {
+            seg_start
+        } else {
+            self.first
+        }
+    }
+
     /// How many segments the area touches: segment lines are counted from
     /// the pool's first slot, so an area that does not start on one
     /// touches one more than its size alone would say.
