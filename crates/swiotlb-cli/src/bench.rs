@@ -11,6 +11,7 @@ mod dt;
 mod lookup;
 mod report;
 mod timing;
+mod trace;
 mod workload;
 
 use std::hint::black_box;
@@ -132,6 +133,9 @@ enum Part {
     Lookup,
     /// `dt_parse`: ms to read the pools of a 3 MiB device tree blob.
     Dt,
+    /// `trace_split`, `trace_parse`, `trace_replay`: ns per line of the
+    /// sample kernel trace.
+    Trace,
 }
 
 /// Mapping sizes of the map+unmap rows: a small control message, a small
@@ -281,6 +285,10 @@ pub(crate) fn run(args: &Args) -> Result<(), Error> {
     if want(Part::Dt) {
         progress("device tree parse, 3 MiB blobs");
         dt::dt_part(plan.sampling, args.smoke, &mut rows)?;
+    }
+    if want(Part::Trace) {
+        progress("kernel trace: split, parse, replay");
+        trace::trace_part(plan.sampling, &mut rows)?;
     }
     let sizes: Vec<u64> = SIZES.iter().map(|&s| s as u64).collect();
     let ratios = report::ratios(&rows, &sizes, &FILLS);

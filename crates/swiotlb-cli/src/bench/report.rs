@@ -277,6 +277,18 @@ pub(crate) fn ratios(rows: &[Row], sizes: &[u64], fills: &[f64]) -> Vec<Ratio> {
             );
         }
     }
+    push(
+        "trace_parse/trace_split (the parser over splitting lines)".into(),
+        r.by_policy("trace_parse", "none"),
+        r.by_policy("trace_split", "none"),
+    );
+    for p in ["nextfit", "fast"] {
+        push(
+            format!("trace_replay {p}/trace_parse (a replay reads twice)"),
+            r.by_policy("trace_replay", p),
+            r.by_policy("trace_parse", "none"),
+        );
+    }
     for name in [
         "fill_at_first_failure",
         "fill_at_first_failure_uniform",
