@@ -318,3 +318,37 @@ fn replay_and_size_draw_the_pool_over_trace_time() {
         "size picks 512 slots for 300 live"
     );
 }
+
+/// The README's replay of the shipped sample is what the command prints,
+/// and its `size` line is what `size` prints.
+#[test]
+fn the_readme_shows_what_the_sample_gives() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let section = &readme[readme.find("## Sizing a kernel's pool").expect("the section")..];
+    let shown = section
+        .split("```text\n")
+        .nth(1)
+        .and_then(|s| s.split("```").next())
+        .expect("a text block");
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_swiotlb"))
+            .args(args)
+            .current_dir(&root)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let sample = ["samples/sev-nvme.trace.gz", "--dmesg", "samples/sev-nvme.dmesg"];
+    let replay: Vec<&str> = ["replay"].iter().chain(&sample).copied().collect();
+    assert_eq!(run(&replay), shown);
+    let size: Vec<&str> = ["size"].iter().chain(&sample).copied().collect();
+    let line = run(&size)
+        .lines()
+        .find(|l| l.contains("kernel command line:"))
+        .unwrap()
+        .trim()
+        .to_string();
+    assert!(section.contains(&format!("`{line}`")), "{line}");
+}
