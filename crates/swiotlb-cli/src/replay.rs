@@ -279,6 +279,14 @@ fn replay_text(path: &Path, r: &Report) -> String {
             p.compared,
             pct(p.exact, p.compared)
         );
+        if p.outside_pool > 0 {
+            let _ = writeln!(
+                s,
+                "           {} bounces the kernel placed outside its boot pool (a pool it grew, \
+                 CONFIG_SWIOTLB_DYNAMIC): not modelled",
+                p.outside_pool
+            );
+        }
     }
     if !r.markers.is_empty() {
         let _ = writeln!(

@@ -362,6 +362,15 @@ fn placements_match_linux_next_fit_at_the_logged_base() {
     let r = replay(text.as_str(), &o).unwrap();
     let p = r.placed_exactly.unwrap();
     assert_eq!((p.compared, p.exact), (5, 4));
+    // A bounce in a pool the kernel grew is outside the boot pool: not
+    // compared, counted.
+    let grown = 0x1_2000_0000u64;
+    let text = t.text().replace(
+        &format!("dma_addr={:x}", want[4]),
+        &format!("dma_addr={grown:x}"),
+    );
+    let p = replay(text.as_str(), &o).unwrap().placed_exactly.unwrap();
+    assert_eq!((p.compared, p.exact, p.outside_pool), (4, 4, 1));
 }
 
 #[test]

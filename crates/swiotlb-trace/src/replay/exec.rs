@@ -54,8 +54,9 @@ pub(crate) struct Exec<P: swiotlb::Policy> {
     next_pool: u32,
     plan: Option<GrowPlan>,
     grow_config: PoolConfig,
-    /// The kernel's pool base: placements are compared against it.
-    compare: bool,
+    /// The kernel's pool, `[base, end)`, when its log gives it:
+    /// placements are compared against the kernel's.
+    kernel_pool: Option<(u64, u64)>,
     min_align: Vec<u64>,
     live: HashMap<u32, Live>,
     pub(crate) devs: Vec<DevCount>,
@@ -115,7 +116,7 @@ impl<P: swiotlb::Policy> Exec<P> {
             next_pool: 1,
             plan,
             grow_config: PoolConfig::default(),
-            compare,
+            kernel_pool: compare.then(|| (base, base + (slots << swiotlb::config::IO_TLB_SHIFT))),
             occupancy: if timeline.is_some() {
                 vec![0; (slots as usize).div_ceil(64)]
             } else {
@@ -437,19 +438,26 @@ impl<P: swiotlb::Policy> Exec<P> {
             }
             return;
         }
-        if self.compare {
-            for (id, kernel) in ids {
-                let Some(Live {
-                    placed: Some((0, p)),
-                    ..
-                }) = self.live.get(id)
-                else {
-                    continue;
-                };
-                if *kernel != u64::MAX {
-                    self.placement.compared += 1;
-                    self.placement.exact += u64::from(p.dma.0 == *kernel);
-                }
+        let Some((lo, hi)) = self.kernel_pool else {
+            return;
+        };
+        for &(id, kernel) in ids {
+            if kernel == u64::MAX {
+                continue;
+            }
+            if kernel < lo || kernel >= hi {
+                // A pool the kernel grew (CONFIG_SWIOTLB_DYNAMIC), or a
+                // restricted one: not the boot pool the replay models.
+                self.placement.outside_pool += 1;
+                continue;
+            }
+            if let Some(Live {
+                placed: Some((0, p)),
+                ..
+            }) = self.live.get(&id)
+            {
+                self.placement.compared += 1;
+                self.placement.exact += u64::from(p.dma.0 == kernel);
             }
         }
     }

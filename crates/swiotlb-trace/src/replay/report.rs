@@ -93,6 +93,10 @@ pub struct Placement {
     pub compared: u64,
     /// Of those, placed at the kernel's address.
     pub exact: u64,
+    /// Bounces the kernel placed outside its boot pool: in a pool it grew
+    /// (`CONFIG_SWIOTLB_DYNAMIC`) or a restricted pool, which the replay
+    /// does not model.
+    pub outside_pool: u64,
 }
 
 /// One device's part.
