@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use super::input::{each_record, Input, Malformed, ReadError};
 use super::pair::task;
-use crate::event::{Device, EventKind, Record};
+use crate::event::{Device, EventKind, Record, Target};
 use crate::parser::Format;
 
 /// What the first pass learned.
@@ -154,6 +154,10 @@ pub(crate) fn survey(input: &(impl Input + ?Sized)) -> Result<Survey, ReadError>
             }
             EventKind::Map(m) => {
                 s.dma_events += 1;
+                // MMIO (`dma_map_resource`) never bounces.
+                if m.target == Target::Resource {
+                    return;
+                }
                 if let Some(p) = take(&mut pending, m.size) {
                     if !m.dma_addr.is_mapping_error() {
                         s.devices.entry(dev).or_default().pair(
