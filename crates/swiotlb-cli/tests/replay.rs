@@ -16,8 +16,24 @@ fn swiotlb(args: &[&str]) -> Output {
         .expect("the swiotlb binary runs")
 }
 
+/// Runs the command, which must succeed; its standard output.
+fn ok(args: &[&str]) -> String {
+    let out = swiotlb(args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("UTF-8 output")
+}
+
+/// A path in the tests' temporary directory.
+fn tmp(name: &str) -> PathBuf {
+    std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(name)
+}
+
 fn file(name: &str, text: &str) -> PathBuf {
-    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let path = tmp(name);
     std::fs::write(&path, text).expect("file written");
     path
 }
@@ -258,8 +274,8 @@ fn bad_input_is_refused_plainly() {
 fn replay_and_size_draw_the_pool_over_trace_time() {
     // 100 bounces of 3 slots in 256 slots: 64 fit, 36 fail (see above).
     let path = file("ramp-plot.trace", &ramp(100, 5000, 5));
-    let svg = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("ramp.svg");
-    let out = swiotlb(&[
+    let svg = tmp("ramp.svg");
+    ok(&[
         "replay",
         path.to_str().unwrap(),
         "--nslabs",
@@ -269,11 +285,6 @@ fn replay_and_size_draw_the_pool_over_trace_time() {
         "--plot",
         svg.to_str().unwrap(),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let text = std::fs::read_to_string(&svg).unwrap();
     let doc = roxmltree::Document::parse(&text).expect("well-formed SVG");
     let texts: Vec<&str> = doc
@@ -298,8 +309,8 @@ fn replay_and_size_draw_the_pool_over_trace_time() {
         "{texts:?}"
     );
     // size --plot draws the recommended pool's replay.
-    let svg = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("ramp-size.svg");
-    let out = swiotlb(&[
+    let svg = tmp("ramp-size.svg");
+    ok(&[
         "size",
         path.to_str().unwrap(),
         "--nareas",
@@ -307,11 +318,6 @@ fn replay_and_size_draw_the_pool_over_trace_time() {
         "--plot",
         svg.to_str().unwrap(),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let text = std::fs::read_to_string(&svg).unwrap();
     assert!(
         text.contains("replayed on swiotlb=512,1"),
