@@ -322,15 +322,7 @@ fn run_io<H: Hal>(
     depth: usize,
 ) -> Vec<BlockOp<Buf>> {
     let mut done = Vec::with_capacity(ops.len());
-    blk::run(
-        disk,
-        ops,
-        depth,
-        IO_TIMEOUT,
-        |t| handle.wait(0, t),
-        |op| done.push(op),
-    )
-    .unwrap_or_else(|e| {
+    blk::run(disk, ops, depth, IO_TIMEOUT, handle, |op| done.push(op)).unwrap_or_else(|e| {
         panic!(
             "{e} (transport: {:?}); {} said: {}",
             handle.failure(),

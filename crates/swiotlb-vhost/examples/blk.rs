@@ -67,7 +67,6 @@ fn run() -> Vec<String> {
     out.push(format!("a disk of {} sectors", disk.capacity()));
 
     // One sector out and back, with a deadline on every wait.
-    let wait = |t| handle.wait(0, t);
     let mut back = None;
     let ops = [
         BlockOp {
@@ -81,7 +80,7 @@ fn run() -> Vec<String> {
             write: false,
         },
     ];
-    blk::run(&mut disk, ops, 1, Duration::from_secs(5), wait, |op| {
+    blk::run(&mut disk, ops, 1, Duration::from_secs(5), &handle, |op| {
         if !op.write {
             back = Some(op.buf);
         }

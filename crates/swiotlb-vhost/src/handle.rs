@@ -2,6 +2,7 @@
 //! lent to a driver (virtio-drivers' devices own their transport).
 
 use std::io;
+use std::sync::atomic::{AtomicU16, AtomicU32, Ordering};
 use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -10,7 +11,84 @@ use swiotlb_host::{RegionInfo, RegionListener};
 use vhost::vhost_user::VhostUserFrontend;
 
 use crate::error::TransportError;
-use crate::transport::{bump, region_message, Counters, Shared};
+use crate::transport::{bump, lock, region_message, Counters, Shared};
+
+/// How a device given up on was reset ([`DeviceHandle::reset`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Reset {
+    /// Every ring was stopped and the device answered `GET_VRING_BASE`
+    /// for each: it processes none of them any more.
+    RingsStopped,
+    /// The device did not answer, or had already failed: the connection
+    /// was shut down, which ends a vhost-user backend's rings and memory
+    /// table. (A process that ignores that keeps its mapping of the pool
+    /// until it exits; it never had more than the pool.)
+    Disconnected,
+}
+
+impl std::fmt::Display for Reset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::RingsStopped => "every ring stopped by GET_VRING_BASE",
+            Self::Disconnected => "the connection shut down",
+        })
+    }
+}
+
+/// What happened to a device, in order: a test can tell that a reset came
+/// before any request was handed back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// A ring stopped (`GET_VRING_BASE` answered).
+    RingStopped {
+        /// The queue.
+        queue: u16,
+    },
+    /// The device was reset.
+    Reset {
+        /// How.
+        how: Reset,
+    },
+    /// A request in flight was handed back to the driver after the reset.
+    Retired {
+        /// The queue.
+        queue: u16,
+        /// The request's token (its first descriptor).
+        token: u16,
+    },
+}
+
+/// A used-ring entry whose length was larger than the bytes the device
+/// could write: the device lied. Nothing is copied past a mapping for it
+/// (unshare copies the mapping's own length), but it is reported.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct UsedLenTooLarge {
+    /// The queue.
+    pub queue: u16,
+    /// The request's token.
+    pub token: u16,
+    /// The length the device reported.
+    pub used_len: u32,
+    /// The device-writable bytes of the request's chain.
+    pub writable: u32,
+}
+
+impl std::fmt::Display for UsedLenTooLarge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "vhost-user device: queue {} request {} used length {} is larger than its {} device-writable bytes",
+            self.queue, self.token, self.used_len, self.writable
+        )
+    }
+}
+
+/// Reports of lengths too large kept per device; the counter counts them
+/// all.
+const USED_LEN_REPORTS: usize = 64;
 
 /// A cloneable handle on a vhost-user device: wait for used buffers, grow
 /// and shrink its memory table, see its table, counters and failure.
@@ -133,6 +211,126 @@ impl DeviceHandle {
     /// What the transport did so far.
     pub fn counters(&self) -> Counters {
         self.shared.counters.snapshot()
+    }
+
+    /// Resets the device, given up on because of `why`: stops every ring
+    /// (`GET_VRING_BASE`, after which a vhost-user backend no longer
+    /// processes it), or shuts the connection down when the device does
+    /// not answer or has already failed. The reset is latched as the
+    /// device's failure: nothing more is sent to it. Only after it may the
+    /// requests in flight be handed back ([`retire`](Self::retire)) and
+    /// their mappings go. A second call returns the first's answer.
+    pub fn reset(&self, why: &str) -> Reset {
+        self.shared.reset(why)
+    }
+
+    /// How the device was reset, if it was.
+    pub fn reset_state(&self) -> Option<Reset> {
+        *lock(&self.shared.reset)
+    }
+
+    /// Resets and hand-backs so far, in order.
+    pub fn events(&self) -> Vec<Event> {
+        lock(&self.shared.events).clone()
+    }
+
+    /// The first used lengths found too large (at most 64; the counter
+    /// [`Counters::used_len_too_large`] counts them all).
+    pub fn used_len_reports(&self) -> Vec<UsedLenTooLarge> {
+        lock(&self.shared.used_len_reports).clone()
+    }
+
+    /// Starts checking the used entries of `queue` from the next one the
+    /// device publishes: the driver has taken every entry so far, with
+    /// nothing of its in flight (a block driver's blocking calls take
+    /// entries unchecked, so [`blk::run`](crate::blk::run) starts here).
+    ///
+    /// # Safety
+    /// The driver of `queue` is alive (its rings not freed).
+    pub unsafe fn sync_used(&self, queue: u16) {
+        let mut used = lock(&self.shared.used);
+        if let Some(ring) = used.get_mut(&queue) {
+            // SAFETY: the ring is alive (the caller's obligation).
+            ring.seen = unsafe { used_idx(ring.addr) };
+        }
+    }
+
+    /// Checks the next used entry of `queue` the driver is about to take,
+    /// the request `token` whose chain has `writable` device-writable
+    /// bytes: a used length larger than that is counted and reported
+    /// ([`used_len_reports`](Self::used_len_reports)). Returns the
+    /// report, if any. Call it once per completion, in order, before the
+    /// driver takes it.
+    ///
+    /// # Safety
+    /// The driver of `queue` is alive: its rings, given to `queue_set`,
+    /// are not freed.
+    pub unsafe fn check_used(
+        &self,
+        queue: u16,
+        token: u16,
+        writable: u32,
+    ) -> Option<UsedLenTooLarge> {
+        let mut used = lock(&self.shared.used);
+        let ring = used.get_mut(&queue)?;
+        let slot = usize::from(ring.seen % ring.size);
+        // SAFETY: the ring lies at `ring.addr` in this process (translated
+        // through the memory table when it was set), and the caller
+        // guarantees the driver has not freed it.
+        let (_id, len) = unsafe { used_entry(ring.addr, slot) };
+        ring.seen = ring.seen.wrapping_add(1);
+        if len <= writable {
+            return None;
+        }
+        let report = UsedLenTooLarge {
+            queue,
+            token,
+            used_len: len,
+            writable,
+        };
+        bump(&self.shared.counters.used_len_too_large);
+        let mut reports = lock(&self.shared.used_len_reports);
+        if reports.len() < USED_LEN_REPORTS {
+            reports.push(report);
+        }
+        Some(report)
+    }
+
+    /// Hands the requests `tokens` of `queue`, in flight when the device
+    /// was reset, back to the driver: puts each on the used ring with
+    /// length 0, where the driver's `pop_used` (through a block driver's
+    /// `complete_*` call) takes it, recycles its descriptors and unshares
+    /// its buffers. The device no longer runs the ring, so this process
+    /// now plays its part. Writes from the next entry the driver has not
+    /// taken, over anything a device left there. False (nothing done)
+    /// before a [`reset`](Self::reset), or for a queue not set up.
+    ///
+    /// # Safety
+    /// The driver of `queue` is alive (its rings not freed), has taken
+    /// every used entry checked with [`check_used`](Self::check_used) and
+    /// no other, and `tokens` are the first descriptors of requests it
+    /// has in flight, each once.
+    pub unsafe fn retire(&self, queue: u16, tokens: &[u16]) -> bool {
+        if self.reset_state().is_none() {
+            return false;
+        }
+        let mut used = lock(&self.shared.used);
+        let Some(ring) = used.get_mut(&queue) else {
+            return false;
+        };
+        let mut events = lock(&self.shared.events);
+        for &token in tokens {
+            let slot = usize::from(ring.seen % ring.size);
+            // SAFETY: as for `used_entry`: the ring is the driver's, alive
+            // (the caller's obligation); the device no longer runs it.
+            unsafe { put_used_entry(ring.addr, slot, token) };
+            ring.seen = ring.seen.wrapping_add(1);
+            events.push(Event::Retired { queue, token });
+            bump(&self.shared.counters.retired);
+        }
+        // SAFETY: as above.
+        unsafe { publish_used_idx(ring.addr, ring.seen) };
+        true
     }
 
     /// Memory slots of the device; `None` without `CONFIGURE_MEM_SLOTS`.
@@ -266,4 +464,61 @@ impl RegionListener for DeviceHandle {
         // (the device needs a reset) if it broke the socket.
         let _ = self.remove_region(region);
     }
+}
+
+// The split used ring (VIRTIO 1.2 §2.7.8): `flags: u16`, `idx: u16`, then
+// `ring[size]` of `{ id: u32, len: u32 }`, 4-byte aligned.
+
+/// The entry at `slot` of the used ring at `addr`: its id and length.
+///
+/// # Safety
+/// `addr` is the address, in this process, of a live used ring of more
+/// than `slot` entries.
+unsafe fn used_entry(addr: u64, slot: usize) -> (u32, u32) {
+    let at = addr as usize + 4 + 8 * slot;
+    let id = std::ptr::with_exposed_provenance::<AtomicU32>(at);
+    let len = std::ptr::with_exposed_provenance::<AtomicU32>(at + 4);
+    // SAFETY: `id` lies in the live, 4-aligned ring (the caller's
+    // obligation); the device may write it concurrently, hence atomic.
+    let id = unsafe { &*id }.load(Ordering::Acquire);
+    // SAFETY: as for `id`, four bytes further.
+    let len = unsafe { &*len }.load(Ordering::Acquire);
+    (id, len)
+}
+
+/// Writes `token` with length 0 at `slot` of the used ring at `addr`.
+///
+/// # Safety
+/// As [`used_entry`].
+unsafe fn put_used_entry(addr: u64, slot: usize, token: u16) {
+    let at = addr as usize + 4 + 8 * slot;
+    let id = std::ptr::with_exposed_provenance::<AtomicU32>(at);
+    let len = std::ptr::with_exposed_provenance::<AtomicU32>(at + 4);
+    // SAFETY: `id` lies in the live, 4-aligned ring (the caller's
+    // obligation); the driver reads it atomically.
+    unsafe { &*id }.store(u32::from(token), Ordering::Relaxed);
+    // SAFETY: as for `id`, four bytes further.
+    unsafe { &*len }.store(0, Ordering::Relaxed);
+}
+
+/// The used ring's index.
+///
+/// # Safety
+/// `addr` is the address, in this process, of a live used ring.
+unsafe fn used_idx(addr: u64) -> u16 {
+    let p = std::ptr::with_exposed_provenance::<AtomicU16>(addr as usize + 2);
+    // SAFETY: the index lies in the live, 2-aligned ring (the caller's
+    // obligation); the device writes it concurrently, hence atomic.
+    unsafe { &*p }.load(Ordering::Acquire)
+}
+
+/// Publishes `idx` as the used ring's index, after its entries (release).
+///
+/// # Safety
+/// `addr` is the address, in this process, of a live used ring.
+unsafe fn publish_used_idx(addr: u64, idx: u16) {
+    let p = std::ptr::with_exposed_provenance::<AtomicU16>(addr as usize + 2);
+    // SAFETY: the index lies in the live, 2-aligned ring (the caller's
+    // obligation); the driver reads it with acquire.
+    unsafe { &*p }.store(idx, Ordering::Release);
 }

@@ -52,13 +52,22 @@
 //! sees `DEVICE_NEEDS_RESET`, config reads fail, kicks and ring set-ups
 //! are no-ops, and nothing panics or blocks past the connect timeout.
 //!
+//! A device given up on (a deadline passed, it failed) is reset first
+//! ([`DeviceHandle::reset`]: its rings stopped, or its connection shut
+//! down); only then are the requests in flight handed back to the driver
+//! ([`DeviceHandle::retire`]) and their mappings unmapped, so a device can
+//! never write a buffer after it was given back. [`blk::run`] does both.
+//!
 //! # Safety and correctness
-//! The transport touches no memory of the driver: it passes addresses.
-//! What the device may touch is exactly the memory table, whose regions
-//! the caller promises stay mapped until removed (the
-//! [`RegionListener`](swiotlb_host::RegionListener) contract). The one
-//! `unsafe` block borrows a call eventfd's descriptor for `poll(2)` while
-//! the eventfd is held.
+//! The transport passes addresses; it touches the driver's memory only in
+//! the used ring: reading the used length of an entry the driver is about
+//! to take ([`DeviceHandle::check_used`]), and, after a reset, putting the
+//! requests in flight on it ([`DeviceHandle::retire`]), both `unsafe fn`
+//! whose callers promise the ring is alive. What the device may touch is
+//! exactly the memory table, whose regions the caller promises stay mapped
+//! until removed (the [`RegionListener`](swiotlb_host::RegionListener)
+//! contract). The other `unsafe` block borrows a call eventfd's descriptor
+//! for `poll(2)` while the eventfd is held.
 
 #![deny(
     unsafe_op_in_unsafe_fn,
@@ -73,6 +82,6 @@ mod handle;
 mod transport;
 
 pub use error::TransportError;
-pub use handle::DeviceHandle;
+pub use handle::{DeviceHandle, Event, Reset, UsedLenTooLarge};
 pub use transport::{default_config_len, Counters, VhostUserTransport, BLK_CONFIG_LEN};
 pub use virtio_drivers::transport::Transport;

@@ -23,7 +23,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_CLOEXEC, EFD_NONBLOCK};
 use zerocopy::{FromBytes, Immutable, IntoBytes};
 
 use crate::error::TransportError;
-use crate::handle::DeviceHandle;
+use crate::handle::{DeviceHandle, Event, Reset, UsedLenTooLarge};
 
 /// `VHOST_USER_F_PROTOCOL_FEATURES`: a vhost-user bit in the virtio
 /// feature word, never a virtio feature; hidden from the driver.
@@ -74,6 +74,14 @@ pub struct Counters {
     pub regions_added: u64,
     /// Regions removed (`REM_MEM_REG`).
     pub regions_removed: u64,
+    /// Resets of a device given up on ([`DeviceHandle::reset`]).
+    pub resets: u64,
+    /// Requests in flight handed back to the driver after a reset
+    /// ([`DeviceHandle::retire`]).
+    pub retired: u64,
+    /// Used-ring entries whose length was larger than the chain's
+    /// device-writable bytes ([`DeviceHandle::check_used`]).
+    pub used_len_too_large: u64,
 }
 
 #[derive(Default)]
@@ -85,6 +93,9 @@ pub(crate) struct AtomicCounters {
     pub(crate) rings_stopped: AtomicU64,
     pub(crate) regions_added: AtomicU64,
     pub(crate) regions_removed: AtomicU64,
+    pub(crate) resets: AtomicU64,
+    pub(crate) retired: AtomicU64,
+    pub(crate) used_len_too_large: AtomicU64,
 }
 
 impl AtomicCounters {
@@ -98,6 +109,9 @@ impl AtomicCounters {
             rings_stopped: get(&self.rings_stopped),
             regions_added: get(&self.regions_added),
             regions_removed: get(&self.regions_removed),
+            resets: get(&self.resets),
+            retired: get(&self.retired),
+            used_len_too_large: get(&self.used_len_too_large),
         }
     }
 }
@@ -141,9 +155,34 @@ pub(crate) struct Shared {
     /// Whether the device acks every request (`REPLY_ACK`).
     reply_ack: bool,
     pub(crate) counters: AtomicCounters,
+    /// Whether rings are enabled and disabled with `SET_VRING_ENABLE`
+    /// (protocol features negotiated).
+    enable_rings: bool,
+    /// The used ring of every ring set up, for the checks and the
+    /// hand-back after a reset; kept after a reset, until the driver
+    /// unsets the queue.
+    pub(crate) used: Mutex<BTreeMap<u16, UsedRing>>,
+    /// How the device was reset, once it was.
+    pub(crate) reset: Mutex<Option<Reset>>,
+    /// Resets and hand-backs, in order.
+    pub(crate) events: Mutex<Vec<Event>>,
+    /// The first used lengths found too large.
+    pub(crate) used_len_reports: Mutex<Vec<UsedLenTooLarge>>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+/// Where a ring's used ring lies, in this process.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct UsedRing {
+    /// Address of the device area (flags, idx, ring) in this process.
+    pub(crate) addr: u64,
+    /// Entries.
+    pub(crate) size: u16,
+    /// The next entry to check: the driver's own cursor, as long as every
+    /// completion is checked.
+    pub(crate) seen: u16,
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -347,6 +386,68 @@ impl Shared {
         }
     }
 
+    /// Stops ring `queue` if it runs: disable, then `GET_VRING_BASE`,
+    /// which makes the device stop it and let go of its eventfds (the
+    /// vhost-user spec: the backend replies once it no longer processes
+    /// the ring). True if it is stopped: it was not running, or the device
+    /// answered.
+    pub(crate) fn stop_ring(&self, queue: u16) -> bool {
+        if lock(&self.calls).remove(&queue).is_none() {
+            return true;
+        }
+        let q = usize::from(queue);
+        if self.enable_rings {
+            let _ = self.request("SET_VRING_ENABLE", |fe| fe.set_vring_enable(q, false));
+        }
+        let stopped = self
+            .request("GET_VRING_BASE", |fe| fe.get_vring_base(q))
+            .is_ok();
+        if stopped {
+            bump(&self.counters.rings_stopped);
+            lock(&self.events).push(Event::RingStopped { queue });
+        }
+        stopped
+    }
+
+    /// Resets a device given up on (`why`): every ring stopped with
+    /// `GET_VRING_BASE`, or, when the device does not answer or already
+    /// failed, the connection shut down (a vhost-user backend stops its
+    /// rings and unmaps the memory table when its frontend goes). Latches
+    /// the reset as the device's failure: nothing more is sent. Once.
+    pub(crate) fn reset(&self, why: &str) -> Reset {
+        let mut done = lock(&self.reset);
+        if let Some(how) = *done {
+            return how;
+        }
+        let queues: Vec<u16> = lock(&self.calls).keys().copied().collect();
+        let mut stopped = self.failure().is_none();
+        for q in queues {
+            stopped &= self.stop_ring(q);
+        }
+        lock(&self.calls).clear();
+        let how = if stopped {
+            Reset::RingsStopped
+        } else {
+            // Whatever the state of the socket, the device learns the
+            // connection is over.
+            let _ = self.watch.shutdown(std::net::Shutdown::Both);
+            Reset::Disconnected
+        };
+        {
+            let mut f = lock(&self.failure);
+            if f.is_none() {
+                *f = Some(Failure {
+                    step: "reset",
+                    reason: format!("reset ({how}) after {why}"),
+                });
+            }
+        }
+        bump(&self.counters.resets);
+        lock(&self.events).push(Event::Reset { how });
+        *done = Some(how);
+        how
+    }
+
     pub(crate) fn translate(
         &self,
         what: &'static str,
@@ -408,6 +509,11 @@ struct Ring {
 /// - The status byte is kept here (qemu-storage-daemon does not offer the
 ///   `STATUS` protocol feature); writing 0 stops every running ring
 ///   (`GET_VRING_BASE`), so the driver can start again.
+/// - A device given up on (a deadline passed, it failed) is reset through
+///   its [`DeviceHandle`] before the requests in flight are handed back
+///   to the driver: every ring stopped (`GET_VRING_BASE`), or the
+///   connection shut down when it does not answer. Only then may their
+///   mappings go ([`DeviceHandle::retire`]).
 /// - Config space is read with `GET_CONFIG` from offset 0 and sliced here:
 ///   vhost-user-blk backends answer from offset 0 whatever offset is asked
 ///   (and qemu-storage-daemon echoes the asked offset in its reply, so the
@@ -555,10 +661,16 @@ impl VhostUserTransport {
             mem_slots: None,
             reply_ack: false,
             counters: AtomicCounters::default(),
+            enable_rings: false,
+            used: Mutex::new(BTreeMap::new()),
+            reset: Mutex::new(None),
+            events: Mutex::new(Vec::new()),
+            used_len_reports: Mutex::new(Vec::new()),
         };
 
         shared.request("SET_OWNER", |fe| fe.set_owner())?;
         let device_features = shared.request("GET_FEATURES", |fe| fe.get_features())?;
+        shared.enable_rings = device_features & F_PROTOCOL_FEATURES != 0;
         let mut protocol = VhostUserProtocolFeatures::empty();
         if device_features & F_PROTOCOL_FEATURES != 0 {
             let offered =
@@ -712,6 +824,14 @@ impl VhostUserTransport {
         // The ring is counted as set up from here: a reset stops it even
         // if enabling fails.
         lock(&sh.calls).insert(queue, call.clone());
+        lock(&sh.used).insert(
+            queue,
+            UsedRing {
+                addr: used,
+                size: size16,
+                seen: 0,
+            },
+        );
         self.rings.insert(queue, Ring { kick, call });
         if self.device_features & F_PROTOCOL_FEATURES != 0 {
             sh.request("SET_VRING_ENABLE", |fe| fe.set_vring_enable(q, true))?;
@@ -720,26 +840,14 @@ impl VhostUserTransport {
         Ok(())
     }
 
-    /// Stops ring `queue` if it runs: disable, then `GET_VRING_BASE`,
-    /// which makes the device stop it and let go of its eventfds.
+    /// Stops ring `queue` if it runs (not if a reset stopped it already),
+    /// and forgets its used ring: the driver is about to free it.
     fn stop_ring(&mut self, queue: u16) {
-        if self.rings.remove(&queue).is_none() {
+        let Some(_ring) = self.rings.remove(&queue) else {
             return;
-        }
-        lock(&self.shared.calls).remove(&queue);
-        let q = usize::from(queue);
-        if self.device_features & F_PROTOCOL_FEATURES != 0 {
-            let _ = self
-                .shared
-                .request("SET_VRING_ENABLE", |fe| fe.set_vring_enable(q, false));
-        }
-        if self
-            .shared
-            .request("GET_VRING_BASE", |fe| fe.get_vring_base(q))
-            .is_ok()
-        {
-            bump(&self.shared.counters.rings_stopped);
-        }
+        };
+        self.shared.stop_ring(queue);
+        lock(&self.shared.used).remove(&queue);
     }
 
     /// The whole config space, read from offset 0.

@@ -170,14 +170,9 @@ fn blk_run_takes_any_depth() {
         write: true,
     });
     let mut done = 0;
-    swiotlb_vhost::blk::run(
-        &mut disk,
-        ops,
-        usize::MAX,
-        common::IO_TIMEOUT,
-        |t| h.wait(0, t),
-        |_| done += 1,
-    )
+    swiotlb_vhost::blk::run(&mut disk, ops, usize::MAX, common::IO_TIMEOUT, &h, |_| {
+        done += 1
+    })
     .unwrap();
     assert_eq!(done, 4);
 }

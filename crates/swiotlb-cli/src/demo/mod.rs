@@ -405,17 +405,11 @@ impl Io<'_> {
         done: impl FnMut(BlockOp<B>),
     ) -> Result<(), Error> {
         let handle = self.handle;
-        blk::run(
-            disk,
-            ops,
-            self.depth,
-            self.patience,
-            |t| handle.wait(0, t),
-            done,
-        )
-        .map_err(|e| match handle.failure() {
-            Some(f) => Error::Demo(format!("{e} ({f})")),
-            None => Error::Demo(e.to_string()),
+        blk::run(disk, ops, self.depth, self.patience, handle, done).map_err(|e| {
+            match handle.failure() {
+                Some(f) => Error::Demo(format!("{e} ({f})")),
+                None => Error::Demo(e.to_string()),
+            }
         })
     }
 }
