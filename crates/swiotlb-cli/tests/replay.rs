@@ -325,7 +325,9 @@ fn replay_and_size_draw_the_pool_over_trace_time() {
 fn the_readme_shows_what_the_sample_gives() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
-    let section = &readme[readme.find("## Sizing a kernel's pool").expect("the section")..];
+    let section = &readme[readme
+        .find("## Sizing a kernel's pool")
+        .expect("the section")..];
     let shown = section
         .split("```text\n")
         .nth(1)
@@ -337,10 +339,18 @@ fn the_readme_shows_what_the_sample_gives() {
             .current_dir(&root)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap()
     };
-    let sample = ["samples/sev-nvme.trace.gz", "--dmesg", "samples/sev-nvme.dmesg"];
+    let sample = [
+        "samples/sev-nvme.trace.gz",
+        "--dmesg",
+        "samples/sev-nvme.dmesg",
+    ];
     let replay: Vec<&str> = ["replay"].iter().chain(&sample).copied().collect();
     assert_eq!(run(&replay), shown);
     let size: Vec<&str> = ["size"].iter().chain(&sample).copied().collect();

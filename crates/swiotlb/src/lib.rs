@@ -211,6 +211,8 @@ extern crate alloc;
 
 pub mod addr;
 pub mod attrs;
+#[cfg(feature = "checker")]
+pub mod checker;
 pub mod cmdline;
 pub mod config;
 pub mod device;
