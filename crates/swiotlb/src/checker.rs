@@ -8,7 +8,10 @@
 //! hooks the raw API of [`Pool`](crate::Pool): `map_raw`,
 //! `map_raw_with_attrs`, `bounce_raw`, `unmap_raw`, `sync_for_cpu_raw`,
 //! `sync_for_device_raw`, `map_sg_raw`, `unmap_sg_raw`, `alloc_coherent`
-//! and `free_coherent`.
+//! and `free_coherent`; and, through their pools, the coherent
+//! allocations of an [`IoTlb`](crate::IoTlb) and a
+//! [`Platform`](crate::Platform). Their streaming raw APIs are not hooked
+//! yet.
 //!
 //! Every live mapping is recorded with the device it was made for, its
 //! device address, size, direction, kind ([`MapKind`]), entry count and

@@ -555,3 +555,30 @@ fn dropping_the_last_clone_of_a_device_reports_its_live_mappings() {
     };
     assert_eq!((got, at(mapped_at)), (dma, (HERE, mline)));
 }
+
+/// A tlb's coherent allocations go through its first pool's: checked, with
+/// the caller's lines.
+#[test]
+fn a_tlbs_coherent_allocations_are_checked() {
+    let _t = serial();
+    let tlb = swiotlb::IoTlb::new(swiotlb::TlbKind::Default, pool());
+    let d = forced();
+    let (c, cline) = (tlb.alloc_coherent(&d, 700).unwrap(), line!());
+    // SAFETY: nothing uses the allocation; the wrong size frees nothing.
+    let (r, line) = (unsafe { tlb.free_coherent(&d, c.dma, 600) }, line!());
+    assert!(r.is_err());
+    let [Finding::WrongSize {
+        mapped: 700,
+        given: 600,
+        mapped_at,
+        caller,
+        ..
+    }] = found()[..]
+    else {
+        panic!("wrong findings");
+    };
+    assert_eq!((at(mapped_at), at(caller)), ((HERE, cline), (HERE, line)));
+    // SAFETY: nothing uses the allocation.
+    unsafe { tlb.free_coherent(&d, c.dma, 700) }.unwrap();
+    assert_eq!(found(), []);
+}
