@@ -17,5 +17,8 @@ cargo clippy -p swiotlb --no-default-features -- -D warnings
 cargo clippy -p swiotlb --no-default-features --features alloc -- -D warnings
 cargo clippy -p swiotlb --no-default-features --features serde -- -D warnings
 cargo clippy -p swiotlb --no-default-features --features alloc,serde -- -D warnings
+# The misuse checker, with its tests, and without std.
+cargo clippy -p swiotlb --features checker --all-targets -- -D warnings
+cargo clippy -p swiotlb --no-default-features --features checker -- -D warnings
 # The virtio Hal without std (its `std` feature only turns waiting on).
 cargo clippy -p swiotlb-virtio --no-default-features -- -D warnings

@@ -15,6 +15,8 @@ cargo build -p swiotlb --no-default-features --features alloc
 # `serde` derives without std, with and without a heap.
 cargo build -p swiotlb --no-default-features --features serde
 cargo build -p swiotlb --no-default-features --features alloc,serde
+# The misuse checker needs a heap, not std.
+cargo build -p swiotlb --no-default-features --features checker
 # Alone, so that no other package turns the core's features on.
 cargo build -p swiotlb-nostd
 # The virtio Hal without std: no waiting for slots, otherwise whole.
@@ -33,5 +35,6 @@ fi
 cargo build -p swiotlb --no-default-features --target "$target"
 cargo build -p swiotlb --no-default-features --features alloc --target "$target"
 cargo build -p swiotlb --no-default-features --features alloc,serde --target "$target"
+cargo build -p swiotlb --no-default-features --features checker --target "$target"
 cargo build -p swiotlb-nostd --target "$target"
 cargo build -p swiotlb-virtio --no-default-features --target "$target"

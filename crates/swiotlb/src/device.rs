@@ -56,6 +56,15 @@ pub(crate) struct Tracked {
     pub(crate) ranges: crate::sync::Mutex<alloc::vec::Vec<(u64, u64)>>,
 }
 
+/// The last clone of the device is gone, and every transient pool it had:
+/// the misuse checker reports the device's mappings still live.
+#[cfg(feature = "checker")]
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        crate::checker::dropped(core::ptr::from_ref(self).addr());
+    }
+}
+
 #[cfg(feature = "alloc")]
 impl core::fmt::Debug for Tracked {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
@@ -208,6 +217,14 @@ impl<T> Device<T> {
     #[cfg(feature = "alloc")]
     pub(crate) fn tracking(&self) -> &Tracking {
         &self.tracking
+    }
+
+    /// The device's identity for the misuse checker: the address of its
+    /// tracking, which its clones share and which lives as long as one of
+    /// them does.
+    #[cfg(feature = "checker")]
+    pub(crate) fn checker_id(&self) -> usize {
+        alloc::sync::Arc::as_ptr(self.tracking.get()).addr()
     }
 
     /// Sets a bus limit (Linux `bus_dma_limit`): the highest device address

@@ -147,13 +147,17 @@
 //!   `restricted-dma-pool`, `shared-dma-pool`, `memory-region`).
 //! - `serde` (off by default, no std needed): `serde::Serialize` for the
 //!   statistics (`Stats`, with `alloc`) and the address newtypes.
+//! - `checker` (implies `alloc`): the `checker` module, a misuse checker
+//!   for the raw API (Linux's DMA-API debugging, with guard bytes and
+//!   checksums of to-device originals besides), reporting typed findings
+//!   to a handler you install. Off, it compiles to nothing.
 //! - `unstable-internals`: entry points for this crate's own tests and
 //!   benchmark (the allocator alone, a policy's view of its slots and
 //!   areas). Not a stable API: they may change in any release.
 //!
 //! # Safety and correctness
 //!
-//! Unsafe code is confined to eight places, each with its reasoning at the
+//! Unsafe code is confined to nine places, each with its reasoning at the
 //! `unsafe` block:
 //! - [`Pool::new`] and [`Pool::new_with_metadata`] trust their caller for
 //!   the region (valid, contiguous, not otherwise touched by the CPU);
@@ -186,6 +190,11 @@
 //!   only after every release in it has returned (the grace rule: a grown
 //!   pool's slots are given back under the pool set's read lock, which its
 //!   removal waits for);
+//! - with the `checker` feature, the misuse checker reads a to-device
+//!   original through the pointer the raw map was given (valid for reads
+//!   until the unmap, under the raw API's contract) and writes guard bytes
+//!   into the slots of a mapping that are not its own, which nothing else
+//!   reads or writes;
 //! - [`DmaBuffer`] is `unsafe` to implement: the safe API takes a buffer
 //!   apart into a raw pointer before any copy and puts it back together
 //!   only after the last one (the ownership rule: no pointer derived from
@@ -211,6 +220,8 @@ extern crate alloc;
 
 pub mod addr;
 pub mod attrs;
+#[cfg(feature = "checker")]
+pub mod checker;
 pub mod cmdline;
 pub mod config;
 pub mod device;

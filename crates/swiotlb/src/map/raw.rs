@@ -14,6 +14,8 @@ use crate::translate::Translate;
 #[cfg(doc)]
 use super::Mapping;
 use super::{outside, thread_hint, Bouncing, MapOptions};
+#[cfg(feature = "checker")]
+use crate::checker::{Caller, MapKind, MapKind::Single};
 
 impl<P: Policy> Pool<P> {
     /// Bounces `size` bytes of the original at `orig` (CPU address `cpu`)
@@ -34,7 +36,33 @@ impl<P: Policy> Pool<P> {
     /// - `orig` is the physical address of `cpu` (it decides alignment
     ///   only; a wrong value gives a wrongly aligned but still sound
     ///   bounce).
+    #[cfg_attr(feature = "checker", track_caller)]
     pub unsafe fn bounce_raw<T: Translate>(
+        &self,
+        dev: &Device<T>,
+        orig: PhysAddr,
+        cpu: *mut u8,
+        size: usize,
+        attrs: Attrs,
+        opts: MapOptions,
+    ) -> Result<Bounce> {
+        // SAFETY: this function's contract, passed on.
+        let r = unsafe { self.bounce_counted(dev, orig, cpu, size, attrs, opts) };
+        #[cfg(feature = "checker")]
+        if let Ok(b) = &r {
+            let caller = core::panic::Location::caller();
+            // SAFETY: `cpu` is valid for reads of `size` bytes (this
+            // function's contract).
+            unsafe { self.check_mapped(dev, b.dma, cpu, size, None, Single, 1, caller) };
+        }
+        r
+    }
+
+    /// [`Pool::bounce_raw`] without the checker's hook: failures counted.
+    ///
+    /// # Safety
+    /// As [`Pool::bounce_raw`].
+    unsafe fn bounce_counted<T: Translate>(
         &self,
         dev: &Device<T>,
         orig: PhysAddr,
@@ -139,6 +167,7 @@ impl<P: Policy> Pool<P> {
     /// # Safety
     /// As [`Pool::bounce_raw`]; for a direct mapping the device accesses the
     /// original itself until unmap.
+    #[cfg_attr(feature = "checker", track_caller)]
     pub unsafe fn map_raw<T: Translate>(
         &self,
         dev: &Device<T>,
@@ -161,6 +190,7 @@ impl<P: Policy> Pool<P> {
     ///
     /// # Safety
     /// As [`Pool::map_raw`].
+    #[cfg_attr(feature = "checker", track_caller)]
     pub unsafe fn map_raw_with_attrs<T: Translate>(
         &self,
         dev: &Device<T>,
@@ -175,7 +205,15 @@ impl<P: Policy> Pool<P> {
         // unreferenced until the unmap, and `orig` is its physical address
         // (this function's contract);
         // for a direct mapping the device may use the original until then.
-        unsafe { self.map_one(dev, orig, cpu, size, attrs, Bouncing::IfNeeded) }
+        let r = unsafe { self.map_one(dev, orig, cpu, size, attrs, Bouncing::IfNeeded) };
+        #[cfg(feature = "checker")]
+        if let Ok(dma) = r {
+            let caller = core::panic::Location::caller();
+            // SAFETY: `cpu` is valid for reads of `size` bytes (this
+            // function's contract).
+            unsafe { self.check_mapped(dev, dma, cpu, size, Some(dir), Single, 1, caller) };
+        }
+        r
     }
 
     /// One raw map: directly when `bouncing` allows it and the device
@@ -202,7 +240,7 @@ impl<P: Policy> Pool<P> {
         // (this function's contract): `cpu` stays valid for `size` bytes
         // and unreferenced until the unmap, and `orig` is its physical
         // address.
-        let b = unsafe { self.bounce_raw(dev, orig, cpu, size, attrs, MapOptions::default())? };
+        let b = unsafe { self.bounce_counted(dev, orig, cpu, size, attrs, MapOptions::default())? };
         Ok(b.dma)
     }
 
@@ -222,7 +260,36 @@ impl<P: Policy> Pool<P> {
     /// - the mapping's original (given at map time) is still valid for
     ///   writes and not referenced, as for [`Pool::bounce_raw`];
     /// - the device no longer accesses the mapping.
+    #[cfg_attr(feature = "checker", track_caller)]
     pub unsafe fn unmap_raw<T: Translate>(
+        &self,
+        dev: &Device<T>,
+        dma: DmaAddr,
+        size: usize,
+        dir: Direction,
+        attrs: Attrs,
+    ) -> Result {
+        #[cfg(feature = "checker")]
+        {
+            let caller = core::panic::Location::caller();
+            // SAFETY: the mapping's original is still valid (this
+            // function's contract).
+            unsafe { self.check_release(dev, dma, size, Some(dir), Single, 1, caller) };
+        }
+        // SAFETY: this function's contract, passed on.
+        let r = unsafe { self.unmap_unchecked(dev, dma, size, dir, attrs) };
+        #[cfg(feature = "checker")]
+        if r.is_ok() {
+            crate::checker::released(dev.checker_id(), dma);
+        }
+        r
+    }
+
+    /// [`Pool::unmap_raw`] without the checker's hooks.
+    ///
+    /// # Safety
+    /// As [`Pool::unmap_raw`].
+    pub(crate) unsafe fn unmap_unchecked<T: Translate>(
         &self,
         dev: &Device<T>,
         dma: DmaAddr,
@@ -315,6 +382,7 @@ impl<P: Policy> Pool<P> {
     /// # Safety
     /// As [`Pool::unmap_raw`], except that the device may go on using other
     /// parts of the mapping.
+    #[cfg_attr(feature = "checker", track_caller)]
     pub unsafe fn sync_for_cpu_raw<T: Translate>(
         &self,
         dev: &Device<T>,
@@ -322,6 +390,13 @@ impl<P: Policy> Pool<P> {
         size: usize,
         dir: Direction,
     ) -> Result {
+        #[cfg(feature = "checker")]
+        {
+            let caller = core::panic::Location::caller();
+            // SAFETY: the mapping's original is valid (this function's
+            // contract).
+            unsafe { self.check_sync(dev, dma, size, dir, true, caller) };
+        }
         // SAFETY: the mapping's original is valid for writes of the synced
         // range and unreferenced (this function's contract).
         unsafe { self.sync_raw(dev, dma, size, false, dir.copies_to_cpu()) }
@@ -337,6 +412,7 @@ impl<P: Policy> Pool<P> {
     ///
     /// # Safety
     /// As [`Pool::sync_for_cpu_raw`].
+    #[cfg_attr(feature = "checker", track_caller)]
     pub unsafe fn sync_for_device_raw<T: Translate>(
         &self,
         dev: &Device<T>,
@@ -344,6 +420,13 @@ impl<P: Policy> Pool<P> {
         size: usize,
         dir: Direction,
     ) -> Result {
+        #[cfg(feature = "checker")]
+        {
+            let caller = core::panic::Location::caller();
+            // SAFETY: the mapping's original is valid (this function's
+            // contract).
+            unsafe { self.check_sync(dev, dma, size, dir, false, caller) };
+        }
         // SAFETY: the mapping's original is valid for reads of the synced
         // range and unreferenced (this function's contract).
         unsafe { self.sync_raw(dev, dma, size, true, dir.copies_to_device()) }
@@ -433,5 +516,103 @@ impl<P: Policy> Pool<P> {
             self.count_failure(e);
         }
         r
+    }
+}
+
+/// The misuse checker's hooks (feature `checker`): each public raw entry
+/// point calls one, and nothing else does.
+#[cfg(feature = "checker")]
+impl<P: Policy> Pool<P> {
+    /// Records a new mapping (an entry of a list of `nents`, 1 if not a
+    /// list) and, if it bounced here, fills its guard bytes.
+    ///
+    /// # Safety
+    /// `cpu` is valid for reads of `size` bytes.
+    #[expect(clippy::too_many_arguments, reason = "one record's fields")]
+    pub(crate) unsafe fn check_mapped<T: Translate>(
+        &self,
+        dev: &Device<T>,
+        dma: DmaAddr,
+        cpu: *mut u8,
+        size: usize,
+        dir: Option<Direction>,
+        kind: MapKind,
+        nents: usize,
+        caller: Caller,
+    ) {
+        let at = crate::checker::At {
+            dev: dev.checker_id(),
+            dma,
+            size,
+            caller,
+        };
+        // SAFETY: `cpu` is valid for reads of `size` bytes (this
+        // function's contract).
+        unsafe { crate::checker::mapped(&at, cpu, dir, kind, nents) };
+        let phys = dev.translate().dma_to_phys(dma);
+        if self.contains(phys) {
+            self.guard_fill(phys);
+        }
+    }
+
+    /// Checks a release against the record and the guard bytes.
+    ///
+    /// # Safety
+    /// The original of a live mapping at `dma` is valid for reads.
+    #[expect(clippy::too_many_arguments, reason = "one release's fields")]
+    pub(crate) unsafe fn check_release<T: Translate>(
+        &self,
+        dev: &Device<T>,
+        dma: DmaAddr,
+        size: usize,
+        dir: Option<Direction>,
+        kind: MapKind,
+        nents: usize,
+        caller: Caller,
+    ) {
+        let at = crate::checker::At {
+            dev: dev.checker_id(),
+            dma,
+            size,
+            caller,
+        };
+        let rel = crate::checker::Release { kind, dir, nents };
+        // SAFETY: this function's contract.
+        let mapped_at = unsafe { crate::checker::releasing(&at, &rel) };
+        let phys = dev.translate().dma_to_phys(dma);
+        if let Some(mapped_at) = mapped_at {
+            if self.contains(phys) {
+                crate::checker::scribbled(dma, self.guard_check(phys), mapped_at, caller);
+            }
+        }
+    }
+
+    /// Checks a sync against the record; for the CPU, the guard bytes too.
+    ///
+    /// # Safety
+    /// The original of the live mapping holding `dma` is valid for reads.
+    pub(crate) unsafe fn check_sync<T: Translate>(
+        &self,
+        dev: &Device<T>,
+        dma: DmaAddr,
+        size: usize,
+        dir: Direction,
+        for_cpu: bool,
+        caller: Caller,
+    ) {
+        let at = crate::checker::At {
+            dev: dev.checker_id(),
+            dma,
+            size,
+            caller,
+        };
+        // SAFETY: this function's contract.
+        let hit = unsafe { crate::checker::syncing(&at, dir, for_cpu) };
+        if let (Some((start, mapped_at)), true) = (hit, for_cpu) {
+            let phys = dev.translate().dma_to_phys(start);
+            if self.contains(phys) {
+                crate::checker::scribbled(start, self.guard_check(phys), mapped_at, caller);
+            }
+        }
     }
 }

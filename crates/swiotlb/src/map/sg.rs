@@ -74,6 +74,7 @@ impl<P: Policy> Pool<P> {
     ///
     /// # Safety
     /// As [`Pool::map_raw`], for every entry.
+    #[cfg_attr(feature = "checker", track_caller)]
     pub unsafe fn map_sg_raw<T: Translate>(
         &self,
         dev: &Device<T>,
@@ -82,7 +83,18 @@ impl<P: Policy> Pool<P> {
         attrs: Attrs,
     ) -> Result {
         // SAFETY: this function's contract, for every entry.
-        unsafe { self.map_sg_with(dev, sg, dir, attrs, Bouncing::IfNeeded) }
+        let r = unsafe { self.map_sg_with(dev, sg, dir, attrs, Bouncing::IfNeeded) };
+        #[cfg(feature = "checker")]
+        if r.is_ok() {
+            let caller = core::panic::Location::caller();
+            for e in sg.iter() {
+                let (kind, n) = (crate::checker::MapKind::Sg, sg.len());
+                // SAFETY: each entry's original is valid for reads of its
+                // length (this function's contract).
+                unsafe { self.check_mapped(dev, e.dma, e.cpu, e.len, Some(dir), kind, n, caller) };
+            }
+        }
+        r
     }
 
     /// [`Pool::map_sg_raw`], each entry mapped as `bouncing` says.
@@ -110,7 +122,7 @@ impl<P: Policy> Pool<P> {
                 // not been told of it yet; its original is still valid (the
                 // caller's obligation).
                 let undo = unsafe {
-                    self.unmap_raw(dev, done.dma, done.len, dir, attrs | Attrs::SKIP_CPU_SYNC)
+                    self.unmap_unchecked(dev, done.dma, done.len, dir, attrs | Attrs::SKIP_CPU_SYNC)
                 };
                 debug_assert!(undo.is_ok(), "rollback of a fresh mapping failed");
             },
@@ -136,6 +148,7 @@ impl<P: Policy> Pool<P> {
     ///
     /// # Safety
     /// As [`Pool::unmap_raw`], for every entry.
+    #[cfg_attr(feature = "checker", track_caller)]
     pub unsafe fn unmap_sg_raw<T: Translate>(
         &self,
         dev: &Device<T>,
@@ -143,11 +156,25 @@ impl<P: Policy> Pool<P> {
         dir: Direction,
         attrs: Attrs,
     ) -> Result {
+        #[cfg(feature = "checker")]
+        let caller = core::panic::Location::caller();
         unmap_sg_by(sg, |e| {
+            #[cfg(feature = "checker")]
+            {
+                let (kind, n) = (crate::checker::MapKind::Sg, sg.len());
+                // SAFETY: this entry's original is still valid (this
+                // function's contract, per entry).
+                unsafe { self.check_release(dev, e.dma, e.len, Some(dir), kind, n, caller) };
+            }
             // SAFETY: this entry's original is valid for writes and
             // unreferenced, and the device is done with it (this
             // function's contract, per entry).
-            unsafe { self.unmap_raw(dev, e.dma, e.len, dir, attrs) }
+            let r = unsafe { self.unmap_unchecked(dev, e.dma, e.len, dir, attrs) };
+            #[cfg(feature = "checker")]
+            if r.is_ok() {
+                crate::checker::released(dev.checker_id(), e.dma);
+            }
+            r
         })
     }
 }

@@ -54,10 +54,20 @@ impl<P: Policy> Pool<P> {
     /// [`Error::PoolFull`], [`Error::AlignmentImpossible`] (no page-aligned
     /// start, as Linux's "Cannot allocate pages from non page-aligned
     /// swiotlb addr"), [`Error::Unreachable`]; each is counted.
+    #[cfg_attr(feature = "checker", track_caller)]
     pub fn alloc_coherent<T: Translate>(&self, dev: &Device<T>, size: usize) -> Result<Coherent> {
         let r = self.alloc_coherent_inner(dev, size);
         if let Err(e) = &r {
             self.count_failure(e);
+        }
+        #[cfg(feature = "checker")]
+        if let Ok(c) = &r {
+            let caller = core::panic::Location::caller();
+            let kind = crate::checker::MapKind::Coherent;
+            let cpu = c.cpu.as_ptr();
+            // SAFETY: no checksum is taken without a direction; `cpu` is
+            // valid for reads of `size` bytes anyway (just zeroed).
+            unsafe { self.check_mapped(dev, c.dma, cpu, size, None, kind, 1, caller) };
         }
         r
     }
@@ -145,16 +155,29 @@ impl<P: Policy> Pool<P> {
     /// now on. The device must be done with it too. Its slots go back to
     /// the pool, which hands them out (zeroed) to the next allocation or
     /// mapping. Given anything else, the call only returns an error.
+    #[cfg_attr(feature = "checker", track_caller)]
     pub unsafe fn free_coherent<T: Translate>(
         &self,
         dev: &Device<T>,
         dma: DmaAddr,
         size: usize,
     ) -> Result {
+        #[cfg(feature = "checker")]
+        {
+            let caller = core::panic::Location::caller();
+            let kind = crate::checker::MapKind::Coherent;
+            // SAFETY: a release of kind coherent has no direction, so no
+            // original is read.
+            unsafe { self.check_release(dev, dma, size, None, kind, 1, caller) };
+        }
         let phys = dev.translate().dma_to_phys(dma);
         let r = self.free_coherent_at(phys, dma, size);
         if let Err(e) = &r {
             self.count_failure(e);
+        }
+        #[cfg(feature = "checker")]
+        if r.is_ok() {
+            crate::checker::released(dev.checker_id(), dma);
         }
         r
     }

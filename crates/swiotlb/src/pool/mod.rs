@@ -22,6 +22,8 @@ mod bitmap;
 mod coherent;
 mod fast;
 mod geometry;
+#[cfg(feature = "checker")]
+mod guard;
 mod meta;
 mod nextfit;
 mod policy;
@@ -34,6 +36,8 @@ use core::ptr::NonNull;
 pub use coherent::Coherent;
 pub use fast::Fast;
 pub use geometry::PoolConfig;
+#[cfg(feature = "checker")]
+pub(crate) use guard::Scribble;
 pub use nextfit::NextFit;
 pub use policy::Policy;
 

@@ -1291,6 +1291,7 @@ impl<P: Policy> IoTlb<P> {
     ///
     /// # Errors
     /// As [`Pool::alloc_coherent`].
+    #[cfg_attr(feature = "checker", track_caller)]
     pub fn alloc_coherent<T: Translate>(&self, dev: &Device<T>, size: usize) -> Result<Coherent> {
         self.first.alloc_coherent(dev, size)
     }
@@ -1304,6 +1305,7 @@ impl<P: Policy> IoTlb<P> {
     /// # Safety
     /// As [`Pool::free_coherent`]: the memory of this coherent allocation
     /// is no longer used through any pointer.
+    #[cfg_attr(feature = "checker", track_caller)]
     pub unsafe fn free_coherent<T: Translate>(
         &self,
         dev: &Device<T>,

@@ -683,6 +683,7 @@ impl<P: Policy> Platform<P> {
     /// [`Error::NoPool`] if the device has no restricted tlb (its coherent
     /// memory comes from the page allocator, not from here), or as
     /// [`Pool::alloc_coherent`](crate::Pool::alloc_coherent).
+    #[cfg_attr(feature = "checker", track_caller)]
     pub fn alloc_coherent<T: Translate>(&self, dev: &Device<T>, size: usize) -> Result<Coherent> {
         self.restricted_of(dev)?.alloc_coherent(dev, size)
     }
@@ -697,6 +698,7 @@ impl<P: Policy> Platform<P> {
     /// # Safety
     /// As [`Pool::free_coherent`](crate::Pool::free_coherent): the memory
     /// of this coherent allocation is no longer used through any pointer.
+    #[cfg_attr(feature = "checker", track_caller)]
     pub unsafe fn free_coherent<T: Translate>(
         &self,
         dev: &Device<T>,
