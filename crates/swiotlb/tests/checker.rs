@@ -441,7 +441,9 @@ fn device_writing_past_its_mapping_into_the_slot_tail() {
 fn device_writing_before_its_mapping_into_the_padding() {
     let _t = serial();
     let (p, d) = (pool(), forced().with_min_align_mask(0xfff));
-    let buf = RawBuf::new(&[1; 4096]);
+    // Room for a 4 KiB line plus 0x40 and the 100 bytes mapped, wherever
+    // the allocation starts.
+    let buf = RawBuf::new(&[1; 8192]);
     // An original 0x40 bytes past a 4 KiB line keeps those low bits in the
     // bounce address: at least 0x40 bytes of padding before it.
     let skip = 0x1040 - (buf.ptr().addr() & 0xfff);
