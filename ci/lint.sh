@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Formatting and clippy over every crate and every target (tests, examples,
-# benches), warnings denied.
+# benches, fuzz targets), warnings denied.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,6 +11,11 @@ cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+# The fuzz targets, a workspace of their own (fuzz/Cargo.toml): checked
+# with the stable toolchain like the rest; only running them needs nightly
+# (ci/fuzz.sh).
+cargo fmt --manifest-path fuzz/Cargo.toml -- --check
+cargo clippy --manifest-path fuzz/Cargo.toml --all-targets -- -D warnings
 # The core without its default features: code only the heap-backed parts
 # use must be compiled out with them, not left dead.
 cargo clippy -p swiotlb --no-default-features -- -D warnings

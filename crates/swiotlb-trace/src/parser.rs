@@ -1,6 +1,6 @@
 //! The streaming parser: one line in memory at a time.
 
-use std::io::{self, BufRead, BufReader};
+use std::io::{self, BufRead, BufReader, Read as _};
 
 use flate2::bufread::MultiGzDecoder;
 
@@ -46,11 +46,15 @@ pub struct Counts {
     pub errors: u64,
 }
 
+/// The input after its first bytes were read to tell plain from gzip:
+/// those bytes, then the rest.
+type Peeked<R> = io::Chain<io::Cursor<Vec<u8>>, R>;
+
 enum Source<R> {
     /// Not yet read: plain or gzip is told by the first two bytes.
     Pending(R),
-    Plain(R),
-    Gzip(BufReader<MultiGzDecoder<R>>),
+    Plain(Peeked<R>),
+    Gzip(BufReader<MultiGzDecoder<Peeked<R>>>),
     Done,
 }
 
@@ -148,13 +152,24 @@ impl<R: BufRead> Parser<R> {
             let Source::Pending(mut r) = std::mem::replace(&mut self.source, Source::Done) else {
                 unreachable!("matched above")
             };
-            let gzip = loop {
-                match r.fill_buf() {
-                    Ok(b) => break b.starts_with(&GZIP_MAGIC),
+            // The magic is two bytes, and a reader may hand out one at a
+            // time: take them out and put them back in front.
+            let mut head = Vec::with_capacity(GZIP_MAGIC.len());
+            while head.len() < GZIP_MAGIC.len() {
+                let b = match r.fill_buf() {
+                    Ok(b) => b,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) => return Err(e),
+                };
+                if b.is_empty() {
+                    break;
                 }
-            };
+                let n = b.len().min(GZIP_MAGIC.len() - head.len());
+                head.extend_from_slice(&b[..n]);
+                r.consume(n);
+            }
+            let gzip = head == GZIP_MAGIC;
+            let r = io::Cursor::new(head).chain(r);
             self.source = if gzip {
                 Source::Gzip(BufReader::with_capacity(64 * 1024, MultiGzDecoder::new(r)))
             } else {

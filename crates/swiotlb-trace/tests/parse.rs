@@ -565,6 +565,54 @@ fn gzip_input_is_detected() {
     );
 }
 
+/// A reader that hands out one byte at a time, as a pipe may.
+struct ByteAtATime<'a>(&'a [u8]);
+
+impl std::io::Read for ByteAtATime<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.0.len().min(buf.len()).min(1);
+        buf[..n].copy_from_slice(&self.0[..n]);
+        self.0 = &self.0[n..];
+        Ok(n)
+    }
+}
+
+impl std::io::BufRead for ByteAtATime<'_> {
+    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
+        Ok(&self.0[..self.0.len().min(1)])
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.0 = &self.0[n..];
+    }
+}
+
+/// Found by fuzzing (`trace_ftrace`): the gzip magic is two bytes, and a
+/// reader whose first read gave only one made a gzip stream pass for
+/// plain text.
+#[test]
+fn gzip_is_detected_when_the_magic_arrives_a_byte_at_a_time() {
+    let plain = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/sample.trace"
+    ))
+    .unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&plain).unwrap();
+    let gz = gz.finish().unwrap();
+    let a: Vec<_> = Parser::new(&plain[..]).collect();
+    let b: Vec<_> = Parser::new(ByteAtATime(&gz)).collect();
+    assert_eq!(a, b);
+    // Plain text a byte at a time, and inputs shorter than the magic.
+    let c: Vec<_> = Parser::new(ByteAtATime(&plain)).collect();
+    assert_eq!(a, c);
+    for short in [&b""[..], b"\x1f", b"#", b"\n"] {
+        let whole: Vec<_> = Parser::new(short).collect();
+        let bytes: Vec<_> = Parser::new(ByteAtATime(short)).collect();
+        assert_eq!(whole, bytes, "{short:?}");
+    }
+}
+
 #[test]
 fn sample_trace_parses_whole() {
     let text = std::fs::read(concat!(

@@ -51,8 +51,8 @@
 #![forbid(unsafe_code)]
 
 use crate::config::{
-    limit_nareas, strtoul, Force, HighParam, Reading, SwiotlbParam, IO_TLB_SEGSIZE, IO_TLB_SHIFT,
-    IO_TLB_SIZE,
+    limit_nareas, scan_value, strtoul, Force, HighParam, Reading, SwiotlbParam, IO_TLB_SEGSIZE,
+    IO_TLB_SHIFT, IO_TLB_SIZE,
 };
 use crate::error::{CmdlineKey, CmdlineProblem, Error, RegionProblem, Result};
 use crate::PhysAddr;
@@ -507,16 +507,18 @@ fn scan_line(line: &str, strict: bool) -> Result<CmdlineReading> {
         }
     }
     let [swiotlb, high, region] = keys;
+    // Each value as Linux hands it to its key's parser: the text after
+    // the key, which may itself start with the key (`swiotlb=swiotlb=1`).
     if let Some(s) = swiotlb {
+        let reading = scan_value(s.value);
         if strict {
-            SwiotlbParam::parse_strict(s.value).map_err(|e| shift(e, s.value_at))?;
+            reading.strict().map_err(|e| shift(e, s.value_at))?;
         }
-        let reading = SwiotlbParam::read(s.value);
         r.cmdline.swiotlb = Some(reading.param);
         r.swiotlb = Some((s.value_at, reading));
     }
     if let Some(s) = high {
-        r.cmdline.high = Some(HighParam::parse_strict(s.value).map_err(|e| shift(e, s.value_at))?);
+        r.cmdline.high = Some(HighParam::parse_value(s.value).map_err(|e| shift(e, s.value_at))?);
     }
     if let Some(s) = region {
         let reading = scan_region(s.value, strict).map_err(|e| shift(e, s.value_at))?;

@@ -190,12 +190,7 @@ impl SwiotlbParam {
     ///   needs more slots than the slot count (or the default) gives (`at`
     ///   points at the area count).
     pub fn parse_strict(value: &str) -> Result<SwiotlbParam> {
-        let r = scan(value);
-        let first = r.findings().next().map(Finding::problem);
-        match first {
-            None => Ok(r.param),
-            Some((at, problem)) => Err(Error::BadParam { at, problem }),
-        }
+        scan(value).strict()
     }
 
     /// The slot count, or Linux's default of [`DEFAULT_NSLABS`] when none
@@ -438,6 +433,15 @@ impl Reading {
         self.findings.iter().flatten()
     }
 
+    /// The strict parser's answer: the value, or the first finding as
+    /// an error.
+    pub(crate) fn strict(&self) -> Result<SwiotlbParam> {
+        match self.findings().next().map(Finding::problem) {
+            None => Ok(self.param),
+            Some((at, problem)) => Err(Error::BadParam { at, problem }),
+        }
+    }
+
     /// Records `f` after those found so far.
     fn note(&mut self, f: Finding) {
         // MAX_FINDINGS bounds what one scan can find; a slot is free.
@@ -447,10 +451,19 @@ impl Reading {
     }
 }
 
+/// [`scan_value`] of `value` without its `swiotlb=` prefix, if it has one.
+fn scan(value: &str) -> Reading {
+    scan_value(value.strip_prefix(PREFIX).unwrap_or(value))
+}
+
 /// Both parsers in one: the value Linux would store, and everything it
 /// would silently ignore or adjust. One pass keeps them from drifting apart.
-fn scan(value: &str) -> Reading {
-    let value = value.strip_prefix(PREFIX).unwrap_or(value);
+///
+/// `value` is read as Linux hands it to `setup_io_tlb_npages()`, the text
+/// after the key: a command line's `swiotlb=swiotlb=...` is a value that
+/// starts with `swiotlb=`, which Linux ignores, so no prefix is skipped
+/// here.
+pub(crate) fn scan_value(value: &str) -> Reading {
     let mut r = Reading {
         param: SwiotlbParam::default(),
         nslabs: None,
@@ -705,7 +718,12 @@ impl HighParam {
     /// - [`SlotsRounded`](ParamProblem::SlotsRounded) for a count that is
     ///   not a multiple of 128, which `swiotlb=` would round up.
     pub fn parse_strict(value: &str) -> Result<HighParam> {
-        let value = value.strip_prefix(HIGH_PREFIX).unwrap_or(value);
+        Self::parse_value(value.strip_prefix(HIGH_PREFIX).unwrap_or(value))
+    }
+
+    /// [`HighParam::parse_strict`] of the text after the key, as a command
+    /// line gives it: no prefix is skipped.
+    pub(crate) fn parse_value(value: &str) -> Result<HighParam> {
         let s = value.as_bytes();
         let bad = |at, problem| Err(Error::BadParam { at, problem });
         if s.is_empty() {

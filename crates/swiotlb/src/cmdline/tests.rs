@@ -1,4 +1,5 @@
 use super::*;
+use crate::error::ParamProblem;
 use proptest::prelude::*;
 use std::format;
 use std::string::{String, ToString};
@@ -254,6 +255,40 @@ fn line_repeated_key_is_refused_or_the_last_taken() {
             ..
         })
     ));
+}
+
+/// Found by fuzzing (`cmdline`): a value is the text after its key, as
+/// Linux hands it to the key's parser, so a value that itself starts with
+/// the key is not a number. `swiotlb=swiotlb=422` was read as 422 slots,
+/// where Linux ignores the whole value; the offsets of the strict
+/// parser's errors were off by the key's length.
+#[test]
+fn a_value_that_repeats_its_key_is_not_read_as_a_number() {
+    let c = Cmdline::parse("swiotlb=swiotlb=422").unwrap();
+    assert_eq!(c.swiotlb, Some(SwiotlbParam::default()));
+    let c = Cmdline::parse("swiotlb=swiotlb=force").unwrap();
+    assert_eq!(c.swiotlb.unwrap().force, Force::Default);
+    assert_eq!(
+        Cmdline::parse_strict("quiet swiotlb=swiotlb=65536"),
+        Err(Error::BadParam {
+            at: 14,
+            problem: ParamProblem::Trailing
+        })
+    );
+    // `swiotlb.high=` likewise: not a whole number.
+    assert_eq!(
+        Cmdline::parse("swiotlb.high=swiotlb.high=2048"),
+        Err(Error::BadParam {
+            at: 13,
+            problem: ParamProblem::Trailing
+        })
+    );
+    // A lone value may still carry its key (`SwiotlbParam::parse`).
+    assert_eq!(SwiotlbParam::parse("swiotlb=422").nslabs, Some(512));
+    assert_eq!(
+        HighParam::parse_strict("swiotlb.high=2048").unwrap().nslabs,
+        2048
+    );
 }
 
 #[test]
