@@ -3,12 +3,14 @@
 //!
 //! Checked, against models written apart from the core
 //! (`swiotlb_fuzz::linux`) and the line rules the core documents (words
-//! split at ASCII whitespace, nothing after a lone `--`, the last of a
-//! repeated key taken):
+//! split at ASCII whitespace, nothing after a lone `--`, every `swiotlb=`
+//! read in turn on top of the ones before as Linux does, the last of our
+//! own repeated keys taken):
 //! - each key's value is read exactly as the key's own parser reads that
 //!   text, the way Linux hands a parameter its value: `swiotlb=` as
-//!   `setup_io_tlb_npages()`, `swiotlb.high=` strictly, `swiotlb.region=`
-//!   by its `memparse()` grammar;
+//!   `setup_io_tlb_npages()` (once per occurrence, each on what the
+//!   earlier ones stored), `swiotlb.high=` strictly, `swiotlb.region=` by
+//!   its `memparse()` grammar;
 //! - the lenient parse fails exactly when `swiotlb.high=` or the region
 //!   is refused, with an offset inside the line;
 //! - the strict parse succeeds exactly when no key repeats, nothing is
@@ -28,15 +30,17 @@ use libfuzzer_sys::fuzz_target;
 use swiotlb::cmdline::{Cmdline, RegionParam, MIN_REGION_SIZE};
 use swiotlb::config::{Force, IO_TLB_SEGSIZE, IO_TLB_SHIFT, IO_TLB_SIZE, MAX_NSLABS};
 use swiotlb::error::Error;
-use swiotlb_fuzz::linux::{region, setup_io_tlb_npages, strtoul};
+use swiotlb::config::SwiotlbParam;
+use swiotlb_fuzz::linux::{region, setup_io_tlb_npages_onto, strtoul, Linux};
 
 const SEG: u64 = IO_TLB_SEGSIZE as u64;
 const SLOT: u64 = IO_TLB_SIZE as u64;
 
-/// The last value of each key, and whether any key came twice.
+/// Every `swiotlb=` value, the last value of our own keys, and whether
+/// any key came twice.
 #[derive(Default)]
 struct Keys<'a> {
-    swiotlb: Option<&'a str>,
+    swiotlb: Vec<&'a str>,
     high: Option<&'a str>,
     region: Option<&'a str>,
     repeated: bool,
@@ -64,7 +68,11 @@ fn keys(line: &str) -> Keys<'_> {
         } else {
             continue;
         };
-        *[&mut k.swiotlb, &mut k.high, &mut k.region][i] = Some(value);
+        match i {
+            0 => k.swiotlb.push(value),
+            1 => k.high = Some(value),
+            _ => k.region = Some(value),
+        }
         seen[i] += 1;
     }
     k.repeated = seen.iter().any(|&n| n > 1);
@@ -131,7 +139,16 @@ fn check_line(line: &str) {
     // Written back, read the same.
     let mut again = Vec::new();
     if let Some(p) = c.swiotlb {
-        again.push(format!("swiotlb={p}"));
+        // One value, unless the slot count was stored after the area
+        // count (then it need not be what one value rounds it to): then
+        // the area count first and the rest after it, as the line did.
+        if SwiotlbParam::parse(&p.to_string()) == p {
+            again.push(format!("swiotlb={p}"));
+        } else {
+            let rest = SwiotlbParam { nareas: None, ..p };
+            again.push(format!("swiotlb=,{}", p.nareas.unwrap_or(1)));
+            again.push(format!("swiotlb={rest}"));
+        }
     }
     if let Some(h) = c.high {
         again.push(format!("swiotlb.high={h}"));
@@ -162,7 +179,16 @@ fn check_line(line: &str) {
 /// The models' answer for the line, against the core's.
 fn check_model(line: &str, got: &Result<Cmdline, Error>, strict_ok: bool) {
     let k = keys(line);
-    let swiotlb = k.swiotlb.map(setup_io_tlb_npages);
+    // Each value on what the ones before it stored; the last one's
+    // reading is the line's.
+    let mut swiotlb: Option<Linux> = None;
+    let mut all_clean = true;
+    for v in &k.swiotlb {
+        let prior = swiotlb.as_ref().map(|l| l.param).unwrap_or_default();
+        let l = setup_io_tlb_npages_onto(v, prior);
+        all_clean &= l.as_written;
+        swiotlb = Some(l);
+    }
     let high = k.high.map(high);
     let region = k.region.map(region);
     let want_ok = !matches!(high, Some(None)) && !matches!(region, Some(None));
@@ -191,7 +217,7 @@ fn check_model(line: &str, got: &Result<Cmdline, Error>, strict_ok: bool) {
             }
         }
     }
-    let clean_swiotlb = swiotlb.as_ref().is_none_or(|l| l.as_written);
+    let clean_swiotlb = all_clean;
     let with_region = region.is_some();
     let contradicts = with_region
         && swiotlb

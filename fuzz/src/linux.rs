@@ -65,6 +65,14 @@ pub struct Linux {
 /// `round_up_default_nslabs()`, step by step, on the value Linux hands
 /// the parameter (the text after `swiotlb=`).
 pub fn setup_io_tlb_npages(value: &str) -> Linux {
+    setup_io_tlb_npages_onto(value, SwiotlbParam::default())
+}
+
+/// The same for a later `swiotlb=` on the command line: Linux's globals
+/// hold what the earlier ones stored (`prior`), and this value changes
+/// only what it names. `force` and `noforce` set two flags; with
+/// `swiotlb_force_disable` set no pool is built, so `NoForce` sticks.
+pub fn setup_io_tlb_npages_onto(value: &str, prior: SwiotlbParam) -> Linux {
     let all = value.as_bytes();
     // A C string: it ends at the first NUL.
     let s = &all[..all.iter().position(|&b| b == 0).unwrap_or(all.len())];
@@ -75,7 +83,7 @@ pub fn setup_io_tlb_npages(value: &str) -> Linux {
         nareas: None,
         as_written: false,
     };
-    let mut nslabs: Option<u64> = None;
+    let mut nslabs: Option<u64> = prior.nslabs;
     let mut i = 0;
     if s.first().is_some_and(u8::is_ascii_digit) {
         let (v, end, base) = strtoul(s, 0);
@@ -90,7 +98,7 @@ pub fn setup_io_tlb_npages(value: &str) -> Linux {
     if comma1 {
         i += 1;
     }
-    let mut nareas = None;
+    let mut nareas = prior.nareas;
     if s.get(i).is_some_and(u8::is_ascii_digit) {
         let (v, end, base) = strtoul(s, i);
         out.nareas = Some((v, base));
@@ -118,12 +126,13 @@ pub fn setup_io_tlb_npages(value: &str) -> Linux {
         i += 1;
     }
     let force = match &s[i..] {
+        b"force" if prior.force == Force::NoForce => Force::NoForce,
         b"force" => Force::Force,
         b"noforce" => Force::NoForce,
         rest => {
             // Text Linux ignores, or commas nothing follows.
             clean &= rest.is_empty() && !comma2 && !(comma1 && out.nareas.is_none());
-            Force::Default
+            prior.force
         }
     };
     out.param = SwiotlbParam {

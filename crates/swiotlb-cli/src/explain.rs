@@ -181,7 +181,9 @@ impl Explanation {
                 pool: reading.cmdline.region_pool(cpus)?,
             })
         });
-        let mut e = Explanation::build(value, cpus, region.is_none());
+        // The last value, read on top of the ones before it.
+        let merged = reading.swiotlb.map(|(_, r)| r);
+        let mut e = Explanation::build(value, merged, cpus, region.is_none());
         if reading.swiotlb.is_none() {
             // No swiotlb= at all: nothing of its own to say.
             e.adjustments.clear();
@@ -218,14 +220,16 @@ impl Explanation {
     }
 
     fn new(value: &str, cpus: u32) -> Explanation {
-        Self::build(value, cpus, true)
+        Self::build(value, None, cpus, true)
     }
 
-    /// The explanation of a `swiotlb=` value; with `boot`, the boot-time
-    /// steps and what the value means (not when a region sets the pool).
-    fn build(value: &str, cpus: u32, boot: bool) -> Explanation {
+    /// The explanation of a `swiotlb=` value (read alone, or `merged`: as
+    /// the line's reader read it on top of earlier values); with `boot`,
+    /// the boot-time steps and what the value means (not when a region
+    /// sets the pool).
+    fn build(value: &str, merged: Option<Reading>, cpus: u32, boot: bool) -> Explanation {
         let given = value.strip_prefix("swiotlb=").unwrap_or(value).to_string();
-        let reading = SwiotlbParam::read(&given);
+        let reading = merged.unwrap_or_else(|| SwiotlbParam::read(&given));
         let mut e = Explanation {
             resolved: reading.param.resolve(cpus),
             given,
@@ -253,9 +257,15 @@ impl Explanation {
     /// One finding of the line reader, in words.
     fn describe_line(&mut self, f: LineFinding) {
         match f {
+            LineFinding::Merged { first, last, count } => self.adjustments.push(format!(
+                "swiotlb= is given {count} times (bytes {first} to {last}): Linux reads each in \
+                 turn, and each sets only what it names on top of the ones before (a later \
+                 number replaces an earlier one; noforce anywhere means no pool). The reading \
+                 below is the last value's, on top of the others."
+            )),
             LineFinding::Repeated { key, first, last } => self.ignored.push(format!(
-                "{key} is given more than once (first at byte {first}): Linux takes the last, \
-                 at byte {last}, and ignores the others."
+                "{key} is given more than once (first at byte {first}): the last, at byte \
+                 {last}, is taken and the others are ignored."
             )),
             LineFinding::RegionShrunk {
                 from_base,

@@ -28,9 +28,13 @@
 //!
 //! Words are separated by ASCII whitespace, and nothing after a lone `--`
 //! is read (Linux hands it to init). Other parameters are ignored. A key
-//! given twice is refused by the strict parser, naming both; the lenient
-//! one takes the last, as Linux does with a repeated parameter, and says
-//! so. Quoted values (`key="a b"`) are not read: none of these values has
+//! given twice is refused by the strict parser, naming both. The lenient
+//! one merges repeated `swiotlb=` values as Linux does (its handler runs
+//! once per occurrence and sets only what each value names: `swiotlb=65536
+//! swiotlb=,4` is 65536 slots in 4 areas, `swiotlb=force swiotlb=noforce`
+//! is no pool), and of our own keys, `swiotlb.high=` and
+//! `swiotlb.region=`, takes the last; it says so either way. Quoted
+//! values (`key="a b"`) are not read: none of these values has
 //! a space.
 //!
 //! # Precedence
@@ -51,8 +55,8 @@
 #![forbid(unsafe_code)]
 
 use crate::config::{
-    limit_nareas, scan_value, strtoul, Force, HighParam, Reading, SwiotlbParam, IO_TLB_SEGSIZE,
-    IO_TLB_SHIFT, IO_TLB_SIZE,
+    limit_nareas, scan_value_onto, strtoul, Force, HighParam, Reading, SwiotlbParam,
+    IO_TLB_SEGSIZE, IO_TLB_SHIFT, IO_TLB_SIZE,
 };
 use crate::error::{CmdlineKey, CmdlineProblem, Error, RegionProblem, Result};
 use crate::PhysAddr;
@@ -356,7 +360,22 @@ impl Cmdline {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum LineFinding {
-    /// `key` was given more than once: the last one, at `last`, is taken.
+    /// `swiotlb=` was given `count` times: as Linux does, each value set
+    /// what it names on top of the ones before it (a slot count or an area
+    /// count replaces the earlier one, the area count rounding the slot
+    /// count as it does in one value; `noforce` anywhere wins over
+    /// `force`). The reading kept is the last value's, read on top of the
+    /// others.
+    Merged {
+        /// Byte offset of the first occurrence.
+        first: usize,
+        /// Byte offset of the last one.
+        last: usize,
+        /// How many there were.
+        count: usize,
+    },
+    /// `key`, one of our own keys, was given more than once: the last one,
+    /// at `last`, is taken.
     Repeated {
         /// The key.
         key: CmdlineKey,
@@ -455,6 +474,8 @@ fn remember<'a>(seen: &mut Option<Seen<'a>>, at: usize, value_at: usize, value: 
 /// Both line parsers in one.
 fn scan_line(line: &str, strict: bool) -> Result<CmdlineReading> {
     let mut keys: [Option<Seen<'_>>; 3] = [None; 3];
+    let mut merged: Option<(usize, Reading)> = None;
+    let mut swiotlb_count = 0;
     let mut pos = 0;
     for word in line.split(|c: char| c.is_ascii_whitespace()) {
         let at = pos;
@@ -474,7 +495,15 @@ fn scan_line(line: &str, strict: bool) -> Result<CmdlineReading> {
         .enumerate()
         .find_map(|(i, (_, prefix))| word.strip_prefix(prefix).map(|v| (i, prefix.len(), v)));
         match found {
-            Some((i, skip, value)) => remember(&mut keys[i], at, at + skip, value),
+            Some((i, skip, value)) => {
+                remember(&mut keys[i], at, at + skip, value);
+                if i == 0 {
+                    // Each `swiotlb=` on top of the ones before it.
+                    let prior = merged.map(|(_, m): (usize, Reading)| m.param);
+                    merged = Some((at + skip, scan_value_onto(value, prior.unwrap_or_default())));
+                    swiotlb_count += 1;
+                }
+            }
             // A region key without a value cannot give a region.
             None if word == "swiotlb.region" => remember(&mut keys[2], at, at + word.len(), ""),
             None => {}
@@ -499,23 +528,30 @@ fn scan_line(line: &str, strict: bool) -> Result<CmdlineReading> {
                     },
                 });
             }
-            r.note(LineFinding::Repeated {
-                key,
-                first: s.first,
-                last: s.last,
+            r.note(if key == CmdlineKey::Swiotlb {
+                LineFinding::Merged {
+                    first: s.first,
+                    last: s.last,
+                    count: swiotlb_count,
+                }
+            } else {
+                LineFinding::Repeated {
+                    key,
+                    first: s.first,
+                    last: s.last,
+                }
             });
         }
     }
     let [swiotlb, high, region] = keys;
     // Each value as Linux hands it to its key's parser: the text after
     // the key, which may itself start with the key (`swiotlb=swiotlb=1`).
-    if let Some(s) = swiotlb {
-        let reading = scan_value(s.value);
+    if let (Some(s), Some((value_at, reading))) = (swiotlb, merged) {
         if strict {
             reading.strict().map_err(|e| shift(e, s.value_at))?;
         }
         r.cmdline.swiotlb = Some(reading.param);
-        r.swiotlb = Some((s.value_at, reading));
+        r.swiotlb = Some((value_at, reading));
     }
     if let Some(s) = high {
         r.cmdline.high = Some(HighParam::parse_value(s.value).map_err(|e| shift(e, s.value_at))?);

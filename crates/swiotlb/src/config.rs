@@ -214,18 +214,34 @@ impl SwiotlbParam {
     /// count already holds a segment per area; it matters for hand-built
     /// values and mirrors Linux's order of operations.
     ///
+    /// With an area count given, Linux's init takes the stored slot count
+    /// as it is: the rounding of step 3 happened when the area count was
+    /// set. A value parsed from one `swiotlb=` already holds it; a command
+    /// line whose slot count comes after its area count
+    /// (`swiotlb=,8 swiotlb=1536`, see [`Cmdline`](crate::Cmdline)) keeps
+    /// a slot count that is no power of two, or too small for its areas,
+    /// and `limit_nareas()` then cuts the areas, as in Linux.
+    ///
     /// Fields a parser would not produce are first normalized as Linux's
     /// setters would: the slot count is rounded up to a multiple of 128
     /// (saturating at [`MAX_NSLABS`]), the area count (given or from
     /// `cpus`) is made at least 1, a power of two and at most
-    /// [`MAX_NAREAS`].
+    /// [`MAX_NAREAS`]. A stored slot count of zero with an area count
+    /// (`swiotlb=,4 swiotlb=0`) leaves Linux trying to allocate an empty
+    /// pool, and no pool; here it resolves to one segment.
     pub fn resolve(&self, cpus: u32) -> Resolved {
         let nslabs = align_to_segment(self.nslabs_or_default().min(MAX_NSLABS));
-        // A given area count went through swiotlb_adjust_nareas() at parse
-        // time; redoing it is a no-op for parsed values and normalizes
-        // hand-built ones. Without one, swiotlb_init_remap() uses the CPUs.
-        let nareas = adjust_nareas(self.nareas.map_or(u64::from(cpus), u64::from));
-        let nslabs = round_up_nslabs(nslabs, nareas);
+        let (nslabs, nareas) = match self.nareas {
+            // Normalizing a given area count is a no-op for parsed values.
+            Some(n) => (nslabs.max(SEG), adjust_nareas(u64::from(n))),
+            // Without one, swiotlb_init_remap() calls
+            // swiotlb_adjust_nareas() with the CPUs, which rounds the slot
+            // count as step 3 does.
+            None => {
+                let nareas = adjust_nareas(u64::from(cpus));
+                (round_up_nslabs(nslabs, nareas), nareas)
+            }
+        };
         let nareas = limit_nareas(nareas, nslabs);
         Resolved {
             nslabs,
@@ -464,8 +480,20 @@ fn scan(value: &str) -> Reading {
 /// starts with `swiotlb=`, which Linux ignores, so no prefix is skipped
 /// here.
 pub(crate) fn scan_value(value: &str) -> Reading {
+    scan_value_onto(value, SwiotlbParam::default())
+}
+
+/// [`scan_value`] for a value that follows earlier `swiotlb=` values on
+/// the same command line: Linux calls `setup_io_tlb_npages()` once per
+/// occurrence, and each call sets only what its value names, on top of
+/// what the earlier ones left (`prior`). A slot count replaces the stored
+/// one; an area count replaces the stored one and rounds the stored slot
+/// count as step 3 does; `force` and `noforce` set two separate flags, of
+/// which `noforce` wins (`swiotlb_init_remap()` returns before it looks at
+/// `force`), so once either is `NoForce` the merged value stays so.
+pub(crate) fn scan_value_onto(value: &str, prior: SwiotlbParam) -> Reading {
     let mut r = Reading {
-        param: SwiotlbParam::default(),
+        param: prior,
         nslabs: None,
         nareas: None,
         commas: [None; 2],
@@ -566,7 +594,11 @@ pub(crate) fn scan_value(value: &str) -> Reading {
 
     // Step 5: the rest must be exactly one of the two words (strcmp()).
     match &s[i..] {
-        b"force" => r.param.force = Force::Force,
+        b"force" => {
+            if r.param.force != Force::NoForce {
+                r.param.force = Force::Force;
+            }
+        }
         b"noforce" => r.param.force = Force::NoForce,
         b"" => {
             // Commas that nothing follows do nothing in Linux: the last one

@@ -166,7 +166,8 @@ pub enum CmdlineKey {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum CmdlineProblem {
-    /// A key given twice (the lenient parser takes the last, as Linux does).
+    /// A key given twice (the lenient parser merges `swiotlb=` values as
+    /// Linux does and takes the last of our own keys).
     Repeated {
         /// The key.
         key: CmdlineKey,
@@ -557,10 +558,7 @@ impl fmt::Display for CmdlineProblem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             CmdlineProblem::Repeated { key, first } => {
-                write!(
-                    f,
-                    "{key} given again (first at byte {first}); Linux takes the last"
-                )
+                write!(f, "{key} given again (first at byte {first})")
             }
             CmdlineProblem::SlotsOverridden => {
                 f.write_str("swiotlb= slot count ignored: swiotlb.region= sets the size")

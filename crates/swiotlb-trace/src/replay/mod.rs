@@ -213,7 +213,9 @@ fn geometry(opts: &Options, cpus: u32) -> (Geometry, Vec<String>) {
             nareas: opts.nareas.or(log.nareas),
             ..SwiotlbParam::default()
         };
-        let r = asked.resolve(cpus);
+        // Read back as one `swiotlb=N,A` value, so that Linux's rounding
+        // of the slot count by the area count applies.
+        let r = SwiotlbParam::parse(&asked.to_string()).resolve(cpus);
         if opts.nslabs.is_some_and(|n| n != r.nslabs) {
             notes.push(format!(
                 "swiotlb={} gives a pool of {} slots in Linux (rounded up); the replay uses that",

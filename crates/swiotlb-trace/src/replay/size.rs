@@ -195,12 +195,7 @@ fn linux_sizes(demand: u64, nareas: u32, max: u64) -> Vec<(u64, u32)> {
     let mut out = Vec::new();
     let mut n = u64::from(IO_TLB_SEGSIZE);
     while n <= max {
-        let r = SwiotlbParam {
-            nslabs: Some(n),
-            nareas: Some(nareas),
-            ..SwiotlbParam::default()
-        }
-        .resolve(nareas);
+        let r = SwiotlbParam::parse(&format!("{n},{nareas}")).resolve(nareas);
         if r.nslabs >= demand
             && r.nslabs <= max
             && out.last().is_none_or(|l: &(u64, u32)| l.0 != r.nslabs)

@@ -229,12 +229,10 @@ fn line_repeated_key_is_refused_or_the_last_taken() {
             last: 29
         }]
     );
-    // The other keys too.
+    // The other keys too; `swiotlb=` values merge (see below).
     let line = "swiotlb=force swiotlb=,2";
-    assert_eq!(
-        Cmdline::parse(line).unwrap().swiotlb.unwrap().nareas,
-        Some(2)
-    );
+    let merged = Cmdline::parse(line).unwrap().swiotlb.unwrap();
+    assert_eq!((merged.nareas, merged.force), (Some(2), Force::Force));
     assert!(matches!(
         Cmdline::parse_strict(line),
         Err(Error::BadCmdline {
@@ -434,5 +432,87 @@ proptest! {
         let _ = Cmdline::parse_strict(&line);
         let _ = RegionParam::read(&line);
         let _ = RegionParam::parse_strict(&line);
+    }
+}
+
+/// Linux runs `setup_io_tlb_npages()` once per `swiotlb=` on the line, and
+/// each run sets only what its value names, on top of what the earlier
+/// ones stored: repeated values merge, in order.
+#[test]
+fn repeated_swiotlb_values_merge_as_linux_stores_them() {
+    let read = |line: &str| Cmdline::read(line).unwrap();
+    let param = |line: &str| read(line).cmdline.swiotlb.unwrap();
+    // A slot count, then an area count: both kept.
+    let p = param("swiotlb=65536 quiet swiotlb=,4");
+    assert_eq!(
+        (p.nslabs, p.nareas, p.force),
+        (Some(65536), Some(4), Force::Default)
+    );
+    assert_eq!(p.resolve(64), p_resolved(65536, 4, Force::Default));
+    assert_eq!(
+        read("swiotlb=65536 quiet swiotlb=,4")
+            .findings()
+            .copied()
+            .collect::<Vec<_>>(),
+        [LineFinding::Merged {
+            first: 0,
+            last: 20,
+            count: 2
+        }]
+    );
+    // The area count rounds the slot count stored before it: 3000 is 3072
+    // after step 1, a power of two (4096) once areas are set.
+    assert_eq!(param("swiotlb=3000 swiotlb=,2").nslabs, Some(4096));
+    // ...but a slot count set after the area count is stored as it comes,
+    // and Linux's init does not round it again: 1536 slots, and
+    // limit_nareas() leaves the 4 areas (4 segments fit).
+    let p = param("swiotlb=,4 swiotlb=1500");
+    assert_eq!((p.nslabs, p.nareas), (Some(1536), Some(4)));
+    assert_eq!(p.resolve(1), p_resolved(1536, 4, Force::Default));
+    // Too small for its areas: Linux cuts the areas to whole segments.
+    assert_eq!(
+        param("swiotlb=,8 swiotlb=256").resolve(1),
+        p_resolved(256, 2, Force::Default)
+    );
+    // The same in one value rounds the slots up instead.
+    assert_eq!(
+        SwiotlbParam::parse("256,8").resolve(1),
+        p_resolved(1024, 8, Force::Default)
+    );
+    // The words: each sets its own flag, and noforce wins in either order
+    // (swiotlb_init_remap() returns before it reads force).
+    assert_eq!(param("swiotlb=force swiotlb=2048").force, Force::Force);
+    assert_eq!(param("swiotlb=2048 swiotlb=force").nslabs, Some(2048));
+    assert_eq!(param("swiotlb=force swiotlb=noforce").force, Force::NoForce);
+    assert_eq!(param("swiotlb=noforce swiotlb=force").force, Force::NoForce);
+    // A value Linux ignores changes nothing stored.
+    let p = param("swiotlb=4096,2,force swiotlb=junk");
+    assert_eq!(
+        (p.nslabs, p.nareas, p.force),
+        (Some(4096), Some(2), Force::Force)
+    );
+    // The region's pool takes the merged area count.
+    let c = Cmdline::parse("swiotlb=,2 swiotlb.region=4M@256M swiotlb=force").unwrap();
+    let pool = c.region_pool(8).unwrap();
+    assert_eq!((pool.nareas, pool.force), (2, true));
+    // The strict parser still refuses the repeat.
+    assert!(matches!(
+        Cmdline::parse_strict("swiotlb=65536 swiotlb=,4"),
+        Err(Error::BadCmdline {
+            problem: CmdlineProblem::Repeated {
+                key: CmdlineKey::Swiotlb,
+                first: 0
+            },
+            ..
+        })
+    ));
+}
+
+fn p_resolved(nslabs: u64, nareas: u32, force: Force) -> crate::config::Resolved {
+    crate::config::Resolved {
+        nslabs,
+        nareas,
+        bytes: nslabs << IO_TLB_SHIFT,
+        force,
     }
 }
