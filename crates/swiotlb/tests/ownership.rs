@@ -310,3 +310,109 @@ fn block_on<F: Future + Unpin>(mut f: F) -> F::Output {
         }
     }
 }
+
+/// A buffer that counts its drops: the count lives in its `Rest`, so a
+/// buffer taken apart and never put back together is never counted.
+#[derive(Debug)]
+struct Counted {
+    bytes: Vec<u8>,
+    drops: DropCount,
+}
+
+#[derive(Debug)]
+struct DropCount(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for DropCount {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+// SAFETY: the region is the inner vector's, taken apart and put back by
+// `Vec<u8>`'s own implementation; the counter rides along in the rest.
+unsafe impl DmaBuffer for Counted {
+    type Rest = (usize, DropCount);
+
+    fn into_raw_parts(self) -> (std::ptr::NonNull<u8>, usize, Self::Rest) {
+        let Counted { bytes, drops } = self;
+        let (ptr, len, cap) = DmaBuffer::into_raw_parts(bytes);
+        (ptr, len, (cap, drops))
+    }
+
+    unsafe fn from_raw_parts(ptr: std::ptr::NonNull<u8>, len: usize, rest: Self::Rest) -> Self {
+        Counted {
+            // SAFETY: the parts of one vector, as this function's caller
+            // promises.
+            bytes: unsafe { <Vec<u8> as DmaBuffer>::from_raw_parts(ptr, len, rest.0) },
+            drops: rest.1,
+        }
+    }
+}
+
+/// Every buffer handed to the safe API is dropped exactly once, whichever
+/// way it leaves: unmapped and dropped by its owner, a mapping dropped
+/// without an unmap, a failed map's buffer, a queued future dropped before
+/// it completed, a completed future's mapping dropped. A buffer the crate
+/// took apart and forgot would leak (and a `Vec`'s memory with it); one
+/// put together twice would be freed twice.
+#[test]
+fn every_buffer_is_dropped_exactly_once_whichever_way_it_leaves() {
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let drops = || count.load(std::sync::atomic::Ordering::SeqCst);
+    let buf = |tag: u8| Counted {
+        bytes: original(tag),
+        drops: DropCount(count.clone()),
+    };
+    let mut config = GrowConfig::new(32 << 10, 32 << 10);
+    config.grow_by = 32 << 10;
+    // One segment of 16 slots: small enough for miri.
+    config.pool.segment = 16;
+    let tlb = IoTlb::growing(TlbKind::Default, Growth::new(HeapProvider::new(), config))
+        .map(|t| t.with_clock(Arc::new(ManualClock::new())))
+        .unwrap();
+    let dev = forced();
+
+    // Unmapped: the owner gets it back, whole, and drops it.
+    let m = tlb.map(&dev, buf(1), Direction::ToDevice).unwrap();
+    let back = m.unmap();
+    assert_eq!(back.bytes, original(1));
+    assert_eq!(drops(), 0);
+    drop(back);
+    assert_eq!(drops(), 1);
+
+    // A mapping dropped without an unmap drops its buffer.
+    let m = tlb.map(&dev, buf(2), Direction::FromDevice).unwrap();
+    drop(m);
+    assert_eq!(drops(), 2);
+
+    // Fill the tlb: a map that cannot wait fails and gives the buffer back.
+    let fill = tlb
+        .map_with_attrs(&dev, vec![0u8; 32 << 10], Direction::ToDevice, Attrs::NONE)
+        .unwrap();
+    let failed = tlb
+        .map(&dev, buf(3), Direction::ToDevice)
+        .expect_err("the tlb is full and may not grow");
+    assert_eq!(failed.buffer.bytes, original(3));
+    drop(failed);
+    assert_eq!(drops(), 3);
+
+    // A queued future dropped before it completes drops its buffer.
+    let waker = Waker::from(Arc::new(Nop));
+    let mut cx = Context::from_waker(&waker);
+    let mut fut = tlb.map_async(&dev, buf(4), Direction::FromDevice);
+    assert!(Pin::new(&mut fut).poll(&mut cx).is_pending());
+    drop(fut);
+    assert_eq!(drops(), 4);
+
+    // A queued future that completes: its mapping owns the buffer.
+    let mut fut = tlb.map_async(&dev, buf(5), Direction::ToDevice);
+    assert!(Pin::new(&mut fut).poll(&mut cx).is_pending());
+    drop(fill);
+    let Poll::Ready(m) = Pin::new(&mut fut).poll(&mut cx) else {
+        panic!("the request did not complete when slots freed");
+    };
+    drop(fut);
+    assert_eq!(drops(), 5 - 1, "the completed future dropped the buffer");
+    drop(m.unwrap());
+    assert_eq!(drops(), 5);
+}
