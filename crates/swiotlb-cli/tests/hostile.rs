@@ -14,7 +14,8 @@
 //!   the image when the device is started again;
 //! - it names addresses outside the pool: its memory table holds only the
 //!   pool, so it reaches nothing; the request fails with an I/O error and
-//!   nothing outside the pool is read or written.
+//!   nothing outside the pool is read or written; and the honest device
+//!   refuses a driver whose descriptor names memory outside the pool.
 //!
 //! Every wait has a deadline of a few seconds: a hang fails the test with
 //! the reason, it does not stall it. One test at a time.
@@ -52,6 +53,7 @@ swiotlb_virtio::hal!(struct UsedLenHal);
 swiotlb_virtio::hal!(struct HangHal);
 swiotlb_virtio::hal!(struct DieHal);
 swiotlb_virtio::hal!(struct OutsideHal);
+swiotlb_virtio::hal!(struct BypassInner);
 
 /// A fixed restricted tlb of 1 MiB on a memfd, the device's whole memory.
 struct Rig {
@@ -639,4 +641,145 @@ fn addresses_outside_the_pool_reach_nothing_and_fail_with_an_io_error() {
             "{what} is on the image"
         );
     }
+}
+
+/// The driver's buffer whose next `share` skips the bounce (by address).
+static BYPASS_NEXT: std::sync::Mutex<Option<u64>> = std::sync::Mutex::new(None);
+/// Buffers shared without a bounce and not yet unshared.
+static BYPASSED: std::sync::Mutex<Vec<u64>> = std::sync::Mutex::new(Vec::new());
+
+/// A Hal that shares one chosen buffer as it is, at its own address
+/// (identity: an address in this process names it to the device), outside
+/// the pool; every other call goes to the bounce Hal [`BypassInner`].
+struct BypassHal;
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+// SAFETY: every method but the bypass delegates to `BypassInner`, which
+// keeps the trait's rules. The bypassed buffer is handed to the device at
+// its own address and never written by this Hal: virtio-drivers keeps it
+// valid until `unshare`, which then has nothing to copy back.
+unsafe impl Hal for BypassHal {
+    fn dma_alloc(
+        pages: usize,
+        direction: virtio_drivers::BufferDirection,
+    ) -> (u64, std::ptr::NonNull<u8>) {
+        BypassInner::dma_alloc(pages, direction)
+    }
+
+    unsafe fn dma_dealloc(paddr: u64, vaddr: std::ptr::NonNull<u8>, pages: usize) -> i32 {
+        // SAFETY: the caller's contract, passed on unchanged.
+        unsafe { BypassInner::dma_dealloc(paddr, vaddr, pages) }
+    }
+
+    unsafe fn mmio_phys_to_virt(paddr: u64, size: usize) -> std::ptr::NonNull<u8> {
+        // SAFETY: the caller's contract, passed on unchanged.
+        unsafe { BypassInner::mmio_phys_to_virt(paddr, size) }
+    }
+
+    unsafe fn share(
+        buffer: std::ptr::NonNull<[u8]>,
+        direction: virtio_drivers::BufferDirection,
+    ) -> u64 {
+        let addr = buffer.cast::<u8>().as_ptr() as u64;
+        let mut next = lock(&BYPASS_NEXT);
+        if *next == Some(addr) {
+            *next = None;
+            lock(&BYPASSED).push(addr);
+            return addr;
+        }
+        drop(next);
+        // SAFETY: the caller's contract, passed on unchanged.
+        unsafe { BypassInner::share(buffer, direction) }
+    }
+
+    unsafe fn unshare(
+        paddr: u64,
+        buffer: std::ptr::NonNull<[u8]>,
+        direction: virtio_drivers::BufferDirection,
+    ) {
+        let mut bypassed = lock(&BYPASSED);
+        if let Some(at) = bypassed.iter().position(|&a| a == paddr) {
+            bypassed.swap_remove(at);
+            return;
+        }
+        drop(bypassed);
+        // SAFETY: `paddr` came from the inner `share` of this buffer (the
+        // bypassed ones were taken out above): the caller's contract.
+        unsafe { BypassInner::unshare(paddr, buffer, direction) }
+    }
+}
+
+#[test]
+fn a_descriptor_naming_memory_outside_the_pool_is_refused_by_the_honest_device() {
+    let _one = serial();
+    let rig = Rig::new("hostile-bypass");
+    BypassInner::bind(rig.platform, rig.device(), HalOptions::new()).unwrap();
+    let mut dev = Dev::start(&[]);
+    let (t, h) = rig.connect(&dev.proc);
+    let mut disk = VirtIOBlk::<BypassHal, _>::new(t).unwrap();
+    let idle = rig.used_slots();
+    run_ok(&mut disk, &h, &dev.proc, vec![write_op(9, 8, 4096)]);
+
+    // A read of sector 8 into the driver's own heap buffer, unbounced.
+    let read = BlockOp {
+        sector: 8,
+        buf: Buf::new(&[0x77; 4096], 512),
+        write: false,
+    };
+    let addr = read.buf.bytes.as_ptr() as u64;
+    assert!(
+        !rig.provider.holds(addr, 4096),
+        "the heap buffer is in the pool"
+    );
+    *lock(&BYPASS_NEXT) = Some(addr);
+    let back = run_refused(&mut disk, &h, read);
+    assert!(lock(&BYPASS_NEXT).is_none(), "the bypass was not taken");
+    assert_eq!(
+        back.data(),
+        [0x77; 4096],
+        "the device wrote the driver's buffer"
+    );
+    assert!(back.canary_intact());
+    assert_eq!(rig.used_slots(), idle, "slots still mapped");
+
+    // A write of sector 24 from the driver's heap buffer, unbounced.
+    let write = write_op(10, 24, 4096);
+    *lock(&BYPASS_NEXT) = Some(write.buf.bytes.as_ptr() as u64);
+    let back = run_refused(&mut disk, &h, write);
+    assert_eq!(back.data(), pattern(10, 24, 4096));
+    assert_eq!(rig.used_slots(), idle, "slots still mapped");
+    assert!(
+        lock(&BYPASSED).is_empty(),
+        "a bypassed buffer was never unshared"
+    );
+
+    // Bounced again, the same driver works; the refused write never landed.
+    let done = run_ok(
+        &mut disk,
+        &h,
+        &dev.proc,
+        vec![read_op(8, 4096, 64), read_op(24, 4096, 64)],
+    );
+    for op in &done {
+        let want = if op.sector == 8 {
+            pattern(9, 8, 4096)
+        } else {
+            vec![0; 4096]
+        };
+        assert_eq!(op.buf.data(), want, "sector {}", op.sector);
+    }
+    drop(disk);
+    let log = dev.proc.log_tail();
+    let stats = stop_builtin(&mut dev.proc, dev.dir.path());
+    assert_eq!((stats.outside, stats.io_errors), (2, 2), "{stats:?}");
+    assert_eq!(stats.faults, 0, "an honest device: {stats:?}");
+    assert_eq!(stats.bytes_written, 4096, "{stats:?}");
+    assert_eq!(
+        log.matches("lies outside guest memory: refused").count(),
+        2,
+        "{log}"
+    );
 }
