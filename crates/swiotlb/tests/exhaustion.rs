@@ -22,11 +22,31 @@ use swiotlb_host::HeapProvider;
 
 const KIB: usize = 1 << 10;
 
-/// Bytes differing per buffer and per offset.
+/// Bytes differing per buffer and per offset: a block of a prime length,
+/// seeded, repeated (bulk copies: cheap under miri).
 fn pattern(seed: usize, len: usize) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i.wrapping_mul(31) ^ seed.wrapping_mul(0x9e37) ^ (i >> 8)) as u8)
-        .collect()
+    const BLOCK: usize = 251;
+    let mut x = (seed as u32).wrapping_mul(0x9e37_79b9) | 1;
+    let block: Vec<u8> = (0..BLOCK)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            (x >> 24) as u8
+        })
+        .collect();
+    let mut out = block.repeat(len.div_ceil(BLOCK));
+    out.truncate(len);
+    out
+}
+
+/// Round-trip lengths: small ones under miri.
+fn lens() -> &'static [usize] {
+    if cfg!(miri) {
+        &[512, 4 * KIB + 3]
+    } else {
+        &[512, 4 * KIB, 64 * KIB, 100 * KIB + 3]
+    }
 }
 
 /// A pool over `len` bytes of leaked heap memory that the platform sees at
