@@ -7,6 +7,7 @@
 //! The tests play the devices: a mapping's [`Mapping::device_ptr`] is where
 //! the device reads and writes, and every byte is checked both ways.
 
+use std::alloc::Layout;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -49,17 +50,49 @@ fn lens() -> &'static [usize] {
     }
 }
 
-/// A pool over `len` bytes of leaked heap memory that the platform sees at
-/// physical address `phys`, so that the default and the high pools lie
-/// where the device masks say.
-fn pool_at(phys: u64, len: usize) -> Pool {
-    let mem: &'static mut [u8] = Box::leak(vec![0u8; len].into_boxed_slice());
-    let cpu = NonNull::new(mem.as_mut_ptr()).expect("non-null");
-    // SAFETY: leaked memory is valid for `len` bytes for the rest of the
-    // program; its only reference ends here, so only the pool touches it;
-    // the physical base is this simulation's to choose, and no other pool
-    // of the platform is given an overlapping one.
-    unsafe { Pool::new(cpu, PhysAddr(phys), len, PoolConfig::default()) }.expect("a pool")
+/// Zeroed heap memory for a pool, freed on drop: declared before the
+/// platform whose pool uses it, so dropped after it.
+struct Mem {
+    ptr: NonNull<u8>,
+    layout: Layout,
+}
+
+impl Mem {
+    fn new(len: usize) -> Self {
+        let layout = Layout::from_size_align(len, 4096).expect("a layout");
+        // SAFETY: the layout's size is not zero.
+        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+        let ptr = NonNull::new(ptr).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
+        Self { ptr, layout }
+    }
+
+    /// A pool over this memory that the platform sees at physical address
+    /// `phys`, so that the default and the high pools lie where the
+    /// device masks say.
+    fn pool_at(&self, phys: u64) -> Pool {
+        // SAFETY: the memory is valid for `len` bytes until `self` drops,
+        // which the callers do only after the pool (the platform is
+        // declared after the memory); nothing but the pool touches it; the
+        // physical base is this simulation's to choose, and no two pools
+        // of a platform are given overlapping ones.
+        unsafe {
+            Pool::new(
+                self.ptr,
+                PhysAddr(phys),
+                self.layout.size(),
+                PoolConfig::default(),
+            )
+        }
+        .expect("a pool")
+    }
+}
+
+impl Drop for Mem {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout, freed once; the
+        // pool over it is gone (see `pool_at`).
+        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), self.layout) }
+    }
 }
 
 /// The device's part of a live mapping: its bytes are `expect`; it writes
@@ -108,13 +141,23 @@ const A: &str = "exhaust-a";
 const B: &str = "exhaust-b";
 const RESTRICTED_LEN: usize = 256 * KIB;
 
-/// A default pool (low), a high pool and two restricted ones.
-fn platform() -> Platform {
+/// The memory of [`platform`]'s pools.
+fn memory() -> [Mem; 4] {
+    [
+        Mem::new(512 * KIB),
+        Mem::new(512 * KIB),
+        Mem::new(RESTRICTED_LEN),
+        Mem::new(RESTRICTED_LEN),
+    ]
+}
+
+/// A default pool (low), a high pool and two restricted ones, over `mem`.
+fn platform(mem: &[Mem; 4]) -> Platform {
     Platform::new()
-        .with_default(pool_at(0x1000_0000, 512 * KIB))
-        .with_high(pool_at(0x2_0000_0000, 512 * KIB))
-        .with_restricted(IoTlb::restricted(A, pool_at(0x3000_0000, RESTRICTED_LEN)))
-        .with_restricted(IoTlb::restricted(B, pool_at(0x3100_0000, RESTRICTED_LEN)))
+        .with_default(mem[0].pool_at(0x1000_0000))
+        .with_high(mem[1].pool_at(0x2_0000_0000))
+        .with_restricted(IoTlb::restricted(A, mem[2].pool_at(0x3000_0000)))
+        .with_restricted(IoTlb::restricted(B, mem[3].pool_at(0x3100_0000)))
 }
 
 /// Device A (the hog), device B on the other restricted tlb, a 32-bit
@@ -146,7 +189,8 @@ fn fill<'p>(p: &'p Platform, dev: &Device) -> (Vec<Mapping<'p, Vec<u8>>>, Error)
 
 #[test]
 fn a_device_that_never_unmaps_starves_no_device_of_another_tlb() {
-    let p = platform();
+    let mem = memory();
+    let p = platform(&mem);
     let [a, b, low, high] = devices();
     let (held, e) = fill(&p, &a);
     assert!(matches!(e, Error::PoolFull { .. }), "{e:?}");
@@ -206,15 +250,20 @@ fn a_device_that_never_unmaps_starves_no_device_of_another_tlb() {
 #[test]
 fn a_hog_hammering_from_one_thread_never_fails_a_device_on_another_thread() {
     let rounds = if cfg!(miri) { 3 } else { 300 };
-    let p = platform();
+    let mem = memory();
+    let p = platform(&mem);
     let [a, b, low, high] = devices();
     let done = AtomicBool::new(false);
+    let filled = AtomicBool::new(false);
     let refused = AtomicUsize::new(0);
     std::thread::scope(|s| {
         let hog = s.spawn(|| {
             // Fill, keep trying, give back a quarter, fill again: A's pool
             // is full nearly all the time.
-            let (mut held, _) = fill(&p, &a);
+            let (mut held, e) = fill(&p, &a);
+            assert!(matches!(e, Error::PoolFull { .. }), "{e:?}");
+            refused.fetch_add(1, Ordering::Relaxed);
+            filled.store(true, Ordering::Release);
             while !done.load(Ordering::Relaxed) {
                 for i in 0..4 {
                     match p.map(&a, pattern(i, 2 * KIB), Direction::ToDevice) {
@@ -231,6 +280,10 @@ fn a_hog_hammering_from_one_thread_never_fails_a_device_on_another_thread() {
             }
             held.len()
         });
+        // The others start once A's pool is full.
+        while !filled.load(Ordering::Acquire) {
+            std::thread::yield_now();
+        }
         for r in 0..rounds {
             for (i, dev) in [&b, &low, &high].into_iter().enumerate() {
                 round_trip(&p, dev, r * 3 + i, (r % 5 + 1) * 3 * KIB + i);
