@@ -41,15 +41,6 @@ fn pattern(seed: usize, len: usize) -> Vec<u8> {
     out
 }
 
-/// Round-trip lengths: small ones under miri.
-fn lens() -> &'static [usize] {
-    if cfg!(miri) {
-        &[512, 4 * KIB + 3]
-    } else {
-        &[512, 4 * KIB, 64 * KIB, 100 * KIB + 3]
-    }
-}
-
 /// Zeroed heap memory for a pool, freed on drop: declared before the
 /// platform whose pool uses it, so dropped after it.
 struct Mem {
