@@ -606,7 +606,7 @@ impl<'t, P: Policy> Shadow<'t, P> {
                 assert!(len <= max && !fits, "{len} bytes, {nslots} slots: {e:?}")
             }
             _ if !fits => panic!("{len} bytes in {nslots} slots refused with {e:?}"),
-            Error::PoolFull { .. } | Error::TimedOut { .. } => {}
+            Error::PoolFull { .. } | Error::GrowFailed { .. } | Error::TimedOut { .. } => {}
             // The padding, or the boundary, leaves no start.
             Error::AlignmentImpossible { .. } if align != 0 => {}
             Error::AlignmentImpossible { .. } if dev == BOUNDED && len as u64 > BOUNDARY => {}
@@ -624,7 +624,7 @@ impl<'t, P: Policy> Shadow<'t, P> {
             Error::TooLarge { size, .. } => {
                 assert!(size > max && lens.contains(&size), "{e:?} of {lens:?}")
             }
-            Error::PoolFull { .. } | Error::TimedOut { .. } => {}
+            Error::PoolFull { .. } | Error::GrowFailed { .. } | Error::TimedOut { .. } => {}
             Error::AlignmentImpossible { .. }
                 if dev == BOUNDED && lens.iter().any(|&l| l as u64 > BOUNDARY) => {}
             e => panic!("a list of {lens:?} failed with {e:?}"),

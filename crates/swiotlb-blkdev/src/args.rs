@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use crate::fault::Faults;
+use crate::fault::{Faults, OutsideAddr};
 use crate::server::{BlkConfig, Server, DEFAULT_SERIAL};
 
 /// Arguments of the `swiotlb-blkdev` process.
@@ -58,6 +58,11 @@ pub struct BlkArgs {
     /// Fault: answer N requests, then exit with status 3 on the next
     #[arg(long, value_name = "N", hide = true)]
     pub fault_die_after: Option<u64>,
+    /// Fault: the data of the next reads and writes, one per address, at
+    /// these guest addresses ('end': just past the end of the buffer's
+    /// region), used unchecked
+    #[arg(long, value_name = "ADDR", value_delimiter = ',', hide = true)]
+    pub fault_outside_addr: Vec<OutsideAddr>,
 }
 
 impl BlkArgs {
@@ -77,6 +82,9 @@ impl BlkArgs {
         }
         if let Some(n) = self.fault_die_after {
             f = f.with_die_after(n);
+        }
+        if !self.fault_outside_addr.is_empty() {
+            f = f.with_outside(self.fault_outside_addr.iter().copied());
         }
         f
     }

@@ -4,7 +4,9 @@
 //! touches memory of its own by address: every descriptor is checked to lie
 //! inside the guest regions before it is used, and a chain that points
 //! outside them is answered with VIRTIO_BLK_S_IOERR (VIRTIO 1.2 §5.2.6) rather
-//! than followed.
+//! than followed. Even unchecked (the [`Faults::with_outside`] fault), an
+//! address reaches only what the guest memory map holds: the regions the
+//! frontend shared, nothing else.
 
 use std::fs::{File, OpenOptions};
 use std::ops::Deref;
@@ -19,9 +21,11 @@ use virtio_bindings::virtio_blk::{
 };
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemory, Permissions};
+use vm_memory::{
+    Bytes, GuestAddress, GuestMemory, GuestMemoryBackend, GuestMemoryRegion, Permissions,
+};
 
-use crate::fault::{Faults, FAULT_BYTE};
+use crate::fault::{Faults, OutsideAddr, FAULT_BYTE};
 use crate::stats::{Counters, Stats};
 use crate::Error;
 
@@ -155,6 +159,8 @@ pub(crate) struct Device {
     counters: Arc<Counters>,
     /// Requests taken off the ring, for the faults that count them.
     seen: AtomicU64,
+    /// Reads and writes with data seen, for the `outside` fault.
+    data_requests: AtomicU64,
 }
 
 impl Device {
@@ -170,6 +176,7 @@ impl Device {
             faults,
             counters: Arc::default(),
             seen: AtomicU64::new(0),
+            data_requests: AtomicU64::new(0),
         }
     }
 
@@ -304,6 +311,9 @@ impl Device {
             || writable
                 .iter()
                 .any(|s| !inside(mem, s.addr, s.len, Permissions::Write));
+        if outside {
+            self.refused(None, "a descriptor");
+        }
         if misordered || outside || total(&readable) < HEADER_LEN as u64 {
             return fail(VIRTIO_BLK_S_IOERR);
         }
@@ -328,8 +338,12 @@ impl Device {
                 else {
                     return fail(VIRTIO_BLK_S_IOERR);
                 };
+                let in_data = self.misplace(mem, in_data);
                 let (written, ok) = self.read_disk(mem, &in_data, offset);
                 if !ok {
+                    if !all_inside(mem, &in_data, Permissions::Write) {
+                        self.refused(Some(sector), "its data");
+                    }
                     // Used length still counts what did reach the buffers.
                     Counters::add(&c.io_errors, 1);
                     put_status(mem, status_at, VIRTIO_BLK_S_IOERR);
@@ -351,7 +365,14 @@ impl Device {
                 else {
                     return fail(VIRTIO_BLK_S_IOERR);
                 };
-                if self.disk.readonly || !self.write_disk(mem, &out_data, offset) {
+                if self.disk.readonly {
+                    return fail(VIRTIO_BLK_S_IOERR);
+                }
+                let out_data = self.misplace(mem, out_data);
+                if !self.write_disk(mem, &out_data, offset) {
+                    if !all_inside(mem, &out_data, Permissions::Read) {
+                        self.refused(Some(sector), "its data");
+                    }
                     return fail(VIRTIO_BLK_S_IOERR);
                 }
                 Counters::add(&c.writes, 1);
@@ -455,6 +476,61 @@ impl Device {
         true
     }
 
+    /// The `outside` fault: the next request with data, while addresses
+    /// are left, gets its data laid end to end from the next one instead
+    /// of at its descriptors' addresses. Nothing is checked: the copies
+    /// find out.
+    fn misplace<M: GuestMemory + ?Sized>(&self, mem: &M, data: Vec<Span>) -> Vec<Span> {
+        let Some(first) = data.first() else {
+            return data;
+        };
+        if self.faults.outside.is_empty() {
+            return data;
+        }
+        let n = self.data_requests.fetch_add(1, Ordering::Relaxed);
+        let Some(target) = usize::try_from(n)
+            .ok()
+            .and_then(|n| self.faults.outside.get(n))
+        else {
+            return data;
+        };
+        let mut at = match target {
+            OutsideAddr::At(addr) => *addr,
+            OutsideAddr::PastRegionEnd => mem
+                .physical_memory()
+                .and_then(|m| m.find_region(first.addr))
+                .map_or(first.addr.0, |r| r.start_addr().0.saturating_add(r.len())),
+        };
+        Counters::add(&self.counters.faults, 1);
+        data.iter()
+            .map(|s| {
+                let moved = Span {
+                    addr: GuestAddress(at),
+                    len: s.len,
+                };
+                at = at.saturating_add(s.len);
+                moved
+            })
+            .collect()
+    }
+
+    /// Count and tell of a request refused because `what` lay outside guest
+    /// memory.
+    fn refused(&self, sector: Option<u64>, what: &str) {
+        Counters::add(&self.counters.outside, 1);
+        let n = self.counters.outside.load(Ordering::Relaxed);
+        match sector {
+            Some(s) => eprintln!(
+                "swiotlb-blkdev: request at sector {s}: {what} lies outside guest memory: \
+                 refused with VIRTIO_BLK_S_IOERR ({n} so far)"
+            ),
+            None => eprintln!(
+                "swiotlb-blkdev: a request: {what} lies outside guest memory: \
+                 refused with VIRTIO_BLK_S_IOERR ({n} so far)"
+            ),
+        }
+    }
+
     /// The overrun fault: write past the end of the last returned buffer,
     /// where the guest has memory.
     fn overrun<M: GuestMemory + ?Sized>(&self, mem: &M, data: &[Span]) {
@@ -484,6 +560,11 @@ fn inside<M: GuestMemory + ?Sized>(
     access: Permissions,
 ) -> bool {
     usize::try_from(len).is_ok_and(|len| mem.check_range(addr, len, access))
+}
+
+/// Whether every span is guest memory open for `access`.
+fn all_inside<M: GuestMemory + ?Sized>(mem: &M, spans: &[Span], access: Permissions) -> bool {
+    spans.iter().all(|s| inside(mem, s.addr, s.len, access))
 }
 
 fn put_status<M: GuestMemory + ?Sized>(mem: &M, at: GuestAddress, status: u32) -> bool {

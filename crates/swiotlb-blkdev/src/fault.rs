@@ -13,11 +13,16 @@
 //! | [`corrupt_reads`](Faults::with_corrupt_reads) | returns the data that is on the disk |
 //! | [`hang_after`](Faults::with_hang_after) | answers every request |
 //! | [`die_after`](Faults::with_die_after) | stays alive |
+//! | [`outside`](Faults::with_outside) | uses the addresses its descriptors name |
 //!
 //! Even a lying device writes only inside the guest regions the frontend
 //! shared with it: the lies are about the driver's buffers, never about this
-//! process's own memory.
+//! process's own memory. The `outside` knob tries to go further, and shows
+//! that it cannot: every access goes through the guest memory map, which
+//! holds only the shared regions.
 
+use std::fmt;
+use std::str::FromStr;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -32,7 +37,7 @@ pub const DIED_EXIT_CODE: i32 = 3;
 /// The faults a device injects; [`Faults::none`] for an honest device.
 ///
 /// Built with const `with_*` methods, one per knob; the knobs combine.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct Faults {
     /// Bytes of [`FAULT_BYTE`] written just past the end of the last
@@ -56,6 +61,55 @@ pub struct Faults {
     /// Answer the first N requests; on the next one the process exits at once
     /// with [`DIED_EXIT_CODE`] without answering it.
     pub die_after: Option<u64>,
+    /// The first `outside.len()` reads and writes that carry data each
+    /// name their data at the next of these addresses instead of the
+    /// descriptors' own (laid end to end from it), and the device uses them
+    /// without checking them against guest memory first, as a device that
+    /// trusted its own arithmetic would. The copies go through the guest
+    /// memory map all the same, which holds only the regions the frontend
+    /// shared: an address outside them reaches nothing, and the request is
+    /// answered VIRTIO_BLK_S_IOERR.
+    pub outside: Vec<OutsideAddr>,
+}
+
+/// Where the [`outside`](Faults::with_outside) fault points a request's
+/// data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum OutsideAddr {
+    /// The first byte past the end of the guest region that holds the
+    /// request's first data buffer: the neighbour of the shared memory.
+    PastRegionEnd,
+    /// This guest address.
+    At(u64),
+}
+
+impl fmt::Display for OutsideAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::PastRegionEnd => f.write_str("end"),
+            Self::At(a) => write!(f, "{a:#x}"),
+        }
+    }
+}
+
+/// `end` for [`OutsideAddr::PastRegionEnd`]; an address in hex (`0x...`)
+/// or decimal for [`OutsideAddr::At`].
+impl FromStr for OutsideAddr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "end" {
+            return Ok(Self::PastRegionEnd);
+        }
+        let parsed = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+            Some(hex) => u64::from_str_radix(hex, 16),
+            None => s.parse(),
+        };
+        parsed
+            .map(Self::At)
+            .map_err(|e| format!("'{s}' is neither 'end' nor an address: {e}"))
+    }
 }
 
 impl Faults {
@@ -69,6 +123,7 @@ impl Faults {
             corrupt_reads: false,
             hang_after: None,
             die_after: None,
+            outside: Vec::new(),
         }
     }
 
@@ -106,6 +161,13 @@ impl Faults {
     /// Exit the process on the request after `requests` requests.
     pub const fn with_die_after(mut self, requests: u64) -> Self {
         self.die_after = Some(requests);
+        self
+    }
+
+    /// Point the data of the next reads and writes at `addrs`, one request
+    /// each, without checking them first.
+    pub fn with_outside(mut self, addrs: impl IntoIterator<Item = OutsideAddr>) -> Self {
+        self.outside = addrs.into_iter().collect();
         self
     }
 

@@ -76,7 +76,7 @@ use std::path::PathBuf;
 pub use args::{main_with_args, BlkArgs};
 pub use backend::{QUEUE_SIZE, SEG_MAX};
 pub use device::SECTOR_SIZE;
-pub use fault::{Faults, DIED_EXIT_CODE, FAULT_BYTE};
+pub use fault::{Faults, OutsideAddr, DIED_EXIT_CODE, FAULT_BYTE};
 pub use server::{serve, BlkConfig, Server, Stopper, DEFAULT_SERIAL};
 pub use stats::Stats;
 

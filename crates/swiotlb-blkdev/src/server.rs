@@ -107,7 +107,7 @@ impl Server {
     /// may connect (it waits in the listen backlog until [`run`](Self::run)).
     pub fn bind(config: BlkConfig) -> Result<Self, Error> {
         let disk = Disk::open(&config.image, config.readonly)?;
-        let device = Device::new(disk, &config.serial, config.faults);
+        let device = Device::new(disk, &config.serial, config.faults.clone());
         // No memory until the frontend's SET_MEM_TABLE / ADD_MEM_REG: the
         // device reaches only what it is given.
         let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());

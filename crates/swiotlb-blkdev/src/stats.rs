@@ -31,8 +31,15 @@ pub struct Stats {
     pub bytes_written: u64,
     /// Requests taken but never answered ([`crate::Faults::with_hang_after`]).
     pub unanswered: u64,
-    /// Lies told: each overrun, rewrite, wrong used length or corrupted read.
+    /// Lies told: each overrun, rewrite, wrong used length, corrupted read
+    /// or request pointed outside guest memory.
     pub faults: u64,
+    /// Requests refused (answered VIRTIO_BLK_S_IOERR, counted in
+    /// `io_errors` too) because a buffer lay outside guest memory: a
+    /// descriptor found outside it before use, or a copy the guest memory
+    /// map refused. Each is also a line on stderr.
+    #[serde(default)]
+    pub outside: u64,
 }
 
 /// The live counters behind [`Stats`].
@@ -49,6 +56,7 @@ pub(crate) struct Counters {
     pub(crate) bytes_written: AtomicU64,
     pub(crate) unanswered: AtomicU64,
     pub(crate) faults: AtomicU64,
+    pub(crate) outside: AtomicU64,
 }
 
 impl Counters {
@@ -72,6 +80,7 @@ impl Counters {
             bytes_written: get(&self.bytes_written),
             unanswered: get(&self.unanswered),
             faults: get(&self.faults),
+            outside: get(&self.outside),
         }
     }
 }

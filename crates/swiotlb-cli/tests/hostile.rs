@@ -11,7 +11,11 @@
 //! - it never completes: a typed timeout, the device reset, then the
 //!   requests in flight unmapped and returned;
 //! - it dies mid-I/O: a typed error, and every acknowledged write is on
-//!   the image when the device is started again.
+//!   the image when the device is started again;
+//! - it names addresses outside the pool: its memory table holds only the
+//!   pool, so it reaches nothing; the request fails with an I/O error and
+//!   nothing outside the pool is read or written; and the honest device
+//!   refuses a driver whose descriptor names memory outside the pool.
 //!
 //! Every wait has a deadline of a few seconds: a hang fails the test with
 //! the reason, it does not stall it. One test at a time.
@@ -21,10 +25,10 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{image, serial, start_builtin, DEVICE_TIMEOUT};
+use common::{image, serial, start_builtin, stop_builtin, DEVICE_TIMEOUT};
 use swiotlb::{Device, DmaMask, GrowConfig, Growth, IoTlb, Platform, TlbKind};
 use swiotlb_blkdev::FAULT_BYTE;
-use swiotlb_host::MemfdProvider;
+use swiotlb_host::{MemfdProvider, SharedMemory};
 use swiotlb_vhost::blk::{self, BlkIoError, BlockOp, Reset, RunError};
 use swiotlb_vhost::device::DeviceProcess;
 use swiotlb_vhost::{DeviceHandle, Event, VhostUserTransport};
@@ -48,6 +52,8 @@ swiotlb_virtio::hal!(struct RewriteHal);
 swiotlb_virtio::hal!(struct UsedLenHal);
 swiotlb_virtio::hal!(struct HangHal);
 swiotlb_virtio::hal!(struct DieHal);
+swiotlb_virtio::hal!(struct OutsideHal);
+swiotlb_virtio::hal!(struct BypassInner);
 
 /// A fixed restricted tlb of 1 MiB on a memfd, the device's whole memory.
 struct Rig {
@@ -439,4 +445,341 @@ fn dies_mid_io_then_every_acknowledged_write_is_on_disk() {
             op.sector
         );
     }
+}
+
+/// One request alone, which the device must refuse with VIRTIO_BLK_S_IOERR:
+/// the typed status error, nothing else in flight, no reset, the buffer
+/// handed back.
+fn run_refused<H: Hal>(
+    disk: &mut VirtIOBlk<H, VhostUserTransport>,
+    handle: &DeviceHandle,
+    op: BlockOp<Buf>,
+) -> Buf {
+    let sector = op.sector;
+    let (done, r) = run(disk, handle, vec![op], 1);
+    assert!(done.is_empty(), "the request completed: {done:?}");
+    let mut e = r.expect_err("a request whose data lies outside the pool");
+    assert_eq!(
+        e.error,
+        BlkIoError::Status { sector, status: 1 },
+        "not an I/O error status: {e}"
+    );
+    assert!(e.to_string().contains("I/O error"), "{e}");
+    assert_eq!((e.in_flight, e.reset), (0, None), "{e}");
+    assert_eq!(e.returned.len(), 1, "{e}");
+    e.returned.pop().expect("one").buf
+}
+
+#[test]
+fn addresses_outside_the_pool_reach_nothing_and_fail_with_an_io_error() {
+    let _one = serial();
+    let rig = Rig::new("hostile-outside");
+    OutsideHal::bind(rig.platform, rig.device(), HalOptions::new()).unwrap();
+    let pool = rig.provider.regions();
+    assert_eq!(pool.len(), 1, "one region: {pool:?}");
+    let pool_end = pool[0].dma + pool[0].len;
+
+    // A canary the device is never given: a memfd mapped right next to
+    // the pool (identity: a device address is an address in this
+    // process), before it where the kernel left room (it maps from the
+    // top down, so the page after the pool is usually taken), else after
+    // it, else anywhere.
+    const CANARY_LEN: usize = 64 << 10;
+    let before = usize::try_from(pool[0].dma).expect("an address here") - CANARY_LEN;
+    let after = usize::try_from(pool_end).expect("an address here");
+    let canary = SharedMemory::new_at("hostile-outside-canary", CANARY_LEN, before)
+        .or_else(|_| SharedMemory::new_at("hostile-outside-canary", CANARY_LEN, after))
+        .or_else(|_| SharedMemory::new("hostile-outside-canary", CANARY_LEN))
+        .expect("the canary's memfd");
+    let canary_addr = canary.as_ptr().as_ptr() as u64;
+    let adjacent = canary_addr == before as u64 || canary_addr == pool_end;
+    eprintln!(
+        "pool {:#x}..{pool_end:#x}; canary {canary_addr:#x}..{:#x} (adjacent: {adjacent})",
+        pool[0].dma,
+        canary_addr + canary.len() as u64,
+    );
+    // SAFETY: the canary is this test's own mapping of `len` bytes, alive
+    // until the end of the test; the device never has it (it is in no
+    // memory table), so only this slice touches it.
+    let canary_bytes =
+        unsafe { std::slice::from_raw_parts_mut(canary.as_ptr().as_ptr(), canary.len()) };
+    let canary_pattern = pattern(0x41, 0, canary.len());
+    canary_bytes.copy_from_slice(&canary_pattern);
+
+    // The driver's own buffers, on its heap, never shared: a read into a
+    // buffer holding 0x77s, a write of a pattern.
+    let read_own = BlockOp {
+        sector: 32,
+        buf: Buf::new(&[0x77; 4096], 512),
+        write: false,
+    };
+    let write_own = write_op(0x42, 40, 4096);
+    let read_own_addr = read_own.buf.bytes.as_ptr() as u64;
+    let write_own_addr = write_own.buf.bytes.as_ptr() as u64;
+    for a in [canary_addr, read_own_addr, write_own_addr] {
+        assert!(
+            !pool[0].contains(a, 4096),
+            "{a:#x} is in the pool: not outside"
+        );
+    }
+
+    // One address per request, in the order below: just past the pool,
+    // the canary, each request's own heap buffer, the canary again.
+    let addrs =
+        format!("end,{canary_addr:#x},{read_own_addr:#x},{write_own_addr:#x},{canary_addr:#x}");
+    let mut dev = Dev::start(&["--fault-outside-addr", &addrs]);
+    let (t, h) = rig.connect(&dev.proc);
+    assert_eq!(
+        h.regions(),
+        pool,
+        "the device's memory table is the pool alone"
+    );
+    let mut disk = VirtIOBlk::<OutsideHal, _>::new(t).unwrap();
+    let idle = rig.used_slots();
+
+    // A read of sector 16 steered just past the pool's end.
+    let first = BlockOp {
+        sector: 16,
+        buf: Buf::new(&[0x66; 4096], 512),
+        write: false,
+    };
+    let back = run_refused(&mut disk, &h, first);
+    assert_eq!(back.data(), [0x66; 4096], "the driver's buffer changed");
+    assert!(back.canary_intact());
+    assert_eq!(rig.used_slots(), idle, "slots still mapped");
+    // A write of sector 24 whose data the device looks for in the canary.
+    let back = run_refused(&mut disk, &h, write_op(0x43, 24, 4096));
+    assert_eq!(back.data(), pattern(0x43, 24, 4096));
+    assert_eq!(rig.used_slots(), idle, "slots still mapped");
+    // A read whose data the device puts in the driver's own buffer (were
+    // it reached, it would hold the disk's zeros), and a write whose data
+    // it takes from there.
+    let back = run_refused(&mut disk, &h, read_own);
+    assert_eq!(back.data(), [0x77; 4096], "the driver's own buffer changed");
+    assert!(back.canary_intact());
+    assert_eq!(back.bytes.as_ptr() as u64, read_own_addr);
+    let back = run_refused(&mut disk, &h, write_own);
+    assert_eq!(back.data(), pattern(0x42, 40, 4096));
+    assert_eq!(rig.used_slots(), idle, "slots still mapped");
+    // A read of 64 KiB (sixteen pages) into the canary, all of it.
+    let big = BlockOp {
+        sector: 64,
+        buf: Buf::new(&[0x55; 64 << 10], 0),
+        write: false,
+    };
+    let back = run_refused(&mut disk, &h, big);
+    assert_eq!(back.data(), vec![0x55; 64 << 10]);
+    assert_eq!(rig.used_slots(), idle, "slots still mapped");
+
+    assert_eq!(
+        canary_bytes[..],
+        canary_pattern[..],
+        "the canary outside the pool changed (adjacent to the pool: {adjacent})"
+    );
+
+    // The addresses are used up: the device is honest again, and the same
+    // driver and tlb work. The refused writes left their sectors as they
+    // were (zeros): nothing was read from outside the pool into them.
+    run_ok(
+        &mut disk,
+        &h,
+        &dev.proc,
+        vec![write_op(0x44, 48, 4096), write_op(0x45, 56, 8192)],
+    );
+    let reads = [24, 40, 48, 56]
+        .into_iter()
+        .map(|s| read_op(s, 4096, 64))
+        .collect();
+    let done = run_ok(&mut disk, &h, &dev.proc, reads);
+    let by_sector = |s: u64| {
+        done.iter()
+            .find(|op| op.sector == s)
+            .unwrap_or_else(|| panic!("no read of sector {s}"))
+    };
+    assert_eq!(
+        by_sector(24).buf.data(),
+        [0; 4096],
+        "a refused write landed"
+    );
+    assert_eq!(
+        by_sector(40).buf.data(),
+        [0; 4096],
+        "a refused write landed"
+    );
+    assert_eq!(by_sector(48).buf.data(), pattern(0x44, 48, 4096));
+    assert_eq!(by_sector(56).buf.data(), &pattern(0x45, 56, 8192)[..4096]);
+    assert!(done.iter().all(|op| op.buf.canary_intact()));
+    assert_eq!(rig.used_slots(), idle, "slots still mapped");
+    assert_eq!(canary_bytes[..], canary_pattern[..]);
+
+    drop(disk);
+    let log = dev.proc.log_tail();
+    let stats = stop_builtin(&mut dev.proc, dev.dir.path());
+    // Five refusals, each a lie told and an I/O error; the honest requests
+    // moved only their own bytes.
+    assert_eq!(
+        (stats.outside, stats.io_errors, stats.faults),
+        (5, 5, 5),
+        "{stats:?}"
+    );
+    assert_eq!(stats.bytes_written, 4096 + 8192, "{stats:?}");
+    assert_eq!(stats.bytes_read, 4 * 4096, "{stats:?}");
+    assert_eq!(
+        log.matches("lies outside guest memory: refused").count(),
+        5,
+        "{log}"
+    );
+    // Nothing of the canary's, nor of the refused writes', on the image.
+    let img = std::fs::read(&dev.img).expect("the image");
+    for (what, bytes) in [
+        ("the canary", &canary_pattern[..4096]),
+        ("the write at sector 24", &pattern(0x43, 24, 4096)[..]),
+        ("the write at sector 40", &pattern(0x42, 40, 4096)[..]),
+    ] {
+        assert!(
+            memchr::memmem::find(&img, bytes).is_none(),
+            "{what} is on the image"
+        );
+    }
+}
+
+/// The driver's buffer whose next `share` skips the bounce (by address).
+static BYPASS_NEXT: std::sync::Mutex<Option<u64>> = std::sync::Mutex::new(None);
+/// Buffers shared without a bounce and not yet unshared.
+static BYPASSED: std::sync::Mutex<Vec<u64>> = std::sync::Mutex::new(Vec::new());
+
+/// A Hal that shares one chosen buffer as it is, at its own address
+/// (identity: an address in this process names it to the device), outside
+/// the pool; every other call goes to the bounce Hal [`BypassInner`].
+struct BypassHal;
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+// SAFETY: every method but the bypass delegates to `BypassInner`, which
+// keeps the trait's rules. The bypassed buffer is handed to the device at
+// its own address and never written by this Hal: virtio-drivers keeps it
+// valid until `unshare`, which then has nothing to copy back.
+unsafe impl Hal for BypassHal {
+    fn dma_alloc(
+        pages: usize,
+        direction: virtio_drivers::BufferDirection,
+    ) -> (u64, std::ptr::NonNull<u8>) {
+        BypassInner::dma_alloc(pages, direction)
+    }
+
+    unsafe fn dma_dealloc(paddr: u64, vaddr: std::ptr::NonNull<u8>, pages: usize) -> i32 {
+        // SAFETY: the caller's contract, passed on unchanged.
+        unsafe { BypassInner::dma_dealloc(paddr, vaddr, pages) }
+    }
+
+    unsafe fn mmio_phys_to_virt(paddr: u64, size: usize) -> std::ptr::NonNull<u8> {
+        // SAFETY: the caller's contract, passed on unchanged.
+        unsafe { BypassInner::mmio_phys_to_virt(paddr, size) }
+    }
+
+    unsafe fn share(
+        buffer: std::ptr::NonNull<[u8]>,
+        direction: virtio_drivers::BufferDirection,
+    ) -> u64 {
+        let addr = buffer.cast::<u8>().as_ptr() as u64;
+        let mut next = lock(&BYPASS_NEXT);
+        if *next == Some(addr) {
+            *next = None;
+            lock(&BYPASSED).push(addr);
+            return addr;
+        }
+        drop(next);
+        // SAFETY: the caller's contract, passed on unchanged.
+        unsafe { BypassInner::share(buffer, direction) }
+    }
+
+    unsafe fn unshare(
+        paddr: u64,
+        buffer: std::ptr::NonNull<[u8]>,
+        direction: virtio_drivers::BufferDirection,
+    ) {
+        let mut bypassed = lock(&BYPASSED);
+        if let Some(at) = bypassed.iter().position(|&a| a == paddr) {
+            bypassed.swap_remove(at);
+            return;
+        }
+        drop(bypassed);
+        // SAFETY: `paddr` came from the inner `share` of this buffer (the
+        // bypassed ones were taken out above): the caller's contract.
+        unsafe { BypassInner::unshare(paddr, buffer, direction) }
+    }
+}
+
+#[test]
+fn a_descriptor_naming_memory_outside_the_pool_is_refused_by_the_honest_device() {
+    let _one = serial();
+    let rig = Rig::new("hostile-bypass");
+    BypassInner::bind(rig.platform, rig.device(), HalOptions::new()).unwrap();
+    let mut dev = Dev::start(&[]);
+    let (t, h) = rig.connect(&dev.proc);
+    let mut disk = VirtIOBlk::<BypassHal, _>::new(t).unwrap();
+    let idle = rig.used_slots();
+    run_ok(&mut disk, &h, &dev.proc, vec![write_op(9, 8, 4096)]);
+
+    // A read of sector 8 into the driver's own heap buffer, unbounced.
+    let read = BlockOp {
+        sector: 8,
+        buf: Buf::new(&[0x77; 4096], 512),
+        write: false,
+    };
+    let addr = read.buf.bytes.as_ptr() as u64;
+    assert!(
+        !rig.provider.holds(addr, 4096),
+        "the heap buffer is in the pool"
+    );
+    *lock(&BYPASS_NEXT) = Some(addr);
+    let back = run_refused(&mut disk, &h, read);
+    assert!(lock(&BYPASS_NEXT).is_none(), "the bypass was not taken");
+    assert_eq!(
+        back.data(),
+        [0x77; 4096],
+        "the device wrote the driver's buffer"
+    );
+    assert!(back.canary_intact());
+    assert_eq!(rig.used_slots(), idle, "slots still mapped");
+
+    // A write of sector 24 from the driver's heap buffer, unbounced.
+    let write = write_op(10, 24, 4096);
+    *lock(&BYPASS_NEXT) = Some(write.buf.bytes.as_ptr() as u64);
+    let back = run_refused(&mut disk, &h, write);
+    assert_eq!(back.data(), pattern(10, 24, 4096));
+    assert_eq!(rig.used_slots(), idle, "slots still mapped");
+    assert!(
+        lock(&BYPASSED).is_empty(),
+        "a bypassed buffer was never unshared"
+    );
+
+    // Bounced again, the same driver works; the refused write never landed.
+    let done = run_ok(
+        &mut disk,
+        &h,
+        &dev.proc,
+        vec![read_op(8, 4096, 64), read_op(24, 4096, 64)],
+    );
+    for op in &done {
+        let want = if op.sector == 8 {
+            pattern(9, 8, 4096)
+        } else {
+            vec![0; 4096]
+        };
+        assert_eq!(op.buf.data(), want, "sector {}", op.sector);
+    }
+    drop(disk);
+    let log = dev.proc.log_tail();
+    let stats = stop_builtin(&mut dev.proc, dev.dir.path());
+    assert_eq!((stats.outside, stats.io_errors), (2, 2), "{stats:?}");
+    assert_eq!(stats.faults, 0, "an honest device: {stats:?}");
+    assert_eq!(stats.bytes_written, 4096, "{stats:?}");
+    assert_eq!(
+        log.matches("lies outside guest memory: refused").count(),
+        2,
+        "{log}"
+    );
 }

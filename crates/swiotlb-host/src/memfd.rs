@@ -46,6 +46,29 @@ impl SharedMemory {
     /// What `memfd_create`, `ftruncate`, sealing or `mmap` returned; an
     /// `InvalidInput` error for a length of zero or one too large.
     pub fn new(name: &str, len: usize) -> io::Result<Self> {
+        Self::map(name, len, None)
+    }
+
+    /// As [`new`](Self::new), mapped at address `at` in this process, a
+    /// page boundary: for memory that must sit right next to other memory
+    /// (a test's canary beside a region shared with a device). Never
+    /// replaces a mapping already there.
+    ///
+    /// # Errors
+    /// As [`new`](Self::new); `AlreadyExists` when something is mapped in
+    /// `at..at + len` (or the kernel, older than Linux 4.17, placed the
+    /// mapping elsewhere); `InvalidInput` for an `at` off a page boundary.
+    pub fn new_at(name: &str, len: usize, at: usize) -> io::Result<Self> {
+        if at == 0 || at % rustix::param::page_size() != 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "swiotlb: a shared mapping's address must be a non-null page boundary",
+            ));
+        }
+        Self::map(name, len, Some(at))
+    }
+
+    fn map(name: &str, len: usize, at: Option<usize>) -> io::Result<Self> {
         let page = rustix::param::page_size();
         let len = len
             .checked_next_multiple_of(page)
@@ -56,27 +79,37 @@ impl SharedMemory {
         let fd = rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
         rustix::fs::ftruncate(&fd, len as u64)?;
         rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)?;
-        // SAFETY: a new mapping at an address the kernel picks (no hint),
-        // so it replaces nothing; the file is `len` bytes long and sealed
-        // against shrinking, so every page of the mapping stays backed.
+        let (hint, flags) = match at {
+            None => (std::ptr::null_mut(), MapFlags::SHARED),
+            Some(at) => (
+                std::ptr::without_provenance_mut::<std::ffi::c_void>(at),
+                MapFlags::SHARED | MapFlags::FIXED_NOREPLACE,
+            ),
+        };
+        // SAFETY: a new mapping where the kernel finds room: with no hint
+        // anywhere, with a hint only there and only if nothing is mapped
+        // there (`MAP_FIXED_NOREPLACE` fails rather than replace), so it
+        // replaces nothing. The file is `len` bytes long and sealed against
+        // shrinking, so every page of the mapping stays backed.
         let addr = unsafe {
-            rustix::mm::mmap(
-                std::ptr::null_mut(),
-                len,
-                ProtFlags::READ | ProtFlags::WRITE,
-                MapFlags::SHARED,
-                &fd,
-                0,
-            )
+            rustix::mm::mmap(hint, len, ProtFlags::READ | ProtFlags::WRITE, flags, &fd, 0)
         }?;
         let ptr = NonNull::new(addr.cast::<u8>())
             .ok_or_else(|| io::Error::other("swiotlb: mmap returned a null mapping"))?;
         // INVARIANT: mapped above, shared and writable, `len` bytes of `fd`.
-        Ok(Self {
+        let this = Self {
             fd: Arc::new(fd),
             ptr,
             len,
-        })
+        };
+        if at.is_some_and(|at| at != ptr.as_ptr() as usize) {
+            // A kernel that took the flag as a hint; dropping unmaps it.
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "swiotlb: the shared mapping could not be placed where asked",
+            ));
+        }
+        Ok(this)
     }
 
     /// The memfd, to hand to another process.
@@ -579,6 +612,38 @@ mod tests {
         // The size is sealed.
         assert!(f.set_len(m.len() as u64 * 2).is_err());
         assert!(f.set_len(1).is_err());
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "miri cannot run memfd_create or mmap")]
+    fn new_at_maps_right_after_another_mapping_and_never_over_one() {
+        let page = rustix::param::page_size();
+        let first = SharedMemory::new("swiotlb-test", 4 * page).unwrap();
+        let end = first.as_ptr().as_ptr() as usize + first.len();
+        // Over the first mapping: refused, and the first one is untouched.
+        let over = SharedMemory::new_at("swiotlb-test", page, end - page).unwrap_err();
+        assert_eq!(over.kind(), io::ErrorKind::AlreadyExists, "{over}");
+        assert_eq!(
+            SharedMemory::new_at("swiotlb-test", page, end + 1)
+                .unwrap_err()
+                .kind(),
+            io::ErrorKind::InvalidInput
+        );
+        // Right after it, unless something else lives there already.
+        match SharedMemory::new_at("swiotlb-test", page, end) {
+            Ok(next) => {
+                assert_eq!(next.as_ptr().as_ptr() as usize, end);
+                // SAFETY: the first mapping is ours, `len` bytes, and
+                // nothing else refers to its bytes.
+                let a =
+                    unsafe { std::slice::from_raw_parts_mut(first.as_ptr().as_ptr(), first.len()) };
+                // SAFETY: likewise the second, a different mapping.
+                let b = unsafe { std::slice::from_raw_parts(next.as_ptr().as_ptr(), next.len()) };
+                a.fill(1);
+                assert!(b.iter().all(|&x| x == 0), "two mappings, two memfds");
+            }
+            Err(e) => assert_eq!(e.kind(), io::ErrorKind::AlreadyExists, "{e}"),
+        }
     }
 
     #[test]

@@ -309,6 +309,9 @@ impl<P: Policy + 'static, T: Translate + Clone + Send + Sync + 'static> Engine<P
             Error::TimedOut { .. } => {
                 "the tlb could not grow and no slot came free before its wait timeout"
             }
+            Error::GrowFailed { .. } => {
+                "the tlb is full and its memory provider failed to give it more"
+            }
             Error::PoolFull { .. } if !self.options.attrs.contains(Attrs::MAY_SLEEP) => {
                 "the tlb is full and could not grow, and the Hal may not sleep, so it did not wait"
             }

@@ -244,6 +244,25 @@ pub enum Error {
         /// Bytes in the pool.
         len: usize,
     },
+    /// No free run of slots fits the request, and the growing tlb could
+    /// not add memory for it because its provider (or a platform hook)
+    /// failed: not because of its limit ([`GrowConfig::max`](crate::GrowConfig),
+    /// which gives [`Error::PoolFull`]). A caller that may not sleep gets
+    /// it when its transient pool could not be made; one that may sleep
+    /// without `std` when its growth failed (with `std` it waits, and
+    /// fails with [`Error::TimedOut`]). The tlb keeps serving from the
+    /// pools it has: freeing mappings helps, as for a full pool. Each
+    /// failed growth is counted in
+    /// [`TlbStats::grow_failures`](crate::tlb::TlbStats::grow_failures);
+    /// the map is counted as [`FailReason::PoolFull`].
+    GrowFailed {
+        /// Slots the request needs (padding included).
+        requested: u32,
+        /// Free slots in the pool that refused it.
+        free: u32,
+        /// The longest run of free slots in that pool.
+        largest_run: u32,
+    },
     /// A caller that may sleep waited for slots in a full growing tlb that
     /// could not grow, and its timeout passed first. Counted as
     /// [`FailReason::PoolFull`].
@@ -419,9 +438,10 @@ impl Error {
             Error::ZeroSize | Error::TooLarge { .. } | Error::SegmentTooLong { .. } => {
                 FailReason::TooLarge
             }
-            Error::PoolFull { .. } | Error::TimedOut { .. } | Error::TlbGone => {
-                FailReason::PoolFull
-            }
+            Error::PoolFull { .. }
+            | Error::GrowFailed { .. }
+            | Error::TimedOut { .. }
+            | Error::TlbGone => FailReason::PoolFull,
             Error::AlignmentImpossible { .. } | Error::PaddingTooLarge { .. } => {
                 FailReason::Alignment
             }
@@ -448,6 +468,7 @@ impl Error {
             Error::ZeroSize => "zero_size",
             Error::TooLarge { .. } => "too_large",
             Error::PoolFull { .. } => "pool_full",
+            Error::GrowFailed { .. } => "grow_failed",
             Error::AlignmentImpossible { .. } => "alignment_impossible",
             Error::Unreachable { .. } => "unreachable",
             Error::NoPool => "no_pool",
@@ -613,6 +634,17 @@ impl fmt::Display for Error {
                     f.write_str(" (no aligned start fits)")?;
                 }
                 Ok(())
+            }
+            Error::GrowFailed {
+                requested,
+                free,
+                largest_run,
+            } => {
+                let unit = if requested == 1 { "slot" } else { "slots" };
+                write!(
+                    f,
+                    "swiotlb buffer is full and could not grow (its memory provider failed): {requested} {unit} requested, {free} free, largest free run {largest_run}"
+                )
             }
             Error::AlignmentImpossible {
                 align_mask,

@@ -495,7 +495,7 @@ fn transient_pools_serve_a_non_sleeping_burst_until_the_provider_runs_out() {
     assert_eq!(t.bytes_held(), MIB);
 
     // Now until the provider runs out: every transient pool it can give
-    // is made, then a typed "full".
+    // is made, then a typed "full, and could not grow".
     let mut maps = Vec::new();
     let failed = loop {
         let i = maps.len();
@@ -511,7 +511,7 @@ fn transient_pools_serve_a_non_sleeping_burst_until_the_provider_runs_out() {
         }
     };
     assert!(
-        matches!(failed.error, Error::PoolFull { .. }),
+        matches!(failed.error, Error::GrowFailed { .. }),
         "{:?}",
         failed.error
     );
@@ -520,6 +520,7 @@ fn transient_pools_serve_a_non_sleeping_burst_until_the_provider_runs_out() {
         "the failed map gives the buffer back"
     );
     let s = t.stats();
+    assert_eq!(s.grow_failures, 1, "the refused transient pool: {s:?}");
     assert_eq!(s.transient_pools as usize, extra / per_pool, "{s:?}");
     assert_eq!(provider.live() as u64, 1 + s.transient_pools);
     for (i, m) in maps.iter().enumerate() {

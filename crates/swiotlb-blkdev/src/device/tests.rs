@@ -481,3 +481,83 @@ fn split_spans_splits_inside_and_between() {
     assert_eq!(split_spans(&spans, 0), (vec![], spans.to_vec()));
     assert_eq!(split_spans(&spans, 99), (spans.to_vec(), vec![]));
 }
+
+#[test]
+fn data_pointed_outside_guest_memory_is_refused_by_the_memory_map() {
+    let img = image();
+    // A read pointed just past the end of guest memory, then a write
+    // pointed at an address no region holds; the third request is honest.
+    let faults =
+        Faults::none().with_outside([OutsideAddr::PastRegionEnd, OutsideAddr::At(0x4000_0000)]);
+    let dev = device(&img, faults);
+    let mem = memory();
+    let mut drv = Driver::new(&mem);
+    drv.write(DATA, &[0x5a; 2 * S]);
+    let _ = drv.read_req(&dev, 3, 2 * S as u32);
+    assert_eq!(drv.status(), VIRTIO_BLK_S_IOERR as u8);
+    assert_eq!(drv.used_len(0), 1, "nothing but the status was written");
+    assert_eq!(
+        drv.read(DATA, 2 * S),
+        vec![0x5a; 2 * S],
+        "the buffer itself untouched"
+    );
+
+    drv.header(VIRTIO_BLK_T_OUT, 5);
+    let _ = drv.submit(
+        &dev,
+        &[(HDR, 16, false), (DATA, S as u32, false), (STATUS, 1, true)],
+    );
+    assert_eq!(drv.status(), VIRTIO_BLK_S_IOERR as u8);
+    let mut on_disk = vec![0; S];
+    std::fs::File::open(img.path())
+        .unwrap()
+        .read_exact_at(&mut on_disk, 5 * SECTOR_SIZE)
+        .unwrap();
+    assert_eq!(on_disk, [5; S], "the refused write reached the disk");
+
+    let st = dev.stats();
+    assert_eq!(
+        (
+            st.outside,
+            st.io_errors,
+            st.faults,
+            st.bytes_read,
+            st.bytes_written
+        ),
+        (2, 2, 2, 0, 0)
+    );
+    // The addresses are used up: the device is honest again.
+    let _ = drv.read_req(&dev, 3, S as u32);
+    assert_eq!(drv.status(), VIRTIO_BLK_S_OK as u8);
+    assert_eq!(drv.read(DATA, S), [3; S]);
+    assert_eq!(dev.stats().outside, 2);
+}
+
+#[test]
+fn a_descriptor_outside_guest_memory_is_refused_before_use_and_counted() {
+    let img = image();
+    let dev = device(&img, Faults::none());
+    let mem = memory();
+    let mut drv = Driver::new(&mem);
+    drv.header(VIRTIO_BLK_T_IN, 0);
+    let _ = drv.submit(
+        &dev,
+        &[
+            (HDR, 16, false),
+            (MEM - 0x100, S as u32, true),
+            (STATUS, 1, true),
+        ],
+    );
+    assert_eq!(drv.status(), VIRTIO_BLK_S_IOERR as u8);
+    let st = dev.stats();
+    assert_eq!((st.outside, st.io_errors, st.bytes_read), (1, 1, 0));
+}
+
+#[test]
+fn outside_addresses_parse() {
+    assert_eq!("end".parse(), Ok(OutsideAddr::PastRegionEnd));
+    assert_eq!("0x1000".parse(), Ok(OutsideAddr::At(0x1000)));
+    assert_eq!("4096".parse(), Ok(OutsideAddr::At(4096)));
+    assert!("nowhere".parse::<OutsideAddr>().is_err());
+    assert_eq!(OutsideAddr::At(0x1000).to_string(), "0x1000");
+}

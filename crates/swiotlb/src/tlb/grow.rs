@@ -201,6 +201,16 @@ pub(crate) enum Grow {
     Failed(ProviderError),
 }
 
+/// Why no transient pool was made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum TransientFailed {
+    /// None could be: no growth, the limit, a provider or hooks that
+    /// cannot work without sleeping, or a mapping it could not hold.
+    NotTried,
+    /// The provider or a hook failed (counted in `grow_failures`).
+    Provider,
+}
+
 /// The growth state of a tlb that has a provider.
 pub(crate) struct Grower<P: Policy> {
     pub(crate) growth: Growth,
@@ -482,8 +492,8 @@ impl<P: Policy> IoTlb<P> {
         cpu: *mut u8,
         size: usize,
         opts: MapOptions,
-    ) -> Option<Placed<P>> {
-        let g = self.grower()?;
+    ) -> Result<Placed<P>, TransientFailed> {
+        let g = self.grower().ok_or(TransientFailed::NotTried)?;
         let base = g.config().pool;
         let slot_shift = base.slot_shift;
         let slot = 1usize << slot_shift;
@@ -491,19 +501,31 @@ impl<P: Policy> IoTlb<P> {
         // Room for the mapping and any padding its alignment may need.
         let slack = (dev.min_align_mask() as usize | opts.alloc_align_mask as usize)
             .max(if size >= page { page - 1 } else { 0 });
-        let len = size.checked_add(slack)?.checked_next_multiple_of(slot)?;
+        let len = size
+            .checked_add(slack)
+            .and_then(|l| l.checked_next_multiple_of(slot))
+            .ok_or(TransientFailed::NotTried)?;
         let nslabs = (len >> slot_shift) as u32;
         let config = PoolConfig {
-            segment: nslabs.checked_next_power_of_two()?,
+            segment: nslabs
+                .checked_next_power_of_two()
+                .ok_or(TransientFailed::NotTried)?,
             nareas: 1,
             ..base
         };
         if !g.reserve(len) {
-            return None;
+            return Err(TransientFailed::NotTried);
         }
-        let Ok(pool) = g.build(len, config, Sleep::Forbidden) else {
-            g.unreserve(len);
-            return None;
+        let pool = match g.build(len, config, Sleep::Forbidden) {
+            Ok(pool) => pool,
+            Err(e) => {
+                g.unreserve(len);
+                if matches!(e, ProviderError::WouldSleep { .. }) {
+                    return Err(TransientFailed::NotTried);
+                }
+                g.grow_failures.fetch_add(1, Ordering::Relaxed);
+                return Err(TransientFailed::Provider);
+            }
         };
         // SAFETY: `cpu` is valid for reads and writes of `size` bytes and
         // unreferenced until the unmap, and `orig` is its physical
@@ -514,7 +536,7 @@ impl<P: Policy> IoTlb<P> {
             // memory came from `alloc_nowait` and the hooks are `nowait`).
             drop(pool);
             g.unreserve(len);
-            return None;
+            return Err(TransientFailed::NotTried);
         };
         let tracked = dev.tracking().get();
         let m = Arc::new(Member {
@@ -529,7 +551,7 @@ impl<P: Policy> IoTlb<P> {
         tracked.used.store(true, Ordering::Release);
         g.transients.lock().insert(m);
         g.transient_made.fetch_add(1, Ordering::Relaxed);
-        Some(Placed {
+        Ok(Placed {
             bounce,
             pool: ptr,
             held: Held::Transient,

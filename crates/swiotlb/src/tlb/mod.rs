@@ -72,7 +72,7 @@ pub use queue::{Deferral, Ticket};
 
 pub use crate::pool::Coherent;
 
-use grow::{DynHooks, DynProvider, Grow, Grower};
+use grow::{DynHooks, DynProvider, Grow, Grower, TransientFailed};
 #[cfg(all(feature = "std", not(swiotlb_loom)))]
 use queue::SendPtr;
 use queue::{Queue, QueueCounters};
@@ -116,7 +116,10 @@ pub struct TlbStats {
     pub pools_added: u64,
     /// Grown pools given back since creation.
     pub pools_removed: u64,
-    /// Growths that failed (provider out of memory, a hook failed).
+    /// Growths that failed (provider out of memory, a hook failed),
+    /// transient pools included (a provider or hooks that cannot work
+    /// without sleeping do not count: nothing was tried). A map that
+    /// failed for it returns [`Error::GrowFailed`].
     pub grow_failures: u64,
     /// Transient pools now.
     pub transient_pools: u64,
@@ -716,6 +719,9 @@ impl<P: Policy> IoTlb<P> {
         mut full: Option<Error>,
     ) -> Result<Placed<P>> {
         let mut attempt = |pool: &Pool<P>| pool.bounce_alloc(dev, orig, cpu, size, opts);
+        // Whether the tlb tried to add memory for this caller and its
+        // provider (or a hook) failed.
+        let mut grow_failed = false;
         if !behind && self.grower.is_some() {
             // The grown pools (the first one again too: slots may have
             // come free since).
@@ -737,7 +743,15 @@ impl<P: Policy> IoTlb<P> {
             // takes room only once they have theirs: it grows for them
             // and then joins the queue.
             let mut behind = behind;
-            while self.grow() == Grow::Grew {
+            loop {
+                match self.grow() {
+                    Grow::Grew => {}
+                    Grow::Failed(_) => {
+                        grow_failed = true;
+                        break;
+                    }
+                    Grow::Busy | Grow::Limit => break,
+                }
                 if behind {
                     behind = self.queue.queued.load(Ordering::Acquire) > 0;
                     if behind {
@@ -780,15 +794,34 @@ impl<P: Policy> IoTlb<P> {
             // SAFETY: `cpu` is valid for reads and writes of `size` bytes and
             // unreferenced until the unmap, and `orig` is its physical address
             // (this function's contract).
-            if let Some(p) = unsafe { self.bounce_transient(dev, orig, cpu, size, opts) } {
-                return Ok(p);
+            match unsafe { self.bounce_transient(dev, orig, cpu, size, opts) } {
+                Ok(p) => return Ok(p),
+                Err(TransientFailed::Provider) => grow_failed = true,
+                Err(TransientFailed::NotTried) => {}
             }
         }
-        let e = full.unwrap_or(Error::PoolFull {
-            requested: 0,
-            free: 0,
-            largest_run: 0,
-        });
+        let e = match full {
+            Some(Error::PoolFull {
+                requested,
+                free,
+                largest_run,
+            }) if grow_failed => Error::GrowFailed {
+                requested,
+                free,
+                largest_run,
+            },
+            Some(e) => e,
+            None if grow_failed => Error::GrowFailed {
+                requested: 0,
+                free: 0,
+                largest_run: 0,
+            },
+            None => Error::PoolFull {
+                requested: 0,
+                free: 0,
+                largest_run: 0,
+            },
+        };
         self.count_failure(&e);
         Err(e)
     }
