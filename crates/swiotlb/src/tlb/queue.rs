@@ -28,6 +28,8 @@ use crate::map::MapOptions;
 use crate::pool::{Bounce, Policy, Pool};
 use crate::sync::{AtomicU64, AtomicUsize, Mutex, Ordering};
 use crate::translate::Translate;
+#[cfg(feature = "checker")]
+use crate::checker::MapKind;
 
 /// How one queued request ends.
 pub(crate) enum Sink {
@@ -459,6 +461,7 @@ impl<P: Policy> IoTlb<P> {
     /// As [`Pool::bounce_raw`], with `cpu` valid from this call until the
     /// request is unmapped, or cancelled with [`IoTlb::cancel`] returning
     /// `true`.
+    #[cfg_attr(feature = "checker", track_caller)]
     pub unsafe fn bounce_deferred_raw<T: Translate + Clone + Send + Sync + 'static>(
         &self,
         dev: &Device<T>,
@@ -468,13 +471,52 @@ impl<P: Policy> IoTlb<P> {
         opts: MapOptions,
         done: impl FnOnce(Result<Bounce>) + Send + 'static,
     ) -> Result<Deferral> {
+        #[cfg(feature = "checker")]
+        let caller = core::panic::Location::caller();
+        // The checker records a queued request when it completes, before
+        // its callback runs (and may unmap it). The device's clone keeps
+        // its identity alive until then. No guard bytes: the tlb is not
+        // at hand where the request completes; no original is read, as
+        // for any bounce (no direction).
+        #[cfg(feature = "checker")]
+        let done = {
+            let dev = dev.clone();
+            move |r: Result<Bounce>| {
+                if let Ok(b) = &r {
+                    let at = crate::checker::At {
+                        dev: dev.checker_id(),
+                        dma: b.dma,
+                        size,
+                        caller,
+                    };
+                    let placed = crate::checker::Placement {
+                        phys: Some(b.phys),
+                        guarded: false,
+                    };
+                    let kind = crate::checker::MapKind::Single;
+                    let cpu = core::ptr::null_mut();
+                    // SAFETY: a record without a direction reads no
+                    // original.
+                    unsafe { crate::checker::mapped(&at, cpu, None, kind, 1, placed) };
+                }
+                done(r);
+            }
+        };
         let sink = Sink::Callback(Box::new(done));
         // SAFETY: `cpu` is valid for reads and writes of `size` bytes,
         // unreferenced, from this call until the request is unmapped or
         // cancelled, and `orig` is its physical address (this function's
         // contract).
         let ticket = match unsafe { self.now_or_queue(dev, orig, cpu, size, opts, sink, None) }? {
-            Now::Done((b, _, _)) => return Ok(Deferral::Now(b)),
+            Now::Done((b, _, _)) => {
+                #[cfg(feature = "checker")]
+                {
+                    // SAFETY: `cpu` is valid for reads of `size` bytes
+                    // (this function's contract).
+                    unsafe { self.hook(dev, caller).mapped(b.dma, cpu, size, None, MapKind::Single, 1) };
+                }
+                return Ok(Deferral::Now(b));
+            }
             Now::Queued(ticket) => ticket,
         };
         Ok(Deferral::Queued(Ticket(ticket)))
