@@ -576,7 +576,10 @@ impl<P: Policy> Pool<P> {
     ) {
         // SAFETY: `cpu` is valid for reads of `size` bytes (this
         // function's contract).
-        unsafe { self.hook(dev, caller).mapped(dma, cpu, size, dir, kind, nents) };
+        unsafe {
+            self.hook(dev, caller)
+                .mapped(dma, cpu, size, dir, kind, nents)
+        };
     }
 
     /// Checks a release against the record and the guard bytes.

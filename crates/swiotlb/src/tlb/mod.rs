@@ -1002,7 +1002,10 @@ impl<P: Policy> IoTlb<P> {
             let caller = core::panic::Location::caller();
             // SAFETY: `cpu` is valid for reads of `size` bytes (this
             // function's contract).
-            unsafe { self.hook(dev, caller).mapped(b.dma, cpu, size, None, Single, 1) };
+            unsafe {
+                self.hook(dev, caller)
+                    .mapped(b.dma, cpu, size, None, Single, 1)
+            };
         }
         r
     }
@@ -1077,7 +1080,10 @@ impl<P: Policy> IoTlb<P> {
             let caller = core::panic::Location::caller();
             // SAFETY: `cpu` is valid for reads of `size` bytes (this
             // function's contract).
-            unsafe { self.hook(dev, caller).mapped(dma, cpu, size, Some(dir), Single, 1) };
+            unsafe {
+                self.hook(dev, caller)
+                    .mapped(dma, cpu, size, Some(dir), Single, 1)
+            };
         }
         r
     }
@@ -1103,9 +1109,8 @@ impl<P: Policy> IoTlb<P> {
         // unreferenced until the unmap, and `orig` is its physical address
         // (this function's contract, `Pool::map_raw`'s, which holds
         // `bounce_raw`'s).
-        let b = unsafe {
-            self.bounce_unchecked(dev, orig, cpu, size, attrs, MapOptions::default())?
-        };
+        let b =
+            unsafe { self.bounce_unchecked(dev, orig, cpu, size, attrs, MapOptions::default())? };
         Ok(b.dma)
     }
 
@@ -1461,7 +1466,12 @@ impl<P: Policy> IoTlb<P> {
     /// Writes (`check == false`) or reads back the guard bytes of the
     /// streaming mapping at bounce address `phys` of `dev`, in the pool of
     /// this tlb holding it, if one does.
-    pub(crate) fn guard_op<T>(&self, dev: &Device<T>, phys: PhysAddr, check: bool) -> Option<InPool> {
+    pub(crate) fn guard_op<T>(
+        &self,
+        dev: &Device<T>,
+        phys: PhysAddr,
+        check: bool,
+    ) -> Option<InPool> {
         self.with_pool_of(dev, phys, |pool| pool.guard_op(phys, check))
             .and_then(|(r, _)| r)
     }

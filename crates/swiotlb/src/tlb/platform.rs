@@ -443,7 +443,10 @@ impl<P: Policy> Platform<P> {
             let caller = core::panic::Location::caller();
             // SAFETY: `cpu` is valid for reads of `size` bytes (this
             // function's contract).
-            unsafe { self.hook(dev, caller).mapped(dma, cpu, size, Some(dir), Single, 1) };
+            unsafe {
+                self.hook(dev, caller)
+                    .mapped(dma, cpu, size, Some(dir), Single, 1)
+            };
         }
         r
     }

@@ -22,14 +22,14 @@ use core::task::Waker;
 use super::grow::Grow;
 use super::{is_full, Found, IoTlb};
 use crate::addr::PhysAddr;
+#[cfg(feature = "checker")]
+use crate::checker::MapKind;
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::map::MapOptions;
 use crate::pool::{Bounce, Policy, Pool};
 use crate::sync::{AtomicU64, AtomicUsize, Mutex, Ordering};
 use crate::translate::Translate;
-#[cfg(feature = "checker")]
-use crate::checker::MapKind;
 
 /// How one queued request ends.
 pub(crate) enum Sink {
@@ -513,7 +513,10 @@ impl<P: Policy> IoTlb<P> {
                 {
                     // SAFETY: `cpu` is valid for reads of `size` bytes
                     // (this function's contract).
-                    unsafe { self.hook(dev, caller).mapped(b.dma, cpu, size, None, MapKind::Single, 1) };
+                    unsafe {
+                        self.hook(dev, caller)
+                            .mapped(b.dma, cpu, size, None, MapKind::Single, 1)
+                    };
                 }
                 return Ok(Deferral::Now(b));
             }
