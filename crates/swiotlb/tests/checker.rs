@@ -942,8 +942,8 @@ fn a_platforms_raw_calls_are_checked() {
     // SAFETY: as in `map`, for every entry.
     let (r, sline) = (unsafe { plat.map_sg_raw(&d, &mut sg, FROM, NONE) }, line!());
     r.unwrap();
-    // SAFETY: as in `map`.
     let e0 = sg[0].dma;
+    // SAFETY: as in `map`.
     let (r, line) = (unsafe { plat.unmap_raw(&d, e0, 700, FROM, NONE) }, line!());
     r.unwrap();
     let [Finding::WrongKind {
@@ -1031,8 +1031,8 @@ fn a_platforms_raw_calls_are_checked() {
     // A coherent allocation of the restricted tlb synced as a mapping.
     let rd = forced().with_restricted_tlb(0);
     let (coh, kline) = (plat.alloc_coherent(&rd, 1000).unwrap(), line!());
-    // SAFETY: a coherent allocation has no original; the sync only fails.
     let cd = coh.dma;
+    // SAFETY: a coherent allocation has no original; the sync only fails.
     let (r, line) = (unsafe { plat.sync_for_cpu_raw(&rd, cd, 1000, BI) }, line!());
     assert!(r.is_err());
     let [Finding::WrongKind {
