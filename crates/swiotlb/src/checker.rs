@@ -472,11 +472,62 @@ fn handler() -> &'static dyn Handler {
     h.unwrap_or(&Panic)
 }
 
-/// Gives `findings` to the installed handler, with no checker lock held.
+/// Gives `findings` to the installed handler, with no checker lock held
+/// (or to this thread's [`collect`], if one runs).
 fn report(findings: impl IntoIterator<Item = Finding>) {
     for f in findings {
-        handler().report(&f);
+        if !collected(&f) {
+            handler().report(&f);
+        }
     }
+}
+
+#[cfg(feature = "std")]
+std::thread_local! {
+    /// The findings of the innermost [`collect`] running on this thread.
+    static COLLECTING: core::cell::RefCell<Option<Vec<Finding>>> =
+        const { core::cell::RefCell::new(None) };
+}
+
+/// Keeps `f` for this thread's [`collect`], if one runs; whether it did.
+fn collected(f: &Finding) -> bool {
+    #[cfg(feature = "std")]
+    {
+        COLLECTING
+            .try_with(|c| c.borrow_mut().as_mut().map(|v| v.push(*f)).is_some())
+            .unwrap_or(false)
+    }
+    #[cfg(not(feature = "std"))]
+    {
+        let _ = f;
+        false
+    }
+}
+
+/// Runs `f` with the findings of this thread kept rather than given to
+/// the handler, and returns them (in order) with `f`'s result: for tests
+/// that misuse the raw API on purpose and check what the checker says.
+/// Other threads' findings still go to the handler; a `collect` inside
+/// another keeps its own, and the outer one's go on after it returns (or
+/// unwinds).
+#[cfg(feature = "std")]
+pub fn collect<R>(f: impl FnOnce() -> R) -> (R, Vec<Finding>) {
+    /// Puts the outer collection back, also when `f` unwinds.
+    struct Restore(Option<Vec<Finding>>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let outer = self.0.take();
+            COLLECTING.with(|c| *c.borrow_mut() = outer);
+        }
+    }
+    let outer = COLLECTING.with(|c| c.borrow_mut().replace(Vec::new()));
+    let restore = Restore(outer);
+    let r = f();
+    let found = COLLECTING
+        .with(|c| c.borrow_mut().take())
+        .unwrap_or_default();
+    drop(restore);
+    (r, found)
 }
 
 /// [`report`] from a `Drop` implementation. A panic that escapes a drop
@@ -487,6 +538,9 @@ fn report(findings: impl IntoIterator<Item = Finding>) {
 /// unwinding a handler's panic leaves the drop as any panic would.
 fn report_from_drop(findings: impl IntoIterator<Item = Finding>) {
     for f in findings {
+        if collected(&f) {
+            continue;
+        }
         let h = handler();
         #[cfg(feature = "std")]
         if std::thread::panicking() {

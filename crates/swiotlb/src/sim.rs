@@ -820,29 +820,6 @@ mod tests {
         });
     }
 
-    /// With the misuse checker built in, its findings on this thread are
-    /// collected while `f` runs and returned; other threads' (and this
-    /// one's outside `f`) still go to the default handler, which panics.
-    #[cfg(all(feature = "checker", feature = "std"))]
-    fn collecting(f: impl FnOnce()) -> alloc::vec::Vec<crate::checker::FindingKind> {
-        use crate::checker::{Finding, Handler, Log, Panic};
-        use core::cell::RefCell;
-        std::thread_local! {
-            static FOUND: RefCell<Option<alloc::vec::Vec<Finding>>> = const { RefCell::new(None) };
-        }
-        static COLLECT: Log<fn(&Finding)> = Log(|f| {
-            let kept = FOUND.with(|v| v.borrow_mut().as_mut().map(|v| v.push(*f)));
-            if kept.is_none() {
-                Panic.report(f);
-            }
-        });
-        crate::checker::set_handler(&COLLECT);
-        FOUND.with(|v| *v.borrow_mut() = Some(alloc::vec::Vec::new()));
-        f();
-        let found = FOUND.with(|v| v.borrow_mut().take()).unwrap_or_default();
-        found.iter().map(Finding::kind).collect()
-    }
-
     #[test]
     fn out_of_bounds_syncs_copy_nothing_and_count() {
         let run = || out_of_bounds_syncs();
@@ -852,10 +829,11 @@ mod tests {
         // range no mapping holds whole. Two per simulator (one per
         // policy): the two that start past the end never reach the engine.
         #[cfg(all(feature = "checker", feature = "std"))]
-        assert_eq!(
-            collecting(run),
-            [crate::checker::FindingKind::SyncOutside; 4]
-        );
+        {
+            let ((), found) = crate::checker::collect(run);
+            let kinds: alloc::vec::Vec<_> = found.iter().map(|f| f.kind()).collect();
+            assert_eq!(kinds, [crate::checker::FindingKind::SyncOutside; 4]);
+        }
     }
 
     fn out_of_bounds_syncs() {
