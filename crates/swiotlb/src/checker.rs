@@ -73,7 +73,7 @@ use alloc::vec::Vec;
 use core::fmt;
 use core::panic::Location;
 
-use crate::addr::{DmaAddr, PhysAddr};
+use crate::addr::DmaAddr;
 use crate::device::Device;
 use crate::direction::Direction;
 use crate::sync::{AtomicPtr, AtomicU64, Mutex, Ordering};
@@ -570,9 +570,15 @@ struct Record {
     /// mapping; `None` otherwise (other directions, or the CPU owns it
     /// after a `sync_for_cpu_raw`).
     sum: Option<u64>,
-    /// The bounce address, for a mapping or allocation in a pool: the pool
-    /// that holds it ends it when it is dropped ([`pool_gone`]). `None`
-    /// for a direct mapping.
+    /// The CPU address of its bounce bytes, for a mapping or allocation
+    /// in a pool: the pool that holds it ends it when it is dropped
+    /// ([`pool_gone`]). `None` for a direct mapping. Not the physical
+    /// address: pools of different address spaces (guests, simulated
+    /// memory) may share physical addresses, never CPU ones.
+    slot: Option<usize>,
+    /// The bounce address, where the CPU address is not known (a queued
+    /// deferred bounce completes where no pool is at hand): the pool
+    /// dropped over it ends it too.
     phys: Option<u64>,
     /// Whether its guard bytes were written at map time (a streaming
     /// mapping bounced by a hooked call); only then are they read back.
@@ -614,12 +620,14 @@ pub(crate) struct At {
     pub(crate) caller: Caller,
 }
 
-/// Where a new mapping sits: the bounce address of the pool that holds
-/// it (`None` for a direct mapping), and whether its guard bytes were
-/// written.
+/// Where a new mapping sits: the CPU address of its bounce bytes in the
+/// pool that holds it (`None` for a direct mapping, or not known), and
+/// whether its guard bytes were written.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Placement {
-    pub(crate) phys: Option<PhysAddr>,
+    pub(crate) slot: Option<usize>,
+    /// The bounce address, for a placement whose `slot` is not known.
+    pub(crate) phys: Option<u64>,
     pub(crate) guarded: bool,
 }
 
@@ -651,7 +659,8 @@ pub(crate) unsafe fn mapped(
         mapped_at: at.caller,
         cpu: AtomicPtr::new(cpu),
         sum,
-        phys: placed.phys.map(|p| p.0),
+        slot: placed.slot,
+        phys: placed.phys,
         guarded: placed.guarded,
     });
 }
@@ -893,23 +902,28 @@ fn gone(id: usize) -> Vec<Finding> {
         .collect()
 }
 
-/// The pool over `[start, start + len)` is dropped: the mappings and
+/// The pool over the CPU addresses `[start, start + len)` is dropped:
+/// the mappings and
 /// allocations it held ended with it (no unmap or free can reach them
 /// any more), and are forgotten without a finding. Dropping a pool with
 /// mappings live is allowed (the safe API's borrows forbid it, the raw
 /// API leaves teardown to its caller); keeping their records would
 /// report them once more when their device goes away, and would confuse
 /// them with the mappings of a later pool over the same memory.
-pub(crate) fn pool_gone(start: PhysAddr, len: usize) {
-    let (start, end) = (start.0, start.0.saturating_add(len as u64));
-    LIVE.lock()
-        .retain(|r| !r.phys.is_some_and(|p| (start..end).contains(&p)));
+pub(crate) fn pool_gone(start: usize, phys: u64, len: usize) {
+    let end = start.saturating_add(len);
+    let phys_end = phys.saturating_add(len as u64);
+    LIVE.lock().retain(|r| match (r.slot, r.phys) {
+        (Some(p), _) => !(start..end).contains(&p),
+        (None, Some(p)) => !(phys..phys_end).contains(&p),
+        (None, None) => true,
+    });
 }
 
 /// What a guard operation found in the pool holding a device address.
 pub(crate) struct InPool {
-    /// The bounce address.
-    pub(crate) phys: PhysAddr,
+    /// The CPU address of the bounce bytes.
+    pub(crate) slot: usize,
     /// Whether there was a streaming mapping there to guard (the guard
     /// bytes were written, or read back).
     pub(crate) guarded: bool,
@@ -955,7 +969,8 @@ impl<G: Fn(DmaAddr, bool) -> Option<InPool>> Hook<G> {
         nents: usize,
     ) {
         let placed = (self.guards)(dma, false).map_or(Placement::default(), |p| Placement {
-            phys: Some(p.phys),
+            slot: Some(p.slot),
+            phys: None,
             guarded: p.guarded,
         });
         // SAFETY: this function's contract.

@@ -529,15 +529,16 @@ impl<P: Policy> Pool<P> {
         if !self.contains(phys) {
             return None;
         }
+        let slot = self.vaddr().as_ptr().addr() + (phys - self.start()) as usize;
         Some(if check {
             InPool {
-                phys,
+                slot,
                 guarded: true,
                 found: self.guard_check(phys),
             }
         } else {
             InPool {
-                phys,
+                slot,
                 guarded: self.guard_fill(phys),
                 found: [None, None],
             }

@@ -232,7 +232,7 @@ impl<P: Policy> Drop for Pool<P> {
         // the heap memory (`owned`, `meta_block`), if any. No mapping can
         // outlive the pool: safe mappings borrow it.
         #[cfg(feature = "checker")]
-        crate::checker::pool_gone(self.start, self.len());
+        crate::checker::pool_gone(self.vaddr.as_ptr().addr(), self.start.0, self.len());
     }
 }
 

@@ -489,8 +489,11 @@ impl<P: Policy> IoTlb<P> {
                         size,
                         caller,
                     };
+                    // Nor its bytes' CPU address: the pool dropped with
+                    // it live is known by the physical one.
                     let placed = crate::checker::Placement {
-                        phys: Some(b.phys),
+                        slot: None,
+                        phys: Some(b.phys.0),
                         guarded: false,
                     };
                     let kind = crate::checker::MapKind::Single;
@@ -499,7 +502,19 @@ impl<P: Policy> IoTlb<P> {
                     // original.
                     unsafe { crate::checker::mapped(&at, cpu, None, kind, 1, placed) };
                 }
+                // A callback that panics (caught by the tlb, under `std`)
+                // has its slots given back unmapped: forget the record.
+                struct Forget(Option<(usize, crate::addr::DmaAddr)>);
+                impl Drop for Forget {
+                    fn drop(&mut self) {
+                        if let Some((dev, dma)) = self.0 {
+                            crate::checker::released(dev, dma);
+                        }
+                    }
+                }
+                let mut forget = Forget(r.as_ref().ok().map(|b| (dev.checker_id(), b.dma)));
                 done(r);
+                forget.0 = None;
             }
         };
         let sink = Sink::Callback(Box::new(done));
