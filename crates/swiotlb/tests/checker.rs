@@ -1140,3 +1140,38 @@ fn findings_from_drops_during_unwinding_do_not_abort() {
     assert_eq!(found(), []);
     assert_eq!(p.used_slots(), 4, "nothing was unmapped");
 }
+
+/// Two pools at the same physical addresses (two address spaces, or
+/// simulated ones, as tests running side by side make): dropping one
+/// forgets its own mappings only, not the other's at the same address.
+#[test]
+fn a_dropped_pool_forgets_its_own_mappings_only() {
+    let _t = serial();
+    let len = 32 * 2048;
+    let mut memory = [vec![0u8; len], vec![0u8; len]];
+    let base = PhysAddr(0x4000_0000);
+    let pools: Vec<Pool> = memory
+        .iter_mut()
+        .map(|m| {
+            let vaddr = std::ptr::NonNull::new(m.as_mut_ptr()).unwrap();
+            // SAFETY: `vaddr` is valid for reads and writes of `len` bytes,
+            // which `memory` holds and outlives the pools; nothing else
+            // touches them while a pool lives; `base` is a simulated
+            // physical address, used for arithmetic only.
+            unsafe { Pool::new(vaddr, base, len, PoolConfig::default()) }.unwrap()
+        })
+        .collect();
+    let (d0, d1) = (forced(), forced());
+    let bufs = [RawBuf::new(&[1; 100]), RawBuf::new(&[2; 100])];
+    let a = map(&pools[0], &d0, &bufs[0], 100, FROM);
+    let b = map(&pools[1], &d1, &bufs[1], 100, FROM);
+    assert_eq!(a, b, "the same device address in both");
+    let [p0, p1]: [Pool; 2] = pools.try_into().unwrap();
+    drop(p0);
+    assert_eq!(checker::live_mappings(&d0), 0);
+    assert_eq!(checker::live_mappings(&d1), 1);
+    // SAFETY: as in `map`.
+    unsafe { p1.unmap_raw(&d1, b, 100, FROM, NONE) }.unwrap();
+    drop((d0, d1));
+    assert_eq!(found(), []);
+}
