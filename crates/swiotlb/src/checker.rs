@@ -8,10 +8,13 @@
 //! hooks the raw API of [`Pool`](crate::Pool): `map_raw`,
 //! `map_raw_with_attrs`, `bounce_raw`, `unmap_raw`, `sync_for_cpu_raw`,
 //! `sync_for_device_raw`, `map_sg_raw`, `unmap_sg_raw`, `alloc_coherent`
-//! and `free_coherent`; and, through their pools, the coherent
-//! allocations of an [`IoTlb`](crate::IoTlb) and a
-//! [`Platform`](crate::Platform). Their streaming raw APIs are not hooked
-//! yet.
+//! and `free_coherent`; the same streaming calls of an
+//! [`IoTlb`](crate::IoTlb) (and its `bounce_deferred_raw`, recorded when
+//! a queued request completes) and of a [`Platform`](crate::Platform)
+//! (and its `unmap_raw_into`), wherever the mapping lands: the first
+//! pool, a grown pool or a transient one; and, through their pools, their
+//! coherent allocations. Each call is checked once: a tlb's or a
+//! platform's entry points reach the pools below the pools' own hooks.
 //!
 //! Every live mapping is recorded with the device it was made for, its
 //! device address, size, direction, kind ([`MapKind`]), entry count and
@@ -50,13 +53,38 @@
 //! user turned the checker on to hear about misuse, and a panic is the
 //! loud report a library has. Install [`Count`] or a [`Log`] to go on.
 //!
-//! # Device going away
+//! # Device going away, pool going away
 //!
-//! A [`Device`] is a value (clones describe the same device), so its drop
-//! is no sign that the device went away. Call [`device_gone`] when tearing
-//! a device down: each of its mappings still live is reported as
-//! [`Finding::LiveAtDeviceGone`] with the location that made it, and
-//! forgotten.
+//! A device is known by its clones: the transient-pool tracking a
+//! [`Device`] carries, which its clones share (two devices built
+//! separately with the same settings are two devices, as they are to a
+//! growing tlb's transient pools). Map and unmap with clones of one
+//! `Device`, as a driver keeps its device. Call [`device_gone`] when
+//! tearing a device down before its value goes: each of its mappings
+//! still live is reported as [`Finding::LiveAtDeviceGone`] with the
+//! location that made it, and forgotten. The drop of its last clone (and
+//! of the last transient pool a growing tlb made for it) does the same.
+//!
+//! A pool dropped with mappings live ends them: no unmap can reach them
+//! any more, and the checker forgets them with no finding (the pool is
+//! known by the CPU addresses of its memory, which no other live pool
+//! shares, unlike its physical ones). So dropping a pool before its
+//! devices, as a teardown does, reports nothing.
+//!
+//! # Reports from a drop
+//!
+//! A finding reported from a drop (a device's last clone) must not turn
+//! into a second panic while the thread unwinds, which aborts the process:
+//! with `std`, [`Panic`] writes such a finding to standard error instead
+//! of panicking, and any handler called from a drop during unwinding runs
+//! under `catch_unwind`. Without `std` the checker cannot tell that a
+//! thread unwinds; a `no_std` build's panics do not unwind.
+//!
+//! # Tests that misuse on purpose
+//!
+//! [`collect`] (with `std`) runs a closure with this thread's findings
+//! kept and returned rather than reported: a test states what its
+//! deliberate misuse must find.
 //!
 //! # Cost
 //!
