@@ -135,7 +135,8 @@ MIRIFLAGS="$permissive -Zmiri-tree-borrows" \
 
 # The misuse checker: its guard bytes are read and written in slot memory
 # and its checksums read originals through raw pointers, in pools, grown
-# and transient pools of a tlb, and a platform's tlbs (TIMING under miri).
+# and transient pools of a tlb, and a platform's tlbs (about 70 s of run
+# under Stacked Borrows, 150 s under Tree Borrows).
 # Its own run: the targets above run as users build them, without it.
 echo "miri: the misuse checker, Stacked and Tree Borrows"
 cargo +nightly miri test -p swiotlb --features checker --test checker || status=1
