@@ -8,10 +8,13 @@
 //! hooks the raw API of [`Pool`](crate::Pool): `map_raw`,
 //! `map_raw_with_attrs`, `bounce_raw`, `unmap_raw`, `sync_for_cpu_raw`,
 //! `sync_for_device_raw`, `map_sg_raw`, `unmap_sg_raw`, `alloc_coherent`
-//! and `free_coherent`; and, through their pools, the coherent
-//! allocations of an [`IoTlb`](crate::IoTlb) and a
-//! [`Platform`](crate::Platform). Their streaming raw APIs are not hooked
-//! yet.
+//! and `free_coherent`; the same streaming calls of an
+//! [`IoTlb`](crate::IoTlb) (and its `bounce_deferred_raw`, recorded when
+//! a queued request completes) and of a [`Platform`](crate::Platform)
+//! (and its `unmap_raw_into`), wherever the mapping lands: the first
+//! pool, a grown pool or a transient one; and, through their pools, their
+//! coherent allocations. Each call is checked once: a tlb's or a
+//! platform's entry points reach the pools below the pools' own hooks.
 //!
 //! Every live mapping is recorded with the device it was made for, its
 //! device address, size, direction, kind ([`MapKind`]), entry count and
@@ -50,13 +53,38 @@
 //! user turned the checker on to hear about misuse, and a panic is the
 //! loud report a library has. Install [`Count`] or a [`Log`] to go on.
 //!
-//! # Device going away
+//! # Device going away, pool going away
 //!
-//! A [`Device`] is a value (clones describe the same device), so its drop
-//! is no sign that the device went away. Call [`device_gone`] when tearing
-//! a device down: each of its mappings still live is reported as
-//! [`Finding::LiveAtDeviceGone`] with the location that made it, and
-//! forgotten.
+//! A device is known by its clones: the transient-pool tracking a
+//! [`Device`] carries, which its clones share (two devices built
+//! separately with the same settings are two devices, as they are to a
+//! growing tlb's transient pools). Map and unmap with clones of one
+//! `Device`, as a driver keeps its device. Call [`device_gone`] when
+//! tearing a device down before its value goes: each of its mappings
+//! still live is reported as [`Finding::LiveAtDeviceGone`] with the
+//! location that made it, and forgotten. The drop of its last clone (and
+//! of the last transient pool a growing tlb made for it) does the same.
+//!
+//! A pool dropped with mappings live ends them: no unmap can reach them
+//! any more, and the checker forgets them with no finding (the pool is
+//! known by the CPU addresses of its memory, which no other live pool
+//! shares, unlike its physical ones). So dropping a pool before its
+//! devices, as a teardown does, reports nothing.
+//!
+//! # Reports from a drop
+//!
+//! A finding reported from a drop (a device's last clone) must not turn
+//! into a second panic while the thread unwinds, which aborts the process:
+//! with `std`, [`Panic`] writes such a finding to standard error instead
+//! of panicking, and any handler called from a drop during unwinding runs
+//! under `catch_unwind`. Without `std` the checker cannot tell that a
+//! thread unwinds; a `no_std` build's panics do not unwind.
+//!
+//! # Tests that misuse on purpose
+//!
+//! [`collect`] (with `std`) runs a closure with this thread's findings
+//! kept and returned rather than reported: a test states what its
+//! deliberate misuse must find.
 //!
 //! # Cost
 //!
@@ -380,11 +408,25 @@ pub trait Handler: Sync {
 }
 
 /// Panics with the finding (the default when no handler is installed).
+///
+/// Never a second panic: with `std`, a finding reported while the thread
+/// is already panicking (a device dropped during unwinding, as a
+/// container drops the rest of its elements after one of their drops
+/// panicked) is written to standard error instead, since a panic escaping
+/// a drop during unwinding aborts the process. Without `std` the checker
+/// cannot tell; a `no_std` build's panic handler does not unwind (kernels
+/// and firmware halt or abort), so there is no unwinding drop to panic in
+/// twice.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Panic;
 
 impl Handler for Panic {
     fn report(&self, finding: &Finding) {
+        #[cfg(feature = "std")]
+        if std::thread::panicking() {
+            std::eprintln!("{finding} (found while the thread was panicking already)");
+            return;
+        }
         panic!("{finding}");
     }
 }
@@ -452,11 +494,88 @@ pub fn set_handler(handler: &'static dyn Handler) {
     *HANDLER.lock() = Some(handler);
 }
 
-/// Gives `findings` to the installed handler, with no checker lock held.
+/// The installed handler, [`Panic`] if none.
+fn handler() -> &'static dyn Handler {
+    let h = *HANDLER.lock();
+    h.unwrap_or(&Panic)
+}
+
+/// Gives `findings` to the installed handler, with no checker lock held
+/// (or to this thread's [`collect`], if one runs).
 fn report(findings: impl IntoIterator<Item = Finding>) {
     for f in findings {
-        let h = *HANDLER.lock();
-        h.unwrap_or(&Panic).report(&f);
+        if !collected(&f) {
+            handler().report(&f);
+        }
+    }
+}
+
+#[cfg(feature = "std")]
+std::thread_local! {
+    /// The findings of the innermost [`collect`] running on this thread.
+    static COLLECTING: core::cell::RefCell<Option<Vec<Finding>>> =
+        const { core::cell::RefCell::new(None) };
+}
+
+/// Keeps `f` for this thread's [`collect`], if one runs; whether it did.
+fn collected(f: &Finding) -> bool {
+    #[cfg(feature = "std")]
+    {
+        COLLECTING
+            .try_with(|c| c.borrow_mut().as_mut().map(|v| v.push(*f)).is_some())
+            .unwrap_or(false)
+    }
+    #[cfg(not(feature = "std"))]
+    {
+        let _ = f;
+        false
+    }
+}
+
+/// Runs `f` with the findings of this thread kept rather than given to
+/// the handler, and returns them (in order) with `f`'s result: for tests
+/// that misuse the raw API on purpose and check what the checker says.
+/// Other threads' findings still go to the handler; a `collect` inside
+/// another keeps its own, and the outer one's go on after it returns (or
+/// unwinds).
+#[cfg(feature = "std")]
+pub fn collect<R>(f: impl FnOnce() -> R) -> (R, Vec<Finding>) {
+    /// Puts the outer collection back, also when `f` unwinds.
+    struct Restore(Option<Vec<Finding>>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let outer = self.0.take();
+            COLLECTING.with(|c| *c.borrow_mut() = outer);
+        }
+    }
+    let outer = COLLECTING.with(|c| c.borrow_mut().replace(Vec::new()));
+    let restore = Restore(outer);
+    let r = f();
+    let found = COLLECTING
+        .with(|c| c.borrow_mut().take())
+        .unwrap_or_default();
+    drop(restore);
+    (r, found)
+}
+
+/// [`report`] from a `Drop` implementation. A panic that escapes a drop
+/// running during unwinding aborts the process, so with `std`, while the
+/// thread is panicking, the handler runs under `catch_unwind`: a handler
+/// that panics there (a [`Log`] closure that asserts) loses its panic, not
+/// the process ([`Panic`] itself writes to standard error then). Outside
+/// unwinding a handler's panic leaves the drop as any panic would.
+fn report_from_drop(findings: impl IntoIterator<Item = Finding>) {
+    for f in findings {
+        if collected(&f) {
+            continue;
+        }
+        let h = handler();
+        #[cfg(feature = "std")]
+        if std::thread::panicking() {
+            let _ = std::panic::catch_unwind(core::panic::AssertUnwindSafe(|| h.report(&f)));
+            continue;
+        }
+        h.report(&f);
     }
 }
 
@@ -479,6 +598,19 @@ struct Record {
     /// mapping; `None` otherwise (other directions, or the CPU owns it
     /// after a `sync_for_cpu_raw`).
     sum: Option<u64>,
+    /// The CPU address of its bounce bytes, for a mapping or allocation
+    /// in a pool: the pool that holds it ends it when it is dropped
+    /// ([`pool_gone`]). `None` for a direct mapping. Not the physical
+    /// address: pools of different address spaces (guests, simulated
+    /// memory) may share physical addresses, never CPU ones.
+    slot: Option<usize>,
+    /// The bounce address, where the CPU address is not known (a queued
+    /// deferred bounce completes where no pool is at hand): the pool
+    /// dropped over it ends it too.
+    phys: Option<u64>,
+    /// Whether its guard bytes were written at map time (a streaming
+    /// mapping bounced by a hooked call); only then are they read back.
+    guarded: bool,
 }
 
 impl Record {
@@ -516,6 +648,17 @@ pub(crate) struct At {
     pub(crate) caller: Caller,
 }
 
+/// Where a new mapping sits: the CPU address of its bounce bytes in the
+/// pool that holds it (`None` for a direct mapping, or not known), and
+/// whether its guard bytes were written.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Placement {
+    pub(crate) slot: Option<usize>,
+    /// The bounce address, for a placement whose `slot` is not known.
+    pub(crate) phys: Option<u64>,
+    pub(crate) guarded: bool,
+}
+
 /// Records a new mapping of `at.size` bytes of `cpu`, made at `at.caller`.
 ///
 /// # Safety
@@ -527,6 +670,7 @@ pub(crate) unsafe fn mapped(
     dir: Option<Direction>,
     kind: MapKind,
     nents: usize,
+    placed: Placement,
 ) {
     let sum = (dir == Some(Direction::ToDevice)).then(|| {
         // SAFETY: a to-device mapping's original is valid for reads of its
@@ -543,6 +687,9 @@ pub(crate) unsafe fn mapped(
         mapped_at: at.caller,
         cpu: AtomicPtr::new(cpu),
         sum,
+        slot: placed.slot,
+        phys: placed.phys,
+        guarded: placed.guarded,
     });
 }
 
@@ -554,14 +701,15 @@ pub(crate) struct Release {
 }
 
 /// Checks a release of the mapping at `at.dma` against its record and
-/// reports what is wrong; returns where it was mapped when the release
-/// names a live mapping. A to-device original the device still owns is
-/// compared with its checksum.
+/// reports what is wrong; returns where it was mapped, and whether its
+/// guard bytes were written, when the release names a live mapping. A
+/// to-device original the device still owns is compared with its
+/// checksum.
 ///
 /// # Safety
 /// The original of a live to-device mapping at `at.dma` is still valid
 /// for reads (the raw unmap's contract).
-pub(crate) unsafe fn releasing(at: &At, rel: &Release) -> Option<Caller> {
+pub(crate) unsafe fn releasing(at: &At, rel: &Release) -> Option<(Caller, bool)> {
     let mut found = Vec::new();
     let mapped_at = {
         let live = LIVE.lock();
@@ -628,7 +776,7 @@ pub(crate) unsafe fn releasing(at: &At, rel: &Release) -> Option<Caller> {
                         });
                     }
                 }
-                Some(mapped_at)
+                Some((mapped_at, r.guarded))
             }
         }
     };
@@ -648,12 +796,17 @@ pub(crate) fn released(dev: usize, dma: DmaAddr) {
 /// against the mapping that holds it, and moves a to-device mapping's
 /// ownership: `for_cpu` compares the original with its checksum and hands
 /// it to the CPU; a sync for the device takes a new checksum. Returns the
-/// mapping's device address and where it was mapped, if there is one.
+/// mapping's device address, where it was mapped and whether its guard
+/// bytes were written, if there is one.
 ///
 /// # Safety
 /// The original of the live mapping holding `at.dma` is valid for reads
 /// (the raw sync's contract).
-pub(crate) unsafe fn syncing(at: &At, dir: Direction, for_cpu: bool) -> Option<(DmaAddr, Caller)> {
+pub(crate) unsafe fn syncing(
+    at: &At,
+    dir: Direction,
+    for_cpu: bool,
+) -> Option<(DmaAddr, Caller, bool)> {
     let mut found = Vec::new();
     let r = {
         let mut live = LIVE.lock();
@@ -710,7 +863,7 @@ pub(crate) unsafe fn syncing(at: &At, dir: Direction, for_cpu: bool) -> Option<(
                         r.sum = Some(now);
                     }
                 }
-                Some((dma, mapped_at))
+                Some((dma, mapped_at, r.guarded))
             }
         }
     };
@@ -747,11 +900,18 @@ pub(crate) fn scribbled(
 /// tlb made for it); this is for a device that goes away before its value
 /// does (a hot-unplug, a driver's remove).
 pub fn device_gone<T>(dev: &Device<T>) {
-    dropped(dev.checker_id());
+    report(gone(dev.checker_id()));
 }
 
-/// The device of identity `id` is gone: [`device_gone`].
+/// The last clone of the device of identity `id` was dropped (its
+/// tracking, from `Drop`): [`device_gone`], reported safely for a drop
+/// ([`report_from_drop`]).
 pub(crate) fn dropped(id: usize) {
+    report_from_drop(gone(id));
+}
+
+/// Forgets the live mappings of device `id`; their findings.
+fn gone(id: usize) -> Vec<Finding> {
     let gone: Vec<Record> = {
         let mut live = LIVE.lock();
         let (gone, keep) = core::mem::take(&mut *live)
@@ -760,12 +920,132 @@ pub(crate) fn dropped(id: usize) {
         *live = keep;
         gone
     };
-    report(gone.into_iter().map(|r| Finding::LiveAtDeviceGone {
-        dma: DmaAddr(r.dma),
-        size: r.size,
-        kind: r.kind,
-        mapped_at: r.mapped_at,
-    }));
+    gone.into_iter()
+        .map(|r| Finding::LiveAtDeviceGone {
+            dma: DmaAddr(r.dma),
+            size: r.size,
+            kind: r.kind,
+            mapped_at: r.mapped_at,
+        })
+        .collect()
+}
+
+/// The pool over the CPU addresses `[start, start + len)` is dropped:
+/// the mappings and
+/// allocations it held ended with it (no unmap or free can reach them
+/// any more), and are forgotten without a finding. Dropping a pool with
+/// mappings live is allowed (the safe API's borrows forbid it, the raw
+/// API leaves teardown to its caller); keeping their records would
+/// report them once more when their device goes away, and would confuse
+/// them with the mappings of a later pool over the same memory.
+pub(crate) fn pool_gone(start: usize, phys: u64, len: usize) {
+    let end = start.saturating_add(len);
+    let phys_end = phys.saturating_add(len as u64);
+    LIVE.lock().retain(|r| match (r.slot, r.phys) {
+        (Some(p), _) => !(start..end).contains(&p),
+        (None, Some(p)) => !(phys..phys_end).contains(&p),
+        (None, None) => true,
+    });
+}
+
+/// What a guard operation found in the pool holding a device address.
+pub(crate) struct InPool {
+    /// The CPU address of the bounce bytes.
+    pub(crate) slot: usize,
+    /// Whether there was a streaming mapping there to guard (the guard
+    /// bytes were written, or read back).
+    pub(crate) guarded: bool,
+    /// For a read-back, the changed guard bytes.
+    pub(crate) found: [Option<crate::pool::Scribble>; 2],
+}
+
+/// One hooked call of the raw API: the device, the caller, and `guards`,
+/// which finds the pool holding a device address (`None` for a direct
+/// mapping: no pool holds it) and there writes the guard pattern around
+/// the streaming mapping at that address (`check == false`) or reads it
+/// back (`true`). A pool, a tlb (its first, grown and transient pools)
+/// and a platform (the tlbs that may serve the device) each give theirs;
+/// the checks are the same for all three.
+pub(crate) struct Hook<G> {
+    pub(crate) dev: usize,
+    pub(crate) caller: Caller,
+    pub(crate) guards: G,
+}
+
+impl<G: Fn(DmaAddr, bool) -> Option<InPool>> Hook<G> {
+    fn at(&self, dma: DmaAddr, size: usize) -> At {
+        At {
+            dev: self.dev,
+            dma,
+            size,
+            caller: self.caller,
+        }
+    }
+
+    /// Records a new mapping (an entry of a list of `nents`, 1 if not a
+    /// list) and, if it bounced, fills its guard bytes.
+    ///
+    /// # Safety
+    /// For a to-device mapping, `cpu` is valid for reads of `size` bytes.
+    pub(crate) unsafe fn mapped(
+        &self,
+        dma: DmaAddr,
+        cpu: *mut u8,
+        size: usize,
+        dir: Option<Direction>,
+        kind: MapKind,
+        nents: usize,
+    ) {
+        let placed = (self.guards)(dma, false).map_or(Placement::default(), |p| Placement {
+            slot: Some(p.slot),
+            phys: None,
+            guarded: p.guarded,
+        });
+        // SAFETY: this function's contract.
+        unsafe { mapped(&self.at(dma, size), cpu, dir, kind, nents, placed) };
+    }
+
+    /// Checks a release (before it runs) against the record and the guard
+    /// bytes.
+    ///
+    /// # Safety
+    /// The original of a live mapping at `dma` is valid for reads.
+    pub(crate) unsafe fn release(
+        &self,
+        dma: DmaAddr,
+        size: usize,
+        dir: Option<Direction>,
+        kind: MapKind,
+        nents: usize,
+    ) {
+        let rel = Release { kind, dir, nents };
+        // SAFETY: this function's contract.
+        let hit = unsafe { releasing(&self.at(dma, size), &rel) };
+        if let Some((mapped_at, true)) = hit {
+            if let Some(p) = (self.guards)(dma, true) {
+                scribbled(dma, p.found, mapped_at, self.caller);
+            }
+        }
+    }
+
+    /// The release of `dma` succeeded: forgets its record.
+    pub(crate) fn released(&self, dma: DmaAddr) {
+        released(self.dev, dma);
+    }
+
+    /// Checks a sync against the record; for the CPU, the guard bytes too.
+    ///
+    /// # Safety
+    /// The original of the live mapping holding `dma` is valid for reads.
+    pub(crate) unsafe fn sync(&self, dma: DmaAddr, size: usize, dir: Direction, for_cpu: bool) {
+        // SAFETY: this function's contract.
+        let hit = unsafe { syncing(&self.at(dma, size), dir, for_cpu) };
+        if let (Some((start, mapped_at, true)), true) = (hit, for_cpu) {
+            if let Some(p) = (self.guards)(start, true) {
+                scribbled(start, p.found, mapped_at, self.caller);
+            }
+        }
+    }
 }
 
 /// Live mappings and coherent allocations of `dev` the checker knows of.

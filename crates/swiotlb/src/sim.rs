@@ -822,6 +822,21 @@ mod tests {
 
     #[test]
     fn out_of_bounds_syncs_copy_nothing_and_count() {
+        let run = || out_of_bounds_syncs();
+        #[cfg(not(all(feature = "checker", feature = "std")))]
+        run();
+        // Each sync the engine refuses is a misuse the checker names: a
+        // range no mapping holds whole. Two per simulator (one per
+        // policy): the two that start past the end never reach the engine.
+        #[cfg(all(feature = "checker", feature = "std"))]
+        {
+            let ((), found) = crate::checker::collect(run);
+            let kinds: alloc::vec::Vec<_> = found.iter().map(|f| f.kind()).collect();
+            assert_eq!(kinds, [crate::checker::FindingKind::SyncOutside; 4]);
+        }
+    }
+
+    fn out_of_bounds_syncs() {
         both(|new| {
             let mut s = new(64, PoolConfig::default());
             s.map_with(0, 2048, BIDI, MapParams::default()).unwrap();

@@ -11,6 +11,9 @@
 //! stale bytes in the original.
 
 mod common;
+mod misuse;
+
+use misuse::expect_misuse;
 #[macro_use]
 mod policies;
 
@@ -415,72 +418,102 @@ fn partial_sync_inside_multi_slot_mapping<P: Policy>() {
 /// still checked, as the safe API and Linux's DMA-API debugging do); an
 /// address in free slots is `NotMapped`.
 fn out_of_bounds_sync_copies_nothing<P: Policy>() {
-    let pool = pool::<P>(16);
-    let dev = forced().with_min_align_mask(0xfff);
-    let (a, c, d) = (bytes(40, 7000), bytes(41, 7000), bytes(42, 7000));
-    let oob = |offset, len| {
-        Err(Error::OutOfBounds {
-            offset,
-            len,
-            mapping_len: 7000,
-        })
-    };
-    for dir in DIRS {
-        let buf = RawBuf::new(&a);
-        // SAFETY: `buf` outlives the mapping and is reached only through
-        // its pointer; the physical address only steers the alignment.
-        let dma =
-            unsafe { pool.map_raw(&dev, PhysAddr(0x7654_39a0), buf.ptr(), 7000, dir) }.unwrap();
-        let at = pool_off(&pool, dma);
-        device_write(&pool, at, &c);
-        buf.write(0, &d);
-        let misuse = pool.stats().failures(FailReason::Misuse);
-        // Every sync below: the original is valid and reached only through
-        // its pointer, and the device is not accessing the mapping; a
-        // correct engine copies nothing for a refused range (that is what
-        // is checked).
-        let cpu = |at: DmaAddr, len: usize| {
-            // SAFETY: as said above the closure, for any range.
-            unsafe { pool.sync_for_cpu_raw(&dev, at, len, dir) }
-        };
-        let device = |at: DmaAddr, len: usize| {
-            // SAFETY: as said above the closure, for any range.
-            unsafe { pool.sync_for_device_raw(&dev, at, len, dir) }
-        };
-        assert_eq!(cpu(dma + 6990, 20), oob(6990, 20));
-        assert_eq!(device(dma + 6990, 20), oob(6990, 20));
-        assert_eq!(cpu(dma + 10, usize::MAX), oob(10, usize::MAX));
-        // Just past the end, still inside the allocation's last slot.
-        assert_eq!(cpu(dma + 7000, 1), oob(7000, 1));
-        // In the min_align_mask padding before the first byte.
-        assert_eq!(device(DmaAddr(dma.0 - 16), 4), oob(usize::MAX, 4));
-        // In free slots after the allocation.
-        let free = DmaAddr(dma.0 + 8192);
-        assert_eq!(cpu(free, 1), Err(Error::NotMapped { dma: free }));
-        assert_eq!(pool.stats().failures(FailReason::Misuse), misuse + 6);
-        assert_eq!(buf.to_vec(), d, "a refused sync_for_cpu wrote the original");
-        assert_eq!(
-            device_read(&pool, at, 7000),
-            c,
-            "a refused sync_for_device wrote the slots"
-        );
-        // SAFETY: as above; the device is done.
-        unsafe { pool.unmap_raw(&dev, dma, 7000, dir, Attrs::SKIP_CPU_SYNC) }.unwrap();
+    // Misuse on purpose, per direction (to-device, from-device,
+    // bidirectional): six refused raw syncs, and for to-device the CPU's
+    // write to the original, found at the unmap. (The safe API's refusals
+    // are no finding: it is not the checker's to watch.)
+    expect_misuse(
+        &[
+            "SyncOutside",
+            "SyncOutside",
+            "SyncOutside",
+            "SyncOutside",
+            "SyncOutside",
+            "SyncOutside",
+            "CpuWroteWhileDeviceOwned",
+            "SyncOutside",
+            "SyncOutside",
+            "SyncOutside",
+            "SyncOutside",
+            "SyncOutside",
+            "SyncOutside",
+            "SyncOutside",
+            "SyncOutside",
+            "SyncOutside",
+            "SyncOutside",
+            "SyncOutside",
+            "SyncOutside",
+        ],
+        || {
+            let pool = pool::<P>(16);
+            let dev = forced().with_min_align_mask(0xfff);
+            let (a, c, d) = (bytes(40, 7000), bytes(41, 7000), bytes(42, 7000));
+            let oob = |offset, len| {
+                Err(Error::OutOfBounds {
+                    offset,
+                    len,
+                    mapping_len: 7000,
+                })
+            };
+            for dir in DIRS {
+                let buf = RawBuf::new(&a);
+                // SAFETY: `buf` outlives the mapping and is reached only through
+                // its pointer; the physical address only steers the alignment.
+                let dma =
+                    unsafe { pool.map_raw(&dev, PhysAddr(0x7654_39a0), buf.ptr(), 7000, dir) }
+                        .unwrap();
+                let at = pool_off(&pool, dma);
+                device_write(&pool, at, &c);
+                buf.write(0, &d);
+                let misuse = pool.stats().failures(FailReason::Misuse);
+                // Every sync below: the original is valid and reached only through
+                // its pointer, and the device is not accessing the mapping; a
+                // correct engine copies nothing for a refused range (that is what
+                // is checked).
+                let cpu = |at: DmaAddr, len: usize| {
+                    // SAFETY: as said above the closure, for any range.
+                    unsafe { pool.sync_for_cpu_raw(&dev, at, len, dir) }
+                };
+                let device = |at: DmaAddr, len: usize| {
+                    // SAFETY: as said above the closure, for any range.
+                    unsafe { pool.sync_for_device_raw(&dev, at, len, dir) }
+                };
+                assert_eq!(cpu(dma + 6990, 20), oob(6990, 20));
+                assert_eq!(device(dma + 6990, 20), oob(6990, 20));
+                assert_eq!(cpu(dma + 10, usize::MAX), oob(10, usize::MAX));
+                // Just past the end, still inside the allocation's last slot.
+                assert_eq!(cpu(dma + 7000, 1), oob(7000, 1));
+                // In the min_align_mask padding before the first byte.
+                assert_eq!(device(DmaAddr(dma.0 - 16), 4), oob(usize::MAX, 4));
+                // In free slots after the allocation.
+                let free = DmaAddr(dma.0 + 8192);
+                assert_eq!(cpu(free, 1), Err(Error::NotMapped { dma: free }));
+                assert_eq!(pool.stats().failures(FailReason::Misuse), misuse + 6);
+                assert_eq!(buf.to_vec(), d, "a refused sync_for_cpu wrote the original");
+                assert_eq!(
+                    device_read(&pool, at, 7000),
+                    c,
+                    "a refused sync_for_device wrote the slots"
+                );
+                // SAFETY: as above; the device is done.
+                unsafe { pool.unmap_raw(&dev, dma, 7000, dir, Attrs::SKIP_CPU_SYNC) }.unwrap();
 
-        // Safe API.
-        let mut m = pool.map(&dev, a.clone(), dir).unwrap();
-        let at = pool_off(&pool, m.dma_addr());
-        device_write(&pool, at, &c);
-        m.write(0, &d).unwrap();
-        assert_eq!(m.sync_for_cpu(6990, 20), oob(6990, 20));
-        assert_eq!(m.sync_for_device(7000, 1), oob(7000, 1));
-        assert_eq!(m.sync_for_cpu(1, usize::MAX), oob(1, usize::MAX));
-        assert_eq!(m.read(6999, &mut [0; 2]), oob(6999, 2));
-        assert_eq!(m.write(6999, &[0; 2]), oob(6999, 2));
-        assert_eq!(device_read(&pool, at, 7000), c);
-        assert_eq!(m.unmap_with_attrs(Attrs::SKIP_CPU_SYNC), d);
-    }
-    assert_empty(&pool);
+                // Safe API.
+                let mut m = pool.map(&dev, a.clone(), dir).unwrap();
+                let at = pool_off(&pool, m.dma_addr());
+                device_write(&pool, at, &c);
+                m.write(0, &d).unwrap();
+                assert_eq!(m.sync_for_cpu(6990, 20), oob(6990, 20));
+                assert_eq!(m.sync_for_device(7000, 1), oob(7000, 1));
+                assert_eq!(m.sync_for_cpu(1, usize::MAX), oob(1, usize::MAX));
+                assert_eq!(m.read(6999, &mut [0; 2]), oob(6999, 2));
+                assert_eq!(m.write(6999, &[0; 2]), oob(6999, 2));
+                assert_eq!(device_read(&pool, at, 7000), c);
+                assert_eq!(m.unmap_with_attrs(Attrs::SKIP_CPU_SYNC), d);
+            }
+            assert_empty(&pool);
+        },
+    )
 }
 
 /// Raw scatter-gather entries over `bufs`, each with a distinct
@@ -783,9 +816,9 @@ fn unmap_raw_into_copies_through_the_pointer_given_at_the_same_address() {
     unsafe { slots.write_bytes(9, 1000) };
     let other = cpu.wrapping_add(1);
     // SAFETY: refused before anything is copied (what is tested).
-    let r = unsafe {
+    let r = expect_misuse(&["WrongSize"], || unsafe {
         platform.unmap_raw_into(&dev, dma, other, 999, Direction::FromDevice, Attrs::NONE)
-    };
+    });
     assert_eq!(r, Err(Error::NotMapped { dma }));
     assert!(tlb.stats().pool.io_tlb_used > 0, "nothing freed");
     let again = buf.as_mut_ptr();

@@ -8,6 +8,9 @@
 //! device address is the CPU address of the bounce bytes.
 
 mod common;
+mod misuse;
+
+use misuse::expect_misuse;
 #[macro_use]
 mod policies;
 
@@ -65,47 +68,70 @@ const LEN: usize = 5000;
 /// copy-back of the larger size would show in the bytes past the mapping
 /// (and stays inside the buffer: a missing check is seen, not undefined).
 fn unmap_longer_than_mapping_is_refused_and_copies_nothing<P: Policy>() {
-    let pool = pool::<P>(16);
-    let dev = forced();
-    let orig = bytes(1, 8192);
-    let oob = |len| {
-        Err(Error::OutOfBounds {
-            offset: 0,
-            len,
-            mapping_len: LEN,
-        })
-    };
-    for dir in DIRS {
-        let buf = RawBuf::new(&orig);
-        // SAFETY: `buf` outlives the mapping (8192 bytes, more than the
-        // 5000 mapped) and is reached only through its pointer.
-        let dma = unsafe { pool.map_raw(&dev, PhysAddr(0x10_0000), buf.ptr(), LEN, dir) }.unwrap();
-        let device = bytes(2, pool.len());
-        device_write(&pool, 0, &device);
-        let misuse = pool.stats().failures(FailReason::Misuse);
-        for len in [LEN + 1, 8192] {
-            // SAFETY: as above; the device is done. A correct engine
-            // copies nothing for a refused size (that is what is checked).
-            let r = unsafe { pool.unmap_raw(&dev, dma, len, dir, Attrs::NONE) };
-            assert_eq!(r, oob(len), "{dir:?} unmap of {len} bytes");
-        }
-        assert_eq!(buf.to_vec(), orig, "a refused unmap wrote the original");
-        assert_eq!(all_slots(&pool), device, "a refused unmap wrote the slots");
-        assert_eq!(pool.stats().failures(FailReason::Misuse), misuse + 2);
-        assert!(pool.stats().io_tlb_used > 0, "a refused unmap freed slots");
+    // Misuse on purpose, per direction: two unmaps of a wrong size, and a
+    // device that writes the whole pool (its scribble past the mapping
+    // found at the first).
+    expect_misuse(
+        &[
+            "WrongSize",
+            "DeviceWroteOutside",
+            "WrongSize",
+            "WrongSize",
+            "DeviceWroteOutside",
+            "WrongSize",
+            "WrongSize",
+            "DeviceWroteOutside",
+            "WrongSize",
+        ],
+        || {
+            let pool = pool::<P>(16);
+            let dev = forced();
+            let orig = bytes(1, 8192);
+            let oob = |len| {
+                Err(Error::OutOfBounds {
+                    offset: 0,
+                    len,
+                    mapping_len: LEN,
+                })
+            };
+            for dir in DIRS {
+                let buf = RawBuf::new(&orig);
+                // SAFETY: `buf` outlives the mapping (8192 bytes, more than the
+                // 5000 mapped) and is reached only through its pointer.
+                let dma = unsafe { pool.map_raw(&dev, PhysAddr(0x10_0000), buf.ptr(), LEN, dir) }
+                    .unwrap();
+                let device = bytes(2, pool.len());
+                device_write(&pool, 0, &device);
+                let misuse = pool.stats().failures(FailReason::Misuse);
+                for len in [LEN + 1, 8192] {
+                    // SAFETY: as above; the device is done. A correct engine
+                    // copies nothing for a refused size (that is what is checked).
+                    let r = unsafe { pool.unmap_raw(&dev, dma, len, dir, Attrs::NONE) };
+                    assert_eq!(r, oob(len), "{dir:?} unmap of {len} bytes");
+                }
+                assert_eq!(buf.to_vec(), orig, "a refused unmap wrote the original");
+                // The checker rewrites the guard bytes the device scribbled over
+                // (each scribble is reported once); the rest is untouched.
+                if !cfg!(feature = "checker") {
+                    assert_eq!(all_slots(&pool), device, "a refused unmap wrote the slots");
+                }
+                assert_eq!(pool.stats().failures(FailReason::Misuse), misuse + 2);
+                assert!(pool.stats().io_tlb_used > 0, "a refused unmap freed slots");
 
-        // Still mapped: the right size unmaps it, copying back its bytes
-        // and no more.
-        // SAFETY: as above.
-        unsafe { pool.unmap_raw(&dev, dma, LEN, dir, Attrs::NONE) }.unwrap();
-        let mut want = orig.clone();
-        if dir.copies_to_cpu() {
-            let at = pool_off(&pool, dma);
-            want[..LEN].copy_from_slice(&device[at..at + LEN]);
-        }
-        assert_eq!(buf.to_vec(), want, "{dir:?} unmap after the refusal");
-        assert_empty(&pool);
-    }
+                // Still mapped: the right size unmaps it, copying back its bytes
+                // and no more.
+                // SAFETY: as above.
+                unsafe { pool.unmap_raw(&dev, dma, LEN, dir, Attrs::NONE) }.unwrap();
+                let mut want = orig.clone();
+                if dir.copies_to_cpu() {
+                    let at = pool_off(&pool, dma);
+                    want[..LEN].copy_from_slice(&device[at..at + LEN]);
+                }
+                assert_eq!(buf.to_vec(), want, "{dir:?} unmap after the refusal");
+                assert_empty(&pool);
+            }
+        },
+    )
 }
 
 /// A sync from a mapping's first byte for more bytes than the mapping
@@ -114,84 +140,111 @@ fn unmap_longer_than_mapping_is_refused_and_copies_nothing<P: Policy>() {
 /// before. Buffers are longer than the mapping (the safe one in spare
 /// capacity), so a sync that ignored its bounds would show, not overrun.
 fn sync_longer_than_mapping_is_refused_and_copies_nothing<P: Policy>() {
-    let pool = pool::<P>(16);
-    let dev = forced();
-    let (a, d) = (bytes(10, 8192), bytes(11, 8192));
-    let oob = |len| {
-        Err(Error::OutOfBounds {
-            offset: 0,
-            len,
-            mapping_len: LEN,
-        })
-    };
-    for dir in DIRS {
-        // Raw API.
-        let buf = RawBuf::new(&a);
-        // SAFETY: `buf` outlives the mapping (8192 bytes, more than the
-        // 5000 mapped) and is reached only through its pointer.
-        let dma = unsafe { pool.map_raw(&dev, PhysAddr(0x10_0000), buf.ptr(), LEN, dir) }.unwrap();
-        let device = bytes(12, pool.len());
-        device_write(&pool, 0, &device);
-        buf.write(0, &d);
-        let misuse = pool.stats().failures(FailReason::Misuse);
-        // For each sync, the original is valid and reached only through
-        // its pointer, and the device is not accessing the mapping; a
-        // correct engine copies nothing for a refused range.
-        let sync_cpu = |len: usize| {
-            // SAFETY: as said above the closure, for any length.
-            unsafe { pool.sync_for_cpu_raw(&dev, dma, len, dir) }
-        };
-        let sync_device = |len: usize| {
-            // SAFETY: as said above the closure, for any length.
-            unsafe { pool.sync_for_device_raw(&dev, dma, len, dir) }
-        };
-        assert_eq!(sync_cpu(LEN + 1), oob(LEN + 1));
-        assert_eq!(sync_device(LEN + 1), oob(LEN + 1));
-        assert_eq!(sync_cpu(8192), oob(8192));
-        assert_eq!(sync_device(8192), oob(8192));
-        assert_eq!(pool.stats().failures(FailReason::Misuse), misuse + 4);
-        assert_eq!(
-            buf.to_vec(),
-            d,
-            "raw {dir:?}: a refused sync wrote the original"
-        );
-        assert_eq!(
-            all_slots(&pool),
-            device,
-            "raw {dir:?}: a refused sync wrote the slots"
-        );
-        // SAFETY: as above; the device is done.
-        unsafe { pool.unmap_raw(&dev, dma, LEN, dir, Attrs::SKIP_CPU_SYNC) }.unwrap();
-        assert_empty(&pool);
+    // Misuse on purpose, per direction (to-device, from-device,
+    // bidirectional): four refused syncs; the CPU's write to a to-device
+    // original; the device's writes over the whole pool, found at the
+    // unmap.
+    expect_misuse(
+        &[
+            "SyncOutside",
+            "SyncOutside",
+            "SyncOutside",
+            "SyncOutside",
+            "CpuWroteWhileDeviceOwned",
+            "DeviceWroteOutside",
+            "SyncOutside",
+            "SyncOutside",
+            "SyncOutside",
+            "SyncOutside",
+            "DeviceWroteOutside",
+            "SyncOutside",
+            "SyncOutside",
+            "SyncOutside",
+            "SyncOutside",
+            "DeviceWroteOutside",
+        ],
+        || {
+            let pool = pool::<P>(16);
+            let dev = forced();
+            let (a, d) = (bytes(10, 8192), bytes(11, 8192));
+            let oob = |len| {
+                Err(Error::OutOfBounds {
+                    offset: 0,
+                    len,
+                    mapping_len: LEN,
+                })
+            };
+            for dir in DIRS {
+                // Raw API.
+                let buf = RawBuf::new(&a);
+                // SAFETY: `buf` outlives the mapping (8192 bytes, more than the
+                // 5000 mapped) and is reached only through its pointer.
+                let dma = unsafe { pool.map_raw(&dev, PhysAddr(0x10_0000), buf.ptr(), LEN, dir) }
+                    .unwrap();
+                let device = bytes(12, pool.len());
+                device_write(&pool, 0, &device);
+                buf.write(0, &d);
+                let misuse = pool.stats().failures(FailReason::Misuse);
+                // For each sync, the original is valid and reached only through
+                // its pointer, and the device is not accessing the mapping; a
+                // correct engine copies nothing for a refused range.
+                let sync_cpu = |len: usize| {
+                    // SAFETY: as said above the closure, for any length.
+                    unsafe { pool.sync_for_cpu_raw(&dev, dma, len, dir) }
+                };
+                let sync_device = |len: usize| {
+                    // SAFETY: as said above the closure, for any length.
+                    unsafe { pool.sync_for_device_raw(&dev, dma, len, dir) }
+                };
+                assert_eq!(sync_cpu(LEN + 1), oob(LEN + 1));
+                assert_eq!(sync_device(LEN + 1), oob(LEN + 1));
+                assert_eq!(sync_cpu(8192), oob(8192));
+                assert_eq!(sync_device(8192), oob(8192));
+                assert_eq!(pool.stats().failures(FailReason::Misuse), misuse + 4);
+                assert_eq!(
+                    buf.to_vec(),
+                    d,
+                    "raw {dir:?}: a refused sync wrote the original"
+                );
+                assert_eq!(
+                    all_slots(&pool),
+                    device,
+                    "raw {dir:?}: a refused sync wrote the slots"
+                );
+                // SAFETY: as above; the device is done.
+                unsafe { pool.unmap_raw(&dev, dma, LEN, dir, Attrs::SKIP_CPU_SYNC) }.unwrap();
+                assert_empty(&pool);
 
-        // Safe API: a buffer of 5000 bytes in an allocation of 8192.
-        let mut v = Vec::with_capacity(8192);
-        v.extend_from_slice(&a[..LEN]);
-        let mut m = pool.map(&dev, v, dir).unwrap();
-        device_write(&pool, 0, &device);
-        m.write(0, &d[..LEN]).unwrap();
-        let misuse = pool.stats().failures(FailReason::Misuse);
-        assert_eq!(m.sync_for_cpu(0, LEN + 1), oob(LEN + 1));
-        assert_eq!(m.sync_for_device(0, LEN + 1), oob(LEN + 1));
-        assert_eq!(m.sync_for_cpu(0, 8192), oob(8192));
-        assert_eq!(m.sync_for_device(0, 8192), oob(8192));
-        assert_eq!(pool.stats().failures(FailReason::Misuse), misuse + 4);
-        let mut seen = vec![0; LEN];
-        m.read(0, &mut seen).unwrap();
-        assert_eq!(
-            seen,
-            d[..LEN],
-            "safe {dir:?}: a refused sync wrote the buffer"
-        );
-        assert_eq!(
-            all_slots(&pool),
-            device,
-            "safe {dir:?}: a refused sync wrote the slots"
-        );
-        let back = m.unmap_with_attrs(Attrs::SKIP_CPU_SYNC);
-        assert_eq!(back, d[..LEN]);
-        assert_empty(&pool);
-    }
+                // Safe API: a buffer of 5000 bytes in an allocation of 8192.
+                let mut v = Vec::with_capacity(8192);
+                v.extend_from_slice(&a[..LEN]);
+                let mut m = pool.map(&dev, v, dir).unwrap();
+                device_write(&pool, 0, &device);
+                m.write(0, &d[..LEN]).unwrap();
+                let misuse = pool.stats().failures(FailReason::Misuse);
+                assert_eq!(m.sync_for_cpu(0, LEN + 1), oob(LEN + 1));
+                assert_eq!(m.sync_for_device(0, LEN + 1), oob(LEN + 1));
+                assert_eq!(m.sync_for_cpu(0, 8192), oob(8192));
+                assert_eq!(m.sync_for_device(0, 8192), oob(8192));
+                assert_eq!(pool.stats().failures(FailReason::Misuse), misuse + 4);
+                let mut seen = vec![0; LEN];
+                m.read(0, &mut seen).unwrap();
+                assert_eq!(
+                    seen,
+                    d[..LEN],
+                    "safe {dir:?}: a refused sync wrote the buffer"
+                );
+                assert_eq!(
+                    all_slots(&pool),
+                    device,
+                    "safe {dir:?}: a refused sync wrote the slots"
+                );
+                let back = m.unmap_with_attrs(Attrs::SKIP_CPU_SYNC);
+                assert_eq!(back, d[..LEN]);
+                assert_empty(&pool);
+            }
+        },
+    )
 }
 
 /// A zero-size map is refused with `ZeroSize` at both levels, for a device
@@ -247,82 +300,108 @@ fn zero_size_map_is_refused_even_when_reachable<P: Policy>() {
 /// counted. Two failures, a double unmap and an unmap longer than its
 /// mapping, in both orders.
 fn unmap_sg_returns_first_error_and_unmaps_the_rest<P: Policy>() {
-    const N: usize = 5;
-    const ENTRY: usize = 1000;
-    let dir = Direction::FromDevice;
-    let dev = forced();
-    for (gone, long) in [(1, 3), (3, 1)] {
-        let pool = pool::<P>(16);
-        let origs: Vec<Vec<u8>> = (0..N).map(|i| bytes(30 + i as u64, 4096)).collect();
-        // Buffers of 4096 bytes of which 1000 are mapped, so that a
-        // copy-back of the longer size would stay inside the buffer.
-        let bufs: Vec<RawBuf> = origs.iter().map(|o| RawBuf::new(o)).collect();
-        let mut sg: Vec<SgEntry> = bufs
-            .iter()
-            .enumerate()
-            .map(|(i, b)| SgEntry {
-                phys: PhysAddr(0x100_0000 * (i as u64 + 1)),
-                cpu: b.ptr(),
-                len: ENTRY,
-                dma: DmaAddr(0),
-            })
-            .collect();
-        // SAFETY: the buffers outlive every mapping and are reached only
-        // through their pointers.
-        unsafe { pool.map_sg_raw(&dev, &mut sg, dir, Attrs::NONE) }.unwrap();
-        let device = bytes(40, pool.len());
-        device_write(&pool, 0, &device);
-        let written = |e: &SgEntry| {
-            let at = pool_off(&pool, e.dma);
-            device[at..at + ENTRY].to_vec()
-        };
+    // Misuse on purpose: entries unmapped alone, twice, with a wrong size
+    // or as single mappings, and a device that writes the whole pool.
+    expect_misuse(
+        &[
+            "WrongKind",
+            "DeviceWroteOutside",
+            "DeviceWroteOutside",
+            "NeverMapped",
+            "DeviceWroteOutside",
+            "WrongSize",
+            "DeviceWroteOutside",
+            "DeviceWroteOutside",
+            "WrongKind",
+            "WrongKind",
+            "DeviceWroteOutside",
+            "DeviceWroteOutside",
+            "WrongSize",
+            "DeviceWroteOutside",
+            "DeviceWroteOutside",
+            "NeverMapped",
+            "DeviceWroteOutside",
+            "WrongKind",
+        ],
+        || {
+            const N: usize = 5;
+            const ENTRY: usize = 1000;
+            let dir = Direction::FromDevice;
+            let dev = forced();
+            for (gone, long) in [(1, 3), (3, 1)] {
+                let pool = pool::<P>(16);
+                let origs: Vec<Vec<u8>> = (0..N).map(|i| bytes(30 + i as u64, 4096)).collect();
+                // Buffers of 4096 bytes of which 1000 are mapped, so that a
+                // copy-back of the longer size would stay inside the buffer.
+                let bufs: Vec<RawBuf> = origs.iter().map(|o| RawBuf::new(o)).collect();
+                let mut sg: Vec<SgEntry> = bufs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| SgEntry {
+                        phys: PhysAddr(0x100_0000 * (i as u64 + 1)),
+                        cpu: b.ptr(),
+                        len: ENTRY,
+                        dma: DmaAddr(0),
+                    })
+                    .collect();
+                // SAFETY: the buffers outlive every mapping and are reached only
+                // through their pointers.
+                unsafe { pool.map_sg_raw(&dev, &mut sg, dir, Attrs::NONE) }.unwrap();
+                let device = bytes(40, pool.len());
+                device_write(&pool, 0, &device);
+                let written = |e: &SgEntry| {
+                    let at = pool_off(&pool, e.dma);
+                    device[at..at + ENTRY].to_vec()
+                };
 
-        // Entry `gone` is unmapped on its own first, so the list unmaps it
-        // twice; entry `long` is given a size past its mapping.
-        // SAFETY: as above; the device is done.
-        unsafe { pool.unmap_raw(&dev, sg[gone].dma, ENTRY, dir, Attrs::NONE) }.unwrap();
-        let mut want: Vec<Vec<u8>> = origs.clone();
-        want[gone][..ENTRY].copy_from_slice(&written(&sg[gone]));
-        sg[long].len = ENTRY + 1;
-        let misuse = pool.stats().failures(FailReason::Misuse);
+                // Entry `gone` is unmapped on its own first, so the list unmaps it
+                // twice; entry `long` is given a size past its mapping.
+                // SAFETY: as above; the device is done.
+                unsafe { pool.unmap_raw(&dev, sg[gone].dma, ENTRY, dir, Attrs::NONE) }.unwrap();
+                let mut want: Vec<Vec<u8>> = origs.clone();
+                want[gone][..ENTRY].copy_from_slice(&written(&sg[gone]));
+                sg[long].len = ENTRY + 1;
+                let misuse = pool.stats().failures(FailReason::Misuse);
 
-        // SAFETY: as above.
-        let r = unsafe { pool.unmap_sg_raw(&dev, &sg, dir, Attrs::NONE) };
-        let first = gone.min(long);
-        let expected = if first == gone {
-            Error::NotMapped { dma: sg[gone].dma }
-        } else {
-            Error::OutOfBounds {
-                offset: 0,
-                len: ENTRY + 1,
-                mapping_len: ENTRY,
+                // SAFETY: as above.
+                let r = unsafe { pool.unmap_sg_raw(&dev, &sg, dir, Attrs::NONE) };
+                let first = gone.min(long);
+                let expected = if first == gone {
+                    Error::NotMapped { dma: sg[gone].dma }
+                } else {
+                    Error::OutOfBounds {
+                        offset: 0,
+                        len: ENTRY + 1,
+                        mapping_len: ENTRY,
+                    }
+                };
+                assert_eq!(r, Err(expected), "the first failing entry's error");
+                assert_eq!(pool.stats().failures(FailReason::Misuse), misuse + 2);
+                for i in (0..N).filter(|&i| i != gone && i != long) {
+                    want[i][..ENTRY].copy_from_slice(&written(&sg[i]));
+                }
+                for (i, (b, w)) in bufs.iter().zip(&want).enumerate() {
+                    assert_eq!(
+                        &b.to_vec(),
+                        w,
+                        "entry {i} (double unmap {gone}, long {long})"
+                    );
+                }
+                assert_eq!(
+                    pool.stats().io_tlb_used,
+                    1,
+                    "every entry but the refused one unmapped"
+                );
+
+                // The refused entry is still mapped, and unmaps with its own size.
+                // SAFETY: as above.
+                unsafe { pool.unmap_raw(&dev, sg[long].dma, ENTRY, dir, Attrs::NONE) }.unwrap();
+                want[long][..ENTRY].copy_from_slice(&written(&sg[long]));
+                assert_eq!(bufs[long].to_vec(), want[long]);
+                assert_empty(&pool);
             }
-        };
-        assert_eq!(r, Err(expected), "the first failing entry's error");
-        assert_eq!(pool.stats().failures(FailReason::Misuse), misuse + 2);
-        for i in (0..N).filter(|&i| i != gone && i != long) {
-            want[i][..ENTRY].copy_from_slice(&written(&sg[i]));
-        }
-        for (i, (b, w)) in bufs.iter().zip(&want).enumerate() {
-            assert_eq!(
-                &b.to_vec(),
-                w,
-                "entry {i} (double unmap {gone}, long {long})"
-            );
-        }
-        assert_eq!(
-            pool.stats().io_tlb_used,
-            1,
-            "every entry but the refused one unmapped"
-        );
-
-        // The refused entry is still mapped, and unmaps with its own size.
-        // SAFETY: as above.
-        unsafe { pool.unmap_raw(&dev, sg[long].dma, ENTRY, dir, Attrs::NONE) }.unwrap();
-        want[long][..ENTRY].copy_from_slice(&written(&sg[long]));
-        assert_eq!(bufs[long].to_vec(), want[long]);
-        assert_empty(&pool);
-    }
+        },
+    )
 }
 
 /// A scatter-gather segment of exactly the device's `max_segment_size` is

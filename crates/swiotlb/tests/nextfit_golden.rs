@@ -190,14 +190,29 @@ impl Fixture {
 }
 
 /// A device that always bounces, with no alignment needs and Linux's
-/// default 4 GiB segment boundary.
+/// default 4 GiB segment boundary. Each test (one thread) has one such
+/// device, and every call gives a clone of it: clones are the same
+/// device, as a driver keeps one, so that a mapping made with one call's
+/// value is unmapped with the same device (what the misuse checker, when
+/// built in, asks).
 fn plain() -> Device {
-    Device::new(DmaMask::BITS_64).with_force_bounce()
+    thread_local! {
+        static PLAIN: Device = const { Device::new(DmaMask::BITS_64).with_force_bounce() };
+    }
+    PLAIN.with(Device::clone)
 }
 
-/// An NVMe-like device: `min_align_mask` 0xfff.
+/// An NVMe-like device: `min_align_mask` 0xfff; one per test, as
+/// [`plain`].
 fn nvme() -> Device {
-    plain().with_min_align_mask(0xfff)
+    thread_local! {
+        static NVME: Device = const {
+            Device::new(DmaMask::BITS_64)
+                .with_force_bounce()
+                .with_min_align_mask(0xfff)
+        };
+    }
+    NVME.with(Device::clone)
 }
 
 #[track_caller]

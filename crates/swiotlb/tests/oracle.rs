@@ -29,6 +29,19 @@
 //! one fault this oracle found in `Fast`.
 
 mod common;
+mod misuse;
+
+use misuse::expect_misuse;
+
+/// What the misuse checker, when built in, finds in a raw sync: a range
+/// past the mapping's end is outside every mapping.
+fn refused(oob: bool) -> &'static [&'static str] {
+    if oob {
+        &["SyncOutside"]
+    } else {
+        &[]
+    }
+}
 
 use common::{bytes, device_read, device_write, forced, RawBuf};
 use proptest::collection::vec;
@@ -637,7 +650,9 @@ impl<'p, P: Searched> Model<'p, P> {
         self.unmap(i, Attrs::NONE);
         // SAFETY: the address is no longer a mapping; a correct engine
         // touches no memory for it (that is what is checked).
-        let r = unsafe { self.pool.unmap_raw(&dev, dma, len, dir, Attrs::NONE) };
+        let r = expect_misuse(&["NeverMapped"], || unsafe {
+            self.pool.unmap_raw(&dev, dma, len, dir, Attrs::NONE)
+        });
         assert_eq!(r, Err(Error::NotMapped { dma }), "double unmap accepted");
         self.failures[FailReason::Misuse as usize] += 1;
     }
@@ -675,10 +690,10 @@ impl<'p, P: Searched> Model<'p, P> {
         }
         // SAFETY: not a live mapping's address; a correct engine touches
         // no memory for it (that is what is checked).
-        let r = unsafe {
+        let r = expect_misuse(&["NeverMapped"], || unsafe {
             self.pool
                 .unmap_raw(&forced(), dma, 1, Direction::Bidirectional, Attrs::NONE)
-        };
+        });
         assert_eq!(r, Err(Error::NotMapped { dma }), "stale unmap accepted");
         self.failures[FailReason::Misuse as usize] += 1;
     }
@@ -705,10 +720,10 @@ impl<'p, P: Searched> Model<'p, P> {
         };
         // SAFETY: the address is not inside a live mapping's bytes; a
         // correct engine copies nothing for it (that is what is checked).
-        let r = unsafe {
+        let r = expect_misuse(&["SyncOutside"], || unsafe {
             self.pool
                 .sync_for_cpu_raw(&forced(), dma, 1, Direction::Bidirectional)
-        };
+        });
         assert_eq!(r, Err(want), "stale sync at {dma:?}");
         self.failures[FailReason::Misuse as usize] += 1;
     }
@@ -731,9 +746,9 @@ impl<'p, P: Searched> Model<'p, P> {
         let r = match &mut l.side {
             // SAFETY: the original is valid and reached only through its
             // raw pointer; the device is not writing meanwhile.
-            Side::Raw { dev, .. } => unsafe {
+            Side::Raw { dev, .. } => expect_misuse(refused(oob), || unsafe {
                 pool.sync_for_cpu_raw(dev, l.dma + o as u64, n, l.dir)
-            },
+            }),
             Side::Safe(m) => m.sync_for_cpu(o, n),
         };
         if oob {
@@ -769,9 +784,9 @@ impl<'p, P: Searched> Model<'p, P> {
         let (o, n) = pick_range(l.len, off, len, oob);
         let r = match &mut l.side {
             // SAFETY: as in `sync_for_cpu`.
-            Side::Raw { dev, .. } => unsafe {
+            Side::Raw { dev, .. } => expect_misuse(refused(oob), || unsafe {
                 pool.sync_for_device_raw(dev, l.dma + o as u64, n, l.dir)
-            },
+            }),
             Side::Safe(m) => m.sync_for_device(o, n),
         };
         if oob {

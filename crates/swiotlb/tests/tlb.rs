@@ -2,6 +2,10 @@
 //! tlbs that never fall back, coherent allocations, and the
 //! `swiotlb.high=` key.
 
+mod misuse;
+
+use misuse::expect_misuse;
+
 use std::collections::BTreeMap;
 use std::ptr::NonNull;
 
@@ -306,55 +310,62 @@ fn coherent_memory_is_zeroed() {
 
 #[test]
 fn bad_frees_are_not_mapped() {
-    let (p, d) = restricted_only();
-    let c = p.alloc_coherent(&d, 8192).unwrap();
-    let nm = |dma: DmaAddr| Err(Error::NotMapped { dma });
-    // Interior address.
-    let inside = DmaAddr(c.dma.as_u64() + 2048);
-    // SAFETY: not the start of a live coherent allocation: refused.
-    assert_eq!(unsafe { p.free_coherent(&d, inside, 8192) }, nm(inside));
-    // Never allocated.
-    let free = DmaAddr(RESTRICTED + (512 << 10));
-    // SAFETY: not a live coherent allocation: refused.
-    assert_eq!(unsafe { p.free_coherent(&d, free, 8192) }, nm(free));
-    // Outside the pool.
-    let out = DmaAddr(LOW);
-    // SAFETY: not a live coherent allocation: refused.
-    assert_eq!(unsafe { p.free_coherent(&d, out, 8192) }, nm(out));
-    // A streaming mapping is not a coherent allocation, and a coherent
-    // allocation is not a streaming mapping.
-    let m = p.map(&d, vec![0u8; 3000], Direction::ToDevice).unwrap();
-    // SAFETY: a streaming mapping, not a coherent allocation: refused.
-    let r = unsafe { p.free_coherent(&d, m.dma_addr(), 3000) };
-    assert_eq!(r, nm(m.dma_addr()));
-    let tlb = &p.restricted()[0];
-    // SAFETY: the address is not a streaming mapping, so nothing is
-    // copied; the call must refuse it.
-    let r = unsafe {
-        tlb.first_pool()
-            .unmap_raw(&d, c.dma, 8192, Direction::FromDevice, Attrs::NONE)
-    };
-    assert_eq!(r, nm(c.dma));
-    // SAFETY: as above.
-    let r = unsafe {
-        tlb.first_pool()
-            .sync_for_cpu_raw(&d, c.dma, 16, Direction::FromDevice)
-    };
-    assert_eq!(r, nm(c.dma));
-    drop(m);
-    // Once, then never again.
-    // SAFETY: nothing uses the allocation.
-    unsafe { p.free_coherent(&d, c.dma, 8192) }.unwrap();
-    // SAFETY: no longer a live coherent allocation: refused.
-    assert_eq!(unsafe { p.free_coherent(&d, c.dma, 8192) }, nm(c.dma));
-    assert_eq!(tlb.stats().pool.io_tlb_used, 0);
-    // A device with no restricted tlb gets no coherent memory here.
-    assert_eq!(p.alloc_coherent(&dev(64), 4096), Err(Error::NoPool));
-    assert_eq!(p.alloc_coherent(&d, 0), Err(Error::ZeroSize));
-    assert!(matches!(
-        p.alloc_coherent(&d, 512 << 10),
-        Err(Error::TooLarge { .. })
-    ));
+    // Misuse on purpose: frees of addresses no allocation starts at (the
+    // safe mapping's too: the checker watches the raw API only), an unmap
+    // and a sync of the coherent allocation, and its second free.
+    let never = "NeverMapped";
+    let kinds = [never, never, never, never, "WrongKind", "WrongKind", never];
+    expect_misuse(&kinds, || {
+        let (p, d) = restricted_only();
+        let c = p.alloc_coherent(&d, 8192).unwrap();
+        let nm = |dma: DmaAddr| Err(Error::NotMapped { dma });
+        // Interior address.
+        let inside = DmaAddr(c.dma.as_u64() + 2048);
+        // SAFETY: not the start of a live coherent allocation: refused.
+        assert_eq!(unsafe { p.free_coherent(&d, inside, 8192) }, nm(inside));
+        // Never allocated.
+        let free = DmaAddr(RESTRICTED + (512 << 10));
+        // SAFETY: not a live coherent allocation: refused.
+        assert_eq!(unsafe { p.free_coherent(&d, free, 8192) }, nm(free));
+        // Outside the pool.
+        let out = DmaAddr(LOW);
+        // SAFETY: not a live coherent allocation: refused.
+        assert_eq!(unsafe { p.free_coherent(&d, out, 8192) }, nm(out));
+        // A streaming mapping is not a coherent allocation, and a coherent
+        // allocation is not a streaming mapping.
+        let m = p.map(&d, vec![0u8; 3000], Direction::ToDevice).unwrap();
+        // SAFETY: a streaming mapping, not a coherent allocation: refused.
+        let r = unsafe { p.free_coherent(&d, m.dma_addr(), 3000) };
+        assert_eq!(r, nm(m.dma_addr()));
+        let tlb = &p.restricted()[0];
+        // SAFETY: the address is not a streaming mapping, so nothing is
+        // copied; the call must refuse it.
+        let r = unsafe {
+            tlb.first_pool()
+                .unmap_raw(&d, c.dma, 8192, Direction::FromDevice, Attrs::NONE)
+        };
+        assert_eq!(r, nm(c.dma));
+        // SAFETY: as above.
+        let r = unsafe {
+            tlb.first_pool()
+                .sync_for_cpu_raw(&d, c.dma, 16, Direction::FromDevice)
+        };
+        assert_eq!(r, nm(c.dma));
+        drop(m);
+        // Once, then never again.
+        // SAFETY: nothing uses the allocation.
+        unsafe { p.free_coherent(&d, c.dma, 8192) }.unwrap();
+        // SAFETY: no longer a live coherent allocation: refused.
+        assert_eq!(unsafe { p.free_coherent(&d, c.dma, 8192) }, nm(c.dma));
+        assert_eq!(tlb.stats().pool.io_tlb_used, 0);
+        // A device with no restricted tlb gets no coherent memory here.
+        assert_eq!(p.alloc_coherent(&dev(64), 4096), Err(Error::NoPool));
+        assert_eq!(p.alloc_coherent(&d, 0), Err(Error::ZeroSize));
+        assert!(matches!(
+            p.alloc_coherent(&d, 512 << 10),
+            Err(Error::TooLarge { .. })
+        ));
+    })
 }
 
 /// A coherent allocation freed with a size other than its own is refused
@@ -374,7 +385,10 @@ fn coherent_free_of_the_wrong_size_frees_nothing() {
             allocated: 4096,
         });
         // SAFETY: the size is wrong, so the call only returns an error.
-        assert_eq!(unsafe { p.free_coherent(&d, c.dma, size) }, wrong, "{size}");
+        let r = expect_misuse(&["WrongSize"], || unsafe {
+            p.free_coherent(&d, c.dma, size)
+        });
+        assert_eq!(r, wrong, "{size}");
         assert_eq!(tlb.stats().pool.io_tlb_used, used, "{size}");
     }
     let msg = Error::WrongSize {
@@ -677,7 +691,9 @@ fn a_platform_maps_raw_and_sg_where_the_rule_says() {
         // A second unmap: `NotMapped` in a tlb; nothing to check for the
         // direct one.
         // SAFETY: the mapping is gone; the call must find nothing.
-        let again = unsafe { p.unmap_raw(d, dma, 2000, Direction::Bidirectional, Attrs::NONE) };
+        let again = expect_misuse(&["NeverMapped"], || unsafe {
+            p.unmap_raw(d, dma, 2000, Direction::Bidirectional, Attrs::NONE)
+        });
         if i < 3 {
             assert_eq!(again, Err(Error::NotMapped { dma }), "case {i}");
         } else {

@@ -15,7 +15,7 @@ use crate::translate::Translate;
 use super::Mapping;
 use super::{outside, thread_hint, Bouncing, MapOptions};
 #[cfg(feature = "checker")]
-use crate::checker::{Caller, MapKind, MapKind::Single};
+use crate::checker::{Caller, Hook, InPool, MapKind, MapKind::Single};
 
 impl<P: Policy> Pool<P> {
     /// Bounces `size` bytes of the original at `orig` (CPU address `cpu`)
@@ -523,6 +523,41 @@ impl<P: Policy> Pool<P> {
 /// point calls one, and nothing else does.
 #[cfg(feature = "checker")]
 impl<P: Policy> Pool<P> {
+    /// Writes (`check == false`) or reads back the guard bytes of the
+    /// streaming mapping at bounce address `phys`, if this pool holds it.
+    pub(crate) fn guard_op(&self, phys: PhysAddr, check: bool) -> Option<InPool> {
+        if !self.contains(phys) {
+            return None;
+        }
+        let slot = self.vaddr().as_ptr().addr() + (phys - self.start()) as usize;
+        Some(if check {
+            InPool {
+                slot,
+                guarded: true,
+                found: self.guard_check(phys),
+            }
+        } else {
+            InPool {
+                slot,
+                guarded: self.guard_fill(phys),
+                found: [None, None],
+            }
+        })
+    }
+
+    /// The checker's view of a call on this pool for `dev`.
+    pub(crate) fn hook<'a, T: Translate>(
+        &'a self,
+        dev: &'a Device<T>,
+        caller: Caller,
+    ) -> Hook<impl Fn(DmaAddr, bool) -> Option<InPool> + 'a> {
+        Hook {
+            dev: dev.checker_id(),
+            caller,
+            guards: move |dma, check| self.guard_op(dev.translate().dma_to_phys(dma), check),
+        }
+    }
+
     /// Records a new mapping (an entry of a list of `nents`, 1 if not a
     /// list) and, if it bounced here, fills its guard bytes.
     ///
@@ -540,19 +575,12 @@ impl<P: Policy> Pool<P> {
         nents: usize,
         caller: Caller,
     ) {
-        let at = crate::checker::At {
-            dev: dev.checker_id(),
-            dma,
-            size,
-            caller,
-        };
         // SAFETY: `cpu` is valid for reads of `size` bytes (this
         // function's contract).
-        unsafe { crate::checker::mapped(&at, cpu, dir, kind, nents) };
-        let phys = dev.translate().dma_to_phys(dma);
-        if self.contains(phys) {
-            self.guard_fill(phys);
-        }
+        unsafe {
+            self.hook(dev, caller)
+                .mapped(dma, cpu, size, dir, kind, nents)
+        };
     }
 
     /// Checks a release against the record and the guard bytes.
@@ -570,21 +598,8 @@ impl<P: Policy> Pool<P> {
         nents: usize,
         caller: Caller,
     ) {
-        let at = crate::checker::At {
-            dev: dev.checker_id(),
-            dma,
-            size,
-            caller,
-        };
-        let rel = crate::checker::Release { kind, dir, nents };
         // SAFETY: this function's contract.
-        let mapped_at = unsafe { crate::checker::releasing(&at, &rel) };
-        let phys = dev.translate().dma_to_phys(dma);
-        if let Some(mapped_at) = mapped_at {
-            if self.contains(phys) {
-                crate::checker::scribbled(dma, self.guard_check(phys), mapped_at, caller);
-            }
-        }
+        unsafe { self.hook(dev, caller).release(dma, size, dir, kind, nents) };
     }
 
     /// Checks a sync against the record; for the CPU, the guard bytes too.
@@ -600,19 +615,7 @@ impl<P: Policy> Pool<P> {
         for_cpu: bool,
         caller: Caller,
     ) {
-        let at = crate::checker::At {
-            dev: dev.checker_id(),
-            dma,
-            size,
-            caller,
-        };
         // SAFETY: this function's contract.
-        let hit = unsafe { crate::checker::syncing(&at, dir, for_cpu) };
-        if let (Some((start, mapped_at)), true) = (hit, for_cpu) {
-            let phys = dev.translate().dma_to_phys(start);
-            if self.contains(phys) {
-                crate::checker::scribbled(start, self.guard_check(phys), mapped_at, caller);
-            }
-        }
+        unsafe { self.hook(dev, caller).sync(dma, size, dir, for_cpu) };
     }
 }

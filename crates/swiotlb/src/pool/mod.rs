@@ -231,6 +231,8 @@ impl<P: Policy> Drop for Pool<P> {
         // The fields drop after this, in order: the arrays in place, then
         // the heap memory (`owned`, `meta_block`), if any. No mapping can
         // outlive the pool: safe mappings borrow it.
+        #[cfg(feature = "checker")]
+        crate::checker::pool_gone(self.vaddr.as_ptr().addr(), self.start.0, self.len());
     }
 }
 

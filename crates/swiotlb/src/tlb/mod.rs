@@ -57,6 +57,12 @@ use crate::stats::Stats;
 use crate::sync::{AtomicU64, Ordering};
 use crate::translate::Translate;
 
+#[cfg(feature = "checker")]
+use crate::checker::{
+    Caller, Hook, InPool,
+    MapKind::{Sg, Single},
+};
+
 mod clock;
 mod future;
 mod grow;
@@ -1012,7 +1018,36 @@ impl<P: Policy> IoTlb<P> {
     ///
     /// # Safety
     /// As [`Pool::bounce_raw`].
+    #[cfg_attr(feature = "checker", track_caller)]
     pub unsafe fn bounce_raw<T: Translate + Clone + Send + Sync + 'static>(
+        &self,
+        dev: &Device<T>,
+        orig: PhysAddr,
+        cpu: *mut u8,
+        size: usize,
+        attrs: Attrs,
+        opts: MapOptions,
+    ) -> Result<Bounce> {
+        // SAFETY: this function's contract, passed on.
+        let r = unsafe { self.bounce_unchecked(dev, orig, cpu, size, attrs, opts) };
+        #[cfg(feature = "checker")]
+        if let Ok(b) = &r {
+            let caller = core::panic::Location::caller();
+            // SAFETY: `cpu` is valid for reads of `size` bytes (this
+            // function's contract).
+            unsafe {
+                self.hook(dev, caller)
+                    .mapped(b.dma, cpu, size, None, Single, 1)
+            };
+        }
+        r
+    }
+
+    /// [`IoTlb::bounce_raw`] without the checker's hook.
+    ///
+    /// # Safety
+    /// As [`Pool::bounce_raw`].
+    pub(crate) unsafe fn bounce_unchecked<T: Translate + Clone + Send + Sync + 'static>(
         &self,
         dev: &Device<T>,
         orig: PhysAddr,
@@ -1037,6 +1072,7 @@ impl<P: Policy> IoTlb<P> {
     ///
     /// # Safety
     /// As [`Pool::map_raw`].
+    #[cfg_attr(feature = "checker", track_caller)]
     pub unsafe fn map_raw<T: Translate + Clone + Send + Sync + 'static>(
         &self,
         dev: &Device<T>,
@@ -1059,6 +1095,7 @@ impl<P: Policy> IoTlb<P> {
     ///
     /// # Safety
     /// As [`Pool::map_raw`].
+    #[cfg_attr(feature = "checker", track_caller)]
     pub unsafe fn map_raw_with_attrs<T: Translate + Clone + Send + Sync + 'static>(
         &self,
         dev: &Device<T>,
@@ -1069,6 +1106,33 @@ impl<P: Policy> IoTlb<P> {
         attrs: Attrs,
     ) -> Result<DmaAddr> {
         let _ = dir;
+        // SAFETY: this function's contract, passed on.
+        let r = unsafe { self.map_raw_unchecked(dev, orig, cpu, size, attrs) };
+        #[cfg(feature = "checker")]
+        if let Ok(dma) = r {
+            let caller = core::panic::Location::caller();
+            // SAFETY: `cpu` is valid for reads of `size` bytes (this
+            // function's contract).
+            unsafe {
+                self.hook(dev, caller)
+                    .mapped(dma, cpu, size, Some(dir), Single, 1)
+            };
+        }
+        r
+    }
+
+    /// [`IoTlb::map_raw_with_attrs`] without the checker's hook.
+    ///
+    /// # Safety
+    /// As [`Pool::map_raw`].
+    pub(crate) unsafe fn map_raw_unchecked<T: Translate + Clone + Send + Sync + 'static>(
+        &self,
+        dev: &Device<T>,
+        orig: PhysAddr,
+        cpu: *mut u8,
+        size: usize,
+        attrs: Attrs,
+    ) -> Result<DmaAddr> {
         let direct = self.bouncing() == Bouncing::IfNeeded && dev.maps_directly(orig, size);
         if direct {
             self.first.count_direct();
@@ -1078,7 +1142,8 @@ impl<P: Policy> IoTlb<P> {
         // unreferenced until the unmap, and `orig` is its physical address
         // (this function's contract, `Pool::map_raw`'s, which holds
         // `bounce_raw`'s).
-        let b = unsafe { self.bounce_raw(dev, orig, cpu, size, attrs, MapOptions::default())? };
+        let b =
+            unsafe { self.bounce_unchecked(dev, orig, cpu, size, attrs, MapOptions::default())? };
         Ok(b.dma)
     }
 
@@ -1120,7 +1185,37 @@ impl<P: Policy> IoTlb<P> {
     ///
     /// # Safety
     /// As [`Pool::unmap_raw`].
+    #[cfg_attr(feature = "checker", track_caller)]
     pub unsafe fn unmap_raw<T: Translate>(
+        &self,
+        dev: &Device<T>,
+        dma: DmaAddr,
+        size: usize,
+        dir: Direction,
+        attrs: Attrs,
+    ) -> Result {
+        #[cfg(feature = "checker")]
+        let hook = self.hook(dev, core::panic::Location::caller());
+        // SAFETY: the mapping's original is still valid (this function's
+        // contract).
+        #[cfg(feature = "checker")]
+        unsafe {
+            hook.release(dma, size, Some(dir), Single, 1);
+        }
+        // SAFETY: this function's contract, passed on.
+        let r = unsafe { self.unmap_unchecked(dev, dma, size, dir, attrs) };
+        #[cfg(feature = "checker")]
+        if r.is_ok() {
+            hook.released(dma);
+        }
+        r
+    }
+
+    /// [`IoTlb::unmap_raw`] without the checker's hooks.
+    ///
+    /// # Safety
+    /// As [`Pool::unmap_raw`].
+    pub(crate) unsafe fn unmap_unchecked<T: Translate>(
         &self,
         dev: &Device<T>,
         dma: DmaAddr,
@@ -1179,6 +1274,7 @@ impl<P: Policy> IoTlb<P> {
     ///
     /// # Safety
     /// As [`Pool::sync_for_cpu_raw`].
+    #[cfg_attr(feature = "checker", track_caller)]
     pub unsafe fn sync_for_cpu_raw<T: Translate>(
         &self,
         dev: &Device<T>,
@@ -1186,6 +1282,13 @@ impl<P: Policy> IoTlb<P> {
         size: usize,
         dir: Direction,
     ) -> Result {
+        #[cfg(feature = "checker")]
+        {
+            let caller = core::panic::Location::caller();
+            // SAFETY: the mapping's original is valid (this function's
+            // contract).
+            unsafe { self.hook(dev, caller).sync(dma, size, dir, true) };
+        }
         // SAFETY: the mapping's original is valid for writes of the synced
         // range and unreferenced (this function's contract).
         unsafe { self.sync_raw(dev, dma, size, SyncTo::Cpu, dir.copies_to_cpu()) }
@@ -1198,6 +1301,7 @@ impl<P: Policy> IoTlb<P> {
     ///
     /// # Safety
     /// As [`Pool::sync_for_device_raw`].
+    #[cfg_attr(feature = "checker", track_caller)]
     pub unsafe fn sync_for_device_raw<T: Translate>(
         &self,
         dev: &Device<T>,
@@ -1205,6 +1309,13 @@ impl<P: Policy> IoTlb<P> {
         size: usize,
         dir: Direction,
     ) -> Result {
+        #[cfg(feature = "checker")]
+        {
+            let caller = core::panic::Location::caller();
+            // SAFETY: the mapping's original is valid (this function's
+            // contract).
+            unsafe { self.hook(dev, caller).sync(dma, size, dir, false) };
+        }
         // SAFETY: the mapping's original is valid for reads of the synced
         // range and unreferenced (this function's contract).
         unsafe { self.sync_raw(dev, dma, size, SyncTo::Device, dir.copies_to_device()) }
@@ -1264,6 +1375,7 @@ impl<P: Policy> IoTlb<P> {
     ///
     /// # Safety
     /// As [`Pool::map_sg_raw`].
+    #[cfg_attr(feature = "checker", track_caller)]
     pub unsafe fn map_sg_raw<T: Translate + Clone + Send + Sync + 'static>(
         &self,
         dev: &Device<T>,
@@ -1278,20 +1390,29 @@ impl<P: Policy> IoTlb<P> {
                 // SAFETY: the entry's `cpu` is valid and unreferenced for
                 // `len` bytes until its unmap, and `phys` is its physical
                 // address (this function's contract, per entry).
-                unsafe { self.map_raw_with_attrs(dev, e.phys, e.cpu, e.len, dir, attrs) }
+                unsafe { self.map_raw_unchecked(dev, e.phys, e.cpu, e.len, attrs) }
             },
             &mut |done| {
                 // SAFETY: `done` was mapped by this call and the device has
                 // not been told of it; its original is still valid and
                 // unreferenced (this function's contract).
                 let undo = unsafe {
-                    self.unmap_raw(dev, done.dma, done.len, dir, attrs | Attrs::SKIP_CPU_SYNC)
+                    self.unmap_unchecked(dev, done.dma, done.len, dir, attrs | Attrs::SKIP_CPU_SYNC)
                 };
                 debug_assert!(undo.is_ok(), "rollback of a fresh mapping failed");
             },
         );
         if let Err(e @ Error::SegmentTooLong { .. }) = &r {
             self.count_failure(e);
+        }
+        #[cfg(feature = "checker")]
+        if r.is_ok() {
+            let hook = self.hook(dev, core::panic::Location::caller());
+            for e in sg.iter() {
+                // SAFETY: each entry's original is valid for reads of its
+                // length (this function's contract).
+                unsafe { hook.mapped(e.dma, e.cpu, e.len, Some(dir), Sg, sg.len()) };
+            }
         }
         r
     }
@@ -1304,6 +1425,7 @@ impl<P: Policy> IoTlb<P> {
     ///
     /// # Safety
     /// As [`Pool::unmap_sg_raw`].
+    #[cfg_attr(feature = "checker", track_caller)]
     pub unsafe fn unmap_sg_raw<T: Translate>(
         &self,
         dev: &Device<T>,
@@ -1311,11 +1433,24 @@ impl<P: Policy> IoTlb<P> {
         dir: Direction,
         attrs: Attrs,
     ) -> Result {
+        #[cfg(feature = "checker")]
+        let hook = self.hook(dev, core::panic::Location::caller());
         crate::map::unmap_sg_by(sg, |e| {
+            // SAFETY: this entry's original is still valid (this
+            // function's contract, per entry).
+            #[cfg(feature = "checker")]
+            unsafe {
+                hook.release(e.dma, e.len, Some(dir), Sg, sg.len());
+            }
             // SAFETY: each entry's original is valid and unreferenced and
             // the device is done with it (this function's contract, per
             // entry).
-            unsafe { self.unmap_raw(dev, e.dma, e.len, dir, attrs) }
+            let r = unsafe { self.unmap_unchecked(dev, e.dma, e.len, dir, attrs) };
+            #[cfg(feature = "checker")]
+            if r.is_ok() {
+                hook.released(e.dma);
+            }
+            r
         })
     }
 
@@ -1353,6 +1488,38 @@ impl<P: Policy> IoTlb<P> {
             self.serve_if_queued();
         }
         r
+    }
+}
+
+/// The misuse checker's view of the tlb (feature `checker`): its raw
+/// calls are checked as a pool's are, and the guard bytes of a mapping are
+/// in whichever pool holds it (the first, a grown or a transient one).
+#[cfg(feature = "checker")]
+impl<P: Policy> IoTlb<P> {
+    /// Writes (`check == false`) or reads back the guard bytes of the
+    /// streaming mapping at bounce address `phys` of `dev`, in the pool of
+    /// this tlb holding it, if one does.
+    pub(crate) fn guard_op<T>(
+        &self,
+        dev: &Device<T>,
+        phys: PhysAddr,
+        check: bool,
+    ) -> Option<InPool> {
+        self.with_pool_of(dev, phys, |pool| pool.guard_op(phys, check))
+            .and_then(|(r, _)| r)
+    }
+
+    /// The checker's view of a call on this tlb for `dev`.
+    pub(crate) fn hook<'a, T: Translate>(
+        &'a self,
+        dev: &'a Device<T>,
+        caller: Caller,
+    ) -> Hook<impl Fn(DmaAddr, bool) -> Option<InPool> + 'a> {
+        Hook {
+            dev: dev.checker_id(),
+            caller,
+            guards: move |dma, check| self.guard_op(dev, dev.translate().dma_to_phys(dma), check),
+        }
     }
 }
 

@@ -46,6 +46,9 @@ use crate::pool::{Fast, Policy};
 use crate::translate::Translate;
 use crate::{DmaAddr, PhysAddr};
 
+#[cfg(feature = "checker")]
+use crate::checker::MapKind::{Sg, Single};
+
 /// Every tlb of a platform, and the rule that picks one per device (see the
 /// [module documentation](self)).
 #[derive(Debug)]
@@ -399,6 +402,7 @@ impl<P: Policy> Platform<P> {
     ///
     /// # Safety
     /// As [`Pool::map_raw`](crate::Pool::map_raw).
+    #[cfg_attr(feature = "checker", track_caller)]
     pub unsafe fn map_raw<T: Translate + Clone + Send + Sync + 'static>(
         &self,
         dev: &Device<T>,
@@ -421,6 +425,7 @@ impl<P: Policy> Platform<P> {
     ///
     /// # Safety
     /// As [`Pool::map_raw`](crate::Pool::map_raw).
+    #[cfg_attr(feature = "checker", track_caller)]
     pub unsafe fn map_raw_with_attrs<T: Translate + Clone + Send + Sync + 'static>(
         &self,
         dev: &Device<T>,
@@ -428,6 +433,34 @@ impl<P: Policy> Platform<P> {
         cpu: *mut u8,
         size: usize,
         dir: Direction,
+        attrs: Attrs,
+    ) -> Result<DmaAddr> {
+        let _ = dir;
+        // SAFETY: this function's contract, passed on.
+        let r = unsafe { self.map_raw_unchecked(dev, orig, cpu, size, attrs) };
+        #[cfg(feature = "checker")]
+        if let Ok(dma) = r {
+            let caller = core::panic::Location::caller();
+            // SAFETY: `cpu` is valid for reads of `size` bytes (this
+            // function's contract).
+            unsafe {
+                self.hook(dev, caller)
+                    .mapped(dma, cpu, size, Some(dir), Single, 1)
+            };
+        }
+        r
+    }
+
+    /// [`Platform::map_raw_with_attrs`] without the checker's hook.
+    ///
+    /// # Safety
+    /// As [`Pool::map_raw`](crate::Pool::map_raw).
+    unsafe fn map_raw_unchecked<T: Translate + Clone + Send + Sync + 'static>(
+        &self,
+        dev: &Device<T>,
+        orig: PhysAddr,
+        cpu: *mut u8,
+        size: usize,
         attrs: Attrs,
     ) -> Result<DmaAddr> {
         if dev.restricted_tlb().is_none() && dev.maps_directly(orig, size) {
@@ -442,7 +475,7 @@ impl<P: Policy> Platform<P> {
         // (this function's contract, `Pool::map_raw`'s, which holds
         // `bounce_raw`'s).
         let b = unsafe {
-            tlb.bounce_raw(
+            tlb.bounce_unchecked(
                 dev,
                 orig,
                 cpu,
@@ -451,7 +484,6 @@ impl<P: Policy> Platform<P> {
                 crate::map::MapOptions::default(),
             )?
         };
-        let _ = dir;
         Ok(b.dma)
     }
 
@@ -476,6 +508,7 @@ impl<P: Policy> Platform<P> {
     ///
     /// # Safety
     /// As [`Pool::unmap_raw`](crate::Pool::unmap_raw).
+    #[cfg_attr(feature = "checker", track_caller)]
     pub unsafe fn unmap_raw<T: Translate>(
         &self,
         dev: &Device<T>,
@@ -484,10 +517,23 @@ impl<P: Policy> Platform<P> {
         dir: Direction,
         attrs: Attrs,
     ) -> Result {
+        #[cfg(feature = "checker")]
+        let hook = self.hook(dev, core::panic::Location::caller());
+        // SAFETY: the mapping's original is still valid (this function's
+        // contract).
+        #[cfg(feature = "checker")]
+        unsafe {
+            hook.release(dma, size, Some(dir), Single, 1);
+        }
         // SAFETY: the mapping's original is still valid for writes and
         // unreferenced, and the device is done with it (this function's
         // contract); no other destination.
-        unsafe { self.unmap_raw_to(dev, dma, size, dir, attrs, None) }
+        let r = unsafe { self.unmap_raw_to(dev, dma, size, dir, attrs, None) };
+        #[cfg(feature = "checker")]
+        if r.is_ok() {
+            hook.released(dma);
+        }
+        r
     }
 
     /// [`Platform::unmap_raw`] that copies back through `cpu`, the
@@ -508,6 +554,7 @@ impl<P: Policy> Platform<P> {
     /// As [`Pool::unmap_raw`](crate::Pool::unmap_raw), with `cpu` valid
     /// for writes of `size` bytes and unreferenced (in place of the
     /// pointer given at map time).
+    #[cfg_attr(feature = "checker", track_caller)]
     pub unsafe fn unmap_raw_into<T: Translate>(
         &self,
         dev: &Device<T>,
@@ -517,10 +564,23 @@ impl<P: Policy> Platform<P> {
         dir: Direction,
         attrs: Attrs,
     ) -> Result {
+        #[cfg(feature = "checker")]
+        let hook = self.hook(dev, core::panic::Location::caller());
+        // SAFETY: the mapping's original is still valid (this function's
+        // contract: `cpu` is it, given again).
+        #[cfg(feature = "checker")]
+        unsafe {
+            hook.release(dma, size, Some(dir), Single, 1);
+        }
         // SAFETY: `cpu` is valid for writes of `size` bytes and
         // unreferenced, and the device is done with the mapping (this
         // function's contract).
-        unsafe { self.unmap_raw_to(dev, dma, size, dir, attrs, Some(cpu)) }
+        let r = unsafe { self.unmap_raw_to(dev, dma, size, dir, attrs, Some(cpu)) };
+        #[cfg(feature = "checker")]
+        if r.is_ok() {
+            hook.released(dma);
+        }
+        r
     }
 
     /// Both unmaps: in the tlb that holds `dma`, copying back through
@@ -559,6 +619,7 @@ impl<P: Policy> Platform<P> {
     ///
     /// # Safety
     /// As [`Pool::sync_for_cpu_raw`](crate::Pool::sync_for_cpu_raw).
+    #[cfg_attr(feature = "checker", track_caller)]
     pub unsafe fn sync_for_cpu_raw<T: Translate>(
         &self,
         dev: &Device<T>,
@@ -566,6 +627,13 @@ impl<P: Policy> Platform<P> {
         size: usize,
         dir: Direction,
     ) -> Result {
+        #[cfg(feature = "checker")]
+        {
+            let caller = core::panic::Location::caller();
+            // SAFETY: the mapping's original is valid (this function's
+            // contract).
+            unsafe { self.hook(dev, caller).sync(dma, size, dir, true) };
+        }
         // SAFETY: the mapping's original is valid for writes of the synced
         // range and unreferenced (this function's contract).
         unsafe { self.sync_raw(dev, dma, size, SyncTo::Cpu, dir.copies_to_cpu()) }
@@ -579,6 +647,7 @@ impl<P: Policy> Platform<P> {
     ///
     /// # Safety
     /// As [`Pool::sync_for_device_raw`](crate::Pool::sync_for_device_raw).
+    #[cfg_attr(feature = "checker", track_caller)]
     pub unsafe fn sync_for_device_raw<T: Translate>(
         &self,
         dev: &Device<T>,
@@ -586,6 +655,13 @@ impl<P: Policy> Platform<P> {
         size: usize,
         dir: Direction,
     ) -> Result {
+        #[cfg(feature = "checker")]
+        {
+            let caller = core::panic::Location::caller();
+            // SAFETY: the mapping's original is valid (this function's
+            // contract).
+            unsafe { self.hook(dev, caller).sync(dma, size, dir, false) };
+        }
         // SAFETY: the mapping's original is valid for reads of the synced
         // range and unreferenced (this function's contract).
         unsafe { self.sync_raw(dev, dma, size, SyncTo::Device, dir.copies_to_device()) }
@@ -624,6 +700,7 @@ impl<P: Policy> Platform<P> {
     ///
     /// # Safety
     /// As [`Pool::map_sg_raw`](crate::Pool::map_sg_raw).
+    #[cfg_attr(feature = "checker", track_caller)]
     pub unsafe fn map_sg_raw<T: Translate + Clone + Send + Sync + 'static>(
         &self,
         dev: &Device<T>,
@@ -631,25 +708,34 @@ impl<P: Policy> Platform<P> {
         dir: Direction,
         attrs: Attrs,
     ) -> Result {
-        crate::map::map_sg_by(
+        let r = crate::map::map_sg_by(
             sg,
             dev.max_segment_size(),
             &mut |e| {
                 // SAFETY: the entry's `cpu` is valid and unreferenced for
                 // `len` bytes until its unmap, and `phys` is its physical
                 // address (this function's contract, per entry).
-                unsafe { self.map_raw_with_attrs(dev, e.phys, e.cpu, e.len, dir, attrs) }
+                unsafe { self.map_raw_unchecked(dev, e.phys, e.cpu, e.len, attrs) }
             },
             &mut |done| {
+                let attrs = attrs | Attrs::SKIP_CPU_SYNC;
                 // SAFETY: `done` was mapped by this call and the device has
                 // not been told of it; its original is still valid and
                 // unreferenced (this function's contract).
-                let undo = unsafe {
-                    self.unmap_raw(dev, done.dma, done.len, dir, attrs | Attrs::SKIP_CPU_SYNC)
-                };
+                let undo = unsafe { self.unmap_raw_to(dev, done.dma, done.len, dir, attrs, None) };
                 debug_assert!(undo.is_ok(), "rollback of a fresh mapping failed");
             },
-        )
+        );
+        #[cfg(feature = "checker")]
+        if r.is_ok() {
+            let hook = self.hook(dev, core::panic::Location::caller());
+            for e in sg.iter() {
+                // SAFETY: each entry's original is valid for reads of its
+                // length (this function's contract).
+                unsafe { hook.mapped(e.dma, e.cpu, e.len, Some(dir), Sg, sg.len()) };
+            }
+        }
+        r
     }
 
     /// Unmaps every entry of a list mapped by [`Platform::map_sg_raw`];
@@ -660,6 +746,7 @@ impl<P: Policy> Platform<P> {
     ///
     /// # Safety
     /// As [`Pool::unmap_sg_raw`](crate::Pool::unmap_sg_raw).
+    #[cfg_attr(feature = "checker", track_caller)]
     pub unsafe fn unmap_sg_raw<T: Translate>(
         &self,
         dev: &Device<T>,
@@ -667,11 +754,24 @@ impl<P: Policy> Platform<P> {
         dir: Direction,
         attrs: Attrs,
     ) -> Result {
+        #[cfg(feature = "checker")]
+        let hook = self.hook(dev, core::panic::Location::caller());
         crate::map::unmap_sg_by(sg, |e| {
+            // SAFETY: this entry's original is still valid (this
+            // function's contract, per entry).
+            #[cfg(feature = "checker")]
+            unsafe {
+                hook.release(e.dma, e.len, Some(dir), Sg, sg.len());
+            }
             // SAFETY: each entry's original is valid and unreferenced and
             // the device is done with it (this function's contract, per
             // entry).
-            unsafe { self.unmap_raw(dev, e.dma, e.len, dir, attrs) }
+            let r = unsafe { self.unmap_raw_to(dev, e.dma, e.len, dir, attrs, None) };
+            #[cfg(feature = "checker")]
+            if r.is_ok() {
+                hook.released(e.dma);
+            }
+            r
         })
     }
 
@@ -710,6 +810,29 @@ impl<P: Policy> Platform<P> {
         // is no longer used through any pointer (this function's
         // contract).
         unsafe { tlb.free_coherent(dev, dma, size) }
+    }
+
+    /// The checker's view of a call on this platform for `dev`: the guard
+    /// bytes of a mapping are in the tlb that holds it, among those that
+    /// may serve the device.
+    #[cfg(feature = "checker")]
+    fn hook<'a, T: Translate>(
+        &'a self,
+        dev: &'a Device<T>,
+        caller: crate::checker::Caller,
+    ) -> crate::checker::Hook<impl Fn(DmaAddr, bool) -> Option<crate::checker::InPool> + 'a> {
+        crate::checker::Hook {
+            dev: dev.checker_id(),
+            caller,
+            guards: move |dma, check| {
+                let phys = dev.translate().dma_to_phys(dma);
+                self.holders(dev)
+                    .ok()?
+                    .into_iter()
+                    .flatten()
+                    .find_map(|tlb| tlb.guard_op(dev, phys, check))
+            },
+        }
     }
 
     fn restricted_of<T: Translate>(&self, dev: &Device<T>) -> Result<&IoTlb<P>> {

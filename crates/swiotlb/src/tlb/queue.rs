@@ -22,6 +22,8 @@ use core::task::Waker;
 use super::grow::Grow;
 use super::{is_full, Found, IoTlb};
 use crate::addr::PhysAddr;
+#[cfg(feature = "checker")]
+use crate::checker::MapKind;
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::map::MapOptions;
@@ -459,6 +461,7 @@ impl<P: Policy> IoTlb<P> {
     /// As [`Pool::bounce_raw`], with `cpu` valid from this call until the
     /// request is unmapped, or cancelled with [`IoTlb::cancel`] returning
     /// `true`.
+    #[cfg_attr(feature = "checker", track_caller)]
     pub unsafe fn bounce_deferred_raw<T: Translate + Clone + Send + Sync + 'static>(
         &self,
         dev: &Device<T>,
@@ -468,13 +471,70 @@ impl<P: Policy> IoTlb<P> {
         opts: MapOptions,
         done: impl FnOnce(Result<Bounce>) + Send + 'static,
     ) -> Result<Deferral> {
+        #[cfg(feature = "checker")]
+        let caller = core::panic::Location::caller();
+        // The checker records a queued request when it completes, before
+        // its callback runs (and may unmap it). The device's clone keeps
+        // its identity alive until then. No guard bytes: the tlb is not
+        // at hand where the request completes; no original is read, as
+        // for any bounce (no direction).
+        #[cfg(feature = "checker")]
+        let done = {
+            let dev = dev.clone();
+            move |r: Result<Bounce>| {
+                if let Ok(b) = &r {
+                    let at = crate::checker::At {
+                        dev: dev.checker_id(),
+                        dma: b.dma,
+                        size,
+                        caller,
+                    };
+                    // Nor its bytes' CPU address: the pool dropped with
+                    // it live is known by the physical one.
+                    let placed = crate::checker::Placement {
+                        slot: None,
+                        phys: Some(b.phys.0),
+                        guarded: false,
+                    };
+                    let kind = crate::checker::MapKind::Single;
+                    let cpu = core::ptr::null_mut();
+                    // SAFETY: a record without a direction reads no
+                    // original.
+                    unsafe { crate::checker::mapped(&at, cpu, None, kind, 1, placed) };
+                }
+                // A callback that panics (caught by the tlb, under `std`)
+                // has its slots given back unmapped: forget the record.
+                struct Forget(Option<(usize, crate::addr::DmaAddr)>);
+                impl Drop for Forget {
+                    fn drop(&mut self) {
+                        if let Some((dev, dma)) = self.0 {
+                            crate::checker::released(dev, dma);
+                        }
+                    }
+                }
+                let mut forget = Forget(r.as_ref().ok().map(|b| (dev.checker_id(), b.dma)));
+                done(r);
+                forget.0 = None;
+            }
+        };
         let sink = Sink::Callback(Box::new(done));
         // SAFETY: `cpu` is valid for reads and writes of `size` bytes,
         // unreferenced, from this call until the request is unmapped or
         // cancelled, and `orig` is its physical address (this function's
         // contract).
         let ticket = match unsafe { self.now_or_queue(dev, orig, cpu, size, opts, sink, None) }? {
-            Now::Done((b, _, _)) => return Ok(Deferral::Now(b)),
+            Now::Done((b, _, _)) => {
+                #[cfg(feature = "checker")]
+                {
+                    // SAFETY: `cpu` is valid for reads of `size` bytes
+                    // (this function's contract).
+                    unsafe {
+                        self.hook(dev, caller)
+                            .mapped(b.dma, cpu, size, None, MapKind::Single, 1)
+                    };
+                }
+                return Ok(Deferral::Now(b));
+            }
             Now::Queued(ticket) => ticket,
         };
         Ok(Deferral::Queued(Ticket(ticket)))
