@@ -27,6 +27,7 @@ both_policies!(
     unmap_sg_returns_first_error_and_unmaps_the_rest,
     sg_segment_of_exactly_max_segment_size_is_accepted,
     metadata_bytes_matches_count_from_geometry,
+    sg_of_buffers_a_device_reaches_is_mapped_directly,
 );
 
 const DIRS: [Direction; 3] = [
@@ -587,4 +588,34 @@ fn metadata_bytes_matches_count_from_geometry<P: Policy>() {
         k >= state && k <= state + 1024,
         "per-area fixed part {k} for a policy state of {state} bytes"
     );
+}
+
+/// `Pool::map_sg` of buffers a device reaches maps them directly, as
+/// `map` does (Linux's `dma_direct_map_sg`): no slot taken, each entry's
+/// device address its buffer's own, the bytes where they are. Forced, the
+/// same list bounces.
+fn sg_of_buffers_a_device_reaches_is_mapped_directly<P: Policy>() {
+    let pool = pool::<P>(16);
+    let dev = Device::new(DmaMask::BITS_64);
+    let given: Vec<Vec<u8>> = [100usize, 3000, 4096]
+        .iter()
+        .map(|&n| bytes(n as u64, n))
+        .collect();
+    let list = given.clone();
+    let addrs: Vec<u64> = list.iter().map(|b| b.as_ptr().addr() as u64).collect();
+    let maps = pool.map_sg(&dev, list, Direction::Bidirectional).unwrap();
+    assert_eq!(pool.stats().io_tlb_used, 0, "a reachable list took slots");
+    for (m, a) in maps.iter().zip(&addrs) {
+        assert!(!m.is_bounced());
+        assert_eq!(m.dma_addr(), DmaAddr(*a));
+    }
+    let back: Vec<Vec<u8>> = maps.into_iter().map(|m| m.unmap()).collect();
+    assert_eq!(back, given);
+    let maps = pool
+        .map_sg(&forced(), given.clone(), Direction::Bidirectional)
+        .unwrap();
+    assert!(maps.iter().all(|m| m.is_bounced()));
+    assert!(pool.stats().io_tlb_used > 0);
+    drop(maps);
+    assert_empty(&pool);
 }
