@@ -130,7 +130,13 @@ impl Window<'_> {
         // - `out` is a fresh allocation, not pool memory;
         // - this is the device's access, single threaded: no pool call
         //   runs meanwhile and no Rust reference to slot memory exists.
-        unsafe { std::ptr::copy_nonoverlapping(self.ptr.as_ptr().add(off), out.as_mut_ptr(), len) };
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.ptr.as_ptr().wrapping_add(off),
+                out.as_mut_ptr(),
+                len,
+            )
+        };
         out
     }
 
@@ -146,7 +152,11 @@ impl Window<'_> {
         // window, valid for writes, `data` is not pool memory, and
         // nothing else touches the bytes meanwhile.
         unsafe {
-            std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.as_ptr().add(off), data.len())
+            std::ptr::copy_nonoverlapping(
+                data.as_ptr(),
+                self.ptr.as_ptr().wrapping_add(off),
+                data.len(),
+            )
         };
     }
 }
