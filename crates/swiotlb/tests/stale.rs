@@ -825,6 +825,22 @@ fn separate_restricted_tlbs_never_share_a_byte<P: Policy>() {
     }
 }
 
+/// Boxes given up as pool memory, freed when this drops.
+#[cfg(feature = "fdt")]
+struct Regions(Vec<*mut [u8]>);
+
+#[cfg(feature = "fdt")]
+impl Drop for Regions {
+    fn drop(&mut self) {
+        for raw in self.0.drain(..) {
+            // SAFETY: `raw` came from `Box::into_raw` and is freed once,
+            // here, after the pools over it are gone (the owner declares
+            // this before them).
+            drop(unsafe { Box::from_raw(raw) });
+        }
+    }
+}
+
 /// A platform read from a device tree with a restricted pool per device,
 /// given a configuration that zeroes on free: every restricted tlb zeroes,
 /// and the device tree needs no property for it.
@@ -863,18 +879,18 @@ fn device_tree_restricted_tlbs_take_zero_on_free_from_the_config() {
     let blob = w.finish().unwrap();
     let dt = swiotlb::dt::parse(&blob).unwrap();
 
-    // Heap memory standing for each reserved range, alive for the test.
-    let mut regions: Vec<Box<[u8]>> = Vec::new();
+    // Heap memory standing for each reserved range, alive for the test
+    // and reached only through the raw pointer each box was given up for.
+    let mut regions = Regions(Vec::new());
     let mut memory = |_: PhysAddr, len: usize| {
-        let mut mem = vec![0u8; len].into_boxed_slice();
-        let cpu = NonNull::new(mem.as_mut_ptr());
-        regions.push(mem);
-        cpu
+        let raw = Box::into_raw(vec![0u8; len].into_boxed_slice());
+        regions.0.push(raw);
+        NonNull::new(raw.cast::<u8>())
     };
     for zero in [false, true] {
-        // SAFETY: each region lives in `regions`, which outlives the
-        // platform (declared before it), and is touched only through its
-        // pool once handed over.
+        // SAFETY: each region is a box given up to `regions`, which frees
+        // it only when dropped, after the platform (declared before it);
+        // nothing but the pool touches it.
         let platform =
             unsafe { Platform::<swiotlb::Fast>::from_dt(&dt, config(zero), &mut memory) }.unwrap();
         assert_eq!(platform.restricted().len(), 2);
