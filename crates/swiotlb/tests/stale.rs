@@ -71,6 +71,30 @@ const DIRS: [Direction; 3] = [
     Direction::FromDevice,
 ];
 
+/// Whether every byte of `v` is zero: one comparison with a zeroed
+/// block, which miri runs as a single `memcmp`, not a loop per byte.
+fn zeroed(v: &[u8]) -> bool {
+    static ZEROS: [u8; POOL] = [0; POOL];
+    v.len() <= POOL && *v == ZEROS[..v.len()]
+}
+
+/// [`bytes`], made once per seed and length and copied after (the
+/// generator runs byte by byte under miri, a copy does not).
+fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    thread_local! {
+        static MADE: std::cell::RefCell<Vec<((u64, usize), Vec<u8>)>> =
+            const { std::cell::RefCell::new(Vec::new()) };
+    }
+    MADE.with_borrow_mut(|made| {
+        if let Some((_, v)) = made.iter().find(|(k, _)| *k == (seed, len)) {
+            return v.clone();
+        }
+        let v = bytes(seed, len);
+        made.push(((seed, len), v.clone()));
+        v
+    })
+}
+
 /// The geometry of every pool: four slots make a pool and a segment.
 fn config(zero: bool) -> PoolConfig {
     PoolConfig::DEFAULT.with_segment(4).with_zero_on_free(zero)
@@ -441,7 +465,7 @@ impl<P: Policy> Rig for PlatformRig<P> {
 /// back if the direction copies back.
 fn leave_secret(rig: &dyn Rig, dir: Direction) -> Vec<u8> {
     let (plain, _) = rig.devices();
-    let secret = bytes(SECRET, POOL);
+    let secret = pattern(SECRET, POOL);
     let buf = RawBuf::new(&secret);
     let dma = rig.map(plain, PhysAddr(0x4000), &buf, POOL, dir);
     let w = rig.window(dma);
@@ -450,7 +474,7 @@ fn leave_secret(rig: &dyn Rig, dir: Direction) -> Vec<u8> {
     let left = if dir == Direction::ToDevice {
         secret
     } else {
-        let d = bytes(DEV_SECRET, POOL);
+        let d = pattern(DEV_SECRET, POOL);
         w.write(0, &d);
         d
     };
@@ -466,8 +490,8 @@ fn leave_secret(rig: &dyn Rig, dir: Direction) -> Vec<u8> {
 fn assert_outside(pool: &[u8], at: usize, len: usize, stale: &[u8], zero: bool, what: &str) {
     let end = at + len;
     if zero {
-        assert!(pool[..at].iter().all(|&b| b == 0), "{what}: padding");
-        assert!(pool[end..].iter().all(|&b| b == 0), "{what}: tail");
+        assert!(zeroed(&pool[..at]), "{what}: padding");
+        assert!(zeroed(&pool[end..]), "{what}: tail");
     } else {
         assert_eq!(pool[..at], stale[..at], "{what}: padding keeps old bytes");
         assert_eq!(pool[end..], stale[end..], "{what}: tail keeps old bytes");
@@ -487,7 +511,7 @@ fn earlier_mapping_stays_hidden(rig: &dyn Rig, zero: bool) {
         let what = format!("after a {dir:?} mapping, zero on free {zero}");
         let stale = leave_secret(rig, dir);
         // The driver fills its buffer, then hands it over.
-        let orig = bytes(ORIG, LEN);
+        let orig = pattern(ORIG, LEN);
         let buf = RawBuf::new(&[0; LEN]);
         buf.write(0, &orig);
         let dma = rig.map(dev, ORIG_PHYS, &buf, LEN, Direction::FromDevice);
@@ -506,7 +530,7 @@ fn earlier_mapping_stays_hidden(rig: &dyn Rig, zero: bool) {
         );
         assert_outside(&seen, at, LEN, &stale, zero, &what);
 
-        let written = bytes(DEV_WRITE, WRITTEN);
+        let written = pattern(DEV_WRITE, WRITTEN);
         w.write(at, &written);
         rig.unmap(dev, dma, &buf, LEN, Direction::FromDevice);
         let mut want = orig.clone();
@@ -519,7 +543,7 @@ fn earlier_mapping_stays_hidden(rig: &dyn Rig, zero: bool) {
         // mapping's last bytes and everything around them.
         let after = w.all();
         if zero {
-            assert!(after.iter().all(|&b| b == 0), "{what}: scrubbed");
+            assert!(zeroed(&after), "{what}: scrubbed");
         } else {
             assert_eq!(after[at..at + WRITTEN], written[..], "{what}");
             assert_eq!(after[at + WRITTEN..at + LEN], orig[WRITTEN..], "{what}");
@@ -574,14 +598,14 @@ fn safe_mappings_give_back_their_own_bytes_and_scrub_on_drop<P: Policy>() {
         let pool = Pool::<P>::new_heap(POOL, config(zero)).unwrap();
         let (plain, dev) = (forced(), aligned());
         let m = pool
-            .map(&plain, bytes(SECRET, POOL), Direction::Bidirectional)
+            .map(&plain, pattern(SECRET, POOL), Direction::Bidirectional)
             .unwrap();
         assert_eq!(m.dma_addr().0, pool.start().0);
-        let stale = bytes(DEV_SECRET, POOL);
+        let stale = pattern(DEV_SECRET, POOL);
         device_write(&pool, 0, &stale);
         assert_eq!(m.unmap(), stale);
 
-        let orig = bytes(ORIG, LEN);
+        let orig = pattern(ORIG, LEN);
         let m = pool.map(&dev, orig.clone(), Direction::FromDevice).unwrap();
         let at = (m.dma_addr().0 - pool.start().0) as usize;
         let seen = device_read(&pool, 0, POOL);
@@ -589,7 +613,7 @@ fn safe_mappings_give_back_their_own_bytes_and_scrub_on_drop<P: Policy>() {
         if at > 0 || at + LEN < POOL {
             assert_outside(&seen, at, LEN, &stale, zero, "safe");
         }
-        let written = bytes(DEV_WRITE, WRITTEN);
+        let written = pattern(DEV_WRITE, WRITTEN);
         device_write(&pool, at, &written);
         let mut want = orig.clone();
         want[..WRITTEN].copy_from_slice(&written);
@@ -604,7 +628,7 @@ fn safe_mappings_give_back_their_own_bytes_and_scrub_on_drop<P: Policy>() {
         drop(m);
         let after = device_read(&pool, 0, POOL);
         if zero {
-            assert!(after.iter().all(|&b| b == 0));
+            assert!(zeroed(&after));
         } else {
             assert_eq!(after, stale);
         }
@@ -620,7 +644,7 @@ fn zero_on_free_clears_padding_and_tail_without_it_they_stay<P: Policy>() {
     for zero in [false, true] {
         let pool = Pool::<P>::new_heap(POOL, config(zero)).unwrap();
         let dev = aligned();
-        let orig = bytes(ORIG, LEN);
+        let orig = pattern(ORIG, LEN);
         let buf = RawBuf::new(&orig);
         // SAFETY: `buf` outlives the mapping and is reached only through
         // its pointer; the physical address steers the alignment only.
@@ -640,14 +664,14 @@ fn zero_on_free_clears_padding_and_tail_without_it_they_stay<P: Policy>() {
         let at = (b.phys.0 - pool.start().0) as usize;
         assert!(first < at && at + LEN < end, "padding and a tail");
         // The device writes the whole allocation, padding and tail too.
-        let scribble = bytes(DEV_SECRET, end - first);
+        let scribble = pattern(DEV_SECRET, end - first);
         device_write(&pool, first, &scribble);
         // SAFETY: as above; the device is done.
         unsafe { pool.unmap_raw(&dev, b.dma, LEN, Direction::FromDevice, Attrs::NONE) }.unwrap();
         assert_eq!(buf.to_vec(), scribble[at - first..at - first + LEN]);
         let slots = device_read(&pool, first, end - first);
         if zero {
-            assert!(slots.iter().all(|&x| x == 0), "every byte of every slot");
+            assert!(zeroed(&slots), "every byte of every slot");
         } else {
             assert_eq!(
                 slots, scribble,
@@ -731,10 +755,7 @@ fn check_coherent(
     let c = alloc(plain, 4096);
     let w = rig.window(c.dma);
     let at = w.off(c.dma);
-    assert!(
-        coherent_bytes(&c).iter().all(|&b| b == 0),
-        "after streaming"
-    );
+    assert!(zeroed(&coherent_bytes(&c)), "after streaming");
     assert_eq!(w.read(at, 4096), vec![0; 4096], "the device sees zeros");
     assert_outside(&w.all(), at, 4096, &stale, zero, "beside coherent");
     // After coherent use: two allocations fill the pool, each with a
@@ -743,7 +764,7 @@ fn check_coherent(
     let both = [c, d];
     let mut left = vec![0; POOL];
     for (i, c) in both.iter().enumerate() {
-        let secret = bytes(SECRET + i as u64, 4096);
+        let secret = pattern(SECRET + i as u64, 4096);
         coherent_write(c, &secret);
         let at = w.off(c.dma);
         left[at..at + 4096].copy_from_slice(&secret);
@@ -752,12 +773,12 @@ fn check_coherent(
         free(plain, c);
     }
     if zero {
-        assert!(w.all().iter().all(|&b| b == 0), "scrubbed at free");
+        assert!(zeroed(&w.all()), "scrubbed at free");
     } else {
         assert_eq!(w.all(), left, "freed allocations keep their bytes");
     }
     let c = alloc(plain, 4096);
-    assert!(coherent_bytes(&c).iter().all(|&b| b == 0), "after coherent");
+    assert!(zeroed(&coherent_bytes(&c)), "after coherent");
     free(plain, c);
 }
 
@@ -773,7 +794,7 @@ fn separate_restricted_tlbs_never_share_a_byte<P: Policy>() {
         let pool_b = rig.platform.select(&b).unwrap().first_pool();
         let wb = Window::of(pool_b);
         let before_b = wb.all();
-        assert!(before_b.iter().all(|&x| x == 0), "fresh heap memory");
+        assert!(zeroed(&before_b), "fresh heap memory");
 
         // Device A: a secret of each direction, and coherent memory over
         // the last one's bytes.
@@ -785,7 +806,7 @@ fn separate_restricted_tlbs_never_share_a_byte<P: Policy>() {
         let c = rig.platform.alloc_coherent(a, 4096).unwrap();
         let wa = rig.window(c.dma);
         let c_at = wa.off(c.dma);
-        let secret = bytes(SECRET, 4096);
+        let secret = pattern(SECRET, 4096);
         coherent_write(&c, &secret);
         // SAFETY: `c` is live, and nothing uses its memory after this.
         unsafe { rig.platform.free_coherent(a, c.dma, c.size) }.unwrap();
@@ -794,14 +815,14 @@ fn separate_restricted_tlbs_never_share_a_byte<P: Policy>() {
         }
         let a_before = wa.all();
         if zero {
-            assert!(a_before.iter().all(|&x| x == 0), "A's pool scrubbed");
+            assert!(zeroed(&a_before), "A's pool scrubbed");
         } else {
             assert_eq!(a_before, left_a, "A's pool keeps A's bytes");
         }
         assert_eq!(wb.all(), before_b, "B's pool untouched by A");
 
         // Device B: its own tlb, a from-device mapping written in part.
-        let orig = bytes(ORIG, LEN);
+        let orig = pattern(ORIG, LEN);
         let buf = RawBuf::new(&orig);
         let dma = rig.map(&b, ORIG_PHYS, &buf, LEN, Direction::FromDevice);
         assert!(!wa.contains(dma));
@@ -809,7 +830,7 @@ fn separate_restricted_tlbs_never_share_a_byte<P: Policy>() {
         let mut want = vec![0; POOL];
         want[at..at + LEN].copy_from_slice(&orig);
         assert_eq!(wb.all(), want, "B sees its original and zeros");
-        let written = bytes(DEV_WRITE, WRITTEN);
+        let written = pattern(DEV_WRITE, WRITTEN);
         wb.write(at, &written);
         rig.unmap(&b, dma, &buf, LEN, Direction::FromDevice);
         let mut back = orig.clone();
@@ -817,7 +838,7 @@ fn separate_restricted_tlbs_never_share_a_byte<P: Policy>() {
         assert_eq!(buf.to_vec(), back);
         assert_eq!(wa.all(), a_before, "A's pool untouched by B");
         if zero {
-            assert!(wb.all().iter().all(|&x| x == 0), "B's pool scrubbed");
+            assert!(zeroed(&wb.all()), "B's pool scrubbed");
         } else {
             want[at..at + WRITTEN].copy_from_slice(&written);
             assert_eq!(wb.all(), want, "B's pool holds B's bytes only");
