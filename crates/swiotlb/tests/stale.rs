@@ -81,9 +81,10 @@ fn zeroed(v: &[u8]) -> bool {
 /// [`bytes`], made once per seed and length and copied after (the
 /// generator runs byte by byte under miri, a copy does not).
 fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    /// Patterns made so far, by seed and length.
+    type Made = Vec<((u64, usize), Vec<u8>)>;
     thread_local! {
-        static MADE: std::cell::RefCell<Vec<((u64, usize), Vec<u8>)>> =
-            const { std::cell::RefCell::new(Vec::new()) };
+        static MADE: std::cell::RefCell<Made> = const { std::cell::RefCell::new(Vec::new()) };
     }
     MADE.with_borrow_mut(|made| {
         if let Some((_, v)) = made.iter().find(|(k, _)| *k == (seed, len)) {
