@@ -21,7 +21,7 @@ cd "$(dirname "$0")/.."
 # Integration tests run under miri (names of crates/swiotlb/tests/*.rs).
 # Miri is ~100x slower than native: list targets whose cases are few or
 # small. A listed target that does not exist (yet) is skipped with a note.
-TESTS=(smoke data oracle nextfit_golden provider xen dynamic ownership guards edges heapless exhaustion)
+TESTS=(smoke data oracle nextfit_golden provider xen dynamic ownership guards edges heapless exhaustion stale)
 
 # Tests left out, by exact name: long fixed-seed or exhaustive runs of
 # plain arithmetic (no unsafe code to check), each minutes under miri. The
@@ -108,9 +108,11 @@ cargo +nightly miri test --no-fail-fast "${args[@]}" -- "${harness[@]}" || statu
 # pointers derived from it before the move (tests/ownership.rs). The
 # heapless pool too: its metadata arrays are carved from a `&'static mut`
 # given up, and its slots reached through a static (tests/heapless.rs).
-echo "miri: Tree Borrows over the safe API's buffer types and the heapless pool"
+# The zeroing of freed slots, and the coherent and grown pools the test
+# reaches through raw pointers (tests/stale.rs, about a minute).
+echo "miri: Tree Borrows over the safe API's buffer types, the heapless pool and zero on free"
 MIRIFLAGS="$MIRIFLAGS -Zmiri-tree-borrows" \
-    cargo +nightly miri test -p swiotlb --test ownership --test heapless || status=1
+    cargo +nightly miri test -p swiotlb --test ownership --test heapless --test stale || status=1
 
 # The host crate's heap provider (allocation, alignment inside, free) and
 # the rest of its unit tests miri can run, under both borrow models.

@@ -34,7 +34,10 @@ use workload::{fill_to, first_failure, prefault, slot_fill, Mix, FRAG_STEPS};
 ///
 /// Rows: `map_unmap` (ns per map+unmap pair; `dir` `to` copies once,
 /// `from` twice, as Linux does), `map_unmap_iotlb` (the same through a
-/// fixed one-pool `IoTlb`, timed interleaved with the bare pool's), `memcpy` (ns per copy of the same bytes;
+/// fixed one-pool `IoTlb`, timed interleaved with the bare pool's),
+/// `map_unmap_zero_on_free` (the same through a pool that zeroes every
+/// freed slot, `PoolConfig::zero_on_free`, timed interleaved with the
+/// plain pool's at 64 B, 512 B, 4 KiB and 64 KiB), `memcpy` (ns per copy of the same bytes;
 /// `dir` `hot` into one buffer, `walk` through a pool-sized region),
 /// `alloc_free` (ns per allocate+free of one slot by the allocator alone,
 /// at a pool `fill`: the policy's search and bookkeeping under the area
@@ -142,6 +145,8 @@ enum Part {
 /// packet, an Ethernet frame, a page, a large I/O, the largest mapping
 /// Linux allows.
 const SIZES: [usize; 6] = [64, 512, 1500, 4096, 64 << 10, 256 << 10];
+/// Sizes of the `map_unmap_zero_on_free` rows.
+pub(crate) const ZERO_SIZES: [usize; 4] = [64, 512, 4096, 64 << 10];
 /// Pool fills of the allocator rows.
 const FILLS: [f64; 3] = [0.1, 0.5, 0.9];
 /// Sizes of the thread rows.
@@ -468,7 +473,14 @@ fn map_part(plan: &Plan, rows: &mut Vec<Row>) -> Result<(), Error> {
     // A fixed tlb over a pool like `fast`'s: what the tlb adds to a bare
     // pool (its target is nothing).
     let tlb = IoTlb::new(TlbKind::Default, heap::<Fast>(plan.pool_bytes, 1)?);
+    // A pool like `fast`'s that zeroes every slot it frees: the price of
+    // the promise that nothing of a finished mapping stays in the pool.
+    let zeroing = heap_with::<Fast>(
+        plan.pool_bytes,
+        PoolConfig::with_areas(1).with_zero_on_free(true),
+    )?;
     prefault(&fast, &dev)?;
+    prefault(&zeroing, &dev)?;
     prefault(&next, &dev)?;
     prefault(tlb.first_pool(), &dev)?;
     // Filled with non-zero bytes so every page is really there before the
@@ -492,6 +504,15 @@ fn map_part(plan: &Plan, rows: &mut Vec<Row>) -> Result<(), Error> {
             Direction::ToDevice,
         )));
         labels.push(("map_unmap_iotlb", Fast::NAME, "to"));
+        if ZERO_SIZES.contains(&size) {
+            cs.push(Contender::new(map_unmap(
+                &zeroing,
+                &dev,
+                size,
+                Direction::ToDevice,
+            )));
+            labels.push(("map_unmap_zero_on_free", Fast::NAME, "to"));
+        }
         cs.push(Contender::new(memcpy_hot(size)));
         labels.push(("memcpy", "memcpy", "hot"));
         cs.push(Contender::new(memcpy_walk(&mut region, size, slot)));

@@ -181,6 +181,15 @@ pub(crate) fn ratios(rows: &[Row], sizes: &[u64], fills: &[f64]) -> Vec<Ratio> {
             r.get("map_unmap", "fast", s, "to", 1),
         );
     }
+    // What zeroing freed slots costs: the same pool with the option on
+    // over off, timed in the same process.
+    for s in super::ZERO_SIZES {
+        push(
+            format!("map_unmap to   {:>7}  zero-on-free/off", human(s as u64)),
+            r.get("map_unmap_zero_on_free", "fast", s as u64, "to", 1),
+            r.get("map_unmap", "fast", s as u64, "to", 1),
+        );
+    }
     for &s in sizes {
         let fast = r.get("map_unmap", "fast", s, "to", 1);
         push(

@@ -151,6 +151,11 @@ impl<P: Policy> Pool<P> {
         if !self.clear_start_bit(start) {
             return Err(Error::NotMapped { dma });
         }
+        if self.zero_on_free {
+            // Still under the lock and before the policy has the slots
+            // back: no one else can hold them while they are zeroed.
+            self.scrub(start, nslots);
+        }
         P::free(&mut st.policy, &area.geom, start, nslots);
         st.used -= nslots;
         st.unmapped_from_device += copied_back as u64;

@@ -212,6 +212,11 @@ impl<P: Policy> Pool<P> {
         }
         let nslots = shape.nslots();
         self.clear_start_bit(s);
+        if self.zero_on_free {
+            // As in `release_slots`: under the lock, before the policy has
+            // the slots back.
+            self.scrub(s, nslots);
+        }
         P::free(&mut st.policy, &area.geom, s, nslots);
         st.used -= nslots;
         drop(st);

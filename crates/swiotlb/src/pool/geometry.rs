@@ -7,11 +7,11 @@ use super::policy::AreaGeom;
 use crate::addr::PhysAddr;
 use crate::error::{Error, PoolProblem, Result};
 
-/// Runtime geometry of a pool.
+/// Runtime geometry of a pool, and what it does with freed slots.
 ///
 /// The defaults are Linux's: 2 KiB slots (`IO_TLB_SHIFT` 11), 128-slot
 /// segments (`IO_TLB_SEGSIZE`, so one mapping is at most 256 KiB), 4 KiB
-/// pages, one area.
+/// pages, one area, freed slots left as they are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct PoolConfig {
@@ -29,6 +29,16 @@ pub struct PoolConfig {
     /// log2 of the page size: mappings of a page or more start page aligned
     /// when no mask says otherwise.
     pub page_shift: u32,
+    /// Whether every slot of a mapping or coherent allocation is zeroed
+    /// when it is unmapped or freed, before the slots are free again: its
+    /// alignment padding and the tail of its last slot too, which the
+    /// map-time copy never covers. Off by default, as in Linux, where a
+    /// freed slot keeps its bytes until the next mapping copies over the
+    /// part it uses. With it on, no byte of a finished mapping stays in
+    /// the pool for the device or for a later mapping to see, at the price
+    /// of writing every freed slot once (`swiotlb bench`, rows
+    /// `map_unmap_zero_on_free`; docs/PERFORMANCE.md).
+    pub zero_on_free: bool,
 }
 
 impl Default for PoolConfig {
@@ -45,6 +55,7 @@ impl PoolConfig {
         segment: crate::config::IO_TLB_SEGSIZE,
         nareas: 1,
         page_shift: 12,
+        zero_on_free: false,
     };
 
     /// The default geometry with `nareas` areas.
@@ -76,6 +87,13 @@ impl PoolConfig {
     /// This geometry with pages of `2^shift` bytes.
     pub const fn with_page_shift(mut self, shift: u32) -> Self {
         self.page_shift = shift;
+        self
+    }
+
+    /// This configuration with freed slots zeroed (`true`) or left as they
+    /// are (`false`, the default): see [`PoolConfig::zero_on_free`].
+    pub const fn with_zero_on_free(mut self, on: bool) -> Self {
+        self.zero_on_free = on;
         self
     }
 

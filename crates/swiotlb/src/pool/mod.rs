@@ -192,6 +192,9 @@ pub struct Pool<P: Policy = Fast> {
     used: CachePadded<AtomicUsize>,
     hiwater: CachePadded<AtomicUsize>,
     exact_hiwater: bool,
+    /// Whether freed slots are zeroed before they are free again
+    /// ([`PoolConfig::zero_on_free`]).
+    zero_on_free: bool,
     failures: [AtomicU64; FailReason::COUNT],
     direct: AtomicU64,
     /// The slots, for a pool over heap memory ([`Pool::new_heap`]).
@@ -572,6 +575,7 @@ impl<P: Policy> Pool<P> {
             used: CachePadded(AtomicUsize::new(0)),
             hiwater: CachePadded(AtomicUsize::new(0)),
             exact_hiwater: false,
+            zero_on_free: config.zero_on_free,
             failures: core::array::from_fn(|_| AtomicU64::new(0)),
             direct: AtomicU64::new(0),
             #[cfg(feature = "alloc")]
@@ -680,6 +684,41 @@ impl<P: Policy> Pool<P> {
     /// Slots per segment.
     pub fn segment(&self) -> u32 {
         self.segment
+    }
+
+    /// Whether the pool zeroes every slot of a mapping or coherent
+    /// allocation when it is unmapped or freed
+    /// ([`PoolConfig::zero_on_free`]).
+    pub fn zeroes_on_free(&self) -> bool {
+        self.zero_on_free
+    }
+
+    /// Zeroes the `nslots` slots from slot `start`, all of an allocation
+    /// being released: called under its area's lock, after the release
+    /// cleared the allocation's start bit and before the policy frees its
+    /// slots, so that no one else holds them or can take them meanwhile.
+    /// `start + nslots` is at most the pool's slot count: the slots of a
+    /// live allocation, as its record (or the safe mapping that owns it)
+    /// gives them.
+    #[inline]
+    pub(crate) fn scrub(&self, start: u32, nslots: u32) {
+        let end = (start as usize) + (nslots as usize);
+        assert!(end <= self.nslabs as usize, "scrub past the pool");
+        let off = self.slot_offset(start);
+        let len = (nslots as usize) << self.slot_shift;
+        // SAFETY:
+        // - `[off, off + len)` is slots `start..start + nslots`, inside the
+        //   pool (asserted just above), whose memory is valid for writes
+        //   for the pool's life (type invariant on `vaddr`);
+        // - the slots belong to the allocation being released and to no
+        //   other (the `Policy` contract): its release holds the area lock
+        //   and has not yet given them to the policy, so no allocation can
+        //   take them until this write is done; the CPU writes them on that
+        //   allocation's behalf, and no Rust reference to slot memory
+        //   exists (the pool only reaches it through raw pointers);
+        // - the device is done with the allocation (the unmap's or free's
+        //   contract, or the safe mapping's end of life).
+        unsafe { core::ptr::write_bytes(self.slot_ptr(off), 0, len) };
     }
 
     /// The name of the allocation policy.

@@ -310,13 +310,19 @@ impl<P: Policy> IoTlb<P> {
     }
 
     /// This tlb, growing by `growth` from now on; its first pool stays
-    /// the one it has ([`GrowConfig::start`] is not used).
+    /// the one it has ([`GrowConfig::start`] is not used). If the first
+    /// pool zeroes freed slots ([`PoolConfig::zero_on_free`]), so does
+    /// every pool the tlb grows, whatever [`GrowConfig::pool`] says: one
+    /// tlb, one promise.
     ///
     /// # Errors
     /// [`ProviderError::Pool`] with [`Error::BadConfig`] if `grow_by` is
     /// smaller than one segment, or `max` smaller than the first pool.
-    pub fn with_growth(mut self, growth: Growth) -> core::result::Result<Self, ProviderError> {
+    ///
+    /// [`PoolConfig::zero_on_free`]: crate::PoolConfig::zero_on_free
+    pub fn with_growth(mut self, mut growth: Growth) -> core::result::Result<Self, ProviderError> {
         grow::check(&growth, self.first.len())?;
+        growth.config.pool.zero_on_free |= self.first.zeroes_on_free();
         self.install(growth);
         Ok(self)
     }

@@ -888,6 +888,12 @@ impl<P: Policy> Platform<P> {
     /// `memory(phys, len)` gives the CPU address of each pool's region, as
     /// the caller mapped it.
     ///
+    /// `config` is every restricted pool's geometry and its freed-slot
+    /// setting: with [`PoolConfig::with_zero_on_free`] each restricted tlb
+    /// zeroes the slots of every mapping it frees, so a device never finds
+    /// an earlier mapping's bytes in its pool. Linux's binding has no
+    /// property for this, and none is read: the caller chooses it here.
+    ///
     /// # Errors
     /// [`Error::BadConfig`] with [`ConfigProblem::UnmappedRegion`] when
     /// `memory` has no address for a pool, or as [`Pool::new`] for a pool
@@ -902,6 +908,7 @@ impl<P: Policy> Platform<P> {
     ///
     /// [`ConfigProblem::UnmappedRegion`]: crate::error::ConfigProblem::UnmappedRegion
     /// [`Pool::new`]: crate::Pool::new
+    /// [`PoolConfig::with_zero_on_free`]: crate::PoolConfig::with_zero_on_free
     pub unsafe fn from_dt(
         dt: &crate::dt::DtPools<'_>,
         config: crate::pool::PoolConfig,
