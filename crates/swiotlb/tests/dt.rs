@@ -964,12 +964,13 @@ fn a_platform_from_a_device_tree_grows_its_default_tlb_and_restricts_virtio() {
     let dt = parse(&blob).unwrap();
     // The region's CPU mapping: heap memory standing for the reserved
     // physical range, alive for the whole test.
-    let mut regions: Vec<(u64, Box<[u8]>)> = Vec::new();
-    let mut memory = |phys: PhysAddr, len: usize| {
-        let mut mem = vec![0u8; len].into_boxed_slice();
-        let cpu = NonNull::new(mem.as_mut_ptr());
-        regions.push((phys.0, mem));
-        cpu
+    // Held as raw boxes: moving a `Box` would retag its memory under
+    // Stacked Borrows and invalidate the pointer the pool holds.
+    let mut regions = Regions(Vec::new());
+    let mut memory = |_: PhysAddr, len: usize| {
+        let raw = Box::into_raw(vec![0u8; len].into_boxed_slice());
+        regions.0.push(raw);
+        NonNull::new(raw.cast::<u8>())
     };
     // SAFETY: each region lives in `regions`, which outlives the platform
     // (declared before it), and is touched only through its pool.
@@ -1126,4 +1127,19 @@ fn a_command_line_region_must_not_overlap_a_device_tree_pool() {
         PhysAddr(0x1000_0000)
     );
     assert!(platform.forces_bounce());
+}
+
+/// Heap regions standing for reserved memory, freed when dropped (after
+/// every pool over them, being declared before the platform).
+struct Regions(Vec<*mut [u8]>);
+
+impl Drop for Regions {
+    fn drop(&mut self) {
+        for &raw in &self.0 {
+            // SAFETY: from `Box::into_raw`, freed once, here; the pools
+            // over it are gone (the platform was declared later, so it
+            // was dropped first).
+            drop(unsafe { Box::from_raw(raw) });
+        }
+    }
 }
