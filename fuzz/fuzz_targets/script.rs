@@ -34,7 +34,10 @@
 //! - the statistics agree with the placements: slots in use are those of
 //!   the mappings still live (also summed per area), the high-water mark
 //!   is the most ever held at once (exact), at most the pool, and the
-//!   failures are the refused maps.
+//!   failures are the refused maps;
+//! - the text report has a row per map with its line, id, size,
+//!   direction and placement or failure, then the statistics; the JSON
+//!   report has the same maps and counters.
 #![no_main]
 
 use std::collections::HashMap;
@@ -111,7 +114,10 @@ fn check_parse_error(e: &ScriptError, lines: &[&str]) {
     }
     let upto = first_lines(lines, e.line);
     match parse(&upto) {
-        Ok(_) => panic!("error at line {} ({msg}), but the text up to it reads", e.line),
+        Ok(_) => panic!(
+            "error at line {} ({msg}), but the text up to it reads",
+            e.line
+        ),
         Err(u) => {
             assert_eq!(u.line, e.line, "cut after the bad line");
             assert_eq!(u.problem.to_string(), msg, "cut after the bad line");
@@ -174,11 +180,11 @@ fn size(n: u64, style: Style) -> String {
     match style {
         Style::Canonical => n.to_string(),
         Style::Other => {
-            if n >= 1 << 30 && n % (1 << 30) == 0 {
+            if n >= 1 << 30 && n.is_multiple_of(1 << 30) {
                 format!("{}GiB", n >> 30)
-            } else if n >= 1 << 20 && n % (1 << 20) == 0 {
+            } else if n >= 1 << 20 && n.is_multiple_of(1 << 20) {
                 format!("{}m", n >> 20)
-            } else if n >= 1 << 10 && n % (1 << 10) == 0 {
+            } else if n >= 1 << 10 && n.is_multiple_of(1 << 10) {
                 format!("{}K", n >> 10)
             } else if n % 2 == 1 {
                 format!("0X{n:X}")
@@ -194,7 +200,7 @@ fn underscored(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push('_');
         }
         out.push(c);
@@ -346,17 +352,20 @@ fn run(script: &Script, len: usize) {
     let ops = &script.ops[..script.ops.len().min(MAX_OPS)];
     // The picture's recorder checks itself against the pool; run it on
     // half of the inputs, alternating which policy has it.
-    let plot = len % 2 == 0;
+    let plot = len.is_multiple_of(2);
     check_run(execute::<Fast>(pool, ops, plot), pool, ops);
     check_run(execute::<NextFit>(pool, ops, !plot), pool, ops);
 }
 
 /// The last map or unmap of `id` before line `no`.
 fn last_map_or_unmap<'a>(ops: &'a [Line], id: &str, no: usize) -> Option<&'a Line> {
-    ops.iter().rev().filter(|l| l.no < no).find(|l| match &l.op {
-        Op::Map { id: i, .. } | Op::Unmap { id: i } => i == id,
-        Op::Sync { .. } => false,
-    })
+    ops.iter()
+        .rev()
+        .filter(|l| l.no < no)
+        .find(|l| match &l.op {
+            Op::Map { id: i, .. } | Op::Unmap { id: i } => i == id,
+            Op::Sync { .. } => false,
+        })
 }
 
 fn check_run(r: Result<Report, ScriptError>, pool: PoolArgs, ops: &[Line]) {
@@ -372,7 +381,10 @@ fn check_run_error(e: &ScriptError, ops: &[Line]) {
         return;
     }
     let Some(line) = ops.iter().find(|l| l.no == e.line) else {
-        panic!("run error at line {}, no operation: {:?}", e.line, e.problem);
+        panic!(
+            "run error at line {}, no operation: {:?}",
+            e.line, e.problem
+        );
     };
     match (&e.problem, &line.op) {
         (ScriptProblem::AlreadyMapped { id, line: prev }, Op::Map { id: mid, .. }) => {
@@ -388,7 +400,13 @@ fn check_run_error(e: &ScriptError, ops: &[Line]) {
             assert_eq!(*op, verb(&line.op));
             let last = last_map_or_unmap(ops, id, e.line);
             assert!(
-                !matches!(last, Some(Line { op: Op::Map { .. }, .. })),
+                !matches!(
+                    last,
+                    Some(Line {
+                        op: Op::Map { .. },
+                        ..
+                    })
+                ),
                 "{id} not mapped, but its last map or unmap is {last:?}"
             );
         }
@@ -458,7 +476,10 @@ fn check_report(report: &Report, pool: PoolArgs, ops: &[Line]) {
                         let s = u64::from(p.slot);
                         assert!(nslots >= 1 && start + nslots <= nslabs, "line {no}: {p:?}");
                         assert!(start <= s && s < start + nslots, "line {no}: {p:?}");
-                        assert!(start % seg + nslots <= seg, "line {no}: {p:?} spans segments");
+                        assert!(
+                            start % seg + nslots <= seg,
+                            "line {no}: {p:?} spans segments"
+                        );
                         assert_eq!(p.addr / slot, s, "line {no}: {p:?}");
                         assert!(
                             p.addr + *size as u64 <= (start + nslots) * slot,
@@ -515,9 +536,73 @@ fn check_report(report: &Report, pool: PoolArgs, ops: &[Line]) {
     }
     assert!(maps.next().is_none(), "more entries than maps");
     assert_eq!(stats.io_tlb_used, used, "slots in use");
-    assert_eq!(stats.area_used.iter().sum::<u64>(), used, "slots in use per area");
+    assert_eq!(
+        stats.area_used.iter().sum::<u64>(),
+        used,
+        "slots in use per area"
+    );
     assert_eq!(stats.io_tlb_used_hiwater, hiwater, "high-water mark");
     assert!(stats.io_tlb_used_hiwater <= nslabs);
     assert_eq!(stats.total_failures(), failed, "failures");
     assert!(stats.hiwater_exact, "the simulator keeps the exact mark");
+    check_rendering(report);
+}
+
+/// The text and JSON reports say what the report holds.
+fn check_rendering(report: &Report) {
+    let text = report.to_text();
+    let rows: Vec<&str> = text.lines().collect();
+    let stats = report.stats.to_string();
+    // The pool, a blank line, the header, a row per map (or "(no
+    // maps)"), a blank line, the statistics.
+    let nrows = report.maps.len().max(1);
+    assert_eq!(rows.len(), 3 + nrows + 1 + stats.lines().count(), "{text}");
+    assert!(text.ends_with(&format!("{stats}\n")), "{text}");
+    for (m, row) in report.maps.iter().zip(&rows[3..]) {
+        let words: Vec<&str> = row.split_whitespace().collect();
+        let (line, size) = (m.line.to_string(), m.size.to_string());
+        assert_eq!(
+            words[..4],
+            [&line, &m.id, &size, m.dir.short_name()],
+            "{row}"
+        );
+        match &m.outcome {
+            Ok(p) => {
+                let addr = words[5]
+                    .strip_prefix("0x")
+                    .map(|h| u64::from_str_radix(h, 16));
+                assert_eq!(words[4], p.slot.to_string(), "{row}");
+                assert_eq!(addr, Some(Ok(p.addr)), "{row}");
+                assert_eq!(words[6], p.nslots.to_string(), "{row}");
+            }
+            Err(e) => {
+                assert_eq!(words[4], "failed:", "{row}");
+                assert!(row.ends_with(&format!("({})", e.kind())), "{row}");
+            }
+        }
+    }
+    let json = serde_json::to_value(report.report()).expect("the JSON report");
+    let ops = json["ops"].as_array().expect("ops");
+    assert_eq!(ops.len(), report.maps.len());
+    for (m, j) in report.maps.iter().zip(ops) {
+        assert_eq!(j["line"], m.line, "{j}");
+        assert_eq!(j["id"], m.id.as_str(), "{j}");
+        assert_eq!(j["size"], m.size, "{j}");
+        assert_eq!(j["dir"], m.dir.short_name(), "{j}");
+        match &m.outcome {
+            Ok(p) => {
+                assert_eq!(j["slot"], p.slot, "{j}");
+                assert_eq!(j["start"], p.start, "{j}");
+                assert_eq!(j["nslots"], p.nslots, "{j}");
+                assert_eq!(j["addr"], p.addr, "{j}");
+            }
+            Err(e) => assert_eq!(j["error"]["kind"], e.kind(), "{j}"),
+        }
+    }
+    let s = &json["stats"];
+    assert_eq!(s["io_tlb_used"], report.stats.io_tlb_used, "{s}");
+    assert_eq!(
+        s["io_tlb_used_hiwater"], report.stats.io_tlb_used_hiwater,
+        "{s}"
+    );
 }

@@ -31,7 +31,7 @@ mod units;
 pub mod script {
     pub use crate::simulate::{
         execute, parse, Line, MapEntry, Op, Placed, PolicyName, PoolArgs, Report, Script,
-        ScriptError, ScriptProblem, MAX_SIZE,
+        ScriptError, ScriptProblem, ScriptReport, MAX_SIZE,
     };
     pub use crate::units::SizeError;
 }

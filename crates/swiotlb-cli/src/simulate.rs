@@ -627,11 +627,7 @@ fn not_mapped(op: &'static str, id: &str) -> ScriptProblem {
 
 /// Runs the operations through a simulator over a `P` pool; with `plot`,
 /// records the run for a picture.
-pub fn execute<P: Policy>(
-    pool: PoolArgs,
-    ops: &[Line],
-    plot: bool,
-) -> Result<Report, ScriptError> {
+pub fn execute<P: Policy>(pool: PoolArgs, ops: &[Line], plot: bool) -> Result<Report, ScriptError> {
     let nslabs = pool
         .nslabs
         .unwrap_or(swiotlb::config::DEFAULT_NSLABS as u32);
@@ -747,7 +743,7 @@ pub fn execute<P: Policy>(
 /// `swiotlb simulate --ops FILE --json`: every map's outcome, then the
 /// pool's statistics.
 #[derive(Serialize)]
-struct ScriptReport<'a> {
+pub struct ScriptReport<'a> {
     ops: Vec<MapReport<'a>>,
     stats: &'a Stats,
 }
@@ -782,7 +778,8 @@ struct EngineError {
 }
 
 impl Report {
-    fn report(&self) -> ScriptReport<'_> {
+    /// The report `--json` prints.
+    pub fn report(&self) -> ScriptReport<'_> {
         let ops = self
             .maps
             .iter()
@@ -808,7 +805,8 @@ impl Report {
         }
     }
 
-    fn to_text(&self) -> String {
+    /// The report printed without `--json`.
+    pub fn to_text(&self) -> String {
         let mut t = String::new();
         let nslabs = self.stats.io_tlb_nslabs;
         let pool_bytes = nslabs * self.slot_size as u64;

@@ -106,7 +106,7 @@ pub(crate) fn parse_size(text: &str) -> Result<u64, SizeError> {
         .ok_or_else(|| SizeError::TooLarge { text: text.into() })
 }
 
-/// Why a text is not a byte count ([`parse_size`]).
+/// Why a text is not a byte count (`parse_size`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SizeError {
     /// Not a number with an optional unit.
