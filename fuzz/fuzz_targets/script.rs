@@ -12,6 +12,8 @@
 //! - an operation comes from each line whose text before any `#` is not
 //!   blank, in order, starting with its verb; every other line is blank
 //!   or a comment;
+//!   pool options come only from a single `# args:` line before the
+//!   first operation;
 //! - a script written back from what was read, in a canonical form (one
 //!   spelling: decimal sizes, hex masks, every option) and in another
 //!   (binary units, hex sizes, `_` in numbers, no `0x` on masks), each
@@ -163,6 +165,23 @@ fn check_lines(script: &Script, lines: &[&str]) {
         ops.next().is_none(),
         "operations past the last line, or out of order"
     );
+    // At most one `# args:` line, before the first operation; options
+    // only from one.
+    let args: Vec<usize> = (1..=lines.len())
+        .filter(|&no| lines[no - 1].trim_start().starts_with("# args:"))
+        .collect();
+    assert!(args.len() <= 1, "`# args:` lines {args:?} read");
+    if let (Some(a), Some(first)) = (args.first(), script.ops.first()) {
+        assert!(
+            *a < first.no,
+            "`# args:` at line {a}, after line {}",
+            first.no
+        );
+    }
+    let given = script.args.nslabs.is_some()
+        || script.args.nareas.is_some()
+        || script.args.policy.is_some();
+    assert!(!given || !args.is_empty(), "options without `# args:`");
 }
 
 /// How a script is written back.
