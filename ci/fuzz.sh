@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The fuzz targets of fuzz/ (cargo-fuzz, libFuzzer), each for a bounded
 # time from its seed corpus: the trace parsers in both formats, the
-# swiotlb= and command-line parsers, the device-tree reader, and API
-# action sequences against a shadow of Linux's semantics (see
-# docs/RELIABILITY.md, "Fuzzing").
+# swiotlb= and command-line parsers, the device-tree reader, API action
+# sequences against a shadow of Linux's semantics, and the operations
+# scripts of `swiotlb simulate` read and run (see docs/RELIABILITY.md,
+# "Fuzzing").
 #
 #   ci/fuzz.sh                      all targets, 300 s in all
 #   ci/fuzz.sh 120                  120 s per target
@@ -40,13 +41,13 @@ done
 if [[ -n "${FUZZ_TARGETS:-}" ]]; then
     read -r -a targets <<<"$FUZZ_TARGETS"
 else
-    targets=(trace_ftrace trace_dmesg swiotlb_param cmdline dt api_oracle)
+    targets=(trace_ftrace trace_dmesg swiotlb_param cmdline dt api_oracle script)
 fi
 if [[ -z "$per_target" ]]; then
     per_target=$((TOTAL_SECONDS / ${#targets[@]}))
 fi
 # libFuzzer's memory limit per process; its inputs are small and each run
-# builds pools of at most 256 KiB, so more than this is a leak.
+# builds pools of at most 2 MiB, so more than this is a leak.
 RSS_LIMIT_MB=2048
 # Seconds one input may take before it counts as a hang.
 UNIT_TIMEOUT=10

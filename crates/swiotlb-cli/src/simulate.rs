@@ -94,20 +94,20 @@ pub(crate) struct Args {
 /// The pool a script runs on: options of `swiotlb simulate`, and the only
 /// options a script's `# args:` line may give.
 #[derive(clap::Args, Clone, Copy, Debug, Default)]
-struct PoolArgs {
+pub struct PoolArgs {
     /// Slots in the pool, 2 KiB each [default: 32768, Linux's 64 MiB].
     #[arg(long, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..))]
-    nslabs: Option<u32>,
+    pub nslabs: Option<u32>,
     /// Areas wanted, rounded up to a power of two and lowered until each
     /// area holds a 128-slot segment, as Linux does [default: 1].
     #[arg(long, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..))]
-    nareas: Option<u32>,
+    pub nareas: Option<u32>,
     /// The allocation policy: `fast` or `nextfit` (Linux's, slot for
     /// slot) [default: fast].
     #[arg(long, value_enum)]
-    policy: Option<PolicyName>,
+    pub policy: Option<PolicyName>,
 }
 
 impl PoolArgs {
@@ -132,7 +132,7 @@ struct ArgsLine {
 
 /// The allocation policies the command offers.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
-enum PolicyName {
+pub enum PolicyName {
     /// The default: a free bitmap searched from the last freed run.
     Fast,
     /// Linux's next-fit over free-run counters, slot for slot.
@@ -242,9 +242,10 @@ fn read_script(path: &str) -> Result<(String, String), Error> {
 
 /// A problem with the script, at a line (0 when it is about no line).
 #[derive(Debug)]
-struct ScriptError {
-    line: usize,
-    problem: ScriptProblem,
+pub struct ScriptError {
+    /// The line, from 1; 0 when the problem is about no line.
+    pub line: usize,
+    pub problem: ScriptProblem,
 }
 
 fn at(line: usize, problem: ScriptProblem) -> ScriptError {
@@ -253,7 +254,7 @@ fn at(line: usize, problem: ScriptProblem) -> ScriptError {
 
 /// What is wrong with a script, or what went wrong running it.
 #[derive(Debug)]
-pub(crate) enum ScriptProblem {
+pub enum ScriptProblem {
     /// A line the grammar does not allow, and why (with the form it
     /// should take, where that helps).
     Syntax(String),
@@ -308,7 +309,7 @@ impl std::error::Error for ScriptProblem {}
 
 /// One operation of the script.
 #[derive(Clone, Debug, PartialEq, Eq)]
-enum Op {
+pub enum Op {
     Map {
         id: String,
         size: usize,
@@ -328,22 +329,23 @@ enum Op {
 
 /// An operation and the line it came from (counted from 1).
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct Line {
-    no: usize,
-    op: Op,
+pub struct Line {
+    /// The line number, from 1.
+    pub no: usize,
+    pub op: Op,
 }
 
 /// The largest SIZE a script may give. The simulator backs every mapping
 /// with a real buffer, and no swiotlb mapping comes near this (the largest
 /// is one segment, 256 KiB in Linux's geometry).
-const MAX_SIZE: u64 = 1 << 30;
+pub const MAX_SIZE: u64 = 1 << 30;
 
 /// A parsed script.
 #[derive(Debug)]
-struct Script {
+pub struct Script {
     /// The options of its `# args:` line, if it has one.
-    args: PoolArgs,
-    ops: Vec<Line>,
+    pub args: PoolArgs,
+    pub ops: Vec<Line>,
 }
 
 /// The comment that gives a script its default options.
@@ -367,7 +369,7 @@ fn parse_args_line(text: &str) -> Result<PoolArgs, ScriptProblem> {
 
 /// Parses the whole script, so that a bad line stops the run before any
 /// operation.
-fn parse(text: &str) -> Result<Script, ScriptError> {
+pub fn parse(text: &str) -> Result<Script, ScriptError> {
     let mut ops = Vec::new();
     let mut args: Option<(usize, PoolArgs)> = None;
     for (i, raw) in text.lines().enumerate() {
@@ -562,38 +564,45 @@ fn hex(s: &str) -> Option<u64> {
 
 /// Where a map landed.
 #[derive(Clone, Copy, Debug, Serialize)]
-struct Placed {
+pub struct Placed {
     /// First slot of the mapping, padding excluded.
-    slot: u32,
+    pub slot: u32,
     /// First slot of the allocation, padding included.
-    start: u32,
+    pub start: u32,
     /// Slots held, padding included.
-    nslots: u32,
+    pub nslots: u32,
     /// Bounce address as a byte offset into the pool.
-    addr: u64,
+    pub addr: u64,
 }
 
 /// The outcome of one map.
 #[derive(Clone, Debug)]
-struct MapEntry {
-    line: usize,
-    id: String,
-    size: usize,
-    dir: Direction,
-    outcome: Result<Placed, swiotlb::Error>,
+pub struct MapEntry {
+    /// The map's line.
+    pub line: usize,
+    pub id: String,
+    pub size: usize,
+    pub dir: Direction,
+    /// Where it landed, or why the engine refused it.
+    pub outcome: Result<Placed, swiotlb::Error>,
 }
 
 /// What a run produced.
-struct Report {
-    policy: &'static str,
-    nareas: u32,
-    slot_size: usize,
-    maps: Vec<MapEntry>,
-    stats: Stats,
+pub struct Report {
+    /// The pool's policy, by its name.
+    pub policy: &'static str,
+    /// The pool's areas (after rounding).
+    pub nareas: u32,
+    /// Bytes per slot.
+    pub slot_size: usize,
+    /// Every map of the script, in order, with its outcome.
+    pub maps: Vec<MapEntry>,
+    /// The pool's statistics after the last line.
+    pub stats: Stats,
     /// With `--plot`: `io_tlb_used` after each line that changed it, the
     /// lines of failed maps, the occupancy at the peak (titled by the
     /// caller).
-    timeline: Option<Timeline>,
+    pub(crate) timeline: Option<Timeline>,
 }
 
 /// What the script has done with an id so far.
@@ -618,7 +627,7 @@ fn not_mapped(op: &'static str, id: &str) -> ScriptProblem {
 
 /// Runs the operations through a simulator over a `P` pool; with `plot`,
 /// records the run for a picture.
-fn execute<P: Policy>(pool: PoolArgs, ops: &[Line], plot: bool) -> Result<Report, ScriptError> {
+pub fn execute<P: Policy>(pool: PoolArgs, ops: &[Line], plot: bool) -> Result<Report, ScriptError> {
     let nslabs = pool
         .nslabs
         .unwrap_or(swiotlb::config::DEFAULT_NSLABS as u32);
@@ -734,7 +743,7 @@ fn execute<P: Policy>(pool: PoolArgs, ops: &[Line], plot: bool) -> Result<Report
 /// `swiotlb simulate --ops FILE --json`: every map's outcome, then the
 /// pool's statistics.
 #[derive(Serialize)]
-struct ScriptReport<'a> {
+pub struct ScriptReport<'a> {
     ops: Vec<MapReport<'a>>,
     stats: &'a Stats,
 }
@@ -769,7 +778,8 @@ struct EngineError {
 }
 
 impl Report {
-    fn report(&self) -> ScriptReport<'_> {
+    /// The report `--json` prints.
+    pub fn report(&self) -> ScriptReport<'_> {
         let ops = self
             .maps
             .iter()
@@ -795,7 +805,8 @@ impl Report {
         }
     }
 
-    fn to_text(&self) -> String {
+    /// The report printed without `--json`.
+    pub fn to_text(&self) -> String {
         let mut t = String::new();
         let nslabs = self.stats.io_tlb_nslabs;
         let pool_bytes = nslabs * self.slot_size as u64;

@@ -106,9 +106,9 @@ pub(crate) fn parse_size(text: &str) -> Result<u64, SizeError> {
         .ok_or_else(|| SizeError::TooLarge { text: text.into() })
 }
 
-/// Why a text is not a byte count ([`parse_size`]).
+/// Why a text is not a byte count (`parse_size`).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum SizeError {
+pub enum SizeError {
     /// Not a number with an optional unit.
     NotASize { text: String },
     /// A decimal unit (`MB`): powers of 1000 or of 1024? `write` is the
