@@ -28,9 +28,9 @@
 
 use libfuzzer_sys::fuzz_target;
 use swiotlb::cmdline::{Cmdline, RegionParam, MIN_REGION_SIZE};
+use swiotlb::config::SwiotlbParam;
 use swiotlb::config::{Force, IO_TLB_SEGSIZE, IO_TLB_SHIFT, IO_TLB_SIZE, MAX_NSLABS};
 use swiotlb::error::Error;
-use swiotlb::config::SwiotlbParam;
 use swiotlb_fuzz::linux::{region, setup_io_tlb_npages_onto, strtoul, Linux};
 
 const SEG: u64 = IO_TLB_SEGSIZE as u64;
