@@ -22,6 +22,8 @@ use swiotlb::{
 
 both_policies!(
     unmap_longer_than_mapping_is_refused_and_copies_nothing,
+    unmap_inside_a_mapping_is_refused_and_copies_nothing,
+    unmap_of_a_coherent_allocation_is_refused,
     sync_longer_than_mapping_is_refused_and_copies_nothing,
     zero_size_map_is_refused_even_when_reachable,
     unmap_sg_returns_first_error_and_unmaps_the_rest,
@@ -133,6 +135,103 @@ fn unmap_longer_than_mapping_is_refused_and_copies_nothing<P: Policy>() {
             }
         },
     )
+}
+
+/// An unmap must name a mapping's first address (Linux's
+/// `swiotlb_release_slots` is handed the address the map returned): one
+/// inside the mapping, in its first slot, at the start of a later slot or
+/// at its last byte, is refused with `NotMapped` whatever the direction,
+/// though a sync there is fine. Nothing is copied back or freed, so the
+/// mapping is still live and an unmap at its start copies back exactly its
+/// own bytes.
+fn unmap_inside_a_mapping_is_refused_and_copies_nothing<P: Policy>() {
+    // Misuse on purpose: three unmaps of addresses no mapping starts at,
+    // per direction.
+    expect_misuse(&["NeverMapped"; 9], || {
+        let pool = pool::<P>(16);
+        let dev = forced();
+        let orig = bytes(3, LEN);
+        for dir in DIRS {
+            let buf = RawBuf::new(&orig);
+            // SAFETY: `buf` outlives the mapping and is reached only
+            // through its pointer.
+            let dma =
+                unsafe { pool.map_raw(&dev, PhysAddr(0x10_0000), buf.ptr(), LEN, dir) }.unwrap();
+            let at = pool_off(&pool, dma);
+            let device = bytes(4, LEN);
+            device_write(&pool, at, &device);
+            let slots = all_slots(&pool);
+            let misuse = pool.stats().failures(FailReason::Misuse);
+            let used = pool.stats().io_tlb_used;
+            for (off, len) in [(1, 16), (2048, 16), (LEN - 1, 1)] {
+                let inside = DmaAddr(dma.0 + off as u64);
+                // SAFETY: as above; the device is done. A correct engine
+                // copies nothing for a refused address (that is checked).
+                let r = unsafe { pool.unmap_raw(&dev, inside, len, dir, Attrs::NONE) };
+                assert_eq!(
+                    r,
+                    Err(Error::NotMapped { dma: inside }),
+                    "{dir:?} unmap at offset {off}"
+                );
+            }
+            assert_eq!(buf.to_vec(), orig, "a refused unmap wrote the original");
+            assert_eq!(all_slots(&pool), slots, "a refused unmap wrote the slots");
+            assert_eq!(pool.stats().failures(FailReason::Misuse), misuse + 3);
+            assert_eq!(
+                pool.stats().io_tlb_used,
+                used,
+                "a refused unmap freed slots"
+            );
+
+            // Still mapped: the start unmaps it, copying back its bytes.
+            // SAFETY: as above.
+            unsafe { pool.unmap_raw(&dev, dma, LEN, dir, Attrs::NONE) }.unwrap();
+            let want = if dir.copies_to_cpu() { &device } else { &orig };
+            assert_eq!(&buf.to_vec(), want, "{dir:?} unmap after the refusals");
+            assert_empty(&pool);
+        }
+    })
+}
+
+/// A coherent allocation is freed by `free_coherent`, never unmapped: a
+/// streaming unmap of its address is refused with `NotMapped` whatever the
+/// direction, frees nothing and leaves its bytes alone, and the allocation
+/// is freed afterwards as usual. To-device comes first: it copies nothing
+/// even when the refusal is missing, so a missing refusal fails here on
+/// the returned value, before a copy-back would be tried.
+fn unmap_of_a_coherent_allocation_is_refused<P: Policy>() {
+    // Misuse on purpose: a streaming unmap of a coherent allocation, per
+    // direction.
+    expect_misuse(&["WrongKind"; 3], || {
+        let pool = pool::<P>(16);
+        let dev = forced();
+        let c = pool.alloc_coherent(&dev, LEN).unwrap();
+        let at = pool_off(&pool, c.dma);
+        let data = bytes(5, LEN);
+        device_write(&pool, at, &data);
+        let misuse = pool.stats().failures(FailReason::Misuse);
+        let used = pool.stats().io_tlb_used;
+        for dir in DIRS {
+            // SAFETY: a coherent allocation, not a streaming mapping: the
+            // call only returns an error.
+            let r = unsafe { pool.unmap_raw(&dev, c.dma, LEN, dir, Attrs::NONE) };
+            assert_eq!(r, Err(Error::NotMapped { dma: c.dma }), "{dir:?} unmap");
+        }
+        assert_eq!(pool.stats().failures(FailReason::Misuse), misuse + 3);
+        assert_eq!(
+            pool.stats().io_tlb_used,
+            used,
+            "a refused unmap freed slots"
+        );
+        assert_eq!(
+            device_read(&pool, at, LEN),
+            data,
+            "a refused unmap wrote the allocation"
+        );
+        // SAFETY: nothing uses the allocation any more.
+        unsafe { pool.free_coherent(&dev, c.dma, c.size) }.unwrap();
+        assert_empty(&pool);
+    })
 }
 
 /// A sync from a mapping's first byte for more bytes than the mapping
