@@ -3,7 +3,7 @@
 //!
 //! Checked, against models written apart from the core
 //! (`swiotlb_fuzz::linux`) and the line rules the core documents (words
-//! split at ASCII whitespace, nothing after a lone `--`, every `swiotlb=`
+//! split at ASCII whitespace and `\v`, nothing after a lone `--`, every `swiotlb=`
 //! read in turn on top of the ones before as Linux does, the last of our
 //! own repeated keys taken):
 //! - each key's value is read exactly as the key's own parser reads that
@@ -51,7 +51,7 @@ fn keys(line: &str) -> Keys<'_> {
     let mut k = Keys::default();
     let mut seen = [0u32; 3];
     for word in line
-        .split(|c: char| c.is_ascii_whitespace())
+        .split(|c: char| c.is_ascii_whitespace() || c == '\x0b')
         .filter(|w| !w.is_empty())
     {
         if word == "--" {

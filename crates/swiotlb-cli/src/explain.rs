@@ -169,7 +169,7 @@ impl Explanation {
         // A value runs from its offset to the next space.
         let word = |at: usize| {
             let end = line[at..]
-                .find(|c: char| c.is_ascii_whitespace())
+                .find(|c: char| c.is_ascii_whitespace() || c == '\x0b')
                 .map_or(line.len(), |n| at + n);
             &line[at..end]
         };

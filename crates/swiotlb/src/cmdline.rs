@@ -26,7 +26,10 @@
 //!
 //! # The line
 //!
-//! Words are separated by ASCII whitespace, and nothing after a lone `--`
+//! Words are separated by what Linux's `isspace()` calls a space in the
+//! ASCII range (space, `\t`, `\n`, `\v`, `\f`, `\r`; Linux's table also
+//! counts the byte 0xA0, which here is part of a UTF-8 character and never
+//! a separator), and nothing after a lone `--`
 //! is read (Linux hands it to init). Other parameters are ignored. A key
 //! given twice is refused by the strict parser, naming both. The lenient
 //! one merges repeated `swiotlb=` values as Linux does (its handler runs
@@ -471,13 +474,19 @@ fn remember<'a>(seen: &mut Option<Seen<'a>>, at: usize, value_at: usize, value: 
     }
 }
 
+/// A separator of the command line's words: Linux's `isspace()` on the
+/// ASCII range, which is Rust's ASCII whitespace and the vertical tab.
+pub(crate) fn is_space(c: char) -> bool {
+    c.is_ascii_whitespace() || c == '\x0b'
+}
+
 /// Both line parsers in one.
 fn scan_line(line: &str, strict: bool) -> Result<CmdlineReading> {
     let mut keys: [Option<Seen<'_>>; 3] = [None; 3];
     let mut merged: Option<(usize, Reading)> = None;
     let mut swiotlb_count = 0;
     let mut pos = 0;
-    for word in line.split(|c: char| c.is_ascii_whitespace()) {
+    for word in line.split(is_space) {
         let at = pos;
         pos += word.len() + 1;
         if word.is_empty() {

@@ -516,3 +516,12 @@ fn p_resolved(nslabs: u64, nareas: u32, force: Force) -> crate::config::Resolved
         force,
     }
 }
+
+/// Linux splits the command line at `isspace()`, which on ASCII is Rust's
+/// whitespace and the vertical tab.
+#[test]
+fn a_vertical_tab_separates_words() {
+    let c = Cmdline::parse("quiet\x0bswiotlb=force\x0cswiotlb.high=1024").unwrap();
+    assert_eq!(c.swiotlb.unwrap().force, Force::Force);
+    assert_eq!(c.high.unwrap().nslabs, 1024);
+}
